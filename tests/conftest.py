@@ -1,0 +1,41 @@
+"""Test-wide setup.
+
+Triton kernels run on CPU through the Triton interpreter, which must be chosen before triton is
+imported; the GPU suite (tests/gpu, run with STATEX_GPU_TESTS=1 on a CUDA machine) runs them natively.
+"""
+
+import os
+
+if os.environ.get("STATEX_GPU_TESTS") != "1":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("STATEX_GPU_TESTS") == "1":
+        return
+    for item in items:
+        if "tests/gpu/" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.skip(reason="GPU suite: run with STATEX_GPU_TESTS=1 on a CUDA machine"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def triton_autotuner_without_benchmarks():
+    """Under the interpreter there is no GPU to time configs on: give every config the same timing."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        yield
+        return
+    from triton.runtime import autotuner
+
+    original = autotuner.Autotuner.do_bench
+    autotuner.Autotuner.do_bench = lambda self, *args, **kwargs: [1.0, 1.0, 1.0]
+    yield
+    autotuner.Autotuner.do_bench = original
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)
