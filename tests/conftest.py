@@ -31,7 +31,8 @@ def triton_autotuner_without_benchmarks():
     from triton.runtime import autotuner
 
     original = autotuner.Autotuner.do_bench
-    autotuner.Autotuner.do_bench = lambda self, *args, **kwargs: [1.0, 1.0, 1.0]
+    # `do_bench` is a property that returns the timing function; every config then times the same.
+    autotuner.Autotuner.do_bench = property(lambda self: lambda kernel_call, quantiles=None, **kw: [1.0, 1.0, 1.0])
     yield
     autotuner.Autotuner.do_bench = original
 
