@@ -59,7 +59,9 @@ def causal_conv1d(
         raise ValueError(f"causal_conv1d: unsupported activation {activation!r}; use 'silu' or None")
     final_state = None
     if output_final_state:
-        final_state = padded[:, -(width - 1) :].transpose(1, 2).contiguous() if width > 1 else x.new_zeros(batch, dim, 0)
+        final_state = (
+            padded[:, -(width - 1) :].transpose(1, 2).contiguous() if width > 1 else x.new_zeros(batch, dim, 0)
+        )
         if cu_seqlens is not None and cu_seqlens.numel() > 2:
             raise ValueError("causal_conv1d: a final conv state is defined for one sequence, not a packed batch")
     return out.to(x.dtype), final_state

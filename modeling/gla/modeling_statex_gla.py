@@ -1,0 +1,363 @@
+"""StateX GLA: flash-linear-attention's GLA with some layers' heads merged into one larger state.
+
+Parameter names and shapes equal fla's ``GLAForCausalLM``, so an fla checkpoint loads unchanged;
+a layer listed in ``config.statex_layers`` runs its token mixer with ``statex_num_heads`` heads
+(same projections, a state ``num_heads / statex_num_heads`` times larger).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from statex_hf.kernels import dispatch
+from statex_hf.modeling.cache import StateXRecurrentCache
+from statex_hf.modeling.generation import StateXGenerationMixin
+from statex_hf.modeling.gla.configuration_statex_gla import StateXGLAConfig
+from statex_hf.modeling.lm_head import causal_lm_head
+from statex_hf.modeling.packing import cu_seqlens_from_kwargs
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import logging
+
+try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
+    from transformers import initialization as init
+except ImportError:  # pragma: no cover
+    from torch.nn import init
+
+logger = logging.get_logger(__name__)
+
+# fla's GatedLinearAttention constants (not part of GLAConfig).
+GATE_LOGIT_NORMALIZER = 16
+GATE_LOW_RANK_DIM = 16
+
+
+class StateXGLARMSNorm(nn.Module):
+    """RMSNorm over the last dimension, computed in fp32; optionally followed by a swish gate."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, elementwise_affine: bool = True) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size)) if elementwise_affine else None
+
+    def forward(self, hidden_states: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        x = hidden_states.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.weight is not None:
+            x = x * self.weight.float()
+        if gate is not None:
+            x = x * F.silu(gate.float())
+        return x.to(hidden_states.dtype)
+
+
+class StateXGLAMLP(nn.Module):
+    """SwiGLU MLP with fla's ``GatedMLP`` names and default width."""
+
+    def __init__(self, config: StateXGLAConfig) -> None:
+        super().__init__()
+        intermediate_size = config.intermediate_size
+        if intermediate_size is None:
+            ratio = 4 if config.hidden_ratio is None else config.hidden_ratio
+            intermediate_size = int(config.hidden_size * ratio * 2 / 3)
+            intermediate_size = 256 * ((intermediate_size + 255) // 256)
+        if config.hidden_act not in ("swish", "silu"):
+            raise ValueError(f"hidden_act={config.hidden_act!r} is not supported; StateX GLA uses 'swish'")
+        self.gate_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(hidden_states)) * self.up_proj(hidden_states))
+
+
+class StateXGLATokenMixer(nn.Module):
+    """Gated linear attention with ``config.layer_num_heads(layer_idx)`` heads.
+
+    Per head: ``S_t = diag(exp(gk_t)) S_{t-1} + k_t^T v_t``, ``o_t = (q_t / sqrt(dk)) S_t``, then a
+    per-head RMSNorm over ``dv`` with a swish output gate. Merging heads changes only how the
+    projected channels are grouped, never a parameter shape (except nothing: the norm weight is ``dv``).
+    """
+
+    def __init__(self, config: StateXGLAConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.layer_num_heads(layer_idx)
+        self.num_kv_heads = self.num_heads if config.num_kv_heads is None else config.num_kv_heads
+        self.num_kv_groups = self.num_heads // self.num_kv_heads
+        self.key_dim, self.value_dim = config.key_dim, config.value_dim
+        self.head_k_dim = self.key_dim // self.num_heads
+        self.head_v_dim = self.value_dim // self.num_heads
+        self.use_short_conv = config.use_short_conv
+        self.use_output_gate = config.use_output_gate
+        self.clamp_min = config.clamp_min
+        self.feature_map = ACT2FN[config.feature_map] if config.feature_map is not None else None
+        hidden = config.hidden_size
+        key_dim_per_group = self.key_dim // self.num_kv_groups
+        value_dim_per_group = self.value_dim // self.num_kv_groups
+
+        self.q_proj = nn.Linear(hidden, self.key_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, key_dim_per_group, bias=False)
+        self.v_proj = nn.Linear(hidden, value_dim_per_group, bias=False)
+        if self.use_output_gate:
+            self.g_proj = nn.Linear(hidden, self.value_dim, bias=False)
+        if self.use_short_conv:
+            for name, dim in (("q", self.key_dim), ("k", key_dim_per_group), ("v", value_dim_per_group)):
+                conv = nn.Conv1d(dim, dim, config.conv_size, groups=dim, bias=False, padding=config.conv_size - 1)
+                setattr(self, f"{name}_conv1d", conv)
+        self.gk_proj = nn.Sequential(
+            nn.Linear(hidden, GATE_LOW_RANK_DIM, bias=False),
+            nn.Linear(GATE_LOW_RANK_DIM, key_dim_per_group, bias=True),
+        )
+        self.o_proj = nn.Linear(self.value_dim, hidden, bias=False)
+        # fla names the output norm by whether it is fused with the swish gate; keep its names.
+        self.fuse_norm_and_gate = config.hidden_act == "swish" and config.fuse_norm and self.use_output_gate
+        norm = StateXGLARMSNorm(self.head_v_dim, eps=config.norm_eps, elementwise_affine=config.elementwise_affine)
+        if self.fuse_norm_and_gate:
+            self.g_norm_swish_gate = norm
+        else:
+            self.g_norm = norm
+            self.gate_fn = ACT2FN[config.hidden_act]
+
+    def _short_conv(self, name: str, x: torch.Tensor, conv_state, use_cache: bool, cu_seqlens):
+        conv = getattr(self, f"{name}_conv1d")
+        return dispatch.causal_conv1d(
+            x, conv.weight.squeeze(1), conv.bias, "silu", conv_state, use_cache, cu_seqlens=cu_seqlens
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: StateXRecurrentCache | None = None,
+        cu_seqlens: torch.LongTensor | None = None,
+    ) -> torch.Tensor:
+        batch, seqlen, _ = hidden_states.shape
+        use_cache = cache is not None
+        mask = None if attention_mask is None else attention_mask[:, -seqlen:, None].to(hidden_states.dtype)
+        if mask is not None:
+            # A padding token must neither write nor decay the state (nor enter a convolution window).
+            hidden_states = hidden_states * mask
+        q, k, v = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
+        if self.use_short_conv:
+            conv_states = cache.conv_states[self.layer_idx] if use_cache else None
+            conv_states = conv_states or (None, None, None)
+            q, conv_q = self._short_conv("q", q, conv_states[0], use_cache, cu_seqlens)
+            k, conv_k = self._short_conv("k", k, conv_states[1], use_cache, cu_seqlens)
+            v, conv_v = self._short_conv("v", v, conv_states[2], use_cache, cu_seqlens)
+        gk = self.gk_proj(hidden_states)
+
+        q = q.view(batch, seqlen, self.num_heads, self.head_k_dim)
+        k = k.view(batch, seqlen, self.num_kv_heads, self.head_k_dim)
+        gk = gk.view(batch, seqlen, self.num_kv_heads, self.head_k_dim)
+        v = v.view(batch, seqlen, self.num_kv_heads, self.head_v_dim)
+        if self.num_kv_groups > 1:
+            k, gk, v = (x.repeat_interleave(self.num_kv_groups, dim=2) for x in (k, gk, v))
+        gk = F.logsigmoid(gk) / GATE_LOGIT_NORMALIZER
+        if self.clamp_min is not None:
+            gk = torch.clamp_min(gk, self.clamp_min)
+        if self.feature_map is not None:
+            q, k = self.feature_map(q), self.feature_map(k)
+        if mask is not None:
+            k = k * mask[..., None]
+            gk = gk * mask[..., None]
+
+        initial_state = cache.recurrent_states[self.layer_idx] if use_cache else None
+        o, final_state = dispatch.gla(
+            q, k, v, gk, initial_state=initial_state, output_final_state=use_cache, cu_seqlens=cu_seqlens
+        )
+        if use_cache:
+            cache.recurrent_states[self.layer_idx] = final_state
+            if self.use_short_conv:
+                cache.conv_states[self.layer_idx] = (conv_q, conv_k, conv_v)
+
+        if self.use_output_gate:
+            g = self.g_proj(hidden_states).view(batch, seqlen, self.num_heads, self.head_v_dim)
+            if self.fuse_norm_and_gate:
+                o = self.g_norm_swish_gate(o, g)
+            else:
+                o = self.g_norm(o) * self.gate_fn(g)
+        else:
+            o = self.g_norm(o)
+        return self.o_proj(o.reshape(batch, seqlen, self.value_dim))
+
+
+class StateXGLABlock(GradientCheckpointingLayer):
+    """Pre-norm residual block: token mixer (``attn``) then SwiGLU MLP, fla's names."""
+
+    def __init__(self, config: StateXGLAConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.attn_norm = StateXGLARMSNorm(config.hidden_size, eps=config.norm_eps)
+        self.attn = StateXGLATokenMixer(config, layer_idx)
+        self.mlp_norm = StateXGLARMSNorm(config.hidden_size, eps=config.norm_eps)
+        self.mlp = StateXGLAMLP(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: StateXRecurrentCache | None = None,
+        cu_seqlens: torch.LongTensor | None = None,
+    ) -> torch.Tensor:
+        hidden_states = hidden_states + self.attn(self.attn_norm(hidden_states), attention_mask, cache, cu_seqlens)
+        return hidden_states + self.mlp(self.mlp_norm(hidden_states))
+
+
+class StateXGLAPreTrainedModel(PreTrainedModel):
+    config_class = StateXGLAConfig
+    config: StateXGLAConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["StateXGLABlock"]
+    _is_stateful = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """fla's GLA initialization: normal(0, initializer_range) weights, zero biases, unit norms."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, StateXGLARMSNorm) and module.weight is not None:
+            init.ones_(module.weight)
+
+
+class StateXGLAModel(StateXGLAPreTrainedModel):
+    def __init__(self, config: StateXGLAConfig) -> None:
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList([StateXGLABlock(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = StateXGLARMSNorm(config.hidden_size, eps=config.norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        past_key_values: StateXRecurrentCache | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        position_ids: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> tuple | BaseModelOutputWithPast:
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embeddings(input_ids)
+        batch, seqlen, width = inputs_embeds.shape
+
+        cu_seqlens = cu_seqlens_from_kwargs(position_ids, kwargs)
+        if cu_seqlens is not None and (use_cache or past_key_values is not None):
+            logger.warning_once("Packed sequences (position_ids restarting at 0) are run without a cache.")
+            use_cache, past_key_values = False, None
+        if self.gradient_checkpointing and self.training and use_cache:
+            use_cache = False
+        if use_cache and past_key_values is None:
+            past_key_values = StateXRecurrentCache(self.config.num_hidden_layers)
+        cache = past_key_values if use_cache else None
+        if attention_mask is not None and bool(attention_mask[:, -seqlen:].all()):
+            attention_mask = None
+
+        hidden_states = inputs_embeds
+        if cu_seqlens is not None:  # all documents of the batch as one packed row
+            hidden_states = hidden_states.reshape(1, batch * seqlen, width)
+        all_hidden_states = () if output_hidden_states else None
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden_states += (hidden_states.view(batch, seqlen, width),)
+            hidden_states = layer(hidden_states, attention_mask, cache, cu_seqlens)
+        hidden_states = self.norm(hidden_states).view(batch, seqlen, width)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        if cache is not None:
+            cache.seen_tokens += seqlen
+
+        if not return_dict:
+            return tuple(x for x in (hidden_states, cache, all_hidden_states) if x is not None)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states, past_key_values=cache, hidden_states=all_hidden_states
+        )
+
+
+class StateXGLAForCausalLM(StateXGLAPreTrainedModel, StateXGenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"}
+    cache_name = "past_key_values"
+
+    def __init__(self, config: StateXGLAConfig) -> None:
+        super().__init__(config)
+        self.model = StateXGLAModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embeddings = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.lm_head = new_embeddings
+
+    def get_decoder(self) -> StateXGLAModel:
+        return self.model
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        past_key_values: StateXRecurrentCache | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        position_ids: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> tuple | CausalLMOutputWithPast:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            position_ids=position_ids,
+            **kwargs,
+        )
+        loss, logits = causal_lm_head(self, outputs.last_hidden_state, labels, logits_to_keep, **kwargs)
+        if not return_dict:
+            output = tuple(x for x in (logits, outputs.past_key_values, outputs.hidden_states) if x is not None)
+            return (loss, *output) if loss is not None else output
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+        )
+
+
+__all__ = ["StateXGLAForCausalLM", "StateXGLAModel", "StateXGLAPreTrainedModel"]

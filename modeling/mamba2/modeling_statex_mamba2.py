@@ -1,0 +1,373 @@
+"""StateX Mamba2: transformers' Mamba2 with a larger SSM state dimension N in some layers.
+
+Parameter names and shapes equal transformers' ``Mamba2ForCausalLM``, except that a layer listed in
+``config.statex_layers`` has ``statex_state_size`` B and C channels per group in ``in_proj`` and
+``conv1d`` (and a ``[H, P, statex_state_size]`` state).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from statex_hf.kernels import dispatch
+from statex_hf.kernels.ssd.naive import discretize_dt
+from statex_hf.modeling.cache import StateXRecurrentCache
+from statex_hf.modeling.generation import StateXGenerationMixin
+from statex_hf.modeling.lm_head import causal_lm_head
+from statex_hf.modeling.mamba2.configuration_statex_mamba2 import StateXMamba2Config
+from statex_hf.modeling.packing import cu_seqlens_from_kwargs
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput, logging
+
+try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
+    from transformers import initialization as init
+except ImportError:  # pragma: no cover
+    from torch.nn import init
+
+logger = logging.get_logger(__name__)
+
+
+class StateXMamba2RMSNorm(nn.Module):
+    """RMSNorm in fp32; with ``group_size`` and a gate it is Mamba2's ``norm(y * silu(z))`` per group."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, group_size: int | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+        self.group_size = hidden_size if group_size is None else group_size
+
+    def forward(self, hidden_states: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        x = hidden_states.float()
+        if gate is not None:
+            x = x * F.silu(gate.float())
+        grouped = x.view(*x.shape[:-1], -1, self.group_size)
+        grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * grouped.view_as(x).to(input_dtype)
+
+
+class StateXMamba2Mixer(nn.Module):
+    """Mamba2 token mixer (SSD) with state dimension ``config.layer_state_size(layer_idx)``.
+
+    ``in_proj`` produces ``[z | x | B | C | dt]``; a causal depthwise conv runs over ``[x | B | C]``;
+    per head ``h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T``, ``y_t = h_t C_t + D x_t``; then a gated
+    RMSNorm with ``z`` and ``out_proj``.
+    """
+
+    def __init__(self, config: StateXMamba2Config, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_heads
+        self.head_dim = config.head_dim
+        self.n_groups = config.n_groups
+        self.ssm_state_size = config.layer_state_size(layer_idx)
+        self.intermediate_size = int(config.expand * config.hidden_size)
+        self.conv_dim = self.intermediate_size + 2 * self.n_groups * self.ssm_state_size
+        self.activation = config.hidden_act
+        self.chunk_size = config.chunk_size
+        self.time_step_limit = tuple(config.time_step_limit)
+        self.time_step_min, self.time_step_max = config.time_step_min, config.time_step_max
+        self.time_step_floor = config.time_step_floor
+
+        self.conv1d = nn.Conv1d(
+            self.conv_dim,
+            self.conv_dim,
+            kernel_size=config.conv_kernel,
+            groups=self.conv_dim,
+            bias=config.use_conv_bias,
+            padding=config.conv_kernel - 1,
+        )
+        self.in_proj = nn.Linear(
+            config.hidden_size, self.intermediate_size + self.conv_dim + self.num_heads, bias=config.use_bias
+        )
+        self.dt_bias = nn.Parameter(torch.ones(self.num_heads))
+        self.A_log = nn.Parameter(torch.zeros(self.num_heads))
+        self.norm = StateXMamba2RMSNorm(
+            self.intermediate_size, eps=config.layer_norm_epsilon, group_size=self.intermediate_size // self.n_groups
+        )
+        self.D = nn.Parameter(torch.ones(self.num_heads))
+        self.out_proj = nn.Linear(self.intermediate_size, config.hidden_size, bias=config.use_bias)
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """Mamba2's initial ``A_log``, ``D`` and ``dt_bias`` (step sizes log-uniform in [min, max])."""
+        heads = self.num_heads
+        init.copy_(self.A_log, torch.log(torch.arange(1, heads + 1, dtype=torch.float32)))
+        init.ones_(self.D)
+        low, high = math.log(self.time_step_min), math.log(self.time_step_max)
+        dt = torch.exp(torch.rand(heads) * (high - low) + low).clamp(min=self.time_step_floor)
+        init.copy_(self.dt_bias, dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: StateXRecurrentCache | None = None,
+        cu_seqlens: torch.LongTensor | None = None,
+    ) -> torch.Tensor:
+        batch, seqlen, _ = hidden_states.shape
+        dtype = hidden_states.dtype
+        mask = None if attention_mask is None else attention_mask[:, -seqlen:, None].to(dtype)
+        if mask is not None:
+            hidden_states = hidden_states * mask
+        z, xBC, dt = self.in_proj(hidden_states).split([self.intermediate_size, self.conv_dim, self.num_heads], dim=-1)
+        if mask is not None:  # padding enters no convolution window
+            xBC = xBC * mask
+        conv_state = cache.conv_states[self.layer_idx] if cache is not None else None
+        xBC, conv_state = dispatch.causal_conv1d(
+            xBC,
+            self.conv1d.weight.squeeze(1),
+            self.conv1d.bias,
+            self.activation,
+            conv_state,
+            output_final_state=cache is not None,
+            cu_seqlens=cu_seqlens,
+        )
+        if mask is not None:
+            xBC = xBC * mask
+        x, B, C = xBC.split(
+            [self.intermediate_size, self.n_groups * self.ssm_state_size, self.n_groups * self.ssm_state_size], dim=-1
+        )
+
+        A = -torch.exp(self.A_log.float())
+        dt_bias, dt_softplus, dt_limit = self.dt_bias, True, self.time_step_limit
+        if mask is not None:
+            # Step size 0 at a padding token: the state neither decays nor takes a write there.
+            dt = discretize_dt(dt, self.dt_bias, True, self.time_step_limit) * mask
+            dt_bias, dt_softplus, dt_limit = None, False, (0.0, float("inf"))
+        initial_state = cache.recurrent_states[self.layer_idx] if cache is not None else None
+        y, final_state = dispatch.ssd(
+            x.reshape(batch, seqlen, self.num_heads, self.head_dim),
+            dt,
+            A,
+            B.reshape(batch, seqlen, self.n_groups, self.ssm_state_size),
+            C.reshape(batch, seqlen, self.n_groups, self.ssm_state_size),
+            D=self.D,
+            dt_bias=dt_bias,
+            dt_softplus=dt_softplus,
+            dt_limit=dt_limit,
+            initial_state=initial_state,
+            output_final_state=cache is not None,
+            cu_seqlens=cu_seqlens,
+            chunk_size=self.chunk_size,
+        )
+        if cache is not None:
+            cache.recurrent_states[self.layer_idx] = final_state
+            cache.conv_states[self.layer_idx] = conv_state
+        y = self.norm(y.reshape(batch, seqlen, self.intermediate_size), z)
+        return self.out_proj(y.to(dtype))
+
+
+class StateXMamba2Block(GradientCheckpointingLayer):
+    def __init__(self, config: StateXMamba2Config, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.residual_in_fp32 = config.residual_in_fp32
+        self.norm = StateXMamba2RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.mixer = StateXMamba2Mixer(config, layer_idx)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: StateXRecurrentCache | None = None,
+        cu_seqlens: torch.LongTensor | None = None,
+    ) -> torch.Tensor:
+        residual = hidden_states.float() if self.residual_in_fp32 else hidden_states
+        normed = self.norm(hidden_states.to(self.norm.weight.dtype))
+        return residual + self.mixer(normed, attention_mask, cache, cu_seqlens)
+
+
+class StateXMamba2PreTrainedModel(PreTrainedModel):
+    config_class = StateXMamba2Config
+    config: StateXMamba2Config
+    base_model_prefix = "backbone"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["StateXMamba2Block"]
+    _is_stateful = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """transformers' Mamba2 initialization, applied per module (children before parents)."""
+        std = self.config.initializer_range
+        if isinstance(module, StateXMamba2Mixer):
+            module.reset_ssm_parameters()
+            init.kaiming_uniform_(module.conv1d.weight, a=math.sqrt(5))
+            if module.conv1d.bias is not None:
+                init.zeros_(module.conv1d.bias)
+            init.kaiming_uniform_(module.out_proj.weight, a=math.sqrt(5))
+            if self.config.rescale_prenorm_residual:
+                module.out_proj.weight /= math.sqrt(self.config.num_hidden_layers)
+        elif isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, StateXMamba2RMSNorm):
+            init.ones_(module.weight)
+
+
+@dataclass
+class StateXMamba2Output(ModelOutput):
+    """Outputs of [`StateXMamba2Model`]; ``cache_params`` holds the recurrent cache."""
+
+    last_hidden_state: torch.Tensor | None = None
+    cache_params: StateXRecurrentCache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class StateXMamba2CausalLMOutput(ModelOutput):
+    """Outputs of [`StateXMamba2ForCausalLM`]."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    cache_params: StateXRecurrentCache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+class StateXMamba2Model(StateXMamba2PreTrainedModel):
+    def __init__(self, config: StateXMamba2Config) -> None:
+        super().__init__(config)
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList([StateXMamba2Block(config, i) for i in range(config.num_hidden_layers)])
+        self.norm_f = StateXMamba2RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.gradient_checkpointing = False
+        # mamba_ssm checkpoints name the embedding "embedding"; transformers' Mamba2 renames it on load.
+        self._register_load_state_dict_pre_hook(self._rename_mamba_ssm_embedding)
+        self.post_init()
+
+    @staticmethod
+    def _rename_mamba_ssm_embedding(state_dict, prefix, *args) -> None:
+        for key in list(state_dict):
+            if key.startswith(f"{prefix}embedding."):
+                state_dict[key.replace("embedding.", "embeddings.", 1)] = state_dict.pop(key)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cache_params: StateXRecurrentCache | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> tuple | StateXMamba2Output:
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embeddings(input_ids)
+        batch, seqlen, width = inputs_embeds.shape
+
+        cu_seqlens = cu_seqlens_from_kwargs(position_ids, kwargs)
+        if cu_seqlens is not None and (use_cache or cache_params is not None):
+            logger.warning_once("Packed sequences (position_ids restarting at 0) are run without a cache.")
+            use_cache, cache_params = False, None
+        if self.gradient_checkpointing and self.training and use_cache:
+            use_cache = False
+        if use_cache and cache_params is None:
+            cache_params = StateXRecurrentCache(self.config.num_hidden_layers)
+        cache = cache_params if use_cache else None
+        if attention_mask is not None and bool(attention_mask[:, -seqlen:].all()):
+            attention_mask = None
+
+        hidden_states = inputs_embeds
+        if cu_seqlens is not None:  # all documents of the batch as one packed row
+            hidden_states = hidden_states.reshape(1, batch * seqlen, width)
+        all_hidden_states = () if output_hidden_states else None
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask, cache, cu_seqlens)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states.view(batch, seqlen, width),)
+        hidden_states = self.norm_f(hidden_states).view(batch, seqlen, width)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        if cache is not None:
+            cache.seen_tokens += seqlen
+
+        if not return_dict:
+            return tuple(x for x in (hidden_states, cache, all_hidden_states) if x is not None)
+        return StateXMamba2Output(last_hidden_state=hidden_states, cache_params=cache, hidden_states=all_hidden_states)
+
+
+class StateXMamba2ForCausalLM(StateXMamba2PreTrainedModel, StateXGenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
+    # transformers' generate passes the cache as `cache_params` to classes named "...Mamba...".
+    cache_name = "cache_params"
+
+    def __init__(self, config: StateXMamba2Config) -> None:
+        super().__init__(config)
+        self.backbone = StateXMamba2Model(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.backbone.embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.backbone.embeddings = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.lm_head = new_embeddings
+
+    def get_decoder(self) -> StateXMamba2Model:
+        return self.backbone
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cache_params: StateXRecurrentCache | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        use_cache: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> tuple | StateXMamba2CausalLMOutput:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.backbone(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            cache_params=cache_params,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            **kwargs,
+        )
+        loss, logits = causal_lm_head(self, outputs.last_hidden_state, labels, logits_to_keep, **kwargs)
+        if not return_dict:
+            output = tuple(x for x in (logits, outputs.cache_params, outputs.hidden_states) if x is not None)
+            return (loss, *output) if loss is not None else output
+        return StateXMamba2CausalLMOutput(
+            loss=loss, logits=logits, cache_params=outputs.cache_params, hidden_states=outputs.hidden_states
+        )
+
+
+__all__ = ["StateXMamba2ForCausalLM", "StateXMamba2Model", "StateXMamba2PreTrainedModel"]
