@@ -1,0 +1,172 @@
+"""StateX for Mamba2: grow the SSM state dimension N of the chosen layers (STATEX.md, "StateX for Mamba2").
+
+Only the B and C parts grow: the B/C rows of ``in_proj`` (and its bias) and the B/C channels of
+``conv1d``. Init modes:
+
+- ``reinit`` (the paper's default): the whole B and C blocks of ``in_proj``/``conv1d`` come fresh
+  from the model class's own init, and ``dt_bias``, ``A_log`` and the gated norm are reset to
+  their initial values; z, x, dt rows, the x conv channels, ``D`` and ``out_proj`` are kept.
+- ``copy``: the old B/C rows and channels are tiled over the new state size.
+- ``zero``: the old rows first, zeros after (the expanded model computes what the source did).
+
+``copy`` and ``zero`` touch nothing but B and C.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from statex_hf.expansion.errors import StateXInputError
+from statex_hf.expansion.fresh import fresh_layer_parameters
+from statex_hf.expansion.layers import choose_layers
+
+MAMBA2_INIT_MODES = ("reinit", "copy", "zero")
+_MIXER_KEY = re.compile(r"^backbone\.layers\.(\d+)\.mixer\.((?:in_proj|conv1d)\.(?:weight|bias))$")
+_RESET_KEY = re.compile(r"^backbone\.layers\.(\d+)\.mixer\.(dt_bias|A_log|norm\.weight)$")
+_DROPPED_CONFIG_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path")
+
+
+def mamba2_state_size(intermediate_size: int, state_size: int) -> int:
+    """Recurrent state per layer: H heads of P x N = d_inner * N (the conv window not counted)."""
+    return intermediate_size * state_size
+
+
+def mamba2_parameter_delta_per_layer(config, old_state_size: int, new_state_size: int) -> int:
+    """2 * G * (N' - N) * (d_model + conv_kernel + conv bias + in_proj bias): the B and C rows and channels added."""
+    per_row = config.hidden_size + config.conv_kernel + int(config.use_conv_bias) + int(config.use_bias)
+    return 2 * config.n_groups * (new_state_size - old_state_size) * per_row
+
+
+def statex_mamba2_config(source: Mapping[str, Any], layers: Sequence[int], state_size: int | None):
+    """The StateX config for a transformers Mamba2 config dict: every field kept, ``statex_*`` added."""
+    from statex_hf.modeling.mamba2.configuration_statex_mamba2 import StateXMamba2Config
+
+    if source.get("model_type") != "mamba2":
+        raise StateXInputError(
+            f"config has model_type={source.get('model_type')!r}; `convert mamba2` needs a Mamba2 checkpoint "
+            "(transformers 'mamba2' or mamba_ssm's state-spaces layout)"
+        )
+    fields = {k: v for k, v in source.items() if k not in _DROPPED_CONFIG_KEYS}
+    old = int(fields.get("state_size", 128))
+    new = 4 * old if state_size is None else int(state_size)
+    if layers and new <= old:
+        raise StateXInputError(f"--state-size {new} is not larger than the checkpoint's state_size={old}")
+    try:
+        config = StateXMamba2Config(**fields, statex_layers=list(layers), statex_state_size=new)
+    except (ValueError, TypeError) as err:
+        raise StateXInputError(f"cannot build the StateX Mamba2 config: {err}") from err
+    config.architectures = ["StateXMamba2ForCausalLM"]
+    return config
+
+
+class Mamba2Expansion:
+    """The surgery for one conversion, applied tensor by tensor so sharded checkpoints can stream through it."""
+
+    def __init__(
+        self,
+        source_config: Mapping[str, Any],
+        *,
+        layers: Sequence[int] | None = None,
+        every: int | None = None,
+        init: str = "reinit",
+        state_size: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if init not in MAMBA2_INIT_MODES:
+            raise StateXInputError(
+                f"--init {init!r} is not a Mamba2 init mode; choose one of {', '.join(MAMBA2_INIT_MODES)}"
+            )
+        num_layers = int(source_config.get("num_hidden_layers", 64))
+        self.layers = choose_layers(num_layers, every=every, layers=layers)
+        self.config = statex_mamba2_config(source_config, self.layers, state_size)
+        self.init = init
+        self.seed = seed
+        config = self.config
+        self.d_inner = int(config.expand * config.hidden_size)
+        self.groups = config.n_groups
+        self.old_n = config.state_size
+        self.new_n = config.statex_state_size
+        self._fresh: dict[int, dict[str, torch.Tensor]] = {}
+
+    def state_size(self, layer_idx: int, expanded: bool) -> int:
+        return mamba2_state_size(self.d_inner, self.new_n if expanded else self.old_n)
+
+    def parameter_delta(self) -> int:
+        return len(self.layers) * mamba2_parameter_delta_per_layer(self.config, self.old_n, self.new_n)
+
+    def transform(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """The converted tensor for source key ``name`` (the same object when it is kept)."""
+        match = _MIXER_KEY.match(name)
+        if match is not None and int(match.group(1)) in self.layers:
+            layer_idx, param = int(match.group(1)), match.group(2)
+            # in_proj rows: [z | x | B | C | dt]; conv1d channels: [x | B | C].
+            head = 2 * self.d_inner if param.startswith("in_proj") else self.d_inner
+            tail = self.config.num_heads if param.startswith("in_proj") else 0
+            return self._grow_bc(name, tensor, head, tail, layer_idx)
+        match = _RESET_KEY.match(name)
+        if match is not None and int(match.group(1)) in self.layers and self.init == "reinit":
+            new = self._fresh_layer(int(match.group(1)))[name]
+            self._check_shape(name, tensor, new.shape)
+            return new.to(tensor.dtype)
+        return tensor
+
+    def _grow_bc(self, name: str, tensor: torch.Tensor, head: int, tail: int, layer_idx: int) -> torch.Tensor:
+        g, n, n_new = self.groups, self.old_n, self.new_n
+        self._check_shape(name, tensor, (head + 2 * g * n + tail, *tensor.shape[1:]))
+        keep_head, b, c, keep_tail = torch.split(tensor, [head, g * n, g * n, tail])
+        if self.init == "reinit":
+            fresh = self._fresh_layer(layer_idx)[name].to(tensor.dtype)
+            _, b, c, _ = torch.split(fresh, [head, g * n_new, g * n_new, tail])
+        else:
+            b, c = self._grow_block(b), self._grow_block(c)
+        return torch.cat([keep_head, b, c, keep_tail])
+
+    def _grow_block(self, block: torch.Tensor) -> torch.Tensor:
+        # B and C are laid out group-major ([G, N, ...] flattened): grow N inside each group.
+        g, n, n_new = self.groups, self.old_n, self.new_n
+        per_group = block.reshape(g, n, *block.shape[1:])
+        if self.init == "copy":
+            reps = -(-n_new // n)
+            grown = per_group.repeat(1, reps, *([1] * (block.dim() - 1)))[:, :n_new]
+        else:
+            zeros = per_group.new_zeros(g, n_new - n, *block.shape[1:])
+            grown = torch.cat([per_group, zeros], dim=1)
+        return grown.reshape(g * n_new, *block.shape[1:])
+
+    @staticmethod
+    def _check_shape(name: str, tensor: torch.Tensor, expected: tuple[int, ...] | torch.Size) -> None:
+        if tuple(tensor.shape) != tuple(expected):
+            raise StateXInputError(
+                f"{name} has shape {tuple(tensor.shape)}, but the config implies {tuple(expected)}; "
+                "config.json does not match the weights"
+            )
+
+    def _fresh_layer(self, layer_idx: int) -> dict[str, torch.Tensor]:
+        if layer_idx not in self._fresh:
+            from statex_hf.modeling.mamba2.modeling_statex_mamba2 import StateXMamba2ForCausalLM
+
+            self._fresh = {
+                layer_idx: fresh_layer_parameters(
+                    StateXMamba2ForCausalLM, self.config, f"backbone.layers.{layer_idx}", self.seed, layer_idx
+                )
+            }
+        return self._fresh[layer_idx]
+
+
+def expand_mamba2(
+    source_config: Mapping[str, Any],
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    layers: Sequence[int] | None = None,
+    every: int | None = None,
+    init: str = "reinit",
+    state_size: int | None = None,
+    seed: int = 0,
+):
+    """Source Mamba2 config (transformers fields) + state dict -> (``StateXMamba2Config``, StateX state dict)."""
+    expansion = Mamba2Expansion(source_config, layers=layers, every=every, init=init, state_size=state_size, seed=seed)
+    return expansion.config, {name: expansion.transform(name, tensor) for name, tensor in state_dict.items()}
