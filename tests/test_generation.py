@@ -1,0 +1,78 @@
+"""generate() with the recurrent cache: greedy equals repeated full forwards; left padding is inert."""
+
+import pytest
+import torch
+from tiny_models import VARIANTS, VOCAB, build
+
+
+def greedy_by_full_forwards(model, ids, steps):
+    for _ in range(steps):
+        with torch.no_grad():
+            next_token = model(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, next_token], dim=1)
+    return ids
+
+
+@pytest.mark.parametrize("family,statex_layers", VARIANTS)
+def test_greedy_generate_equals_repeated_full_forwards(family, statex_layers):
+    model = build(family, statex_layers=statex_layers)
+    prompt = torch.randint(3, VOCAB, (2, 7))
+    generated = model.generate(prompt, max_new_tokens=6, do_sample=False, eos_token_id=None)
+    assert torch.equal(generated, greedy_by_full_forwards(model, prompt, 6))
+
+
+@pytest.mark.parametrize("family,statex_layers", VARIANTS)
+def test_left_padded_batch_generates_what_each_prompt_generates_alone(family, statex_layers):
+    model = build(family, statex_layers=statex_layers)
+    prompts = [torch.randint(3, VOCAB, (n,)) for n in (9, 4, 6)]
+    width = max(len(p) for p in prompts)
+    pad = model.config.pad_token_id
+    ids = torch.full((len(prompts), width), pad)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = prompt
+        mask[row, width - len(prompt) :] = 1
+    batched = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, eos_token_id=None)
+    for row, prompt in enumerate(prompts):
+        alone = model.generate(prompt[None], max_new_tokens=5, do_sample=False, eos_token_id=None)
+        assert torch.equal(batched[row, width:], alone[0, len(prompt) :])
+
+
+def test_padding_neither_decays_nor_writes_the_state():
+    """The state after [pad, pad, x] with its mask equals the state after [x] alone (every layer)."""
+    for family, layers in VARIANTS:
+        model = build(family, statex_layers=layers)
+        ids = torch.randint(3, VOCAB, (1, 5))
+        padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], dim=1)
+        mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 5, dtype=torch.long)], dim=1)
+        with torch.no_grad():
+            alone = model(ids, use_cache=True)
+            with_pad = model(padded, attention_mask=mask, use_cache=True)
+        cache_a = getattr(alone, model.cache_name)
+        cache_b = getattr(with_pad, model.cache_name)
+        for state_a, state_b in zip(cache_a.recurrent_states, cache_b.recurrent_states):
+            torch.testing.assert_close(state_a, state_b, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(alone.logits[:, -1], with_pad.logits[:, -1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_eos_stops_and_sampling_respects_max_new_tokens(family):
+    model = build(family, statex_layers=[0])
+    prompt = torch.randint(3, VOCAB, (1, 5))
+    greedy = model.generate(prompt, max_new_tokens=4, do_sample=False, eos_token_id=None)
+    first = int(greedy[0, 5])
+    stopped = model.generate(prompt, max_new_tokens=4, do_sample=False, eos_token_id=first, pad_token_id=0)
+    assert stopped.shape[1] == 6 and int(stopped[0, -1]) == first
+    torch.manual_seed(1)
+    sampled = model.generate(prompt, max_new_tokens=8, do_sample=True, top_k=10, eos_token_id=None)
+    assert sampled.shape == (1, 13)
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_num_return_sequences_and_beam_search_run(family):
+    model = build(family, statex_layers=[0])
+    prompt = torch.randint(3, VOCAB, (2, 5))
+    out = model.generate(prompt, max_new_tokens=3, do_sample=True, num_return_sequences=2, eos_token_id=None)
+    assert out.shape == (4, 8)
+    beams = model.generate(prompt, max_new_tokens=3, num_beams=2, do_sample=False, eos_token_id=None)
+    assert beams.shape == (2, 8)
