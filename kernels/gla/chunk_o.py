@@ -1,0 +1,374 @@
+"""Chunked GLA, output stage: o from the chunk states and the in-chunk attention, and its gradients.
+
+Forward, per chunk (``h`` the state before it, ``A`` from ``chunk_intra``):
+
+    o = scale * (q * exp(g)) h + A v
+
+Backward (``dh`` the gradient of the state after the chunk, ``g_L`` the chunk's last row of g):
+
+    dA = scale * do v^T (lower triangle)
+    dv = A^T do + (k * exp(g_L - g)) dh
+    dq = scale * exp(g) * (do h^T) + dq_intra
+    dk = exp(g_L - g) * (v dh^T) + dk_intra          dg = q * dq - k * dk
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from statex_hf.kernels.gla.chunk_h import dot_precision
+from statex_hf.kernels.gla.chunk_utils import ChunkLayout
+
+
+@triton.jit
+def _chunk_bounds(cu_seqlens, chunk_indices, i_t, BT: tl.constexpr):
+    i_n = tl.load(chunk_indices + i_t * 2)
+    i_w = tl.load(chunk_indices + i_t * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    return bos + i_w * BT, eos
+
+
+@triton.jit
+def chunk_gla_fwd_o_kernel(
+    q,
+    v,
+    g,
+    h,
+    A,
+    o,
+    cu_seqlens,
+    chunk_indices,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    i_v, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t0, eos = _chunk_bounds(cu_seqlens, chunk_indices, i_t, BT)
+    o_t = tl.arange(0, BT)
+    rows = t0 + o_t
+    m_t = rows < eos
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    base_h = (i_t.to(tl.int64) * H + i_h) * K * V
+
+    b_o = tl.zeros([BT, BV], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        p_q = (rows[:, None] * H + i_h) * K + o_k[None, :]
+        m_q = m_t[:, None] & m_k[None, :]
+        b_q = tl.load(q + p_q, mask=m_q, other=0.0).to(tl.float32)
+        b_g = tl.load(g + p_q, mask=m_q, other=0.0)
+        b_h = tl.load(h + base_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
+        b_qg = b_q * tl.exp(b_g)
+        b_o += tl.dot(b_qg.to(b_h.dtype), b_h, input_precision=DOT_PRECISION)
+    b_o *= scale
+    b_A = tl.load(A + (rows[:, None] * H + i_h) * BT + o_t[None, :], mask=m_t[:, None], other=0.0)
+    p_v = (rows[:, None] * H + i_h) * V + o_v[None, :]
+    m_tv = m_t[:, None] & m_v[None, :]
+    b_v = tl.load(v + p_v, mask=m_tv, other=0.0)
+    b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)
+    tl.store(o + p_v, b_o.to(o.dtype.element_ty), mask=m_tv)
+
+
+@triton.jit
+def chunk_gla_bwd_dA_kernel(
+    v,
+    do,
+    dA,
+    cu_seqlens,
+    chunk_indices,
+    scale,
+    H: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    i_t, i_h = tl.program_id(0), tl.program_id(1)
+    t0, eos = _chunk_bounds(cu_seqlens, chunk_indices, i_t, BT)
+    o_t = tl.arange(0, BT)
+    rows = t0 + o_t
+    m_t = rows < eos
+    b_dA = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_tv = m_t[:, None] & (o_v < V)[None, :]
+        p = (rows[:, None] * H + i_h) * V + o_v[None, :]
+        b_do = tl.load(do + p, mask=m_tv, other=0.0)
+        b_v = tl.load(v + p, mask=m_tv, other=0.0)
+        b_dA += tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PRECISION)
+    b_dA = tl.where(o_t[:, None] >= o_t[None, :], b_dA * scale, 0.0)
+    tl.store(dA + (rows[:, None] * H + i_h) * BT + o_t[None, :], b_dA, mask=m_t[:, None])
+
+
+@triton.jit
+def chunk_gla_bwd_dv_kernel(
+    k,
+    g,
+    A,
+    do,
+    dh,
+    dv,
+    cu_seqlens,
+    chunk_indices,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    i_v, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t0, eos = _chunk_bounds(cu_seqlens, chunk_indices, i_t, BT)
+    o_t = tl.arange(0, BT)
+    rows = t0 + o_t
+    m_t = rows < eos
+    last = tl.minimum(t0 + BT, eos) - 1
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    base_h = (i_t.to(tl.int64) * H + i_h) * K * V
+
+    b_dv = tl.zeros([BT, BV], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        p_k = (rows[:, None] * H + i_h) * K + o_k[None, :]
+        m_tk = m_t[:, None] & m_k[None, :]
+        b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(tl.float32)
+        b_g = tl.load(g + p_k, mask=m_tk, other=0.0)
+        b_gl = tl.load(g + (last * H + i_h) * K + o_k, mask=m_k, other=0.0)
+        b_dh = tl.load(dh + base_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
+        b_kg = tl.where(m_tk, b_k * tl.exp(b_gl[None, :] - b_g), 0.0)
+        b_dv += tl.dot(b_kg.to(b_dh.dtype), b_dh, input_precision=DOT_PRECISION)
+    p_v = (rows[:, None] * H + i_h) * V + o_v[None, :]
+    m_tv = m_t[:, None] & m_v[None, :]
+    b_do = tl.load(do + p_v, mask=m_tv, other=0.0)
+    # A^T read directly: element (j, i) of the tile is A_ij.
+    b_At = tl.load(A + (rows[None, :] * H + i_h) * BT + o_t[:, None], mask=m_t[None, :], other=0.0)
+    b_dv += tl.dot(b_At.to(b_do.dtype), b_do, input_precision=DOT_PRECISION)
+    tl.store(dv + p_v, b_dv.to(dv.dtype.element_ty), mask=m_tv)
+
+
+@triton.jit
+def chunk_gla_bwd_dqk_kernel(
+    q,
+    k,
+    v,
+    g,
+    h,
+    do,
+    dh,
+    dq_intra,
+    dk_intra,
+    dq,
+    dk,
+    dg,
+    cu_seqlens,
+    chunk_indices,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    i_k, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t0, eos = _chunk_bounds(cu_seqlens, chunk_indices, i_t, BT)
+    rows = t0 + tl.arange(0, BT)
+    m_t = rows < eos
+    last = tl.minimum(t0 + BT, eos) - 1
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    base_h = (i_t.to(tl.int64) * H + i_h) * K * V
+
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        p_v = (rows[:, None] * H + i_h) * V + o_v[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        b_do = tl.load(do + p_v, mask=m_tv, other=0.0)
+        b_v = tl.load(v + p_v, mask=m_tv, other=0.0)
+        # h^T and dh^T tiles, [BV, BK].
+        p_ht = base_h + o_k[None, :] * V + o_v[:, None]
+        m_ht = m_k[None, :] & m_v[:, None]
+        b_ht = tl.load(h + p_ht, mask=m_ht, other=0.0)
+        b_dht = tl.load(dh + p_ht, mask=m_ht, other=0.0)
+        b_dq += tl.dot(b_do.to(b_ht.dtype), b_ht, input_precision=DOT_PRECISION)
+        b_dk += tl.dot(b_v.to(b_dht.dtype), b_dht, input_precision=DOT_PRECISION)
+
+    p_k = (rows[:, None] * H + i_h) * K + o_k[None, :]
+    m_tk = m_t[:, None] & m_k[None, :]
+    b_g = tl.load(g + p_k, mask=m_tk, other=0.0)
+    b_gl = tl.load(g + (last * H + i_h) * K + o_k, mask=m_k, other=0.0)
+    b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(tl.float32)
+    b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(tl.float32)
+    b_dq = b_dq * (scale * tl.exp(b_g)) + tl.load(dq_intra + p_k, mask=m_tk, other=0.0)
+    b_dk = tl.where(m_tk, b_dk * tl.exp(b_gl[None, :] - b_g), 0.0) + tl.load(dk_intra + p_k, mask=m_tk, other=0.0)
+    tl.store(dq + p_k, b_dq.to(dq.dtype.element_ty), mask=m_tk)
+    tl.store(dk + p_k, b_dk.to(dk.dtype.element_ty), mask=m_tk)
+    tl.store(dg + p_k, b_q * b_dq - b_k * b_dk, mask=m_tk)
+
+
+def _tile(n: int, cap: int) -> int:
+    return min(cap, max(16, triton.next_power_of_2(n)))
+
+
+def chunk_gla_fwd_o(
+    q: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    h: torch.Tensor,
+    A: torch.Tensor,
+    layout: ChunkLayout,
+    chunk_size: int,
+    scale: float,
+) -> torch.Tensor:
+    _, _, H, K = q.shape
+    V = v.shape[-1]
+    BK, BV = _tile(K, 64), _tile(V, 64)
+    o = torch.empty_like(v)
+    grid = (triton.cdiv(V, BV), layout.num_chunks, H)
+    chunk_gla_fwd_o_kernel[grid](
+        q,
+        v,
+        g,
+        h,
+        A,
+        o,
+        layout.cu_seqlens,
+        layout.chunk_indices,
+        scale,
+        H=H,
+        K=K,
+        V=V,
+        BT=chunk_size,
+        BK=BK,
+        BV=BV,
+        DOT_PRECISION=dot_precision(q.dtype),
+        num_warps=4,
+        num_stages=2,
+    )
+    return o
+
+
+def chunk_gla_bwd_dA(
+    v: torch.Tensor, do: torch.Tensor, layout: ChunkLayout, chunk_size: int, scale: float
+) -> torch.Tensor:
+    B, T, H, V = v.shape
+    dA = v.new_empty(B, T, H, chunk_size, dtype=torch.float32)
+    grid = (layout.num_chunks, H)
+    chunk_gla_bwd_dA_kernel[grid](
+        v,
+        do,
+        dA,
+        layout.cu_seqlens,
+        layout.chunk_indices,
+        scale,
+        H=H,
+        V=V,
+        BT=chunk_size,
+        BV=_tile(V, 64),
+        DOT_PRECISION=dot_precision(v.dtype),
+        num_warps=4,
+        num_stages=2,
+    )
+    return dA
+
+
+def chunk_gla_bwd_dv(
+    k: torch.Tensor,
+    g: torch.Tensor,
+    A: torch.Tensor,
+    do: torch.Tensor,
+    dh: torch.Tensor,
+    layout: ChunkLayout,
+    chunk_size: int,
+) -> torch.Tensor:
+    _, _, H, K = k.shape
+    V = do.shape[-1]
+    BK, BV = _tile(K, 64), _tile(V, 64)
+    dv = torch.empty_like(do)
+    grid = (triton.cdiv(V, BV), layout.num_chunks, H)
+    chunk_gla_bwd_dv_kernel[grid](
+        k,
+        g,
+        A,
+        do,
+        dh,
+        dv,
+        layout.cu_seqlens,
+        layout.chunk_indices,
+        H=H,
+        K=K,
+        V=V,
+        BT=chunk_size,
+        BK=BK,
+        BV=BV,
+        DOT_PRECISION=dot_precision(k.dtype),
+        num_warps=4,
+        num_stages=2,
+    )
+    return dv
+
+
+def chunk_gla_bwd_dqk(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    h: torch.Tensor,
+    do: torch.Tensor,
+    dh: torch.Tensor,
+    dq_intra: torch.Tensor,
+    dk_intra: torch.Tensor,
+    layout: ChunkLayout,
+    chunk_size: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk in the inputs' dtype and ``dg = q dq - k dk`` in fp32."""
+    _, _, H, K = q.shape
+    V = v.shape[-1]
+    BK, BV = _tile(K, 64), _tile(V, 64)
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    dg = torch.empty_like(q, dtype=torch.float32)
+    grid = (triton.cdiv(K, BK), layout.num_chunks, H)
+    chunk_gla_bwd_dqk_kernel[grid](
+        q,
+        k,
+        v,
+        g,
+        h,
+        do,
+        dh,
+        dq_intra,
+        dk_intra,
+        dq,
+        dk,
+        dg,
+        layout.cu_seqlens,
+        layout.chunk_indices,
+        scale,
+        H=H,
+        K=K,
+        V=V,
+        BT=chunk_size,
+        BK=BK,
+        BV=BV,
+        DOT_PRECISION=dot_precision(q.dtype),
+        num_warps=4,
+        num_stages=2,
+    )
+    return dq, dk, dg
