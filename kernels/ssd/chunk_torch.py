@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
 from statex_hf.kernels.ssd.naive import discretize_dt
 
 

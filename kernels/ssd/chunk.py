@@ -1,0 +1,188 @@
+"""Mamba2 SSD, chunked, in Triton: forward and backward composed from the stage files.
+
+    ssd_bmm.py               CB = C B^T per chunk and group
+    ssd_chunk_state.py       chunk states + state passing (forward), state gradients (backward)
+    ssd_chunk_scan.py        outputs (forward), dx and the direct ddt (backward)
+    ssd_chunk_bc_bwd.py      dC, dB and the dy . y terms (backward)
+
+The decay gradient needs no extra pass. With ``Lam_t`` the log-decay cumulated over the whole
+sequence, every term of the output pairs a target t with a source s through ``exp(Lam_t - Lam_s)``,
+so ``dL/dLam_k = dy_k . y_k - x_k . dx_k`` (SSD parts only, plus ``<dh_T, h_T>`` at the last
+token), and ``dL/d(dt_k A) = sum_{j>=k} dL/dLam_j``: a reverse cumulative sum over ``[b, H, T]``.
+
+Memory: the backward recomputes the chunk-entry states instead of keeping them from the forward,
+and frees them before the state gradients are made, so at most one ``[b, T / L, H, P, N]`` tensor
+(in the input dtype) is alive at a time.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+from statex_hf.kernels.ssd.naive import discretize_dt
+from statex_hf.kernels.ssd.ssd_bmm import bmm_chunk_fwd
+from statex_hf.kernels.ssd.ssd_chunk_bc_bwd import chunk_db, chunk_dc, chunk_dcb
+from statex_hf.kernels.ssd.ssd_chunk_scan import chunk_scan_bwd_dx, chunk_scan_fwd
+from statex_hf.kernels.ssd.ssd_chunk_state import chunk_state_bwd, chunk_state_fwd
+
+
+def _chunk_log_decay(dt: torch.Tensor, A: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dt`` ``[b, T, H]`` fp32 -> padded ``dt`` and the in-chunk cumulated ``dt * A``, both ``[b, H, Tp]``."""
+    b, T, H = dt.shape
+    nc = triton.cdiv(T, chunk_size)
+    dtp = F.pad(dt.transpose(1, 2), (0, nc * chunk_size - T)).contiguous()
+    Acs = (dtp * A.float()[None, :, None]).view(b, H, nc, chunk_size).cumsum(-1).view(b, H, nc * chunk_size)
+    return dtp, Acs.contiguous()
+
+
+def _padded_seq_idx(seq_idx: torch.Tensor | None, chunk_size: int) -> torch.Tensor | None:
+    """``[b, T]`` -> ``[b, Tp]`` int32, padding with the last document (padding writes nothing anyway)."""
+    if seq_idx is None:
+        return None
+    T = seq_idx.shape[1]
+    pad = triton.cdiv(T, chunk_size) * chunk_size - T
+    return F.pad(seq_idx.to(torch.int32), (0, pad), mode="replicate" if pad else "constant").contiguous()
+
+
+def chunk_ssd_fwd(x, dt, A, B, C, D, initial_state, seq, chunk_size, output_final_state):
+    dtp, Acs = _chunk_log_decay(dt, A, chunk_size)
+    CB = bmm_chunk_fwd(C, B, seq, chunk_size)
+    hs, final = chunk_state_fwd(x, B, dtp, Acs, seq, initial_state, chunk_size, output_final_state)
+    y = chunk_scan_fwd(x, C, CB, dtp, Acs, seq, hs, D, chunk_size)
+    return y, final, CB
+
+
+def chunk_ssd_bwd(x, dt, A, B, C, D, initial_state, seq, chunk_size, CB, final, dy, dfinal):
+    T = x.shape[1]
+    dtp, Acs = _chunk_log_decay(dt, A, chunk_size)
+    dCB, dyy_intra = chunk_dcb(x, dy, dtp, Acs, seq, CB, chunk_size)
+    hs, _ = chunk_state_fwd(x, B, dtp, Acs, seq, initial_state, chunk_size, False)
+    dC, dyy_inter = chunk_dc(dy, B, C, dCB, Acs, seq, hs, chunk_size)
+    del hs
+    dhs, dh0 = chunk_state_bwd(dy, C, Acs, seq, dfinal, chunk_size, initial_state is not None)
+    dB = chunk_db(x, C, dCB, dtp, Acs, seq, dhs, chunk_size)
+    dx, ddt, dD = chunk_scan_bwd_dx(x, B, CB, dtp, Acs, seq, dhs, D, dy, chunk_size)
+    del dhs
+    dlam = (dyy_intra + dyy_inter - dtp * ddt)[..., :T]
+    if dfinal is not None:
+        dlam[..., T - 1] += (dfinal * final).sum(dim=(-1, -2))
+    da = dlam.flip(-1).cumsum(-1).flip(-1)  # [b, H, T]: d(dt_k A) = sum over j >= k of dL/dLam_j
+    ddt_total = (ddt[..., :T] + A.float()[None, :, None] * da).transpose(1, 2)
+    dA = (dtp[..., :T] * da).sum(dim=(0, 2))
+    return dx, ddt_total, dA, dB, dC, dD, dh0
+
+
+class ChunkSSDFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, initial_state, seq, chunk_size, output_final_state):
+        y, final, CB = chunk_ssd_fwd(x, dt, A, B, C, D, initial_state, seq, chunk_size, output_final_state)
+        ctx.save_for_backward(x, dt, A, B, C, D, initial_state, seq, CB, final)
+        ctx.chunk_size = chunk_size
+        if final is not None:
+            return y, final
+        return y
+
+    @staticmethod
+    def backward(ctx, dy, dfinal=None):
+        x, dt, A, B, C, D, initial_state, seq, CB, final = ctx.saved_tensors
+        dx, ddt, dA, dB, dC, dD, dh0 = chunk_ssd_bwd(
+            x, dt, A, B, C, D, initial_state, seq, ctx.chunk_size, CB, final, dy.contiguous(), dfinal
+        )
+        dA = dA.to(A.dtype)
+        dD = dD.to(D.dtype) if D is not None else None
+        dh0 = dh0.to(initial_state.dtype) if initial_state is not None else None
+        return dx, ddt, dA, dB, dC, dD, dh0, None, None, None
+
+
+def chunk_ssd(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.LongTensor | None = None,
+    chunk_size: int = 256,
+    seq_idx: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    r"""Mamba2 SSD scan in Triton (forward and backward); same contract as ``naive_ssd``.
+
+    ``h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T``, ``y_t = h_t C_t + D x_t`` per head, in chunks of
+    ``chunk_size`` tokens, state accumulated in fp32.
+
+    Args:
+        x: ``[b, T, H, P]`` (bf16, fp16 or fp32; P up to 128).
+        dt: ``[b, T, H]`` raw; ``dt_bias``, softplus and ``dt_limit`` are applied as transformers does.
+        A: ``[H]``, negative.
+        B, C: ``[b, T, G, N]``, shared by the ``H // G`` heads of each group (G divides H; N any size,
+            the state is tiled over it).
+        D: ``[H]`` or ``None``.
+        dt_bias: ``[H]`` or ``None``.
+        initial_state: ``[n, H, P, N]`` (``n = b``, or the number of sequences with ``cu_seqlens``).
+        output_final_state: also return the fp32 state ``[n, H, P, N]`` after each sequence.
+        cu_seqlens: ``[n + 1]`` cumulative lengths of a packed batch (``b == 1``); the state resets
+            at each sequence start.
+        chunk_size: a power of two >= 16 (256 suits long sequences; smaller is fine for short ones).
+        seq_idx: ``[b, T]`` document index per token (non-decreasing), an alternative to ``cu_seqlens``.
+
+    Returns:
+        ``y`` ``[b, T, H, P]`` in ``x``'s dtype, and the final state ``[n, H, P, N]`` (fp32) or ``None``.
+        Gradients flow to x, dt, dt_bias, A, B, C, D and initial_state.
+    """
+    b, T, H, P = x.shape
+    G, N = B.shape[-2:]
+    if H % G:
+        raise ValueError(f"chunk_ssd: the {G} groups of B/C must divide the {H} heads")
+    if chunk_size < 16 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_ssd: chunk_size must be a power of two >= 16, got {chunk_size}")
+    if cu_seqlens is not None:
+        if b != 1:
+            raise ValueError(f"chunk_ssd: cu_seqlens needs a packed batch of size 1, got batch {b}")
+        if initial_state is not None or output_final_state:
+            # Per-document states in and out: run the documents one by one (prefill of a packed
+            # batch; training with packing needs neither and takes the seq_idx path below).
+            return _per_document(
+                x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, initial_state, output_final_state, cu_seqlens,
+                chunk_size,
+            )  # fmt: skip
+        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+        seq_idx = torch.repeat_interleave(torch.arange(len(lengths), device=x.device), lengths, output_size=T)[None]
+    elif seq_idx is not None and (initial_state is not None or output_final_state):
+        raise ValueError("chunk_ssd: seq_idx with initial/final states is not supported; pass cu_seqlens instead")
+    dtd = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)
+    seq = _padded_seq_idx(seq_idx, chunk_size)
+    out = ChunkSSDFunction.apply(
+        x.contiguous(), dtd.contiguous(), A, B.contiguous(), C.contiguous(), D,
+        initial_state.contiguous() if initial_state is not None else None, seq, chunk_size, output_final_state,
+    )  # fmt: skip
+    if output_final_state:
+        return out[0], out[1]
+    return out, None
+
+
+def _per_document(
+    x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, initial_state, output_final_state, cu_seqlens, chunk_size
+):
+    bounds = cu_seqlens.tolist()
+    ys, finals = [], []
+    for i in range(len(bounds) - 1):
+        s, e = bounds[i], bounds[i + 1]
+        h0 = initial_state[i : i + 1] if initial_state is not None else None
+        if e == s:
+            ys.append(x[:, s:e])
+            empty = x.new_zeros(1, *x.shape[2:], B.shape[-1], dtype=torch.float32)
+            finals.append(h0.float() if h0 is not None else empty)
+            continue
+        yi, fi = chunk_ssd(
+            x[:, s:e], dt[:, s:e], A, B[:, s:e], C[:, s:e], D, dt_bias, dt_softplus, dt_limit, h0, True, None,
+            chunk_size,
+        )  # fmt: skip
+        ys.append(yi)
+        finals.append(fi)
+    return torch.cat(ys, dim=1), (torch.cat(finals) if output_final_state else None)

@@ -1,0 +1,323 @@
+"""SSD backward for the group-shared inputs B and C (summed over the heads of a group in-kernel).
+
+    dCB[t, s] = sum_h exp(a_t - a_s) dt_s (dy_t . x_s)                          (s <= t, same document)
+    dC_t      = sum_h exp(a_t) h_{c-1}^T dy_t + sum_{s<=t} dCB[t, s] B_s
+    dB_s      = sum_h exp(a_last - a_s) dt_s g_c^T x_s + sum_{t>=s} dCB[t, s] C_t
+
+They also return, per head and token, ``dy_t . y_t`` split into its intra-chunk part (from the dCB
+kernel) and its inter-chunk part (from the dC kernel): with ``x_t . dx_t`` from the dx kernel this
+gives the gradient of the cumulated log-decay, ``dy_t . y_t - x_t . dx_t`` (see chunk.py), without a
+second pass over the states. Reductions over heads never leave the program, so nothing per head of
+size ``T * H * N`` is ever written.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from statex_hf.kernels.ssd.ssd_bmm import dot_precision
+
+
+@triton.jit
+def _chunk_dcb_kernel(
+    x,
+    dy,
+    dt,
+    Acs,
+    seq,
+    CB,
+    dCB,
+    dyy,
+    T,
+    Tp,
+    H,
+    G,
+    P,
+    nc,
+    L: tl.constexpr,
+    BLK: tl.constexpr,
+    BP: tl.constexpr,
+    HAS_SEQ: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    pid_t = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    g = pid % G
+    c = (pid // G) % nc
+    bi = pid // (G * nc)
+    lt = pid_t * BLK + tl.arange(0, BLK)
+    ls = pid_s * BLK + tl.arange(0, BLK)
+    tile = (pid * L + lt[:, None]) * L + ls[None, :]
+    if pid_s > pid_t:
+        tl.store(dCB + tile, tl.zeros([BLK, BLK], dtype=tl.float32))
+        return
+    ts = c * L + lt
+    ss = c * L + ls
+    ps = tl.arange(0, BP)
+    keep = lt[:, None] >= ls[None, :]
+    if HAS_SEQ:
+        keep = keep & (tl.load(seq + bi * Tp + ts)[:, None] == tl.load(seq + bi * Tp + ss)[None, :])
+    cb = tl.load(CB + tile)
+    acc = tl.zeros([BLK, BLK], dtype=tl.float32)
+    HG = H // G
+    n_sblk = L // BLK
+    for k in range(HG):
+        h = g * HG + k
+        row = (bi * H + h) * Tp
+        dyt = tl.load(
+            dy + ((bi * T + ts[:, None]) * H + h) * P + ps[None, :],
+            mask=(ts[:, None] < T) & (ps[None, :] < P),
+            other=0.0,
+        )
+        xst = tl.load(
+            x + ((bi * T + ss[None, :]) * H + h) * P + ps[:, None],
+            mask=(ss[None, :] < T) & (ps[:, None] < P),
+            other=0.0,
+        )  # [BP, BLK]
+        dyx = tl.dot(dyt, xst, input_precision=DOT_PREC)
+        acs_t = tl.load(Acs + row + ts)
+        acs_s = tl.load(Acs + row + ss)
+        dt_s = tl.load(dt + row + ss)
+        d = dyx * tl.exp(tl.where(keep, acs_t[:, None] - acs_s[None, :], float("-inf"))) * dt_s[None, :]
+        acc += d
+        tl.store(dyy + (row + ts) * n_sblk + pid_s, tl.sum(d * cb, axis=1))
+    tl.store(dCB + tile, acc)
+
+
+@triton.jit
+def _chunk_dc_kernel(
+    dy,
+    B,
+    C,
+    dCB,
+    Acs,
+    seq,
+    hs,
+    dC,
+    dyy,
+    T,
+    Tp,
+    H,
+    G,
+    P,
+    N,
+    nc,
+    L: tl.constexpr,
+    BT: tl.constexpr,
+    BS: tl.constexpr,
+    BP: tl.constexpr,
+    BN: tl.constexpr,
+    HAS_SEQ: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    pid_t = tl.program_id(1)
+    pid_n = tl.program_id(2)
+    g = pid % G
+    c = (pid // G) % nc
+    bi = pid // (G * nc)
+    lt = pid_t * BT + tl.arange(0, BT)
+    ts = c * L + lt
+    ns = pid_n * BN + tl.arange(0, BN)
+    ps = tl.arange(0, BP)
+    n_nblk = tl.num_programs(2)
+    io_mask = (ts[:, None] < T) & (ns[None, :] < N)
+    ct = tl.load(C + ((bi * T + ts[:, None]) * G + g) * N + ns[None, :], mask=io_mask, other=0.0).to(tl.float32)
+    from_prev = tl.full([BT], 1, tl.int1)
+    if HAS_SEQ:
+        prev_seq = tl.load(seq + bi * Tp + tl.maximum(c * L - 1, 0))
+        from_prev = tl.load(seq + bi * Tp + ts) == prev_seq
+    acc = tl.zeros([BT, BN], dtype=tl.float32)
+    HG = H // G
+    for k in range(HG):
+        h = g * HG + k
+        row = (bi * H + h) * Tp
+        dyt = tl.load(
+            dy + ((bi * T + ts[:, None]) * H + h) * P + ps[None, :],
+            mask=(ts[:, None] < T) & (ps[None, :] < P),
+            other=0.0,
+        )
+        st = tl.load(
+            hs + ((bi * nc + c) * H + h) * P * N + ps[:, None] * N + ns[None, :],
+            mask=(ps[:, None] < P) & (ns[None, :] < N),
+            other=0.0,
+        )
+        scale = tl.where(from_prev, tl.exp(tl.load(Acs + row + ts)), 0.0)
+        part = tl.dot(dyt, st.to(dyt.dtype), input_precision=DOT_PREC) * scale[:, None]
+        acc += part
+        tl.store(dyy + (row + ts) * n_nblk + pid_n, tl.sum(part * ct, axis=1))
+    cb_base = dCB + pid * L * L
+    for s0 in range(0, (pid_t + 1) * BT, BS):
+        ls = s0 + tl.arange(0, BS)
+        ss = c * L + ls
+        dcb = tl.load(cb_base + lt[:, None] * L + ls[None, :])
+        dcb = tl.where(lt[:, None] >= ls[None, :], dcb, 0.0)
+        bs = tl.load(
+            B + ((bi * T + ss[:, None]) * G + g) * N + ns[None, :],
+            mask=(ss[:, None] < T) & (ns[None, :] < N),
+            other=0.0,
+        )
+        acc += tl.dot(dcb.to(bs.dtype), bs, input_precision=DOT_PREC)
+    tl.store(dC + ((bi * T + ts[:, None]) * G + g) * N + ns[None, :], acc.to(dC.dtype.element_ty), mask=io_mask)
+
+
+@triton.jit
+def _chunk_db_kernel(
+    x,
+    C,
+    dCB,
+    dt,
+    Acs,
+    seq,
+    dhs,
+    dB,
+    T,
+    Tp,
+    H,
+    G,
+    P,
+    N,
+    nc,
+    L: tl.constexpr,
+    BS: tl.constexpr,
+    BT: tl.constexpr,
+    BP: tl.constexpr,
+    BN: tl.constexpr,
+    HAS_SEQ: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    pid_s = tl.program_id(1)
+    pid_n = tl.program_id(2)
+    g = pid % G
+    c = (pid // G) % nc
+    bi = pid // (G * nc)
+    ls = pid_s * BS + tl.arange(0, BS)
+    ss = c * L + ls
+    ns = pid_n * BN + tl.arange(0, BN)
+    ps = tl.arange(0, BP)
+    to_end = tl.full([BS], 1, tl.int1)
+    if HAS_SEQ:
+        to_end = tl.load(seq + bi * Tp + ss) == tl.load(seq + bi * Tp + c * L + L - 1)
+    acc = tl.zeros([BS, BN], dtype=tl.float32)
+    HG = H // G
+    for k in range(HG):
+        h = g * HG + k
+        row = (bi * H + h) * Tp
+        xs = tl.load(
+            x + ((bi * T + ss[:, None]) * H + h) * P + ps[None, :],
+            mask=(ss[:, None] < T) & (ps[None, :] < P),
+            other=0.0,
+        )
+        gt = tl.load(
+            dhs + ((bi * nc + c) * H + h) * P * N + ps[:, None] * N + ns[None, :],
+            mask=(ps[:, None] < P) & (ns[None, :] < N),
+            other=0.0,
+        )
+        w = tl.exp(tl.load(Acs + row + c * L + L - 1) - tl.load(Acs + row + ss)) * tl.load(dt + row + ss)
+        w = tl.where(to_end, w, 0.0)
+        acc += tl.dot(xs, gt.to(xs.dtype), input_precision=DOT_PREC) * w[:, None]
+    cb_base = dCB + pid * L * L
+    for t0 in range(pid_s * BS, L, BT):
+        lt = t0 + tl.arange(0, BT)
+        ts = c * L + lt
+        dcbt = tl.load(cb_base + lt[None, :] * L + ls[:, None])  # [BS, BT] = dCB[t, s]^T
+        dcbt = tl.where(lt[None, :] >= ls[:, None], dcbt, 0.0)
+        ct = tl.load(
+            C + ((bi * T + ts[:, None]) * G + g) * N + ns[None, :],
+            mask=(ts[:, None] < T) & (ns[None, :] < N),
+            other=0.0,
+        )
+        acc += tl.dot(dcbt.to(ct.dtype), ct, input_precision=DOT_PREC)
+    io_mask = (ss[:, None] < T) & (ns[None, :] < N)
+    tl.store(dB + ((bi * T + ss[:, None]) * G + g) * N + ns[None, :], acc.to(dB.dtype.element_ty), mask=io_mask)
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    return max(triton.next_power_of_2(n), lo)
+
+
+def chunk_dcb(
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    dt: torch.Tensor,
+    Acs: torch.Tensor,
+    seq: torch.Tensor | None,
+    CB: torch.Tensor,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dCB`` ``[b, nc, G, L, L]`` fp32 and the intra part of ``dy . y`` per head, ``[b, H, Tp]`` fp32."""
+    b, T, H, P = x.shape
+    G = CB.shape[2]
+    L = chunk_size
+    nc = triton.cdiv(T, L)
+    BLK = min(L, 64)
+    dCB = torch.empty_like(CB)
+    dyy = torch.zeros(b, H, nc * L, L // BLK, device=x.device, dtype=torch.float32)
+    grid = (b * nc * G, L // BLK, L // BLK)
+    _chunk_dcb_kernel[grid](
+        x, dy, dt, Acs, seq if seq is not None else dt, CB, dCB, dyy, T, nc * L, H, G, P, nc,
+        L=L, BLK=BLK, BP=_pow2(P), HAS_SEQ=seq is not None, DOT_PREC=dot_precision(x.dtype),
+        num_warps=4, num_stages=2,
+    )  # fmt: skip
+    return dCB, dyy.sum(-1)
+
+
+def chunk_dc(
+    dy: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    dCB: torch.Tensor,
+    Acs: torch.Tensor,
+    seq: torch.Tensor | None,
+    hs: torch.Tensor,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dC`` ``[b, T, G, N]`` (C's dtype) and the inter part of ``dy . y`` per head, ``[b, H, Tp]`` fp32."""
+    b, T, H, P = dy.shape
+    G, N = C.shape[-2:]
+    L = chunk_size
+    nc = triton.cdiv(T, L)
+    BT = min(L, 64)
+    BS = min(L, 64)
+    BN = min(_pow2(N), 64)
+    nN = triton.cdiv(N, BN)
+    dC = torch.empty_like(C)
+    dyy = torch.empty(b, H, nc * L, nN, device=dy.device, dtype=torch.float32)
+    grid = (b * nc * G, L // BT, nN)
+    _chunk_dc_kernel[grid](
+        dy, B, C, dCB, Acs, seq if seq is not None else Acs, hs, dC, dyy, T, nc * L, H, G, P, N, nc,
+        L=L, BT=BT, BS=BS, BP=_pow2(P), BN=BN, HAS_SEQ=seq is not None, DOT_PREC=dot_precision(dy.dtype),
+        num_warps=4, num_stages=2,
+    )  # fmt: skip
+    return dC, dyy.sum(-1)
+
+
+def chunk_db(
+    x: torch.Tensor,
+    C: torch.Tensor,
+    dCB: torch.Tensor,
+    dt: torch.Tensor,
+    Acs: torch.Tensor,
+    seq: torch.Tensor | None,
+    dhs: torch.Tensor,
+    chunk_size: int,
+) -> torch.Tensor:
+    """``dB`` ``[b, T, G, N]`` in C's dtype."""
+    b, T, H, P = x.shape
+    G, N = C.shape[-2:]
+    L = chunk_size
+    nc = triton.cdiv(T, L)
+    BS = min(L, 64)
+    BT = min(L, 64)
+    BN = min(_pow2(N), 64)
+    dB = torch.empty_like(C)
+    grid = (b * nc * G, L // BS, triton.cdiv(N, BN))
+    _chunk_db_kernel[grid](
+        x, C, dCB, dt, Acs, seq if seq is not None else dt, dhs, dB, T, nc * L, H, G, P, N, nc,
+        L=L, BS=BS, BT=BT, BP=_pow2(P), BN=BN, HAS_SEQ=seq is not None, DOT_PREC=dot_precision(x.dtype),
+        num_warps=4, num_stages=2,
+    )  # fmt: skip
+    return dB

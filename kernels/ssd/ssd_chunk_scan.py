@@ -1,0 +1,250 @@
+"""SSD stage 3: the chunk scan (outputs) forward, and its gradient for x and dt.
+
+Forward, per ``(b, chunk, head)`` and a block of ``BT`` output rows:
+
+    y_t = exp(a_t) C_t . h_{c-1}                                  (inter-chunk, from the stored state)
+        + sum_{s<=t} exp(a_t - a_s) CB[t, s] dt_s x_s             (intra-chunk)
+        + D x_t
+
+Backward, per ``(b, chunk, head)`` and a block of ``BS`` source rows (u_s = dL/d(dt_s x_s)):
+
+    u_s  = exp(a_last - a_s) g_c B_s + sum_{t>=s} exp(a_t - a_s) CB[t, s] dy_t
+    dx_s = dt_s u_s + D dy_s,      ddt_s = x_s . u_s   (direct part; the decay part comes in chunk.py)
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from statex_hf.kernels.ssd.ssd_bmm import dot_precision
+
+
+@triton.jit
+def _chunk_scan_fwd_kernel(
+    x,
+    C,
+    CB,
+    dt,
+    Acs,
+    seq,
+    hs,
+    D,
+    y,
+    T,
+    Tp,
+    H,
+    G,
+    P,
+    N,
+    nc,
+    L: tl.constexpr,
+    BT: tl.constexpr,
+    BS: tl.constexpr,
+    BP: tl.constexpr,
+    BN: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_SEQ: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    pid_t = tl.program_id(1)
+    h = pid % H
+    c = (pid // H) % nc
+    bi = pid // (H * nc)
+    g = h // (H // G)
+    lt = pid_t * BT + tl.arange(0, BT)
+    ts = c * L + lt
+    ps = tl.program_id(2) * BP + tl.arange(0, BP)
+    row = (bi * H + h) * Tp
+    acs_t = tl.load(Acs + row + ts)
+    scale = tl.exp(acs_t)
+    if HAS_SEQ:
+        prev_seq = tl.load(seq + bi * Tp + tl.maximum(c * L - 1, 0))
+        sq_t = tl.load(seq + bi * Tp + ts)
+        scale = tl.where(sq_t == prev_seq, scale, 0.0)
+    acc = tl.zeros([BT, BP], dtype=tl.float32)
+    state_base = hs + ((bi * nc + c) * H + h) * P * N
+    for n0 in range(0, N, BN):
+        ns = n0 + tl.arange(0, BN)
+        ct = tl.load(
+            C + ((bi * T + ts[:, None]) * G + g) * N + ns[None, :],
+            mask=(ts[:, None] < T) & (ns[None, :] < N),
+            other=0.0,
+        )  # [BT, BN]
+        st = tl.load(state_base + ps[None, :] * N + ns[:, None], mask=(ps[None, :] < P) & (ns[:, None] < N), other=0.0)
+        acc += tl.dot(ct, st.to(ct.dtype), input_precision=DOT_PREC)
+    acc = acc * scale[:, None]
+    cb_base = CB + ((bi * nc + c) * G + g) * L * L
+    for s0 in range(0, (pid_t + 1) * BT, BS):
+        ls = s0 + tl.arange(0, BS)
+        ss = c * L + ls
+        acs_s = tl.load(Acs + row + ss)
+        dt_s = tl.load(dt + row + ss)
+        cb = tl.load(cb_base + lt[:, None] * L + ls[None, :])
+        causal = lt[:, None] >= ls[None, :]
+        m = cb * tl.exp(tl.where(causal, acs_t[:, None] - acs_s[None, :], float("-inf"))) * dt_s[None, :]
+        xs = tl.load(
+            x + ((bi * T + ss[:, None]) * H + h) * P + ps[None, :],
+            mask=(ss[:, None] < T) & (ps[None, :] < P),
+            other=0.0,
+        )
+        acc += tl.dot(m.to(xs.dtype), xs, input_precision=DOT_PREC)
+    out_mask = (ts[:, None] < T) & (ps[None, :] < P)
+    offs = ((bi * T + ts[:, None]) * H + h) * P + ps[None, :]
+    if HAS_D:
+        acc += tl.load(D + h).to(tl.float32) * tl.load(x + offs, mask=out_mask, other=0.0).to(tl.float32)
+    tl.store(y + offs, acc.to(y.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _chunk_scan_bwd_dx_kernel(
+    x,
+    B,
+    CB,
+    dt,
+    Acs,
+    seq,
+    dhs,
+    D,
+    dy,
+    dx,
+    ddt,
+    dD,
+    T,
+    Tp,
+    H,
+    G,
+    P,
+    N,
+    nc,
+    L: tl.constexpr,
+    BS: tl.constexpr,
+    BT: tl.constexpr,
+    BP: tl.constexpr,
+    BN: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_SEQ: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    pid_s = tl.program_id(1)
+    h = pid % H
+    c = (pid // H) % nc
+    bi = pid // (H * nc)
+    g = h // (H // G)
+    ls = pid_s * BS + tl.arange(0, BS)
+    ss = c * L + ls
+    ps = tl.arange(0, BP)
+    row = (bi * H + h) * Tp
+    acs_s = tl.load(Acs + row + ss)
+    dt_s = tl.load(dt + row + ss)
+    w = tl.exp(tl.load(Acs + row + c * L + L - 1) - acs_s)
+    if HAS_SEQ:
+        sq_last = tl.load(seq + bi * Tp + c * L + L - 1)
+        w = tl.where(tl.load(seq + bi * Tp + ss) == sq_last, w, 0.0)
+    acc = tl.zeros([BS, BP], dtype=tl.float32)
+    grad_base = dhs + ((bi * nc + c) * H + h) * P * N
+    for n0 in range(0, N, BN):
+        ns = n0 + tl.arange(0, BN)
+        bs = tl.load(
+            B + ((bi * T + ss[:, None]) * G + g) * N + ns[None, :],
+            mask=(ss[:, None] < T) & (ns[None, :] < N),
+            other=0.0,
+        )  # [BS, BN]
+        gt = tl.load(grad_base + ps[None, :] * N + ns[:, None], mask=(ps[None, :] < P) & (ns[:, None] < N), other=0.0)
+        acc += tl.dot(bs, gt.to(bs.dtype), input_precision=DOT_PREC)
+    acc = acc * w[:, None]
+    cb_base = CB + ((bi * nc + c) * G + g) * L * L
+    for t0 in range(pid_s * BS, L, BT):
+        lt = t0 + tl.arange(0, BT)
+        ts = c * L + lt
+        acs_t = tl.load(Acs + row + ts)
+        cbt = tl.load(cb_base + lt[None, :] * L + ls[:, None])  # [BS, BT] = CB[t, s]^T
+        causal = lt[None, :] >= ls[:, None]
+        m = cbt * tl.exp(tl.where(causal, acs_t[None, :] - acs_s[:, None], float("-inf")))
+        dyt = tl.load(
+            dy + ((bi * T + ts[:, None]) * H + h) * P + ps[None, :],
+            mask=(ts[:, None] < T) & (ps[None, :] < P),
+            other=0.0,
+        )
+        acc += tl.dot(m.to(dyt.dtype), dyt, input_precision=DOT_PREC)
+    io_mask = (ss[:, None] < T) & (ps[None, :] < P)
+    offs = ((bi * T + ss[:, None]) * H + h) * P + ps[None, :]
+    xs = tl.load(x + offs, mask=io_mask, other=0.0).to(tl.float32)
+    tl.store(ddt + row + ss, tl.sum(acc * xs, axis=1))
+    dxs = acc * dt_s[:, None]
+    if HAS_D:
+        dys = tl.load(dy + offs, mask=io_mask, other=0.0).to(tl.float32)
+        dxs += tl.load(D + h).to(tl.float32) * dys
+        tl.store(dD + pid * (L // BS) + pid_s, tl.sum(tl.sum(dys * xs, axis=1), axis=0))
+    tl.store(dx + offs, dxs.to(dx.dtype.element_ty), mask=io_mask)
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    return max(triton.next_power_of_2(n), lo)
+
+
+def chunk_scan_fwd(
+    x: torch.Tensor,
+    C: torch.Tensor,
+    CB: torch.Tensor,
+    dt: torch.Tensor,
+    Acs: torch.Tensor,
+    seq: torch.Tensor | None,
+    hs: torch.Tensor,
+    D: torch.Tensor | None,
+    chunk_size: int,
+) -> torch.Tensor:
+    """``y`` ``[b, T, H, P]`` in x's dtype from the stored chunk-entry states ``hs``."""
+    b, T, H, P = x.shape
+    G, N = C.shape[-2:]
+    L = chunk_size
+    nc = triton.cdiv(T, L)
+    y = torch.empty_like(x)
+    BT = min(L, 128)
+    BS = min(L, 64)
+    BP = min(_pow2(P), 64)
+    BN = min(_pow2(N), 64)
+    grid = (b * nc * H, L // BT, triton.cdiv(P, BP))
+    _chunk_scan_fwd_kernel[grid](
+        x, C, CB, dt, Acs, seq if seq is not None else dt, hs, D if D is not None else dt, y,
+        T, nc * L, H, G, P, N, nc,
+        L=L, BT=BT, BS=BS, BP=BP, BN=BN, HAS_D=D is not None, HAS_SEQ=seq is not None,
+        DOT_PREC=dot_precision(x.dtype), num_warps=8 if BT * BP >= 8192 else 4, num_stages=2,
+    )  # fmt: skip
+    return y
+
+
+def chunk_scan_bwd_dx(
+    x: torch.Tensor,
+    B: torch.Tensor,
+    CB: torch.Tensor,
+    dt: torch.Tensor,
+    Acs: torch.Tensor,
+    seq: torch.Tensor | None,
+    dhs: torch.Tensor,
+    D: torch.Tensor | None,
+    dy: torch.Tensor,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``dx`` (x's dtype), the direct ``ddt`` ``[b, H, Tp]`` (fp32) and ``dD`` ``[H]`` (fp32) or None."""
+    b, T, H, P = x.shape
+    G, N = B.shape[-2:]
+    L = chunk_size
+    nc = triton.cdiv(T, L)
+    dx = torch.empty_like(x)
+    ddt = torch.empty(b, H, nc * L, device=x.device, dtype=torch.float32)
+    BS = min(L, 128)
+    BT = min(L, 64)
+    BP = _pow2(P)
+    BN = min(_pow2(N), 64)
+    dD = torch.empty(b, nc, H, L // BS, device=x.device, dtype=torch.float32) if D is not None else None
+    grid = (b * nc * H, L // BS)
+    _chunk_scan_bwd_dx_kernel[grid](
+        x, B, CB, dt, Acs, seq if seq is not None else dt, dhs, D if D is not None else dt, dy, dx, ddt,
+        dD if dD is not None else ddt, T, nc * L, H, G, P, N, nc,
+        L=L, BS=BS, BT=BT, BP=BP, BN=BN, HAS_D=D is not None, HAS_SEQ=seq is not None,
+        DOT_PREC=dot_precision(x.dtype), num_warps=8 if BS * BP >= 8192 else 4, num_stages=2,
+    )  # fmt: skip
+    return dx, ddt, (dD.sum(dim=(0, 1, 3)) if dD is not None else None)

@@ -1,0 +1,223 @@
+"""SSD stage 2: chunk states and state passing, fused (forward), and their reverse (backward).
+
+Forward, per ``(b, h)`` and one ``[BP, BN]`` tile of the ``P x N`` state, chunks in order:
+
+    hs[c] = h_{c-1}                                   (the state entering chunk c, stored)
+    h_c   = exp(a_last) h_{c-1} + sum_s exp(a_last - a_s) dt_s x_s B_s^T
+
+with ``a`` the log-decay cumulated from the chunk start. The running state stays in fp32 registers;
+only the per-chunk copies ``hs`` (``T / L * H * P * N``, in the input dtype) go to memory.
+
+Backward runs the same recurrence in reverse on the state gradient ``g_c = dL/dh_c``:
+
+    dhs[c]  = g_c
+    g_{c-1} = exp(a_last) g_c + sum_t exp(a_t) dy_t C_t^T
+
+Tiling the state over ``N`` is what lets N grow to 1024 and beyond: each program owns one tile.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from statex_hf.kernels.ssd.ssd_bmm import dot_precision
+
+
+@triton.jit
+def _chunk_state_fwd_kernel(
+    x,
+    B,
+    dt,
+    Acs,
+    seq,
+    h0,
+    hs,
+    hT,
+    T,
+    Tp,
+    H,
+    G,
+    P,
+    N,
+    nc,
+    L: tl.constexpr,
+    BP: tl.constexpr,
+    BN: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    HAS_SEQ: tl.constexpr,
+    STORE_FINAL: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    h = pid % H
+    bi = pid // H
+    g = h // (H // G)
+    ps = tl.program_id(1) * BP + tl.arange(0, BP)
+    ns = tl.program_id(2) * BN + tl.arange(0, BN)
+    tile_mask = (ps[:, None] < P) & (ns[None, :] < N)
+    tile = ps[:, None] * N + ns[None, :]
+    lt = tl.arange(0, L)
+    row = (bi * H + h) * Tp
+    state = tl.zeros([BP, BN], dtype=tl.float32)
+    if HAS_H0:
+        state += tl.load(h0 + (bi * H + h) * P * N + tile, mask=tile_mask, other=0.0).to(tl.float32)
+    prev_seq = 0
+    if HAS_SEQ:
+        prev_seq = tl.load(seq + bi * Tp)
+    for c in range(nc):
+        tl.store(hs + ((bi * nc + c) * H + h) * P * N + tile, state.to(hs.dtype.element_ty), mask=tile_mask)
+        ts = c * L + lt
+        acs = tl.load(Acs + row + ts)
+        acs_last = tl.load(Acs + row + c * L + L - 1)
+        w = tl.exp(acs_last - acs) * tl.load(dt + row + ts)
+        decay = tl.exp(acs_last)
+        if HAS_SEQ:
+            sq = tl.load(seq + bi * Tp + ts)
+            sq_last = tl.load(seq + bi * Tp + c * L + L - 1)
+            # Only the document that is still open at the chunk end writes the carried state.
+            w = tl.where(sq == sq_last, w, 0.0)
+            decay = tl.where(sq_last == prev_seq, decay, 0.0)
+            prev_seq = sq_last
+        xt = tl.load(
+            x + ((bi * T + ts[None, :]) * H + h) * P + ps[:, None],
+            mask=(ts[None, :] < T) & (ps[:, None] < P),
+            other=0.0,
+        )  # [BP, L]
+        bt = tl.load(
+            B + ((bi * T + ts[:, None]) * G + g) * N + ns[None, :],
+            mask=(ts[:, None] < T) & (ns[None, :] < N),
+            other=0.0,
+        )  # [L, BN]
+        xw = (xt * w[None, :]).to(bt.dtype)
+        state = state * decay + tl.dot(xw, bt, input_precision=DOT_PREC)
+    if STORE_FINAL:
+        tl.store(hT + (bi * H + h) * P * N + tile, state, mask=tile_mask)
+
+
+@triton.jit
+def _chunk_state_bwd_kernel(
+    dy,
+    C,
+    Acs,
+    seq,
+    dhT,
+    dhs,
+    dh0,
+    T,
+    Tp,
+    H,
+    G,
+    P,
+    N,
+    nc,
+    L: tl.constexpr,
+    BP: tl.constexpr,
+    BN: tl.constexpr,
+    HAS_DHT: tl.constexpr,
+    HAS_SEQ: tl.constexpr,
+    STORE_DH0: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    h = pid % H
+    bi = pid // H
+    g = h // (H // G)
+    ps = tl.program_id(1) * BP + tl.arange(0, BP)
+    ns = tl.program_id(2) * BN + tl.arange(0, BN)
+    tile_mask = (ps[:, None] < P) & (ns[None, :] < N)
+    tile = ps[:, None] * N + ns[None, :]
+    lt = tl.arange(0, L)
+    row = (bi * H + h) * Tp
+    grad = tl.zeros([BP, BN], dtype=tl.float32)
+    if HAS_DHT:
+        grad += tl.load(dhT + (bi * H + h) * P * N + tile, mask=tile_mask, other=0.0).to(tl.float32)
+    for i in range(nc):
+        c = nc - 1 - i
+        tl.store(dhs + ((bi * nc + c) * H + h) * P * N + tile, grad.to(dhs.dtype.element_ty), mask=tile_mask)
+        ts = c * L + lt
+        scale = tl.exp(tl.load(Acs + row + ts))
+        decay = tl.exp(tl.load(Acs + row + c * L + L - 1))
+        if HAS_SEQ:
+            prev_seq = tl.load(seq + bi * Tp + tl.maximum(c * L - 1, 0))
+            sq = tl.load(seq + bi * Tp + ts)
+            sq_last = tl.load(seq + bi * Tp + c * L + L - 1)
+            scale = tl.where(sq == prev_seq, scale, 0.0)
+            decay = tl.where(sq_last == prev_seq, decay, 0.0)
+        dyt = tl.load(
+            dy + ((bi * T + ts[None, :]) * H + h) * P + ps[:, None],
+            mask=(ts[None, :] < T) & (ps[:, None] < P),
+            other=0.0,
+        )  # [BP, L]
+        ct = tl.load(
+            C + ((bi * T + ts[:, None]) * G + g) * N + ns[None, :],
+            mask=(ts[:, None] < T) & (ns[None, :] < N),
+            other=0.0,
+        )  # [L, BN]
+        grad = grad * decay + tl.dot((dyt * scale[None, :]).to(ct.dtype), ct, input_precision=DOT_PREC)
+    if STORE_DH0:
+        tl.store(dh0 + (bi * H + h) * P * N + tile, grad, mask=tile_mask)
+
+
+def _state_tiles(P: int, N: int, H: int, b: int) -> tuple[int, int]:
+    """State tile ``[BP, BN]``: big enough for the tensor cores, small enough to keep >= ~2 programs per SM."""
+    BP = min(max(triton.next_power_of_2(P), 16), 64)
+    BN = min(max(triton.next_power_of_2(N), 16), 64)
+    while BP > 16 and b * H * triton.cdiv(P, BP) * triton.cdiv(N, BN) < 256:
+        BP //= 2
+    return BP, BN
+
+
+def chunk_state_fwd(
+    x: torch.Tensor,
+    B: torch.Tensor,
+    dt: torch.Tensor,
+    Acs: torch.Tensor,
+    seq: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+    chunk_size: int,
+    output_final_state: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """States entering each chunk ``hs`` ``[b, nc, H, P, N]`` (x's dtype) and the final state (fp32)."""
+    b, T, H, P = x.shape
+    G, N = B.shape[-2:]
+    L = chunk_size
+    nc = triton.cdiv(T, L)
+    hs = torch.empty(b, nc, H, P, N, device=x.device, dtype=x.dtype)
+    hT = torch.empty(b, H, P, N, device=x.device, dtype=torch.float32) if output_final_state else None
+    BP, BN = _state_tiles(P, N, H, b)
+    grid = (b * H, triton.cdiv(P, BP), triton.cdiv(N, BN))
+    _chunk_state_fwd_kernel[grid](
+        x, B, dt, Acs, seq if seq is not None else dt, initial_state if initial_state is not None else hs, hs,
+        hT if hT is not None else hs, T, nc * L, H, G, P, N, nc,
+        L=L, BP=BP, BN=BN, HAS_H0=initial_state is not None, HAS_SEQ=seq is not None,
+        STORE_FINAL=output_final_state, DOT_PREC=dot_precision(x.dtype), num_warps=4, num_stages=2,
+    )  # fmt: skip
+    return hs, hT
+
+
+def chunk_state_bwd(
+    dy: torch.Tensor,
+    C: torch.Tensor,
+    Acs: torch.Tensor,
+    seq: torch.Tensor | None,
+    dfinal: torch.Tensor | None,
+    chunk_size: int,
+    need_dh0: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """State gradients after each chunk ``dhs`` ``[b, nc, H, P, N]`` (dy's dtype) and ``dh0`` (fp32)."""
+    b, T, H, P = dy.shape
+    G, N = C.shape[-2:]
+    L = chunk_size
+    nc = triton.cdiv(T, L)
+    dhs = torch.empty(b, nc, H, P, N, device=dy.device, dtype=dy.dtype)
+    dh0 = torch.empty(b, H, P, N, device=dy.device, dtype=torch.float32) if need_dh0 else None
+    BP, BN = _state_tiles(P, N, H, b)
+    grid = (b * H, triton.cdiv(P, BP), triton.cdiv(N, BN))
+    _chunk_state_bwd_kernel[grid](
+        dy, C, Acs, seq if seq is not None else Acs, dfinal if dfinal is not None else dhs, dhs,
+        dh0 if dh0 is not None else dhs, T, nc * L, H, G, P, N, nc,
+        L=L, BP=BP, BN=BN, HAS_DHT=dfinal is not None, HAS_SEQ=seq is not None, STORE_DH0=need_dh0,
+        DOT_PREC=dot_precision(dy.dtype), num_warps=4, num_stages=2,
+    )  # fmt: skip
+    return dhs, dh0
