@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 
 import torch
-
 from statex_hf.kernels.conv.causal_conv1d import causal_conv1d as torch_causal_conv1d
+from statex_hf.kernels.gla.chunk_torch import chunk_gla_torch
 from statex_hf.kernels.gla.naive import naive_recurrent_gla
 from statex_hf.kernels.ssd.naive import naive_ssd
 
@@ -20,6 +20,11 @@ def use_triton(*tensors: torch.Tensor) -> bool:
     if os.environ.get("STATEX_FORCE_TORCH", "0") == "1":
         return False
     return all(t.is_cuda for t in tensors)
+
+
+# Up to this many tokens a no-grad GLA call on CUDA runs token by token (one pass over the state)
+# rather than chunked (several kernels and per-chunk states).
+GLA_RECURRENT_MAX_T = 64
 
 
 def gla(
@@ -32,8 +37,28 @@ def gla(
     output_final_state: bool = False,
     cu_seqlens: torch.LongTensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Gated linear attention; shapes as in ``kernels/gla/naive.py`` (state ``[N, H, K, V]``, fp32)."""
-    return naive_recurrent_gla(q, k, v, gk, scale, initial_state, output_final_state, cu_seqlens)
+    """Gated linear attention; shapes as in ``kernels/gla/naive.py`` (state ``[N, H, K, V]``, fp32).
+
+    CUDA: the Triton recurrent kernel for short inputs that need no gradient (decode steps, short
+    prompts: state read and written once), else the Triton chunked kernel. CPU (or
+    ``STATEX_FORCE_TORCH=1``): the token loop for one or two tokens, else the chunked PyTorch path.
+    """
+    T = q.shape[1]
+    args = (q, k, v, gk, scale, initial_state, output_final_state, cu_seqlens)
+    if use_triton(q, k, v, gk):
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (q, k, v, gk, initial_state)
+        )
+        if T <= GLA_RECURRENT_MAX_T and not needs_grad:
+            from statex_hf.kernels.gla.fused_recurrent import fused_recurrent_gla
+
+            return fused_recurrent_gla(*args)
+        from statex_hf.kernels.gla.chunk import chunk_gla
+
+        return chunk_gla(*args)
+    if T <= 2:
+        return naive_recurrent_gla(*args)
+    return chunk_gla_torch(*args)
 
 
 def ssd(

@@ -1,0 +1,134 @@
+"""Recurrent gated linear attention in Triton, for decoding: a few tokens per call, state in, state out.
+
+Forward only (``generate`` needs no gradient; training goes through ``chunk_gla``). Each program
+holds a ``[K, BV]`` slice of one head's state in registers, walks the call's tokens one by one,
+and writes the slice back once: a decode step reads and writes the state exactly once, which is
+all the work there is at ``T = 1``. The whole key dimension lives in one program so ``o_t`` needs
+no cross-program reduction; ``BV`` shrinks as ``K`` grows to keep the slice at 8K fp32 values.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def fused_recurrent_gla_fwd_kernel(
+    q,
+    k,
+    v,
+    gk,
+    o,
+    h0,
+    ht,
+    cu_seqlens,
+    scale,
+    T,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    USE_INITIAL_STATE: tl.constexpr,
+    STORE_FINAL_STATE: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+):
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    else:
+        bos = i_n.to(tl.int64) * T
+        eos = bos + T
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_kv = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_INITIAL_STATE:
+        b_h += tl.load(h0 + p_kv, mask=m_kv, other=0.0).to(tl.float32)
+    for t in range(bos, eos):
+        p_k = (t * H + i_h) * K + o_k
+        p_v = (t * H + i_h) * V + o_v
+        b_q = tl.load(q + p_k, mask=m_k, other=0.0).to(tl.float32) * scale
+        b_k = tl.load(k + p_k, mask=m_k, other=0.0).to(tl.float32)
+        b_g = tl.load(gk + p_k, mask=m_k, other=0.0).to(tl.float32)
+        b_v = tl.load(v + p_v, mask=m_v, other=0.0).to(tl.float32)
+        b_h = b_h * tl.exp(b_g)[:, None] + b_k[:, None] * b_v[None, :]
+        b_o = tl.sum(b_h * b_q[:, None], axis=0)
+        tl.store(o + p_v, b_o.to(o.dtype.element_ty), mask=m_v)
+    if STORE_FINAL_STATE:
+        tl.store(ht + p_kv, b_h, mask=m_kv)
+
+
+def fused_recurrent_gla(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gk: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.LongTensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    r"""Gated linear attention token by token on CUDA tensors (Triton); forward only, for decoding.
+
+    Args:
+        q, k, gk: ``[B, T, H, K]``; ``gk`` is the log of the per-key-channel decay (``<= 0``).
+        v: ``[B, T, H, V]``.
+        scale: query scale, ``K ** -0.5`` when ``None``.
+        initial_state: ``[N, H, K, V]`` (``N = B``, or the number of sequences with ``cu_seqlens``).
+        output_final_state: return the state after the last token of each sequence (fp32).
+        cu_seqlens: ``[N + 1]`` cumulative lengths of a packed batch (``B == 1``).
+
+    Returns:
+        ``o`` ``[B, T, H, V]`` in ``v``'s dtype, and the final state ``[N, H, K, V]`` (fp32) or ``None``.
+
+    No gradient: use :func:`statex_hf.kernels.gla.chunk.chunk_gla` for training. Meant for small
+    ``T`` (decode steps, short prompts); the cost grows linearly in ``T`` with no parallelism over it.
+    """
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, gk)):
+        raise RuntimeError(
+            "fused_recurrent_gla has no backward (it is the decode kernel); use chunk_gla when gradients are needed"
+        )
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    if cu_seqlens is not None and B != 1:
+        raise ValueError(f"fused_recurrent_gla: cu_seqlens needs a packed batch of size 1, got B={B}")
+    N = B if cu_seqlens is None else len(cu_seqlens) - 1
+    scale = K**-0.5 if scale is None else scale
+    q, k, v, gk = (x.contiguous() for x in (q, k, v, gk))
+    if initial_state is not None:
+        initial_state = initial_state.contiguous()
+    BK = max(16, triton.next_power_of_2(K))
+    BV = min(max(8192 // BK, 8), max(8, triton.next_power_of_2(V)))
+    o = torch.empty_like(v)
+    ht = q.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
+    grid = (triton.cdiv(V, BV), N * H)
+    fused_recurrent_gla_fwd_kernel[grid](
+        q,
+        k,
+        v,
+        gk,
+        o,
+        initial_state,
+        ht,
+        cu_seqlens,
+        scale,
+        T,
+        H=H,
+        K=K,
+        V=V,
+        BK=BK,
+        BV=BV,
+        USE_INITIAL_STATE=initial_state is not None,
+        STORE_FINAL_STATE=output_final_state,
+        IS_VARLEN=cu_seqlens is not None,
+        num_warps=4 if BK * BV <= 4096 else 8,
+    )
+    return o, ht

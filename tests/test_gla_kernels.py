@@ -1,0 +1,131 @@
+"""Every GLA kernel equals the token-by-token reference, forward and backward.
+
+Runs on CPU: the PyTorch chunked path natively, the Triton kernels under ``TRITON_INTERPRET=1``
+(set by conftest), fp32 and tiny shapes. Real shapes in bf16 are in ``tests/gpu``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from statex_hf.kernels import dispatch
+from statex_hf.kernels.gla.chunk import chunk_gla
+from statex_hf.kernels.gla.chunk_torch import chunk_gla_torch
+from statex_hf.kernels.gla.fused_recurrent import fused_recurrent_gla
+from statex_hf.kernels.gla.naive import naive_recurrent_gla
+
+# The interpreter evaluates both sides of tl.where in numpy: exp() of the masked-out branch overflows
+# (by design: that is the branch the kernels mask away) and numpy warns.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:overflow encountered:RuntimeWarning", "ignore:invalid value:RuntimeWarning"
+)
+
+
+def make_inputs(B, T, H, K, V, n_states=None, gate_scale=3.0, with_state=True):
+    q, k = torch.randn(B, T, H, K), torch.randn(B, T, H, K)
+    v = torch.randn(B, T, H, V)
+    # logsigmoid of wide logits: decays from ~1 down to e^-10 per step, the range that overflows
+    # any kernel that splits exp(g_i - g_j) into exp(g_i) * exp(-g_j).
+    gk = F.logsigmoid(torch.randn(B, T, H, K) * gate_scale)
+    h0 = torch.randn(n_states or B, H, K, V) if with_state else None
+    return q, k, v, gk, h0
+
+
+def outputs_and_grads(fn, q, k, v, gk, h0, cu_seqlens=None):
+    leaves = [x.clone().requires_grad_() for x in (q, k, v, gk)]
+    if h0 is not None:
+        leaves.append(h0.clone().requires_grad_())
+    o, ht = fn(*leaves[:4], None, leaves[4] if h0 is not None else None, True, cu_seqlens)
+    gen = torch.Generator().manual_seed(1)
+    do = torch.randn(o.shape, generator=gen)
+    dht = torch.randn(ht.shape, generator=gen)
+    grads = torch.autograd.grad((o * do).sum() + (ht * dht).sum(), leaves)
+    return {"o": o, "final_state": ht, **dict(zip(["dq", "dk", "dv", "dgk", "dh0"], grads))}
+
+
+def assert_all_close(got, want, atol, rtol=1e-4):
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=atol, rtol=rtol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+# Unexpanded (4 heads) and merged (1 head, 4x the state) tiny shapes, like GLA-1.3B and its StateX layer.
+TORCH_SHAPES = {"unexpanded_h4": (2, 75, 4, 16, 32), "merged_h1": (2, 75, 1, 64, 128)}
+
+
+@pytest.mark.parametrize("shape", TORCH_SHAPES.values(), ids=TORCH_SHAPES.keys())
+def test_chunk_torch_equals_naive_with_states_and_all_grads(shape):
+    inputs = make_inputs(*shape)
+    got = outputs_and_grads(chunk_gla_torch, *inputs)
+    want = outputs_and_grads(naive_recurrent_gla, *inputs)
+    assert_all_close(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", TORCH_SHAPES.values(), ids=TORCH_SHAPES.keys())
+def test_chunk_torch_packed_batch_equals_naive_per_document(shape):
+    _, _, H, K, V = shape
+    cu_seqlens = torch.tensor([0, 7, 50, 51, 90])
+    inputs = make_inputs(1, 90, H, K, V, n_states=4)
+    got = outputs_and_grads(chunk_gla_torch, *inputs, cu_seqlens=cu_seqlens)
+    want = outputs_and_grads(naive_recurrent_gla, *inputs, cu_seqlens=cu_seqlens)
+    assert_all_close(got, want, atol=1e-4)
+
+
+def test_chunk_torch_without_states_matches_naive():
+    q, k, v, gk, _ = make_inputs(1, 40, 2, 16, 16, with_state=False)
+    o, ht = chunk_gla_torch(q, k, v, gk)
+    assert ht is None
+    torch.testing.assert_close(o, naive_recurrent_gla(q, k, v, gk)[0], atol=1e-4, rtol=1e-4)
+
+
+# Triton under the interpreter: a padded head (K, V not powers of two, one tile) and a tiled head
+# (K, V span two 64-wide tiles) with a packed batch whose documents end mid-chunk and mid-sub-block.
+def test_triton_chunk_equals_naive_with_states_and_all_grads():
+    inputs = make_inputs(2, 70, 2, 20, 24)
+    got = outputs_and_grads(chunk_gla, *inputs)
+    want = outputs_and_grads(naive_recurrent_gla, *inputs)
+    assert_all_close(got, want, atol=2e-4)
+
+
+def test_triton_chunk_tiled_head_packed_batch_equals_naive():
+    cu_seqlens = torch.tensor([0, 9, 75, 100])
+    inputs = make_inputs(1, 100, 1, 80, 72, n_states=3, gate_scale=10.0)
+    got = outputs_and_grads(chunk_gla, *inputs, cu_seqlens=cu_seqlens)
+    want = outputs_and_grads(naive_recurrent_gla, *inputs, cu_seqlens=cu_seqlens)
+    assert_all_close(got, want, atol=2e-4)
+
+
+def test_triton_chunk_without_states_matches_naive():
+    q, k, v, gk, _ = make_inputs(1, 33, 1, 16, 16, with_state=False)
+    o, ht = chunk_gla(q, k, v, gk)
+    assert ht is None
+    torch.testing.assert_close(o, naive_recurrent_gla(q, k, v, gk)[0], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "shape, cu_seqlens",
+    [((3, 4, 2, 20, 24), None), ((1, 9, 1, 80, 40), [0, 1, 4, 9])],
+    ids=["batched_decode", "packed_prompts"],
+)
+def test_fused_recurrent_equals_naive_forward(shape, cu_seqlens):
+    cu = None if cu_seqlens is None else torch.tensor(cu_seqlens)
+    q, k, v, gk, h0 = make_inputs(*shape, n_states=None if cu is None else len(cu_seqlens) - 1)
+    with torch.no_grad():
+        o, ht = fused_recurrent_gla(q, k, v, gk, None, h0, True, cu)
+    o_ref, ht_ref = naive_recurrent_gla(q, k, v, gk, None, h0, True, cu)
+    torch.testing.assert_close(o, o_ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ht, ht_ref, atol=1e-4, rtol=1e-4)
+
+
+def test_fused_recurrent_refuses_gradients():
+    q, k, v, gk, _ = make_inputs(1, 2, 1, 16, 16, with_state=False)
+    with pytest.raises(RuntimeError, match="chunk_gla"):
+        fused_recurrent_gla(q.requires_grad_(), k, v, gk)
+
+
+@pytest.mark.parametrize("T", [1, 3, 40])
+def test_dispatch_on_cpu_equals_naive_with_gradients(T):
+    q, k, v, gk, h0 = make_inputs(2, T, 2, 16, 16)
+    got = outputs_and_grads(dispatch.gla, q, k, v, gk, h0)
+    want = outputs_and_grads(naive_recurrent_gla, q, k, v, gk, h0)
+    assert_all_close(got, want, atol=1e-4)
