@@ -1,0 +1,287 @@
+"""One conversion, end to end: read a public checkpoint, expand it, write a ``save_pretrained`` folder atomically.
+
+The CLI (``statex-hf convert``), the scripts in ``conversion_scripts/`` and Python users call
+:func:`convert`; the surgery itself is :mod:`statex_hf.expansion`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, PretrainedConfig
+
+from statex_hf.conversion.model_card import CardFacts, model_card
+from statex_hf.conversion.readers import Checkpoint, open_checkpoint
+from statex_hf.conversion.source import (
+    GENERATION_CONFIG_FILE,
+    looks_like_local_path,
+    resolve_source,
+    resolve_tokenizer,
+    tokenizer_files,
+)
+from statex_hf.conversion.writer import DEFAULT_MAX_SHARD_BYTES, ShardWriter, atomic_folder, check_destination
+from statex_hf.expansion import GLAExpansion, Mamba2Expansion, StateXInputError
+
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+STATE_SPACES_TOKENIZER_HINT = "EleutherAI/gpt-neox-20b"
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did; ``lines()`` is what the CLI prints."""
+
+    output: Path
+    family: str
+    source: str
+    source_format: str
+    layers: list[int]
+    init: str
+    seed: int
+    params_before: int
+    params_after: int
+    params_formula_delta: int
+    state_before: list[int]
+    state_after: list[int]
+    config: PretrainedConfig
+    warnings: list[str] = field(default_factory=list)
+    commit_url: str | None = None
+
+    def lines(self) -> list[str]:
+        delta = self.params_after - self.params_before
+        lines = [
+            f"source: {self.source} ({self.source_format})",
+            f"expanded layers: {', '.join(map(str, self.layers)) or 'none'} of {len(self.state_before)}; "
+            f"init {self.init}, seed {self.seed}",
+        ]
+        for i in self.layers:
+            lines.append(f"  layer {i}: state {self.state_before[i]:,} -> {self.state_after[i]:,}")
+        lines.append(f"state, all layers: {sum(self.state_before):,} -> {sum(self.state_after):,}")
+        lines.append(
+            f"parameters: {self.params_before:,} -> {self.params_after:,} ({delta:+,}; "
+            f"formula {self.params_formula_delta:+,})"
+        )
+        lines.append(f"wrote {self.output}")
+        if self.commit_url:
+            lines.append(f"pushed: {self.commit_url}")
+        return lines
+
+
+def _expansion(family: str, ckpt: Checkpoint, **choices) -> GLAExpansion | Mamba2Expansion:
+    common = {k: choices[k] for k in ("layers", "every", "init", "seed")}
+    if family == "gla":
+        if choices.get("state_size") is not None:
+            raise StateXInputError(
+                "--state-size is a Mamba2 option; GLA grows its state by merging heads (--num-heads)"
+            )
+        return GLAExpansion(ckpt.config, num_heads=choices["num_heads"], **common)
+    if choices.get("num_heads") not in (None, 1):
+        raise StateXInputError("--num-heads is a GLA option; Mamba2 grows its state with --state-size")
+    return Mamba2Expansion(ckpt.config, state_size=choices["state_size"], **common)
+
+
+def _model_class(family: str):
+    if family == "gla":
+        from statex_hf.modeling.gla.modeling_statex_gla import StateXGLAForCausalLM
+
+        return StateXGLAForCausalLM
+    from statex_hf.modeling.mamba2.modeling_statex_mamba2 import StateXMamba2ForCausalLM
+
+    return StateXMamba2ForCausalLM
+
+
+def expected_shapes(family: str, config: PretrainedConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a StateX checkpoint of ``config`` holds, with its shape (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        model = _model_class(family)(config)
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        shapes.pop("lm_head.weight", None)
+    return shapes
+
+
+def _tokenizer(ckpt: Checkpoint, tokenizer: str | None) -> tuple[list[Path], list[str]]:
+    if tokenizer is not None:
+        return resolve_tokenizer(tokenizer), []
+    found = tokenizer_files(ckpt.folder)
+    if found:
+        return found, []
+    if ckpt.format == "mamba-ssm":
+        raise StateXInputError(
+            "state-spaces (mamba_ssm) checkpoints ship no tokenizer; pass --tokenizer "
+            f"{STATE_SPACES_TOKENIZER_HINT} (what the state-spaces models use) or a local tokenizer folder"
+        )
+    return [], [f"no tokenizer files in {ckpt.folder}; the output has none (pass --tokenizer to add one)"]
+
+
+def convert(
+    family: str,
+    source: str,
+    output: str | Path,
+    *,
+    layers: list[int] | None = None,
+    every: int | None = None,
+    init: str = "reinit",
+    num_heads: int | None = None,
+    state_size: int | None = None,
+    dtype: str = "auto",
+    seed: int = 0,
+    tokenizer: str | None = None,
+    overwrite: bool = False,
+    push_to_hub: str | None = None,
+    private: bool = False,
+    token: str | None = None,
+    max_shard_size: int = DEFAULT_MAX_SHARD_BYTES,
+    progress: bool = True,
+) -> ConversionReport:
+    """Convert ``source`` (folder or Hub repo id) of ``family`` ('gla' | 'mamba2') into a StateX folder at ``output``.
+
+    Raises :class:`StateXInputError` for bad input, before anything is written.
+    """
+    if family not in ("gla", "mamba2"):
+        raise StateXInputError(f"unknown family {family!r}; choose gla or mamba2")
+    if dtype not in DTYPES:
+        raise StateXInputError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    output = Path(output)
+    check_destination(output.resolve(), overwrite)
+    ckpt = open_checkpoint(resolve_source(source), family)
+    expansion = _expansion(
+        family,
+        ckpt,
+        layers=layers,
+        every=every,
+        init=init,
+        seed=seed,
+        num_heads=1 if num_heads is None and family == "gla" else num_heads,
+        state_size=state_size,
+    )
+    config = expansion.config
+    target_dtype = DTYPES[dtype]
+    if target_dtype is not None:
+        config.dtype = dtype
+    tokenizer_paths, warnings = _tokenizer(ckpt, tokenizer)
+    shapes = expected_shapes(family, config)
+
+    with atomic_folder(output, overwrite=overwrite) as tmp:
+        writer = ShardWriter(tmp, max_shard_bytes=max_shard_size)
+        params_before = _convert_tensors(ckpt, expansion, shapes, writer, target_dtype, progress)
+        writer.finish()
+        from statex_hf.hub import write_remote_code
+
+        write_remote_code(tmp, family, config)
+        for path in tokenizer_paths:
+            shutil.copy2(path, tmp / path.name)
+        _align_special_tokens(config, tmp, ckpt)
+        config.save_pretrained(tmp)
+        _generation_config(ckpt, config).save_pretrained(tmp)
+        num_layers = config.num_hidden_layers
+        report = ConversionReport(
+            output=output,
+            family=family,
+            source=source,
+            source_format=ckpt.format,
+            layers=list(expansion.layers),
+            init=init,
+            seed=seed,
+            params_before=params_before,
+            params_after=writer.num_parameters,
+            params_formula_delta=expansion.parameter_delta(),
+            state_before=[expansion.state_size(i, expanded=False) for i in range(num_layers)],
+            state_after=[expansion.state_size(i, expanded=i in expansion.layers) for i in range(num_layers)],
+            config=config,
+            warnings=warnings,
+        )
+        facts = CardFacts(
+            family=family,
+            source=source,
+            source_is_repo=not looks_like_local_path(source),
+            source_format=ckpt.format,
+            layers=report.layers,
+            num_layers=num_layers,
+            init=init,
+            seed=seed,
+            state_before=report.state_before,
+            state_after=report.state_after,
+            params_before=report.params_before,
+            params_after=report.params_after,
+            architecture=config.architectures[0],
+        )
+        model_card(facts).save(tmp / "README.md")
+
+    if push_to_hub:
+        from statex_hf.hub import push_folder
+
+        report.commit_url = push_folder(output, push_to_hub, private=private, token=token)
+    return report
+
+
+def _convert_tensors(
+    ckpt: Checkpoint,
+    expansion: GLAExpansion | Mamba2Expansion,
+    shapes: dict[str, tuple[int, ...]],
+    writer: ShardWriter,
+    dtype: torch.dtype | None,
+    progress: bool,
+) -> int:
+    """Stream every source tensor through the expansion into ``writer``; returns the source parameter count."""
+    tied = expansion.config.tie_word_embeddings
+    seen: set[str] = set()
+    params_before = 0
+    files = list(ckpt.iter_shards())
+    for i, (path, tensors) in enumerate(files, start=1):
+        desc = f"shard {i}/{len(files)} {path.name}"
+        for name, tensor in tqdm(tensors, desc=desc, unit="tensor", disable=not progress, file=sys.stderr):
+            if tied and name == "lm_head.weight":
+                continue  # the tied head is the embedding; save_pretrained does not store it either
+            if name not in shapes:
+                raise StateXInputError(
+                    f"unexpected tensor {name} in {path.name}: not part of a {ckpt.format} model of this config"
+                )
+            params_before += tensor.numel()
+            new = expansion.transform(name, tensor)
+            if dtype is not None and new.is_floating_point():
+                new = new.to(dtype)
+            if tuple(new.shape) != shapes[name]:
+                raise StateXInputError(
+                    f"{name} has shape {tuple(new.shape)} after conversion, expected {shapes[name]}: "
+                    "config.json does not match the weights"
+                )
+            writer.add(name, new)
+            seen.add(name)
+    missing = sorted(set(shapes) - seen)
+    if missing:
+        raise StateXInputError(f"the checkpoint lacks {len(missing)} tensor(s) the model needs, e.g. {missing[0]}")
+    return params_before
+
+
+def _align_special_tokens(config: PretrainedConfig, folder: Path, ckpt: Checkpoint) -> None:
+    """state-spaces configs name no special tokens: take them from the tokenizer that goes with the weights."""
+    if ckpt.format != "mamba-ssm":
+        return
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(folder)
+    except Exception:  # noqa: BLE001 - a tokenizer transformers cannot load keeps the config's defaults
+        return
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(tok, attr, None)
+        if value is not None:
+            setattr(config, attr, value)
+    if config.pad_token_id is None:
+        config.pad_token_id = config.eos_token_id
+
+
+def _generation_config(ckpt: Checkpoint, config: PretrainedConfig) -> GenerationConfig:
+    """The source's generation config when it has one (special tokens kept in step with the config)."""
+    if (ckpt.folder / GENERATION_CONFIG_FILE).is_file():
+        generation = GenerationConfig.from_pretrained(ckpt.folder)
+        for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if getattr(config, attr, None) is not None:
+                setattr(generation, attr, getattr(config, attr))
+        return generation
+    return GenerationConfig.from_model_config(config)

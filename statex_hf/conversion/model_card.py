@@ -1,0 +1,109 @@
+"""The README model card of a converted checkpoint: what was expanded, how, and how to post-train it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from huggingface_hub import ModelCard, ModelCardData
+
+CITATION = """@article{shen2025statex,
+  title   = {StateX: Enhancing RNN Recall via Post-training State Expansion},
+  author  = {Shen, Xingyu and Chen, Yingfa and Thai, Zhen Leng and Han, Xu and Liu, Zhiyuan and Sun, Maosong},
+  journal = {arXiv preprint arXiv:2509.22630},
+  year    = {2025}
+}"""
+
+_METHOD = {
+    "gla": "head merging: each expanded layer runs its token mixer with fewer heads (same projections), "
+    "so its recurrent state (heads x dk x dv) grows",
+    "mamba2": "state-dimension expansion: each expanded layer's SSM state dimension N grows (only the B and C "
+    "rows of `in_proj` and channels of `conv1d` grow)",
+}
+_INIT = {
+    "reinit": "the expanded parts were freshly initialized with the model class's own initialization "
+    "(the paper's default)",
+    "inherit": "the pretrained projections were kept; the output-norm weight was tiled over the merged head",
+    "copy": "the old B/C rows and conv channels were tiled over the new state size",
+    "zero": "the old B/C rows and conv channels were kept first, zeros after",
+}
+
+
+@dataclass
+class CardFacts:
+    """What the card reports; filled in by the conversion."""
+
+    family: str
+    source: str
+    source_is_repo: bool
+    source_format: str
+    layers: list[int]
+    num_layers: int
+    init: str
+    seed: int
+    state_before: list[int]
+    state_after: list[int]
+    params_before: int
+    params_after: int
+    architecture: str
+
+
+def model_card(facts: CardFacts) -> ModelCard:
+    """A ``huggingface_hub.ModelCard`` (YAML metadata + body) for a converted checkpoint."""
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["statex", facts.family, "recurrent", "state-expansion"],
+        base_model=facts.source if facts.source_is_repo else None,
+    )
+    rows = "\n".join(
+        f"| {i} | {facts.state_before[i]:,} | {facts.state_after[i]:,} |"
+        for i in range(facts.num_layers)
+        if i in facts.layers
+    )
+    total_before, total_after = sum(facts.state_before), sum(facts.state_after)
+    delta = facts.params_after - facts.params_before
+    growth = f"{100 * (total_after - total_before) / total_before:+.1f}%" if total_before else "n/a"
+    layers = ", ".join(map(str, facts.layers)) or "none"
+    body = f"""
+# StateX {facts.family.upper()} ({facts.architecture})
+
+This checkpoint is `{facts.source}` ({facts.source_format}) after **StateX** post-training state expansion
+([arXiv:2509.22630](https://arxiv.org/abs/2509.22630)), converted with the `statex-hf` package
+(`statex-hf convert {facts.family}`). It has **not been post-trained yet**: expect it to need
+long-context post-training before it matches or beats the source model.
+
+## What was expanded
+
+- Method: {_METHOD[facts.family]}.
+- Expanded layers: {layers} (of {facts.num_layers}).
+- Init mode: `{facts.init}` — {_INIT[facts.init]}. Seed: {facts.seed}.
+- Parameters: {facts.params_before:,} → {facts.params_after:,} ({delta:+,}).
+- Recurrent state, all layers: {total_before:,} → {total_after:,} values per sequence ({growth}).
+
+| layer | state before | state after |
+|------:|-------------:|------------:|
+{rows}
+
+## Use
+
+```python
+import statex_hf  # registers the StateX classes; or pass trust_remote_code=True without the package
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("<this repo>")
+tokenizer = AutoTokenizer.from_pretrained("<this repo>")
+```
+
+## Post-training (the paper's setting)
+
+Long-context data (SlimPajama), 64K-token sequences, 10B tokens, batch 512K tokens, AdamW (0.9, 0.95),
+weight decay 0.1, lr 3e-4 with cosine decay and 1000 warm-up steps, gradient clipping 1.0, bf16.
+`transformers.Trainer` works as with any causal LM.
+
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")

@@ -1,0 +1,113 @@
+"""Where a checkpoint comes from: a local folder, or a Hub repo id fetched with huggingface_hub.
+
+Only the files a conversion needs are downloaded: config, tokenizer, and one weight format.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from statex_hf.expansion.errors import StateXInputError
+
+CONFIG_FILE = "config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
+# Everything a tokenizer may consist of; only the files present are copied.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+def looks_like_local_path(name: str) -> bool:
+    """A name with a path prefix, more than one separator, or that exists on disk is a folder, not a repo id."""
+    if (
+        os.path.exists(name)
+        or name.startswith((".", "/", "~"))
+        or name.count("/") > 1
+        or os.sep != "/"
+        and os.sep in name
+    ):
+        return True
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
+
+
+def weight_patterns(files: list[str]) -> list[str]:
+    """The weight files to fetch: safetensors when the repo has them, else PyTorch bins (never both)."""
+    if any(f.endswith(".safetensors") for f in files):
+        return ["*.safetensors", "*.safetensors.index.json"]
+    return ["*.bin", "*.bin.index.json"]
+
+
+def resolve_source(name: str, *, with_weights: bool = True) -> Path:
+    """A local folder holding ``name``'s config, weights and tokenizer; downloads a repo id if needed."""
+    if looks_like_local_path(name):
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise StateXInputError(f"source folder {name} not found (give a checkpoint folder or a Hub repo id)")
+        if not (path / CONFIG_FILE).is_file():
+            raise StateXInputError(f"{name} has no {CONFIG_FILE}; it is not a checkpoint folder")
+        return path
+    return _download(name, with_weights=with_weights)
+
+
+def _download(repo_id: str, *, with_weights: bool) -> Path:
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        files = HfApi().list_repo_files(repo_id)
+        patterns = [CONFIG_FILE, GENERATION_CONFIG_FILE, *TOKENIZER_FILES]
+        if with_weights:
+            patterns += weight_patterns(files)
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except (RepositoryNotFoundError, GatedRepoError) as err:
+        raise StateXInputError(
+            f"Hub repo {repo_id} not found or not accessible (no local folder of that name either): "
+            f"{type(err).__name__}"
+        ) from err
+    except Exception as err:  # noqa: BLE001 - any transport failure means the same thing to the user
+        raise StateXInputError(
+            f"cannot fetch {repo_id} from the Hub ({type(err).__name__}); no local folder of that name either. "
+            "Check the network / HF_ENDPOINT, or pass a local checkpoint folder"
+        ) from err
+
+
+def tokenizer_files(folder: Path) -> list[Path]:
+    """The tokenizer files present in ``folder``."""
+    return [folder / name for name in TOKENIZER_FILES if (folder / name).is_file()]
+
+
+def resolve_tokenizer(name: str) -> list[Path]:
+    """Tokenizer files for ``--tokenizer``: a local folder, or a repo id (only tokenizer files are fetched)."""
+    if looks_like_local_path(name):
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise StateXInputError(f"--tokenizer folder {name} not found")
+        found = tokenizer_files(path)
+    else:
+        from huggingface_hub import snapshot_download
+
+        try:
+            found = tokenizer_files(Path(snapshot_download(name, allow_patterns=list(TOKENIZER_FILES))))
+        except Exception as err:  # noqa: BLE001
+            raise StateXInputError(
+                f"cannot fetch tokenizer {name} from the Hub ({type(err).__name__}); pass a local tokenizer folder"
+            ) from err
+    if not found:
+        raise StateXInputError(f"--tokenizer {name} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)")
+    return found

@@ -1,0 +1,105 @@
+"""Atomic output: everything is written into a temporary folder beside the destination and renamed at the end.
+
+An interrupted or failed conversion therefore leaves nothing at the destination (the temporary
+folder is removed on any exception, including KeyboardInterrupt).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from huggingface_hub import constants
+from safetensors.torch import save_file
+
+from statex_hf.expansion.errors import StateXInputError
+
+DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3  # transformers' save_pretrained default (5GB)
+
+
+def check_destination(dest: Path, overwrite: bool) -> None:
+    """Fail before any work if ``dest`` exists and may not be replaced."""
+    if dest.exists() and not overwrite:
+        raise StateXInputError(f"destination {dest} already exists; choose another folder or pass --overwrite")
+    if dest.exists() and not dest.is_dir():
+        raise StateXInputError(f"destination {dest} exists and is not a folder")
+
+
+@contextmanager
+def atomic_folder(dest: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder that becomes ``dest`` when the block finishes without an exception."""
+    dest = dest.resolve()
+    check_destination(dest, overwrite)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        yield tmp
+        if dest.exists():  # --overwrite: move the old folder aside first so a crash never loses both
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+            dest.rename(old / dest.name)
+            tmp.rename(dest)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+class ShardWriter:
+    """Collects tensors and writes safetensors shards of at most ``max_shard_bytes``, then the index.
+
+    Names follow ``save_pretrained``: ``model.safetensors`` for one shard, else
+    ``model-0000i-of-0000n.safetensors`` plus ``model.safetensors.index.json``.
+    """
+
+    def __init__(self, folder: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+        self.folder = folder
+        self.max_shard_bytes = max_shard_bytes
+        self._pending: dict[str, torch.Tensor] = {}
+        self._pending_bytes = 0
+        self._parts: list[tuple[Path, list[str]]] = []
+        self.total_bytes = 0
+        self.num_parameters = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if self._pending and self._pending_bytes + size > self.max_shard_bytes:
+            self.flush()
+        # safetensors refuses tensors sharing storage (tied or memory-mapped views): give each its own.
+        self._pending[name] = tensor.detach().contiguous().clone()
+        self._pending_bytes += size
+        self.total_bytes += size
+        self.num_parameters += tensor.numel()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        path = self.folder / f".part-{len(self._parts):05d}.safetensors"
+        save_file(self._pending, str(path), metadata={"format": "pt"})
+        self._parts.append((path, list(self._pending)))
+        self._pending, self._pending_bytes = {}, 0
+
+    def finish(self) -> list[Path]:
+        """Write the last shard, give every shard its final name, write the index when sharded."""
+        self.flush()
+        n = len(self._parts)
+        if n == 1:
+            final = self.folder / constants.SAFETENSORS_SINGLE_FILE
+            self._parts[0][0].rename(final)
+            return [final]
+        weight_map: dict[str, str] = {}
+        finals = []
+        for i, (path, names) in enumerate(self._parts, start=1):
+            final = self.folder / f"model-{i:05d}-of-{n:05d}.safetensors"
+            path.rename(final)
+            finals.append(final)
+            weight_map.update(dict.fromkeys(names, final.name))
+        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+        (self.folder / constants.SAFETENSORS_INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        return finals
