@@ -76,10 +76,54 @@ def ssd(
     cu_seqlens: torch.LongTensor | None = None,
     chunk_size: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Mamba2 SSD scan; shapes as in ``kernels/ssd/naive.py`` (state ``[n, H, P, N]``, fp32)."""
-    return naive_ssd(
-        x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, initial_state, output_final_state, cu_seqlens
+    """Mamba2 SSD scan; shapes as in ``kernels/ssd/naive.py`` (state ``[n, H, P, N]``, fp32).
+
+    CUDA: one token with a state and no grad -> the decode kernel; otherwise the Triton chunked scan.
+    CPU: the chunked PyTorch scan, or the token loop for a handful of tokens.
+    """
+    args = (x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, initial_state, output_final_state, cu_seqlens)
+    T = x.shape[1]
+    if use_triton(x, B, C):
+        grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, dt, B, C, initial_state))
+        if T == 1 and cu_seqlens is None and initial_state is not None and not grad:
+            state = initial_state.float().contiguous().clone()
+            y = ssd_state_update(state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, dt_bias, dt_softplus, dt_limit)
+            return y[:, None], (state if output_final_state else None)
+        from statex_hf.kernels.ssd.chunk import chunk_ssd
+
+        # Short inputs get a short chunk (less padding); the kernels need a power of two >= 16.
+        L = min(max(16, 1 << (max(chunk_size, 16).bit_length() - 1)), max(16, 1 << (T - 1).bit_length()))
+        return chunk_ssd(*args, chunk_size=L)
+    if T <= 4:
+        return naive_ssd(*args)
+    from statex_hf.kernels.ssd.chunk_torch import chunk_ssd_torch
+
+    return chunk_ssd_torch(*args, chunk_size=min(chunk_size, 64))
+
+
+def ssd_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+) -> torch.Tensor:
+    """One decode step, ``state`` ``[b, H, P, N]`` fp32 updated in place; x ``[b, H, P]``, dt ``[b, H]``,
+    B/C ``[b, G, N]``; returns y ``[b, H, P]``."""
+    if use_triton(state, x, B, C):
+        from statex_hf.kernels.ssd.state_update import ssd_state_update as triton_state_update
+
+        return triton_state_update(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit)
+    y, final = naive_ssd(
+        x[:, None], dt[:, None], A, B[:, None], C[:, None], D, dt_bias, dt_softplus, dt_limit, state, True
     )
+    state.copy_(final)
+    return y[:, 0]
 
 
 def causal_conv1d(
