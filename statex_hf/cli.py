@@ -6,7 +6,7 @@ import argparse
 import sys
 
 # Modules that provide ``register(subparsers)``; a command module adds itself to this list.
-COMMAND_MODULES: list[str] = ["statex_hf.conversion.cli"]
+COMMAND_MODULES: list[str] = ["statex_hf.eval.cli", "statex_hf.conversion.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

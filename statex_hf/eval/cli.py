@@ -1,0 +1,232 @@
+"""``statex-hf eval niah|mqar MODEL``: recall evals from the command line.
+
+Arguments are checked before anything is loaded; a bad one ends the command with one line on stderr
+and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from statex_hf.eval.loading import DTYPES
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are a single line (no usage block), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class UsageError(ValueError):
+    """A bad command-line value, found after parsing (e.g. a length too short for the tokenizer)."""
+
+
+_LENGTH = re.compile(r"^(\d+(?:\.\d+)?)([kK]?)$")
+
+
+def parse_length(text: str) -> int:
+    """``"512" -> 512``, ``"4k" -> 4096``, ``"1.5k" -> 1536`` (k = 1024 tokens)."""
+    match = _LENGTH.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a token count (use e.g. 512, 4k, 64k)")
+    number = float(match.group(1)) * (1024 if match.group(2) else 1)
+    if number != int(number) or number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole positive number of tokens")
+    return int(number)
+
+
+def _comma_list(item_type: Any, name: str) -> Any:
+    def parse(text: str) -> list[Any]:
+        items = [s for s in text.split(",") if s.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"{name} is empty")
+        values = [item_type(s) for s in items]
+        return sorted(set(values))
+
+    return parse
+
+
+def parse_depth(text: str) -> float:
+    try:
+        depth = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"depth {text!r} is not a number") from None
+    if not (math.isfinite(depth) and 0.0 <= depth <= 1.0):
+        raise argparse.ArgumentTypeError(f"depth {text} is outside [0, 1] (0 = start of the context, 1 = end)")
+    return depth
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser, default_output: str, batch_size: int) -> None:
+    parser.add_argument("model", metavar="MODEL", help="checkpoint directory or Hub id of any AutoModelForCausalLM")
+    parser.add_argument("--tokenizer", help="tokenizer directory or Hub id, when MODEL ships none")
+    parser.add_argument("--samples", type=positive_int, help="prompts per grid cell")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the task construction (default 0)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=batch_size, help=f"most prompts per forward (default {batch_size})"
+    )
+    parser.add_argument(
+        "--max-batch-tokens",
+        type=positive_int,
+        default=65536,
+        help="most tokens per forward; long lengths get smaller batches (default 65536)",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=Path(default_output), help=f"results JSON (default {default_output})"
+    )
+    plot = parser.add_mutually_exclusive_group()
+    plot.add_argument("--plot", type=Path, help="figure path (default: the output path with .png)")
+    plot.add_argument("--no-plot", action="store_true", help="write no figure")
+    parser.add_argument("--device", help="torch device (default cuda if available, else cpu)")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), help="weights dtype (default bfloat16 on CUDA, float32 on CPU)"
+    )
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own modeling code")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``eval niah`` and ``eval mqar`` to the ``statex-hf`` command line."""
+    parser = subparsers.add_parser("eval", help="recall evals: needle in a haystack / passkey, MQAR")
+    commands = parser.add_subparsers(dest="eval_command", required=True, parser_class=_OneLineErrorParser)
+
+    niah = commands.add_parser(
+        "niah",
+        help="needle-in-a-haystack or passkey retrieval over lengths x depths",
+        description="Needle-in-a-haystack (--task niah) or passkey (--task passkey) retrieval with the model's own "
+        "tokenizer and the haystack text shipped in the package; greedy decoding, exact match.",
+    )
+    _add_common(niah, "niah.json", batch_size=8)
+    niah.add_argument("--task", choices=["niah", "passkey"], default="niah", help="needle kind (default niah)")
+    niah.add_argument(
+        "--lengths",
+        type=_comma_list(parse_length, "--lengths"),
+        default=[1024, 4096],
+        help="prompt lengths in tokens, e.g. 1k,4k,16k,64k (default 1k,4k)",
+    )
+    niah.add_argument(
+        "--depths",
+        type=_comma_list(parse_depth, "--depths"),
+        default=[0.0, 0.25, 0.5, 0.75, 1.0],
+        help="needle depths in [0, 1] (default 0,0.25,0.5,0.75,1)",
+    )
+    niah.set_defaults(func=_run_niah, samples_default=5)
+
+    mqar = commands.add_parser(
+        "mqar",
+        help="multi-query associative recall: accuracy by number of pairs and length",
+        description="Multi-query associative recall (Zoology) on single tokens of the model's vocabulary; "
+        "accuracy of the next-token argmax after each queried key.",
+    )
+    _add_common(mqar, "mqar.json", batch_size=16)
+    mqar.add_argument(
+        "--num-pairs",
+        type=_comma_list(positive_int, "--num-pairs"),
+        default=[4, 8, 16, 32, 64],
+        help="key-value pairs per sequence (default 4,8,16,32,64)",
+    )
+    mqar.add_argument(
+        "--lengths",
+        type=_comma_list(parse_length, "--lengths"),
+        default=[256, 512, 1024, 2048],
+        help="sequence lengths in tokens (default 256,512,1k,2k)",
+    )
+    mqar.set_defaults(func=_run_mqar, samples_default=16)
+
+
+def _fail(args: argparse.Namespace, message: str) -> int:
+    print(f"statex-hf eval {args.eval_command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    from statex_hf.eval.loading import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(args.model, args.tokenizer, args.device, args.dtype, args.trust_remote_code)
+
+
+def _plot_path(args: argparse.Namespace) -> Path | None:
+    return None if args.no_plot else (args.plot or args.output.with_suffix(".png"))
+
+
+def _write(results: dict[str, Any], args: argparse.Namespace) -> None:
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+def _run(args: argparse.Namespace, evaluate: Any) -> int:
+    samples = args.samples or args.samples_default
+    try:
+        model, tokenizer = _load(args)
+    except (OSError, ValueError) as error:  # missing directory, unknown repo, unreadable config
+        return _fail(args, f"cannot load MODEL {args.model!r}: {str(error).strip().splitlines()[0]}")
+    try:
+        return evaluate(model, tokenizer, samples)
+    except UsageError as error:
+        return _fail(args, str(error))
+
+
+def _run_niah(args: argparse.Namespace) -> int:
+    from statex_hf.eval.niah import run_niah
+    from statex_hf.eval.plots import format_length, plot_niah_heatmap
+
+    def evaluate(model: Any, tokenizer: Any, samples: int) -> int:
+        try:
+            results = run_niah(
+                model, tokenizer, task=args.task, lengths=args.lengths, depths=args.depths, samples=samples,
+                seed=args.seed, batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
+                progress=not args.no_progress, model_name=args.model,
+            )  # fmt: skip
+        except ValueError as error:  # a length too short for the prompt with this tokenizer
+            raise UsageError(f"--lengths: {error}") from None
+        _write(results, args)
+        if (plot := _plot_path(args)) is not None:
+            print(f"wrote {plot_niah_heatmap(results, plot)}")
+        print(f"{args.task} exact match by length (mean over depths):")
+        for length, row in zip(results["lengths"], results["accuracy"]):
+            print(f"  {format_length(length):>6}  {sum(row) / len(row):.3f}")
+        return 0
+
+    return _run(args, evaluate)
+
+
+def _run_mqar(args: argparse.Namespace) -> int:
+    from statex_hf.eval.mqar import run_mqar
+    from statex_hf.eval.plots import format_length, plot_mqar
+
+    def evaluate(model: Any, tokenizer: Any, samples: int) -> int:
+        try:
+            results = run_mqar(
+                model, tokenizer, num_pairs=args.num_pairs, lengths=args.lengths, samples=samples, seed=args.seed,
+                batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, progress=not args.no_progress,
+                model_name=args.model,
+            )  # fmt: skip
+        except ValueError as error:  # no cell fits, or the vocabulary is too small for the pairs asked
+            raise UsageError(str(error)) from None
+        _write(results, args)
+        if (plot := _plot_path(args)) is not None:
+            print(f"wrote {plot_mqar(results, plot)}")
+        header = "pairs " + " ".join(f"{format_length(n):>6}" for n in results["lengths"])
+        print("MQAR query accuracy:\n  " + header)
+        for n, row in zip(results["num_pairs"], results["accuracy"]):
+            print(f"  {n:>5} " + " ".join("     -" if a is None else f"{a:6.3f}" for a in row))
+        return 0
+
+    return _run(args, evaluate)
