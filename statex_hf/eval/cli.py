@@ -24,10 +24,6 @@ class _OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-class UsageError(ValueError):
-    """A bad command-line value, found after parsing (e.g. a length too short for the tokenizer)."""
-
-
 _LENGTH = re.compile(r"^(\d+(?:\.\d+)?)([kK]?)$")
 
 
@@ -155,12 +151,6 @@ def _fail(args: argparse.Namespace, message: str) -> int:
     return 2
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, Any]:
-    from statex_hf.eval.loading import load_model_and_tokenizer
-
-    return load_model_and_tokenizer(args.model, args.tokenizer, args.device, args.dtype, args.trust_remote_code)
-
-
 def _plot_path(args: argparse.Namespace) -> Path | None:
     return None if args.no_plot else (args.plot or args.output.with_suffix(".png"))
 
@@ -171,31 +161,53 @@ def _write(results: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"wrote {args.output}")
 
 
-def _run(args: argparse.Namespace, evaluate: Any) -> int:
+def _run(args: argparse.Namespace, check: Any, evaluate: Any) -> int:
+    """Load the tokenizer, ``check(tokenizer)`` the task fits it, then load the model and ``evaluate``.
+
+    The task is checked before the model loads, so a length too short for the tokenizer fails in a second.
+    """
+    from statex_hf.eval.loading import load_model, load_tokenizer
+
+    if args.no_progress:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
     samples = args.samples or args.samples_default
     try:
-        model, tokenizer = _load(args)
-    except (OSError, ValueError) as error:  # missing directory, unknown repo, unreadable config
-        return _fail(args, f"cannot load MODEL {args.model!r}: {str(error).strip().splitlines()[0]}")
+        tokenizer = load_tokenizer(args.model, args.tokenizer, args.trust_remote_code)
+    except (OSError, ValueError) as error:  # missing directory, unknown repo, no tokenizer files
+        return _fail(args, f"cannot load the tokenizer of {args.model!r}: {_first_line(error)}")
     try:
-        return evaluate(model, tokenizer, samples)
-    except UsageError as error:
+        check(tokenizer)
+    except ValueError as error:
         return _fail(args, str(error))
+    try:
+        model = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
+    except (OSError, ValueError) as error:  # unreadable config, unknown architecture
+        return _fail(args, f"cannot load MODEL {args.model!r}: {_first_line(error)}")
+    return evaluate(model, tokenizer, samples)
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _run_niah(args: argparse.Namespace) -> int:
-    from statex_hf.eval.niah import run_niah
+    from statex_hf.eval.niah import build_needle_samples, run_niah
     from statex_hf.eval.plots import format_length, plot_niah_heatmap
 
+    def check(tokenizer: Any) -> None:
+        try:  # one prompt per length: a length too short for the prompt with this tokenizer fails here
+            build_needle_samples(tokenizer, args.task, args.lengths, [0.5], samples=1, seed=args.seed)
+        except ValueError as error:
+            raise ValueError(f"--lengths: {error}") from None
+
     def evaluate(model: Any, tokenizer: Any, samples: int) -> int:
-        try:
-            results = run_niah(
-                model, tokenizer, task=args.task, lengths=args.lengths, depths=args.depths, samples=samples,
-                seed=args.seed, batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
-                progress=not args.no_progress, model_name=args.model,
-            )  # fmt: skip
-        except ValueError as error:  # a length too short for the prompt with this tokenizer
-            raise UsageError(f"--lengths: {error}") from None
+        results = run_niah(
+            model, tokenizer, task=args.task, lengths=args.lengths, depths=args.depths, samples=samples,
+            seed=args.seed, batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
+            progress=not args.no_progress, model_name=args.model,
+        )  # fmt: skip
         _write(results, args)
         if (plot := _plot_path(args)) is not None:
             print(f"wrote {plot_niah_heatmap(results, plot)}")
@@ -204,22 +216,22 @@ def _run_niah(args: argparse.Namespace) -> int:
             print(f"  {format_length(length):>6}  {sum(row) / len(row):.3f}")
         return 0
 
-    return _run(args, evaluate)
+    return _run(args, check, evaluate)
 
 
 def _run_mqar(args: argparse.Namespace) -> int:
-    from statex_hf.eval.mqar import run_mqar
+    from statex_hf.eval.mqar import mqar_cells, run_mqar
     from statex_hf.eval.plots import format_length, plot_mqar
 
+    def check(tokenizer: Any) -> None:  # some cell fits, and the vocabulary holds the pairs asked for
+        mqar_cells(tokenizer, args.num_pairs, args.lengths)
+
     def evaluate(model: Any, tokenizer: Any, samples: int) -> int:
-        try:
-            results = run_mqar(
-                model, tokenizer, num_pairs=args.num_pairs, lengths=args.lengths, samples=samples, seed=args.seed,
-                batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, progress=not args.no_progress,
-                model_name=args.model,
-            )  # fmt: skip
-        except ValueError as error:  # no cell fits, or the vocabulary is too small for the pairs asked
-            raise UsageError(str(error)) from None
+        results = run_mqar(
+            model, tokenizer, num_pairs=args.num_pairs, lengths=args.lengths, samples=samples, seed=args.seed,
+            batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, progress=not args.no_progress,
+            model_name=args.model,
+        )  # fmt: skip
         _write(results, args)
         if (plot := _plot_path(args)) is not None:
             print(f"wrote {plot_mqar(results, plot)}")
@@ -229,4 +241,4 @@ def _run_mqar(args: argparse.Namespace) -> int:
             print(f"  {n:>5} " + " ".join("     -" if a is None else f"{a:6.3f}" for a in row))
         return 0
 
-    return _run(args, evaluate)
+    return _run(args, check, evaluate)

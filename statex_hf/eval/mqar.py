@@ -135,6 +135,20 @@ def score_predictions(sample: MqarSample, predictions: Sequence[int]) -> int:
     return sum(int(predictions[p] == t) for p, t in zip(sample.query_positions, sample.targets))
 
 
+def mqar_cells(
+    tokenizer: PreTrainedTokenizerBase, num_pairs: Sequence[int], lengths: Sequence[int]
+) -> tuple[list[tuple[int, int]], MqarVocabulary]:
+    """The (pairs, length) cells that fit, and the vocabulary pools; ValueError when nothing can run."""
+    prefix_len = len(prefix_ids(tokenizer))
+    cells = [(n, length) for n in num_pairs for length in lengths if length >= min_length(n, prefix_len)]
+    if not cells:
+        raise ValueError(
+            f"no (pairs, length) combination fits: {min(num_pairs)} pairs need at least "
+            f"{min_length(min(num_pairs), prefix_len)} tokens, the longest length is {max(lengths)}"
+        )
+    return cells, MqarVocabulary.build(tokenizer, min_pool=max(n for n, _ in cells))
+
+
 def run_mqar(
     model: Any,
     tokenizer: PreTrainedTokenizerBase,
@@ -155,14 +169,8 @@ def run_mqar(
     """
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
+    cells, vocab = mqar_cells(tokenizer, num_pairs, lengths)
     prefix = prefix_ids(tokenizer)
-    cells = [(n, length) for n in num_pairs for length in lengths if length >= min_length(n, len(prefix))]
-    if not cells:
-        raise ValueError(
-            f"no (pairs, length) combination fits: {min(num_pairs)} pairs need at least "
-            f"{min_length(min(num_pairs), len(prefix))} tokens, the longest length is {max(lengths)}"
-        )
-    vocab = MqarVocabulary.build(tokenizer, min_pool=max(n for n, _ in cells))
     accuracy: dict[tuple[int, int], float] = {}
     with tqdm(total=len(cells) * samples, desc="mqar", disable=not progress, unit="seq") as bar:
         for n, length in cells:
