@@ -1,0 +1,310 @@
+"""Mamba2 SSD on one GPU: ours (Triton) vs mamba_ssm's Triton ``mamba_chunk_scan_combined`` vs
+transformers' PyTorch ``mamba2_chunk_scan``, one Mamba2-1.3B layer (H=64, P=64, G=1, bf16, B=1),
+N = 128 and 512, T = 4K / 16K / 64K; then the decode step at B = 1 / 16 / 64, and the conv1d.
+
+Each (implementation, N) runs in a fresh process with an empty Triton cache, so "first call" is
+compile + autotune + run, and an out-of-memory stays in its own process. One table at the end.
+
+    python benchmarks/bench_ssd.py                     # everything (mamba_ssm from MAMBA_SSM_SRC)
+    python benchmarks/bench_ssd.py --impls ours --ns 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import types
+
+H, P, G = 64, 64, 1
+CHUNK = 256
+HBM_TBPS = 3.35  # H100 SXM datasheet
+
+
+def load_mamba_ssm():
+    """mamba_ssm's Triton SSD without its package __init__ (which imports CUDA extensions)."""
+    src = os.environ.get("MAMBA_SSM_SRC")
+    if not src:
+        raise RuntimeError("set MAMBA_SSM_SRC to the extracted mamba_ssm sdist folder")
+    for name, path in [("mamba_ssm", "mamba_ssm"), ("mamba_ssm.ops", "mamba_ssm/ops")]:
+        mod = types.ModuleType(name)
+        mod.__path__ = [os.path.join(src, path)]
+        sys.modules[name] = mod
+    from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+    return mamba_chunk_scan_combined, selective_state_update
+
+
+def make_inputs(T, N, dtype, device="cuda"):
+    import torch
+
+    g = torch.Generator(device=device).manual_seed(0)
+    return {
+        "x": torch.randn(1, T, H, P, device=device, generator=g).to(dtype),
+        "dt": (torch.randn(1, T, H, device=device, generator=g) * 0.5 - 1).to(dtype),
+        "A": -torch.exp(torch.rand(H, device=device, generator=g) * 2.5),
+        "B": (torch.randn(1, T, G, N, device=device, generator=g) * N**-0.5).to(dtype),
+        "C": torch.randn(1, T, G, N, device=device, generator=g).to(dtype),
+        "D": torch.randn(H, device=device, generator=g),
+        "dt_bias": torch.randn(H, device=device, generator=g) * 0.5,
+    }
+
+
+def scan_fn(impl):
+    if impl == "ours":
+        from statex_hf.kernels.ssd.chunk import chunk_ssd
+
+        def run(i):
+            return chunk_ssd(i["x"], i["dt"], i["A"], i["B"], i["C"], i["D"], i["dt_bias"], True, chunk_size=CHUNK)[0]
+
+    elif impl == "mamba_ssm":
+        combined, _ = load_mamba_ssm()
+
+        def run(i):
+            return combined(
+                i["x"], i["dt"], i["A"], i["B"], i["C"], CHUNK, D=i["D"], dt_bias=i["dt_bias"], dt_softplus=True
+            )
+
+    else:
+        from transformers.models.mamba2.modeling_mamba2 import mamba2_chunk_scan
+
+        def run(i):
+            return mamba2_chunk_scan(
+                i["x"], i["dt"], i["A"], i["B"], i["C"], CHUNK, D=i["D"], dt_bias=i["dt_bias"], dt_softplus=True
+            )
+
+    return run
+
+
+def measure_scan(run, T, N, rec, with_first):
+    import torch
+    import triton
+
+    inputs = make_inputs(T, N, torch.bfloat16)
+    leaves = {k: v.requires_grad_() for k, v in inputs.items()}
+    dy = torch.randn(1, T, H, P, device="cuda", dtype=torch.bfloat16)
+
+    def fwd():
+        with torch.no_grad():
+            return run(leaves)
+
+    def fwd_bwd():
+        run(leaves).backward(dy)
+
+    if with_first:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fwd_bwd()
+        torch.cuda.synchronize()
+        rec["first_s"] = time.perf_counter() - t0
+    for v in leaves.values():
+        v.grad = None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fwd_bwd()
+    torch.cuda.synchronize()
+    rec["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    rec["act_gb"] = (torch.cuda.max_memory_allocated() - base) / 1e9
+    rec["inputs_gb"] = base / 1e9
+    for v in leaves.values():
+        v.grad = None
+    rec["fwd_ms"] = triton.testing.do_bench(fwd, warmup=25, rep=200, return_mode="median")
+    rec["fwdbwd_ms"] = triton.testing.do_bench(
+        fwd_bwd, warmup=25, rep=300, grad_to_none=list(leaves.values()), return_mode="median"
+    )
+
+
+def child_scan(impl, N, Ts):
+    """One process: first call at the first T, then fwd ms, fwd+bwd ms, peak GB per T (JSON lines)."""
+    import torch
+
+    run = scan_fn(impl)
+    for k, T in enumerate(Ts):
+        rec = {"impl": impl, "N": N, "T": T}
+        try:
+            measure_scan(run, T, N, rec, with_first=k == 0)
+        except torch.OutOfMemoryError as e:
+            rec["oom"] = str(e).split(".")[0][:120]
+        print("RESULT " + json.dumps(rec), flush=True)
+        torch.cuda.empty_cache()
+        if "oom" in rec:
+            break  # longer sequences only need more
+
+
+def decode_step(impl, b, N):
+    """A zero-argument decode step at batch b (one token per sequence), state updated in place."""
+    import torch
+
+    i = make_inputs(b, N, torch.bfloat16)  # T plays the batch
+    x, dt, B, C = i["x"][0], i["dt"][0], i["B"][0], i["C"][0]
+    state = torch.randn(b, H, P, N, device="cuda")
+    if impl == "ours":
+        from statex_hf.kernels.ssd.state_update import ssd_state_update
+
+        return lambda: ssd_state_update(state, x, dt, i["A"], B, C, i["D"], i["dt_bias"], True)
+    _, mamba_upd = load_mamba_ssm()
+    # mamba_ssm's kernel takes A, dt, D, dt_bias per head *and* channel: stride-0 views.
+    A_full = i["A"][:, None, None].expand(H, P, N)
+    dt_full = dt[:, :, None].expand(b, H, P)
+    D_full = i["D"][:, None].expand(H, P)
+    bias_full = i["dt_bias"][:, None].expand(H, P)
+    return lambda: mamba_upd(state, x, dt_full, A_full, B, C, D_full, dt_bias=bias_full, dt_softplus=True)
+
+
+def child_decode(impl, N, batches):
+    import triton
+
+    for b in batches:
+        step = decode_step(impl, b, N)
+        step()
+        ms = triton.testing.do_bench(step, warmup=25, rep=200, return_mode="median")
+        gbps = b * H * P * N * 4 * 2 / (ms * 1e-3) / 1e9
+        print("RESULT " + json.dumps({"impl": impl, "N": N, "b": b, "us": ms * 1e3, "gbps": gbps}), flush=True)
+
+
+def measure_conv(fn, T, D, rec):
+    import torch
+    import triton
+
+    x = torch.randn(1, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(D, 4, device="cuda", requires_grad=True)
+    bias = torch.randn(D, device="cuda", requires_grad=True)
+    dy = torch.randn_like(x)
+
+    def fwd():
+        with torch.no_grad():
+            return fn(x, w, bias, "silu")
+
+    def fwd_bwd():
+        fn(x, w, bias, "silu")[0].backward(dy)
+
+    fwd_bwd()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fwd_bwd()
+    torch.cuda.synchronize()
+    rec["act_gb"] = (torch.cuda.max_memory_allocated() - base) / 1e9
+    rec["fwdbwd_ms"] = triton.testing.do_bench(fwd_bwd, grad_to_none=[x, w, bias], return_mode="median")
+    rec["fwd_ms"] = triton.testing.do_bench(fwd, return_mode="median")
+
+
+def child_conv(Ts):
+    """conv1d over [x | B | C] at N = 512: the torch path vs what dispatch picks on CUDA."""
+    import torch
+    from statex_hf.kernels import dispatch
+    from statex_hf.kernels.conv.causal_conv1d import causal_conv1d as torch_conv
+
+    D = H * P + 2 * G * 512
+    for name, fn in [("torch", torch_conv), ("dispatch", dispatch.causal_conv1d)]:
+        for T in Ts:
+            rec = {"impl": name, "T": T, "D": D}
+            try:
+                measure_conv(fn, T, D, rec)
+            except torch.OutOfMemoryError:
+                rec["oom"] = "OOM"
+            print("RESULT " + json.dumps(rec), flush=True)
+            torch.cuda.empty_cache()
+
+
+def spawn(args, timeout):
+    env = dict(os.environ, TRITON_CACHE_DIR=tempfile.mkdtemp(prefix="triton-cache-"), PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, __file__, *args]
+    try:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        text, err = out.stdout, out.stderr
+    except subprocess.TimeoutExpired as e:
+        text = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        err = f"timed out after {timeout} s"
+    recs = [json.loads(line[7:]) for line in text.splitlines() if line.startswith("RESULT ")]
+    if not recs or err.strip().endswith(("Error", "error")) or "Traceback" in err:
+        tail = err.strip().splitlines()[-3:] if err.strip() else []
+        print(f"[{' '.join(args)}] {' | '.join(tail)}", file=sys.stderr)
+        recs.append({"error": " ".join(args), "why": (tail[-1] if tail else err)[:160]})
+    return recs
+
+
+def fmt(v, nd=1):
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--impls", default="ours,mamba_ssm,hf")
+    ap.add_argument("--ns", default="128,512")
+    ap.add_argument("--ts", default="4096,16384,65536")
+    ap.add_argument("--batches", default="1,16,64")
+    ap.add_argument("--timeout", type=int, default=240)
+    ap.add_argument("--json", default=None, help="also write all records here")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--impl", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    Ts = [int(t) for t in a.ts.split(",")]
+    if a.child == "scan":
+        return child_scan(a.impl, a.n, Ts)
+    if a.child == "decode":
+        return child_decode(a.impl, a.n, [int(b) for b in a.batches.split(",")])
+    if a.child == "conv":
+        return child_conv(Ts)
+
+    impls = a.impls.split(",")
+    ns = [int(n) for n in a.ns.split(",")]
+    recs = []
+    for impl in impls:
+        for n in ns:
+            base = ["--ts", a.ts, "--n", str(n), "--impl", impl]
+            recs += spawn(["--child", "scan", *base], a.timeout)
+            if impl in ("ours", "mamba_ssm"):
+                recs += spawn(["--child", "decode", *base, "--batches", a.batches], a.timeout)
+    recs += spawn(["--child", "conv", "--ts", a.ts], a.timeout)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(recs, f, indent=1)
+
+    import torch
+
+    print(f"\nMamba2 SSD, one Mamba2-1.3B layer (H={H}, P={P}, G={G}), bf16, B=1, chunk {CHUNK}, "
+          f"{torch.cuda.get_device_name()}; fwd/fwd+bwd = median ms; peak = max allocated during fwd+bwd "
+          "(inputs + dy included); act = peak minus what was allocated before the call")  # fmt: skip
+    print(
+        f"{'impl':<10} {'N':>4} {'T':>6} {'fwd ms':>8} {'fwd+bwd ms':>11} {'peak GB':>8} {'act GB':>7} {'first s':>8}"
+    )
+    scans = [r for r in recs if "T" in r and "D" not in r]
+    for r in scans:
+        if "oom" in r:
+            print(f"{r['impl']:<10} {r['N']:>4} {r['T']:>6} {'OOM':>8} {'OOM':>11} {'-':>8} {'-':>7} {'-':>8}")
+            continue
+        print(
+            f"{r['impl']:<10} {r['N']:>4} {r['T']:>6} {fmt(r.get('fwd_ms'), 2):>8} {fmt(r.get('fwdbwd_ms'), 2):>11} "
+            f"{fmt(r.get('peak_gb'), 2):>8} {fmt(r.get('act_gb'), 2):>7} {fmt(r.get('first_s')):>8}"
+        )
+    print(f"\nDecode step (selective state update), H={H}, P={P}, fp32 state; GB/s counts state read + write; "
+          f"% of {HBM_TBPS} TB/s")  # fmt: skip
+    print(f"{'impl':<10} {'N':>4} {'B':>4} {'us':>8} {'GB/s':>7} {'%HBM':>5}")
+    for r in recs:
+        if "us" in r:
+            pct = r["gbps"] / (HBM_TBPS * 1e3) * 100
+            print(f"{r['impl']:<10} {r['N']:>4} {r['b']:>4} {r['us']:>8.1f} {r['gbps']:>7.0f} {pct:>5.0f}")
+    print("\nconv1d over [x | B | C] (D = 5120, K = 4, SiLU), bf16, B=1")
+    print(f"{'impl':<10} {'T':>6} {'fwd ms':>8} {'fwd+bwd ms':>11} {'act GB':>7}")
+    for r in recs:
+        if "D" in r:
+            if "oom" in r:
+                print(f"{r['impl']:<10} {r['T']:>6} {'OOM':>8}")
+                continue
+            ms = f"{fmt(r['fwd_ms'], 2):>8} {fmt(r['fwdbwd_ms'], 2):>11}"
+            print(f"{r['impl']:<10} {r['T']:>6} {ms} {fmt(r['act_gb'], 2):>7}")
+    for r in recs:
+        if "error" in r:
+            print(f"error in [{r['error']}]: {r['why']}")
+
+
+if __name__ == "__main__":
+    main()
