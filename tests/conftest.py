@@ -13,7 +13,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-
 # The GPU suite is not collected on CPU runs at all (rather than reported as skipped).
 collect_ignore_glob = [] if os.environ.get("STATEX_GPU_TESTS") == "1" else ["gpu/*"]
 
