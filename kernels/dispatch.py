@@ -135,5 +135,13 @@ def causal_conv1d(
     output_final_state: bool = False,
     cu_seqlens: torch.LongTensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Depthwise causal conv1d; shapes as in ``kernels/conv/causal_conv1d.py``."""
+    """Depthwise causal conv1d; shapes as in ``kernels/conv/causal_conv1d.py``.
+
+    CUDA without an incoming ``conv_state`` (training, prefill): the Triton kernel, which keeps only
+    its input for the backward. Decode steps (with a ``conv_state``) and CPU: the PyTorch path.
+    """
+    if conv_state is None and activation in ("silu", "swish", None) and use_triton(x, weight):
+        from statex_hf.kernels.conv.causal_conv1d_triton import causal_conv1d_triton
+
+        return causal_conv1d_triton(x, weight, bias, activation, output_final_state, cu_seqlens)
     return torch_causal_conv1d(x, weight, bias, activation, conv_state, output_final_state, cu_seqlens)
