@@ -152,8 +152,8 @@ def test_triton_conv1d_matches_torch_conv1d_fwd_and_grads(packed):
     from statex_hf.kernels.conv.causal_conv1d import causal_conv1d
     from statex_hf.kernels.conv.causal_conv1d_triton import causal_conv1d_triton
 
-    cu = torch.tensor([0, 30, 31, 90, 150]) if packed else None
-    x, w, bias = torch.randn(1 if packed else 2, 150, 200), torch.randn(200, 4), torch.randn(200)
+    cu = torch.tensor([0, 20, 21, 50, 70]) if packed else None
+    x, w, bias = torch.randn(1 if packed else 2, 70, 96), torch.randn(96, 4), torch.randn(96)
     results = []
     for fn in (causal_conv1d, causal_conv1d_triton):
         leaves = [t.clone().requires_grad_() for t in (x, w, bias)]

@@ -122,3 +122,22 @@ def test_decode_kernel_matches_chunk_path(b, N):
     y = ssd_state_update(state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, bias, True)
     assert rel_err(y, y_ref[:, 0]) < 1e-2
     assert rel_err(state, f_ref) < 1e-5
+
+
+def test_triton_conv1d_matches_torch_conv1d_bf16():
+    from statex_hf.kernels.conv.causal_conv1d import causal_conv1d
+    from statex_hf.kernels.conv.causal_conv1d_triton import causal_conv1d_triton
+
+    g = torch.Generator(device=DEV).manual_seed(0)
+    x = torch.randn(1, 3000, 5120, device=DEV, generator=g).to(torch.bfloat16)
+    w, bias = torch.randn(5120, 4, device=DEV, generator=g), torch.randn(5120, device=DEV, generator=g)
+    cu = torch.tensor([0, 1000, 1001, 3000], device=DEV)
+    out = []
+    for fn in (causal_conv1d, causal_conv1d_triton):
+        leaves = [t.clone().requires_grad_() for t in (x, w, bias)]
+        args = (*leaves, "silu", None, False, cu) if fn is causal_conv1d else (*leaves, "silu", False, cu)
+        y, _ = fn(*args)
+        y.float().pow(2).sum().backward()
+        out.append([y, *(t.grad for t in leaves)])
+    for name, got, want in zip(["y", "dx", "dw", "dbias"], out[1], out[0]):
+        assert rel_err(got, want) < 1e-2, name
