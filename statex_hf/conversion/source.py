@@ -70,7 +70,8 @@ def _download(repo_id: str, *, with_weights: bool) -> Path:
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     try:
-        files = HfApi().list_repo_files(repo_id)
+        # One plain request (no retry loop) answers both "is the Hub reachable" and "which files exist".
+        files = [s.rfilename for s in HfApi().model_info(repo_id).siblings or []]
         patterns = [CONFIG_FILE, GENERATION_CONFIG_FILE, *TOKENIZER_FILES]
         if with_weights:
             patterns += weight_patterns(files)

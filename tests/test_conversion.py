@@ -1,0 +1,255 @@
+"""``statex-hf convert``: real source formats in, a loadable StateX folder out, and bad input refused cleanly."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from source_checkpoints import VOCAB, write_fla_gla, write_mamba_ssm, write_tokenizer, write_transformers_mamba2
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import statex_hf  # noqa: F401 - registers the Auto classes
+from statex_hf.cli import main
+from statex_hf.conversion.writer import atomic_folder
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sources")
+    return {
+        "gla": (root / "gla", write_fla_gla(root / "gla")),
+        "gla-sharded": (root / "gla-sharded", write_fla_gla(root / "gla-sharded", max_shard_size="100KB")),
+        "gla-bin": (root / "gla-bin", write_fla_gla(root / "gla-bin", bin_format=True)),
+        "mamba2": (root / "mamba2", write_transformers_mamba2(root / "mamba2")),
+        "mamba-ssm": (root / "mamba-ssm", write_mamba_ssm(root / "mamba-ssm")),
+    }
+
+
+def convert(*argv: str) -> int:
+    return main(["convert", *map(str, argv), "--quiet"])
+
+
+def logits(model, seed: int = 0) -> torch.Tensor:
+    ids = torch.randint(0, VOCAB, (2, 17), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model(ids).logits
+
+
+# ---- round trips -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["gla", "gla-sharded", "gla-bin", "mamba2", "mamba-ssm"])
+def test_unexpanded_conversion_reproduces_the_source_logits(sources, tmp_path, source):
+    folder, reference = sources[source]
+    family = "gla" if source.startswith("gla") else "mamba2"
+    extra = ["--tokenizer", sources["gla"][0]] if source == "mamba-ssm" else []
+    assert convert(family, folder, tmp_path / "out", "--layers", "", *extra) == 0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert type(model).__name__ == ("StateXGLAForCausalLM" if family == "gla" else "StateXMamba2ForCausalLM")
+    assert (logits(model) - logits(reference)).abs().max() <= TOL
+
+
+def test_gla_conversion_keeps_every_other_tensor_bit_identical(sources, tmp_path):
+    folder, reference = sources["gla"]
+    assert convert("gla", folder, tmp_path / "out", "--every", "2") == 0
+    out = load_file(tmp_path / "out" / "model.safetensors")
+    source = reference.state_dict()
+    changed = {
+        name for name in out if not (out[name].shape == source[name].shape and torch.equal(out[name], source[name]))
+    }
+    expected = {n for n in source if n.split(".")[2:3] in (["0"], ["2"]) and n.split(".")[3].startswith("attn")}
+    assert changed == expected
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["model_type"] == "statex_gla" and config["statex_layers"] == [0, 2]
+
+
+def test_expanded_mamba_ssm_checkpoint_loads_and_generates(sources, tmp_path):
+    folder, _ = sources["mamba-ssm"]
+    args = ["--state-size", "16", "--every", "1", "--tokenizer", sources["gla"][0], "--dtype", "bfloat16"]
+    assert convert("mamba2", folder, tmp_path / "out", *args) == 0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert model.config.statex_layers == [0, 1, 2, 3] and model.config.statex_state_size == 16
+    assert model.config.vocab_size == VOCAB and model.config.tie_word_embeddings
+    assert model.dtype == torch.bfloat16
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert model.config.eos_token_id == tokenizer.eos_token_id == 2  # special tokens taken from the tokenizer
+    out = model.generate(torch.tensor([[1, 5, 6]]), max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, 6)
+
+
+def test_sharded_output_has_an_index_and_loads(sources, tmp_path):
+    folder, _ = sources["gla-sharded"]
+    assert convert("gla", folder, tmp_path / "out", "--max-shard-size", "100KB") == 0
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and all((tmp_path / "out" / s).is_file() for s in shards)
+    assert not list((tmp_path / "out").glob(".part-*"))
+    AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+
+
+def test_output_folder_carries_card_tokenizer_generation_config_and_remote_code(sources, tmp_path, capsys):
+    folder, _ = sources["gla"]
+    assert convert("gla", folder, tmp_path / "out", "--layers", "0,2", "--seed", "5") == 0
+    printed = capsys.readouterr().out
+    assert "layer 0: state 128 -> 512" in printed and "parameters:" in printed
+    out = tmp_path / "out"
+    for name in ("README.md", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (out / name).is_file(), name
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")
+    assert "statex" in card.data.tags and card.data.library_name == "transformers"
+    assert "Expanded layers: 0, 2 (of 4)" in card.text and "Seed: 5" in card.text and "arXiv:2509.22630" in card.text
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_statex_gla.StateXGLAForCausalLM"
+    for path in out.glob("*.py"):  # the bundle imports nothing from statex_hf
+        tree = ast.parse(path.read_text(), str(path))
+        imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0]
+        imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in imported if m and m.startswith("statex_hf")], path.name
+
+
+def test_conversion_script_is_the_same_conversion(sources, tmp_path, monkeypatch):
+    folder, _ = sources["gla"]
+    assert convert("gla", folder, tmp_path / "cli", "--layers", "1", "--seed", "3") == 0
+    script = REPO_ROOT / "conversion_scripts" / "convert_gla_to_statex.py"
+    monkeypatch.setattr(
+        sys, "argv", [str(script), str(folder), str(tmp_path / "script"), "--layers", "1", "--seed", "3", "--quiet"]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exit_info.value.code == 0
+    a, b = load_file(tmp_path / "cli" / "model.safetensors"), load_file(tmp_path / "script" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_overwrite_replaces_an_existing_output(sources, tmp_path):
+    folder, _ = sources["gla"]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "stale.txt").write_text("old")
+    assert convert("gla", folder, tmp_path / "out", "--overwrite") == 0
+    assert not (tmp_path / "out" / "stale.txt").exists() and (tmp_path / "out" / "model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_failure_inside_the_atomic_folder_leaves_nothing(tmp_path):
+    with pytest.raises(KeyboardInterrupt), atomic_folder(tmp_path / "dest") as tmp:
+        (tmp / "model.safetensors").write_bytes(b"partial")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_config(folder: Path, **changes) -> Path:
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _bad_inputs(sources, tmp: Path) -> dict[str, tuple[list, str]]:
+    gla, mamba2, ssm = sources["gla"][0], sources["mamba2"][0], sources["mamba-ssm"][0]
+    corrupt = _copy(gla, tmp / "corrupt")
+    (corrupt / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    truncated = _copy(gla, tmp / "truncated")
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    missing_shard = _copy(sources["gla-sharded"][0], tmp / "missing-shard")
+    next(missing_shard.glob("model-00002-of-*.safetensors")).unlink()
+    corrupt_bin = _copy(sources["gla-bin"][0], tmp / "corrupt-bin")
+    (corrupt_bin / "pytorch_model.bin").write_bytes(b"PK\x03\x04 not really a zip")
+    exists = tmp / "exists"
+    exists.mkdir()
+    llama = _edit_config(_copy(gla, tmp / "llama"), model_type="llama")
+    mismatch = _edit_config(_copy(gla, tmp / "mismatch"), hidden_size=64)
+    hybrid = _edit_config(_copy(gla, tmp / "hybrid"), attn={"layers": [0], "num_heads": 4})
+    return {
+        "missing folder": (["gla", tmp / "nope", tmp / "o"], "source folder"),
+        "unknown model_type": (["gla", llama, tmp / "o"], "unknown checkpoint type"),
+        "mamba2 given to gla": (["gla", mamba2, tmp / "o"], "use `statex-hf convert mamba2`"),
+        "gla given to mamba2": (["mamba2", gla, tmp / "o"], "use `statex-hf convert gla`"),
+        "layer out of range": (["gla", gla, tmp / "o", "--layers", "0,4"], "layer index 4 is out of range"),
+        "every 0": (["gla", gla, tmp / "o", "--every", "0"], "--every must be a positive integer"),
+        "state size not larger": (["mamba2", mamba2, tmp / "o", "--state-size", "8"], "is not larger than"),
+        "heads do not divide": (["gla", gla, tmp / "o", "--num-heads", "3"], "does not divide"),
+        "corrupt safetensors": (["gla", corrupt, tmp / "o"], "corrupt or truncated"),
+        "truncated safetensors": (["gla", truncated, tmp / "o"], "corrupt or truncated"),
+        "missing shard": (["gla", missing_shard, tmp / "o"], "missing shard model-00002"),
+        "corrupt bin": (["gla", corrupt_bin, tmp / "o"], "corrupt or truncated"),
+        "destination exists": (["gla", gla, exists], "already exists"),
+        "no tokenizer for state-spaces": (["mamba2", ssm, tmp / "o"], "--tokenizer"),
+        "config does not match weights": (["gla", mismatch, tmp / "o"], "does not match the weights"),
+        "softmax layer of a hybrid": (["gla", hybrid, tmp / "o", "--layers", "0"], "softmax-attention layer"),
+        "bad layer list": (["gla", gla, tmp / "o", "--layers", "a,b"], "comma-separated layer indices"),
+    }
+
+
+BAD_INPUT_CASES = [
+    "missing folder",
+    "unknown model_type",
+    "mamba2 given to gla",
+    "gla given to mamba2",
+    "layer out of range",
+    "every 0",
+    "state size not larger",
+    "heads do not divide",
+    "corrupt safetensors",
+    "truncated safetensors",
+    "missing shard",
+    "corrupt bin",
+    "destination exists",
+    "no tokenizer for state-spaces",
+    "config does not match weights",
+    "softmax layer of a hybrid",
+    "bad layer list",
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUT_CASES)
+def test_bad_input_is_one_line_exit_2_and_nothing_written(sources, tmp_path, capsys, case):
+    argv, message = _bad_inputs(sources, tmp_path)[case]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    try:
+        code = convert(*argv)
+    except SystemExit as exit_:  # argparse-level errors exit from inside the parser
+        code = exit_.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no temporary folder
+
+
+def test_repo_id_without_network_is_one_line_exit_2(tmp_path):
+    """A real ``statex-hf`` process, a Hub repo id, and an endpoint nobody listens on."""
+    env = dict(os.environ, HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_XET="1")
+    env.pop("HF_HUB_OFFLINE", None)
+    cmd = [sys.executable, "-m", "statex_hf.cli", "convert", "gla", "someone/gla-tiny", str(tmp_path / "o"), "--quiet"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "cannot fetch someone/gla-tiny from the Hub" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_tokenizer_helper_round_trips(tmp_path):
+    write_tokenizer(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path).eos_token_id == 2
