@@ -6,7 +6,12 @@ import argparse
 import sys
 
 # Modules that provide ``register(subparsers)``; a command module adds itself to this list.
-COMMAND_MODULES: list[str] = ["statex_hf.eval.cli", "statex_hf.conversion.cli"]
+COMMAND_MODULES: list[str] = [
+    "statex_hf.eval.cli",
+    "statex_hf.conversion.cli",
+    "statex_hf.training.command",
+    "statex_hf.training.demo",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
