@@ -7,8 +7,8 @@ gradients). This file composes them into ``chunk_gla_fwd`` / ``chunk_gla_bwd`` a
 function.
 
 Memory: per-chunk states are not kept between forward and backward (recomputed, one extra pass
-of ``chunk_h``); what is kept is the inputs, ``g`` (fp32) and the in-chunk attention ``A``
-(``[B, T, H, BT]`` fp32), all linear in T.
+of ``chunk_h``); what is kept is the inputs and the in-chunk attention ``A`` (``[B, T, H, BT]``
+fp32), all linear in T.
 """
 
 from __future__ import annotations
@@ -33,20 +33,20 @@ def chunk_gla_fwd(
     output_final_state: bool,
     layout: ChunkLayout,
     chunk_size: int = CHUNK_SIZE,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Returns ``g`` (fp32 in-chunk cumsum), ``A`` (in-chunk attention), ``o`` and the final state."""
-    g = chunk_local_cumsum(gk, layout, chunk_size)
-    h, ht = chunk_gla_fwd_h(k, v, g, layout, chunk_size, initial_state, output_final_state)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Returns ``A`` (in-chunk attention), ``o`` and the final state."""
+    g, qg, kg = chunk_local_cumsum(q, k, gk, layout, chunk_size, scale)
+    h, ht = chunk_gla_fwd_h(kg, v, g, layout, chunk_size, initial_state, output_final_state)
     A = chunk_gla_fwd_intra(q, k, g, layout, chunk_size, scale)
-    o = chunk_gla_fwd_o(q, v, g, h, A, layout, chunk_size, scale)
-    return g, A, o, ht
+    o = chunk_gla_fwd_o(qg, v, h, A, layout, chunk_size)
+    return A, o, ht
 
 
 def chunk_gla_bwd(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    g: torch.Tensor,
+    gk: torch.Tensor,
     A: torch.Tensor,
     scale: float,
     initial_state: torch.Tensor | None,
@@ -57,11 +57,14 @@ def chunk_gla_bwd(
     chunk_size: int = CHUNK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Gradients of q, k, v, gk and the initial state."""
+    # Recomputed rather than kept from the forward: g and the decayed operands cost one elementwise
+    # pass, the per-chunk states one chunk_h pass (keeping them would double the forward's memory).
+    g, qg, kg = chunk_local_cumsum(q, k, gk, layout, chunk_size, scale)
     # The final state is needed only for the gate gradient's final-state term.
-    h, ht = chunk_gla_fwd_h(k, v, g, layout, chunk_size, initial_state, output_final_state=dht is not None)
-    dh, dh0 = chunk_gla_bwd_dh(q, g, do, layout, chunk_size, scale, dht, need_dh0=initial_state is not None)
+    h, ht = chunk_gla_fwd_h(kg, v, g, layout, chunk_size, initial_state, output_final_state=dht is not None)
+    dh, dh0 = chunk_gla_bwd_dh(qg, g, do, layout, chunk_size, dht, need_dh0=initial_state is not None)
     dA = chunk_gla_bwd_dA(v, do, layout, chunk_size, scale)
-    dv = chunk_gla_bwd_dv(k, g, A, do, dh, layout, chunk_size)
+    dv = chunk_gla_bwd_dv(kg, A, do, dh, layout, chunk_size)
     dq_intra, dk_intra = chunk_gla_bwd_intra(q, k, g, dA, layout, chunk_size)
     dq, dk, dg = chunk_gla_bwd_dqk(q, k, v, g, h, do, dh, dq_intra, dk_intra, layout, chunk_size, scale)
     carry0 = (dht.float() * ht).sum(-1) if dht is not None else None  # [N, H, K]
@@ -74,8 +77,8 @@ class ChunkGLAFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, gk, scale, initial_state, output_final_state, cu_seqlens):
         B, T = q.shape[:2]
         layout = prepare_chunk_layout(B, T, CHUNK_SIZE, cu_seqlens, q.device)
-        g, A, o, ht = chunk_gla_fwd(q, k, v, gk, scale, initial_state, output_final_state, layout)
-        ctx.save_for_backward(q, k, v, g, A, initial_state)
+        A, o, ht = chunk_gla_fwd(q, k, v, gk, scale, initial_state, output_final_state, layout)
+        ctx.save_for_backward(q, k, v, gk, A, initial_state)
         ctx.layout = layout
         ctx.scale = scale
         ctx.gk_dtype = gk.dtype
@@ -83,9 +86,9 @@ class ChunkGLAFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, g, A, initial_state = ctx.saved_tensors
+        q, k, v, gk, A, initial_state = ctx.saved_tensors
         dq, dk, dv, dgk, dh0 = chunk_gla_bwd(
-            q, k, v, g, A, ctx.scale, initial_state, do.contiguous(), dht, ctx.layout, ctx.gk_dtype
+            q, k, v, gk, A, ctx.scale, initial_state, do.contiguous(), dht, ctx.layout, ctx.gk_dtype
         )
         if dh0 is not None:
             dh0 = dh0.to(initial_state.dtype)

@@ -1,6 +1,7 @@
 """Chunked GLA, gate bookkeeping: the in-chunk cumulative log decay, and the gate gradient.
 
-Forward: ``g = cumsum(gk)`` restarted at every chunk start (fp32), which every other stage reads.
+Forward: ``g = cumsum(gk)`` restarted at every chunk start (fp32), which the in-chunk stage reads,
+and the decayed operands of the inter-chunk products, ``q exp(g) scale`` and ``k exp(g_L - g)``.
 
 Backward: the log decay of token ``t`` scales every term that spans ``t``; each such term is
 ``q_i (...) k_j`` with ``j < t <= i``, so with ``dq``, ``dk`` the full gradients of ``q`` and ``k``
@@ -21,10 +22,15 @@ from statex_hf.kernels.gla.chunk_utils import ChunkLayout
 
 @triton.jit
 def chunk_local_cumsum_kernel(
+    q,
+    k,
     gk,
     g,
+    qg,
+    kg,
     cu_seqlens,
     chunk_indices,
+    scale,
     H: tl.constexpr,
     K: tl.constexpr,
     BT: tl.constexpr,
@@ -39,8 +45,15 @@ def chunk_local_cumsum_kernel(
     o_k = i_k * BK + tl.arange(0, BK)
     m = (rows < eos)[:, None] & (o_k < K)[None, :]
     p = (rows[:, None] * H + i_h) * K + o_k[None, :]
-    b_g = tl.load(gk + p, mask=m, other=0.0).to(tl.float32)
-    tl.store(g + p, tl.cumsum(b_g, axis=0), mask=m)
+    b_g = tl.cumsum(tl.load(gk + p, mask=m, other=0.0).to(tl.float32), axis=0)
+    b_gl = tl.sum(tl.load(gk + p, mask=m, other=0.0).to(tl.float32), axis=0)  # g of the chunk's last token
+    tl.store(g + p, b_g, mask=m)
+    # The decayed operands of every inter-chunk product, formed once in fp32 and stored in the
+    # inputs' dtype (what the matrix units read): q exp(g) scale and k exp(g_L - g), both <= |q|, |k|.
+    b_q = tl.load(q + p, mask=m, other=0.0).to(tl.float32)
+    b_k = tl.load(k + p, mask=m, other=0.0).to(tl.float32)
+    tl.store(qg + p, (b_q * tl.exp(b_g) * scale).to(qg.dtype.element_ty), mask=m)
+    tl.store(kg + p, (b_k * tl.exp(b_gl[None, :] - b_g)).to(kg.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -77,16 +90,19 @@ def reverse_cumsum_kernel(
         b_carry += b_total
 
 
-def chunk_local_cumsum(gk: torch.Tensor, layout: ChunkLayout, chunk_size: int) -> torch.Tensor:
-    """In-chunk cumulative sum of the log decay, fp32, ``[B, T, H, K]``."""
+def chunk_local_cumsum(
+    q: torch.Tensor, k: torch.Tensor, gk: torch.Tensor, layout: ChunkLayout, chunk_size: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """In-chunk cumulative log decay ``g`` (fp32), ``q exp(g) scale`` and ``k exp(g_L - g)`` (q's dtype)."""
     _, _, H, K = gk.shape
     g = torch.empty_like(gk, dtype=torch.float32)
+    qg, kg = torch.empty_like(q), torch.empty_like(k)
     BK = min(64, max(16, triton.next_power_of_2(K)))
     grid = (triton.cdiv(K, BK), layout.num_chunks, H)
     chunk_local_cumsum_kernel[grid](
-        gk, g, layout.cu_seqlens, layout.chunk_indices, H=H, K=K, BT=chunk_size, BK=BK, num_warps=4
+        q, k, gk, g, qg, kg, layout.cu_seqlens, layout.chunk_indices, scale, H=H, K=K, BT=chunk_size, BK=BK, num_warps=4
     )
-    return g
+    return g, qg, kg
 
 
 def chunk_gla_bwd_dgk(

@@ -24,7 +24,7 @@ from statex_hf.kernels.gla.chunk_utils import ChunkLayout
 
 @triton.jit
 def chunk_gla_fwd_h_kernel(
-    k,
+    kg,
     v,
     g,
     h,
@@ -67,16 +67,13 @@ def chunk_gla_fwd_h_kernel(
         rows = t0 + o_t
         m_t = rows < eos
         last = tl.minimum(t0 + BT, eos) - 1
-        # k and g loaded transposed, [BK, BT]: the update is a [BK, BT] x [BT, BV] product.
+        # k exp(g_L - g) loaded transposed, [BK, BT]: the update is a [BK, BT] x [BT, BV] product.
         p_kt = (rows[None, :] * H + i_h) * K + o_k[:, None]
-        m_kt = m_k[:, None] & m_t[None, :]
-        b_k = tl.load(k + p_kt, mask=m_kt, other=0.0).to(tl.float32)
-        b_g = tl.load(g + p_kt, mask=m_kt, other=0.0)
+        b_kg = tl.load(kg + p_kt, mask=m_k[:, None] & m_t[None, :], other=0.0)
         b_gl = tl.load(g + (last * H + i_h) * K + o_k, mask=m_k, other=0.0)
         b_v = tl.load(v + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
-        b_kg = tl.where(m_kt, b_k * tl.exp(b_gl[:, None] - b_g), 0.0)
         b_h = b_h * tl.exp(b_gl)[:, None]
-        b_h += tl.dot(b_kg.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)
+        b_h += tl.dot(b_kg, b_v, input_precision=DOT_PRECISION)
 
     if STORE_FINAL_STATE:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_kv, b_h, mask=m_kv)
@@ -84,7 +81,7 @@ def chunk_gla_fwd_h_kernel(
 
 @triton.jit
 def chunk_gla_bwd_dh_kernel(
-    q,
+    qg,
     g,
     do,
     dh,
@@ -92,7 +89,6 @@ def chunk_gla_bwd_dh_kernel(
     dh0,
     cu_seqlens,
     chunk_offsets,
-    scale,
     H: tl.constexpr,
     K: tl.constexpr,
     V: tl.constexpr,
@@ -128,13 +124,11 @@ def chunk_gla_bwd_dh_kernel(
         rows = t0 + o_t
         m_t = rows < eos
         last = tl.minimum(t0 + BT, eos) - 1
+        # q exp(g) scale, transposed [BK, BT].
         p_qt = (rows[None, :] * H + i_h) * K + o_k[:, None]
-        m_qt = m_k[:, None] & m_t[None, :]
-        b_q = tl.load(q + p_qt, mask=m_qt, other=0.0).to(tl.float32)
-        b_g = tl.load(g + p_qt, mask=m_qt, other=0.0)
+        b_qg = tl.load(qg + p_qt, mask=m_k[:, None] & m_t[None, :], other=0.0)
         b_gl = tl.load(g + (last * H + i_h) * K + o_k, mask=m_k, other=0.0)
         b_do = tl.load(do + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
-        b_qg = tl.where(m_qt, b_q * tl.exp(b_g) * scale, 0.0)
         b_dh = b_dh * tl.exp(b_gl)[:, None]
         b_dh += tl.dot(b_qg.to(b_do.dtype), b_do, input_precision=DOT_PRECISION)
 
@@ -162,7 +156,7 @@ def state_buffer_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def chunk_gla_fwd_h(
-    k: torch.Tensor,
+    kg: torch.Tensor,
     v: torch.Tensor,
     g: torch.Tensor,
     layout: ChunkLayout,
@@ -170,7 +164,11 @@ def chunk_gla_fwd_h(
     initial_state: torch.Tensor | None,
     output_final_state: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """States before every chunk ``[NT, H, K, V]`` (see ``state_buffer_dtype``) and the final state (fp32)."""
+    """States before every chunk ``[NT, H, K, V]`` (see ``state_buffer_dtype``) and the final state (fp32).
+
+    ``kg`` is ``k exp(g_L - g)`` from ``chunk_local_cumsum``; ``g`` supplies each chunk's total decay.
+    """
+    k = kg
     _, _, H, K = k.shape
     V = v.shape[-1]
     N = layout.num_seqs
@@ -179,7 +177,7 @@ def chunk_gla_fwd_h(
     ht = k.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
     grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)
     chunk_gla_fwd_h_kernel[grid](
-        k,
+        kg,
         v,
         g,
         h,
@@ -203,16 +201,19 @@ def chunk_gla_fwd_h(
 
 
 def chunk_gla_bwd_dh(
-    q: torch.Tensor,
+    qg: torch.Tensor,
     g: torch.Tensor,
     do: torch.Tensor,
     layout: ChunkLayout,
     chunk_size: int,
-    scale: float,
     dht: torch.Tensor | None,
     need_dh0: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Gradients of the state after every chunk ``[NT, H, K, V]`` and of the initial state (fp32)."""
+    """Gradients of the state after every chunk ``[NT, H, K, V]`` and of the initial state (fp32).
+
+    ``qg`` is ``q exp(g) scale`` from ``chunk_local_cumsum``.
+    """
+    q = qg
     _, _, H, K = q.shape
     V = do.shape[-1]
     N = layout.num_seqs
@@ -221,7 +222,7 @@ def chunk_gla_bwd_dh(
     dh0 = q.new_empty(N, H, K, V, dtype=torch.float32) if need_dh0 else None
     grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)
     chunk_gla_bwd_dh_kernel[grid](
-        q,
+        qg,
         g,
         do,
         dh,
@@ -229,7 +230,6 @@ def chunk_gla_bwd_dh(
         dh0,
         layout.cu_seqlens,
         layout.chunk_offsets,
-        scale,
         H=H,
         K=K,
         V=V,

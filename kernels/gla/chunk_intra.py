@@ -75,7 +75,7 @@ def chunk_gla_fwd_A_kernel(
         b_qg = b_q * tl.exp(b_gq - b_gr[None, :])
         b_kg = tl.where(m_before[:, None], b_k * tl.exp(b_gr[None, :] - b_gk), 0.0)
         b_A += tl.dot(b_qg, tl.trans(b_kg), input_precision=DOT_PRECISION)
-        for j in tl.static_range(BC):
+        for j in range(0, BC):
             t_j = r0 + j
             # (scalar < scalar) & tensor is not a boolean under the Triton interpreter: compare a tensor.
             m_kj = m_k & (o_k * 0 + t_j < eos)
@@ -138,7 +138,7 @@ def chunk_gla_bwd_intra_kernel(
     b_kg = tl.where((o_j < i_c * BC)[:, None] & m_jk, b_k * tl.exp(b_gr[None, :] - b_gc), 0.0)
     b_dA = tl.load(dA + (rows[:, None] * H + i_h) * BT + o_j[None, :], mask=m_i[:, None], other=0.0)
     b_dq = tl.dot(b_dA, b_kg, input_precision=DOT_PRECISION) * tl.exp(b_gb - b_gr[None, :])
-    for j in tl.static_range(BC):
+    for j in range(0, BC):
         t_j = r0 + j
         m_kj = m_k & (o_k * 0 + t_j < eos)
         b_kj = tl.load(k + (t_j * H + i_h) * K + o_k, mask=m_kj, other=0.0).to(tl.float32)
@@ -155,7 +155,7 @@ def chunk_gla_bwd_intra_kernel(
     # dA[:, block]^T, [BC, BT]: column block of dA read transposed.
     b_dAt = tl.load(dA + (cols[None, :] * H + i_h) * BT + i_c * BC + o_i[:, None], mask=m_j[None, :], other=0.0)
     b_dk = tl.dot(b_dAt, b_qg, input_precision=DOT_PRECISION) * tl.exp(b_gr[None, :] - b_gb)
-    for i in tl.static_range(BC):
+    for i in range(0, BC):
         t_i = r0 + i
         m_ki = m_k & (o_k * 0 + t_i < eos)
         b_qi = tl.load(q + (t_i * H + i_h) * K + o_k, mask=m_ki, other=0.0).to(tl.float32)

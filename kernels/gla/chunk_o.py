@@ -32,15 +32,13 @@ def _chunk_bounds(cu_seqlens, chunk_indices, i_t, BT: tl.constexpr):
 
 @triton.jit
 def chunk_gla_fwd_o_kernel(
-    q,
+    qg,
     v,
-    g,
     h,
     A,
     o,
     cu_seqlens,
     chunk_indices,
-    scale,
     H: tl.constexpr,
     K: tl.constexpr,
     V: tl.constexpr,
@@ -63,13 +61,9 @@ def chunk_gla_fwd_o_kernel(
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         p_q = (rows[:, None] * H + i_h) * K + o_k[None, :]
-        m_q = m_t[:, None] & m_k[None, :]
-        b_q = tl.load(q + p_q, mask=m_q, other=0.0).to(tl.float32)
-        b_g = tl.load(g + p_q, mask=m_q, other=0.0)
+        b_qg = tl.load(qg + p_q, mask=m_t[:, None] & m_k[None, :], other=0.0)
         b_h = tl.load(h + base_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
-        b_qg = b_q * tl.exp(b_g)
         b_o += tl.dot(b_qg.to(b_h.dtype), b_h, input_precision=DOT_PRECISION)
-    b_o *= scale
     b_A = tl.load(A + (rows[:, None] * H + i_h) * BT + o_t[None, :], mask=m_t[:, None], other=0.0)
     p_v = (rows[:, None] * H + i_h) * V + o_v[None, :]
     m_tv = m_t[:, None] & m_v[None, :]
@@ -111,8 +105,7 @@ def chunk_gla_bwd_dA_kernel(
 
 @triton.jit
 def chunk_gla_bwd_dv_kernel(
-    k,
-    g,
+    kg,
     A,
     do,
     dh,
@@ -132,7 +125,6 @@ def chunk_gla_bwd_dv_kernel(
     o_t = tl.arange(0, BT)
     rows = t0 + o_t
     m_t = rows < eos
-    last = tl.minimum(t0 + BT, eos) - 1
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
     base_h = (i_t.to(tl.int64) * H + i_h) * K * V
@@ -142,12 +134,8 @@ def chunk_gla_bwd_dv_kernel(
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         p_k = (rows[:, None] * H + i_h) * K + o_k[None, :]
-        m_tk = m_t[:, None] & m_k[None, :]
-        b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(tl.float32)
-        b_g = tl.load(g + p_k, mask=m_tk, other=0.0)
-        b_gl = tl.load(g + (last * H + i_h) * K + o_k, mask=m_k, other=0.0)
+        b_kg = tl.load(kg + p_k, mask=m_t[:, None] & m_k[None, :], other=0.0)
         b_dh = tl.load(dh + base_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
-        b_kg = tl.where(m_tk, b_k * tl.exp(b_gl[None, :] - b_g), 0.0)
         b_dv += tl.dot(b_kg.to(b_dh.dtype), b_dh, input_precision=DOT_PRECISION)
     p_v = (rows[:, None] * H + i_h) * V + o_v[None, :]
     m_tv = m_t[:, None] & m_v[None, :]
@@ -227,37 +215,34 @@ def _tile(n: int, cap: int) -> int:
 
 
 def chunk_gla_fwd_o(
-    q: torch.Tensor,
+    qg: torch.Tensor,
     v: torch.Tensor,
-    g: torch.Tensor,
     h: torch.Tensor,
     A: torch.Tensor,
     layout: ChunkLayout,
     chunk_size: int,
-    scale: float,
 ) -> torch.Tensor:
-    _, _, H, K = q.shape
+    """``o = qg h + A v`` with ``qg = q exp(g) scale``; ``o`` in ``v``'s dtype."""
+    _, _, H, K = qg.shape
     V = v.shape[-1]
     BK, BV = _tile(K, 64), _tile(V, 64)
     o = torch.empty_like(v)
     grid = (triton.cdiv(V, BV), layout.num_chunks, H)
     chunk_gla_fwd_o_kernel[grid](
-        q,
+        qg,
         v,
-        g,
         h,
         A,
         o,
         layout.cu_seqlens,
         layout.chunk_indices,
-        scale,
         H=H,
         K=K,
         V=V,
         BT=chunk_size,
         BK=BK,
         BV=BV,
-        DOT_PRECISION=dot_precision(q.dtype),
+        DOT_PRECISION=dot_precision(qg.dtype),
         num_warps=4,
         num_stages=2,
     )
@@ -289,22 +274,21 @@ def chunk_gla_bwd_dA(
 
 
 def chunk_gla_bwd_dv(
-    k: torch.Tensor,
-    g: torch.Tensor,
+    kg: torch.Tensor,
     A: torch.Tensor,
     do: torch.Tensor,
     dh: torch.Tensor,
     layout: ChunkLayout,
     chunk_size: int,
 ) -> torch.Tensor:
-    _, _, H, K = k.shape
+    """``dv = A^T do + kg dh`` with ``kg = k exp(g_L - g)``."""
+    _, _, H, K = kg.shape
     V = do.shape[-1]
     BK, BV = _tile(K, 64), _tile(V, 64)
     dv = torch.empty_like(do)
     grid = (triton.cdiv(V, BV), layout.num_chunks, H)
     chunk_gla_bwd_dv_kernel[grid](
-        k,
-        g,
+        kg,
         A,
         do,
         dh,
@@ -317,7 +301,7 @@ def chunk_gla_bwd_dv(
         BT=chunk_size,
         BK=BK,
         BV=BV,
-        DOT_PRECISION=dot_precision(k.dtype),
+        DOT_PRECISION=dot_precision(kg.dtype),
         num_warps=4,
         num_stages=2,
     )
