@@ -17,6 +17,10 @@ from pathlib import Path
 PACKAGE = "statex_hf"
 
 
+class HubPushError(RuntimeError):
+    """The upload failed; the repo is left as it was (the Hub applies a commit all or nothing)."""
+
+
 @dataclass(frozen=True)
 class RemoteCode:
     """The entry modules and classes of one family; ``auto_map`` points at their flattened copies."""
@@ -152,12 +156,17 @@ def push_folder(
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    info = api.upload_folder(
-        folder_path=str(folder),
-        repo_id=repo_id,
-        repo_type="model",
-        commit_message=commit_message or "Upload StateX checkpoint converted with statex-hf",
-        delete_patterns=["*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.py"],
-    )
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        info = api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message=commit_message or "Upload StateX checkpoint converted with statex-hf",
+            delete_patterns=["*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.py"],
+        )
+    except Exception as err:  # noqa: BLE001 - transport, auth and LFS errors all mean "nothing was committed"
+        cause = err.__cause__ if isinstance(err, RuntimeError) and err.__cause__ is not None else err
+        detail = " ".join(f"{err} {cause if cause is not err else ''}".split())
+        raise HubPushError(f"push to {repo_id} failed: {detail}") from err
     return info.commit_url

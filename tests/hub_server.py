@@ -471,6 +471,10 @@ class HubServer(ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
 
+    def commits(self, repo_id: str, kind: str = "models") -> list[Commit]:
+        repo = self.state.repo(kind, repo_id)
+        return [] if repo is None else list(repo.commits)
+
     def files(self, repo_id: str, kind: str = "models") -> dict[str, bytes]:
         """The files at the head of ``repo_id`` (what a fresh clone would hold)."""
         repo = self.state.repo(kind, repo_id)

@@ -11,6 +11,7 @@ import sys
 import types
 
 from statex_hf.expansion.errors import StateXInputError
+from statex_hf.hub import HubPushError
 
 EXIT_BAD_INPUT = 2
 EXIT_PUSH_FAILED = 1
@@ -100,13 +101,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("statex-hf convert: interrupted; nothing written", file=sys.stderr)
         return 130
-    except Exception as err:
-        from huggingface_hub.errors import HfHubHTTPError
-
-        if isinstance(err, HfHubHTTPError):
-            print(f"statex-hf convert: push to {args.push_to_hub} failed: {err}", file=sys.stderr)
-            return EXIT_PUSH_FAILED
-        raise
+    except HubPushError as err:
+        print(f"statex-hf convert: {err} (the converted folder is at {args.output})", file=sys.stderr)
+        return EXIT_PUSH_FAILED
     for line in report.warnings:
         print(f"warning: {line}", file=sys.stderr)
     print("\n".join(report.lines()))
