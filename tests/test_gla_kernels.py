@@ -104,8 +104,8 @@ def test_triton_chunk_without_states_matches_naive():
 
 @pytest.mark.parametrize(
     "shape, cu_seqlens",
-    [((3, 4, 2, 20, 24), None), ((1, 9, 1, 80, 40), [0, 1, 4, 9])],
-    ids=["batched_decode", "packed_prompts"],
+    [((3, 4, 2, 20, 24), None), ((1, 9, 1, 80, 40), [0, 1, 4, 9]), ((5, 1, 2, 80, 72), None)],
+    ids=["batched_few_tokens", "packed_prompts", "one_token_tiled_head"],
 )
 def test_fused_recurrent_equals_naive_forward(shape, cu_seqlens):
     cu = None if cu_seqlens is None else torch.tensor(cu_seqlens)
@@ -113,6 +113,15 @@ def test_fused_recurrent_equals_naive_forward(shape, cu_seqlens):
     with torch.no_grad():
         o, ht = fused_recurrent_gla(q, k, v, gk, None, h0, True, cu)
     o_ref, ht_ref = naive_recurrent_gla(q, k, v, gk, None, h0, True, cu)
+    torch.testing.assert_close(o, o_ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ht, ht_ref, atol=1e-4, rtol=1e-4)
+
+
+def test_fused_recurrent_one_token_without_state_matches_naive():
+    q, k, v, gk, _ = make_inputs(2, 1, 2, 16, 16, with_state=False)
+    with torch.no_grad():
+        o, ht = fused_recurrent_gla(q, k, v, gk, None, None, True)
+    o_ref, ht_ref = naive_recurrent_gla(q, k, v, gk, None, None, True)
     torch.testing.assert_close(o, o_ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(ht, ht_ref, atol=1e-4, rtol=1e-4)
 

@@ -13,6 +13,8 @@ fp32), all linear in T.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from statex_hf.kernels.gla.chunk_cumsum import chunk_gla_bwd_dgk, chunk_local_cumsum
 from statex_hf.kernels.gla.chunk_h import chunk_gla_bwd_dh, chunk_gla_fwd_h
@@ -21,6 +23,16 @@ from statex_hf.kernels.gla.chunk_o import chunk_gla_bwd_dA, chunk_gla_bwd_dqk, c
 from statex_hf.kernels.gla.chunk_utils import ChunkLayout, prepare_chunk_layout
 
 CHUNK_SIZE = 64
+
+
+def chunk_size_for(K: int, V: int) -> int:
+    """Tokens per chunk. Per-chunk states cost ``T / BT * K * V`` of memory traffic and ``T / BT``
+    sequential steps; the in-chunk attention costs ``BT`` per token. ``STATEX_GLA_CHUNK_SIZE``
+    (64 or 128) overrides, for benchmarking."""
+    override = os.environ.get("STATEX_GLA_CHUNK_SIZE")
+    if override:
+        return int(override)
+    return CHUNK_SIZE
 
 
 def chunk_gla_fwd(
@@ -76,10 +88,12 @@ class ChunkGLAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, gk, scale, initial_state, output_final_state, cu_seqlens):
         B, T = q.shape[:2]
-        layout = prepare_chunk_layout(B, T, CHUNK_SIZE, cu_seqlens, q.device)
-        A, o, ht = chunk_gla_fwd(q, k, v, gk, scale, initial_state, output_final_state, layout)
+        chunk_size = chunk_size_for(q.shape[-1], v.shape[-1])
+        layout = prepare_chunk_layout(B, T, chunk_size, cu_seqlens, q.device)
+        A, o, ht = chunk_gla_fwd(q, k, v, gk, scale, initial_state, output_final_state, layout, chunk_size)
         ctx.save_for_backward(q, k, v, gk, A, initial_state)
         ctx.layout = layout
+        ctx.chunk_size = chunk_size
         ctx.scale = scale
         ctx.gk_dtype = gk.dtype
         return o, ht
@@ -88,7 +102,7 @@ class ChunkGLAFunction(torch.autograd.Function):
     def backward(ctx, do, dht):
         q, k, v, gk, A, initial_state = ctx.saved_tensors
         dq, dk, dv, dgk, dh0 = chunk_gla_bwd(
-            q, k, v, gk, A, ctx.scale, initial_state, do.contiguous(), dht, ctx.layout, ctx.gk_dtype
+            q, k, v, gk, A, ctx.scale, initial_state, do.contiguous(), dht, ctx.layout, ctx.gk_dtype, ctx.chunk_size
         )
         if dh0 is not None:
             dh0 = dh0.to(initial_state.dtype)

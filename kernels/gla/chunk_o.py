@@ -243,7 +243,7 @@ def chunk_gla_fwd_o(
         BK=BK,
         BV=BV,
         DOT_PRECISION=dot_precision(qg.dtype),
-        num_warps=4,
+        num_warps=4 if chunk_size <= 64 else 8,
         num_stages=2,
     )
     return o
@@ -267,7 +267,7 @@ def chunk_gla_bwd_dA(
         BT=chunk_size,
         BV=_tile(V, 64),
         DOT_PRECISION=dot_precision(v.dtype),
-        num_warps=4,
+        num_warps=4 if chunk_size <= 64 else 8,
         num_stages=2,
     )
     return dA
@@ -302,7 +302,7 @@ def chunk_gla_bwd_dv(
         BK=BK,
         BV=BV,
         DOT_PRECISION=dot_precision(kg.dtype),
-        num_warps=4,
+        num_warps=4 if chunk_size <= 64 else 8,
         num_stages=2,
     )
     return dv
@@ -352,7 +352,7 @@ def chunk_gla_bwd_dqk(
         BK=BK,
         BV=BV,
         DOT_PRECISION=dot_precision(q.dtype),
-        num_warps=4,
+        num_warps=4 if chunk_size <= 64 else 8,
         num_stages=2,
     )
     return dq, dk, dg

@@ -1,10 +1,12 @@
 """Recurrent gated linear attention in Triton, for decoding: a few tokens per call, state in, state out.
 
-Forward only (``generate`` needs no gradient; training goes through ``chunk_gla``). Each program
-holds a ``[K, BV]`` slice of one head's state in registers, walks the call's tokens one by one,
-and writes the slice back once: a decode step reads and writes the state exactly once, which is
-all the work there is at ``T = 1``. The whole key dimension lives in one program so ``o_t`` needs
-no cross-program reduction; ``BV`` shrinks as ``K`` grows to keep the slice at 8K fp32 values.
+Forward only (``generate`` needs no gradient; training goes through ``chunk_gla``). A decode step
+is bound by reading and writing the fp32 state once, so both kernels do exactly that:
+
+- one token (``T = 1``): a program owns a ``BV``-wide column slice of one head's state and walks
+  the key dimension in ``[BK, BV]`` tiles, accumulating ``o`` as it goes;
+- a few tokens: a program holds a ``[K, BV]`` slice in registers for all the call's tokens, so
+  ``o_t`` needs no cross-program reduction; ``BV`` shrinks as ``K`` grows (8K fp32 values).
 """
 
 from __future__ import annotations
@@ -66,6 +68,61 @@ def fused_recurrent_gla_fwd_kernel(
         tl.store(ht + p_kv, b_h, mask=m_kv)
 
 
+@triton.jit
+def fused_recurrent_gla_step_kernel(
+    q,
+    k,
+    v,
+    gk,
+    o,
+    h0,
+    ht,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    USE_INITIAL_STATE: tl.constexpr,
+    STORE_FINAL_STATE: tl.constexpr,
+):
+    """One token per sequence: walk the key dimension in ``[BK, BV]`` tiles, each read and written once."""
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    # With T = 1 the token of sequence n, head h sits at row n * H + h: the program's own index.
+    b_v = tl.load(v + i_nh.to(tl.int64) * V + o_v, mask=m_v, other=0.0).to(tl.float32)
+    b_o = tl.zeros([BV], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        p_k = i_nh.to(tl.int64) * K + o_k
+        p_kv = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+        m_kv = m_k[:, None] & m_v[None, :]
+        b_q = tl.load(q + p_k, mask=m_k, other=0.0).to(tl.float32) * scale
+        b_k = tl.load(k + p_k, mask=m_k, other=0.0).to(tl.float32)
+        b_g = tl.load(gk + p_k, mask=m_k, other=0.0).to(tl.float32)
+        b_h = b_k[:, None] * b_v[None, :]
+        if USE_INITIAL_STATE:
+            b_h += tl.load(h0 + p_kv, mask=m_kv, other=0.0).to(tl.float32) * tl.exp(b_g)[:, None]
+        b_o += tl.sum(b_h * b_q[:, None], axis=0)
+        if STORE_FINAL_STATE:
+            tl.store(ht + p_kv, b_h, mask=m_kv)
+    tl.store(o + i_nh.to(tl.int64) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
+
+
+_NUM_SMS: dict[int, int] = {}
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _NUM_SMS:
+        _NUM_SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _NUM_SMS[index]
+
+
 def fused_recurrent_gla(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -105,10 +162,35 @@ def fused_recurrent_gla(
     q, k, v, gk = (x.contiguous() for x in (q, k, v, gk))
     if initial_state is not None:
         initial_state = initial_state.contiguous()
-    BK = max(16, triton.next_power_of_2(K))
-    BV = min(max(8192 // BK, 8), max(8, triton.next_power_of_2(V)))
     o = torch.empty_like(v)
     ht = q.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
+    if T == 1 and cu_seqlens is None:
+        # 64-wide rows (256 contiguous bytes) keep the state stream at full bandwidth; narrower slices
+        # only when there are too few to give every SM two programs (small batches).
+        BK, BV = min(64, max(16, triton.next_power_of_2(K))), min(64, max(16, triton.next_power_of_2(V)))
+        while BV > 16 and N * H * triton.cdiv(V, BV) < 2 * _num_sms(q.device):
+            BV //= 2
+        fused_recurrent_gla_step_kernel[(triton.cdiv(V, BV), N * H)](
+            q,
+            k,
+            v,
+            gk,
+            o,
+            initial_state,
+            ht,
+            scale,
+            H=H,
+            K=K,
+            V=V,
+            BK=BK,
+            BV=BV,
+            USE_INITIAL_STATE=initial_state is not None,
+            STORE_FINAL_STATE=output_final_state,
+            num_warps=4,
+        )
+        return o, ht
+    BK = max(16, triton.next_power_of_2(K))
+    BV = min(max(8192 // BK, 8), max(8, triton.next_power_of_2(V)))
     grid = (triton.cdiv(V, BV), N * H)
     fused_recurrent_gla_fwd_kernel[grid](
         q,
