@@ -22,6 +22,19 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 # GLA-1.3B's layer (4 heads of 256 x 512) and its StateX layer (one head of 1024 x 2048).
 SHAPES = {"unexpanded_h4": (4, 256, 512), "statex_h1": (1, 1024, 2048)}
 BF16_TOL = 1e-2  # relative error of a bf16 kernel against the fp32 reference
+# The gate gradient is a suffix sum of differences (q dq - k dk): cancellation amplifies bf16 rounding.
+TOL = {"dgk": 3e-2}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fla_autotune_first_config_only():
+    """fla is a correctness reference here, not a timing: skip its minutes of autotuning (first config)."""
+    from triton.runtime import autotuner
+
+    original = autotuner.Autotuner.prune_configs
+    autotuner.Autotuner.prune_configs = lambda self, kwargs: self.configs[:1]
+    yield
+    autotuner.Autotuner.prune_configs = original
 
 
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -66,16 +79,15 @@ def test_chunk_bf16_equals_fp32_reference_and_fla(shape):
     ref = run(chunk_gla_torch, *inputs, upcast=True)
     errors = {name: rel_err(ours[name], ref[name]) for name in ref}
     print("ours vs fp32:", {n: f"{e:.1e}" for n, e in errors.items()})
-    # fla's chunk backward autotunes for minutes at the StateX head: use it as a reference at GLA-1.3B's.
     fla = fla_chunk_gla()
-    if fla is not None and K <= 256:
+    if fla is not None:
         theirs = run(fla, *inputs)
         fla_errors = {name: rel_err(theirs[name], ref[name]) for name in ref}
         print("fla vs fp32: ", {n: f"{e:.1e}" for n, e in fla_errors.items()})
         for name in ref:
             assert errors[name] <= max(2 * fla_errors[name], BF16_TOL / 4), name
     for name, err in errors.items():
-        assert err < BF16_TOL, (name, err)
+        assert err < TOL.get(name, BF16_TOL), (name, err)
 
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
@@ -86,7 +98,7 @@ def test_chunk_packed_batch_equals_naive_per_document(shape):
     ours = run(chunk_gla, *inputs, cu_seqlens=cu_seqlens)
     ref = run(naive_recurrent_gla, *inputs, cu_seqlens=cu_seqlens, upcast=True)
     for name in ref:
-        assert rel_err(ours[name], ref[name]) < BF16_TOL, name
+        assert rel_err(ours[name], ref[name]) < TOL.get(name, BF16_TOL), name
 
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
