@@ -39,7 +39,9 @@ def local_data_files(data: str) -> list[str] | None:
     if os.path.isdir(data):
         files = sorted(
             os.path.join(root, name)
-            for root, _, names in os.walk(data)
+            for root, dirs, names in os.walk(data)
+            # Hidden folders (.git, .cache) hold no training data.
+            if not any(part.startswith(".") for part in os.path.relpath(root, data).split(os.sep) if part != ".")
             for name in names
             if _extension(name) in BUILDERS and not name.startswith(".")
         )
@@ -54,6 +56,14 @@ def local_data_files(data: str) -> list[str] | None:
             raise FileNotFoundError(f"{data}: the pattern matches no file")
         return files
     return None
+
+
+def looks_like_hub_id(data: str) -> bool:
+    """``name`` or ``org/name`` without a file extension; anything else is meant as a local path."""
+    parts = data.split("/")
+    if len(parts) > 2 or data.startswith((".", "~")) or _extension(data) in BUILDERS:
+        return False
+    return all(part and part.replace("-", "").replace("_", "").replace(".", "").isalnum() for part in parts)
 
 
 def builder_for(files: list[str]) -> str:
@@ -90,8 +100,8 @@ def load_text_dataset(
     """
     files = local_data_files(data)
     if files is None:
-        if "/" not in data and not data.replace("-", "").replace("_", "").isalnum():
-            raise FileNotFoundError(f"{data}: no such file or directory, and not a Hub dataset id")
+        if not looks_like_hub_id(data):
+            raise FileNotFoundError(f"{data}: no such file or directory (and not a Hub dataset id like org/name)")
         return load_dataset(data, dataset_config, split=split, streaming=streaming, cache_dir=cache_dir)
     builder = builder_for(files)
     kwargs = {"sample_by": text_sample_by} if builder == "text" else {}

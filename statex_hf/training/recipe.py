@@ -32,6 +32,22 @@ CHUNKED_LOSS_FROM_TOKENS = 8192
 CHUNKED_LOSS_SIZE = 4096
 
 
+# transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns);
+# use the name this version has, and accept either from callers.
+CHECKPOINTING = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+    else "gradient_checkpointing"
+)
+
+
+def _checkpointing_name(name: str) -> str:
+    for old in ("gradient_checkpointing", "activation_checkpointing"):
+        if name.startswith(old):
+            return CHECKPOINTING + name[len(old) :]
+    return name
+
+
 def bf16_available() -> bool:
     """bf16 mixed precision where the hardware has it (CUDA with bf16); CPU runs stay fp32."""
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -73,16 +89,15 @@ def recipe_training_arguments(
     fields.update(
         per_device_train_batch_size=1,
         bf16=bf16_available(),
-        gradient_checkpointing=True,
         # Non-reentrant checkpointing needs no input that requires grad, so it also works with a
         # frozen embedding (LoRA, --freeze) without enable_input_require_grads().
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        **{CHECKPOINTING: True, f"{CHECKPOINTING}_kwargs": {"use_reentrant": False}},
         logging_steps=10,
         save_steps=500,
         save_total_limit=2,
         report_to="none",
     )
-    fields.update(overrides)
+    fields.update({_checkpointing_name(name): value for name, value in overrides.items()})
     per_device = int(fields["per_device_train_batch_size"])
     if "gradient_accumulation_steps" not in overrides:
         fields["gradient_accumulation_steps"] = gradient_accumulation_for(
