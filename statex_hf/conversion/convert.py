@@ -6,8 +6,10 @@ The CLI (``statex-hf convert``), the scripts in ``conversion_scripts/`` and Pyth
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +49,8 @@ class ConversionReport:
     params_formula_delta: int
     state_before: list[int]
     state_after: list[int]
+    layer_params_before: list[int]
+    layer_params_after: list[int]
     config: PretrainedConfig
     warnings: list[str] = field(default_factory=list)
     commit_url: str | None = None
@@ -59,7 +63,10 @@ class ConversionReport:
             f"init {self.init}, seed {self.seed}",
         ]
         for i in self.layers:
-            lines.append(f"  layer {i}: state {self.state_before[i]:,} -> {self.state_after[i]:,}")
+            lines.append(
+                f"  layer {i}: state {self.state_before[i]:,} -> {self.state_after[i]:,}, "
+                f"parameters {self.layer_params_before[i]:,} -> {self.layer_params_after[i]:,}"
+            )
         lines.append(f"state, all layers: {sum(self.state_before):,} -> {sum(self.state_after):,}")
         lines.append(
             f"parameters: {self.params_before:,} -> {self.params_after:,} ({delta:+,}; "
@@ -168,8 +175,11 @@ def convert(
 
     with atomic_folder(output, overwrite=overwrite) as tmp:
         writer = ShardWriter(tmp, max_shard_bytes=max_shard_size)
-        params_before = _convert_tensors(ckpt, expansion, shapes, writer, target_dtype, progress)
+        layer_before, layer_after = _convert_tensors(ckpt, expansion, shapes, writer, target_dtype, progress)
         writer.finish()
+        if getattr(config, "dtype", None) is None and writer.dtypes:
+            # Sources without a dtype in their config (state-spaces): record what the weights are.
+            config.dtype = str(writer.dtypes.most_common(1)[0][0]).removeprefix("torch.")
         from statex_hf.hub import write_remote_code
 
         write_remote_code(tmp, family, config)
@@ -187,11 +197,13 @@ def convert(
             layers=list(expansion.layers),
             init=init,
             seed=seed,
-            params_before=params_before,
+            params_before=sum(layer_before.values()),
             params_after=writer.num_parameters,
             params_formula_delta=expansion.parameter_delta(),
             state_before=[expansion.state_size(i, expanded=False) for i in range(num_layers)],
             state_after=[expansion.state_size(i, expanded=i in expansion.layers) for i in range(num_layers)],
+            layer_params_before=[layer_before[i] for i in range(num_layers)],
+            layer_params_after=[layer_after[i] for i in range(num_layers)],
             config=config,
             warnings=warnings,
         )
@@ -208,7 +220,10 @@ def convert(
             state_after=report.state_after,
             params_before=report.params_before,
             params_after=report.params_after,
+            layer_params_before=report.layer_params_before,
+            layer_params_after=report.layer_params_after,
             architecture=config.architectures[0],
+            model_id=push_to_hub or str(output),
         )
         model_card(facts).save(tmp / "README.md")
 
@@ -226,11 +241,15 @@ def _convert_tensors(
     writer: ShardWriter,
     dtype: torch.dtype | None,
     progress: bool,
-) -> int:
-    """Stream every source tensor through the expansion into ``writer``; returns the source parameter count."""
+) -> tuple[Counter, Counter]:
+    """Stream every source tensor through the expansion into ``writer``.
+
+    Returns parameter counts before and after, keyed by layer index (``None``: outside the layers).
+    """
     tied = expansion.config.tie_word_embeddings
     seen: set[str] = set()
-    params_before = 0
+    before: Counter = Counter()
+    after: Counter = Counter()
     files = list(ckpt.iter_shards())
     for i, (path, tensors) in enumerate(files, start=1):
         desc = f"shard {i}/{len(files)} {path.name}"
@@ -241,7 +260,8 @@ def _convert_tensors(
                 raise StateXInputError(
                     f"unexpected tensor {name} in {path.name}: not part of a {ckpt.format} model of this config"
                 )
-            params_before += tensor.numel()
+            layer = _layer_index(name)
+            before[layer] += tensor.numel()
             new = expansion.transform(name, tensor)
             if dtype is not None and new.is_floating_point():
                 new = new.to(dtype)
@@ -251,11 +271,18 @@ def _convert_tensors(
                     "config.json does not match the weights"
                 )
             writer.add(name, new)
+            after[layer] += new.numel()
             seen.add(name)
     missing = sorted(set(shapes) - seen)
     if missing:
         raise StateXInputError(f"the checkpoint lacks {len(missing)} tensor(s) the model needs, e.g. {missing[0]}")
-    return params_before
+    return before, after
+
+
+def _layer_index(name: str) -> int | None:
+    """``model.layers.3.attn...`` / ``backbone.layers.3.mixer...`` -> 3."""
+    match = re.match(r"^(?:model|backbone)\.layers\.(\d+)\.", name)
+    return int(match.group(1)) if match else None
 
 
 def _align_special_tokens(config: PretrainedConfig, folder: Path, ckpt: Checkpoint) -> None:

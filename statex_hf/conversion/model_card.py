@@ -44,7 +44,10 @@ class CardFacts:
     state_after: list[int]
     params_before: int
     params_after: int
+    layer_params_before: list[int]
+    layer_params_after: list[int]
     architecture: str
+    model_id: str  # what users pass to from_pretrained: the Hub repo when pushed, else the folder
 
 
 def model_card(facts: CardFacts) -> ModelCard:
@@ -56,9 +59,9 @@ def model_card(facts: CardFacts) -> ModelCard:
         base_model=facts.source if facts.source_is_repo else None,
     )
     rows = "\n".join(
-        f"| {i} | {facts.state_before[i]:,} | {facts.state_after[i]:,} |"
-        for i in range(facts.num_layers)
-        if i in facts.layers
+        f"| {i} | {facts.state_before[i]:,} → {facts.state_after[i]:,} "
+        f"| {facts.layer_params_before[i]:,} → {facts.layer_params_after[i]:,} |"
+        for i in facts.layers
     )
     total_before, total_after = sum(facts.state_before), sum(facts.state_after)
     delta = facts.params_after - facts.params_before
@@ -80,8 +83,8 @@ long-context post-training before it matches or beats the source model.
 - Parameters: {facts.params_before:,} → {facts.params_after:,} ({delta:+,}).
 - Recurrent state, all layers: {total_before:,} → {total_after:,} values per sequence ({growth}).
 
-| layer | state before | state after |
-|------:|-------------:|------------:|
+| layer | recurrent state | parameters |
+|------:|----------------:|-----------:|
 {rows}
 
 ## Use
@@ -90,8 +93,8 @@ long-context post-training before it matches or beats the source model.
 import statex_hf  # registers the StateX classes; or pass trust_remote_code=True without the package
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-model = AutoModelForCausalLM.from_pretrained("<this repo>")
-tokenizer = AutoTokenizer.from_pretrained("<this repo>")
+model = AutoModelForCausalLM.from_pretrained("{facts.model_id}")
+tokenizer = AutoTokenizer.from_pretrained("{facts.model_id}")
 ```
 
 ## Post-training (the paper's setting)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,6 +67,7 @@ class ShardWriter:
         self._parts: list[tuple[Path, list[str]]] = []
         self.total_bytes = 0
         self.num_parameters = 0
+        self.dtypes: Counter[torch.dtype] = Counter()
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         size = tensor.numel() * tensor.element_size()
@@ -76,6 +78,8 @@ class ShardWriter:
         self._pending_bytes += size
         self.total_bytes += size
         self.num_parameters += tensor.numel()
+        if tensor.is_floating_point():
+            self.dtypes[tensor.dtype] += tensor.numel()
 
     def flush(self) -> None:
         if not self._pending:
