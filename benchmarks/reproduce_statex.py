@@ -1,0 +1,574 @@
+"""StateX's effect in miniature: at the same post-training token budget, does StateX beat plain LPT on recall?
+
+For each seed and each architecture (GLA, Mamba2):
+
+1. **Pretrain** a small model from scratch on a synthetic recall mix at short context: MQAR sequences
+   (loss on the queried values), passkey and magic-number needle prompts (loss on the answer) and the
+   package's haystack prose (plain language modeling). Tokenizer: word level, trained here on that text.
+2. **LPT**: continue training the pretrained model on the same mix at a longer context.
+3. **StateX**: expand the pretrained model with ``statex-hf convert`` (its defaults: four evenly spaced
+   layers, re-initialized; GLA heads merged, Mamba2 state 4x), then continue exactly as LPT does: same
+   steps, batch, length, learning-rate schedule and data seed.
+4. **Evaluate** original, LPT and StateX with ``statex-hf eval mqar`` and ``statex-hf eval niah --task
+   passkey`` over lengths up to several times the continuation length, plus the LM loss on the prose
+   (a proxy for "general ability": the prose is also in the training mix).
+
+Outputs in ``--output-dir``: ``results.md`` (the table, mean +- std over seeds, and the verdict),
+``results.json`` (every number), ``{arch}_mqar.png`` / ``{arch}_passkey.png`` (accuracy against length,
+the three models), and each seed-0 model's own eval JSON and plots under ``evals/``.
+
+Full run (one H100, under 20 minutes; ``--max-minutes`` stops starting new seeds when the next one would
+not fit)::
+
+    python benchmarks/reproduce_statex.py --output-dir benchmarks/results/reproduce_statex
+
+End-to-end check on CPU (one seed, tiny models, a few steps: a couple of minutes on two busy cores)::
+
+    python benchmarks/reproduce_statex.py --tiny --output-dir /tmp/statex-tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+from torch.utils.data import DataLoader, IterableDataset
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+import statex_hf
+from statex_hf.cli import main as statex_cli
+from statex_hf.eval import MqarVocabulary, TokenizedHaystack, build_mqar_sample, build_needle_sample, haystack_text
+from statex_hf.eval.mqar import min_length, prefix_ids
+from statex_hf.eval.niah import _ADJECTIVES, _NOUNS, TEMPLATES
+from statex_hf.eval.plots import format_length, plot_accuracy_by_length
+
+# Data-loader workers fork after the tokenizer has run; its own thread pool must not be used across the fork.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ARCHS = ("gla", "mamba2")
+MODELS = ("original", "LPT", "StateX")
+
+
+@dataclass
+class Settings:
+    """Everything that sizes a run; ``TINY`` is the CPU smoke configuration."""
+
+    hidden_size: int = 256
+    num_layers: int = 8
+    gla_heads: int = 4  # StateX merges them: the expanded layers' state grows 4x
+    mamba2_head_dim: int = 64
+    mamba2_state_size: int = 16  # 8 heads x 64 x 16 = 8,192 per layer, as GLA's 4 x 32 x 64
+    pretrain_length: int = 256
+    pretrain_steps: int = 1500
+    pretrain_batch: int = 64
+    pretrain_lr: float = 1.5e-3
+    continue_length: int = 1024
+    continue_steps: int = 600
+    continue_batch: int = 16
+    continue_lr: float = 5e-4
+    warmup_steps: int = 100
+    mix: dict[str, float] = field(default_factory=lambda: {"mqar": 0.5, "passkey": 0.125, "niah": 0.125, "text": 0.25})
+    mqar_pairs: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64, 128])
+    eval_mqar_pairs: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    eval_mqar_lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048, 4096])
+    eval_mqar_samples: int = 16
+    eval_passkey_lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048, 4096])
+    eval_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    eval_passkey_samples: int = 4
+    eval_text_sequences: int = 32
+    loader_workers: int = 4
+
+
+TINY = Settings(
+    hidden_size=32,
+    num_layers=4,
+    gla_heads=2,
+    mamba2_head_dim=16,
+    mamba2_state_size=8,
+    pretrain_length=128,
+    pretrain_steps=10,
+    pretrain_batch=4,
+    continue_length=160,
+    continue_steps=4,
+    continue_batch=2,
+    warmup_steps=2,
+    mqar_pairs=[2, 4, 8],
+    eval_mqar_pairs=[2, 4],
+    eval_mqar_lengths=[64, 128],
+    eval_mqar_samples=2,
+    eval_passkey_lengths=[128, 160],
+    eval_depths=[0.0, 1.0],
+    eval_passkey_samples=1,
+    eval_text_sequences=2,
+    loader_workers=0,
+)
+
+
+# --- tokenizer ------------------------------------------------------------------------------------
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Word level over the haystack prose, the needle templates and the digits (each digit a token)."""
+    texts = [haystack_text(), " ".join(_ADJECTIVES + _NOUNS), " ".join("0123456789")]
+    texts += [f"{t.intro} {t.head} {t.tail} {t.question}" for t in TEMPLATES.values()]
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    tokenizer.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<unk>", "<s>", "</s>", "<pad>"]))
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+
+class RecallMix(IterableDataset):
+    """Endless fixed-length training sequences: MQAR, needle prompts with their answer, and prose.
+
+    ``labels`` are -100 except where the sequence teaches something: the queried values (MQAR), the
+    answer and EOS (needles), every token (prose). The loss averages per sequence first, so a needle
+    prompt's few answer tokens weigh as much as a page of prose.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, settings: Settings, length: int, seed: int) -> None:
+        self.tokenizer, self.length, self.seed = tokenizer, length, seed
+        self.mix = settings.mix
+        self.haystack = TokenizedHaystack.build(tokenizer)
+        self.prefix = prefix_ids(tokenizer)
+        self.pairs = [n for n in settings.mqar_pairs if min_length(n, len(self.prefix)) <= length]
+        self.vocab = MqarVocabulary.build(tokenizer, min_pool=max(self.pairs))
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(f"{self.seed}-{info.id if info else 0}")
+        kinds, weights = zip(*self.mix.items())
+        while True:
+            kind = rng.choices(kinds, weights)[0]
+            input_ids, labels = getattr(self, f"_{kind if kind in ('mqar', 'text') else 'needle'}")(kind, rng)
+            yield {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels)}
+
+    def _mqar(self, kind: str, rng: random.Random) -> tuple[list[int], list[int]]:
+        sample = build_mqar_sample(self.vocab, self.prefix, rng.choice(self.pairs), self.length, rng)
+        labels = [-100] * self.length
+        for position, target in zip(sample.query_positions, sample.targets):
+            labels[position + 1] = target
+        return sample.input_ids, labels
+
+    def _needle(self, kind: str, rng: random.Random) -> tuple[list[int], list[int]]:
+        # The word-level tokenizer gives every answer of a task the same token count, so the prompt length
+        # that leaves room for answer + EOS is fixed per task.
+        answer_len = TEMPLATES[kind].value_digits + 1
+        sample = build_needle_sample(self.tokenizer, self.haystack, kind, self.length - answer_len, rng.random(), rng)
+        answer = sample.answer_ids + [self.tokenizer.eos_token_id]
+        assert len(answer) == answer_len
+        return sample.input_ids + answer, [-100] * len(sample.input_ids) + answer
+
+    def _text(self, kind: str, rng: random.Random) -> tuple[list[int], list[int]]:
+        ids = self.prefix + self.haystack.fill(self.length - len(self.prefix), rng)[0]
+        return ids, ids
+
+
+def sequence_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy averaged over each sequence's labelled tokens, then over sequences."""
+    targets = labels[:, 1:]
+    losses = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    mask = (targets != -100).float()
+    return ((losses * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+
+
+# --- models ---------------------------------------------------------------------------------------
+
+
+def new_model(arch: str, settings: Settings, tokenizer: PreTrainedTokenizerFast, seed: int) -> torch.nn.Module:
+    """A randomly initialized, unexpanded StateX model (``statex_layers=[]`` is the plain architecture)."""
+    torch.manual_seed(seed)
+    special = {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "hidden_size": settings.hidden_size,
+        "num_hidden_layers": settings.num_layers,
+        "statex_layers": [],
+    }
+    if arch == "gla":
+        config = statex_hf.StateXGLAConfig(num_heads=settings.gla_heads, expand_k=0.5, expand_v=1.0, **special)
+        return statex_hf.StateXGLAForCausalLM(config)
+    config = statex_hf.StateXMamba2Config(
+        num_heads=2 * settings.hidden_size // settings.mamba2_head_dim,
+        head_dim=settings.mamba2_head_dim,
+        expand=2,
+        state_size=settings.mamba2_state_size,
+        n_groups=1,
+        chunk_size=64,
+        **special,
+    )
+    return statex_hf.StateXMamba2ForCausalLM(config)
+
+
+def save_as_source_checkpoint(model_dir: Path, arch: str, out: Path) -> None:
+    """The unexpanded checkpoint as the public format ``statex-hf convert`` reads (fla GLA / transformers Mamba2).
+
+    Weight names already match (the models' invariant); only config.json's type and StateX fields change.
+    """
+    shutil.copytree(model_dir, out)
+    config = json.loads((out / "config.json").read_text())
+    for key in ("statex_layers", "statex_num_heads", "statex_state_size", "chunked_loss_size", "auto_map"):
+        config.pop(key, None)
+    config["model_type"] = arch
+    config["architectures"] = ["GLAForCausalLM" if arch == "gla" else "Mamba2ForCausalLM"]
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def run_cli(argv: list[str]) -> None:
+    """``statex-hf ARGV`` in this process; its chatter is kept out of the report unless it fails."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = statex_cli(argv)
+    if code:
+        sys.stdout.write(buffer.getvalue())
+        raise RuntimeError(f"statex-hf {' '.join(argv)} exited with {code}")
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def train(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerFast,
+    settings: Settings,
+    *,
+    length: int,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    device: str,
+) -> dict[str, float]:
+    """AdamW (0.9, 0.95), weight decay 0.1, warm-up then cosine, grad clip 1.0, bf16 autocast on CUDA (the
+    paper's post-training recipe, scaled down). Returns the final loss, tokens and seconds."""
+    torch.manual_seed(seed)
+    model.to(device).train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "norm" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.95),
+        fused=device.startswith("cuda"),
+    )
+    warmup = min(settings.warmup_steps, steps // 4)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    loader = DataLoader(
+        RecallMix(tokenizer, settings, length, seed),
+        batch_size=batch,
+        num_workers=settings.loader_workers,
+        pin_memory=device.startswith("cuda"),
+    )
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
+    start, recent = time.time(), []
+    for step, data in zip(range(steps), loader):
+        input_ids, labels = data["input_ids"].to(device), data["labels"].to(device)
+        with autocast:
+            logits = model(input_ids=input_ids, use_cache=False).logits
+        loss = sequence_mean_loss(logits, labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        recent = (recent + [loss.item()])[-20:]
+        if step % max(1, steps // 5) == 0 or step == steps - 1:
+            print(f"    step {step:>5}/{steps}  loss {statistics.mean(recent):.3f}", flush=True)
+    model.eval()
+    seconds = time.time() - start
+    return {"final_loss": statistics.mean(recent), "tokens": steps * batch * length, "seconds": seconds}
+
+
+@torch.no_grad()
+def prose_loss(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, settings: Settings, device: str) -> float:
+    """Mean next-token loss on prose sequences of the pretraining length (fixed seed: the same for every model)."""
+    data = RecallMix(tokenizer, settings, settings.pretrain_length, seed=12345)
+    rng = random.Random(12345)
+    losses = []
+    for _ in range(settings.eval_text_sequences):
+        ids, labels = data._text("text", rng)
+        logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits
+        losses.append(sequence_mean_loss(logits, torch.tensor([labels], device=device)).item())
+    return statistics.mean(losses)
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+def evaluate(model_dir: Path, out: Path, settings: Settings, seed: int, device: str, plots: bool) -> dict[str, Any]:
+    """MQAR and passkey through the ``statex-hf eval`` command line, on the saved checkpoint."""
+    common = ["--seed", str(seed), "--device", device, "--no-progress"] + ([] if plots else ["--no-plot"])
+    out.mkdir(parents=True, exist_ok=True)
+    run_cli(
+        ["eval", "mqar", str(model_dir), "--output", str(out / "mqar.json")]
+        + ["--num-pairs", ",".join(map(str, settings.eval_mqar_pairs))]
+        + ["--lengths", ",".join(map(str, settings.eval_mqar_lengths))]
+        + ["--samples", str(settings.eval_mqar_samples)]
+        + common
+    )
+    run_cli(
+        ["eval", "niah", str(model_dir), "--task", "passkey", "--output", str(out / "passkey.json")]
+        + ["--lengths", ",".join(map(str, settings.eval_passkey_lengths))]
+        + ["--depths", ",".join(f"{d:g}" for d in settings.eval_depths)]
+        + ["--samples", str(settings.eval_passkey_samples)]
+        + common
+    )
+    mqar = json.loads((out / "mqar.json").read_text())
+    passkey = json.loads((out / "passkey.json").read_text())
+    # MQAR by length: mean over the pair counts that fit at that length.
+    mqar_by_length = []
+    for j in range(len(mqar["lengths"])):
+        column = [row[j] for row in mqar["accuracy"] if row[j] is not None]
+        mqar_by_length.append(statistics.mean(column) if column else None)
+    return {
+        "mqar_lengths": mqar["lengths"],
+        "mqar_by_length": mqar_by_length,
+        "mqar_grid": mqar["accuracy"],
+        "mqar_mean": mqar["mean_accuracy"],
+        "passkey_lengths": passkey["lengths"],
+        "passkey_by_length": [statistics.mean(row) for row in passkey["accuracy"]],
+        "passkey_mean": passkey["mean_accuracy"],
+    }
+
+
+# --- one seed -------------------------------------------------------------------------------------
+
+
+def run_arch(
+    arch: str, seed: int, settings: Settings, tokenizer: PreTrainedTokenizerFast, work: Path, out: Path, device: str
+) -> dict[str, Any]:
+    """Pretrain, LPT and StateX for one architecture and seed; every model evaluated."""
+    results: dict[str, Any] = {}
+    root = work / f"{arch}-seed{seed}"
+    plots = seed == 0
+
+    def finish(name: str, model: torch.nn.Module, path: Path, training: dict[str, float] | None) -> None:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        eval_start = time.time()
+        loss = prose_loss(model, tokenizer, settings, device)
+        model.cpu()
+        evals = evaluate(path, out / "evals" / f"{arch}-seed{seed}-{name}", settings, seed, device, plots)
+        results[name] = {"training": training, "prose_loss": loss, "eval_seconds": time.time() - eval_start, **evals}
+        speed = f"train {training['tokens'] / training['seconds']:,.0f} tok/s, " if training else ""
+        print(
+            f"  {arch} {name:>8}: MQAR {evals['mqar_mean']:.3f}  passkey {evals['passkey_mean']:.3f}  "
+            f"prose loss {loss:.3f}  ({speed}eval {time.time() - eval_start:.0f} s)",
+            flush=True,
+        )
+
+    print(f"[seed {seed}] {arch}: pretrain {settings.pretrain_steps} steps at {settings.pretrain_length} tokens")
+    model = new_model(arch, settings, tokenizer, seed)
+    training = train(
+        model, tokenizer, settings, length=settings.pretrain_length, steps=settings.pretrain_steps,
+        batch=settings.pretrain_batch, lr=settings.pretrain_lr, seed=seed, device=device,
+    )  # fmt: skip
+    finish("original", model, root / "original", training)
+    del model
+
+    continuation = {
+        "length": settings.continue_length,
+        "steps": settings.continue_steps,
+        "batch": settings.continue_batch,
+        "lr": settings.continue_lr,
+        "seed": 1000 + seed,  # the same data and order for LPT and StateX
+        "device": device,
+    }
+    print(f"[seed {seed}] {arch}: LPT {settings.continue_steps} steps at {settings.continue_length} tokens")
+    model = AutoModelForCausalLM.from_pretrained(root / "original", dtype=torch.float32)
+    finish("LPT", model, root / "LPT", train(model, tokenizer, settings, **continuation))
+    del model
+
+    print(f"[seed {seed}] {arch}: statex-hf convert (defaults), then the same continuation")
+    save_as_source_checkpoint(root / "original", arch, root / "source")
+    run_cli(["convert", arch, str(root / "source"), str(root / "expanded"), "--seed", str(seed), "--quiet"])
+    model = AutoModelForCausalLM.from_pretrained(root / "expanded", dtype=torch.float32)
+    results["statex_layers"] = list(model.config.statex_layers)
+    finish("StateX", model, root / "StateX", train(model, tokenizer, settings, **continuation))
+    del model
+    shutil.rmtree(root)  # checkpoints are small but many; the evals keep what the report needs
+    return results
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _fmt(values: list[float]) -> str:
+    mean, std = _mean_std(values)
+    return f"{mean:.3f} ± {std:.3f}" if len(values) > 1 else f"{mean:.3f}"
+
+
+def report(runs: dict[int, dict[str, Any]], settings: Settings, out: Path, elapsed: float, device: str) -> str:
+    """The markdown table, the verdict lines and the comparison plots."""
+    seeds = sorted(runs)
+    lines = [
+        "# StateX vs LPT in miniature",
+        "",
+        f"Seeds: {', '.join(map(str, seeds))}; device: {device}; wall time {elapsed / 60:.1f} min. "
+        f"Pretraining: {settings.pretrain_steps} steps x {settings.pretrain_batch} x {settings.pretrain_length} "
+        f"tokens; continuation (LPT and StateX alike): {settings.continue_steps} steps x {settings.continue_batch} "
+        f"x {settings.continue_length} tokens. Values: mean ± std over seeds.",
+        "",
+    ]
+    verdicts = []
+    for arch in ARCHS:
+        if arch not in runs[seeds[0]]:
+            continue
+        first = runs[seeds[0]][arch]
+        mqar_lengths, passkey_lengths = first["original"]["mqar_lengths"], first["original"]["passkey_lengths"]
+        lines += [
+            f"## {arch} (expanded layers: {first['statex_layers']})",
+            "",
+            "| model | MQAR mean | "
+            + " | ".join(f"MQAR {format_length(n)}" for n in mqar_lengths)
+            + " | passkey mean | "
+            + " | ".join(f"passkey {format_length(n)}" for n in passkey_lengths)
+            + " | prose loss |",
+            "|---" * (4 + len(mqar_lengths) + len(passkey_lengths)) + "|",
+        ]
+        curves: dict[str, dict[str, Any]] = {"mqar": {}, "passkey": {}}
+        errors: dict[str, dict[str, Any]] = {"mqar": {}, "passkey": {}}
+        for name in MODELS:
+            per_seed = [runs[s][arch][name] for s in seeds]
+            cells = [_fmt([r["mqar_mean"] for r in per_seed])]
+            for j in range(len(mqar_lengths)):
+                column = [r["mqar_by_length"][j] for r in per_seed]
+                cells.append("-" if None in column else _fmt(column))
+            cells.append(_fmt([r["passkey_mean"] for r in per_seed]))
+            cells += [_fmt([r["passkey_by_length"][j] for r in per_seed]) for j in range(len(passkey_lengths))]
+            cells.append(_fmt([r["prose_loss"] for r in per_seed]))
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            for task, lengths in (("mqar", mqar_lengths), ("passkey", passkey_lengths)):
+                points = [
+                    (n, _mean_std([r[f"{task}_by_length"][j] for r in per_seed]))
+                    for j, n in enumerate(lengths)
+                    if all(r[f"{task}_by_length"][j] is not None for r in per_seed)
+                ]
+                curves[task][name] = ([n for n, _ in points], [m for _, (m, _) in points])
+                errors[task][name] = [s for _, (_, s) in points]
+        lines.append("")
+        for task, title in (("mqar", "MQAR accuracy (mean over pair counts)"), ("passkey", "passkey exact match")):
+            plot_accuracy_by_length(
+                curves[task],
+                out / f"{arch}_{task}.png",
+                f"{arch}: {title}, {len(seeds)} seed(s)",
+                errors=errors[task],
+            )
+            lines.append(f"![{arch} {task}]({arch}_{task}.png)")
+        lines.append("")
+        for metric in ("mqar_mean", "passkey_mean"):
+            diffs = [runs[s][arch]["StateX"][metric] - runs[s][arch]["LPT"][metric] for s in seeds]
+            wins = sum(d > 0 for d in diffs)
+            verdicts.append(
+                f"- {arch} {metric.split('_')[0]}: StateX - LPT = {_fmt(diffs)} "
+                f"(StateX ahead in {wins} of {len(diffs)} seeds; per seed {', '.join(f'{d:+.3f}' for d in diffs)})"
+            )
+    lines += ["## Verdict", "", *verdicts, ""]
+    text = "\n".join(lines)
+    (out / "results.md").write_text(text)
+    return text
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny models, a few steps")
+    parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results/reproduce_statex"))
+    parser.add_argument("--seeds", help="comma-separated seeds (default 0,1,2; with --tiny 0)")
+    parser.add_argument("--archs", default="gla,mamba2", help="comma-separated, from gla,mamba2")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=18.0,
+        help="start another seed only if the last one's duration still fits (default 18)",
+    )
+    parser.add_argument("--pretrain-steps", type=int)
+    parser.add_argument("--continue-steps", type=int)
+    parser.add_argument("--work-dir", type=Path, help="where checkpoints live while a seed runs (default: a temp dir)")
+    args = parser.parse_args(argv)
+    args.seeds = [int(s) for s in (args.seeds or ("0" if args.tiny else "0,1,2")).split(",") if s.strip()]
+    args.archs = [a for a in args.archs.split(",") if a.strip()]
+    if not args.seeds or any(a not in ARCHS for a in args.archs):
+        parser.error("--seeds needs at least one seed; --archs takes gla and/or mamba2")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    settings = TINY if args.tiny else Settings()
+    overrides = {"pretrain_steps": args.pretrain_steps, "continue_steps": args.continue_steps}
+    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    start = time.time()
+    runs: dict[int, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="statex-repro-") as tmp:
+        work = args.work_dir or Path(tmp)
+        last_round = 0.0
+        for seed in args.seeds:
+            elapsed = time.time() - start
+            if runs and elapsed + last_round > args.max_minutes * 60:
+                print(f"stopping before seed {seed}: {elapsed / 60:.1f} min spent, a seed takes {last_round / 60:.1f}")
+                break
+            round_start = time.time()
+            runs[seed] = {
+                arch: run_arch(arch, seed, settings, tokenizer, work, args.output_dir, args.device)
+                for arch in args.archs
+            }
+            last_round = time.time() - round_start
+            # Write after every seed: a run cut short still leaves a report.
+            payload = {"settings": asdict(settings), "device": args.device, "runs": runs}
+            (args.output_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+            report(runs, settings, args.output_dir, time.time() - start, args.device)
+    print(report(runs, settings, args.output_dir, time.time() - start, args.device))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
