@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from datasets import Dataset, IterableDataset
-from peft import LoraConfig, PeftModel
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -24,11 +23,13 @@ from transformers import (
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.utils import logging
 
+if TYPE_CHECKING:
+    from peft import LoraConfig, PeftModel
+
 import statex_hf  # noqa: F401  (registers the StateX Auto classes)
 from statex_hf.training.collator import PackedCollator
 from statex_hf.training.data import load_text_dataset
 from statex_hf.training.freezing import apply_freeze
-from statex_hf.training.lora import apply_lora
 from statex_hf.training.packing import pack_dataset
 from statex_hf.training.progress import LossProgressBar
 from statex_hf.training.recipe import (
@@ -89,6 +90,10 @@ def prepare_dataset(
 
 
 def _lora_model(model: PreTrainedModel, lora: bool | dict | LoraConfig) -> PeftModel:
+    from peft import LoraConfig
+
+    from statex_hf.training.lora import apply_lora
+
     if isinstance(lora, LoraConfig):
         return apply_lora(model, lora)
     return apply_lora(model, **(lora if isinstance(lora, dict) else {}))
@@ -181,7 +186,7 @@ def posttrain(
     base.config.chunked_loss_size = chunk
 
     if lora:
-        trained: PreTrainedModel | PeftModel = _lora_model(base, lora)
+        trained = _lora_model(base, lora)
     else:
         apply_freeze(base, freeze)
         trained = base
@@ -211,7 +216,8 @@ def posttrain(
     base.config.chunked_loss_size = saved_chunk
     if save:
         trainer.save_model(output_dir)
-        if merge_lora and isinstance(trained, PeftModel) and trainer.is_world_process_zero():
+        trainer.save_state()  # trainer_state.json: the loss curve beside the model
+        if merge_lora and lora and trainer.is_world_process_zero():
             merged = trained.merge_and_unload()
             merged.save_pretrained(os.path.join(output_dir, "merged"))
             if tok is not None:
