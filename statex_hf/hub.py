@@ -14,6 +14,8 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from transformers import PretrainedConfig
+
 PACKAGE = "statex_hf"
 
 
@@ -133,7 +135,7 @@ def remote_code_files(family: str) -> dict[str, str]:
     return files
 
 
-def write_remote_code(folder: Path, family: str, config) -> None:
+def write_remote_code(folder: Path, family: str, config: PretrainedConfig) -> None:
     """Copy the flattened model code into ``folder`` and point ``config.auto_map`` at it (save the config after)."""
     for name, text in remote_code_files(family).items():
         (folder / name).write_text(text, encoding="utf-8")

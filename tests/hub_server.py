@@ -471,6 +471,18 @@ class HubServer(ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
 
+    def seed(self, repo_id: str, files: dict[str, bytes], private: bool = False) -> Repo:
+        """Create ``repo_id`` holding ``files`` in one commit, server-side (test setup without a client)."""
+        repo = Repo("models", repo_id, private)
+        stored = {path: StoredFile(content, lfs=path.endswith(_LFS_SUFFIXES)) for path, content in files.items()}
+        with self.state.lock:
+            for f in stored.values():
+                if f.lfs:
+                    self.state.lfs[hashlib.sha256(f.content).hexdigest()] = f.content
+            self.state.new_commit(repo, "seeded by the test", stored)
+            self.state.repos[("models", repo_id)] = repo
+        return repo
+
     def commits(self, repo_id: str, kind: str = "models") -> list[Commit]:
         repo = self.state.repo(kind, repo_id)
         return [] if repo is None else list(repo.commits)

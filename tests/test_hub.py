@@ -203,22 +203,29 @@ def test_pushing_again_to_an_existing_repo_replaces_it_in_one_commit(hub, source
 def test_a_failed_upload_leaves_no_partial_commit(hub, sources, tmp_path):
     first, second = _two_conversions(sources, tmp_path)
     repo = "tester/interrupted"
-    ok(hub.python(f"from statex_hf.hub import push_folder; push_folder({str(first)!r}, {repo!r})"))
+    hub.server.seed(repo, {p.name: p.read_bytes() for p in first.iterdir()})
     before = hub.server.commits(repo)
-    # First attempt dies uploading an LFS object (no commit sent); the second has its commit refused.
+    # The CLI's push dies uploading an LFS object: one line, exit 1, no commit sent.
     hub.server.state.fail_next("lfs_put")
+    cli = ["-m", "statex_hf.cli", "convert", "gla", str(sources / "gla"), str(tmp_path / "o"), "--quiet"]
+    result = hub.run([*cli, "--push-to-hub", repo])
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"statex-hf convert: push to {repo} failed:")
+    assert hub.server.commits(repo) == before
+    # Next the commit itself is refused after every LFS object arrived: still nothing; then a retry lands.
     hub.server.state.fail_next("commit")
-    for _ in range(2):
-        result = hub.run(
-            ["-m", "statex_hf.cli", "convert", "gla", str(sources / "gla"), str(tmp_path / f"o{_}")]
-            + ["--quiet", "--push-to-hub", repo]
-        )
-        assert result.returncode == 1
-        assert result.stderr.strip().splitlines()[-1].startswith(f"statex-hf convert: push to {repo} failed:")
-        assert hub.server.commits(repo) == before  # the repo is exactly as it was
-    assert hub.server.files(repo) == {p.name: p.read_bytes() for p in first.iterdir()} | {
-        ".gitattributes": before[0].files[".gitattributes"].content
-    }
+    code = f"""
+    from statex_hf.hub import HubPushError, push_folder
+    try:
+        push_folder({str(second)!r}, {repo!r})
+    except HubPushError as err:
+        print("refused:", err)
+    else:
+        raise SystemExit("the injected failure did not happen")
+    """
+    assert "injected failure: commit refused" in ok(hub.python(code)).stdout
+    assert hub.server.commits(repo) == before
+    assert hub.server.files(repo) == {p.name: p.read_bytes() for p in first.iterdir()}
     ok(hub.python(f"from statex_hf.hub import push_folder; push_folder({str(second)!r}, {repo!r})"))
     assert len(hub.server.commits(repo)) == len(before) + 1
 

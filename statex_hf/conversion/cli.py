@@ -115,7 +115,7 @@ def _fail(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``convert gla`` and ``convert mamba2`` to the ``statex-hf`` command line."""
     convert = subparsers.add_parser("convert", help="expand a GLA or Mamba2 checkpoint into a StateX checkpoint")
     _one_line_error(convert)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, PretrainedConfig
+from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
 
 from statex_hf.conversion.model_card import CardFacts, model_card
 from statex_hf.conversion.readers import Checkpoint, open_checkpoint
@@ -91,7 +91,7 @@ def _expansion(family: str, ckpt: Checkpoint, **choices) -> GLAExpansion | Mamba
     return Mamba2Expansion(ckpt.config, state_size=choices["state_size"], **common)
 
 
-def _model_class(family: str):
+def _model_class(family: str) -> type[PreTrainedModel]:
     if family == "gla":
         from statex_hf.modeling.gla.modeling_statex_gla import StateXGLAForCausalLM
 

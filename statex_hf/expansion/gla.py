@@ -18,6 +18,8 @@ import torch
 from statex_hf.expansion.errors import StateXInputError
 from statex_hf.expansion.fresh import fresh_layer_parameters
 from statex_hf.expansion.layers import choose_layers
+from statex_hf.modeling.gla.configuration_statex_gla import StateXGLAConfig
+from statex_hf.modeling.gla.modeling_statex_gla import StateXGLAForCausalLM
 
 GLA_INIT_MODES = ("reinit", "inherit")
 # Keys the StateX surgery touches: the token mixer and the RMSNorm in front of it.
@@ -32,10 +34,8 @@ def gla_state_size(key_dim: int, value_dim: int, num_heads: int) -> int:
     return key_dim * value_dim // num_heads
 
 
-def statex_gla_config(source: Mapping[str, Any], layers: Sequence[int], num_heads: int = 1):
+def statex_gla_config(source: Mapping[str, Any], layers: Sequence[int], num_heads: int = 1) -> StateXGLAConfig:
     """The StateX config for an fla GLA config dict: every field kept, ``statex_layers`` added."""
-    from statex_hf.modeling.gla.configuration_statex_gla import StateXGLAConfig
-
     if source.get("model_type") != "gla":
         raise StateXInputError(
             f"config.json has model_type={source.get('model_type')!r}; `convert gla` needs an fla GLA checkpoint "
@@ -149,8 +149,6 @@ class GLAExpansion:
 
     def _fresh_layer(self, layer_idx: int) -> dict[str, torch.Tensor]:
         if layer_idx not in self._fresh:
-            from statex_hf.modeling.gla.modeling_statex_gla import StateXGLAForCausalLM
-
             self._fresh = {
                 layer_idx: fresh_layer_parameters(
                     StateXGLAForCausalLM, self.config, f"model.layers.{layer_idx}", self.seed, layer_idx
@@ -168,7 +166,7 @@ def expand_gla(
     init: str = "reinit",
     num_heads: int = 1,
     seed: int = 0,
-):
+) -> tuple[StateXGLAConfig, dict[str, torch.Tensor]]:
     """Source fla GLA config + state dict -> (``StateXGLAConfig``, StateX state dict). Kept tensors are not copied."""
     expansion = GLAExpansion(source_config, layers=layers, every=every, init=init, num_heads=num_heads, seed=seed)
     return expansion.config, {name: expansion.transform(name, tensor) for name, tensor in state_dict.items()}

@@ -23,6 +23,8 @@ import torch
 from statex_hf.expansion.errors import StateXInputError
 from statex_hf.expansion.fresh import fresh_layer_parameters
 from statex_hf.expansion.layers import choose_layers
+from statex_hf.modeling.mamba2.configuration_statex_mamba2 import StateXMamba2Config
+from statex_hf.modeling.mamba2.modeling_statex_mamba2 import StateXMamba2ForCausalLM
 
 MAMBA2_INIT_MODES = ("reinit", "copy", "zero")
 _MIXER_KEY = re.compile(r"^backbone\.layers\.(\d+)\.mixer\.((?:in_proj|conv1d)\.(?:weight|bias))$")
@@ -35,16 +37,16 @@ def mamba2_state_size(intermediate_size: int, state_size: int) -> int:
     return intermediate_size * state_size
 
 
-def mamba2_parameter_delta_per_layer(config, old_state_size: int, new_state_size: int) -> int:
+def mamba2_parameter_delta_per_layer(config: StateXMamba2Config, old_state_size: int, new_state_size: int) -> int:
     """2 * G * (N' - N) * (d_model + conv_kernel + conv bias + in_proj bias): the B and C rows and channels added."""
     per_row = config.hidden_size + config.conv_kernel + int(config.use_conv_bias) + int(config.use_bias)
     return 2 * config.n_groups * (new_state_size - old_state_size) * per_row
 
 
-def statex_mamba2_config(source: Mapping[str, Any], layers: Sequence[int], state_size: int | None):
+def statex_mamba2_config(
+    source: Mapping[str, Any], layers: Sequence[int], state_size: int | None
+) -> StateXMamba2Config:
     """The StateX config for a transformers Mamba2 config dict: every field kept, ``statex_*`` added."""
-    from statex_hf.modeling.mamba2.configuration_statex_mamba2 import StateXMamba2Config
-
     if source.get("model_type") != "mamba2":
         raise StateXInputError(
             f"config has model_type={source.get('model_type')!r}; `convert mamba2` needs a Mamba2 checkpoint "
@@ -147,8 +149,6 @@ class Mamba2Expansion:
 
     def _fresh_layer(self, layer_idx: int) -> dict[str, torch.Tensor]:
         if layer_idx not in self._fresh:
-            from statex_hf.modeling.mamba2.modeling_statex_mamba2 import StateXMamba2ForCausalLM
-
             self._fresh = {
                 layer_idx: fresh_layer_parameters(
                     StateXMamba2ForCausalLM, self.config, f"backbone.layers.{layer_idx}", self.seed, layer_idx
@@ -166,7 +166,7 @@ def expand_mamba2(
     init: str = "reinit",
     state_size: int | None = None,
     seed: int = 0,
-):
+) -> tuple[StateXMamba2Config, dict[str, torch.Tensor]]:
     """Source Mamba2 config (transformers fields) + state dict -> (``StateXMamba2Config``, StateX state dict)."""
     expansion = Mamba2Expansion(source_config, layers=layers, every=every, init=init, state_size=state_size, seed=seed)
     return expansion.config, {name: expansion.transform(name, tensor) for name, tensor in state_dict.items()}
