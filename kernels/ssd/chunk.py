@@ -5,14 +5,16 @@
     ssd_chunk_scan.py        outputs (forward), dx and the direct ddt (backward)
     ssd_chunk_bc_bwd.py      dC, dB and the dy . y terms (backward)
 
-The decay gradient needs no extra pass. With ``Lam_t`` the log-decay cumulated over the whole
-sequence, every term of the output pairs a target t with a source s through ``exp(Lam_t - Lam_s)``,
-so ``dL/dLam_k = dy_k . y_k - x_k . dx_k`` (SSD parts only, plus ``<dh_T, h_T>`` at the last
-token), and ``dL/d(dt_k A) = sum_{j>=k} dL/dLam_j``: a reverse cumulative sum over ``[b, H, T]``.
+The decay gradient needs no extra pass. With ``a_k`` the log-decay cumulated from the chunk start,
+every term pairs a target t with a source s through ``exp(a_t - a_s)``, so inside a chunk
+``dL/da_k = dy_k . y_k - x_k . dx_k`` (SSD parts only), plus, at the chunk's last token,
+``<g_c, h_c>`` for what crosses the chunk end; ``dL/d(dt_k A)`` is the reverse cumulative sum of
+that within the chunk. (Summing over the whole sequence instead would be exact too, but in bf16 its
+rounding errors pile up over T: sums stay chunk-local, as in mamba_ssm.)
 
-Memory: the backward recomputes the chunk-entry states instead of keeping them from the forward,
-and frees them before the state gradients are made, so at most one ``[b, T / L, H, P, N]`` tensor
-(in the input dtype) is alive at a time.
+Memory: the backward recomputes the chunk-entry states instead of keeping them from the forward;
+at most two ``[b, T / L, H, P, N]`` tensors (states and state gradients, in the input dtype) are
+alive at a time.
 """
 
 from __future__ import annotations
@@ -53,23 +55,25 @@ def chunk_ssd_fwd(x, dt, A, B, C, D, initial_state, seq, chunk_size, output_fina
     return y, final, CB
 
 
-def chunk_ssd_bwd(x, dt, A, B, C, D, initial_state, seq, chunk_size, CB, final, dy, dfinal):
-    T = x.shape[1]
+def chunk_ssd_bwd(x, dt, A, B, C, D, initial_state, seq, chunk_size, CB, dy, dfinal):
+    b, T, H, _ = x.shape
     dtp, Acs = _chunk_log_decay(dt, A, chunk_size)
-    dCB, dyy_intra = chunk_dcb(x, dy, dtp, Acs, seq, CB, chunk_size)
-    hs, _ = chunk_state_fwd(x, B, dtp, Acs, seq, initial_state, chunk_size, False)
+    nc = dtp.shape[-1] // chunk_size
+    dCB, dyy_intra, xdx_intra = chunk_dcb(x, dy, dtp, Acs, seq, CB, chunk_size)
+    # The final state rides along in the states' dtype: the backward only needs <g, h> from it.
+    hs, hT = chunk_state_fwd(x, B, dtp, Acs, seq, initial_state, chunk_size, True, final_dtype=x.dtype)
     dC, dyy_inter = chunk_dc(dy, B, C, dCB, Acs, seq, hs, chunk_size)
-    del hs
-    dhs, dh0 = chunk_state_bwd(dy, C, Acs, seq, dfinal, chunk_size, initial_state is not None)
+    dhs, dh0, r = chunk_state_bwd(dy, C, Acs, seq, dfinal, hs, hT, chunk_size, initial_state is not None)
+    del hs, hT
     dB = chunk_db(x, C, dCB, dtp, Acs, seq, dhs, chunk_size)
-    dx, ddt, dD = chunk_scan_bwd_dx(x, B, CB, dtp, Acs, seq, dhs, D, dy, chunk_size)
+    dx, ddt, xdx_state, dD = chunk_scan_bwd_dx(x, B, CB, dtp, Acs, seq, dhs, D, dy, chunk_size)
     del dhs
-    dlam = (dyy_intra + dyy_inter - dtp * ddt)[..., :T]
-    if dfinal is not None:
-        dlam[..., T - 1] += (dfinal * final).sum(dim=(-1, -2))
-    da = dlam.flip(-1).cumsum(-1).flip(-1)  # [b, H, T]: d(dt_k A) = sum over j >= k of dL/dLam_j
-    ddt_total = (ddt[..., :T] + A.float()[None, :, None] * da).transpose(1, 2)
-    dA = (dtp[..., :T] * da).sum(dim=(0, 2))
+    # Gradient of the in-chunk cumulated log-decay; then d(dt_k A) = sum over the chunk's j >= k.
+    dacs = (dyy_intra - xdx_intra + dyy_inter - xdx_state).view(b, H, nc, chunk_size)
+    dacs[..., -1] += r
+    da = dacs.flip(-1).cumsum(-1).flip(-1).view(b, H, nc * chunk_size)
+    ddt_total = (ddt + A.float()[None, :, None] * da)[..., :T].transpose(1, 2)
+    dA = (dtp * da).sum(dim=(0, 2))
     return dx, ddt_total, dA, dB, dC, dD, dh0
 
 
@@ -77,7 +81,7 @@ class ChunkSSDFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, initial_state, seq, chunk_size, output_final_state):
         y, final, CB = chunk_ssd_fwd(x, dt, A, B, C, D, initial_state, seq, chunk_size, output_final_state)
-        ctx.save_for_backward(x, dt, A, B, C, D, initial_state, seq, CB, final)
+        ctx.save_for_backward(x, dt, A, B, C, D, initial_state, seq, CB)
         ctx.chunk_size = chunk_size
         if final is not None:
             return y, final
@@ -85,9 +89,9 @@ class ChunkSSDFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dfinal=None):
-        x, dt, A, B, C, D, initial_state, seq, CB, final = ctx.saved_tensors
+        x, dt, A, B, C, D, initial_state, seq, CB = ctx.saved_tensors
         dx, ddt, dA, dB, dC, dD, dh0 = chunk_ssd_bwd(
-            x, dt, A, B, C, D, initial_state, seq, ctx.chunk_size, CB, final, dy.contiguous(), dfinal
+            x, dt, A, B, C, D, initial_state, seq, ctx.chunk_size, CB, dy.contiguous(), dfinal
         )
         dA = dA.to(A.dtype)
         dD = dD.to(D.dtype) if D is not None else None

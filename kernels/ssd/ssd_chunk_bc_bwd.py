@@ -4,10 +4,9 @@
     dC_t      = sum_h exp(a_t) h_{c-1}^T dy_t + sum_{s<=t} dCB[t, s] B_s
     dB_s      = sum_h exp(a_last - a_s) dt_s g_c^T x_s + sum_{t>=s} dCB[t, s] C_t
 
-They also return, per head and token, ``dy_t . y_t`` split into its intra-chunk part (from the dCB
-kernel) and its inter-chunk part (from the dC kernel): with ``x_t . dx_t`` from the dx kernel this
-gives the gradient of the cumulated log-decay, ``dy_t . y_t - x_t . dx_t`` (see chunk.py), without a
-second pass over the states. Reductions over heads never leave the program, so nothing per head of
+They also return, per head and token, the pieces of the decay gradient ``dy_t . y_t - x_t . dx_t``
+(see chunk.py): both intra-chunk parts from the dCB kernel, the inter-chunk ``dy_t . y_t`` from the
+dC kernel, without a second pass over the states. Reductions over heads never leave the program, so nothing per head of
 size ``T * H * N`` is ever written.
 """
 
@@ -29,6 +28,7 @@ def _chunk_dcb_kernel(
     CB,
     dCB,
     dyy,
+    xdx,
     T,
     Tp,
     H,
@@ -82,7 +82,12 @@ def _chunk_dcb_kernel(
         dt_s = tl.load(dt + row + ss)
         d = dyx * tl.exp(tl.where(keep, acs_t[:, None] - acs_s[None, :], float("-inf"))) * dt_s[None, :]
         acc += d
-        tl.store(dyy + (row + ts) * n_sblk + pid_s, tl.sum(d * cb, axis=1))
+        # W[t, s] = d[t, s] CB[t, s]: the term through exp(a_t - a_s). Its row sums are dy_t . y_t and
+        # its column sums x_s . dx_s (intra parts), both from the same fp32 products, so that
+        # their difference (the decay gradient) has no rounding mismatch to amplify.
+        wts = d * cb
+        tl.store(dyy + (row + ts) * n_sblk + pid_s, tl.sum(wts, axis=1))
+        tl.store(xdx + (row + ss) * n_sblk + pid_t, tl.sum(wts, axis=0))
     tl.store(dCB + tile, acc)
 
 
@@ -247,8 +252,8 @@ def chunk_dcb(
     seq: torch.Tensor | None,
     CB: torch.Tensor,
     chunk_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``dCB`` ``[b, nc, G, L, L]`` fp32 and the intra part of ``dy . y`` per head, ``[b, H, Tp]`` fp32."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``dCB`` ``[b, nc, G, L, L]`` fp32 and the intra parts of ``dy . y`` and ``x . dx`` per head, ``[b, H, Tp]``."""
     b, T, H, P = x.shape
     G = CB.shape[2]
     L = chunk_size
@@ -256,13 +261,14 @@ def chunk_dcb(
     BLK = min(L, 64)
     dCB = torch.empty_like(CB)
     dyy = torch.zeros(b, H, nc * L, L // BLK, device=x.device, dtype=torch.float32)
+    xdx = torch.zeros_like(dyy)
     grid = (b * nc * G, L // BLK, L // BLK)
     _chunk_dcb_kernel[grid](
-        x, dy, dt, Acs, seq if seq is not None else dt, CB, dCB, dyy, T, nc * L, H, G, P, nc,
+        x, dy, dt, Acs, seq if seq is not None else dt, CB, dCB, dyy, xdx, T, nc * L, H, G, P, nc,
         L=L, BLK=BLK, BP=_pow2(P), HAS_SEQ=seq is not None, DOT_PREC=dot_precision(x.dtype),
         num_warps=4, num_stages=2,
     )  # fmt: skip
-    return dCB, dyy.sum(-1)
+    return dCB, dyy.sum(-1), xdx.sum(-1)
 
 
 def chunk_dc(

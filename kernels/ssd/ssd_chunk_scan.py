@@ -110,6 +110,7 @@ def _chunk_scan_bwd_dx_kernel(
     dy,
     dx,
     ddt,
+    xdx,
     dD,
     T,
     Tp,
@@ -155,6 +156,11 @@ def _chunk_scan_bwd_dx_kernel(
         gt = tl.load(grad_base + ps[None, :] * N + ns[:, None], mask=(ps[None, :] < P) & (ns[:, None] < N), other=0.0)
         acc += tl.dot(bs, gt.to(bs.dtype), input_precision=DOT_PREC)
     acc = acc * w[:, None]
+    io_mask = (ss[:, None] < T) & (ps[None, :] < P)
+    offs = ((bi * T + ss[:, None]) * H + h) * P + ps[None, :]
+    xs = tl.load(x + offs, mask=io_mask, other=0.0).to(tl.float32)
+    # x_s . dx_s through the state write only (the decay gradient's share at s, see chunk.py).
+    tl.store(xdx + row + ss, tl.sum(acc * xs, axis=1) * dt_s)
     cb_base = CB + ((bi * nc + c) * G + g) * L * L
     for t0 in range(pid_s * BS, L, BT):
         lt = t0 + tl.arange(0, BT)
@@ -169,9 +175,6 @@ def _chunk_scan_bwd_dx_kernel(
             other=0.0,
         )
         acc += tl.dot(m.to(dyt.dtype), dyt, input_precision=DOT_PREC)
-    io_mask = (ss[:, None] < T) & (ps[None, :] < P)
-    offs = ((bi * T + ss[:, None]) * H + h) * P + ps[None, :]
-    xs = tl.load(x + offs, mask=io_mask, other=0.0).to(tl.float32)
     tl.store(ddt + row + ss, tl.sum(acc * xs, axis=1))
     dxs = acc * dt_s[:, None]
     if HAS_D:
@@ -227,14 +230,16 @@ def chunk_scan_bwd_dx(
     D: torch.Tensor | None,
     dy: torch.Tensor,
     chunk_size: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``dx`` (x's dtype), the direct ``ddt`` ``[b, H, Tp]`` (fp32) and ``dD`` ``[H]`` (fp32) or None."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``dx`` (x's dtype), the direct ``ddt`` ``[b, H, Tp]`` (fp32), ``x . dx`` through the state write
+    ``[b, H, Tp]`` (fp32) and ``dD`` ``[H]`` (fp32) or None."""
     b, T, H, P = x.shape
     G, N = B.shape[-2:]
     L = chunk_size
     nc = triton.cdiv(T, L)
     dx = torch.empty_like(x)
     ddt = torch.empty(b, H, nc * L, device=x.device, dtype=torch.float32)
+    xdx = torch.empty_like(ddt)
     BS = min(L, 128)
     BT = min(L, 64)
     BP = _pow2(P)
@@ -242,9 +247,9 @@ def chunk_scan_bwd_dx(
     dD = torch.empty(b, nc, H, L // BS, device=x.device, dtype=torch.float32) if D is not None else None
     grid = (b * nc * H, L // BS)
     _chunk_scan_bwd_dx_kernel[grid](
-        x, B, CB, dt, Acs, seq if seq is not None else dt, dhs, D if D is not None else dt, dy, dx, ddt,
+        x, B, CB, dt, Acs, seq if seq is not None else dt, dhs, D if D is not None else dt, dy, dx, ddt, xdx,
         dD if dD is not None else ddt, T, nc * L, H, G, P, N, nc,
         L=L, BS=BS, BT=BT, BP=BP, BN=BN, HAS_D=D is not None, HAS_SEQ=seq is not None,
         DOT_PREC=dot_precision(x.dtype), num_warps=8 if BS * BP >= 8192 else 4, num_stages=2,
     )  # fmt: skip
-    return dx, ddt, (dD.sum(dim=(0, 1, 3)) if dD is not None else None)
+    return dx, ddt, xdx, (dD.sum(dim=(0, 1, 3)) if dD is not None else None)

@@ -10,8 +10,11 @@ only the per-chunk copies ``hs`` (``T / L * H * P * N``, in the input dtype) go 
 
 Backward runs the same recurrence in reverse on the state gradient ``g_c = dL/dh_c``:
 
-    dhs[c]  = g_c
+    dhs[c]  = g_c,   r_c = <g_c, h_c>
     g_{c-1} = exp(a_last) g_c + sum_t exp(a_t) dy_t C_t^T
+
+``r_c`` is the gradient of the chunk's last cumulated log-decay through everything that crosses
+the chunk end (its state write and the state it passes on).
 
 Tiling the state over ``N`` is what lets N grow to 1024 and beyond: each program owns one tile.
 """
@@ -92,7 +95,7 @@ def _chunk_state_fwd_kernel(
         xw = (xt * w[None, :]).to(bt.dtype)
         state = state * decay + tl.dot(xw, bt, input_precision=DOT_PREC)
     if STORE_FINAL:
-        tl.store(hT + (bi * H + h) * P * N + tile, state, mask=tile_mask)
+        tl.store(hT + (bi * H + h) * P * N + tile, state.to(hT.dtype.element_ty), mask=tile_mask)
 
 
 @triton.jit
@@ -102,8 +105,11 @@ def _chunk_state_bwd_kernel(
     Acs,
     seq,
     dhT,
+    hs,
+    hT,
     dhs,
     dh0,
+    r,
     T,
     Tp,
     H,
@@ -132,9 +138,15 @@ def _chunk_state_bwd_kernel(
     grad = tl.zeros([BP, BN], dtype=tl.float32)
     if HAS_DHT:
         grad += tl.load(dhT + (bi * H + h) * P * N + tile, mask=tile_mask, other=0.0).to(tl.float32)
+    n_tiles = tl.num_programs(1) * tl.num_programs(2)
+    tile_id = tl.program_id(1) * tl.num_programs(2) + tl.program_id(2)
     for i in range(nc):
         c = nc - 1 - i
         tl.store(dhs + ((bi * nc + c) * H + h) * P * N + tile, grad.to(dhs.dtype.element_ty), mask=tile_mask)
+        # r_c = <g_c, h_c> (h_c: the state after chunk c) is the decay gradient at the chunk's last token.
+        h_next = tl.where(c + 1 < nc, hs + ((bi * nc + c + 1) * H + h) * P * N + tile, hT + (bi * H + h) * P * N + tile)
+        h_c = tl.load(h_next, mask=tile_mask, other=0.0).to(tl.float32)
+        tl.store(r + ((bi * H + h) * nc + c) * n_tiles + tile_id, tl.sum(tl.sum(grad * h_c, axis=1), axis=0))
         ts = c * L + lt
         scale = tl.exp(tl.load(Acs + row + ts))
         decay = tl.exp(tl.load(Acs + row + c * L + L - 1))
@@ -177,6 +189,7 @@ def chunk_state_fwd(
     initial_state: torch.Tensor | None,
     chunk_size: int,
     output_final_state: bool,
+    final_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """States entering each chunk ``hs`` ``[b, nc, H, P, N]`` (x's dtype) and the final state (fp32)."""
     b, T, H, P = x.shape
@@ -184,7 +197,7 @@ def chunk_state_fwd(
     L = chunk_size
     nc = triton.cdiv(T, L)
     hs = torch.empty(b, nc, H, P, N, device=x.device, dtype=x.dtype)
-    hT = torch.empty(b, H, P, N, device=x.device, dtype=torch.float32) if output_final_state else None
+    hT = torch.empty(b, H, P, N, device=x.device, dtype=final_dtype) if output_final_state else None
     BP, BN = _state_tiles(P, N, H, b)
     grid = (b * H, triton.cdiv(P, BP), triton.cdiv(N, BN))
     _chunk_state_fwd_kernel[grid](
@@ -202,10 +215,13 @@ def chunk_state_bwd(
     Acs: torch.Tensor,
     seq: torch.Tensor | None,
     dfinal: torch.Tensor | None,
+    hs: torch.Tensor,
+    hT: torch.Tensor,
     chunk_size: int,
     need_dh0: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """State gradients after each chunk ``dhs`` ``[b, nc, H, P, N]`` (dy's dtype) and ``dh0`` (fp32)."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """State gradients after each chunk ``dhs`` ``[b, nc, H, P, N]`` (dy's dtype), ``dh0`` (fp32), and
+    ``r`` ``[b, H, nc]`` = ``<g_c, h_c>`` from the chunk states ``hs`` and the final state ``hT``."""
     b, T, H, P = dy.shape
     G, N = C.shape[-2:]
     L = chunk_size
@@ -214,10 +230,11 @@ def chunk_state_bwd(
     dh0 = torch.empty(b, H, P, N, device=dy.device, dtype=torch.float32) if need_dh0 else None
     BP, BN = _state_tiles(P, N, H, b)
     grid = (b * H, triton.cdiv(P, BP), triton.cdiv(N, BN))
+    r = torch.empty(b, H, nc, grid[1] * grid[2], device=dy.device, dtype=torch.float32)
     _chunk_state_bwd_kernel[grid](
-        dy, C, Acs, seq if seq is not None else Acs, dfinal if dfinal is not None else dhs, dhs,
-        dh0 if dh0 is not None else dhs, T, nc * L, H, G, P, N, nc,
+        dy, C, Acs, seq if seq is not None else Acs, dfinal if dfinal is not None else dhs, hs, hT, dhs,
+        dh0 if dh0 is not None else dhs, r, T, nc * L, H, G, P, N, nc,
         L=L, BP=BP, BN=BN, HAS_DHT=dfinal is not None, HAS_SEQ=seq is not None, STORE_DH0=need_dh0,
         DOT_PREC=dot_precision(dy.dtype), num_warps=4, num_stages=2,
     )  # fmt: skip
-    return dhs, dh0
+    return dhs, dh0, r.sum(-1)

@@ -72,8 +72,11 @@ def test_bf16_kernels_match_fp32_reference(shape):
     got = forward_backward(chunk_ssd, inputs, with_states, chunk_size=256)
     errors = {k: rel_err(got[k], ref[k]) for k in ref}
     print(shape, {k: f"{v:.1e}" for k, v in errors.items()})
-    bad = {k: v for k, v in errors.items() if not v < 2e-2}
-    assert not bad, f"relative errors over 2e-2: {bad}"
+    # Per-token tensors: bf16 rounding level. dA, dD, ddt_bias are sums over every token of terms
+    # that largely cancel, so their relative error is that of the terms times the cancellation.
+    limits = {"dA": 1e-1, "dD": 5e-2, "ddt_bias": 1e-1}
+    bad = {k: v for k, v in errors.items() if not v < limits.get(k, 2e-2)}
+    assert not bad, f"relative errors over the limits {limits} (else 2e-2): {bad}"
 
 
 def test_fp32_kernels_match_fp32_reference_tightly():
