@@ -49,9 +49,9 @@ class Hub:
     token: str
     root: Path
 
-    def env(self, *, with_token: bool = True) -> dict[str, str]:
+    def env(self, *, with_token: bool = True, home: Path | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN")}
-        home = self.root / f"hf_home_{secrets.token_hex(4)}"  # a fresh cache for every process
+        home = home or self.root / f"hf_home_{secrets.token_hex(4)}"  # a fresh cache for every process
         env.update(
             HF_ENDPOINT=self.server.endpoint,
             HF_HOME=str(home),
@@ -63,10 +63,9 @@ class Hub:
             env["HF_TOKEN"] = self.token
         return env
 
-    def run(self, args: list[str], *, with_token: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, *args], env=self.env(with_token=with_token), capture_output=True, text=True, timeout=300
-        )
+    def run(self, args: list[str], *, with_token: bool = True, home: Path | None = None) -> subprocess.CompletedProcess:
+        env = self.env(with_token=with_token, home=home)
+        return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=300)
 
     def python(self, code: str, *, with_token: bool = True) -> subprocess.CompletedProcess:
         return self.run(["-c", textwrap.dedent(code)], with_token=with_token)
@@ -118,11 +117,20 @@ with torch.no_grad():
 
 @pytest.fixture(scope="module")
 def pushed_gla(hub, sources, tmp_path_factory):
-    """`statex-hf convert gla ... --push-to-hub` in its own process: the GLA repo the other tests read."""
-    out = tmp_path_factory.mktemp("converted") / "statex-gla"
-    args = ["-m", "statex_hf.cli", "convert", "gla", str(sources / "gla"), str(out), "--layers", "0,2", "--quiet"]
-    result = ok(hub.run([*args, "--push-to-hub", "tester/statex-gla"]))
+    """`statex-hf convert gla <Hub repo id> ... --push-to-hub` in its own process: the repo the other tests read.
+
+    The source is itself on the Hub, next to files a conversion must not download.
+    """
+    source_files = {p.name: p.read_bytes() for p in (sources / "gla").iterdir()}
+    unneeded = {"consolidated.safetensors": source_files["model.safetensors"], "pytorch_model.bin": b"not needed"}
+    hub.server.seed("tester/gla-source", {**source_files, **unneeded})
+    out, home = tmp_path_factory.mktemp("converted") / "statex-gla", hub.root / "convert-home"
+    args = ["-m", "statex_hf.cli", "convert", "gla", "tester/gla-source", str(out), "--layers", "0,2", "--quiet"]
+    result = ok(hub.run([*args, "--push-to-hub", "tester/statex-gla"], home=home))
     assert "pushed: " in result.stdout
+    downloaded = {p.name for p in home.rglob("*") if p.is_file()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= downloaded
+    assert not downloaded & set(unneeded)  # only the files a conversion needs
     return "tester/statex-gla", out
 
 

@@ -47,10 +47,19 @@ def looks_like_local_path(name: str) -> bool:
 
 
 def weight_patterns(files: list[str]) -> list[str]:
-    """The weight files to fetch: safetensors when the repo has them, else PyTorch bins (never both)."""
-    if any(f.endswith(".safetensors") for f in files):
-        return ["*.safetensors", "*.safetensors.index.json"]
-    return ["*.bin", "*.bin.index.json"]
+    """The weight files to fetch, in the order transformers prefers them; never two formats.
+
+    Only what a loader would read is fetched: a repo may also hold e.g. ``consolidated.safetensors``.
+    """
+    for single, index, shards in (
+        ("model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin"),
+    ):
+        if index in files:
+            return [index, shards]
+        if single in files:
+            return [single]
+    return []
 
 
 def resolve_source(name: str, *, with_weights: bool = True) -> Path:
