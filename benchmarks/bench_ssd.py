@@ -196,13 +196,16 @@ def measure_conv(fn, T, D, rec):
 
 
 def child_conv(Ts):
-    """conv1d over [x | B | C] at N = 512: the torch path vs what dispatch picks on CUDA."""
+    """conv1d over [x | B | C] at N = 512: the torch path vs the Triton kernel (what dispatch picks on CUDA)."""
     import torch
-    from statex_hf.kernels import dispatch
     from statex_hf.kernels.conv.causal_conv1d import causal_conv1d as torch_conv
+    from statex_hf.kernels.conv.causal_conv1d_triton import causal_conv1d_triton
+
+    def triton_conv(x, w, bias, activation):
+        return causal_conv1d_triton(x, w, bias, activation)
 
     D = H * P + 2 * G * 512
-    for name, fn in [("torch", torch_conv), ("dispatch", dispatch.causal_conv1d)]:
+    for name, fn in [("torch", torch_conv), ("triton", triton_conv)]:
         for T in Ts:
             rec = {"impl": name, "T": T, "D": D}
             try:
