@@ -28,6 +28,7 @@ from statex_hf.conversion.source import (
 )
 from statex_hf.conversion.writer import DEFAULT_MAX_SHARD_BYTES, ShardWriter, atomic_folder, check_destination
 from statex_hf.expansion import GLAExpansion, Mamba2Expansion, StateXInputError
+from statex_hf.hub import push_folder, write_remote_code
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 STATE_SPACES_TOKENIZER_HINT = "EleutherAI/gpt-neox-20b"
@@ -54,6 +55,27 @@ class ConversionReport:
     config: PretrainedConfig
     warnings: list[str] = field(default_factory=list)
     commit_url: str | None = None
+
+    def card_facts(self, model_id: str) -> CardFacts:
+        """What the model card reports; ``model_id`` is what users will pass to ``from_pretrained``."""
+        return CardFacts(
+            family=self.family,
+            source=self.source,
+            source_is_repo=not looks_like_local_path(self.source),
+            source_format=self.source_format,
+            layers=self.layers,
+            num_layers=len(self.state_before),
+            init=self.init,
+            seed=self.seed,
+            state_before=self.state_before,
+            state_after=self.state_after,
+            params_before=self.params_before,
+            params_after=self.params_after,
+            layer_params_before=self.layer_params_before,
+            layer_params_after=self.layer_params_after,
+            architecture=self.config.architectures[0],
+            model_id=model_id,
+        )
 
     def lines(self) -> list[str]:
         delta = self.params_after - self.params_before
@@ -180,8 +202,6 @@ def convert(
         if getattr(config, "dtype", None) is None and writer.dtypes:
             # Sources without a dtype in their config (state-spaces): record what the weights are.
             config.dtype = str(writer.dtypes.most_common(1)[0][0]).removeprefix("torch.")
-        from statex_hf.hub import write_remote_code
-
         write_remote_code(tmp, family, config)
         for path in tokenizer_paths:
             shutil.copy2(path, tmp / path.name)
@@ -207,29 +227,9 @@ def convert(
             config=config,
             warnings=warnings,
         )
-        facts = CardFacts(
-            family=family,
-            source=source,
-            source_is_repo=not looks_like_local_path(source),
-            source_format=ckpt.format,
-            layers=report.layers,
-            num_layers=num_layers,
-            init=init,
-            seed=seed,
-            state_before=report.state_before,
-            state_after=report.state_after,
-            params_before=report.params_before,
-            params_after=report.params_after,
-            layer_params_before=report.layer_params_before,
-            layer_params_after=report.layer_params_after,
-            architecture=config.architectures[0],
-            model_id=push_to_hub or str(output),
-        )
-        model_card(facts).save(tmp / "README.md")
+        model_card(report.card_facts(model_id=push_to_hub or str(output))).save(tmp / "README.md")
 
     if push_to_hub:
-        from statex_hf.hub import push_folder
-
         report.commit_url = push_folder(output, push_to_hub, private=private, token=token)
     return report
 
