@@ -5,6 +5,11 @@ The two request types every harness task reduces to are called directly: no task
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from eval_fixtures import word_tokenizer
@@ -12,8 +17,10 @@ from eval_fixtures import word_tokenizer
 pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
 
 from statex_hf import StateXGLAConfig, StateXGLAForCausalLM, StateXMamba2Config, StateXMamba2ForCausalLM  # noqa: E402
+from statex_hf.cli import main as statex_cli  # noqa: E402
 
 
 def _tiny_statex(kind: str, tokenizer):
@@ -91,3 +98,56 @@ def test_generate_until_continues_greedily_and_stops(checkpoint, harness):
         ids = torch.tensor([tokenizer(context)["input_ids"]])
         expected = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1] :]
         assert output.strip() == tokenizer.decode(expected, skip_special_tokens=True).strip()
+
+
+# What `lm_eval --model hf --model_args pretrained=DIR,trust_remote_code=True` does, in a process where
+# `statex_hf` cannot be imported: the converted folder's own model code must carry it.
+_HARNESS_WITHOUT_PACKAGE = """
+import json, sys
+sys.modules["statex_hf"] = None  # as if the package were not installed
+from lm_eval.api.instance import Instance
+from lm_eval.models.huggingface import HFLM
+out = {}
+for path in sys.argv[1:]:
+    lm = HFLM(pretrained=path, device="cpu", dtype="float32", batch_size=1, trust_remote_code=True)
+    ll = lm.loglikelihood([Instance("loglikelihood", {}, ("The river was slow", " and brown"), 0)])
+    until = {"until": ["</s>"], "max_gen_toks": 4}
+    gen = lm.generate_until([Instance("generate_until", {}, ("Bread begins", until), 0)])
+    out[path] = {"module": type(lm.model).__module__, "loglikelihood": ll[0][0], "generated": gen[0]}
+print(json.dumps(out))
+"""
+
+
+def _unexpanded_source(kind: str, tokenizer, path) -> None:
+    """A source checkpoint in the public format `statex-hf convert` reads (fla GLA / transformers Mamba2)."""
+    model = _tiny_statex(kind, tokenizer)
+    model.config.statex_layers = []
+    model = type(model)(model.config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    config = json.loads((path / "config.json").read_text())
+    for key in ("statex_layers", "statex_num_heads", "statex_state_size", "chunked_loss_size", "auto_map"):
+        config.pop(key, None)
+    config["model_type"] = kind
+    (path / "config.json").write_text(json.dumps(config))
+
+
+def test_converted_checkpoints_run_in_lm_eval_through_their_remote_code_alone(tmp_path):
+    tokenizer = word_tokenizer()
+    outputs = []
+    for kind in ("gla", "mamba2"):
+        _unexpanded_source(kind, tokenizer, tmp_path / f"{kind}-source")
+        assert statex_cli(["convert", kind, str(tmp_path / f"{kind}-source"), str(tmp_path / kind), "--quiet"]) == 0
+        outputs.append(str(tmp_path / kind))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    done = subprocess.run(
+        [sys.executable, "-c", _HARNESS_WITHOUT_PACKAGE, *outputs], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for path in outputs:
+        assert results[path]["module"].startswith("transformers_modules.")  # the folder's code, not statex_hf
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        expected, _ = _continuation_logprob(model, tokenizer, "The river was slow", " and brown")
+        assert results[path]["loglikelihood"] == pytest.approx(expected, abs=1e-3)
+        assert isinstance(results[path]["generated"], str)
