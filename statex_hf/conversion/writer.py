@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from statex_hf.expansion.errors import StateXInputError
 
-DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3  # transformers' save_pretrained default (5GB)
+DEFAULT_MAX_SHARD_BYTES = 5_000_000_000  # "5GB", save_pretrained's default
 
 
 def check_destination(dest: Path, overwrite: bool) -> None:
