@@ -1,7 +1,7 @@
 """Chunked gated linear attention in Triton: forward, backward, and the public ``chunk_gla``.
 
 The stages live one per file, in the order the math composes them:
-``chunk_cumsum`` (in-chunk cumulative log decay; gate gradient), ``chunk_h`` (the state carried
+``chunk_cumsum`` (in-chunk cumulative log decay and the decayed operands), ``chunk_h`` (the state carried
 across chunks), ``chunk_intra`` (decayed attention inside a chunk), ``chunk_o`` (output and its
 gradients). This file composes them into ``chunk_gla_fwd`` / ``chunk_gla_bwd`` and one autograd
 function.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 
 import torch
-from statex_hf.kernels.gla.chunk_cumsum import chunk_gla_bwd_dgk, chunk_local_cumsum
+from statex_hf.kernels.gla.chunk_cumsum import chunk_local_cumsum
 from statex_hf.kernels.gla.chunk_h import chunk_gla_bwd_dh, chunk_gla_fwd_h
 from statex_hf.kernels.gla.chunk_intra import chunk_gla_bwd_intra, chunk_gla_fwd_intra
 from statex_hf.kernels.gla.chunk_o import chunk_gla_bwd_dA, chunk_gla_bwd_dqk, chunk_gla_bwd_dv, chunk_gla_fwd_o
@@ -72,15 +72,12 @@ def chunk_gla_bwd(
     # Recomputed rather than kept from the forward: g and the decayed operands cost one elementwise
     # pass, the per-chunk states one chunk_h pass (keeping them would double the forward's memory).
     g, qg, kg = chunk_local_cumsum(q, k, gk, layout, chunk_size, scale)
-    # The final state is needed only for the gate gradient's final-state term.
-    h, ht = chunk_gla_fwd_h(kg, v, g, layout, chunk_size, initial_state, output_final_state=dht is not None)
+    h, _ = chunk_gla_fwd_h(kg, v, g, layout, chunk_size, initial_state, output_final_state=False)
     dh, dh0 = chunk_gla_bwd_dh(qg, g, do, layout, chunk_size, dht, need_dh0=initial_state is not None)
     dA = chunk_gla_bwd_dA(v, do, layout, chunk_size, scale)
     dv = chunk_gla_bwd_dv(kg, A, do, dh, layout, chunk_size)
     dq_intra, dk_intra = chunk_gla_bwd_intra(q, k, g, dA, layout, chunk_size)
-    dq, dk, dg = chunk_gla_bwd_dqk(q, k, v, g, h, do, dh, dq_intra, dk_intra, layout, chunk_size, scale)
-    carry0 = (dht.float() * ht).sum(-1) if dht is not None else None  # [N, H, K]
-    dgk = chunk_gla_bwd_dgk(dg, layout, chunk_size, carry0, gk_dtype)
+    dq, dk, dgk = chunk_gla_bwd_dqk(q, k, v, g, h, do, dh, dq_intra, dk_intra, layout, chunk_size, scale, gk_dtype)
     return dq, dk, dv, dgk, dh0
 
 

@@ -1,15 +1,8 @@
-"""Chunked GLA, gate bookkeeping: the in-chunk cumulative log decay, and the gate gradient.
+"""Chunked GLA, gate bookkeeping: the in-chunk cumulative log decay and the decayed operands.
 
-Forward: ``g = cumsum(gk)`` restarted at every chunk start (fp32), which the in-chunk stage reads,
-and the decayed operands of the inter-chunk products, ``q exp(g) scale`` and ``k exp(g_L - g)``.
-
-Backward: the log decay of token ``t`` scales every term that spans ``t``; each such term is
-``q_i (...) k_j`` with ``j < t <= i``, so with ``dq``, ``dk`` the full gradients of ``q`` and ``k``
-
-    dgk_t = sum_{s >= t} (q_s * dq_s - k_s * dk_s)  +  sum_v (dS_T * S_T)
-
-where the sums run to the end of the token's sequence and ``S_T`` is the final state (every term
-of it carries the decay of every token). The reverse sum walks each sequence's chunks backwards.
+``g = cumsum(gk)`` restarted at every chunk start (fp32), which the in-chunk stage reads, and the
+operands of the inter-chunk products, ``q exp(g) scale`` and ``k exp(g_L - g)``, formed once here
+instead of in every program that reads them. (The gate gradient is formed in ``chunk_o``.)
 """
 
 from __future__ import annotations
@@ -56,40 +49,6 @@ def chunk_local_cumsum_kernel(
     tl.store(kg + p, (b_k * tl.exp(b_gl[None, :] - b_g)).to(kg.dtype.element_ty), mask=m)
 
 
-@triton.jit
-def reverse_cumsum_kernel(
-    dg,
-    dgk,
-    carry0,
-    cu_seqlens,
-    H: tl.constexpr,
-    K: tl.constexpr,
-    BT: tl.constexpr,
-    BK: tl.constexpr,
-    USE_CARRY: tl.constexpr,
-):
-    i_k, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    nt = tl.cdiv(eos - bos, BT)
-    o_k = i_k * BK + tl.arange(0, BK)
-    m_k = o_k < K
-    b_carry = tl.zeros([BK], dtype=tl.float32)
-    if USE_CARRY:
-        b_carry += tl.load(carry0 + i_nh.to(tl.int64) * K + o_k, mask=m_k, other=0.0)
-    for i_r in range(0, nt):
-        rows = bos + (nt - 1 - i_r) * BT + tl.arange(0, BT)
-        m = (rows < eos)[:, None] & m_k[None, :]
-        p = (rows[:, None] * H + i_h) * K + o_k[None, :]
-        b_dg = tl.load(dg + p, mask=m, other=0.0)
-        b_total = tl.sum(b_dg, axis=0)
-        # Suffix sum inside the chunk: total - inclusive prefix + own term.
-        b_out = b_carry[None, :] + b_total[None, :] - tl.cumsum(b_dg, axis=0) + b_dg
-        tl.store(dgk + p, b_out.to(dgk.dtype.element_ty), mask=m)
-        b_carry += b_total
-
-
 def chunk_local_cumsum(
     q: torch.Tensor, k: torch.Tensor, gk: torch.Tensor, layout: ChunkLayout, chunk_size: int, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -103,30 +62,3 @@ def chunk_local_cumsum(
         q, k, gk, g, qg, kg, layout.cu_seqlens, layout.chunk_indices, scale, H=H, K=K, BT=chunk_size, BK=BK, num_warps=4
     )
     return g, qg, kg
-
-
-def chunk_gla_bwd_dgk(
-    dg: torch.Tensor,
-    layout: ChunkLayout,
-    chunk_size: int,
-    carry0: torch.Tensor | None,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """Suffix sums of ``dg`` (``q dq - k dk``, fp32) within each sequence, plus the final-state term."""
-    _, _, H, K = dg.shape
-    dgk = torch.empty_like(dg, dtype=dtype)
-    BK = min(64, max(16, triton.next_power_of_2(K)))
-    grid = (triton.cdiv(K, BK), layout.num_seqs * H)
-    reverse_cumsum_kernel[grid](
-        dg,
-        dgk,
-        carry0,
-        layout.cu_seqlens,
-        H=H,
-        K=K,
-        BT=chunk_size,
-        BK=BK,
-        USE_CARRY=carry0 is not None,
-        num_warps=4,
-    )
-    return dgk

@@ -9,7 +9,14 @@ Backward (``dh`` the gradient of the state after the chunk, ``g_L`` the chunk's 
     dA = scale * do v^T (lower triangle)
     dv = A^T do + (k * exp(g_L - g)) dh
     dq = scale * exp(g) * (do h^T) + dq_intra
-    dk = exp(g_L - g) * (v dh^T) + dk_intra          dg = q * dq - k * dk
+    dk = exp(g_L - g) * (v dh^T) + dk_intra
+    dgk_t = sum_{s >= t in chunk} (q_s dq_s - k_s dk_s) + sum_v S_{c+1} * dS_{c+1}
+
+The gate gradient: the log decay of token t scales every term ``q_i (...) k_j`` with ``j < t <= i``,
+so its gradient is the suffix sum of ``q dq - k dk``; past the chunk's end that suffix sum equals
+the gradient of the decay of the next chunk's first token, which scales the state ``S_{c+1}``
+after this chunk as a whole: ``sum_v S_{c+1} * dS_{c+1}``. Summing only inside the chunk keeps the
+cancellation between the two terms short (a sum over the whole sequence loses bf16 precision).
 """
 
 from __future__ import annotations
@@ -159,7 +166,7 @@ def chunk_gla_bwd_dqk_kernel(
     dk_intra,
     dq,
     dk,
-    dg,
+    dgk,
     cu_seqlens,
     chunk_indices,
     scale,
@@ -182,6 +189,7 @@ def chunk_gla_bwd_dqk_kernel(
 
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    b_hdh = tl.zeros([BK], dtype=tl.float32)  # sum_v h_c * dh_c, for the gate gradient
     for i_v in range(0, tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
@@ -196,6 +204,7 @@ def chunk_gla_bwd_dqk_kernel(
         b_dht = tl.load(dh + p_ht, mask=m_ht, other=0.0)
         b_dq += tl.dot(b_do.to(b_ht.dtype), b_ht, input_precision=DOT_PRECISION)
         b_dk += tl.dot(b_v.to(b_dht.dtype), b_dht, input_precision=DOT_PRECISION)
+        b_hdh += tl.sum(b_ht.to(tl.float32) * b_dht.to(tl.float32), axis=0)
 
     p_k = (rows[:, None] * H + i_h) * K + o_k[None, :]
     m_tk = m_t[:, None] & m_k[None, :]
@@ -204,10 +213,17 @@ def chunk_gla_bwd_dqk_kernel(
     b_q = tl.load(q + p_k, mask=m_tk, other=0.0).to(tl.float32)
     b_k = tl.load(k + p_k, mask=m_tk, other=0.0).to(tl.float32)
     b_dq = b_dq * (scale * tl.exp(b_g)) + tl.load(dq_intra + p_k, mask=m_tk, other=0.0)
-    b_dk = tl.where(m_tk, b_dk * tl.exp(b_gl[None, :] - b_g), 0.0) + tl.load(dk_intra + p_k, mask=m_tk, other=0.0)
+    b_dk_inter = tl.where(m_tk, b_dk * tl.exp(b_gl[None, :] - b_g), 0.0)
+    b_dk = b_dk_inter + tl.load(dk_intra + p_k, mask=m_tk, other=0.0)
     tl.store(dq + p_k, b_dq.to(dq.dtype.element_ty), mask=m_tk)
     tl.store(dk + p_k, b_dk.to(dk.dtype.element_ty), mask=m_tk)
-    tl.store(dg + p_k, b_q * b_dq - b_k * b_dk, mask=m_tk)
+    # Gate gradient: in-chunk suffix sum of q dq - k dk, plus the gradient of the decay at the next
+    # chunk's first token, sum_v S * dS of the state after this chunk. That state is
+    # exp(g_L) h_c + kg^T v, so the term is exp(g_L) sum_v h_c dh_c + sum_t k_t dk_inter_t.
+    b_dg = b_q * b_dq - b_k * b_dk
+    b_next = tl.exp(b_gl) * b_hdh + tl.sum(b_k * b_dk_inter, axis=0)
+    b_dgk = tl.sum(b_dg, axis=0)[None, :] - tl.cumsum(b_dg, axis=0) + b_dg + b_next[None, :]
+    tl.store(dgk + p_k, b_dgk.to(dgk.dtype.element_ty), mask=m_tk)
 
 
 def _tile(n: int, cap: int) -> int:
@@ -321,13 +337,14 @@ def chunk_gla_bwd_dqk(
     layout: ChunkLayout,
     chunk_size: int,
     scale: float,
+    gk_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """dq, dk in the inputs' dtype and ``dg = q dq - k dk`` in fp32."""
+    """dq, dk in the inputs' dtype and the gate gradient dgk in ``gk_dtype``."""
     _, _, H, K = q.shape
     V = v.shape[-1]
     BK, BV = _tile(K, 64), _tile(V, 64)
     dq, dk = torch.empty_like(q), torch.empty_like(k)
-    dg = torch.empty_like(q, dtype=torch.float32)
+    dgk = torch.empty_like(q, dtype=gk_dtype)
     grid = (triton.cdiv(K, BK), layout.num_chunks, H)
     chunk_gla_bwd_dqk_kernel[grid](
         q,
@@ -341,7 +358,7 @@ def chunk_gla_bwd_dqk(
         dk_intra,
         dq,
         dk,
-        dg,
+        dgk,
         layout.cu_seqlens,
         layout.chunk_indices,
         scale,
@@ -355,4 +372,4 @@ def chunk_gla_bwd_dqk(
         num_warps=4 if chunk_size <= 64 else 8,
         num_stages=2,
     )
-    return dq, dk, dg
+    return dq, dk, dgk
