@@ -50,11 +50,12 @@ def _chunk_scan_torch(
 
     # State passing: sequential over chunks, fp32, only [b, H, P, N] per step.
     state = x.new_zeros(b, G, K, P, N) if initial_state is None else initial_state.float().view(b, G, K, P, N)
-    chunk_decay = torch.exp(a_cum[:, :, -1])  # [b, nc, G, K]
+    chunk_decay = torch.exp(a_cum[:, :, -1])[..., None, None]  # [b, nc, G, K, 1, 1]
     entering = []
-    for c in range(nc):
+    # unbind, not [:, c]: indexing's backward would write a full-size zero tensor for every chunk.
+    for decay_c, write_c in zip(chunk_decay.unbind(1), chunk_states.unbind(1)):
         entering.append(state)
-        state = state * chunk_decay[:, c, :, :, None, None] + chunk_states[:, c]
+        state = state * decay_c + write_c
     entering = torch.stack(entering, dim=1)  # [b, nc, G, K, P, N]
 
     # Inter-chunk: y_t += exp(a_t) C_t . h_{c-1}.
