@@ -17,12 +17,18 @@ Outputs in ``--output-dir``: ``results.md`` (the table, mean +- std over seeds, 
 ``results.json`` (every number), ``{arch}_mqar.png`` / ``{arch}_passkey.png`` (accuracy against length,
 the three models), and each seed-0 model's own eval JSON and plots under ``evals/``.
 
-Full run (one H100, under 20 minutes; ``--max-minutes`` stops starting new seeds when the next one would
-not fit)::
+Full run (one H100; each (seed, architecture) unit is a few minutes; ``--max-minutes`` stops before a unit
+that would not fit, and a second invocation with the same ``--output-dir`` resumes where the first stopped)::
 
-    python benchmarks/reproduce_statex.py --output-dir benchmarks/results/reproduce_statex
+    python benchmarks/reproduce_statex.py --seeds 0,1,2 --output-dir benchmarks/results/reproduce_statex
 
-End-to-end check on CPU (one seed, tiny models, a few steps: a couple of minutes on two busy cores)::
+or one seed per job, then the report from all of them (no training)::
+
+    python benchmarks/reproduce_statex.py --seeds 0 --output-dir runs/seed0     # likewise seeds 1, 2
+    python benchmarks/reproduce_statex.py --merge runs/seed0 runs/seed1 runs/seed2 \\
+        --output-dir benchmarks/results/reproduce_statex
+
+End-to-end check on CPU (one seed, tiny models, a few steps: under a minute on two idle cores)::
 
     python benchmarks/reproduce_statex.py --tiny --output-dir /tmp/statex-tiny
 """
@@ -436,13 +442,13 @@ def _fmt(values: list[float]) -> str:
     return f"{mean:.3f} ± {std:.3f}" if len(values) > 1 else f"{mean:.3f}"
 
 
-def report(runs: dict[int, dict[str, Any]], settings: Settings, out: Path, elapsed: float, device: str) -> str:
-    """The markdown table, the verdict lines and the comparison plots."""
-    seeds = sorted(runs)
+def report(runs: dict[str, dict[str, Any]], settings: Settings, out: Path, device: str) -> str:
+    """The markdown table, the verdict lines and the comparison plots (``runs[seed][arch]``)."""
+    minutes = sum(r["seconds"] for by_arch in runs.values() for r in by_arch.values()) / 60
     lines = [
         "# StateX vs LPT in miniature",
         "",
-        f"Seeds: {', '.join(map(str, seeds))}; device: {device}; wall time {elapsed / 60:.1f} min. "
+        f"Device: {device}; {minutes:.1f} min of training and evaluation in all. "
         f"Pretraining: {settings.pretrain_steps} steps x {settings.pretrain_batch} x {settings.pretrain_length} "
         f"tokens; continuation (LPT and StateX alike): {settings.continue_steps} steps x {settings.continue_batch} "
         f"x {settings.continue_length} tokens. Values: mean ± std over seeds.",
@@ -450,12 +456,13 @@ def report(runs: dict[int, dict[str, Any]], settings: Settings, out: Path, elaps
     ]
     verdicts = []
     for arch in ARCHS:
-        if arch not in runs[seeds[0]]:
+        seeds = sorted((s for s in runs if arch in runs[s]), key=int)
+        if not seeds:
             continue
         first = runs[seeds[0]][arch]
         mqar_lengths, passkey_lengths = first["original"]["mqar_lengths"], first["original"]["passkey_lengths"]
         lines += [
-            f"## {arch} (expanded layers: {first['statex_layers']})",
+            f"## {arch}: seeds {', '.join(seeds)}; expanded layers {first['statex_layers']}",
             "",
             "| model | MQAR mean | "
             + " | ".join(f"MQAR {format_length(n)}" for n in mqar_lengths)
@@ -521,17 +528,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-minutes",
         type=float,
         default=18.0,
-        help="start another seed only if the last one's duration still fits (default 18)",
+        help="start another (seed, arch) unit only if the longest one so far still fits (default 18)",
     )
     parser.add_argument("--pretrain-steps", type=int)
     parser.add_argument("--continue-steps", type=int)
     parser.add_argument("--work-dir", type=Path, help="where checkpoints live while a seed runs (default: a temp dir)")
+    parser.add_argument("--fresh", action="store_true", help="ignore results.json in --output-dir instead of resuming")
+    parser.add_argument(
+        "--merge", type=Path, nargs="+", metavar="DIR", help="no training: merge these runs' results.json into a report"
+    )
     args = parser.parse_args(argv)
     args.seeds = [int(s) for s in (args.seeds or ("0" if args.tiny else "0,1,2")).split(",") if s.strip()]
     args.archs = [a for a in args.archs.split(",") if a.strip()]
     if not args.seeds or any(a not in ARCHS for a in args.archs):
         parser.error("--seeds needs at least one seed; --archs takes gla and/or mamba2")
     return args
+
+
+def load_runs(directory: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], str]:
+    """Settings, runs and device of an earlier results.json."""
+    payload = json.loads((directory / "results.json").read_text())
+    return payload["settings"], payload["runs"], payload["device"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -542,34 +559,59 @@ def main(argv: list[str] | None = None) -> int:
     settings = TINY if args.tiny else Settings()
     overrides = {"pretrain_steps": args.pretrain_steps, "continue_steps": args.continue_steps}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    results_file = args.output_dir / "results.json"
+
+    if args.merge:  # only the report, from runs made elsewhere (e.g. one seed per GPU job)
+        runs: dict[str, dict[str, Any]] = {}
+        for directory in args.merge:
+            merged_settings, more, device = load_runs(directory)
+            settings = Settings(**merged_settings)
+            for seed, by_arch in more.items():
+                runs.setdefault(seed, {}).update(by_arch)
+            if (directory / "evals").is_dir() and directory.resolve() != args.output_dir.resolve():
+                shutil.copytree(directory / "evals", args.output_dir / "evals", dirs_exist_ok=True)
+        results_file.write_text(json.dumps({"settings": asdict(settings), "device": device, "runs": runs}, indent=2))
+        print(report(runs, settings, args.output_dir, device))
+        return 0
+
+    runs = {}
+    if results_file.exists() and not args.fresh:  # resume: keep what an earlier invocation finished
+        earlier_settings, runs, _ = load_runs(args.output_dir)
+        if earlier_settings != json.loads(json.dumps(asdict(settings))):
+            print(f"{results_file} was made with other settings: use --fresh or another --output-dir", file=sys.stderr)
+            return 2
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
     elif args.tiny:
         # Tiny matmuls gain nothing from threads, and on a shared CPU the idle threads' spinning costs 5x.
         torch.set_num_threads(1)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    start = time.time()
-    runs: dict[int, dict[str, Any]] = {}
+    start, longest = time.time(), 0.0
     with tempfile.TemporaryDirectory(prefix="statex-repro-") as tmp:
         work = args.work_dir or Path(tmp)
-        last_round = 0.0
         for seed in args.seeds:
-            elapsed = time.time() - start
-            if runs and elapsed + last_round > args.max_minutes * 60:
-                print(f"stopping before seed {seed}: {elapsed / 60:.1f} min spent, a seed takes {last_round / 60:.1f}")
-                break
-            round_start = time.time()
-            runs[seed] = {
-                arch: run_arch(arch, seed, settings, tokenizer, work, args.output_dir, args.device)
-                for arch in args.archs
-            }
-            last_round = time.time() - round_start
-            # Write after every seed: a run cut short still leaves a report.
-            payload = {"settings": asdict(settings), "device": args.device, "runs": runs}
-            (args.output_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-            report(runs, settings, args.output_dir, time.time() - start, args.device)
-    print(report(runs, settings, args.output_dir, time.time() - start, args.device))
+            for arch in args.archs:
+                if arch in runs.get(str(seed), {}):
+                    print(f"[seed {seed}] {arch}: already in {results_file}")
+                    continue
+                elapsed = time.time() - start
+                if longest and elapsed + longest > args.max_minutes * 60:
+                    print(f"stopping before seed {seed} {arch}: {elapsed / 60:.1f} min spent, a unit takes up to "
+                          f"{longest / 60:.1f} (--max-minutes {args.max_minutes:g}); run again to resume")  # fmt: skip
+                    break
+                unit_start = time.time()
+                result = run_arch(arch, seed, settings, tokenizer, work, args.output_dir, args.device)
+                result["seconds"] = time.time() - unit_start
+                longest = max(longest, result["seconds"])
+                runs.setdefault(str(seed), {})[arch] = result
+                # Written after every unit: a run cut short keeps what it finished, and the next one resumes.
+                payload = {"settings": asdict(settings), "device": args.device, "runs": runs}
+                results_file.write_text(json.dumps(payload, indent=2) + "\n")
+            else:
+                continue
+            break
+    print(report(runs, settings, args.output_dir, args.device))
     return 0
 
 
