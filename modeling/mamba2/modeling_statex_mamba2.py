@@ -140,22 +140,33 @@ class StateXMamba2Mixer(nn.Module):
             # Step size 0 at a padding token: the state neither decays nor takes a write there.
             dt = discretize_dt(dt, self.dt_bias, True, self.time_step_limit) * mask
             dt_bias, dt_softplus, dt_limit = None, False, (0.0, float("inf"))
+        x = x.reshape(batch, seqlen, self.num_heads, self.head_dim)
+        B = B.reshape(batch, seqlen, self.n_groups, self.ssm_state_size)
+        C = C.reshape(batch, seqlen, self.n_groups, self.ssm_state_size)
         initial_state = cache.recurrent_states[self.layer_idx] if cache is not None else None
-        y, final_state = dispatch.ssd(
-            x.reshape(batch, seqlen, self.num_heads, self.head_dim),
-            dt,
-            A,
-            B.reshape(batch, seqlen, self.n_groups, self.ssm_state_size),
-            C.reshape(batch, seqlen, self.n_groups, self.ssm_state_size),
-            D=self.D,
-            dt_bias=dt_bias,
-            dt_softplus=dt_softplus,
-            dt_limit=dt_limit,
-            initial_state=initial_state,
-            output_final_state=cache is not None,
-            cu_seqlens=cu_seqlens,
-            chunk_size=self.chunk_size,
-        )
+        if initial_state is not None and seqlen == 1:
+            # Decode: update the cached state in place (one read and one write of the state).
+            state = initial_state.float().contiguous()
+            y = dispatch.ssd_state_update(
+                state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], self.D, dt_bias, dt_softplus, dt_limit
+            )[:, None]
+            final_state = state
+        else:
+            y, final_state = dispatch.ssd(
+                x,
+                dt,
+                A,
+                B,
+                C,
+                D=self.D,
+                dt_bias=dt_bias,
+                dt_softplus=dt_softplus,
+                dt_limit=dt_limit,
+                initial_state=initial_state,
+                output_final_state=cache is not None,
+                cu_seqlens=cu_seqlens,
+                chunk_size=self.chunk_size,
+            )
         if cache is not None:
             cache.recurrent_states[self.layer_idx] = final_state
             cache.conv_states[self.layer_idx] = conv_state
