@@ -88,6 +88,18 @@ def test_expanded_mamba_ssm_checkpoint_loads_and_generates(sources, tmp_path):
     assert out.shape == (1, 6)
 
 
+def test_reported_parameter_growth_is_the_count_and_the_formula(sources, tmp_path):
+    from statex_hf.conversion import convert as convert_api
+
+    tokenizer = str(sources["gla"][0])
+    report = convert_api("mamba2", str(sources["mamba-ssm"][0]), tmp_path / "o", tokenizer=tokenizer, progress=False)
+    g, n, n_new, d_model, kernel = 2, 8, 32, 16, 4  # the tiny mamba_ssm source, default 4x state
+    formula = len(report.layers) * 2 * g * (n_new - n) * (d_model + kernel + 1)  # + conv bias, no in_proj bias
+    assert report.layers == [0, 1, 2, 3]
+    assert report.params_after - report.params_before == report.params_formula_delta == formula
+    assert report.state_after[0] == 4 * report.state_before[0]
+
+
 def test_sharded_output_has_an_index_and_loads(sources, tmp_path):
     folder, _ = sources["gla-sharded"]
     assert convert("gla", folder, tmp_path / "out", "--max-shard-size", "100KB") == 0

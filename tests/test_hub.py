@@ -252,7 +252,7 @@ def test_model_push_to_hub_on_the_class_is_one_commit(hub, pushed_gla, tmp_path)
     """
     ok(hub.python(code))
     assert len(hub.server.commits(repo)) == 2
-    assert "model.safetensors" in hub.server.files(repo)
+    assert {"model.safetensors", "config.json", "README.md"} <= set(hub.server.files(repo))
 
 
 def test_wrong_token_is_refused(hub, tmp_path):
