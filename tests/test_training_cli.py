@@ -5,11 +5,21 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from statex_hf.cli import main
 from statex_hf.training.demo import build_source, build_tokenizer, corpus_texts, expand, source_config
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread is faster than two fighting over a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_posttrain_command_trains_a_saved_model_on_jsonl_and_saves_it(tmp_path, capsys):
@@ -43,7 +53,7 @@ def test_demo_runs_offline_and_says_what_it_did(tmp_path):
     out = tmp_path / "demo"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     result = subprocess.run(
-        [sys.executable, "-m", "statex_hf.cli", "demo", str(out), "--steps", "6"],
+        [sys.executable, "-m", "statex_hf.cli", "demo", str(out)],  # the README's command, defaults
         capture_output=True,
         text=True,
         env=env,
@@ -55,7 +65,9 @@ def test_demo_runs_offline_and_says_what_it_did(tmp_path):
         said = [line for line in lines if line.startswith(f"[{family}]")]
         assert len(said) == 4, lines
         assert "expanded layers [0, 2]" in said[0] and "recurrent state" in said[0]
-        assert said[1].startswith(f"[{family}] post-trained 6 steps: loss ")
+        assert said[1].startswith(f"[{family}] post-trained 60 steps: loss ")
+        first, last = (float(x) for x in said[1].split("loss ")[1].split(" (")[0].split(" -> "))
+        assert last < first - 1.0, said[1]
         assert said[2].startswith(f'[{family}] sample: "The key to the garden shed is')
         assert said[3] == f"[{family}] saved to {out / family}"
         model = AutoModelForCausalLM.from_pretrained(out / family)

@@ -14,6 +14,16 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from statex_hf.training import posttrain
 from statex_hf.training.families import layout_of
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread is faster than two fighting over a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 SEQ = 24
 # Fast settings for a few steps; the recipe's optimizer (AdamW 0.9/0.95, wd 0.1, clip 1.0) stays.
 FAST = dict(

@@ -129,7 +129,9 @@ def state_per_layer(model, layer_idx: int) -> int:
     return int(config.expand * config.hidden_size) * config.layer_state_size(layer_idx)
 
 
-def run_family(family: str, tokenizer, output_dir: str, steps: int, seq_len: int, batch_size: int) -> DemoResult:
+def run_family(
+    family: str, tokenizer, output_dir: str, steps: int, seq_len: int, batch_size: int, learning_rate: float
+) -> DemoResult:
     import torch
 
     from statex_hf.training.posttrain import posttrain
@@ -151,7 +153,9 @@ def run_family(family: str, tokenizer, output_dir: str, steps: int, seq_len: int
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=1,
         max_steps=steps,
-        learning_rate=3e-3,
+        learning_rate=learning_rate,
+        # A model this small needs no activation checkpointing; recomputing would only cost time.
+        gradient_checkpointing=False,
         warmup_steps=max(1, steps // 10),
         logging_steps=1,
         save_strategy="no",
@@ -192,10 +196,11 @@ def describe(result: DemoResult) -> list[str]:
 
 def demo(
     output_dir: str = "statex-demo",
-    steps: int = 30,
+    steps: int = 60,
     seq_len: int = 64,
     batch_size: int = 4,
     families: tuple[str, ...] = ("gla", "mamba2"),
+    learning_rate: float = 1e-2,
 ) -> list[DemoResult]:
     """Run the demo; writes ``output_dir/<family>`` and prints what it did. Returns one result per family."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -207,11 +212,27 @@ def demo(
     datasets.disable_progress_bars()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # save_pretrained's shard bar; the demo keeps its own bars
+    # The demo's tensors are tiny: one thread is faster than several (synchronization costs more
+    # than it saves, and far more on a shared 2-core machine, where spinning threads fight).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _demo(output_dir, steps, seq_len, batch_size, families, learning_rate)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _demo(
+    output_dir: str, steps: int, seq_len: int, batch_size: int, families: tuple[str, ...], learning_rate: float
+) -> list[DemoResult]:
+    import torch
+
     start = time.perf_counter()
     texts = corpus_texts()
     tokenizer = build_tokenizer(texts)
     tokens = sum(len(ids) for ids in tokenizer(texts)["input_ids"])
-    device = "GPU" if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    device = "GPU" if torch.cuda.is_available() else f"CPU, {threads} thread{'s' if threads > 1 else ''}"
     print(f"StateX demo ({device}): build a small source model, expand its state, post-train, generate, save.")
     print(
         f"data: {DEMO_CORPUS} shipped in statex_hf/data ({len(texts)} documents, {tokens:,} tokens; "
@@ -220,7 +241,8 @@ def demo(
     )
     results = []
     for family in families:
-        result = run_family(family, tokenizer, os.path.join(output_dir, family), steps, seq_len, batch_size)
+        out = os.path.join(output_dir, family)
+        result = run_family(family, tokenizer, out, steps, seq_len, batch_size, learning_rate)
         for line in describe(result):
             print(line)
         results.append(result)
@@ -236,16 +258,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="offline demo: build, expand, post-train and sample small GLA and Mamba2 models (CPU, ~1-2 min)",
     )
     p.add_argument("output_dir", nargs="?", default="statex-demo", help="where to save (default ./statex-demo)")
-    p.add_argument("--steps", type=int, default=30, help="post-training steps per model (default 30)")
+    p.add_argument("--steps", type=int, default=60, help="post-training steps per model (default 60)")
     p.add_argument("--seq-len", type=int, default=64, help="tokens per packed sequence (default 64)")
     p.add_argument("--batch-size", type=int, default=4, help="sequences per step (default 4)")
+    p.add_argument("--learning-rate", type=float, default=1e-2, help="peak learning rate (default 1e-2)")
     p.add_argument("--family", choices=("gla", "mamba2"), action="append", help="only this family (repeatable)")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     families = tuple(args.family) if args.family else ("gla", "mamba2")
-    demo(args.output_dir, steps=args.steps, seq_len=args.seq_len, batch_size=args.batch_size, families=families)
+    demo(
+        args.output_dir,
+        steps=args.steps,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        families=families,
+        learning_rate=args.learning_rate,
+    )
     return 0
 
 
