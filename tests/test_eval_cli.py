@@ -85,3 +85,11 @@ def test_mqar_writes_results_and_line_plot(checkpoint, tmp_path, capsys):
     results = json.loads((tmp_path / "mqar.json").read_text())
     assert results["num_pairs"] == [2, 4] and len(results["accuracy"]) == 2
     assert (tmp_path / "fig.png").stat().st_size > 5000
+
+
+def test_default_output_is_named_after_the_task(checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["eval", "niah", str(checkpoint), "--task", "passkey", "--lengths", "200", "--depths", "0.5"]
+    code, out, err = _run([*argv, "--samples", "1", "--no-progress"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "passkey.json").is_file() and (tmp_path / "passkey.png").is_file()

@@ -83,9 +83,7 @@ def _add_common(parser: argparse.ArgumentParser, default_output: str, batch_size
         default=65536,
         help="most tokens per forward; long lengths get smaller batches (default 65536)",
     )
-    parser.add_argument(
-        "--output", type=Path, default=Path(default_output), help=f"results JSON (default {default_output})"
-    )
+    parser.add_argument("--output", type=Path, help=f"results JSON (default {default_output} in the current directory)")
     plot = parser.add_mutually_exclusive_group()
     plot.add_argument("--plot", type=Path, help="figure path (default: the output path with .png)")
     plot.add_argument("--no-plot", action="store_true", help="write no figure")
@@ -108,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Needle-in-a-haystack (--task niah) or passkey (--task passkey) retrieval with the model's own "
         "tokenizer and the haystack text shipped in the package; greedy decoding, exact match.",
     )
-    _add_common(niah, "niah.json", batch_size=8)
+    _add_common(niah, "TASK.json", batch_size=8)
     niah.add_argument("--task", choices=["niah", "passkey"], default="niah", help="needle kind (default niah)")
     niah.add_argument(
         "--lengths",
@@ -173,6 +171,7 @@ def _run(args: argparse.Namespace, check: Any, evaluate: Any) -> int:
 
         logging.disable_progress_bar()
     samples = args.samples or args.samples_default
+    args.output = args.output or Path(f"{getattr(args, 'task', args.eval_command)}.json")
     try:
         tokenizer = load_tokenizer(args.model, args.tokenizer, args.trust_remote_code)
     except (OSError, ValueError) as error:  # missing directory, unknown repo, no tokenizer files
