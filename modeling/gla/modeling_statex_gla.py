@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from statex_hf.kernels import dispatch
 from statex_hf.modeling.cache import StateXRecurrentCache
+from statex_hf.modeling.causal_lm import StateXCausalLMMixin, causal_lm_head
 from statex_hf.modeling.generation import StateXGenerationMixin
 from statex_hf.modeling.gla.configuration_statex_gla import StateXGLAConfig
-from statex_hf.modeling.lm_head import causal_lm_head
-from statex_hf.modeling.packing import cu_seqlens_from_kwargs
+from statex_hf.modeling.recurrent_run import start_recurrent_run
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
@@ -258,39 +258,21 @@ class StateXGLAModel(StateXGLAPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids or inputs_embeds")
-        if inputs_embeds is None:
-            inputs_embeds = self.embeddings(input_ids)
-        batch, seqlen, width = inputs_embeds.shape
-
-        cu_seqlens = cu_seqlens_from_kwargs(position_ids, kwargs)
-        if cu_seqlens is not None and (use_cache or past_key_values is not None):
-            logger.warning_once("Packed sequences (position_ids restarting at 0) are run without a cache.")
-            use_cache, past_key_values = False, None
-        if self.gradient_checkpointing and self.training and use_cache:
-            use_cache = False
-        if use_cache and past_key_values is None:
-            past_key_values = StateXRecurrentCache(self.config.num_hidden_layers)
-        cache = past_key_values if use_cache else None
-        if attention_mask is not None and bool(attention_mask[:, -seqlen:].all()):
-            attention_mask = None
-
-        hidden_states = inputs_embeds
-        if cu_seqlens is not None:  # all documents of the batch as one packed row
-            hidden_states = hidden_states.reshape(1, batch * seqlen, width)
+        run = start_recurrent_run(
+            self, input_ids, inputs_embeds, past_key_values, use_cache, attention_mask, position_ids, kwargs
+        )
+        hidden_states, cache = run.hidden_states, run.cache
         all_hidden_states = () if output_hidden_states else None
         for layer in self.layers:
-            if output_hidden_states:
-                all_hidden_states += (hidden_states.view(batch, seqlen, width),)
-            hidden_states = layer(hidden_states, attention_mask, cache, cu_seqlens)
-        hidden_states = self.norm(hidden_states).view(batch, seqlen, width)
+            if output_hidden_states:  # fla's convention: each layer's input, then the final output
+                all_hidden_states += (run.unpacked(hidden_states),)
+            hidden_states = layer(hidden_states, run.attention_mask, cache, run.cu_seqlens)
+        hidden_states = run.unpacked(self.norm(hidden_states))
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
         if cache is not None:
-            cache.seen_tokens += seqlen
+            cache.seen_tokens += run.shape[1]
 
         if not return_dict:
             return tuple(x for x in (hidden_states, cache, all_hidden_states) if x is not None)
@@ -299,7 +281,7 @@ class StateXGLAModel(StateXGLAPreTrainedModel):
         )
 
 
-class StateXGLAForCausalLM(StateXGLAPreTrainedModel, StateXGenerationMixin):
+class StateXGLAForCausalLM(StateXGLAPreTrainedModel, StateXCausalLMMixin, StateXGenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"}
     cache_name = "past_key_values"
 
@@ -309,21 +291,6 @@ class StateXGLAForCausalLM(StateXGLAPreTrainedModel, StateXGenerationMixin):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embeddings = value
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
-        self.lm_head = new_embeddings
-
-    def get_decoder(self) -> StateXGLAModel:
-        return self.model
 
     def forward(
         self,

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from statex_hf.kernels import dispatch
 from statex_hf.kernels.ssd.naive import discretize_dt
 from statex_hf.modeling.cache import StateXRecurrentCache
+from statex_hf.modeling.causal_lm import StateXCausalLMMixin, causal_lm_head
 from statex_hf.modeling.generation import StateXGenerationMixin
-from statex_hf.modeling.lm_head import causal_lm_head
 from statex_hf.modeling.mamba2.configuration_statex_mamba2 import StateXMamba2Config
-from statex_hf.modeling.packing import cu_seqlens_from_kwargs
+from statex_hf.modeling.recurrent_run import start_recurrent_run
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -281,46 +281,28 @@ class StateXMamba2Model(StateXMamba2PreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids or inputs_embeds")
-        if inputs_embeds is None:
-            inputs_embeds = self.embeddings(input_ids)
-        batch, seqlen, width = inputs_embeds.shape
-
-        cu_seqlens = cu_seqlens_from_kwargs(position_ids, kwargs)
-        if cu_seqlens is not None and (use_cache or cache_params is not None):
-            logger.warning_once("Packed sequences (position_ids restarting at 0) are run without a cache.")
-            use_cache, cache_params = False, None
-        if self.gradient_checkpointing and self.training and use_cache:
-            use_cache = False
-        if use_cache and cache_params is None:
-            cache_params = StateXRecurrentCache(self.config.num_hidden_layers)
-        cache = cache_params if use_cache else None
-        if attention_mask is not None and bool(attention_mask[:, -seqlen:].all()):
-            attention_mask = None
-
-        hidden_states = inputs_embeds
-        if cu_seqlens is not None:  # all documents of the batch as one packed row
-            hidden_states = hidden_states.reshape(1, batch * seqlen, width)
+        run = start_recurrent_run(
+            self, input_ids, inputs_embeds, cache_params, use_cache, attention_mask, position_ids, kwargs
+        )
+        hidden_states, cache = run.hidden_states, run.cache
         all_hidden_states = () if output_hidden_states else None
         for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_mask, cache, cu_seqlens)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states.view(batch, seqlen, width),)
-        hidden_states = self.norm_f(hidden_states).view(batch, seqlen, width)
+            hidden_states = layer(hidden_states, run.attention_mask, cache, run.cu_seqlens)
+            if output_hidden_states:  # transformers' Mamba2 convention: each layer's output, then the final
+                all_hidden_states += (run.unpacked(hidden_states),)
+        hidden_states = run.unpacked(self.norm_f(hidden_states))
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
         if cache is not None:
-            cache.seen_tokens += seqlen
+            cache.seen_tokens += run.shape[1]
 
         if not return_dict:
             return tuple(x for x in (hidden_states, cache, all_hidden_states) if x is not None)
         return StateXMamba2Output(last_hidden_state=hidden_states, cache_params=cache, hidden_states=all_hidden_states)
 
 
-class StateXMamba2ForCausalLM(StateXMamba2PreTrainedModel, StateXGenerationMixin):
+class StateXMamba2ForCausalLM(StateXMamba2PreTrainedModel, StateXCausalLMMixin, StateXGenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
     # transformers' generate passes the cache as `cache_params` to classes named "...Mamba...".
     cache_name = "cache_params"
@@ -330,21 +312,6 @@ class StateXMamba2ForCausalLM(StateXMamba2PreTrainedModel, StateXGenerationMixin
         self.backbone = StateXMamba2Model(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.backbone.embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.backbone.embeddings = value
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
-        self.lm_head = new_embeddings
-
-    def get_decoder(self) -> StateXMamba2Model:
-        return self.backbone
 
     def forward(
         self,
