@@ -72,7 +72,10 @@ def pack_dataset(
             "(--text-column) naming the column that holds the documents"
         )
     if not pretokenized and tokenizer is None:
-        raise ValueError("a tokenizer is needed to tokenize the text column")
+        raise ValueError(
+            "a tokenizer is needed to tokenize the text column and none was found with the model; "
+            "pass tokenizer= (--tokenizer NAME_OR_PATH)"
+        )
 
     def pack(batch: dict[str, list]) -> dict[str, list[list[int]]]:
         docs = batch["input_ids"] if pretokenized else tokenize_documents(batch[text_column], tokenizer)
