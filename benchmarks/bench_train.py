@@ -60,7 +60,12 @@ def build(family: str, expanded: bool) -> torch.nn.Module:
     with torch.device("cuda"):
         model = model_class(config)
     model.train()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # transformers 5.2x renamed gradient checkpointing to activation checkpointing; take either.
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 
