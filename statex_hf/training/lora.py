@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from statex_hf.training.families import expanded_layers, layout_of
+
+if TYPE_CHECKING:  # peft is imported when LoRA is used, so the rest of training works without it
+    from peft import LoraConfig, PeftModel
 
 
 def default_lora_config(
@@ -34,6 +37,8 @@ def default_lora_config(
         target_modules: ``nn.Linear`` names to adapt; the family's default when ``None``.
         train_expanded: train the expanded layers' token mixers in full rather than through LoRA.
     """
+    from peft import LoraConfig
+
     layout = layout_of(model)
     targets = tuple(target_modules) if target_modules else layout.lora_targets
     modules_to_save: list[str] = []
@@ -60,6 +65,8 @@ def default_lora_config(
 
 def apply_lora(model: nn.Module, config: LoraConfig | None = None, **kwargs) -> PeftModel:
     """Wrap ``model`` in a peft ``PeftModel`` (``config`` or ``default_lora_config(model, **kwargs)``)."""
+    from peft import get_peft_model
+
     return get_peft_model(model, config if config is not None else default_lora_config(model, **kwargs))
 
 
