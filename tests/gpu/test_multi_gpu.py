@@ -1,10 +1,15 @@
 """``statex-hf posttrain`` under ``accelerate launch`` on 2 GPUs (DDP and FSDP) trains like one GPU.
 
 The same small expanded model, data and global batch (4 sequences: 4 on one GPU, 2 + 2 on two)
-for a few steps; the logged loss of every step must match the one-GPU run. Needs 2 CUDA devices
-and the package's dependencies (peft, datasets) on the machine:
+for a few steps; the logged loss of every step must match the one-GPU run. Needs 2 CUDA devices,
+accelerate, and ``datasets`` (peft is not needed). A machine without ``datasets`` takes it as
+wheels (``pip download --no-deps`` of datasets, pyarrow, dill, multiprocess, xxhash and whatever
+``pip check`` names there), then:
 
+    pip install --no-deps --no-build-isolation -e .
     STATEX_GPU_TESTS=1 python -m pytest tests/gpu/test_multi_gpu.py -q
+
+The same DDP claim runs on CPU in CI (``tests/test_training_distributed.py``, two processes over gloo).
 """
 
 import json
