@@ -187,6 +187,12 @@ def _run(args: argparse.Namespace, check: Any, evaluate: Any) -> int:
     return evaluate(model, tokenizer, samples)
 
 
+def _display_name(model: str) -> str:
+    """A Hub id as is; a local folder by its last two path parts (plot titles, JSON)."""
+    path = Path(model).expanduser()
+    return "/".join(path.resolve().parts[-2:]) if path.is_dir() else model
+
+
 def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
@@ -205,7 +211,7 @@ def _run_niah(args: argparse.Namespace) -> int:
         results = run_niah(
             model, tokenizer, task=args.task, lengths=args.lengths, depths=args.depths, samples=samples,
             seed=args.seed, batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
-            progress=not args.no_progress, model_name=args.model,
+            progress=not args.no_progress, model_name=_display_name(args.model),
         )  # fmt: skip
         _write(results, args)
         if (plot := _plot_path(args)) is not None:
@@ -229,7 +235,7 @@ def _run_mqar(args: argparse.Namespace) -> int:
         results = run_mqar(
             model, tokenizer, num_pairs=args.num_pairs, lengths=args.lengths, samples=samples, seed=args.seed,
             batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, progress=not args.no_progress,
-            model_name=args.model,
+            model_name=_display_name(args.model),
         )  # fmt: skip
         _write(results, args)
         if (plot := _plot_path(args)) is not None:
