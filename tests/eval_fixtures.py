@@ -59,6 +59,21 @@ def bpe_tokenizer() -> PreTrainedTokenizerFast:
     return _wrap(tokenizer)
 
 
+@functools.cache
+def metaspace_tokenizer() -> PreTrainedTokenizerFast:
+    """SentencePiece style (Llama / Mistral: ``▁`` marks a word start, digits split), prepends <s>."""
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Metaspace(prepend_scheme="first"), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    tokenizer.decoder = decoders.Metaspace(prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=1200, special_tokens=SPECIAL)
+    tokenizer.train_from_iterator(_training_text(), trainer)
+    bos = tokenizer.token_to_id("<s>")
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    return _wrap(tokenizer)
+
+
 def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
     """A randomly initialized two-layer Llama: a real AutoModelForCausalLM that recalls nothing."""
     torch.manual_seed(seed)

@@ -6,12 +6,12 @@ import math
 import random
 
 import pytest
-from eval_fixtures import InductionCopier, bpe_tokenizer, tiny_llama, word_tokenizer
+from eval_fixtures import InductionCopier, bpe_tokenizer, metaspace_tokenizer, tiny_llama, word_tokenizer
 
 from statex_hf.eval import MqarVocabulary, build_mqar_sample, plot_mqar, run_mqar
 from statex_hf.eval.mqar import prefix_ids
 
-TOKENIZERS = {"word": word_tokenizer, "bpe": bpe_tokenizer}
+TOKENIZERS = {"word": word_tokenizer, "bpe": bpe_tokenizer, "metaspace": metaspace_tokenizer}
 
 
 @pytest.fixture(params=sorted(TOKENIZERS), scope="module")

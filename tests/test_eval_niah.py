@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from eval_fixtures import InductionCopier, bpe_tokenizer, tiny_llama, word_tokenizer
+from eval_fixtures import InductionCopier, bpe_tokenizer, metaspace_tokenizer, tiny_llama, word_tokenizer
 
 from statex_hf.eval import (
     TokenizedHaystack,
@@ -18,7 +18,7 @@ from statex_hf.eval import (
 )
 from statex_hf.eval.haystack import haystack_text
 
-TOKENIZERS = {"word": word_tokenizer, "bpe": bpe_tokenizer}
+TOKENIZERS = {"word": word_tokenizer, "bpe": bpe_tokenizer, "metaspace": metaspace_tokenizer}
 
 
 @pytest.fixture(params=sorted(TOKENIZERS), scope="module")
