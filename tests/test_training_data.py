@@ -119,3 +119,9 @@ def test_recipe_defaults_are_the_papers_and_every_one_can_be_overridden(tmp_path
     assert (args.gradient_accumulation_steps, args.max_steps) == (128, 10)
     with pytest.raises(ValueError, match="unknown TrainingArguments"):
         recipe_training_arguments(str(tmp_path), learnig_rate=1.0)
+
+
+def test_under_fsdp_the_recipe_checkpoints_inside_fsdp(tmp_path):
+    args = recipe_training_arguments(str(tmp_path), fsdp=True, fsdp_config={"transformer_layer_cls_to_wrap": ["B"]})
+    assert not getattr(args, CHECKPOINTING)
+    assert args.fsdp_config["activation_checkpointing"] and args.fsdp_config["transformer_layer_cls_to_wrap"] == ["B"]

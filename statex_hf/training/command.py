@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {name: getattr(args, name) for name in _RECIPE_FLAGS if getattr(args, name) is not None}
     if args.bf16 is not None:
         overrides["bf16"] = args.bf16
-    overrides["gradient_checkpointing"] = args.gradient_checkpointing
+    if not args.gradient_checkpointing:
+        overrides["gradient_checkpointing"] = False
     overrides.update(dict(args.training_args))
     lora: bool | dict = False
     if args.lora:

@@ -97,7 +97,19 @@ def recipe_training_arguments(
         save_total_limit=2,
         report_to="none",
     )
-    fields.update({_checkpointing_name(name): value for name, value in overrides.items()})
+    overrides = {_checkpointing_name(name): value for name, value in overrides.items()}
+    fields.update(overrides)
+    fsdp_config = fields.get("fsdp_config")
+    if (
+        fields.get("fsdp")
+        and fields[CHECKPOINTING]
+        and CHECKPOINTING not in overrides
+        and not isinstance(fsdp_config, str)
+    ):
+        # Under FSDP, checkpoint inside FSDP's own wrappers: the Trainer's checkpointing would
+        # gather every layer's weights once more in the backward pass.
+        fields[CHECKPOINTING] = False
+        fields["fsdp_config"] = {"activation_checkpointing": True, **(fsdp_config or {})}
     per_device = int(fields["per_device_train_batch_size"])
     if "gradient_accumulation_steps" not in overrides:
         fields["gradient_accumulation_steps"] = gradient_accumulation_for(
