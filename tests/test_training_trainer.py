@@ -228,3 +228,15 @@ def test_lora_merge_writes_a_plain_model_that_loads_with_auto(tmp_path):
 def test_lora_and_freeze_together_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="LoRA already freezes"):
         posttrain(model("gla", [0]), documents(), str(tmp_path), lora=True, freeze="mixers", **FAST)
+
+
+def test_streamed_text_trains_for_max_steps_and_needs_them(tmp_path):
+    from statex_hf.training.demo import build_tokenizer, corpus_path, corpus_texts
+
+    tokenizer = build_tokenizer(corpus_texts(), vocab_size=VOCAB + 256)
+    net = model("gla", [0], vocab_size=len(tokenizer))
+    args = dict(FAST, seq_len=32)
+    trainer = posttrain(net, corpus_path(), str(tmp_path), tokenizer=tokenizer, streaming=True, max_steps=3, **args)
+    assert trainer.state.global_step == 3 and len(losses(trainer)) == 3
+    with pytest.raises(ValueError, match="streaming data has no length"):
+        posttrain(net, corpus_path(), str(tmp_path), tokenizer=tokenizer, streaming=True, **args)
