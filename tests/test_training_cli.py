@@ -49,6 +49,28 @@ def test_posttrain_command_trains_a_saved_model_on_jsonl_and_saves_it(tmp_path, 
     assert len(json.loads((out / "trainer_state.json").read_text())["log_history"]) >= 2
 
 
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
+    tokenizer = build_tokenizer(corpus_texts(), vocab_size=300)
+    config = source_config("gla", len(tokenizer), tokenizer.eos_token_id)
+    build_source("gla", config).save_pretrained(tmp_path / "model")  # not expanded
+    tokenizer.save_pretrained(tmp_path / "model")
+    data = tmp_path / "docs.txt"
+    data.write_text(corpus_texts()[0])
+    cases = [
+        ([str(tmp_path / "model"), str(tmp_path / "missing.jsonl")], "no such file or directory"),
+        ([str(tmp_path / "model"), str(data), "--freeze", "expanded"], "statex_layers is empty"),
+        ([str(tmp_path / "nomodel"), str(data)], "cannot load the model"),
+        ([str(tmp_path / "model"), str(data), "--streaming"], "streaming data has no length"),
+    ]
+    capsys.readouterr()
+    for argv, message in cases:
+        assert main(["posttrain", *argv, str(tmp_path / "out"), "--seq-len", "16", "--no-bf16"]) == 2
+        err = capsys.readouterr().err
+        said = [line for line in err.splitlines() if line.startswith("statex-hf")]
+        assert "Traceback" not in err and len(said) == 1 and message in said[0], err[-2000:]
+        assert said[0].startswith("statex-hf posttrain: error: ")
+
+
 def test_demo_runs_offline_and_says_what_it_did(tmp_path):
     out = tmp_path / "demo"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))

@@ -7,6 +7,7 @@ on their own with a plain ``Trainer``.
 
 from statex_hf.training.collator import PackedCollator
 from statex_hf.training.data import load_text_dataset
+from statex_hf.training.errors import PosttrainDataNotFound, PosttrainInputError
 from statex_hf.training.freezing import FREEZE_MODES, apply_freeze
 from statex_hf.training.lora import apply_lora, default_lora_config
 from statex_hf.training.packing import pack_dataset, pack_documents
@@ -17,6 +18,8 @@ __all__ = [
     "FREEZE_MODES",
     "PAPER_TRAINING_ARGS",
     "PackedCollator",
+    "PosttrainDataNotFound",
+    "PosttrainInputError",
     "apply_freeze",
     "apply_lora",
     "default_lora_config",

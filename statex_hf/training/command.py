@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
+from statex_hf.training.errors import PosttrainInputError
 from statex_hf.training.freezing import FREEZE_MODES
 from statex_hf.training.recipe import PAPER_BATCH_TOKENS, PAPER_SEQ_LEN, PAPER_TRAINING_ARGS
 
@@ -113,8 +115,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from statex_hf.training.posttrain import posttrain
-
     overrides: dict[str, Any] = {name: getattr(args, name) for name in _RECIPE_FLAGS if getattr(args, name) is not None}
     if args.bf16 is not None:
         overrides["bf16"] = args.bf16
@@ -134,7 +134,23 @@ def run(args: argparse.Namespace) -> int:
     chunk: int | str | None = "auto"
     if args.chunked_loss_size is not None:
         chunk = args.chunked_loss_size or None
-    trainer = posttrain(
+    try:
+        trainer = _posttrain(args, overrides, lora, chunk)
+    except PosttrainInputError as err:
+        print(f"statex-hf posttrain: error: {err}", file=sys.stderr)
+        return 2
+    if trainer.is_world_process_zero():
+        state = trainer.state
+        losses = [log["loss"] for log in state.log_history if "loss" in log]
+        last = f", last logged loss {losses[-1]:.4f}" if losses else ""
+        print(f"post-trained {state.global_step} steps{last}; saved to {args.output_dir}")
+    return 0
+
+
+def _posttrain(args: argparse.Namespace, overrides: dict[str, Any], lora: bool | dict, chunk: int | str | None):
+    from statex_hf.training.posttrain import posttrain
+
+    return posttrain(
         args.model,
         args.data,
         args.output_dir,
@@ -155,12 +171,6 @@ def run(args: argparse.Namespace) -> int:
         resume_from_checkpoint=args.resume,
         **overrides,
     )
-    if trainer.is_world_process_zero():
-        state = trainer.state
-        losses = [log["loss"] for log in state.log_history if "loss" in log]
-        last = f", last logged loss {losses[-1]:.4f}" if losses else ""
-        print(f"post-trained {state.global_step} steps{last}; saved to {args.output_dir}")
-    return 0
 
 
 __all__ = ["register", "run"]

@@ -13,6 +13,8 @@ from collections import Counter
 
 from datasets import Dataset, IterableDataset, load_dataset
 
+from statex_hf.training.errors import PosttrainDataNotFound, PosttrainInputError
+
 # File extension -> ``datasets`` packaged builder.
 BUILDERS = {
     ".txt": "text",
@@ -46,14 +48,14 @@ def local_data_files(data: str) -> list[str] | None:
             if _extension(name) in BUILDERS and not name.startswith(".")
         )
         if not files:
-            raise FileNotFoundError(f"{data}: no data files ({', '.join(sorted(BUILDERS))}) in this directory")
+            raise PosttrainDataNotFound(f"{data}: no data files ({', '.join(sorted(BUILDERS))}) in this directory")
         return files
     if os.path.isfile(data):
         return [data]
     if glob.has_magic(data):
         files = sorted(glob.glob(data, recursive=True))
         if not files:
-            raise FileNotFoundError(f"{data}: the pattern matches no file")
+            raise PosttrainDataNotFound(f"{data}: the pattern matches no file")
         return files
     return None
 
@@ -71,9 +73,9 @@ def builder_for(files: list[str]) -> str:
     kinds = Counter(BUILDERS.get(_extension(f)) for f in files)
     if None in kinds:
         bad = next(f for f in files if BUILDERS.get(_extension(f)) is None)
-        raise ValueError(f"{bad}: unknown data file type; use one of {', '.join(sorted(BUILDERS))}")
+        raise PosttrainInputError(f"{bad}: unknown data file type; use one of {', '.join(sorted(BUILDERS))}")
     if len(kinds) > 1:
-        raise ValueError(f"data files mix formats ({', '.join(sorted(kinds))}); give files of one format")
+        raise PosttrainInputError(f"data files mix formats ({', '.join(sorted(kinds))}); give files of one format")
     return next(iter(kinds))
 
 
@@ -101,7 +103,7 @@ def load_text_dataset(
     files = local_data_files(data)
     if files is None:
         if not looks_like_hub_id(data):
-            raise FileNotFoundError(f"{data}: no such file or directory (and not a Hub dataset id like org/name)")
+            raise PosttrainDataNotFound(f"{data}: no such file or directory (and not a Hub dataset id like org/name)")
         return load_dataset(data, dataset_config, split=split, streaming=streaming, cache_dir=cache_dir)
     builder = builder_for(files)
     kwargs = {"sample_by": text_sample_by} if builder == "text" else {}

@@ -255,7 +255,7 @@ def _demo(
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="offline demo: build, expand, post-train and sample small GLA and Mamba2 models (CPU, ~1-2 min)",
+        help="offline demo: build, expand, post-train and sample small GLA and Mamba2 models (CPU, under a minute)",
     )
     p.add_argument("output_dir", nargs="?", default="statex-demo", help="where to save (default ./statex-demo)")
     p.add_argument("--steps", type=int, default=60, help="post-training steps per model (default 60)")

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from statex_hf.training.errors import PosttrainInputError
+
 
 @dataclass(frozen=True)
 class FamilyLayout:
@@ -54,7 +56,7 @@ def layout_of(model: nn.Module) -> FamilyLayout:
     """The layout of a StateX causal LM (``config.model_type`` ``statex_gla`` or ``statex_mamba2``)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in LAYOUTS:
-        raise ValueError(
+        raise PosttrainInputError(
             f"model_type={model_type!r} is not a StateX model; load the model with statex_hf's classes "
             f"({', '.join(LAYOUTS)}) or convert it first (statex-hf convert)"
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from statex_hf.training.errors import PosttrainInputError
 from statex_hf.training.families import expanded_layers, layout_of, num_layers
 
 FREEZE_MODES = ("none", "expanded", "mixers")
@@ -18,14 +19,14 @@ FREEZE_MODES = ("none", "expanded", "mixers")
 def trainable_prefixes(model: nn.Module, mode: str) -> list[str] | None:
     """Module-name prefixes that stay trainable under ``mode`` (``None``: all parameters)."""
     if mode not in FREEZE_MODES:
-        raise ValueError(f"freeze={mode!r} is not a freeze mode; choose one of {', '.join(FREEZE_MODES)}")
+        raise PosttrainInputError(f"freeze={mode!r} is not a freeze mode; choose one of {', '.join(FREEZE_MODES)}")
     if mode == "none":
         return None
     layout = layout_of(model)
     if mode == "expanded":
         layers = expanded_layers(model)
         if not layers:
-            raise ValueError(
+            raise PosttrainInputError(
                 "freeze='expanded' trains only the expanded layers, but config.statex_layers is empty: "
                 "this model is not expanded (convert it first, or use freeze='none' / 'mixers')"
             )

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Sequence
 from datasets import Dataset, IterableDataset
 from transformers import PreTrainedTokenizerBase
 
+from statex_hf.training.errors import PosttrainInputError
+
 
 def pack_documents(
     documents: Iterable[Sequence[int]], seq_len: int, reset_state: bool = True
@@ -28,7 +30,7 @@ def pack_documents(
     Returns ``{"input_ids": [...], "position_ids": [...]}``, one list of ``seq_len`` ints per block.
     """
     if seq_len < 2:
-        raise ValueError(f"seq_len must be at least 2 tokens, got {seq_len}")
+        raise PosttrainInputError(f"seq_len must be at least 2 tokens, got {seq_len}")
     tokens: list[int] = []
     positions: list[int] = []
     for doc in documents:
@@ -67,12 +69,12 @@ def pack_dataset(
     columns = list(dataset.column_names or [])
     pretokenized = "input_ids" in columns
     if not pretokenized and text_column not in columns:
-        raise ValueError(
+        raise PosttrainInputError(
             f"the dataset has no {text_column!r} column (columns: {columns}); pass text_column= "
             "(--text-column) naming the column that holds the documents"
         )
     if not pretokenized and tokenizer is None:
-        raise ValueError(
+        raise PosttrainInputError(
             "a tokenizer is needed to tokenize the text column and none was found with the model; "
             "pass tokenizer= (--tokenizer NAME_OR_PATH)"
         )
@@ -84,7 +86,7 @@ def pack_dataset(
     kwargs = {} if isinstance(dataset, IterableDataset) else {"num_proc": num_proc, "desc": f"Packing into {seq_len}"}
     packed = dataset.map(pack, batched=True, batch_size=docs_per_batch, remove_columns=columns, **kwargs)
     if isinstance(packed, Dataset) and len(packed) == 0:
-        raise ValueError(
+        raise PosttrainInputError(
             f"the data holds fewer than seq_len={seq_len} tokens per {docs_per_batch} documents: nothing to train "
             "on; use a shorter --seq-len or more data"
         )

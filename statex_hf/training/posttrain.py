@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 import statex_hf  # noqa: F401  (registers the StateX Auto classes)
 from statex_hf.training.collator import PackedCollator
 from statex_hf.training.data import load_text_dataset
+from statex_hf.training.errors import PosttrainInputError
 from statex_hf.training.freezing import apply_freeze
 from statex_hf.training.packing import pack_dataset
 from statex_hf.training.progress import LossProgressBar
@@ -46,7 +47,10 @@ def load_model(model: str | PreTrainedModel, dtype: torch.dtype = torch.float32)
     """A model object as given, or loaded from a directory / Hub id (fp32 master weights for mixed precision)."""
     if isinstance(model, PreTrainedModel):
         return model
-    return AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
+    try:
+        return AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
+    except OSError as err:
+        raise PosttrainInputError(f"{model}: cannot load the model: {err}".splitlines()[0]) from err
 
 
 def load_tokenizer(
@@ -154,7 +158,7 @@ def posttrain(
             (``learning_rate=1e-4``, ``warmup_steps=100``, ``max_steps=2000``, ``bf16=False``, ...).
     """
     if lora and freeze != "none":
-        raise ValueError(
+        raise PosttrainInputError(
             f"lora and freeze={freeze!r} together: LoRA already freezes the base weights; "
             "use one of them (LoRA trains the expanded layers' mixers in full by default)"
         )
@@ -176,7 +180,9 @@ def posttrain(
             text_sample_by=text_sample_by,
         )
     if isinstance(train_dataset, IterableDataset) and args.max_steps <= 0:
-        raise ValueError("streaming data has no length: give max_steps (--max-steps) or max_tokens (--max-tokens)")
+        raise PosttrainInputError(
+            "streaming data has no length: give max_steps (--max-steps) or max_tokens (--max-tokens)"
+        )
 
     saved_chunk = getattr(base.config, "chunked_loss_size", None)
     if chunked_loss_size == "auto":

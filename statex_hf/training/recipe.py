@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
+from statex_hf.training.errors import PosttrainInputError
+
 PAPER_SEQ_LEN = 65_536
 PAPER_BATCH_TOKENS = 524_288
 PAPER_TRAINING_ARGS: dict[str, Any] = {
@@ -120,7 +122,7 @@ def recipe_training_arguments(
         fields["max_steps"] = max(1, max_tokens // step_tokens)
     unknown = sorted(set(fields) - set(TrainingArguments.__dataclass_fields__))
     if unknown:
-        raise ValueError(f"unknown TrainingArguments field(s) {unknown}; see transformers.TrainingArguments")
+        raise PosttrainInputError(f"unknown TrainingArguments field(s) {unknown}; see transformers.TrainingArguments")
     return TrainingArguments(output_dir=output_dir, **fields)
 
 
