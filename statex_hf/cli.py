@@ -14,10 +14,17 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Bad arguments end in one line on stderr and exit code 2, not a usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="statex-hf", description="StateX for Hugging Face transformers.")
+    parser = OneLineErrorParser(prog="statex-hf", description="StateX for Hugging Face transformers.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
