@@ -2,6 +2,8 @@
 # The single-GPU suite and the benchmarks, one step per device call (a call is limited to 10 minutes).
 #
 # Here, once:   mkdir -p .device/wheels && cp ../shared/device-wheels/* .device/wheels/
+#               pip download --no-deps -d .device/wheels pytest pluggy iniconfig pytest-timeout
+#               (pyproject's pytest options need pytest-timeout)
 # Device calls: bash benchmarks/gpu_session.sh tests|gla|ssd|train   (carry: [".device"]; logs in $OUT)
 # The GPU machine has torch, triton and transformers; fla and mamba_ssm come from the carried wheels
 # (mamba_ssm as extracted source: pip cannot build it there). Each step has its own time limit so
