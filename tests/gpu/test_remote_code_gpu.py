@@ -35,7 +35,7 @@ with torch.no_grad():
 kernels = sorted(n.rsplit(".", 1)[1] for n in sys.modules if n.startswith(package + ".kernels_"))
 err = ((gpu - cpu).abs().max() / cpu.abs().max()).item()
 print("bundled kernel modules loaded:", kernels, "relative error:", err)
-assert {"kernels_gla_chunk", "kernels_ssd_chunk"} & set(kernels) and err < 1e-2
+assert {{"kernels_gla_chunk", "kernels_ssd_chunk"}} & set(kernels) and err < 1e-2
 """
 
 

@@ -7,6 +7,11 @@ transformers' own PyTorch chunk scan (``mamba2_chunk_scan``) on a size that it c
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from statex_hf.kernels.ssd.chunk import chunk_ssd
@@ -15,6 +20,38 @@ from statex_hf.kernels.ssd.state_update import ssd_state_update
 
 pytestmark = pytest.mark.gpu
 DEV = "cuda"
+
+
+@contextlib.contextmanager
+def first_config_only():
+    """The peer is a correctness reference here, not a timing: skip its minutes of autotuning."""
+    from triton.runtime import autotuner
+
+    original = autotuner.Autotuner.prune_configs
+    autotuner.Autotuner.prune_configs = lambda self, kwargs: self.configs[:1]
+    try:
+        yield
+    finally:
+        autotuner.Autotuner.prune_configs = original
+
+
+def mamba_ssm_chunk_scan():
+    """mamba_ssm's Triton SSD (from MAMBA_SSM_SRC) in ``chunk_ssd``'s calling convention, or None."""
+    if not os.environ.get("MAMBA_SSM_SRC"):
+        return None
+    sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+    from bench_ssd import load_mamba_ssm
+
+    combined, _ = load_mamba_ssm()
+
+    def run(x, dt, A, B, C, D, dt_bias, softplus, limit, h0, final, cu, chunk_size):
+        out = combined(
+            x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, initial_states=h0, dt_softplus=softplus,
+            dt_limit=limit, return_final_states=final,
+        )  # fmt: skip
+        return out if final else (out, None)
+
+    return run
 
 
 def layer_inputs(b, T, H, P, G, N, dtype, states=False):
@@ -71,10 +108,19 @@ def test_bf16_kernels_match_fp32_reference(shape):
     ref = forward_backward(chunk_ssd_torch, ref_inputs, with_states, chunk_size=64)
     got = forward_backward(chunk_ssd, inputs, with_states, chunk_size=256)
     errors = {k: rel_err(got[k], ref[k]) for k in ref}
-    print(shape, {k: f"{v:.1e}" for k, v in errors.items()})
-    # Per-token tensors: bf16 rounding level. dA, dD, ddt_bias are sums over every token of terms
-    # that largely cancel, so their relative error is that of the terms times the cancellation.
+    # dA, dD, ddt_bias are sums over every token of terms that largely cancel (the decay gradient
+    # is a difference dy.y - x.dx), so their relative error is bf16 rounding times the cancellation,
+    # which grows with N and P. Bound: twice mamba_ssm's error on the same problem where it is
+    # available (the same algorithm, everyone's reference), else fixed limits.
     limits = {"dA": 1e-1, "dD": 5e-2, "ddt_bias": 1e-1}
+    peer = mamba_ssm_chunk_scan()
+    if peer is not None:
+        with first_config_only():  # forward and backward: our kernels are compiled already
+            theirs = forward_backward(peer, inputs, with_states, chunk_size=256)
+        peer_errors = {k: rel_err(theirs[k], ref[k]) for k in limits}
+        print("mamba_ssm vs fp32:", {k: f"{v:.1e}" for k, v in peer_errors.items()})
+        limits = {k: max(2 * peer_errors[k], 5e-2) for k in limits}
+    print(shape, {k: f"{v:.1e}" for k, v in errors.items()})
     bad = {k: v for k, v in errors.items() if not v < limits.get(k, 2e-2)}
     assert not bad, f"relative errors over the limits {limits} (else 2e-2): {bad}"
 
