@@ -60,18 +60,20 @@ def chunk_ssd_bwd(x, dt, A, B, C, D, initial_state, seq, chunk_size, CB, dy, dfi
     dtp, Acs = _chunk_log_decay(dt, A, chunk_size)
     nc = dtp.shape[-1] // chunk_size
     dCB, dyy_intra, xdx_intra = chunk_dcb(x, dy, dtp, Acs, seq, CB, chunk_size)
-    # The final state rides along in the states' dtype: the backward only needs <g, h> from it.
-    hs, hT = chunk_state_fwd(x, B, dtp, Acs, seq, initial_state, chunk_size, True, final_dtype=x.dtype)
+    hs, _ = chunk_state_fwd(x, B, dtp, Acs, seq, initial_state, chunk_size, False)
     dC, dyy_inter = chunk_dc(dy, B, C, dCB, Acs, seq, hs, chunk_size)
-    dhs, dh0, r = chunk_state_bwd(dy, C, Acs, seq, dfinal, hs, hT, chunk_size, initial_state is not None)
-    del hs, hT
+    dhs, dh0, r = chunk_state_bwd(dy, C, Acs, seq, dfinal, hs, chunk_size, initial_state is not None)
+    del hs
     dB = chunk_db(x, C, dCB, dtp, Acs, seq, dhs, chunk_size)
     dx, ddt, xdx_state, dD = chunk_scan_bwd_dx(x, B, CB, dtp, Acs, seq, dhs, D, dy, chunk_size)
     del dhs
-    # Gradient of the in-chunk cumulated log-decay; then d(dt_k A) = sum over the chunk's j >= k.
-    dacs = (dyy_intra - xdx_intra + dyy_inter - xdx_state).view(b, H, nc, chunk_size)
-    dacs[..., -1] += r
-    da = dacs.flip(-1).cumsum(-1).flip(-1).view(b, H, nc * chunk_size)
+    # Gradient of d(dt_k A), per chunk: the in-chunk terms as a suffix sum over j >= k of the
+    # cumulated log-decay's gradient; the chunk's state writes x_s . dx_s (s < k, whose path to the
+    # chunk end crosses k) as a prefix sum; r for the state carried across the chunk.
+    dacs = (dyy_intra - xdx_intra + dyy_inter).view(b, H, nc, chunk_size)
+    xdx_state = xdx_state.view(b, H, nc, chunk_size)
+    da = dacs.flip(-1).cumsum(-1).flip(-1) + (xdx_state.cumsum(-1) - xdx_state) + r[..., None]
+    da = da.view(b, H, nc * chunk_size)
     ddt_total = (ddt + A.float()[None, :, None] * da)[..., :T].transpose(1, 2)
     dA = (dtp * da).sum(dim=(0, 2))
     return dx, ddt_total, dA, dB, dC, dD, dh0

@@ -10,11 +10,14 @@ only the per-chunk copies ``hs`` (``T / L * H * P * N``, in the input dtype) go 
 
 Backward runs the same recurrence in reverse on the state gradient ``g_c = dL/dh_c``:
 
-    dhs[c]  = g_c,   r_c = <g_c, h_c>
+    dhs[c]  = g_c,   r_c = <g_c, exp(a_last) h_{c-1}>
     g_{c-1} = exp(a_last) g_c + sum_t exp(a_t) dy_t C_t^T
 
-``r_c`` is the gradient of the chunk's last cumulated log-decay through everything that crosses
-the chunk end (its state write and the state it passes on).
+``r_c`` is the gradient of the chunk's last cumulated log-decay through the state carried across
+the chunk. The chunk's own writes add their part per token (``x_s . dx_s``), summed by the caller
+as a prefix sum: computing ``<g_c, h_c>`` whole and subtracting the per-token parts instead would
+cancel two large numbers rounded differently (``h_c`` is stored in bf16), which cost dA 30x its
+bf16 rounding level.
 
 Tiling the state over ``N`` is what lets N grow to 1024 and beyond: each program owns one tile.
 """
@@ -106,7 +109,6 @@ def _chunk_state_bwd_kernel(
     seq,
     dhT,
     hs,
-    hT,
     dhs,
     dh0,
     r,
@@ -143,10 +145,6 @@ def _chunk_state_bwd_kernel(
     for i in range(nc):
         c = nc - 1 - i
         tl.store(dhs + ((bi * nc + c) * H + h) * P * N + tile, grad.to(dhs.dtype.element_ty), mask=tile_mask)
-        # r_c = <g_c, h_c> (h_c: the state after chunk c) is the decay gradient at the chunk's last token.
-        h_next = tl.where(c + 1 < nc, hs + ((bi * nc + c + 1) * H + h) * P * N + tile, hT + (bi * H + h) * P * N + tile)
-        h_c = tl.load(h_next, mask=tile_mask, other=0.0).to(tl.float32)
-        tl.store(r + ((bi * H + h) * nc + c) * n_tiles + tile_id, tl.sum(tl.sum(grad * h_c, axis=1), axis=0))
         ts = c * L + lt
         scale = tl.exp(tl.load(Acs + row + ts))
         decay = tl.exp(tl.load(Acs + row + c * L + L - 1))
@@ -156,6 +154,10 @@ def _chunk_state_bwd_kernel(
             sq_last = tl.load(seq + bi * Tp + c * L + L - 1)
             scale = tl.where(sq == prev_seq, scale, 0.0)
             decay = tl.where(sq_last == prev_seq, decay, 0.0)
+        # r_c = <g_c, exp(a_last) h_{c-1}>: the decay gradient at the chunk's last token through the
+        # state carried across the chunk (the chunk's own writes are added per token by the caller).
+        h_in = tl.load(hs + ((bi * nc + c) * H + h) * P * N + tile, mask=tile_mask, other=0.0).to(tl.float32)
+        tl.store(r + ((bi * H + h) * nc + c) * n_tiles + tile_id, decay * tl.sum(tl.sum(grad * h_in, axis=1), axis=0))
         dyt = tl.load(
             dy + ((bi * T + ts[None, :]) * H + h) * P + ps[:, None],
             mask=(ts[None, :] < T) & (ps[:, None] < P),
@@ -216,12 +218,11 @@ def chunk_state_bwd(
     seq: torch.Tensor | None,
     dfinal: torch.Tensor | None,
     hs: torch.Tensor,
-    hT: torch.Tensor,
     chunk_size: int,
     need_dh0: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """State gradients after each chunk ``dhs`` ``[b, nc, H, P, N]`` (dy's dtype), ``dh0`` (fp32), and
-    ``r`` ``[b, H, nc]`` = ``<g_c, h_c>`` from the chunk states ``hs`` and the final state ``hT``."""
+    ``r`` ``[b, H, nc]`` = ``<g_c, exp(a_last) h_{c-1}>`` from the chunk states ``hs``."""
     b, T, H, P = dy.shape
     G, N = C.shape[-2:]
     L = chunk_size
@@ -232,7 +233,7 @@ def chunk_state_bwd(
     grid = (b * H, triton.cdiv(P, BP), triton.cdiv(N, BN))
     r = torch.empty(b, H, nc, grid[1] * grid[2], device=dy.device, dtype=torch.float32)
     _chunk_state_bwd_kernel[grid](
-        dy, C, Acs, seq if seq is not None else Acs, dfinal if dfinal is not None else dhs, hs, hT, dhs,
+        dy, C, Acs, seq if seq is not None else Acs, dfinal if dfinal is not None else dhs, hs, dhs,
         dh0 if dh0 is not None else dhs, r, T, nc * L, H, G, P, N, nc,
         L=L, BP=BP, BN=BN, HAS_DHT=dfinal is not None, HAS_SEQ=seq is not None, STORE_DH0=need_dh0,
         DOT_PREC=dot_precision(dy.dtype), num_warps=4, num_stages=2,

@@ -10,10 +10,12 @@ from __future__ import annotations
 import glob
 import os
 from collections import Counter
-
-from datasets import Dataset, IterableDataset, load_dataset
+from typing import TYPE_CHECKING
 
 from statex_hf.training.errors import PosttrainDataNotFound, PosttrainInputError
+
+if TYPE_CHECKING:
+    from datasets import Dataset, IterableDataset
 
 # File extension -> ``datasets`` packaged builder.
 BUILDERS = {
@@ -100,6 +102,8 @@ def load_text_dataset(
             ``"paragraph"`` or ``"line"``.
         cache_dir: the ``datasets`` cache for this load.
     """
+    from datasets import load_dataset  # imported with training, not with the package
+
     files = local_data_files(data)
     if files is None:
         if not looks_like_hub_id(data):

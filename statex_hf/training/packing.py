@@ -15,11 +15,14 @@ sequence) are dropped, as in transformers' ``run_clm.py``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-from datasets import Dataset, IterableDataset
 from transformers import PreTrainedTokenizerBase
 
 from statex_hf.training.errors import PosttrainInputError
+
+if TYPE_CHECKING:
+    from datasets import Dataset, IterableDataset
 
 
 def pack_documents(
@@ -82,6 +85,8 @@ def pack_dataset(
     def pack(batch: dict[str, list]) -> dict[str, list[list[int]]]:
         docs = batch["input_ids"] if pretokenized else tokenize_documents(batch[text_column], tokenizer)
         return pack_documents(docs, seq_len, reset_state)
+
+    from datasets import Dataset, IterableDataset  # imported with training, not with the package
 
     kwargs = {} if isinstance(dataset, IterableDataset) else {"num_proc": num_proc, "desc": f"Packing into {seq_len}"}
     packed = dataset.map(pack, batched=True, batch_size=docs_per_batch, remove_columns=columns, **kwargs)

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from datasets import Dataset, IterableDataset
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -24,6 +23,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.utils import logging
 
 if TYPE_CHECKING:
+    from datasets import Dataset, IterableDataset
     from peft import LoraConfig, PeftModel
 
 import statex_hf  # noqa: F401  (registers the StateX Auto classes)
@@ -179,6 +179,8 @@ def posttrain(
             streaming=streaming,
             text_sample_by=text_sample_by,
         )
+    from datasets import IterableDataset  # imported with training, not with the package
+
     if isinstance(train_dataset, IterableDataset) and args.max_steps <= 0:
         raise PosttrainInputError(
             "streaming data has no length: give max_steps (--max-steps) or max_tokens (--max-tokens)"
