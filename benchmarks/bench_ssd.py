@@ -260,16 +260,24 @@ def main():
     impls = a.impls.split(",")
     ns = [int(n) for n in a.ns.split(",")]
     recs = []
+
+    def measure(args):
+        # Each record is printed and saved as it arrives: a run cut short keeps what it measured.
+        new = spawn(args, a.timeout)
+        for r in new:
+            print("RECORD", json.dumps(r), flush=True)
+        recs.extend(new)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(recs, f, indent=1)
+
     for impl in impls:
         for n in ns:
             base = ["--ts", a.ts, "--n", str(n), "--impl", impl]
-            recs += spawn(["--child", "scan", *base], a.timeout)
+            measure(["--child", "scan", *base])
             if impl in ("ours", "mamba_ssm"):
-                recs += spawn(["--child", "decode", *base, "--batches", a.batches], a.timeout)
-    recs += spawn(["--child", "conv", "--ts", a.ts], a.timeout)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(recs, f, indent=1)
+                measure(["--child", "decode", *base, "--batches", a.batches])
+    measure(["--child", "conv", "--ts", a.ts])
 
     import torch
 
