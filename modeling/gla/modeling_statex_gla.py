@@ -7,6 +7,8 @@ a layer listed in ``config.statex_layers`` runs its token mixer with ``statex_nu
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from statex_hf.kernels import dispatch
@@ -215,9 +217,20 @@ class StateXGLAPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """fla's GLA initialization: normal(0, initializer_range) weights, zero biases, unit norms."""
+        """fla's GLA initialization (normal(0, initializer_range) weights, zero biases, unit norms), except
+        for the short convolutions: PyTorch's own Conv1d init, as transformers' Mamba2 uses for its conv1d.
+
+        fla draws the convolutions like the linear layers, normal(0, 0.02). Below a width of ~1k that shrinks
+        q, k and v ~50x, the mixer output falls under the output norm's eps (RMS ~1e-6 vs 1e-3 at width
+        256), so the norm cannot rescale it and a model trained from scratch (or a StateX layer re-initialized
+        by ``--init reinit``) starts with silent token mixers that never learn recall.
+        """
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv1d)):
+        if isinstance(module, nn.Conv1d):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))  # nn.Conv1d.reset_parameters' weight init
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
