@@ -191,7 +191,6 @@ def chunk_state_fwd(
     initial_state: torch.Tensor | None,
     chunk_size: int,
     output_final_state: bool,
-    final_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """States entering each chunk ``hs`` ``[b, nc, H, P, N]`` (x's dtype) and the final state (fp32)."""
     b, T, H, P = x.shape
@@ -199,7 +198,7 @@ def chunk_state_fwd(
     L = chunk_size
     nc = triton.cdiv(T, L)
     hs = torch.empty(b, nc, H, P, N, device=x.device, dtype=x.dtype)
-    hT = torch.empty(b, H, P, N, device=x.device, dtype=final_dtype) if output_final_state else None
+    hT = torch.empty(b, H, P, N, device=x.device, dtype=torch.float32) if output_final_state else None
     BP, BN = _state_tiles(P, N, H, b)
     grid = (b * H, triton.cdiv(P, BP), triton.cdiv(N, BN))
     _chunk_state_fwd_kernel[grid](
