@@ -41,8 +41,10 @@ def mamba_ssm_chunk_scan():
     """mamba_ssm's Triton SSD (from MAMBA_SSM_SRC) in ``chunk_ssd``'s calling convention, or None."""
     if not os.environ.get("MAMBA_SSM_SRC"):
         return None
-    sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
-    from bench_ssd import load_mamba_ssm
+    benchmarks = str(Path(__file__).parents[2] / "benchmarks")
+    if benchmarks not in sys.path:
+        sys.path.insert(0, benchmarks)
+    from bench_ssd import load_mamba_ssm  # the benchmark's loader: mamba_ssm's Triton path, no CUDA build
 
     combined, _ = load_mamba_ssm()
 
