@@ -5,8 +5,9 @@
 #               pip download --no-deps -d .device/wheels pytest pluggy iniconfig pytest-timeout
 #               (pyproject's pytest options need pytest-timeout)
 # Device calls: bash benchmarks/gpu_session.sh tests|gla|ssd|train|repro   (carry: [".device"]; logs in $OUT)
-#   repro: the miniature reproduction for up to 8 minutes; its results folder comes back as
-#   $OUT/repro.tgz. Carry a previous repro.tgz as .device/repro.tgz to resume where it stopped.
+#   repro: the miniature reproduction, the units in REPRO_UNITS ("seed:arch ...", default
+#   "0:gla 0:mamba2") in parallel; their results folders come back as $OUT/repro.tgz. Carry a previous
+#   repro.tgz as .device/repro.tgz to keep its folders; merge them with reproduce_statex.py --merge.
 # The GPU machine has torch, triton and transformers; fla and mamba_ssm come from the carried wheels
 # (mamba_ssm as extracted source: pip cannot build it there). Each step has its own time limit so
 # one slow step cannot eat the call; the multi-GPU test needs a 2-GPU machine and is not run here.
@@ -26,8 +27,18 @@ case "${1:-tests}" in
     ssd) timeout 540 python benchmarks/bench_ssd.py --impls ours,mamba_ssm --json "$OUT/ssd.json" ;;
     train) timeout 540 python benchmarks/bench_train.py --json "$OUT/train.json" ;;
     repro)
+        # The small models leave the H100 mostly idle (the step time is host-bound), so the (seed, arch)
+        # units in REPRO_UNITS run as parallel processes, each into its own folder; merge them here later.
         mkdir -p /tmp/repro-out && { [ -f .device/repro.tgz ] && tar -xzf .device/repro.tgz -C /tmp/repro-out; }
-        timeout 560 python benchmarks/reproduce_statex.py --max-minutes 8 --output-dir /tmp/repro-out/repro
-        tar -czf "$OUT/repro.tgz" -C /tmp/repro-out repro ;;
+        nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 15 > "$OUT/gpu-util.log" &
+        monitor=$! units=()
+        for unit in ${REPRO_UNITS:-0:gla 0:mamba2}; do
+            seed=${unit%%:*} arch=${unit##*:}
+            OMP_NUM_THREADS=2 timeout 545 python benchmarks/reproduce_statex.py --seeds "$seed" --archs "$arch" ${REPRO_ARGS:-} \
+                --output-dir "/tmp/repro-out/seed$seed-$arch" > "$OUT/repro-seed$seed-$arch.log" 2>&1 &
+            units+=($!)
+        done
+        wait "${units[@]}"; kill "$monitor"; tail -n 30 "$OUT"/repro-seed*.log
+        tar -czf "$OUT/repro.tgz" -C /tmp/repro-out . ;;
     *) echo "usage: $0 tests|gla|ssd|train|repro" >&2; exit 2 ;;
 esac 2>&1 | tee "$OUT/${1:-tests}.log"

@@ -335,7 +335,8 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         recent = (recent + [loss.item()])[-20:]
         if step % max(1, steps // 5) == 0 or step == steps - 1:
-            print(f"    step {step:>5}/{steps}  loss {statistics.mean(recent):.3f}", flush=True)
+            elapsed = time.time() - start
+            print(f"    step {step:>5}/{steps}  loss {statistics.mean(recent):.3f}  {elapsed:.0f} s", flush=True)
     model.eval()
     seconds = time.time() - start
     return {"final_loss": statistics.mean(recent), "tokens": steps * batch * length, "seconds": seconds}
