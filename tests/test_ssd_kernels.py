@@ -109,8 +109,9 @@ def test_triton_chunk_matches_naive(shape, with_states, cu):
 
 
 def test_triton_chunk_of_128_spans_several_inner_blocks():
-    # Chunk 128 > the 64-row inner blocks: exercises the causal block loops and the skipped upper blocks.
-    check_against_naive(chunk_ssd, make_inputs(1, 150, 2, 8, 1, 16), True, chunk_size=128)
+    # Chunk 128 > the 64-row inner blocks: exercises the causal block loops and the skipped upper blocks;
+    # with two batches, two groups and N over two tiles, every index the flat backward grids decode varies.
+    check_against_naive(chunk_ssd, make_inputs(2, 150, 2, 8, 2, 80), True, chunk_size=128)
 
 
 @pytest.mark.parametrize("G", [1, 2])
