@@ -86,11 +86,18 @@ def loss_and_grads(model, ids):
     return out.loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def model_of(family, **fields):
+    if family == "mamba2":
+        return mamba2_model(**fields)
+    # gla_conv: the short convolutions on q / k / v (Triton conv kernel on CUDA), as reproduce_statex.py uses
+    return gla_model(use_short_conv=family == "gla_conv", **fields)
+
+
+@pytest.mark.parametrize("family", ["gla", "gla_conv", "mamba2"])
 @pytest.mark.parametrize("statex_layers", [[], [0]])
 def test_triton_path_equals_torch_path(monkeypatch, family, statex_layers):
     torch.manual_seed(0)
-    model = gla_model(statex_layers=statex_layers) if family == "gla" else mamba2_model(statex_layers=statex_layers)
+    model = model_of(family, statex_layers=statex_layers)
     model.train()
     ids = torch.randint(0, VOCAB, (2, 333), device=DEVICE)
     loss_fast, grads_fast = loss_and_grads(model, ids)
@@ -103,10 +110,10 @@ def test_triton_path_equals_torch_path(monkeypatch, family, statex_layers):
         assert err < 2e-2, (name, err.item())
 
 
-@pytest.mark.parametrize("family", ["gla", "mamba2"])
+@pytest.mark.parametrize("family", ["gla", "gla_conv", "mamba2"])
 def test_greedy_tokens_equal_between_triton_and_torch(monkeypatch, family):
     torch.manual_seed(0)
-    model = gla_model(statex_layers=[0]) if family == "gla" else mamba2_model(statex_layers=[0])
+    model = model_of(family, statex_layers=[0])
     prompt = torch.randint(3, VOCAB, (2, 40), device=DEVICE)
     fast = model.generate(prompt, max_new_tokens=16, do_sample=False, eos_token_id=None)
     monkeypatch.setenv("STATEX_FORCE_TORCH", "1")
