@@ -1,6 +1,7 @@
 """Mamba2 SSD on one GPU: ours (Triton) vs mamba_ssm's Triton ``mamba_chunk_scan_combined`` vs
 transformers' PyTorch ``mamba2_chunk_scan``, one Mamba2-1.3B layer (H=64, P=64, G=1, bf16, B=1),
-N = 128 and 512, T = 4K / 16K / 64K; then the decode step at B = 1 / 16 / 64, and the conv1d.
+N = 128 and 512, T = 4K / 16K / 64K; then the decode step at B = 1 / 16 / 64, the conv1d, and the
+gated RMSNorm that ends the mixer (PyTorch reference vs the Triton kernel, which the model does not use yet).
 
 Each (implementation, N) runs in a fresh process with an empty Triton cache, so "first call" is
 compile + autotune + run, and an out-of-memory stays in its own process. One table at the end.
@@ -23,6 +24,7 @@ import types
 H, P, G = 64, 64, 1
 CHUNK = 256
 HBM_TBPS = 3.35  # H100 SXM datasheet
+NORM_D = H * P  # Mamba2-1.3B's intermediate size (4096): the gated RMSNorm's width, one group
 
 
 def load_mamba_ssm():
@@ -168,21 +170,19 @@ def child_decode(impl, N, batches):
         print("RESULT " + json.dumps({"impl": impl, "N": N, "b": b, "us": ms * 1e3, "gbps": gbps}), flush=True)
 
 
-def measure_conv(fn, T, D, rec):
+def measure_op(run, leaves, dy, rec):
+    """fwd ms, fwd+bwd ms and act GB of ``run()`` (one output, backward from ``dy``) into ``rec``.
+
+    A first fwd+bwd compiles and allocates the grads, so act GB is what one call adds on top of them."""
     import torch
     import triton
 
-    x = torch.randn(1, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    w = torch.randn(D, 4, device="cuda", requires_grad=True)
-    bias = torch.randn(D, device="cuda", requires_grad=True)
-    dy = torch.randn_like(x)
-
     def fwd():
         with torch.no_grad():
-            return fn(x, w, bias, "silu")
+            return run()
 
     def fwd_bwd():
-        fn(x, w, bias, "silu")[0].backward(dy)
+        run().backward(dy)
 
     fwd_bwd()
     torch.cuda.synchronize()
@@ -191,29 +191,60 @@ def measure_conv(fn, T, D, rec):
     fwd_bwd()
     torch.cuda.synchronize()
     rec["act_gb"] = (torch.cuda.max_memory_allocated() - base) / 1e9
-    rec["fwdbwd_ms"] = triton.testing.do_bench(fwd_bwd, grad_to_none=[x, w, bias], return_mode="median")
+    rec["fwdbwd_ms"] = triton.testing.do_bench(fwd_bwd, grad_to_none=leaves, return_mode="median")
     rec["fwd_ms"] = triton.testing.do_bench(fwd, return_mode="median")
+
+
+def measure_conv(fn, T, D, rec):
+    import torch
+
+    x = torch.randn(1, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(D, 4, device="cuda", requires_grad=True)
+    bias = torch.randn(D, device="cuda", requires_grad=True)
+    measure_op(lambda: fn(x, w, bias, "silu")[0], [x, w, bias], torch.randn_like(x), rec)
+
+
+def measure_norm(fn, T, D, rec):
+    import torch
+
+    x = torch.randn(1, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    gate = torch.randn(1, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.ones(D, device="cuda", dtype=torch.bfloat16, requires_grad=True)  # a bf16 model's norm weight
+    measure_op(lambda: fn(x, gate, weight, 1e-5, D), [x, gate, weight], torch.randn_like(x), rec)
+
+
+def child_op(op, measure, impls, D, Ts):
+    """One record per (impl, T): ``measure(fn, T, D, rec)``, an out-of-memory recorded as such."""
+    import torch
+
+    for name, fn in impls:
+        for T in Ts:
+            rec = {"op": op, "impl": name, "T": T, "D": D}
+            try:
+                measure(fn, T, D, rec)
+            except torch.OutOfMemoryError:
+                rec["oom"] = "OOM"
+            print("RESULT " + json.dumps(rec), flush=True)
+            torch.cuda.empty_cache()
 
 
 def child_conv(Ts):
     """conv1d over [x | B | C] at N = 512: the torch path vs the Triton kernel (what dispatch picks on CUDA)."""
-    import torch
     from statex_hf.kernels.conv.causal_conv1d import causal_conv1d as torch_conv
     from statex_hf.kernels.conv.causal_conv1d_triton import causal_conv1d_triton
 
     def triton_conv(x, w, bias, activation):
         return causal_conv1d_triton(x, w, bias, activation)
 
-    D = H * P + 2 * G * 512
-    for name, fn in [("torch", torch_conv), ("triton", triton_conv)]:
-        for T in Ts:
-            rec = {"impl": name, "T": T, "D": D}
-            try:
-                measure_conv(fn, T, D, rec)
-            except torch.OutOfMemoryError:
-                rec["oom"] = "OOM"
-            print("RESULT " + json.dumps(rec), flush=True)
-            torch.cuda.empty_cache()
+    child_op("conv", measure_conv, [("torch", torch_conv), ("triton", triton_conv)], H * P + 2 * G * 512, Ts)
+
+
+def child_norm(Ts):
+    """Gated RMSNorm at D = 4096, one group: the PyTorch reference (what the model runs) vs the Triton kernel."""
+    from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
+    from statex_hf.kernels.norm.gated_rmsnorm_triton import gated_rmsnorm_triton
+
+    child_op("norm", measure_norm, [("torch", gated_rmsnorm), ("triton", gated_rmsnorm_triton)], NORM_D, Ts)
 
 
 def spawn(args, timeout):
@@ -237,6 +268,19 @@ def fmt(v, nd=1):
     return "-" if v is None else f"{v:.{nd}f}"
 
 
+def print_op_table(recs, op, title):
+    print(f"\n{title}")
+    print(f"{'impl':<10} {'T':>6} {'fwd ms':>8} {'fwd+bwd ms':>11} {'act GB':>7}")
+    for r in recs:
+        if r.get("op") != op:
+            continue
+        if "oom" in r:
+            print(f"{r['impl']:<10} {r['T']:>6} {'OOM':>8}")
+            continue
+        ms = f"{fmt(r['fwd_ms'], 2):>8} {fmt(r['fwdbwd_ms'], 2):>11}"
+        print(f"{r['impl']:<10} {r['T']:>6} {ms} {fmt(r['act_gb'], 2):>7}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--impls", default="ours,mamba_ssm,hf")
@@ -256,6 +300,8 @@ def main():
         return child_decode(a.impl, a.n, [int(b) for b in a.batches.split(",")])
     if a.child == "conv":
         return child_conv(Ts)
+    if a.child == "norm":
+        return child_norm(Ts)
 
     impls = a.impls.split(",")
     ns = [int(n) for n in a.ns.split(",")]
@@ -278,6 +324,7 @@ def main():
             if impl in ("ours", "mamba_ssm"):
                 measure(["--child", "decode", *base, "--batches", a.batches])
     measure(["--child", "conv", "--ts", a.ts])
+    measure(["--child", "norm", "--ts", a.ts])
 
     import torch
 
@@ -303,15 +350,8 @@ def main():
         if "us" in r:
             pct = r["gbps"] / (HBM_TBPS * 1e3) * 100
             print(f"{r['impl']:<10} {r['N']:>4} {r['b']:>4} {r['us']:>8.1f} {r['gbps']:>7.0f} {pct:>5.0f}")
-    print("\nconv1d over [x | B | C] (D = 5120, K = 4, SiLU), bf16, B=1")
-    print(f"{'impl':<10} {'T':>6} {'fwd ms':>8} {'fwd+bwd ms':>11} {'act GB':>7}")
-    for r in recs:
-        if "D" in r:
-            if "oom" in r:
-                print(f"{r['impl']:<10} {r['T']:>6} {'OOM':>8}")
-                continue
-            ms = f"{fmt(r['fwd_ms'], 2):>8} {fmt(r['fwdbwd_ms'], 2):>11}"
-            print(f"{r['impl']:<10} {r['T']:>6} {ms} {fmt(r['act_gb'], 2):>7}")
+    print_op_table(recs, "conv", f"conv1d over [x | B | C] (D = {H * P + 2 * G * 512}, K = 4, SiLU), bf16, B=1")
+    print_op_table(recs, "norm", f"gated RMSNorm norm(y * silu(z)) * w (D = {NORM_D}, one group), bf16, B=1")
     for r in recs:
         if "error" in r:
             print(f"error in [{r['error']}]: {r['why']}")

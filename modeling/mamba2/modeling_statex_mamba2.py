@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from statex_hf.kernels import dispatch
+from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
 from statex_hf.kernels.ssd.naive import discretize_dt
 from statex_hf.modeling.cache import StateXRecurrentCache
 from statex_hf.modeling.causal_lm import StateXCausalLMMixin, causal_lm_head
@@ -42,13 +42,7 @@ class StateXMamba2RMSNorm(nn.Module):
         self.group_size = hidden_size if group_size is None else group_size
 
     def forward(self, hidden_states: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        x = hidden_states.float()
-        if gate is not None:
-            x = x * F.silu(gate.float())
-        grouped = x.view(*x.shape[:-1], -1, self.group_size)
-        grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * grouped.view_as(x).to(input_dtype)
+        return gated_rmsnorm(hidden_states, gate, self.weight, self.variance_epsilon, self.group_size)
 
 
 class StateXMamba2Mixer(nn.Module):
