@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from statex_hf.kernels import dispatch
+from statex_hf.kernels.ssd import chunk as ssd_chunk
 from statex_hf.kernels.ssd.chunk import chunk_ssd
 from statex_hf.kernels.ssd.chunk_torch import chunk_ssd_torch
 from statex_hf.kernels.ssd.naive import naive_ssd
@@ -106,6 +107,17 @@ def test_triton_chunk_matches_naive(shape, with_states, cu):
     cu_seqlens = torch.tensor(cu) if cu is not None else None
     n = len(cu) - 1 if cu is not None else None
     check_against_naive(chunk_ssd, make_inputs(*shape, n_states=n), with_states, cu_seqlens, chunk_size=16)
+
+
+def test_triton_backward_recomputes_the_states_it_did_not_keep(monkeypatch):
+    # Small inputs keep the forward's chunk states for the backward; above KEEP_STATES_MAX_BYTES the
+    # backward recomputes them (with the initial state): the gradients must not change.
+    inputs = make_inputs(2, 37, 4, 8, 2, 16)
+    _, _, kept = run_with_grads(chunk_ssd, inputs, True, None, chunk_size=16)
+    monkeypatch.setattr(ssd_chunk, "KEEP_STATES_MAX_BYTES", 0)
+    _, _, recomputed = run_with_grads(chunk_ssd, inputs, True, None, chunk_size=16)
+    for k in kept:
+        torch.testing.assert_close(recomputed[k], kept[k], rtol=1e-6, atol=1e-6, msg=f"d{k}")
 
 
 def test_triton_chunk_of_128_spans_several_inner_blocks():

@@ -12,9 +12,10 @@ every term pairs a target t with a source s through ``exp(a_t - a_s)``, so insid
 that within the chunk. (Summing over the whole sequence instead would be exact too, but in bf16 its
 rounding errors pile up over T: sums stay chunk-local, as in mamba_ssm.)
 
-Memory: the backward recomputes the chunk-entry states instead of keeping them from the forward;
-at most two ``[b, T / L, H, P, N]`` tensors (states and state gradients, in the input dtype) are
-alive at a time.
+Memory: the forward keeps the chunk-entry states ``[b, T / L, H, P, N]`` (input dtype) for the
+backward only while they take at most ``KEEP_STATES_MAX_BYTES``; larger ones (T = 64K at N = 512:
+1 GiB) are recomputed there, one chunk-state pass (2.4 ms at 64K on an H100) for the memory. At most
+two such tensors (states and state gradients) are alive at a time.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ from statex_hf.kernels.ssd.ssd_bmm import bmm_chunk_fwd
 from statex_hf.kernels.ssd.ssd_chunk_bc_bwd import chunk_db, chunk_dc, chunk_dcb
 from statex_hf.kernels.ssd.ssd_chunk_scan import chunk_scan_bwd_dx, chunk_scan_fwd
 from statex_hf.kernels.ssd.ssd_chunk_state import chunk_state_bwd, chunk_state_fwd
+
+# The chunk states at T = 16K, N = 512 (Mamba2-1.3B, bf16) take 256 MiB: kept, which saves the backward
+# a 0.6 ms pass on an H100 (about a tenth of the layer's fwd+bwd); at 64K they take 1 GiB: recomputed,
+# so that one layer's activations stay under 4 GB.
+KEEP_STATES_MAX_BYTES = 512 * 2**20
 
 
 def _chunk_log_decay(dt: torch.Tensor, A: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,15 +58,17 @@ def chunk_ssd_fwd(x, dt, A, B, C, D, initial_state, seq, chunk_size, output_fina
     CB = bmm_chunk_fwd(C, B, seq, chunk_size)
     hs, final = chunk_state_fwd(x, B, dtp, Acs, seq, initial_state, chunk_size, output_final_state)
     y = chunk_scan_fwd(x, C, CB, dtp, Acs, seq, hs, D, chunk_size)
-    return y, final, CB
+    return y, final, CB, hs
 
 
-def chunk_ssd_bwd(x, dt, A, B, C, D, initial_state, seq, chunk_size, CB, dy, dfinal):
+def chunk_ssd_bwd(x, dt, A, B, C, D, initial_state, seq, chunk_size, CB, hs, dy, dfinal):
+    """All gradients; ``hs`` are the forward's chunk states, or ``None`` to recompute them."""
     b, T, H, _ = x.shape
     dtp, Acs = _chunk_log_decay(dt, A, chunk_size)
     nc = dtp.shape[-1] // chunk_size
     dCB, dyy_intra, xdx_intra = chunk_dcb(x, dy, dtp, Acs, seq, CB, chunk_size)
-    hs, _ = chunk_state_fwd(x, B, dtp, Acs, seq, initial_state, chunk_size, False)
+    if hs is None:
+        hs, _ = chunk_state_fwd(x, B, dtp, Acs, seq, initial_state, chunk_size, False)
     dC, dyy_inter = chunk_dc(dy, B, C, dCB, Acs, seq, hs, chunk_size)
     dhs, dh0, r = chunk_state_bwd(dy, C, Acs, seq, dfinal, hs, chunk_size, initial_state is not None)
     del hs
@@ -82,8 +90,9 @@ def chunk_ssd_bwd(x, dt, A, B, C, D, initial_state, seq, chunk_size, CB, dy, dfi
 class ChunkSSDFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, initial_state, seq, chunk_size, output_final_state):
-        y, final, CB = chunk_ssd_fwd(x, dt, A, B, C, D, initial_state, seq, chunk_size, output_final_state)
-        ctx.save_for_backward(x, dt, A, B, C, D, initial_state, seq, CB)
+        y, final, CB, hs = chunk_ssd_fwd(x, dt, A, B, C, D, initial_state, seq, chunk_size, output_final_state)
+        keep = hs.numel() * hs.element_size() <= KEEP_STATES_MAX_BYTES
+        ctx.save_for_backward(x, dt, A, B, C, D, initial_state, seq, CB, hs if keep else None)
         ctx.chunk_size = chunk_size
         if final is not None:
             return y, final
@@ -91,9 +100,9 @@ class ChunkSSDFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dfinal=None):
-        x, dt, A, B, C, D, initial_state, seq, CB = ctx.saved_tensors
+        x, dt, A, B, C, D, initial_state, seq, CB, hs = ctx.saved_tensors
         dx, ddt, dA, dB, dC, dD, dh0 = chunk_ssd_bwd(
-            x, dt, A, B, C, D, initial_state, seq, ctx.chunk_size, CB, dy.contiguous(), dfinal
+            x, dt, A, B, C, D, initial_state, seq, ctx.chunk_size, CB, hs, dy.contiguous(), dfinal
         )
         dA = dA.to(A.dtype)
         dD = dD.to(D.dtype) if D is not None else None
