@@ -360,6 +360,26 @@ def prose_loss(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, setti
     return statistics.mean(losses)
 
 
+@torch.no_grad()
+def passkey_teacher_forced(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, settings: Settings, device: str
+) -> float:
+    """Passkey prompts of the continuation length, answer given: the share whose every answer token is
+    the argmax. The model in memory, fp32, one forward: set beside ``statex-hf eval niah`` (the saved
+    checkpoint, bf16 on CUDA, greedy decoding with the cache), a gap between the two points at saving,
+    loading, bf16 or decoding rather than at what the model learned."""
+    data = RecallMix(tokenizer, settings, settings.continue_length, seed=12345)
+    rng = random.Random(12345)
+    correct = []
+    for _ in range(settings.eval_passkey_samples * len(settings.eval_depths)):
+        ids, labels = data._needle("passkey", rng)
+        logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits[0, :-1]
+        targets = torch.tensor(labels[1:], device=device)
+        answer = targets != -100
+        correct.append(bool((logits.argmax(-1)[answer] == targets[answer]).all()))
+    return statistics.mean(correct)
+
+
 # --- evaluation -----------------------------------------------------------------------------------
 
 
@@ -415,13 +435,21 @@ def run_arch(
         tokenizer.save_pretrained(path)
         eval_start = time.time()
         loss = prose_loss(model, tokenizer, settings, device)
+        forced = passkey_teacher_forced(model, tokenizer, settings, device)
         model.cpu()
         evals = evaluate(path, out / "evals" / f"{arch}-seed{seed}-{name}", settings, seed, device, plots)
-        results[name] = {"training": training, "prose_loss": loss, "eval_seconds": time.time() - eval_start, **evals}
+        results[name] = {
+            "training": training,
+            "prose_loss": loss,
+            "passkey_teacher_forced": forced,
+            "eval_seconds": time.time() - eval_start,
+            **evals,
+        }
         speed = f"train {training['tokens'] / training['seconds']:,.0f} tok/s, " if training else ""
         print(
-            f"  {arch} {name:>8}: MQAR {evals['mqar_mean']:.3f}  passkey {evals['passkey_mean']:.3f}  "
-            f"prose loss {loss:.3f}  ({speed}eval {time.time() - eval_start:.0f} s)",
+            f"  {arch} {name:>8}: MQAR {evals['mqar_mean']:.3f}  passkey {evals['passkey_mean']:.3f} "
+            f"(teacher-forced in memory {forced:.3f})  prose loss {loss:.3f}  "
+            f"({speed}eval {time.time() - eval_start:.0f} s)",
             flush=True,
         )
 
@@ -520,6 +548,14 @@ def report(runs: dict[str, dict[str, Any]], settings: Settings, out: Path, devic
                 curves[task][name] = ([n for n, _ in points], [m for _, (m, _) in points])
                 errors[task][name] = [s for _, (_, s) in points]
         lines.append("")
+        forced = {n: [runs[s][arch][n].get("passkey_teacher_forced") for s in seeds] for n in MODELS}
+        if all(None not in values for values in forced.values()):  # runs made before this check lack it
+            lines += [
+                f"Passkey at {format_length(settings.continue_length)} tokens with the answer given (the model in "
+                "memory, fp32: what it learned, apart from saving, bf16 and decoding): "
+                + ", ".join(f"{n} {_fmt(v)}" for n, v in forced.items()),
+                "",
+            ]
         for task, title in (("mqar", "MQAR accuracy (mean over pair counts)"), ("passkey", "passkey exact match")):
             plot_accuracy_by_length(
                 curves[task],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import types
 from pathlib import Path
 
 import torch
@@ -12,11 +13,16 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce_statex.py"
 
 
-def test_tiny_reproduction_writes_table_plots_and_every_model_result(tmp_path, monkeypatch):
+def load_script(monkeypatch):
     spec = importlib.util.spec_from_file_location("reproduce_statex", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "reproduce_statex", script)  # dataclasses look their module up there
     spec.loader.exec_module(script)
+    return script
+
+
+def test_tiny_reproduction_writes_table_plots_and_every_model_result(tmp_path, monkeypatch):
+    script = load_script(monkeypatch)
     out = tmp_path / "out"
     threads = torch.get_num_threads()
     try:
@@ -29,8 +35,30 @@ def test_tiny_reproduction_writes_table_plots_and_every_model_result(tmp_path, m
         assert run["statex_layers"], "statex-hf convert expanded no layer"
         for model in ("original", "LPT", "StateX"):
             assert 0.0 <= run[model]["mqar_mean"] <= 1.0 and 0.0 <= run[model]["passkey_mean"] <= 1.0
+            assert 0.0 <= run[model]["passkey_teacher_forced"] <= 1.0
         assert run["LPT"]["training"]["tokens"] == run["StateX"]["training"]["tokens"]  # equal budgets
         for task in ("mqar", "passkey"):
             assert (out / f"{arch}_{task}.png").stat().st_size > 5000
     table = (out / "results.md").read_text()
     assert "| StateX |" in table and "## Verdict" in table
+
+
+class _ShiftedInputs(torch.nn.Module):
+    """Test fixture: logits that put all mass on the *next input* token (an oracle that sees the answer)."""
+
+    def __init__(self, vocab: int, constant: int | None = None) -> None:
+        super().__init__()
+        self.vocab, self.constant = vocab, constant
+
+    def forward(self, input_ids, use_cache=False):
+        nxt = torch.roll(input_ids, -1, dims=1) if self.constant is None else torch.full_like(input_ids, self.constant)
+        return types.SimpleNamespace(logits=torch.nn.functional.one_hot(nxt, self.vocab).float())
+
+
+def test_teacher_forced_passkey_scores_answer_positions(monkeypatch):
+    script = load_script(monkeypatch)
+    tokenizer = script.build_tokenizer()
+    settings = script.TINY
+    oracle = script.passkey_teacher_forced(_ShiftedInputs(len(tokenizer)), tokenizer, settings, "cpu")
+    constant = script.passkey_teacher_forced(_ShiftedInputs(len(tokenizer), 0), tokenizer, settings, "cpu")
+    assert oracle == 1.0 and constant == 0.0
