@@ -8,6 +8,7 @@
 #   repro: the miniature reproduction, the units in REPRO_UNITS ("seed:arch ...", default
 #   "0:gla 0:mamba2") in parallel; their results folders come back as $OUT/repro.tgz. Carry a previous
 #   repro.tgz as .device/repro.tgz to keep its folders; merge them with reproduce_statex.py --merge.
+#   A variant: REPRO_ARGS="--convert-args=--layers=2,4,6" REPRO_TAG=layers246 (folders named with it).
 # The GPU machine has torch, triton and transformers; fla and mamba_ssm come from the carried wheels
 # (mamba_ssm as extracted source: pip cannot build it there). Each step has its own time limit so
 # one slow step cannot eat the call; the multi-GPU test needs a 2-GPU machine and is not run here.
@@ -31,11 +32,11 @@ case "${1:-tests}" in
         # units in REPRO_UNITS run as parallel processes, each into its own folder; merge them here later.
         mkdir -p /tmp/repro-out && { [ -f .device/repro.tgz ] && tar -xzf .device/repro.tgz -C /tmp/repro-out; }
         nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 15 > "$OUT/gpu-util.log" &
-        monitor=$! units=()
+        monitor=$! units=() tag=${REPRO_TAG:+-$REPRO_TAG}
         for unit in ${REPRO_UNITS:-0:gla 0:mamba2}; do
             seed=${unit%%:*} arch=${unit##*:}
             OMP_NUM_THREADS=2 timeout 545 python benchmarks/reproduce_statex.py --seeds "$seed" --archs "$arch" ${REPRO_ARGS:-} \
-                --output-dir "/tmp/repro-out/seed$seed-$arch" > "$OUT/repro-seed$seed-$arch.log" 2>&1 &
+                --output-dir "/tmp/repro-out/seed$seed-$arch$tag" > "$OUT/repro-seed$seed-$arch$tag.log" 2>&1 &
             units+=($!)
         done
         wait "${units[@]}"; kill "$monitor"; tail -n 30 "$OUT"/repro-seed*.log

@@ -100,6 +100,8 @@ class Settings:
     eval_passkey_samples: int = 4
     eval_text_sequences: int = 32
     loader_workers: int = 4
+    # Extra `statex-hf convert` arguments for a variant of the StateX arm (default: none, the CLI's defaults).
+    convert_args: list[str] = field(default_factory=list)
 
 
 TINY = Settings(
@@ -475,9 +477,13 @@ def run_arch(
     finish("LPT", model, root / "LPT", train(model, tokenizer, settings, **continuation))
     del model
 
-    print(f"[seed {seed}] {arch}: statex-hf convert (defaults), then the same continuation")
+    how = " ".join(settings.convert_args) or "(defaults)"
+    print(f"[seed {seed}] {arch}: statex-hf convert {how}, then the same continuation")
     save_as_source_checkpoint(root / "original", arch, root / "source")
-    run_cli(["convert", arch, str(root / "source"), str(root / "expanded"), "--seed", str(seed), "--quiet"])
+    run_cli(
+        ["convert", arch, str(root / "source"), str(root / "expanded"), "--seed", str(seed), "--quiet"]
+        + settings.convert_args
+    )
     model = AutoModelForCausalLM.from_pretrained(root / "expanded", dtype=torch.float32)
     results["statex_layers"] = list(model.config.statex_layers)
     finish("StateX", model, root / "StateX", train(model, tokenizer, settings, **continuation))
@@ -507,7 +513,8 @@ def report(runs: dict[str, dict[str, Any]], settings: Settings, out: Path, devic
         f"Device: {device}; {minutes:.1f} min of training and evaluation in all. "
         f"Pretraining: {settings.pretrain_steps} steps x {settings.pretrain_batch} x {settings.pretrain_length} "
         f"tokens; continuation (LPT and StateX alike): {settings.continue_steps} steps x {settings.continue_batch} "
-        f"x {settings.continue_length} tokens. Values: mean ± std over seeds.",
+        f"x {settings.continue_length} tokens; StateX: `statex-hf convert "
+        f"{' '.join(settings.convert_args) or '(defaults)'}`. Values: mean ± std over seeds.",
         "",
     ]
     verdicts = []
@@ -602,6 +609,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=18.0,
         help="start another (seed, arch) unit only if the longest one so far still fits (default 18)",
     )
+    parser.add_argument(
+        "--convert-args",
+        help='extra statex-hf convert arguments for the StateX arm, e.g. "--layers 2,4,6" (default: its defaults)',
+    )
     parser.add_argument("--pretrain-steps", type=int)
     parser.add_argument("--continue-steps", type=int)
     parser.add_argument("--work-dir", type=Path, help="where checkpoints live while a seed runs (default: a temp dir)")
@@ -629,7 +640,11 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.disable_progress_bar()
     settings = TINY if args.tiny else Settings()
-    overrides = {"pretrain_steps": args.pretrain_steps, "continue_steps": args.continue_steps}
+    overrides = {
+        "pretrain_steps": args.pretrain_steps,
+        "continue_steps": args.continue_steps,
+        "convert_args": args.convert_args.split() if args.convert_args else None,
+    }
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     args.output_dir.mkdir(parents=True, exist_ok=True)
     results_file = args.output_dir / "results.json"
