@@ -36,10 +36,11 @@ case "${1:-tests}" in
         for unit in ${REPRO_UNITS:-0:gla 0:mamba2}; do
             seed=${unit%%:*} arch=${unit##*:}
             OMP_NUM_THREADS=2 timeout 545 python benchmarks/reproduce_statex.py --seeds "$seed" --archs "$arch" ${REPRO_ARGS:-} \
-                --output-dir "/tmp/repro-out/seed$seed-$arch$tag" > "$OUT/repro-seed$seed-$arch$tag.log" 2>&1 &
+                --output-dir "/tmp/repro-out/seed$seed-$arch$tag" > "/tmp/repro-out/seed$seed-$arch$tag.log" 2>&1 &
             units+=($!)
         done
-        wait "${units[@]}"; kill "$monitor"; tail -n 30 "$OUT"/repro-seed*.log
+        # Unit logs go into the archive: $OUT returns 8 files at most, whatever the number of units.
+        wait "${units[@]}"; kill "$monitor"; tail -n 30 /tmp/repro-out/seed*.log
         tar -czf "$OUT/repro.tgz" -C /tmp/repro-out . ;;
     *) echo "usage: $0 tests|gla|ssd|train|repro" >&2; exit 2 ;;
 esac 2>&1 | tee "$OUT/${1:-tests}.log"

@@ -366,8 +366,9 @@ def prose_loss(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, setti
 def passkey_teacher_forced(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, settings: Settings, device: str
 ) -> float:
-    """Passkey prompts of the continuation length, answer given: the share whose every answer token is
-    the argmax. The model in memory, fp32, one forward: set beside ``statex-hf eval niah`` (the saved
+    """Passkey prompts of the continuation length, answer given: the share whose every answer digit is
+    the argmax (the EOS after it is not scored, as ``eval niah`` does not). The model in memory, fp32
+    weights (TF32 matmuls on CUDA), one forward: set beside ``statex-hf eval niah`` (the saved
     checkpoint, bf16 on CUDA, greedy decoding with the cache), a gap between the two points at saving,
     loading, bf16 or decoding rather than at what the model learned."""
     data = RecallMix(tokenizer, settings, settings.continue_length, seed=12345)
@@ -377,7 +378,7 @@ def passkey_teacher_forced(
         ids, labels = data._needle("passkey", rng)
         logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits[0, :-1]
         targets = torch.tensor(labels[1:], device=device)
-        answer = targets != -100
+        answer = (targets != -100) & (targets != tokenizer.eos_token_id)
         correct.append(bool((logits.argmax(-1)[answer] == targets[answer]).all()))
     return statistics.mean(correct)
 
@@ -559,7 +560,7 @@ def report(runs: dict[str, dict[str, Any]], settings: Settings, out: Path, devic
         if all(None not in values for values in forced.values()):  # runs made before this check lack it
             lines += [
                 f"Passkey at {format_length(settings.continue_length)} tokens with the answer given (the model in "
-                "memory, fp32: what it learned, apart from saving, bf16 and decoding): "
+                "memory, fp32 weights: what it learned, apart from saving, bf16 and decoding): "
                 + ", ".join(f"{n} {_fmt(v)}" for n, v in forced.items()),
                 "",
             ]
@@ -628,10 +629,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def load_runs(directory: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], str]:
-    """Settings, runs and device of an earlier results.json."""
+def load_runs(directory: Path) -> tuple[Settings, dict[str, dict[str, Any]], str]:
+    """Settings, runs and device of an earlier results.json (fields it predates take their defaults)."""
     payload = json.loads((directory / "results.json").read_text())
-    return payload["settings"], payload["runs"], payload["device"]
+    return Settings(**payload["settings"]), payload["runs"], payload["device"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -651,11 +652,20 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.merge:  # only the report, from runs made elsewhere (e.g. one seed per GPU job)
         runs: dict[str, dict[str, Any]] = {}
-        for directory in args.merge:
-            merged_settings, more, device = load_runs(directory)
-            settings = Settings(**merged_settings)
+        for i, directory in enumerate(args.merge):
+            their_settings, more, device = load_runs(directory)
+            # A mean over seeds means something only within one configuration (e.g. not across --convert-args).
+            if i and asdict(their_settings) != asdict(settings):
+                print(f"--merge: {directory} was made with other settings than {args.merge[0]}", file=sys.stderr)
+                return 2
+            settings = their_settings
             for seed, by_arch in more.items():
+                if twice := sorted(set(by_arch) & set(runs.get(seed, {}))):
+                    print(f"--merge: seed {seed} {', '.join(twice)} is in two folders (again in {directory})",
+                          file=sys.stderr)  # fmt: skip
+                    return 2
                 runs.setdefault(seed, {}).update(by_arch)
+        for directory in args.merge:
             if (directory / "evals").is_dir() and directory.resolve() != args.output_dir.resolve():
                 shutil.copytree(directory / "evals", args.output_dir / "evals", dirs_exist_ok=True)
         results_file.write_text(json.dumps({"settings": asdict(settings), "device": device, "runs": runs}, indent=2))
@@ -665,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     if results_file.exists() and not args.fresh:  # resume: keep what an earlier invocation finished
         earlier_settings, runs, _ = load_runs(args.output_dir)
-        if earlier_settings != json.loads(json.dumps(asdict(settings))):
+        if asdict(earlier_settings) != json.loads(json.dumps(asdict(settings))):
             print(f"{results_file} was made with other settings: use --fresh or another --output-dir", file=sys.stderr)
             return 2
     if args.device.startswith("cuda"):

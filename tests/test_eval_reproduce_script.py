@@ -62,3 +62,24 @@ def test_teacher_forced_passkey_scores_answer_positions(monkeypatch):
     oracle = script.passkey_teacher_forced(_ShiftedInputs(len(tokenizer)), tokenizer, settings, "cpu")
     constant = script.passkey_teacher_forced(_ShiftedInputs(len(tokenizer), 0), tokenizer, settings, "cpu")
     assert oracle == 1.0 and constant == 0.0
+
+
+def test_merge_refuses_other_settings_and_repeated_units(tmp_path, monkeypatch, capsys):
+    script = load_script(monkeypatch)
+    run = {"seconds": 1.0}  # the guards refuse before any report is made
+
+    def results(name, seed, **changes):
+        folder = tmp_path / name
+        folder.mkdir()
+        settings = script.asdict(script.replace(script.TINY, **changes))
+        payload = {"settings": settings, "device": "cpu", "runs": {seed: {"gla": run}}}
+        (folder / "results.json").write_text(json.dumps(payload))
+        return str(folder)
+
+    default, again = results("a", "0"), results("b", "0")
+    variant = results("c", "1", convert_args=["--layers=1"])
+    out = ["--output-dir", str(tmp_path / "out")]
+    assert script.main(["--merge", default, variant, *out]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert script.main(["--merge", default, again, *out]) == 2
+    assert "seed 0 gla is in two folders" in capsys.readouterr().err
