@@ -612,7 +612,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--convert-args",
-        help='extra statex-hf convert arguments for the StateX arm, e.g. "--layers 2,4,6" (default: its defaults)',
+        help="extra statex-hf convert arguments for the StateX arm, split at spaces; give them with '=', "
+        "e.g. --convert-args=--layers=2,4,6 (default: none, the CLI's defaults)",
     )
     parser.add_argument("--pretrain-steps", type=int)
     parser.add_argument("--continue-steps", type=int)
