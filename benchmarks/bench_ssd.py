@@ -1,13 +1,14 @@
 """Mamba2 SSD on one GPU: ours (Triton) vs mamba_ssm's Triton ``mamba_chunk_scan_combined`` vs
 transformers' PyTorch ``mamba2_chunk_scan``, one Mamba2-1.3B layer (H=64, P=64, G=1, bf16, B=1),
 N = 128 and 512, T = 4K / 16K / 64K; then the decode step at B = 1 / 16 / 64, the conv1d, and the
-gated RMSNorm that ends the mixer (PyTorch reference vs the Triton kernel, which the model does not use yet).
+gated RMSNorm that ends the mixer (PyTorch reference, our Triton kernel, mamba_ssm's).
 
 Each (implementation, N) runs in a fresh process with an empty Triton cache, so "first call" is
 compile + autotune + run, and an out-of-memory stays in its own process. One table at the end.
 
     python benchmarks/bench_ssd.py                     # everything (mamba_ssm from MAMBA_SSM_SRC)
     python benchmarks/bench_ssd.py --impls ours --ns 512
+    python benchmarks/bench_ssd.py --impls ours,ours_recompute   # chunk states kept for the backward vs recomputed
 """
 
 from __future__ import annotations
@@ -42,6 +43,16 @@ def load_mamba_ssm():
     return mamba_chunk_scan_combined, selective_state_update
 
 
+def mamba_ssm_gated_norm():
+    """mamba_ssm's fused gated RMSNorm, in our call signature (Mamba2 gates before the norm)."""
+    load_mamba_ssm()
+    from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
+
+    return lambda x, gate, weight, eps, group_size: rmsnorm_fn(
+        x, weight, None, z=gate, eps=eps, group_size=group_size, norm_before_gate=False
+    )
+
+
 def make_inputs(T, N, dtype, device="cuda"):
     import torch
 
@@ -58,8 +69,12 @@ def make_inputs(T, N, dtype, device="cuda"):
 
 
 def scan_fn(impl):
-    if impl == "ours":
+    if impl in ("ours", "ours_recompute"):
+        from statex_hf.kernels.ssd import chunk as ssd_chunk
         from statex_hf.kernels.ssd.chunk import chunk_ssd
+
+        if impl == "ours_recompute":  # the backward recomputes the chunk states at every T (as mamba_ssm)
+            ssd_chunk.KEEP_STATES_MAX_BYTES = 0
 
         def run(i):
             return chunk_ssd(i["x"], i["dt"], i["A"], i["B"], i["C"], i["D"], i["dt_bias"], True, chunk_size=CHUNK)[0]
@@ -240,11 +255,15 @@ def child_conv(Ts):
 
 
 def child_norm(Ts):
-    """Gated RMSNorm at D = 4096, one group: the PyTorch reference (what the model runs) vs the Triton kernel."""
+    """Gated RMSNorm at D = 4096, one group: the PyTorch reference (the CPU path), our Triton kernel (what
+    dispatch picks on CUDA) and, with MAMBA_SSM_SRC set, mamba_ssm's fused one."""
     from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
     from statex_hf.kernels.norm.gated_rmsnorm_triton import gated_rmsnorm_triton
 
-    child_op("norm", measure_norm, [("torch", gated_rmsnorm), ("triton", gated_rmsnorm_triton)], NORM_D, Ts)
+    impls = [("torch", gated_rmsnorm), ("triton", gated_rmsnorm_triton)]
+    if os.environ.get("MAMBA_SSM_SRC"):
+        impls.append(("mamba_ssm", mamba_ssm_gated_norm()))
+    child_op("norm", measure_norm, impls, NORM_D, Ts)
 
 
 def spawn(args, timeout):

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The single-GPU suite and the benchmarks, one step per device call (a call is limited to 10 minutes).
+# The single-GPU suite and the benchmarks on the GPU machine (a device call is limited to 10 minutes).
 #
 # Here, once:   mkdir -p .device/wheels && cp ../shared/device-wheels/* .device/wheels/
 #               pip download --no-deps -d .device/wheels pytest pluggy iniconfig pytest-timeout
 #               (pyproject's pytest options need pytest-timeout)
-# Device calls: bash benchmarks/gpu_session.sh tests|gla|ssd|train|repro   (carry: [".device"]; logs in $OUT)
+# Device calls: bash benchmarks/gpu_session.sh STEP...   (carry: [".device"]; a log per step in $OUT)
+#   STEP: tests | gla | ssd | sweep | train | repro; several steps share one call (one machine start),
+#   e.g. `tests gla sweep`. TESTS_TIMEOUT, FLA_TIMEOUT and GLA_ARGS (e.g. "--impls ours") adjust them.
 #   repro: the miniature reproduction, the units in REPRO_UNITS ("seed:arch ...", default
 #   "0:gla 0:mamba2") in parallel; their results folders come back as $OUT/repro.tgz. Carry a previous
 #   repro.tgz as .device/repro.tgz to keep its folders; merge them with reproduce_statex.py --merge.
@@ -22,10 +24,12 @@ python -m pip install --quiet --no-deps --no-build-isolation -e .
 mkdir -p /tmp/mamba_ssm_src && tar -xzf .device/wheels/mamba_ssm-*.tar.gz -C /tmp/mamba_ssm_src
 export MAMBA_SSM_SRC=$(ls -d /tmp/mamba_ssm_src/mamba_ssm-*)
 
-case "${1:-tests}" in
-    tests) STATEX_GPU_TESTS=1 timeout 500 python -m pytest -q tests/gpu --ignore=tests/gpu/test_multi_gpu.py ;;
-    gla) timeout 540 python benchmarks/bench_gla.py --fla-timeout 120 ;;
-    ssd) timeout 540 python benchmarks/bench_ssd.py --impls ours,mamba_ssm --json "$OUT/ssd.json" ;;
+run_step() {
+    case "$1" in
+    tests) STATEX_GPU_TESTS=1 timeout "${TESTS_TIMEOUT:-500}" python -m pytest -q tests/gpu --ignore=tests/gpu/test_multi_gpu.py ;;
+    gla) timeout 540 python benchmarks/bench_gla.py --fla-timeout "${FLA_TIMEOUT:-120}" ${GLA_ARGS:-} ;;
+    ssd) timeout 540 python benchmarks/bench_ssd.py --impls ours,ours_recompute,mamba_ssm --json "$OUT/ssd.json" ;;
+    sweep) timeout 300 python benchmarks/sweep_launch_configs.py --json "$OUT/sweep.json" ;;
     train) timeout 540 python benchmarks/bench_train.py --json "$OUT/train.json" ;;
     repro)
         # The small models leave the H100 mostly idle (the step time is host-bound), so the (seed, arch)
@@ -42,5 +46,10 @@ case "${1:-tests}" in
         # Unit logs go into the archive: $OUT returns 8 files at most, whatever the number of units.
         wait "${units[@]}"; kill "$monitor"; tail -n 30 /tmp/repro-out/seed*.log
         tar -czf "$OUT/repro.tgz" -C /tmp/repro-out . ;;
-    *) echo "usage: $0 tests|gla|ssd|train|repro" >&2; exit 2 ;;
-esac 2>&1 | tee "$OUT/${1:-tests}.log"
+    *) echo "usage: $0 STEP... (tests | gla | ssd | sweep | train | repro)" >&2; return 2 ;;
+    esac
+}
+
+for step in "${@:-tests}"; do
+    run_step "$step" 2>&1 | tee "$OUT/$step.log"
+done

@@ -12,6 +12,7 @@ import torch
 from statex_hf.kernels.conv.causal_conv1d import causal_conv1d as torch_causal_conv1d
 from statex_hf.kernels.gla.chunk_torch import chunk_gla_torch
 from statex_hf.kernels.gla.naive import naive_recurrent_gla
+from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm as torch_gated_rmsnorm
 from statex_hf.kernels.ssd.naive import naive_ssd
 
 
@@ -145,3 +146,16 @@ def causal_conv1d(
 
         return causal_conv1d_triton(x, weight, bias, activation, output_final_state, cu_seqlens)
     return torch_causal_conv1d(x, weight, bias, activation, conv_state, output_final_state, cu_seqlens)
+
+
+def gated_rmsnorm(
+    x: torch.Tensor, gate: torch.Tensor | None, weight: torch.Tensor, eps: float, group_size: int
+) -> torch.Tensor:
+    """RMSNorm of ``x * silu(gate)`` (of ``x`` without a gate) per group, times ``weight``; as in
+    ``kernels/norm/gated_rmsnorm.py``. CUDA: one Triton pass each way, which keeps only x, gate and one
+    fp32 value per (row, group) for the backward; the PyTorch path keeps several fp32 copies of x."""
+    if use_triton(x, weight):
+        from statex_hf.kernels.norm.gated_rmsnorm_triton import gated_rmsnorm_triton
+
+        return gated_rmsnorm_triton(x, gate, weight, eps, group_size)
+    return torch_gated_rmsnorm(x, gate, weight, eps, group_size)

@@ -123,6 +123,16 @@ def _num_sms(device: torch.device) -> int:
     return _NUM_SMS[index]
 
 
+def step_config(N: int, H: int, K: int, V: int, device: torch.device) -> tuple[int, int, int]:
+    """(BK, BV, num_warps) of the one-token kernel for N sequences of H heads with a [K, V] state."""
+    # 64-wide rows (256 contiguous bytes) keep the state stream at full bandwidth; narrower slices
+    # only when there are too few to give every SM two programs (small batches).
+    BK, BV = min(64, max(16, triton.next_power_of_2(K))), min(64, max(16, triton.next_power_of_2(V)))
+    while BV > 16 and N * H * triton.cdiv(V, BV) < 2 * _num_sms(device):
+        BV //= 2
+    return BK, BV, 4
+
+
 def fused_recurrent_gla(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -165,11 +175,7 @@ def fused_recurrent_gla(
     o = torch.empty_like(v)
     ht = q.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
     if T == 1 and cu_seqlens is None:
-        # 64-wide rows (256 contiguous bytes) keep the state stream at full bandwidth; narrower slices
-        # only when there are too few to give every SM two programs (small batches).
-        BK, BV = min(64, max(16, triton.next_power_of_2(K))), min(64, max(16, triton.next_power_of_2(V)))
-        while BV > 16 and N * H * triton.cdiv(V, BV) < 2 * _num_sms(q.device):
-            BV //= 2
+        BK, BV, num_warps = step_config(N, H, K, V, q.device)
         fused_recurrent_gla_step_kernel[(triton.cdiv(V, BV), N * H)](
             q,
             k,
@@ -186,7 +192,7 @@ def fused_recurrent_gla(
             BV=BV,
             USE_INITIAL_STATE=initial_state is not None,
             STORE_FINAL_STATE=output_final_state,
-            num_warps=4,
+            num_warps=num_warps,
         )
         return o, ht
     BK = max(16, triton.next_power_of_2(K))

@@ -1,6 +1,6 @@
 """Gated RMSNorm in PyTorch, the reference: Mamba2's ``weight * norm_per_group(x * silu(gate))``.
 
-This is what the model runs (``StateXMamba2RMSNorm``) and what ``gated_rmsnorm_triton`` is tested against.
+What ``StateXMamba2RMSNorm`` runs on CPU (``kernels/dispatch.py``), and what ``gated_rmsnorm_triton`` is tested against.
 """
 
 from __future__ import annotations

@@ -165,6 +165,8 @@ _MAX_BLOCK = 8192
 # work. Not tuned on a GPU yet (4096 fp32 = 16 per thread at 8 warps).
 _TILE = 4096
 _MAX_ROWS = 64
+# Backward programs per SM: each walks many rows so its dw partial ([programs, D] fp32) stays small.
+_WAVES = 4
 
 
 def _launch_config(M: int, S: int) -> tuple[int, int, int, int]:
@@ -182,7 +184,7 @@ def _row_programs(M: int, BM: int, n_groups: int, device: torch.device) -> tuple
     tests see partials summed."""
     blocks = triton.cdiv(M, BM)
     if device.type == "cuda":
-        target = max(1, triton.cdiv(4 * torch.cuda.get_device_properties(device).multi_processor_count, n_groups))
+        target = max(1, triton.cdiv(_WAVES * torch.cuda.get_device_properties(device).multi_processor_count, n_groups))
     else:
         target = 2
     rows_per_program = triton.cdiv(blocks, min(blocks, target)) * BM

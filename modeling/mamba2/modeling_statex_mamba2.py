@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 from statex_hf.kernels import dispatch
-from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
 from statex_hf.kernels.ssd.naive import discretize_dt
 from statex_hf.modeling.cache import StateXRecurrentCache
 from statex_hf.modeling.causal_lm import StateXCausalLMMixin, causal_lm_head
@@ -42,7 +41,7 @@ class StateXMamba2RMSNorm(nn.Module):
         self.group_size = hidden_size if group_size is None else group_size
 
     def forward(self, hidden_states: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
-        return gated_rmsnorm(hidden_states, gate, self.weight, self.variance_epsilon, self.group_size)
+        return dispatch.gated_rmsnorm(hidden_states, gate, self.weight, self.variance_epsilon, self.group_size)
 
 
 class StateXMamba2Mixer(nn.Module):
