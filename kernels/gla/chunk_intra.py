@@ -60,9 +60,7 @@ def chunk_gla_fwd_A_kernel(
     # Columns of earlier sub-blocks go through the matrix product, the diagonal block pair by pair.
     m_before = m_j & (o_j < i_c * BC)
 
-    o_c = tl.arange(0, BC)
-    b_A = tl.zeros([BC, BT], dtype=tl.float32)  # earlier sub-blocks' columns (zero elsewhere)
-    b_Ad = tl.zeros([BC, BC], dtype=tl.float32)  # the diagonal sub-block, column by column
+    b_A = tl.zeros([BC, BT], dtype=tl.float32)
     for i_k in range(0, tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
@@ -85,13 +83,10 @@ def chunk_gla_fwd_A_kernel(
             b_gj = tl.load(g + (t_j * H + i_h) * K + o_k, mask=m_kj, other=0.0)
             b_e = tl.exp(tl.where(o_i[:, None] >= j, b_gq - b_gj[None, :], float("-inf")))
             b_Aj = tl.sum(b_q * b_kj[None, :] * b_e, axis=1)
-            b_Ad += tl.where(o_c[None, :] == j, b_Aj[:, None], 0.0)
+            b_A += tl.where(o_j[None, :] == i_c * BC + j, b_Aj[:, None], 0.0)
 
-    # Two stores to disjoint columns: the diagonal sub-block's, and every other column of the rows.
-    p_A = A + (rows[:, None] * H + i_h) * BT
-    m_off = (o_j < i_c * BC) | (o_j >= (i_c + 1) * BC)
-    tl.store(p_A + o_j[None, :], b_A * scale, mask=m_i[:, None] & m_off[None, :])
-    tl.store(p_A + i_c * BC + o_c[None, :], b_Ad * scale, mask=m_i[:, None])
+    p_A = (rows[:, None] * H + i_h) * BT + o_j[None, :]
+    tl.store(p_A + A, b_A * scale, mask=m_i[:, None] & (o_j[None, :] < BT))
 
 
 @triton.jit
@@ -200,7 +195,7 @@ def chunk_gla_fwd_intra(
         BT=chunk_size,
         BC=BC,
         BK=BK,
-        DOT_PRECISION=dot_precision(q.dtype),
+        DOT_PRECISION=dot_precision(torch.float32),
         num_warps=4,
         num_stages=1,
     )
@@ -231,7 +226,7 @@ def chunk_gla_bwd_intra(
         BT=chunk_size,
         BC=BC,
         BK=BK,
-        DOT_PRECISION=dot_precision(q.dtype),
+        DOT_PRECISION=dot_precision(torch.float32),
         num_warps=4,
         num_stages=1,
     )
