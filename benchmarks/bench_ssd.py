@@ -304,6 +304,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--impls", default="ours,mamba_ssm,hf")
     ap.add_argument("--ns", default="128,512")
+    ap.add_argument("--peer-ns", default=None, help="the Ns at which mamba_ssm and hf run (default: --ns)")
     ap.add_argument("--ts", default="4096,16384,65536")
     ap.add_argument("--batches", default="1,16,64")
     ap.add_argument("--timeout", type=int, default=240)
@@ -336,8 +337,11 @@ def main():
             with open(a.json, "w") as f:
                 json.dump(recs, f, indent=1)
 
+    peer_ns = ns if a.peer_ns is None else [int(n) for n in a.peer_ns.split(",")]
     for impl in impls:
         for n in ns:
+            if impl in ("mamba_ssm", "hf") and n not in peer_ns:
+                continue
             base = ["--ts", a.ts, "--n", str(n), "--impl", impl]
             measure(["--child", "scan", *base])
             if impl in ("ours", "mamba_ssm"):

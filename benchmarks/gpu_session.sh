@@ -6,7 +6,8 @@
 #               (pyproject's pytest options need pytest-timeout)
 # Device calls: bash benchmarks/gpu_session.sh STEP...   (carry: [".device"]; a log per step in $OUT)
 #   STEP: tests | gla | ssd | sweep | train | repro; several steps share one call (one machine start),
-#   e.g. `tests gla sweep`. TESTS_TIMEOUT, FLA_TIMEOUT and GLA_ARGS (e.g. "--impls ours") adjust them.
+#   e.g. `tests gla sweep`. TESTS_TIMEOUT, FLA_TIMEOUT, GLA_ARGS (e.g. "--impls ours") and SSD_ARGS
+#   (e.g. "--impls ours,mamba_ssm --peer-ns 512") adjust them.
 #   repro: the miniature reproduction, the units in REPRO_UNITS ("seed:arch ...", default
 #   "0:gla 0:mamba2") in parallel; their results folders come back as $OUT/repro.tgz. Carry a previous
 #   repro.tgz as .device/repro.tgz to keep its folders; merge them with reproduce_statex.py --merge.
@@ -28,7 +29,7 @@ run_step() {
     case "$1" in
     tests) STATEX_GPU_TESTS=1 timeout "${TESTS_TIMEOUT:-500}" python -m pytest -q tests/gpu --ignore=tests/gpu/test_multi_gpu.py ;;
     gla) timeout 540 python benchmarks/bench_gla.py --fla-timeout "${FLA_TIMEOUT:-120}" ${GLA_ARGS:-} ;;
-    ssd) timeout 540 python benchmarks/bench_ssd.py --impls ours,ours_recompute,mamba_ssm --json "$OUT/ssd.json" ;;
+    ssd) timeout 540 python benchmarks/bench_ssd.py ${SSD_ARGS:---impls ours,ours_recompute,mamba_ssm} --json "$OUT/ssd.json" ;;
     sweep) timeout 300 python benchmarks/sweep_launch_configs.py --json "$OUT/sweep.json" ;;
     train) timeout 540 python benchmarks/bench_train.py --json "$OUT/train.json" ;;
     repro)
