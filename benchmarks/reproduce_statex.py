@@ -556,11 +556,14 @@ def report(runs: dict[str, dict[str, Any]], settings: Settings, out: Path, devic
                 curves[task][name] = ([n for n, _ in points], [m for _, (m, _) in points])
                 errors[task][name] = [s for _, (_, s) in points]
         lines.append("")
-        forced = {n: [runs[s][arch][n].get("passkey_teacher_forced") for s in seeds] for n in MODELS}
-        if all(None not in values for values in forced.values()):  # runs made before this check lack it
+        # Runs made before this check lack it: report it over the seeds that have it, and say which.
+        have = [s for s in seeds if all(runs[s][arch][n].get("passkey_teacher_forced") is not None for n in MODELS)]
+        if have:
+            forced = {n: [runs[s][arch][n]["passkey_teacher_forced"] for s in have] for n in MODELS}
+            which = "" if have == seeds else f" (seeds {', '.join(map(str, have))})"
             lines += [
-                f"Passkey at {format_length(settings.continue_length)} tokens with the answer given (the model in "
-                "memory, fp32 weights: what it learned, apart from saving, bf16 and decoding): "
+                f"Passkey at {format_length(settings.continue_length)} tokens with the answer given{which} (the model "
+                "in memory, fp32 weights: what it learned, apart from saving, bf16 and decoding): "
                 + ", ".join(f"{n} {_fmt(v)}" for n, v in forced.items()),
                 "",
             ]
