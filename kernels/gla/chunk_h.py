@@ -136,21 +136,12 @@ def chunk_gla_bwd_dh_kernel(
         tl.store(dh0 + i_nh.to(tl.int64) * K * V + p_kv, b_dh, mask=m_kv)
 
 
-def _state_tiles(K: int, V: int, NH: int) -> tuple[int, int]:
-    """``[BK, BV]`` state tile for ``NH`` (sequence, head) pairs: one tile per program."""
-    # 64 x 64 fp32 tiles (16 x 32 of them at the StateX head); small heads (K or V below 64) shrink the
-    # tile instead of wasting lanes.
+def _state_tiles(K: int, V: int) -> tuple[int, int]:
+    # 64 x 64 fp32 tiles: one state tile per program, enough programs at H = 1 (16 x 32 at the StateX
+    # head), and small heads (K or V below 64) shrink the tile instead of wasting lanes.
     BK = min(64, max(16, triton.next_power_of_2(K)))
     BV = min(64, max(16, triton.next_power_of_2(V)))
-    # Each program walks the chunks in order, so with about one program per SM (GLA-1.3B's 4 heads at
-    # B = 1: 128) every step's loads wait exposed; halve the key tile until there are ~2 per SM.
-    while BK > 32 and triton.cdiv(K, BK) * triton.cdiv(V, BV) * NH < _MIN_PROGRAMS:
-        BK //= 2
     return BK, BV
-
-
-# About two programs per SM on an H100 (132 SMs), as the SSD state kernels aim for.
-_MIN_PROGRAMS = 256
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -181,7 +172,7 @@ def chunk_gla_fwd_h(
     _, _, H, K = k.shape
     V = v.shape[-1]
     N = layout.num_seqs
-    BK, BV = _state_tiles(K, V, N * H)
+    BK, BV = _state_tiles(K, V)
     h = k.new_empty(layout.num_chunks, H, K, V, dtype=state_buffer_dtype(k.dtype))
     ht = k.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
     grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)
@@ -226,7 +217,7 @@ def chunk_gla_bwd_dh(
     _, _, H, K = q.shape
     V = do.shape[-1]
     N = layout.num_seqs
-    BK, BV = _state_tiles(K, V, N * H)
+    BK, BV = _state_tiles(K, V)
     dh = q.new_empty(layout.num_chunks, H, K, V, dtype=state_buffer_dtype(q.dtype))
     dh0 = q.new_empty(N, H, K, V, dtype=torch.float32) if need_dh0 else None
     grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)
