@@ -5,9 +5,10 @@
 #               pip download --no-deps -d .device/wheels pytest pluggy iniconfig pytest-timeout
 #               (pyproject's pytest options need pytest-timeout)
 # Device calls: bash benchmarks/gpu_session.sh STEP...   (carry: [".device"]; a log per step in $OUT)
-#   STEP: tests | gla | ssd | sweep | train | repro; several steps share one call (one machine start),
-#   e.g. `tests gla sweep`. TESTS_TIMEOUT, FLA_TIMEOUT, GLA_ARGS (e.g. "--impls ours") and SSD_ARGS
-#   (e.g. "--impls ours,mamba_ssm --peer-ns 512") adjust them.
+#   STEP: tests | gla | ssd | sweep | profile | train | repro; several steps share one call (one
+#   machine start), e.g. `gla sweep`; the whole `tests` step alone takes 6-8 minutes. TESTS_TIMEOUT,
+#   FLA_TIMEOUT, GLA_ARGS (e.g. "--impls ours") and SSD_ARGS (e.g. "--impls ours,mamba_ssm --peer-ns
+#   512") adjust them.
 #   repro: the miniature reproduction, the units in REPRO_UNITS ("seed:arch ...", default
 #   "0:gla 0:mamba2") in parallel; their results folders come back as $OUT/repro.tgz. Carry a previous
 #   repro.tgz as .device/repro.tgz to keep its folders; merge them with reproduce_statex.py --merge.
@@ -31,6 +32,7 @@ run_step() {
     gla) timeout 540 python benchmarks/bench_gla.py --fla-timeout "${FLA_TIMEOUT:-120}" ${GLA_ARGS:-} ;;
     ssd) timeout 540 python benchmarks/bench_ssd.py ${SSD_ARGS:---impls ours,ours_recompute,mamba_ssm} --json "$OUT/ssd.json" ;;
     sweep) timeout 300 python benchmarks/sweep_launch_configs.py --json "$OUT/sweep.json" ;;
+    profile) timeout 200 python benchmarks/profile_gla.py ;;
     train) timeout 540 python benchmarks/bench_train.py --json "$OUT/train.json" ;;
     repro)
         # The small models leave the H100 mostly idle (the step time is host-bound), so the (seed, arch)
@@ -47,7 +49,7 @@ run_step() {
         # Unit logs go into the archive: $OUT returns 8 files at most, whatever the number of units.
         wait "${units[@]}"; kill "$monitor"; tail -n 30 /tmp/repro-out/seed*.log
         tar -czf "$OUT/repro.tgz" -C /tmp/repro-out . ;;
-    *) echo "usage: $0 STEP... (tests | gla | ssd | sweep | train | repro)" >&2; return 2 ;;
+    *) echo "usage: $0 STEP... (tests | gla | ssd | sweep | profile | train | repro)" >&2; return 2 ;;
     esac
 }
 
