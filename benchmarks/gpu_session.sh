@@ -6,7 +6,8 @@
 #               (pyproject's pytest options need pytest-timeout)
 # Device calls: bash benchmarks/gpu_session.sh STEP...   (carry: [".device"]; a log per step in $OUT)
 #   STEP: tests | gla | ssd | sweep | profile | train | repro; several steps share one call (one
-#   machine start), e.g. `gla sweep`; the whole `tests` step alone takes 6-8 minutes. TESTS_TIMEOUT,
+#   machine start), e.g. `gla sweep`; the `tests` step needs a call of its own
+#   (it ran past 330 s with 24 of its 36 tests done). TESTS_TIMEOUT,
 #   FLA_TIMEOUT, GLA_ARGS (e.g. "--impls ours") and SSD_ARGS (e.g. "--impls ours,mamba_ssm --peer-ns
 #   512") adjust them.
 #   repro: the miniature reproduction, the units in REPRO_UNITS ("seed:arch ...", default
