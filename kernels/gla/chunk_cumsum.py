@@ -38,8 +38,9 @@ def chunk_local_cumsum_kernel(
     o_k = i_k * BK + tl.arange(0, BK)
     m = (rows < eos)[:, None] & (o_k < K)[None, :]
     p = (rows[:, None] * H + i_h) * K + o_k[None, :]
-    b_g = tl.cumsum(tl.load(gk + p, mask=m, other=0.0).to(tl.float32), axis=0)
-    b_gl = tl.sum(tl.load(gk + p, mask=m, other=0.0).to(tl.float32), axis=0)  # g of the chunk's last token
+    b_gk = tl.load(gk + p, mask=m, other=0.0).to(tl.float32)
+    b_g = tl.cumsum(b_gk, axis=0)
+    b_gl = tl.sum(b_gk, axis=0)  # g of the chunk's last token (rows past the end add 0)
     tl.store(g + p, b_g, mask=m)
     # The decayed operands of every inter-chunk product, formed once in fp32 and stored in the
     # inputs' dtype (what the matrix units read): q exp(g) scale and k exp(g_L - g), both <= |q|, |k|.
