@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from statex_hf.kernels import dispatch
+from statex_hf.kernels.gla import chunk as gla_chunk
 from statex_hf.kernels.gla.chunk import chunk_gla
 from statex_hf.kernels.gla.chunk_torch import chunk_gla_torch
 from statex_hf.kernels.gla.fused_recurrent import fused_recurrent_gla
@@ -93,6 +94,22 @@ def test_triton_chunk_tiled_head_packed_batch_equals_naive():
     got = outputs_and_grads(chunk_gla, *inputs, cu_seqlens=cu_seqlens)
     want = outputs_and_grads(naive_recurrent_gla, *inputs, cu_seqlens=cu_seqlens)
     assert_all_close(got, want, atol=2e-4)
+
+
+def test_triton_backward_recomputes_the_states_it_did_not_keep(monkeypatch):
+    # Small inputs keep the forward's per-chunk states for the backward; above KEEP_STATES_MAX_BYTES the
+    # backward recomputes them (from the initial state, per document): the gradients must not change.
+    state_passes = []
+    fwd_h = gla_chunk.chunk_gla_fwd_h
+    monkeypatch.setattr(gla_chunk, "chunk_gla_fwd_h", lambda *a, **kw: state_passes.append(1) or fwd_h(*a, **kw))
+    cu_seqlens = torch.tensor([0, 9, 75, 100])
+    inputs = make_inputs(1, 100, 2, 20, 24, n_states=3)
+    kept = outputs_and_grads(chunk_gla, *inputs, cu_seqlens=cu_seqlens)
+    assert len(state_passes) == 1  # the forward's pass only
+    monkeypatch.setattr(gla_chunk, "KEEP_STATES_MAX_BYTES", 0)
+    recomputed = outputs_and_grads(chunk_gla, *inputs, cu_seqlens=cu_seqlens)
+    assert len(state_passes) == 3  # forward and backward
+    assert_all_close(recomputed, kept, atol=1e-6, rtol=1e-6)
 
 
 def test_triton_chunk_without_states_matches_naive():

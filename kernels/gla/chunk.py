@@ -6,9 +6,10 @@ across chunks), ``chunk_intra`` (decayed attention inside a chunk), ``chunk_o`` 
 gradients). This file composes them into ``chunk_gla_fwd`` / ``chunk_gla_bwd`` and one autograd
 function.
 
-Memory: per-chunk states are not kept between forward and backward (recomputed, one extra pass
-of ``chunk_h``); what is kept is the inputs and the in-chunk attention ``A`` (``[B, T, H, BT]``
-fp32), all linear in T.
+Memory: the inputs and the in-chunk attention ``A`` (``[B, T, H, BT]`` fp32) are kept for the
+backward, and the per-chunk states (``[NT, H, K, V]``, bf16 for bf16 inputs) while they take at most
+``KEEP_STATES_MAX_BYTES``; larger ones (GLA-1.3B's 4 heads past T = 32K, its StateX head past 8K)
+are recomputed there, one more ``chunk_h`` pass. The SSD kernels follow the same rule.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from statex_hf.kernels.gla.chunk_o import chunk_gla_bwd_dA, chunk_gla_bwd_dqk, c
 from statex_hf.kernels.gla.chunk_utils import ChunkLayout, prepare_chunk_layout
 
 CHUNK_SIZE = 64
+# The same bound as the SSD's (kernels/ssd/chunk.py): GLA-1.3B's 4 heads at T = 16K keep 256 MiB and
+# skip the backward's state pass (1.4 ms of 12.9 at 64K on an H100, so about 0.36 ms at 16K); in a
+# model trained with activation checkpointing only the block being recomputed holds them.
+KEEP_STATES_MAX_BYTES = 512 * 2**20
 
 
 def chunk_size_for(K: int, V: int) -> int:
@@ -45,13 +50,13 @@ def chunk_gla_fwd(
     output_final_state: bool,
     layout: ChunkLayout,
     chunk_size: int = CHUNK_SIZE,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Returns ``A`` (in-chunk attention), ``o`` and the final state."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Returns ``A`` (in-chunk attention), the per-chunk states ``h``, ``o`` and the final state."""
     g, qg, kg = chunk_local_cumsum(q, k, gk, layout, chunk_size, scale)
     h, ht = chunk_gla_fwd_h(kg, v, g, layout, chunk_size, initial_state, output_final_state)
     A = chunk_gla_fwd_intra(q, k, g, layout, chunk_size, scale)
     o = chunk_gla_fwd_o(qg, v, h, A, layout, chunk_size)
-    return A, o, ht
+    return A, h, o, ht
 
 
 def chunk_gla_bwd(
@@ -60,6 +65,7 @@ def chunk_gla_bwd(
     v: torch.Tensor,
     gk: torch.Tensor,
     A: torch.Tensor,
+    h: torch.Tensor | None,
     scale: float,
     initial_state: torch.Tensor | None,
     do: torch.Tensor,
@@ -68,11 +74,13 @@ def chunk_gla_bwd(
     gk_dtype: torch.dtype,
     chunk_size: int = CHUNK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Gradients of q, k, v, gk and the initial state."""
-    # Recomputed rather than kept from the forward: g and the decayed operands cost one elementwise
-    # pass, the per-chunk states one chunk_h pass (keeping them would double the forward's memory).
+    """Gradients of q, k, v, gk and the initial state; ``h`` is the forward's per-chunk states, or
+    ``None`` to recompute them."""
+    # g and the decayed operands are recomputed rather than kept: one elementwise pass, against
+    # 8 bytes per element of q kept from forward to backward.
     g, qg, kg = chunk_local_cumsum(q, k, gk, layout, chunk_size, scale)
-    h, _ = chunk_gla_fwd_h(kg, v, g, layout, chunk_size, initial_state, output_final_state=False)
+    if h is None:
+        h, _ = chunk_gla_fwd_h(kg, v, g, layout, chunk_size, initial_state, output_final_state=False)
     dh, dh0 = chunk_gla_bwd_dh(qg, g, do, layout, chunk_size, dht, need_dh0=initial_state is not None)
     dA = chunk_gla_bwd_dA(v, do, layout, chunk_size, scale)
     dv = chunk_gla_bwd_dv(kg, A, do, dh, layout, chunk_size)
@@ -87,8 +95,9 @@ class ChunkGLAFunction(torch.autograd.Function):
         B, T = q.shape[:2]
         chunk_size = chunk_size_for(q.shape[-1], v.shape[-1])
         layout = prepare_chunk_layout(B, T, chunk_size, cu_seqlens, q.device)
-        A, o, ht = chunk_gla_fwd(q, k, v, gk, scale, initial_state, output_final_state, layout, chunk_size)
-        ctx.save_for_backward(q, k, v, gk, A, initial_state)
+        A, h, o, ht = chunk_gla_fwd(q, k, v, gk, scale, initial_state, output_final_state, layout, chunk_size)
+        keep = h.numel() * h.element_size() <= KEEP_STATES_MAX_BYTES
+        ctx.save_for_backward(q, k, v, gk, A, h if keep else None, initial_state)
         ctx.layout = layout
         ctx.chunk_size = chunk_size
         ctx.scale = scale
@@ -97,9 +106,9 @@ class ChunkGLAFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, gk, A, initial_state = ctx.saved_tensors
+        q, k, v, gk, A, h, initial_state = ctx.saved_tensors
         dq, dk, dv, dgk, dh0 = chunk_gla_bwd(
-            q, k, v, gk, A, ctx.scale, initial_state, do.contiguous(), dht, ctx.layout, ctx.gk_dtype, ctx.chunk_size
+            q, k, v, gk, A, h, ctx.scale, initial_state, do.contiguous(), dht, ctx.layout, ctx.gk_dtype, ctx.chunk_size
         )
         if dh0 is not None:
             dh0 = dh0.to(initial_state.dtype)
