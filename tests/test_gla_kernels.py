@@ -112,6 +112,21 @@ def test_triton_backward_recomputes_the_states_it_did_not_keep(monkeypatch):
     assert_all_close(recomputed, kept, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("max_bytes", [None, 0], ids=["states-kept", "states-recomputed"])
+def test_activation_checkpointing_gives_the_same_outputs_and_grads(monkeypatch, max_bytes):
+    # Non-reentrant checkpointing recomputes the forward inside the backward and requires it to save the
+    # very same tensors as the first time: whether the states are kept must not depend on that context.
+    if max_bytes is not None:
+        monkeypatch.setattr(gla_chunk, "KEEP_STATES_MAX_BYTES", max_bytes)
+    inputs = make_inputs(2, 70, 2, 20, 24)
+    plain = outputs_and_grads(chunk_gla, *inputs)
+
+    def checkpointed(*args):
+        return torch.utils.checkpoint.checkpoint(chunk_gla, *args, use_reentrant=False)
+
+    assert_all_close(outputs_and_grads(checkpointed, *inputs), plain, atol=1e-6, rtol=1e-6)
+
+
 def test_triton_chunk_without_states_matches_naive():
     q, k, v, gk, _ = make_inputs(1, 33, 1, 16, 16, with_state=False)
     o, ht = chunk_gla(q, k, v, gk)

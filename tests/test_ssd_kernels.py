@@ -109,6 +109,25 @@ def test_triton_chunk_matches_naive(shape, with_states, cu):
     check_against_naive(chunk_ssd, make_inputs(*shape, n_states=n), with_states, cu_seqlens, chunk_size=16)
 
 
+@pytest.mark.parametrize("max_bytes", [None, 0], ids=["states-kept", "states-recomputed"])
+def test_activation_checkpointing_gives_the_same_outputs_and_grads(monkeypatch, max_bytes):
+    # Non-reentrant checkpointing recomputes the forward inside the backward and requires it to save the
+    # very same tensors as the first time: whether the states are kept must not depend on that context.
+    if max_bytes is not None:
+        monkeypatch.setattr(ssd_chunk, "KEEP_STATES_MAX_BYTES", max_bytes)
+    inputs = make_inputs(2, 37, 4, 8, 2, 16)
+
+    def checkpointed(*args, **kw):
+        return torch.utils.checkpoint.checkpoint(chunk_ssd, *args, use_reentrant=False, **kw)
+
+    y, final, plain = run_with_grads(chunk_ssd, inputs, True, None, chunk_size=16)
+    y_ckpt, final_ckpt, got = run_with_grads(checkpointed, inputs, True, None, chunk_size=16)
+    torch.testing.assert_close(y_ckpt, y, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(final_ckpt, final, rtol=1e-6, atol=1e-6)
+    for k in plain:
+        torch.testing.assert_close(got[k], plain[k], rtol=1e-6, atol=1e-6, msg=f"d{k}")
+
+
 def test_triton_backward_recomputes_the_states_it_did_not_keep(monkeypatch):
     # Small inputs keep the forward's chunk states for the backward; above KEEP_STATES_MAX_BYTES the
     # backward recomputes them (with the initial state): the gradients must not change.
