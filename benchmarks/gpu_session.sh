@@ -5,11 +5,10 @@
 #               pip download --no-deps -d .device/wheels pytest pluggy iniconfig pytest-timeout
 #               (pyproject's pytest options need pytest-timeout)
 # Device calls: bash benchmarks/gpu_session.sh STEP...   (carry: [".device"]; a log per step in $OUT)
-#   STEP: tests | gla | ssd | sweep | profile | train | repro; several steps share one call (one
-#   machine start), e.g. `gla sweep`; the `tests` step needs a call of its own
-#   (it ran past 330 s with 24 of its 36 tests done). TESTS_TIMEOUT,
-#   FLA_TIMEOUT, GLA_ARGS (e.g. "--impls ours") and SSD_ARGS (e.g. "--impls ours,mamba_ssm --peer-ns
-#   512") adjust them.
+#   STEP: tests | gla | ssd | sweep | profile | train | repro. Several steps share one call (one
+#   machine start), e.g. `gla profile`; `tests` needs a call of its own (it ran past 330 s with 24 of
+#   its 36 tests done). TESTS_TIMEOUT, FLA_TIMEOUT, GLA_ARGS (e.g. "--impls ours") and SSD_ARGS
+#   (e.g. "--impls ours,mamba_ssm --peer-ns 512") adjust the steps.
 #   repro: the miniature reproduction, the units in REPRO_UNITS ("seed:arch ...", default
 #   "0:gla 0:mamba2") in parallel; their results folders come back as $OUT/repro.tgz. Carry a previous
 #   repro.tgz as .device/repro.tgz to keep its folders; merge them with reproduce_statex.py --merge.

@@ -108,7 +108,7 @@ def test_triton_backward_recomputes_the_states_it_did_not_keep(monkeypatch):
     assert len(state_passes) == 1  # the forward's pass only
     monkeypatch.setattr(gla_chunk, "KEEP_STATES_MAX_BYTES", 0)
     recomputed = outputs_and_grads(chunk_gla, *inputs, cu_seqlens=cu_seqlens)
-    assert len(state_passes) == 3  # forward and backward
+    assert len(state_passes) == 3  # this call made two: forward and backward
     assert_all_close(recomputed, kept, atol=1e-6, rtol=1e-6)
 
 
