@@ -244,7 +244,7 @@ def print_table(rows: list[dict], statuses: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--impls", default="ours,fla")
-    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--shapes", default="H4,H1", help="head shapes by their first word: H4, H1")
     parser.add_argument("--timeout", type=float, default=240, help="seconds for each of our processes")
     parser.add_argument("--fla-timeout", type=float, default=300, help="seconds for each fla process")
     parser.add_argument("--skip-layers", action="store_true", help="skip the 24-layer decode step")
@@ -256,13 +256,18 @@ def main() -> None:
     if args.layers_decode:
         return layers_decode(args.layers_decode)
 
+    by_prefix = {name.split()[0]: name for name in SHAPES}
+    unknown = set(args.shapes.split(",")) - set(by_prefix)
+    if unknown:
+        parser.error(f"unknown --shapes {sorted(unknown)}; choose from {sorted(by_prefix)}")
     rows, statuses = [], {}
     for impl in args.impls.split(","):
         timeout = args.fla_timeout if impl == "fla" else args.timeout
         if not args.skip_layers:
             r, _ = _run_process(["--layers-decode", impl], 120)
             rows += r
-        for shape in args.shapes.split(","):
+        for prefix in args.shapes.split(","):
+            shape = by_prefix[prefix]
             r, st = _run_process(["--worker", impl, shape], timeout)
             rows += r
             statuses[(impl, shape)] = st

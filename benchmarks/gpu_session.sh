@@ -7,8 +7,9 @@
 # Device calls: bash benchmarks/gpu_session.sh STEP...   (carry: [".device"]; a log per step in $OUT)
 #   STEP: tests | gla | ssd | sweep | profile | train | repro. Several steps share one call (one
 #   machine start), e.g. `gla profile`; `tests` needs a call of its own (it ran past 330 s with 24 of
-#   its 36 tests done). TESTS_TIMEOUT, FLA_TIMEOUT, GLA_ARGS (e.g. "--impls ours") and SSD_ARGS
-#   (e.g. "--impls ours,mamba_ssm --peer-ns 512") adjust the steps.
+#   its 36 tests done). TESTS_PATHS (test files, run in that order), TESTS_TIMEOUT, FLA_TIMEOUT,
+#   GLA_ARGS (e.g. "--impls fla --shapes H1 --skip-layers") and SSD_ARGS (e.g. "--impls ours,mamba_ssm
+#   --peer-ns 512") adjust the steps.
 #   repro: the miniature reproduction, the units in REPRO_UNITS ("seed:arch ...", default
 #   "0:gla 0:mamba2") in parallel; their results folders come back as $OUT/repro.tgz. Carry a previous
 #   repro.tgz as .device/repro.tgz to keep its folders; merge them with reproduce_statex.py --merge.
@@ -28,7 +29,8 @@ export MAMBA_SSM_SRC=$(ls -d /tmp/mamba_ssm_src/mamba_ssm-*)
 
 run_step() {
     case "$1" in
-    tests) STATEX_GPU_TESTS=1 timeout "${TESTS_TIMEOUT:-500}" python -m pytest -q tests/gpu --ignore=tests/gpu/test_multi_gpu.py ;;
+    tests) STATEX_GPU_TESTS=1 timeout "${TESTS_TIMEOUT:-500}" python -m pytest -q --durations=0 ${TESTS_PATHS:-tests/gpu} \
+        --ignore=tests/gpu/test_multi_gpu.py ;;
     gla) timeout 540 python benchmarks/bench_gla.py --fla-timeout "${FLA_TIMEOUT:-120}" ${GLA_ARGS:-} ;;
     ssd) timeout 540 python benchmarks/bench_ssd.py ${SSD_ARGS:---impls ours,ours_recompute,mamba_ssm} --json "$OUT/ssd.json" ;;
     sweep) timeout 300 python benchmarks/sweep_launch_configs.py --json "$OUT/sweep.json" ;;
