@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 from statex_hf.kernels.gla.chunk_utils import ChunkLayout
+from statex_hf.kernels.gla.launch import launch_config
 
 
 @triton.jit
@@ -57,9 +58,10 @@ def chunk_local_cumsum(
     _, _, H, K = gk.shape
     g = torch.empty_like(gk, dtype=torch.float32)
     qg, kg = torch.empty_like(q), torch.empty_like(k)
-    BK = min(64, max(16, triton.next_power_of_2(K)))
+    BK, _, warps, stages = launch_config("cumsum", K, 0, chunk_size)
     grid = (triton.cdiv(K, BK), layout.num_chunks, H)
     chunk_local_cumsum_kernel[grid](
-        q, k, gk, g, qg, kg, layout.cu_seqlens, layout.chunk_indices, scale, H=H, K=K, BT=chunk_size, BK=BK, num_warps=4
-    )
+        q, k, gk, g, qg, kg, layout.cu_seqlens, layout.chunk_indices, scale,
+        H=H, K=K, BT=chunk_size, BK=BK, num_warps=warps, num_stages=stages,
+    )  # fmt: skip
     return g, qg, kg

@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 from statex_hf.kernels.gla.chunk_utils import ChunkLayout
+from statex_hf.kernels.gla.launch import launch_config
 
 
 @triton.jit
@@ -136,14 +137,6 @@ def chunk_gla_bwd_dh_kernel(
         tl.store(dh0 + i_nh.to(tl.int64) * K * V + p_kv, b_dh, mask=m_kv)
 
 
-def _state_tiles(K: int, V: int) -> tuple[int, int]:
-    # 64 x 64 fp32 tiles: one state tile per program, enough programs at H = 1 (16 x 32 at the StateX
-    # head), and small heads (K or V below 64) shrink the tile instead of wasting lanes.
-    BK = min(64, max(16, triton.next_power_of_2(K)))
-    BV = min(64, max(16, triton.next_power_of_2(V)))
-    return BK, BV
-
-
 def dot_precision(dtype: torch.dtype) -> str:
     """fp32 inputs keep fp32 products (tests compare against an fp32 reference); half types use tensor cores."""
     return "ieee" if dtype == torch.float32 else "tf32"
@@ -172,7 +165,7 @@ def chunk_gla_fwd_h(
     _, _, H, K = k.shape
     V = v.shape[-1]
     N = layout.num_seqs
-    BK, BV = _state_tiles(K, V)
+    BK, BV, warps, stages = launch_config("fwd_h", K, V, chunk_size)
     h = k.new_empty(layout.num_chunks, H, K, V, dtype=state_buffer_dtype(k.dtype))
     ht = k.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
     grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)
@@ -194,8 +187,8 @@ def chunk_gla_fwd_h(
         USE_INITIAL_STATE=initial_state is not None,
         STORE_FINAL_STATE=output_final_state,
         DOT_PRECISION=dot_precision(k.dtype),
-        num_warps=4,
-        num_stages=2,
+        num_warps=warps,
+        num_stages=stages,
     )
     return h, ht
 
@@ -217,7 +210,7 @@ def chunk_gla_bwd_dh(
     _, _, H, K = q.shape
     V = do.shape[-1]
     N = layout.num_seqs
-    BK, BV = _state_tiles(K, V)
+    BK, BV, warps, stages = launch_config("bwd_dh", K, V, chunk_size)
     dh = q.new_empty(layout.num_chunks, H, K, V, dtype=state_buffer_dtype(q.dtype))
     dh0 = q.new_empty(N, H, K, V, dtype=torch.float32) if need_dh0 else None
     grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)
@@ -239,7 +232,7 @@ def chunk_gla_bwd_dh(
         USE_FINAL_STATE_GRADIENT=dht is not None,
         STORE_INITIAL_STATE_GRADIENT=need_dh0,
         DOT_PRECISION=dot_precision(q.dtype),
-        num_warps=4,
-        num_stages=2,
+        num_warps=warps,
+        num_stages=stages,
     )
     return dh, dh0

@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 from statex_hf.kernels.gla.chunk_h import dot_precision
 from statex_hf.kernels.gla.chunk_utils import ChunkLayout
+from statex_hf.kernels.gla.launch import launch_config
 
 
 @triton.jit
@@ -179,7 +180,7 @@ def chunk_gla_fwd_intra(
     """The in-chunk attention ``A`` ``[B, T, H, BT]`` (fp32, zero above the diagonal)."""
     B, T, H, K = q.shape
     BC = _sub_block(chunk_size)
-    BK = min(64, max(16, triton.next_power_of_2(K)))
+    BK, _, warps, stages = launch_config("fwd_A", K, 0, chunk_size)
     A = q.new_empty(B, T, H, chunk_size, dtype=torch.float32)
     grid = (layout.num_chunks * (chunk_size // BC), H)
     chunk_gla_fwd_A_kernel[grid](
@@ -196,8 +197,8 @@ def chunk_gla_fwd_intra(
         BC=BC,
         BK=BK,
         DOT_PRECISION=dot_precision(torch.float32),
-        num_warps=4,
-        num_stages=1,
+        num_warps=warps,
+        num_stages=stages,
     )
     return A
 
@@ -208,7 +209,7 @@ def chunk_gla_bwd_intra(
     """The in-chunk parts of dq and dk (fp32, ``[B, T, H, K]``); ``dA`` already carries the scale."""
     B, T, H, K = q.shape
     BC = _sub_block(chunk_size)
-    BK = min(64, max(16, triton.next_power_of_2(K)))
+    BK, _, warps, stages = launch_config("bwd_intra", K, 0, chunk_size)
     dq = torch.empty(B, T, H, K, dtype=torch.float32, device=q.device)
     dk = torch.empty_like(dq)
     grid = (triton.cdiv(K, BK), layout.num_chunks * (chunk_size // BC), H)
@@ -227,7 +228,7 @@ def chunk_gla_bwd_intra(
         BC=BC,
         BK=BK,
         DOT_PRECISION=dot_precision(torch.float32),
-        num_warps=4,
-        num_stages=1,
+        num_warps=warps,
+        num_stages=stages,
     )
     return dq, dk

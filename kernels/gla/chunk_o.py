@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 from statex_hf.kernels.gla.chunk_h import dot_precision
 from statex_hf.kernels.gla.chunk_utils import ChunkLayout
+from statex_hf.kernels.gla.launch import launch_config
 
 
 @triton.jit
@@ -226,10 +227,6 @@ def chunk_gla_bwd_dqk_kernel(
     tl.store(dgk + p_k, b_dgk.to(dgk.dtype.element_ty), mask=m_tk)
 
 
-def _tile(n: int, cap: int) -> int:
-    return min(cap, max(16, triton.next_power_of_2(n)))
-
-
 def chunk_gla_fwd_o(
     qg: torch.Tensor,
     v: torch.Tensor,
@@ -241,7 +238,7 @@ def chunk_gla_fwd_o(
     """``o = qg h + A v`` with ``qg = q exp(g) scale``; ``o`` in ``v``'s dtype."""
     _, _, H, K = qg.shape
     V = v.shape[-1]
-    BK, BV = _tile(K, 64), _tile(V, 64)
+    BK, BV, warps, stages = launch_config("fwd_o", K, V, chunk_size)
     o = torch.empty_like(v)
     grid = (triton.cdiv(V, BV), layout.num_chunks, H)
     chunk_gla_fwd_o_kernel[grid](
@@ -259,8 +256,8 @@ def chunk_gla_fwd_o(
         BK=BK,
         BV=BV,
         DOT_PRECISION=dot_precision(qg.dtype),
-        num_warps=4 if chunk_size <= 64 else 8,
-        num_stages=2,
+        num_warps=warps,
+        num_stages=stages,
     )
     return o
 
@@ -269,6 +266,7 @@ def chunk_gla_bwd_dA(
     v: torch.Tensor, do: torch.Tensor, layout: ChunkLayout, chunk_size: int, scale: float
 ) -> torch.Tensor:
     B, T, H, V = v.shape
+    _, BV, warps, stages = launch_config("bwd_dA", 0, V, chunk_size)
     dA = v.new_empty(B, T, H, chunk_size, dtype=torch.float32)
     grid = (layout.num_chunks, H)
     chunk_gla_bwd_dA_kernel[grid](
@@ -281,10 +279,10 @@ def chunk_gla_bwd_dA(
         H=H,
         V=V,
         BT=chunk_size,
-        BV=_tile(V, 64),
+        BV=BV,
         DOT_PRECISION=dot_precision(v.dtype),
-        num_warps=4 if chunk_size <= 64 else 8,
-        num_stages=2,
+        num_warps=warps,
+        num_stages=stages,
     )
     return dA
 
@@ -300,7 +298,7 @@ def chunk_gla_bwd_dv(
     """``dv = A^T do + kg dh`` with ``kg = k exp(g_L - g)``."""
     _, _, H, K = kg.shape
     V = do.shape[-1]
-    BK, BV = _tile(K, 64), _tile(V, 64)
+    BK, BV, warps, stages = launch_config("bwd_dv", K, V, chunk_size)
     dv = torch.empty_like(do)
     grid = (triton.cdiv(V, BV), layout.num_chunks, H)
     chunk_gla_bwd_dv_kernel[grid](
@@ -318,8 +316,8 @@ def chunk_gla_bwd_dv(
         BK=BK,
         BV=BV,
         DOT_PRECISION=dot_precision(kg.dtype),
-        num_warps=4 if chunk_size <= 64 else 8,
-        num_stages=2,
+        num_warps=warps,
+        num_stages=stages,
     )
     return dv
 
@@ -342,7 +340,7 @@ def chunk_gla_bwd_dqk(
     """dq, dk in the inputs' dtype and the gate gradient dgk in ``gk_dtype``."""
     _, _, H, K = q.shape
     V = v.shape[-1]
-    BK, BV = _tile(K, 64), _tile(V, 64)
+    BK, BV, warps, stages = launch_config("bwd_dqk", K, V, chunk_size)
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     dgk = torch.empty_like(q, dtype=gk_dtype)
     grid = (triton.cdiv(K, BK), layout.num_chunks, H)
@@ -369,7 +367,7 @@ def chunk_gla_bwd_dqk(
         BK=BK,
         BV=BV,
         DOT_PRECISION=dot_precision(q.dtype),
-        num_warps=4 if chunk_size <= 64 else 8,
-        num_stages=2,
+        num_warps=warps,
+        num_stages=stages,
     )
     return dq, dk, dgk
