@@ -8,8 +8,8 @@
 #   STEP: tests | gla | ssd | sweep | profile | train | repro. Several steps share one call (one
 #   machine start), e.g. `gla profile`; `tests` needs a call of its own (it ran past 330 s with 24 of
 #   its 36 tests done). TESTS_PATHS (test files, run in that order), TESTS_TIMEOUT, FLA_TIMEOUT,
-#   GLA_ARGS (e.g. "--impls fla --shapes H1 --skip-layers") and SSD_ARGS (e.g. "--impls ours,mamba_ssm
-#   --peer-ns 512") adjust the steps.
+#   GLA_ARGS (e.g. "--impls fla --shapes H1 --skip-layers"), SSD_ARGS (e.g. "--impls ours,mamba_ssm
+#   --peer-ns 512") and SWEEP_ARGS (e.g. "--ops gla") adjust the steps.
 #   repro: the miniature reproduction, the units in REPRO_UNITS ("seed:arch ...", default
 #   "0:gla 0:mamba2") in parallel; their results folders come back as $OUT/repro.tgz. Carry a previous
 #   repro.tgz as .device/repro.tgz to keep its folders; merge them with reproduce_statex.py --merge.
@@ -33,7 +33,7 @@ run_step() {
         --ignore=tests/gpu/test_multi_gpu.py ;;
     gla) timeout 540 python benchmarks/bench_gla.py --fla-timeout "${FLA_TIMEOUT:-120}" ${GLA_ARGS:-} ;;
     ssd) timeout 540 python benchmarks/bench_ssd.py ${SSD_ARGS:---impls ours,ours_recompute,mamba_ssm} --json "$OUT/ssd.json" ;;
-    sweep) timeout 300 python benchmarks/sweep_launch_configs.py --json "$OUT/sweep.json" ;;
+    sweep) timeout 540 python benchmarks/sweep_launch_configs.py ${SWEEP_ARGS:-} --json "$OUT/sweep.json" ;;
     profile) timeout 200 python benchmarks/profile_gla.py ;;
     train) timeout 540 python benchmarks/bench_train.py --json "$OUT/train.json" ;;
     repro)

@@ -1,6 +1,6 @@
-"""Launch-config sweeps for the two memory-bound kernels, on one GPU: the GLA decode step and the gated RMSNorm.
+"""Launch-config sweeps on one GPU: the GLA decode step, the gated RMSNorm and the chunked GLA kernels.
 
-    python benchmarks/sweep_launch_configs.py [--json out.json]
+    python benchmarks/sweep_launch_configs.py [--ops decode,norm,gla] [--json out.json]
 
 Each kernel runs every config of a small grid at the shapes that matter: the decode step at GLA-1.3B's
 layer (H4 256x512) and its StateX layer (H1 1024x2048), B = 16 / 64; the norm at Mamba2-1.3B's width
@@ -9,7 +9,13 @@ state read and written; norm forward: x, z read and out written; backward: x, z,
 written), beside a device copy of the same bytes (read + write), the ceiling. Times are
 ``triton.testing.do_bench`` medians (L2 flushed between runs), kernel time without the host's launch.
 The launchers' defaults (``step_config`` in ``kernels/gla/fused_recurrent.py``, ``_launch_config`` and
-``_WAVES`` in ``kernels/norm/gated_rmsnorm_triton.py``) are marked ``*``.
+``_WAVES`` in ``kernels/norm/gated_rmsnorm_triton.py``, ``DEFAULTS`` in ``kernels/gla/launch.py``) are
+marked ``*``.
+
+The chunked GLA kernels (``--ops gla``) are timed one by one on the intermediates of a real
+forward+backward, at both GLA-1.3B head shapes, B = 1, T = 16K, bf16; each kernel's grid covers its
+tiles, warps and pipeline stages. The few hundred configs are compiled first by ``--warm-procs``
+processes in parallel (into Triton's on-disk cache, on a short sequence) and then timed one at a time.
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import subprocess
+import sys
 
 import torch
 import triton
+from bench_gla import SHAPES
 
-DECODE_SHAPES = {"H4 256x512": (4, 256, 512), "H1 1024x2048": (1, 1024, 2048)}
 NORM_D = 4096
 
 
@@ -36,7 +44,7 @@ def _copy_gbps(nbytes: int) -> float:
 
 
 def sweep_decode(rows: list[dict]) -> None:
-    for (name, (H, K, V)), B in itertools.product(DECODE_SHAPES.items(), (16, 64)):
+    for (name, (H, K, V)), B in itertools.product(SHAPES.items(), (16, 64)):
         _decode_case(rows, name, H, K, V, B)
 
 
@@ -104,28 +112,142 @@ def _norm_case(rows: list[dict], gn, T: int, default: tuple, default_waves: int)
         print(json.dumps(rows[-1]), flush=True)
 
 
+GLA_SWEEP_T = 16384
+
+
+def gla_grid(kernel: str) -> list:
+    """The configs a chunked GLA kernel is swept over (the fp32 state tile or accumulators at most
+    8192 elements: 64 registers a thread at 4 warps)."""
+    from statex_hf.kernels.gla.launch import LaunchConfig
+
+    sizes = (32, 64, 128)
+    if kernel == "cumsum":
+        return [LaunchConfig(bk, 64, w, 3) for bk in sizes for w in (2, 4, 8)]
+    if kernel in ("fwd_A", "bwd_intra"):
+        return [LaunchConfig(bk, 64, w, s) for bk in sizes for w in (4, 8) for s in (1, 2)]
+    if kernel == "bwd_dA":
+        return [LaunchConfig(64, bv, w, s) for bv in sizes for w in (4, 8) for s in (2, 3)]
+    tiles = [(bk, bv) for bk in sizes for bv in sizes if bk * bv <= 8192]
+    stages = (1, 2, 3) if kernel in ("fwd_h", "bwd_dh") else (2, 3)
+    return [LaunchConfig(bk, bv, w, s) for bk, bv in tiles for w in (4, 8) for s in stages]
+
+
+def _gla_calls(H: int, K: int, V: int, T: int) -> dict:
+    """Each chunked GLA kernel's launcher as a closure over the intermediates of one fwd+bwd."""
+    from bench_gla import _inputs
+    from statex_hf.kernels.gla import chunk_cumsum, chunk_h, chunk_intra, chunk_o
+    from statex_hf.kernels.gla.chunk import CHUNK_SIZE as BT
+    from statex_hf.kernels.gla.chunk_utils import prepare_chunk_layout
+
+    q, k, v, gk = _inputs(1, T, H, K, V, requires_grad=False)
+    do = torch.randn_like(v)
+    scale = K**-0.5
+    lay = prepare_chunk_layout(1, T, BT, None, q.device)
+    g, qg, kg = chunk_cumsum.chunk_local_cumsum(q, k, gk, lay, BT, scale)
+    h, _ = chunk_h.chunk_gla_fwd_h(kg, v, g, lay, BT, None, False)
+    A = chunk_intra.chunk_gla_fwd_intra(q, k, g, lay, BT, scale)
+    dh, _ = chunk_h.chunk_gla_bwd_dh(qg, g, do, lay, BT, None, False)
+    dA = chunk_o.chunk_gla_bwd_dA(v, do, lay, BT, scale)
+    dq_i, dk_i = chunk_intra.chunk_gla_bwd_intra(q, k, g, dA, lay, BT)
+    return {
+        "cumsum": lambda: chunk_cumsum.chunk_local_cumsum(q, k, gk, lay, BT, scale),
+        "fwd_h": lambda: chunk_h.chunk_gla_fwd_h(kg, v, g, lay, BT, None, False),
+        "fwd_A": lambda: chunk_intra.chunk_gla_fwd_intra(q, k, g, lay, BT, scale),
+        "fwd_o": lambda: chunk_o.chunk_gla_fwd_o(qg, v, h, A, lay, BT),
+        "bwd_dh": lambda: chunk_h.chunk_gla_bwd_dh(qg, g, do, lay, BT, None, False),
+        "bwd_dA": lambda: chunk_o.chunk_gla_bwd_dA(v, do, lay, BT, scale),
+        "bwd_dv": lambda: chunk_o.chunk_gla_bwd_dv(kg, A, do, dh, lay, BT),
+        "bwd_intra": lambda: chunk_intra.chunk_gla_bwd_intra(q, k, g, dA, lay, BT),
+        "bwd_dqk": lambda: chunk_o.chunk_gla_bwd_dqk(q, k, v, g, h, do, dh, dq_i, dk_i, lay, BT, scale, gk.dtype),
+    }
+
+
+def _gla_cases(T: int, part: int = 0, parts: int = 1):
+    """(shape, kernel, config, call) for every swept config; ``part`` of ``parts`` of them."""
+    from statex_hf.kernels.gla import launch
+
+    n = 0
+    for name, (H, K, V) in SHAPES.items():
+        calls = _gla_calls(H, K, V, T)
+        for kernel, call in calls.items():
+            for config in gla_grid(kernel):
+                if n % parts == part:
+                    launch.OVERRIDES[kernel] = config
+                    try:
+                        yield name, kernel, config, call
+                    finally:
+                        launch.OVERRIDES.clear()
+                n += 1
+        del calls
+        torch.cuda.empty_cache()
+
+
+def warm_gla(part: int, parts: int) -> None:
+    """Compiles this process's share of the GLA configs (Triton keeps them on disk for the timing run)."""
+    for *_, call in _gla_cases(256, part, parts):
+        call()
+    torch.cuda.synchronize()
+
+
+def sweep_gla(rows: list[dict], warm_procs: int) -> None:
+    from statex_hf.kernels.gla.launch import DEFAULTS
+
+    cmd = [sys.executable, __file__, "--warm-gla"]
+    procs = [subprocess.Popen([*cmd, str(i), str(warm_procs)]) for i in range(warm_procs)]
+    if any(p.wait() for p in procs):
+        raise RuntimeError("sweep_launch_configs: a GLA warm-up process failed (its traceback is above)")
+    for name, kernel, config, call in _gla_cases(GLA_SWEEP_T):
+        rows.append({"op": "gla", "shape": name, "kernel": kernel, "config": config._asdict(),
+                     "default": config == DEFAULTS[kernel], "us": _bench(call) * 1e3})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+
+
 def print_tables(rows: list[dict]) -> None:
-    print(f"\nGLA decode step, one token, fp32 state in and out, {torch.cuda.get_device_name()}")
-    print(f"{'shape':<14} {'B':>3} {'config':<24} {'us':>8} {'GB/s':>6} {'copy GB/s':>9}")
-    for r in sorted((r for r in rows if r["op"] == "decode"), key=lambda r: (r["shape"], r["B"], r["us"])):
+    print(f"\n{torch.cuda.get_device_name()}")
+    decode = sorted((r for r in rows if r["op"] == "decode"), key=lambda r: (r["shape"], r["B"], r["us"]))
+    if decode:
+        print("\nGLA decode step, one token, fp32 state in and out")
+        print(f"{'shape':<14} {'B':>3} {'config':<24} {'us':>8} {'GB/s':>6} {'copy GB/s':>9}")
+    for r in decode:
         mark = "*" if r["default"] else " "
         print(f"{r['shape']:<14} {r['B']:>3} {mark}{r['config']:<23} {r['us']:>8.1f} {r['gbps']:>6.0f} "
               f"{r['copy_gbps']:>9.0f}")  # fmt: skip
-    print(f"\nGated RMSNorm, D = {NORM_D}, one group, bf16")
-    print(f"{'T':>6} {'config':<26} {'fwd us':>8} {'GB/s':>6} {'bwd us':>8} {'GB/s':>6} {'copy GB/s':>9}")
-    for r in sorted((r for r in rows if r["op"] == "norm"), key=lambda r: (r["T"], r["fwd_us"] + r["bwd_us"])):
+    norm = sorted((r for r in rows if r["op"] == "norm"), key=lambda r: (r["T"], r["fwd_us"] + r["bwd_us"]))
+    if norm:
+        print(f"\nGated RMSNorm, D = {NORM_D}, one group, bf16")
+        print(f"{'T':>6} {'config':<26} {'fwd us':>8} {'GB/s':>6} {'bwd us':>8} {'GB/s':>6} {'copy GB/s':>9}")
+    for r in norm:
         mark = "*" if r["default"] else " "
         print(f"{r['T']:>6} {mark}{r['config']:<25} {r['fwd_us']:>8.1f} {r['fwd_gbps']:>6.0f} {r['bwd_us']:>8.1f} "
               f"{r['bwd_gbps']:>6.0f} {r['copy_gbps']:>9.0f}")  # fmt: skip
+    gla = [r for r in rows if r["op"] == "gla"]
+    if gla:
+        print(f"\nChunked GLA kernels, B = 1, T = {GLA_SWEEP_T}, bf16: the 5 fastest configs of each and the default")
+        print(
+            f"{'shape':<14} {'kernel':<10} {'BK':>4} {'BV':>4} {'warps':>5} {'stages':>6} {'us':>9} {'vs default':>10}"
+        )
+    for (shape, kernel), group in itertools.groupby(gla, key=lambda r: (r["shape"], r["kernel"])):
+        group = sorted(group, key=lambda r: r["us"])
+        base = next((r["us"] for r in group if r["default"]), float("nan"))
+        for r in [r for i, r in enumerate(group) if i < 5 or r["default"]]:
+            c, mark = r["config"], "*" if r["default"] else " "
+            print(f"{shape:<14} {kernel:<10} {c['BK']:>4} {c['BV']:>4} {c['num_warps']:>5} {c['num_stages']:>6} "
+                  f"{mark}{r['us']:>8.1f} {r['us'] / base:>7.2f}x")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", default="decode,norm,gla", help="which sweeps: decode, norm, gla")
+    parser.add_argument("--warm-procs", type=int, default=8, help="processes compiling the GLA configs")
     parser.add_argument("--json", help="also write every row here")
+    parser.add_argument("--warm-gla", nargs=2, type=int, metavar=("PART", "PARTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.warm_gla:
+        return warm_gla(*args.warm_gla)
     rows: list[dict] = []
-    sweep_decode(rows)
-    sweep_norm(rows)
+    sweeps = {"decode": sweep_decode, "norm": sweep_norm, "gla": lambda rows: sweep_gla(rows, args.warm_procs)}
+    for op in args.ops.split(","):
+        sweeps[op](rows)
     print_tables(rows)
     if args.json:
         with open(args.json, "w") as f:
