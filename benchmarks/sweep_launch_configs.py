@@ -9,7 +9,7 @@ state read and written; norm forward: x, z read and out written; backward: x, z,
 written), beside a device copy of the same bytes (read + write), the ceiling. Times are
 ``triton.testing.do_bench`` medians (L2 flushed between runs), kernel time without the host's launch.
 The launchers' defaults (``step_config`` in ``kernels/gla/fused_recurrent.py``, ``_launch_config`` and
-``_WAVES`` in ``kernels/norm/gated_rmsnorm_triton.py``, ``DEFAULTS`` in ``kernels/gla/launch.py``) are
+``_WAVES`` in ``kernels/norm/gated_rmsnorm_triton.py``, ``launch_config`` in ``kernels/gla/launch.py``) are
 marked ``*``.
 
 The chunked GLA kernels (``--ops gla``) are timed one by one on the intermediates of a real
@@ -163,18 +163,20 @@ def _gla_calls(H: int, K: int, V: int, T: int) -> dict:
 
 
 def _gla_cases(T: int, part: int = 0, parts: int = 1):
-    """(shape, kernel, config, call) for every swept config; ``part`` of ``parts`` of them."""
+    """(shape, kernel, config, is_default, call) for every swept config; ``part`` of ``parts`` of them."""
     from statex_hf.kernels.gla import launch
+    from statex_hf.kernels.gla.chunk import CHUNK_SIZE as BT
 
     n = 0
     for name, (H, K, V) in SHAPES.items():
         calls = _gla_calls(H, K, V, T)
         for kernel, call in calls.items():
+            default = launch.launch_config(kernel, K, V, BT, num_states=H)
             for config in gla_grid(kernel):
                 if n % parts == part:
                     launch.OVERRIDES[kernel] = config
                     try:
-                        yield name, kernel, config, call
+                        yield name, kernel, config, config == default, call
                     finally:
                         launch.OVERRIDES.clear()
                 n += 1
@@ -190,15 +192,13 @@ def warm_gla(part: int, parts: int) -> None:
 
 
 def sweep_gla(rows: list[dict], warm_procs: int) -> None:
-    from statex_hf.kernels.gla.launch import DEFAULTS
-
     cmd = [sys.executable, __file__, "--warm-gla"]
     procs = [subprocess.Popen([*cmd, str(i), str(warm_procs)]) for i in range(warm_procs)]
     if any(p.wait() for p in procs):
         raise RuntimeError("sweep_launch_configs: a GLA warm-up process failed (its traceback is above)")
-    for name, kernel, config, call in _gla_cases(GLA_SWEEP_T):
+    for name, kernel, config, is_default, call in _gla_cases(GLA_SWEEP_T):
         rows.append({"op": "gla", "shape": name, "kernel": kernel, "config": config._asdict(),
-                     "default": config == DEFAULTS[kernel], "us": _bench(call) * 1e3})  # fmt: skip
+                     "default": is_default, "us": _bench(call) * 1e3})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from statex_hf.kernels import dispatch
 from statex_hf.kernels.gla import chunk as gla_chunk
+from statex_hf.kernels.gla import launch
 from statex_hf.kernels.gla.chunk import chunk_gla
 from statex_hf.kernels.gla.chunk_torch import chunk_gla_torch
 from statex_hf.kernels.gla.fused_recurrent import fused_recurrent_gla
@@ -88,12 +89,26 @@ def test_triton_chunk_equals_naive_with_states_and_all_grads():
     assert_all_close(got, want, atol=2e-4)
 
 
-def test_triton_chunk_tiled_head_packed_batch_equals_naive():
+@pytest.mark.parametrize("state_tiles", ["small", "large"])
+def test_triton_chunk_tiled_head_packed_batch_equals_naive(monkeypatch, state_tiles):
+    # Several tiles of the state in both directions with either state tile config (this tiny grid alone
+    # takes the small one; "large" forces the config the StateX head runs with).
+    if state_tiles == "large":
+        monkeypatch.setattr(launch, "OVERRIDES", {name: launch.DEFAULTS[name] for name in ("fwd_h", "bwd_dh")})
     cu_seqlens = torch.tensor([0, 9, 75, 100])
     inputs = make_inputs(1, 100, 1, 80, 72, n_states=3, gate_scale=10.0)
     got = outputs_and_grads(chunk_gla, *inputs, cu_seqlens=cu_seqlens)
     want = outputs_and_grads(naive_recurrent_gla, *inputs, cu_seqlens=cu_seqlens)
     assert_all_close(got, want, atol=2e-4)
+
+
+def test_state_kernels_take_small_tiles_only_when_large_ones_leave_sms_idle():
+    # GLA-1.3B's 4 heads at B = 1 would run 64 programs of 64 x 128; its StateX head runs 256.
+    assert launch.launch_config("fwd_h", 256, 512, 64, num_states=4) == launch.SMALL_STATE_TILES
+    assert launch.launch_config("bwd_dh", 256, 512, 64, num_states=16 * 4) == launch.DEFAULTS["bwd_dh"]
+    assert launch.launch_config("fwd_h", 1024, 2048, 64, num_states=1) == launch.DEFAULTS["fwd_h"]
+    # Small heads shrink the tiles rather than mask most of them away.
+    assert launch.launch_config("fwd_o", 20, 24, 64)[:2] == (32, 32)
 
 
 def test_triton_backward_recomputes_the_states_it_did_not_keep(monkeypatch):

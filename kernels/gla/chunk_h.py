@@ -165,7 +165,7 @@ def chunk_gla_fwd_h(
     _, _, H, K = k.shape
     V = v.shape[-1]
     N = layout.num_seqs
-    BK, BV, warps, stages = launch_config("fwd_h", K, V, chunk_size)
+    BK, BV, warps, stages = launch_config("fwd_h", K, V, chunk_size, num_states=N * H)
     h = k.new_empty(layout.num_chunks, H, K, V, dtype=state_buffer_dtype(k.dtype))
     ht = k.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
     grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)
@@ -210,7 +210,7 @@ def chunk_gla_bwd_dh(
     _, _, H, K = q.shape
     V = do.shape[-1]
     N = layout.num_seqs
-    BK, BV, warps, stages = launch_config("bwd_dh", K, V, chunk_size)
+    BK, BV, warps, stages = launch_config("bwd_dh", K, V, chunk_size, num_states=N * H)
     dh = q.new_empty(layout.num_chunks, H, K, V, dtype=state_buffer_dtype(q.dtype))
     dh0 = q.new_empty(N, H, K, V, dtype=torch.float32) if need_dh0 else None
     grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)

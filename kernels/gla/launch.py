@@ -19,30 +19,48 @@ class LaunchConfig(NamedTuple):
     num_stages: int
 
 
+# Picked by the sweep on an H100 at both GLA-1.3B head shapes (B = 1, T = 16K, bf16; the table is in
+# benchmarks/README.md): per-chunk kernels take 64 x 128 tiles and three pipeline stages where that
+# helps; the intra-chunk kernels keep their 16-row sub-blocks' config.
 DEFAULTS: dict[str, LaunchConfig] = {
-    "cumsum": LaunchConfig(64, 64, 4, 3),
-    "fwd_h": LaunchConfig(64, 64, 4, 2),
-    "bwd_dh": LaunchConfig(64, 64, 4, 2),
+    "cumsum": LaunchConfig(32, 64, 2, 3),
+    "fwd_h": LaunchConfig(64, 128, 8, 3),
+    "bwd_dh": LaunchConfig(64, 128, 8, 3),
     "fwd_A": LaunchConfig(64, 64, 4, 1),
     "bwd_intra": LaunchConfig(64, 64, 4, 1),
-    "fwd_o": LaunchConfig(64, 64, 4, 2),
-    "bwd_dA": LaunchConfig(64, 64, 4, 2),
-    "bwd_dv": LaunchConfig(64, 64, 4, 2),
-    "bwd_dqk": LaunchConfig(64, 64, 4, 2),
+    "fwd_o": LaunchConfig(64, 128, 4, 3),
+    "bwd_dA": LaunchConfig(64, 128, 4, 3),
+    "bwd_dv": LaunchConfig(64, 128, 4, 3),
+    "bwd_dqk": LaunchConfig(64, 128, 4, 2),
 }
+# The state kernels (fwd_h, bwd_dh) run one program per state tile and sequence for the whole
+# sequence: when the large tiles would leave SMs idle (fewer programs than MIN_STATE_PROGRAMS, about
+# the H100's 132 SMs), they take these small ones. GLA-1.3B's 4 heads at B = 1: 64 programs of 64 x 128
+# (0.36 ms at 16K) against 512 of 32 x 32 (0.27 ms); its StateX head: 256 of 64 x 128 (0.48 ms).
+SMALL_STATE_TILES = LaunchConfig(32, 32, 8, 3)
+MIN_STATE_PROGRAMS = 128
+_STATE_KERNELS = {"fwd_h", "bwd_dh"}
 # Replaces a kernel's default while set; for the launch-config sweep only.
 OVERRIDES: dict[str, LaunchConfig] = {}
 # Kernels whose tiles have a row per token of the chunk: chunks above 64 tokens take at least 8 warps.
 _CHUNK_ROW_KERNELS = {"fwd_o", "bwd_dA", "bwd_dv", "bwd_dqk"}
 
 
-def launch_config(kernel: str, K: int, V: int, chunk_size: int) -> LaunchConfig:
-    """The config of ``kernel`` for heads of ``K x V``: tiles shrink to small heads (down to 16)
-    instead of wasting lanes on masked columns."""
+def _fit(size: int, n: int) -> int:
+    return min(size, max(16, triton.next_power_of_2(n)))
+
+
+def launch_config(kernel: str, K: int, V: int, chunk_size: int, num_states: int = 1) -> LaunchConfig:
+    """The config of ``kernel`` for heads of ``K x V``; ``num_states`` (sequences x heads) sizes the
+    state kernels' grid. Tiles shrink to small heads (down to 16) instead of wasting lanes on masked
+    columns."""
     config = OVERRIDES.get(kernel, DEFAULTS[kernel])
-    return LaunchConfig(
-        BK=min(config.BK, max(16, triton.next_power_of_2(K))),
-        BV=min(config.BV, max(16, triton.next_power_of_2(V))),
-        num_warps=max(8, config.num_warps) if chunk_size > 64 and kernel in _CHUNK_ROW_KERNELS else config.num_warps,
-        num_stages=config.num_stages,
-    )
+    BK, BV = _fit(config.BK, K), _fit(config.BV, V)
+    programs = num_states * triton.cdiv(K, BK) * triton.cdiv(V, BV)
+    if kernel in _STATE_KERNELS and kernel not in OVERRIDES and programs < MIN_STATE_PROGRAMS:
+        config = SMALL_STATE_TILES
+        BK, BV = _fit(config.BK, K), _fit(config.BV, V)
+    warps = config.num_warps
+    if chunk_size > 64 and kernel in _CHUNK_ROW_KERNELS:
+        warps = max(8, warps)
+    return LaunchConfig(BK, BV, warps, config.num_stages)
