@@ -96,7 +96,8 @@ def worker(impl: str, shape_name: str) -> None:
     t = time.perf_counter()
     fwd_bwd(*xs)
     torch.cuda.synchronize()
-    _emit({"impl": impl, "shape": shape_name, "kind": "first_call", "seconds": time.perf_counter() - t})
+    _emit({"impl": impl, "shape": shape_name, "kind": "first_call", "seconds": time.perf_counter() - t,
+           "warm_cache": os.environ.get("STATEX_BENCH_WARM_CACHE") == "1"})  # fmt: skip
 
     for B, T in TRAIN_CASES:
         xs = _inputs(B, T, H, K, V)
@@ -155,8 +156,11 @@ def layers_decode(impl: str) -> None:
     _emit({"impl": impl, "kind": "decode_24_layers", "eager_us": eager * 1e3, "graph_us": graphed * 1e3})
 
 
-def _run_process(args: list[str], timeout: float) -> tuple[list[dict], str]:
-    env = dict(os.environ, TRITON_CACHE_DIR=tempfile.mkdtemp(prefix="triton-cache-"), PYTHONUNBUFFERED="1")
+def _run_process(args: list[str], timeout: float, cache_dir: str | None = None) -> tuple[list[dict], str]:
+    """Runs one worker with an empty Triton cache, or with ``cache_dir`` (kept, and reused if filled)."""
+    env = dict(os.environ, TRITON_CACHE_DIR=cache_dir or tempfile.mkdtemp(prefix="triton-cache-"), PYTHONUNBUFFERED="1")
+    if cache_dir:
+        env["STATEX_BENCH_WARM_CACHE"] = "1" if os.path.isdir(cache_dir) and os.listdir(cache_dir) else "0"
     cmd = [sys.executable, __file__, *args]
     rows, status = [], "ok"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -216,6 +220,8 @@ def print_table(rows: list[dict], statuses: dict) -> None:
                 r = find(impl=impl, shape=shape, kind="train", B=B, T=T) or {}
                 first = find(impl=impl, shape=shape, kind="first_call") if (B, T) == TRAIN_CASES[0] else None
                 first_s = _fmt(first and first["seconds"], ".1f") if first else ""
+                if first and first.get("warm_cache"):
+                    first_s += " (Triton cache from an earlier run)"
                 if (B, T) == TRAIN_CASES[0] and not first:
                     first_s = f"> limit ({status})"
                 cells = [_fmt(r.get("fwd_ms"), ".2f"), _fmt(r.get("fwdbwd_ms"), ".2f"), _fmt(r.get("peak_gib"), ".2f")]
@@ -248,6 +254,12 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=240, help="seconds for each of our processes")
     parser.add_argument("--fla-timeout", type=float, default=300, help="seconds for each fla process")
     parser.add_argument("--skip-layers", action="store_true", help="skip the 24-layer decode step")
+    parser.add_argument(
+        "--triton-cache",
+        metavar="DIR",
+        help="keep each worker's Triton cache (compiled kernels, autotuning results) under DIR and reuse it: "
+        "fla's autotuning can outlast one run; the first-call column then says the cache was warm",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("IMPL", "SHAPE"), help=argparse.SUPPRESS)
     parser.add_argument("--layers-decode", metavar="IMPL", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -268,7 +280,8 @@ def main() -> None:
             rows += r
         for prefix in args.shapes.split(","):
             shape = by_prefix[prefix]
-            r, st = _run_process(["--worker", impl, shape], timeout)
+            cache_dir = os.path.join(args.triton_cache, f"{impl}-{prefix}") if args.triton_cache else None
+            r, st = _run_process(["--worker", impl, shape], timeout, cache_dir)
             rows += r
             statuses[(impl, shape)] = st
     print_table(rows, statuses)

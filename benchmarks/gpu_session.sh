@@ -6,10 +6,10 @@
 #               (pyproject's pytest options need pytest-timeout)
 # Device calls: bash benchmarks/gpu_session.sh STEP...   (carry: [".device"]; a log per step in $OUT)
 #   STEP: tests | gla | ssd | sweep | profile | train | repro. Several steps share one call (one
-#   machine start), e.g. `gla profile`; `tests` needs a call of its own (it ran past 330 s with 24 of
-#   its 36 tests done). TESTS_PATHS (test files, run in that order), TESTS_TIMEOUT, FLA_TIMEOUT,
-#   GLA_ARGS (e.g. "--impls fla --shapes H1 --skip-layers"), SSD_ARGS (e.g. "--impls ours,mamba_ssm
-#   --peer-ns 512") and SWEEP_ARGS (e.g. "--ops gla") adjust the steps.
+#   machine start), e.g. `gla profile`; `tests` needs a call of its own (the whole suite: 450 s).
+#   Knobs: TESTS_PATHS (test files, run in that order), TESTS_TIMEOUT, FLA_TIMEOUT, GLA_TIMEOUT,
+#   GLA_ARGS (e.g. "--impls fla --shapes H1 --skip-layers"), GLA_CACHE (see the gla step), SSD_ARGS
+#   (e.g. "--impls ours,mamba_ssm --peer-ns 512"), SWEEP_ARGS (e.g. "--ops gla").
 #   repro: the miniature reproduction, the units in REPRO_UNITS ("seed:arch ...", default
 #   "0:gla 0:mamba2") in parallel; their results folders come back as $OUT/repro.tgz. Carry a previous
 #   repro.tgz as .device/repro.tgz to keep its folders; merge them with reproduce_statex.py --merge.
@@ -31,7 +31,19 @@ run_step() {
     case "$1" in
     tests) STATEX_GPU_TESTS=1 timeout "${TESTS_TIMEOUT:-500}" python -m pytest -q --durations=0 ${TESTS_PATHS:-tests/gpu} \
         --ignore=tests/gpu/test_multi_gpu.py ;;
-    gla) timeout 540 python benchmarks/bench_gla.py --fla-timeout "${FLA_TIMEOUT:-120}" ${GLA_ARGS:-} ;;
+    gla)
+        # GLA_CACHE=1: the workers keep their Triton caches in /tmp/triton-cache, seeded from a carried
+        # .device/triton-autotune.tgz; the autotuning results (*.autotune.json) come back as
+        # $OUT/triton-autotune.tgz. fla's first call autotunes longer than a call: this splits it over two.
+        cache_args=()
+        if [ -n "${GLA_CACHE:-}" ]; then
+            mkdir -p /tmp/triton-cache && cache_args=(--triton-cache /tmp/triton-cache)
+            [ -f .device/triton-autotune.tgz ] && tar -xzf .device/triton-autotune.tgz -C /tmp/triton-cache
+        fi
+        timeout "${GLA_TIMEOUT:-540}" python benchmarks/bench_gla.py --fla-timeout "${FLA_TIMEOUT:-120}" ${GLA_ARGS:-} "${cache_args[@]}"
+        if [ -n "${GLA_CACHE:-}" ]; then
+            (cd /tmp/triton-cache && find . -name '*.autotune.json' | tar -czf "$OUT/triton-autotune.tgz" -T -)
+        fi ;;
     ssd) timeout 540 python benchmarks/bench_ssd.py ${SSD_ARGS:---impls ours,ours_recompute,mamba_ssm} --json "$OUT/ssd.json" ;;
     sweep) timeout 540 python benchmarks/sweep_launch_configs.py ${SWEEP_ARGS:-} --json "$OUT/sweep.json" ;;
     profile) timeout 200 python benchmarks/profile_gla.py ;;
