@@ -16,6 +16,7 @@ from statex_hf.kernels.gla.chunk import chunk_gla
 from statex_hf.kernels.gla.chunk_torch import chunk_gla_torch
 from statex_hf.kernels.gla.fused_recurrent import fused_recurrent_gla
 from statex_hf.kernels.gla.naive import naive_recurrent_gla
+from triton.runtime.errors import OutOfResources
 
 # The interpreter evaluates both sides of tl.where in numpy: exp() of the masked-out branch overflows
 # (by design: that is the branch the kernels mask away) and numpy warns.
@@ -109,6 +110,29 @@ def test_state_kernels_take_small_tiles_only_when_large_ones_leave_sms_idle():
     assert launch.launch_config("fwd_h", 1024, 2048, 64, num_states=1) == launch.DEFAULTS["fwd_h"]
     # Small heads shrink the tiles rather than mask most of them away.
     assert launch.launch_config("fwd_o", 20, 24, 64)[:2] == (32, 32)
+
+
+def test_a_config_too_large_for_the_gpu_falls_back_to_the_safe_one(monkeypatch):
+    # Triton raises OutOfResources when a config needs more shared memory than the GPU has (the table
+    # is tuned on an H100): the launch retries with SAFE and remembers it for that kernel and shape.
+    monkeypatch.setattr(launch, "_TOO_LARGE", set())
+    tried = []
+
+    def run(config):
+        tried.append(config)
+        if config.BK > launch.SAFE.BK:
+            raise OutOfResources(300_000, 101_376, "shared memory")
+
+    like = torch.empty(1)
+    launch.launch("bwd_dqk", run, 256, 512, 64, like=like)
+    launch.launch("bwd_dqk", run, 256, 512, 64, like=like)
+    assert tried == [launch.launch_config("bwd_dqk", 256, 512, 64), launch.SAFE, launch.SAFE]
+    # Another shape tries its tuned config first; a sweep's override is never replaced.
+    launch.launch("bwd_dqk", run, 128, 512, 64, like=like)
+    assert tried[3:] == [launch.launch_config("bwd_dqk", 128, 512, 64), launch.SAFE]
+    monkeypatch.setattr(launch, "OVERRIDES", {"fwd_o": launch.DEFAULTS["fwd_o"]})
+    with pytest.raises(OutOfResources):
+        launch.launch("fwd_o", run, 256, 512, 64, like=like)
 
 
 def test_triton_backward_recomputes_the_states_it_did_not_keep(monkeypatch):

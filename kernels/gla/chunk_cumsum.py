@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 from statex_hf.kernels.gla.chunk_utils import ChunkLayout
-from statex_hf.kernels.gla.launch import launch_config
+from statex_hf.kernels.gla.launch import LaunchConfig, launch
 
 
 @triton.jit
@@ -58,10 +58,12 @@ def chunk_local_cumsum(
     _, _, H, K = gk.shape
     g = torch.empty_like(gk, dtype=torch.float32)
     qg, kg = torch.empty_like(q), torch.empty_like(k)
-    BK, _, warps, stages = launch_config("cumsum", K, 0, chunk_size)
-    grid = (triton.cdiv(K, BK), layout.num_chunks, H)
-    chunk_local_cumsum_kernel[grid](
-        q, k, gk, g, qg, kg, layout.cu_seqlens, layout.chunk_indices, scale,
-        H=H, K=K, BT=chunk_size, BK=BK, num_warps=warps, num_stages=stages,
-    )  # fmt: skip
+
+    def run(c: LaunchConfig) -> None:
+        chunk_local_cumsum_kernel[(triton.cdiv(K, c.BK), layout.num_chunks, H)](
+            q, k, gk, g, qg, kg, layout.cu_seqlens, layout.chunk_indices, scale,
+            H=H, K=K, BT=chunk_size, BK=c.BK, num_warps=c.num_warps, num_stages=c.num_stages,
+        )  # fmt: skip
+
+    launch("cumsum", run, K, 0, chunk_size, like=q)
     return g, qg, kg

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 from statex_hf.kernels.gla.chunk_utils import ChunkLayout
-from statex_hf.kernels.gla.launch import launch_config
+from statex_hf.kernels.gla.launch import LaunchConfig, launch
 
 
 @triton.jit
@@ -165,31 +165,33 @@ def chunk_gla_fwd_h(
     _, _, H, K = k.shape
     V = v.shape[-1]
     N = layout.num_seqs
-    BK, BV, warps, stages = launch_config("fwd_h", K, V, chunk_size, num_states=N * H)
     h = k.new_empty(layout.num_chunks, H, K, V, dtype=state_buffer_dtype(k.dtype))
     ht = k.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
-    grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)
-    chunk_gla_fwd_h_kernel[grid](
-        kg,
-        v,
-        g,
-        h,
-        initial_state,
-        ht,
-        layout.cu_seqlens,
-        layout.chunk_offsets,
-        H=H,
-        K=K,
-        V=V,
-        BT=chunk_size,
-        BK=BK,
-        BV=BV,
-        USE_INITIAL_STATE=initial_state is not None,
-        STORE_FINAL_STATE=output_final_state,
-        DOT_PRECISION=dot_precision(k.dtype),
-        num_warps=warps,
-        num_stages=stages,
-    )
+
+    def run(c: LaunchConfig) -> None:
+        chunk_gla_fwd_h_kernel[(triton.cdiv(K, c.BK), triton.cdiv(V, c.BV), N * H)](
+            kg,
+            v,
+            g,
+            h,
+            initial_state,
+            ht,
+            layout.cu_seqlens,
+            layout.chunk_offsets,
+            H=H,
+            K=K,
+            V=V,
+            BT=chunk_size,
+            BK=c.BK,
+            BV=c.BV,
+            USE_INITIAL_STATE=initial_state is not None,
+            STORE_FINAL_STATE=output_final_state,
+            DOT_PRECISION=dot_precision(k.dtype),
+            num_warps=c.num_warps,
+            num_stages=c.num_stages,
+        )
+
+    launch("fwd_h", run, K, V, chunk_size, like=kg, num_states=N * H)
     return h, ht
 
 
@@ -210,29 +212,31 @@ def chunk_gla_bwd_dh(
     _, _, H, K = q.shape
     V = do.shape[-1]
     N = layout.num_seqs
-    BK, BV, warps, stages = launch_config("bwd_dh", K, V, chunk_size, num_states=N * H)
     dh = q.new_empty(layout.num_chunks, H, K, V, dtype=state_buffer_dtype(q.dtype))
     dh0 = q.new_empty(N, H, K, V, dtype=torch.float32) if need_dh0 else None
-    grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)
-    chunk_gla_bwd_dh_kernel[grid](
-        qg,
-        g,
-        do,
-        dh,
-        dht,
-        dh0,
-        layout.cu_seqlens,
-        layout.chunk_offsets,
-        H=H,
-        K=K,
-        V=V,
-        BT=chunk_size,
-        BK=BK,
-        BV=BV,
-        USE_FINAL_STATE_GRADIENT=dht is not None,
-        STORE_INITIAL_STATE_GRADIENT=need_dh0,
-        DOT_PRECISION=dot_precision(q.dtype),
-        num_warps=warps,
-        num_stages=stages,
-    )
+
+    def run(c: LaunchConfig) -> None:
+        chunk_gla_bwd_dh_kernel[(triton.cdiv(K, c.BK), triton.cdiv(V, c.BV), N * H)](
+            qg,
+            g,
+            do,
+            dh,
+            dht,
+            dh0,
+            layout.cu_seqlens,
+            layout.chunk_offsets,
+            H=H,
+            K=K,
+            V=V,
+            BT=chunk_size,
+            BK=c.BK,
+            BV=c.BV,
+            USE_FINAL_STATE_GRADIENT=dht is not None,
+            STORE_INITIAL_STATE_GRADIENT=need_dh0,
+            DOT_PRECISION=dot_precision(q.dtype),
+            num_warps=c.num_warps,
+            num_stages=c.num_stages,
+        )
+
+    launch("bwd_dh", run, K, V, chunk_size, like=qg, num_states=N * H)
     return dh, dh0

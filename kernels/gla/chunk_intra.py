@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from statex_hf.kernels.gla.chunk_h import dot_precision
 from statex_hf.kernels.gla.chunk_utils import ChunkLayout
-from statex_hf.kernels.gla.launch import launch_config
+from statex_hf.kernels.gla.launch import LaunchConfig, launch
 
 
 @triton.jit
@@ -180,26 +180,28 @@ def chunk_gla_fwd_intra(
     """The in-chunk attention ``A`` ``[B, T, H, BT]`` (fp32, zero above the diagonal)."""
     B, T, H, K = q.shape
     BC = _sub_block(chunk_size)
-    BK, _, warps, stages = launch_config("fwd_A", K, 0, chunk_size)
     A = q.new_empty(B, T, H, chunk_size, dtype=torch.float32)
-    grid = (layout.num_chunks * (chunk_size // BC), H)
-    chunk_gla_fwd_A_kernel[grid](
-        q,
-        k,
-        g,
-        A,
-        layout.cu_seqlens,
-        layout.chunk_indices,
-        scale,
-        H=H,
-        K=K,
-        BT=chunk_size,
-        BC=BC,
-        BK=BK,
-        DOT_PRECISION=dot_precision(torch.float32),
-        num_warps=warps,
-        num_stages=stages,
-    )
+
+    def run(c: LaunchConfig) -> None:
+        chunk_gla_fwd_A_kernel[(layout.num_chunks * (chunk_size // BC), H)](
+            q,
+            k,
+            g,
+            A,
+            layout.cu_seqlens,
+            layout.chunk_indices,
+            scale,
+            H=H,
+            K=K,
+            BT=chunk_size,
+            BC=BC,
+            BK=c.BK,
+            DOT_PRECISION=dot_precision(torch.float32),
+            num_warps=c.num_warps,
+            num_stages=c.num_stages,
+        )
+
+    launch("fwd_A", run, K, 0, chunk_size, like=q)
     return A
 
 
@@ -209,26 +211,28 @@ def chunk_gla_bwd_intra(
     """The in-chunk parts of dq and dk (fp32, ``[B, T, H, K]``); ``dA`` already carries the scale."""
     B, T, H, K = q.shape
     BC = _sub_block(chunk_size)
-    BK, _, warps, stages = launch_config("bwd_intra", K, 0, chunk_size)
     dq = torch.empty(B, T, H, K, dtype=torch.float32, device=q.device)
     dk = torch.empty_like(dq)
-    grid = (triton.cdiv(K, BK), layout.num_chunks * (chunk_size // BC), H)
-    chunk_gla_bwd_intra_kernel[grid](
-        q,
-        k,
-        g,
-        dA,
-        dq,
-        dk,
-        layout.cu_seqlens,
-        layout.chunk_indices,
-        H=H,
-        K=K,
-        BT=chunk_size,
-        BC=BC,
-        BK=BK,
-        DOT_PRECISION=dot_precision(torch.float32),
-        num_warps=warps,
-        num_stages=stages,
-    )
+
+    def run(c: LaunchConfig) -> None:
+        chunk_gla_bwd_intra_kernel[(triton.cdiv(K, c.BK), layout.num_chunks * (chunk_size // BC), H)](
+            q,
+            k,
+            g,
+            dA,
+            dq,
+            dk,
+            layout.cu_seqlens,
+            layout.chunk_indices,
+            H=H,
+            K=K,
+            BT=chunk_size,
+            BC=BC,
+            BK=c.BK,
+            DOT_PRECISION=dot_precision(torch.float32),
+            num_warps=c.num_warps,
+            num_stages=c.num_stages,
+        )
+
+    launch("bwd_intra", run, K, 0, chunk_size, like=q)
     return dq, dk

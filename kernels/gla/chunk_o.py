@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from statex_hf.kernels.gla.chunk_h import dot_precision
 from statex_hf.kernels.gla.chunk_utils import ChunkLayout
-from statex_hf.kernels.gla.launch import launch_config
+from statex_hf.kernels.gla.launch import LaunchConfig, launch
 
 
 @triton.jit
@@ -238,27 +238,29 @@ def chunk_gla_fwd_o(
     """``o = qg h + A v`` with ``qg = q exp(g) scale``; ``o`` in ``v``'s dtype."""
     _, _, H, K = qg.shape
     V = v.shape[-1]
-    BK, BV, warps, stages = launch_config("fwd_o", K, V, chunk_size)
     o = torch.empty_like(v)
-    grid = (triton.cdiv(V, BV), layout.num_chunks, H)
-    chunk_gla_fwd_o_kernel[grid](
-        qg,
-        v,
-        h,
-        A,
-        o,
-        layout.cu_seqlens,
-        layout.chunk_indices,
-        H=H,
-        K=K,
-        V=V,
-        BT=chunk_size,
-        BK=BK,
-        BV=BV,
-        DOT_PRECISION=dot_precision(qg.dtype),
-        num_warps=warps,
-        num_stages=stages,
-    )
+
+    def run(c: LaunchConfig) -> None:
+        chunk_gla_fwd_o_kernel[(triton.cdiv(V, c.BV), layout.num_chunks, H)](
+            qg,
+            v,
+            h,
+            A,
+            o,
+            layout.cu_seqlens,
+            layout.chunk_indices,
+            H=H,
+            K=K,
+            V=V,
+            BT=chunk_size,
+            BK=c.BK,
+            BV=c.BV,
+            DOT_PRECISION=dot_precision(qg.dtype),
+            num_warps=c.num_warps,
+            num_stages=c.num_stages,
+        )
+
+    launch("fwd_o", run, K, V, chunk_size, like=qg)
     return o
 
 
@@ -266,24 +268,26 @@ def chunk_gla_bwd_dA(
     v: torch.Tensor, do: torch.Tensor, layout: ChunkLayout, chunk_size: int, scale: float
 ) -> torch.Tensor:
     B, T, H, V = v.shape
-    _, BV, warps, stages = launch_config("bwd_dA", 0, V, chunk_size)
     dA = v.new_empty(B, T, H, chunk_size, dtype=torch.float32)
-    grid = (layout.num_chunks, H)
-    chunk_gla_bwd_dA_kernel[grid](
-        v,
-        do,
-        dA,
-        layout.cu_seqlens,
-        layout.chunk_indices,
-        scale,
-        H=H,
-        V=V,
-        BT=chunk_size,
-        BV=BV,
-        DOT_PRECISION=dot_precision(v.dtype),
-        num_warps=warps,
-        num_stages=stages,
-    )
+
+    def run(c: LaunchConfig) -> None:
+        chunk_gla_bwd_dA_kernel[(layout.num_chunks, H)](
+            v,
+            do,
+            dA,
+            layout.cu_seqlens,
+            layout.chunk_indices,
+            scale,
+            H=H,
+            V=V,
+            BT=chunk_size,
+            BV=c.BV,
+            DOT_PRECISION=dot_precision(v.dtype),
+            num_warps=c.num_warps,
+            num_stages=c.num_stages,
+        )
+
+    launch("bwd_dA", run, 0, V, chunk_size, like=v)
     return dA
 
 
@@ -298,27 +302,29 @@ def chunk_gla_bwd_dv(
     """``dv = A^T do + kg dh`` with ``kg = k exp(g_L - g)``."""
     _, _, H, K = kg.shape
     V = do.shape[-1]
-    BK, BV, warps, stages = launch_config("bwd_dv", K, V, chunk_size)
     dv = torch.empty_like(do)
-    grid = (triton.cdiv(V, BV), layout.num_chunks, H)
-    chunk_gla_bwd_dv_kernel[grid](
-        kg,
-        A,
-        do,
-        dh,
-        dv,
-        layout.cu_seqlens,
-        layout.chunk_indices,
-        H=H,
-        K=K,
-        V=V,
-        BT=chunk_size,
-        BK=BK,
-        BV=BV,
-        DOT_PRECISION=dot_precision(kg.dtype),
-        num_warps=warps,
-        num_stages=stages,
-    )
+
+    def run(c: LaunchConfig) -> None:
+        chunk_gla_bwd_dv_kernel[(triton.cdiv(V, c.BV), layout.num_chunks, H)](
+            kg,
+            A,
+            do,
+            dh,
+            dv,
+            layout.cu_seqlens,
+            layout.chunk_indices,
+            H=H,
+            K=K,
+            V=V,
+            BT=chunk_size,
+            BK=c.BK,
+            BV=c.BV,
+            DOT_PRECISION=dot_precision(kg.dtype),
+            num_warps=c.num_warps,
+            num_stages=c.num_stages,
+        )
+
+    launch("bwd_dv", run, K, V, chunk_size, like=kg)
     return dv
 
 
@@ -340,34 +346,36 @@ def chunk_gla_bwd_dqk(
     """dq, dk in the inputs' dtype and the gate gradient dgk in ``gk_dtype``."""
     _, _, H, K = q.shape
     V = v.shape[-1]
-    BK, BV, warps, stages = launch_config("bwd_dqk", K, V, chunk_size)
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     dgk = torch.empty_like(q, dtype=gk_dtype)
-    grid = (triton.cdiv(K, BK), layout.num_chunks, H)
-    chunk_gla_bwd_dqk_kernel[grid](
-        q,
-        k,
-        v,
-        g,
-        h,
-        do,
-        dh,
-        dq_intra,
-        dk_intra,
-        dq,
-        dk,
-        dgk,
-        layout.cu_seqlens,
-        layout.chunk_indices,
-        scale,
-        H=H,
-        K=K,
-        V=V,
-        BT=chunk_size,
-        BK=BK,
-        BV=BV,
-        DOT_PRECISION=dot_precision(q.dtype),
-        num_warps=warps,
-        num_stages=stages,
-    )
+
+    def run(c: LaunchConfig) -> None:
+        chunk_gla_bwd_dqk_kernel[(triton.cdiv(K, c.BK), layout.num_chunks, H)](
+            q,
+            k,
+            v,
+            g,
+            h,
+            do,
+            dh,
+            dq_intra,
+            dk_intra,
+            dq,
+            dk,
+            dgk,
+            layout.cu_seqlens,
+            layout.chunk_indices,
+            scale,
+            H=H,
+            K=K,
+            V=V,
+            BT=chunk_size,
+            BK=c.BK,
+            BV=c.BV,
+            DOT_PRECISION=dot_precision(q.dtype),
+            num_warps=c.num_warps,
+            num_stages=c.num_stages,
+        )
+
+    launch("bwd_dqk", run, K, V, chunk_size, like=q)
     return dq, dk, dgk

@@ -3,13 +3,21 @@
 One table instead of constants spread over the launchers, so ``benchmarks/sweep_launch_configs.py``
 can try a grid of configs per kernel (through ``OVERRIDES``) and the tuned values land here. No
 autotuning at run time: the first call compiles one config per kernel (issue 4's first-call target).
+The table is tuned on an H100; a GPU with less shared memory gets ``SAFE`` instead of a config that
+does not fit (``launch``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
+import torch
 import triton
+from transformers.utils import logging
+from triton.runtime.errors import OutOfResources
+
+logger = logging.get_logger(__name__)
 
 
 class LaunchConfig(NamedTuple):
@@ -40,10 +48,16 @@ DEFAULTS: dict[str, LaunchConfig] = {
 SMALL_STATE_TILES = LaunchConfig(32, 32, 8, 3)
 MIN_STATE_PROGRAMS = 128
 _STATE_KERNELS = {"fwd_h", "bwd_dh"}
-# Replaces a kernel's default while set; for the launch-config sweep only.
+# Replaces a kernel's default while set, with no fallback; for the launch-config sweep only.
 OVERRIDES: dict[str, LaunchConfig] = {}
 # Kernels whose tiles have a row per token of the chunk: chunks above 64 tokens take at least 8 warps.
 _CHUNK_ROW_KERNELS = {"fwd_o", "bwd_dA", "bwd_dv", "bwd_dqk"}
+
+
+# Small tiles in one stage: a few KiB of shared memory, which any GPU Triton supports has.
+SAFE = LaunchConfig(32, 32, 4, 1)
+# (kernel, K, V, chunk size, device, dtype) whose tuned config did not fit: they launch with SAFE.
+_TOO_LARGE: set[tuple] = set()
 
 
 def _fit(size: int, n: int) -> int:
@@ -55,12 +69,42 @@ def launch_config(kernel: str, K: int, V: int, chunk_size: int, num_states: int 
     state kernels' grid. Tiles shrink to small heads (down to 16) instead of wasting lanes on masked
     columns."""
     config = OVERRIDES.get(kernel, DEFAULTS[kernel])
-    BK, BV = _fit(config.BK, K), _fit(config.BV, V)
-    programs = num_states * triton.cdiv(K, BK) * triton.cdiv(V, BV)
-    if kernel in _STATE_KERNELS and kernel not in OVERRIDES and programs < MIN_STATE_PROGRAMS:
-        config = SMALL_STATE_TILES
-        BK, BV = _fit(config.BK, K), _fit(config.BV, V)
+    if kernel in _STATE_KERNELS and kernel not in OVERRIDES:
+        tiles = triton.cdiv(K, _fit(config.BK, K)) * triton.cdiv(V, _fit(config.BV, V))
+        if num_states * tiles < MIN_STATE_PROGRAMS:
+            config = SMALL_STATE_TILES
+    return _sized(kernel, config, K, V, chunk_size)
+
+
+def _sized(kernel: str, config: LaunchConfig, K: int, V: int, chunk_size: int) -> LaunchConfig:
     warps = config.num_warps
     if chunk_size > 64 and kernel in _CHUNK_ROW_KERNELS:
         warps = max(8, warps)
-    return LaunchConfig(BK, BV, warps, config.num_stages)
+    return LaunchConfig(_fit(config.BK, K), _fit(config.BV, V), warps, config.num_stages)
+
+
+def launch(
+    kernel: str,
+    run: Callable[[LaunchConfig], None],
+    K: int,
+    V: int,
+    chunk_size: int,
+    like: torch.Tensor,
+    num_states: int = 1,
+) -> None:
+    """Calls ``run(config)`` with ``kernel``'s config, or with ``SAFE`` when that config needs more
+    shared memory than this GPU has (Triton raises ``OutOfResources`` before running anything);
+    ``like`` is an input, whose device and dtype (with the shape) key that decision."""
+    config = launch_config(kernel, K, V, chunk_size, num_states)
+    if kernel in OVERRIDES:  # the sweep times exactly the config it asked for, or learns it does not fit
+        return run(config)
+    key = (kernel, K, V, chunk_size, like.device, like.dtype)
+    if key not in _TOO_LARGE:
+        try:
+            return run(config)
+        except OutOfResources as error:
+            _TOO_LARGE.add(key)
+            logger.warning_once(
+                f"GLA kernel {kernel}: {config} does not fit this GPU ({error}); using {SAFE}, which is slower"
+            )
+    run(_sized(kernel, SAFE, K, V, chunk_size))

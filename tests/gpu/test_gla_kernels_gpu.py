@@ -90,6 +90,24 @@ def test_chunk_bf16_equals_fp32_reference_and_fla(shape):
         assert err < TOL.get(name, BF16_TOL), (name, err)
 
 
+def test_config_without_enough_shared_memory_falls_back_and_stays_correct(monkeypatch):
+    # The state pass with fp32 128 x 128 tiles in 8 pipeline stages (its loop over the chunks buffers
+    # k and v tiles, 64 KiB a stage) needs about 512 KiB of shared memory, more than any GPU has: the
+    # launch must fall back to SAFE (as a tuned config would on a smaller GPU) and still be right.
+    from statex_hf.kernels.gla import launch
+
+    too_large = launch.LaunchConfig(128, 128, 4, 8)
+    monkeypatch.setitem(launch.DEFAULTS, "fwd_h", too_large)
+    monkeypatch.setattr(launch, "SMALL_STATE_TILES", too_large)
+    monkeypatch.setattr(launch, "_TOO_LARGE", set())
+    inputs = make_inputs(1, 300, 1, 256, 256, dtype=torch.float32)
+    ours = run(chunk_gla, *inputs)
+    ref = run(naive_recurrent_gla, *inputs)
+    assert {key[0] for key in launch._TOO_LARGE} == {"fwd_h"}
+    for name in ref:
+        assert rel_err(ours[name], ref[name]) < 1e-3, name
+
+
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 def test_chunk_packed_batch_equals_naive_per_document(shape):
     H, K, V = shape
