@@ -3,16 +3,18 @@
     python benchmarks/bench_gla.py                       # everything, prints the table
     python benchmarks/bench_gla.py --impls ours          # our kernels only
     python benchmarks/bench_gla.py --fla-timeout 300     # seconds allowed to each fla process
+    python benchmarks/bench_gla.py --impls fla --shapes H1 --triton-cache DIR   # one shape, cache kept
 
-Each (implementation, head shape) runs in its own fresh process with an empty Triton cache, so
-its first call (compile and autotune included) is measured as a user meets it; the process then
-times forward and forward+backward (``triton.testing.do_bench`` medians, input grads reset before each
-run; bf16, B = 1 at T = 4K / 16K / 64K, and B = 16 at T = 4K), the
-peak memory of forward+backward (inputs included), and a decode step (T = 1, state in and out,
-B = 1 / 16 / 64, GPU time from ``triton.testing.do_bench``; GB/s counts the fp32 state read and
-written once; the host's launch cost shows in the 24-layer decode step, eager vs CUDA graph). A
-process that runs past its time limit (fla's autotuning at the StateX head) reports what it
-finished. Rows are printed as JSON lines by the workers and as one table by the driver.
+Each (implementation, head shape) runs in its own fresh process with an empty Triton cache (or, with
+``--triton-cache``, the one an earlier run left in DIR), so its first call (compile and autotune
+included) is measured as a user meets it; the process then times forward and forward+backward
+(``triton.testing.do_bench`` medians, input grads reset before each run; bf16, B = 1 at T = 4K / 16K
+/ 64K, and B = 16 at T = 4K), the peak memory of forward+backward (inputs included), and a decode
+step (T = 1, state in and out, B = 1 / 16 / 64, GPU time from ``triton.testing.do_bench``; GB/s
+counts the fp32 state read and written once; the host's launch cost shows in the 24-layer decode
+step, eager vs CUDA graph). A process that runs past its time limit (fla's autotuning at the StateX
+head) reports what it finished. Rows are printed as JSON lines by the workers and as one table by
+the driver.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -160,10 +163,14 @@ def _run_process(args: list[str], timeout: float, cache_dir: str | None = None) 
     """Runs one worker with an empty Triton cache, or with ``cache_dir`` (kept, and reused if filled)."""
     env = dict(os.environ, TRITON_CACHE_DIR=cache_dir or tempfile.mkdtemp(prefix="triton-cache-"), PYTHONUNBUFFERED="1")
     if cache_dir:
-        env["STATEX_BENCH_WARM_CACHE"] = "1" if os.path.isdir(cache_dir) and os.listdir(cache_dir) else "0"
+        os.makedirs(cache_dir, exist_ok=True)
+        env["STATEX_BENCH_WARM_CACHE"] = "1" if os.listdir(cache_dir) else "0"
     cmd = [sys.executable, __file__, *args]
     rows, status = [], "ok"
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Its own process group, so a stop at the deadline also stops what the worker started (compilers).
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     deadline = time.monotonic() + timeout
     try:
         # Rows are read as they come so a process stopped at its deadline still reports what it finished.
@@ -189,7 +196,7 @@ def _run_process(args: list[str], timeout: float, cache_dir: str | None = None) 
         if proc.returncode != 0:
             status = f"exit {proc.returncode}"
     except subprocess.TimeoutExpired:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         status = f"timeout {timeout:.0f}s"
     return rows, status
@@ -250,7 +257,8 @@ def print_table(rows: list[dict], statuses: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--impls", default="ours,fla")
-    parser.add_argument("--shapes", default="H4,H1", help="head shapes by their first word: H4, H1")
+    prefixes = [name.split()[0] for name in SHAPES]
+    parser.add_argument("--shapes", default=",".join(prefixes), help=f"head shapes by their first word: {prefixes}")
     parser.add_argument("--timeout", type=float, default=240, help="seconds for each of our processes")
     parser.add_argument("--fla-timeout", type=float, default=300, help="seconds for each fla process")
     parser.add_argument("--skip-layers", action="store_true", help="skip the 24-layer decode step")

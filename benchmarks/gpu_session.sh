@@ -6,7 +6,7 @@
 #               (pyproject's pytest options need pytest-timeout)
 # Device calls: bash benchmarks/gpu_session.sh STEP...   (carry: [".device"]; a log per step in $OUT)
 #   STEP: tests | gla | ssd | sweep | profile | train | repro. Several steps share one call (one
-#   machine start), e.g. `gla profile`; `tests` needs a call of its own (the whole suite: 450 s).
+#   machine start), e.g. `gla profile`; `tests` needs a call of its own (the whole suite: 433 s).
 #   Knobs: TESTS_PATHS (test files, run in that order), TESTS_TIMEOUT, FLA_TIMEOUT, GLA_TIMEOUT,
 #   GLA_ARGS (e.g. "--impls fla --shapes H1 --skip-layers"), GLA_CACHE (see the gla step), SSD_ARGS
 #   (e.g. "--impls ours,mamba_ssm --peer-ns 512"), SWEEP_ARGS (e.g. "--ops gla").
@@ -40,7 +40,7 @@ run_step() {
             mkdir -p /tmp/triton-cache && cache_args=(--triton-cache /tmp/triton-cache)
             [ -f .device/triton-autotune.tgz ] && tar -xzf .device/triton-autotune.tgz -C /tmp/triton-cache
         fi
-        timeout "${GLA_TIMEOUT:-540}" python benchmarks/bench_gla.py --fla-timeout "${FLA_TIMEOUT:-120}" ${GLA_ARGS:-} "${cache_args[@]}"
+        timeout -k 10 "${GLA_TIMEOUT:-540}" python benchmarks/bench_gla.py --fla-timeout "${FLA_TIMEOUT:-120}" ${GLA_ARGS:-} "${cache_args[@]}"
         if [ -n "${GLA_CACHE:-}" ]; then
             (cd /tmp/triton-cache && find . -name '*.autotune.json' | tar -czf "$OUT/triton-autotune.tgz" -T -)
         fi ;;

@@ -198,7 +198,7 @@ def warm_gla(part: int, parts: int) -> None:
 def sweep_gla(rows: list[dict], warm_procs: int) -> None:
     cmd = [sys.executable, __file__, "--warm-gla"]
     procs = [subprocess.Popen([*cmd, str(i), str(warm_procs)]) for i in range(warm_procs)]
-    if any(p.wait() for p in procs):
+    if any([p.wait() for p in procs]):  # a list: wait for every process before raising
         raise RuntimeError("sweep_launch_configs: a GLA warm-up process failed (its traceback is above)")
     for name, kernel, config, is_default, call in _gla_cases(GLA_SWEEP_T):
         try:
@@ -255,6 +255,9 @@ def main() -> None:
         return warm_gla(*args.warm_gla)
     rows: list[dict] = []
     sweeps = {"decode": sweep_decode, "norm": sweep_norm, "gla": lambda rows: sweep_gla(rows, args.warm_procs)}
+    unknown = set(args.ops.split(",")) - set(sweeps)
+    if unknown:
+        parser.error(f"unknown --ops {sorted(unknown)}; choose from {sorted(sweeps)}")
     for op in args.ops.split(","):
         sweeps[op](rows)
     print_tables(rows)

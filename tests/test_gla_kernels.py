@@ -92,12 +92,13 @@ def test_triton_chunk_equals_naive_with_states_and_all_grads():
 
 @pytest.mark.parametrize("state_tiles", ["small", "large"])
 def test_triton_chunk_tiled_head_packed_batch_equals_naive(monkeypatch, state_tiles):
-    # Several tiles of the state in both directions with either state tile config (this tiny grid alone
-    # takes the small one; "large" forces the config the StateX head runs with).
+    # Several tiles of the head in both directions for every kernel (K = 80, V = 136 against 64 x 128
+    # tiles), with either state tile config: this tiny grid alone takes the small one (32 x 32, 3 x 5
+    # tiles); "large" forces the one the StateX head runs with (64 x 128, 2 x 2 tiles).
     if state_tiles == "large":
         monkeypatch.setattr(launch, "OVERRIDES", {name: launch.DEFAULTS[name] for name in ("fwd_h", "bwd_dh")})
     cu_seqlens = torch.tensor([0, 9, 75, 100])
-    inputs = make_inputs(1, 100, 1, 80, 72, n_states=3, gate_scale=10.0)
+    inputs = make_inputs(1, 100, 1, 80, 136, n_states=3, gate_scale=10.0)
     got = outputs_and_grads(chunk_gla, *inputs, cu_seqlens=cu_seqlens)
     want = outputs_and_grads(naive_recurrent_gla, *inputs, cu_seqlens=cu_seqlens)
     assert_all_close(got, want, atol=2e-4)
@@ -112,27 +113,34 @@ def test_state_kernels_take_small_tiles_only_when_large_ones_leave_sms_idle():
     assert launch.launch_config("fwd_o", 20, 24, 64)[:2] == (32, 32)
 
 
-def test_a_config_too_large_for_the_gpu_falls_back_to_the_safe_one(monkeypatch):
+def test_a_config_too_large_for_the_gpu_is_replaced_by_the_first_smaller_one_that_fits(monkeypatch):
     # Triton raises OutOfResources when a config needs more shared memory than the GPU has (the table
-    # is tuned on an H100): the launch retries with SAFE and remembers it for that kernel and shape.
-    monkeypatch.setattr(launch, "_TOO_LARGE", set())
+    # is tuned on an H100): the launch retries with one stage, then SAFE, warns, and remembers the choice.
+    monkeypatch.setattr(launch, "_REPLACED", {})
     tried = []
 
-    def run(config):
+    def run(config):  # a GPU on which only 32-wide tiles in one stage fit
         tried.append(config)
-        if config.BK > launch.SAFE.BK:
+        if config.BK > 32 or config.num_stages > 1:
             raise OutOfResources(300_000, 101_376, "shared memory")
 
-    like = torch.empty(1)
-    launch.launch("bwd_dqk", run, 256, 512, 64, like=like)
-    launch.launch("bwd_dqk", run, 256, 512, 64, like=like)
-    assert tried == [launch.launch_config("bwd_dqk", 256, 512, 64), launch.SAFE, launch.SAFE]
-    # Another shape tries its tuned config first; a sweep's override is never replaced.
-    launch.launch("bwd_dqk", run, 128, 512, 64, like=like)
-    assert tried[3:] == [launch.launch_config("bwd_dqk", 128, 512, 64), launch.SAFE]
+    operand = torch.empty(1)
+    tuned = launch.launch_config("bwd_dqk", 256, 512, 64)
+    with pytest.warns(UserWarning, match="bwd_dqk.*does not fit"):
+        launch.launch("bwd_dqk", run, 256, 512, 64, operand=operand)
+    launch.launch("bwd_dqk", run, 256, 512, 64, operand=operand)
+    assert tried == [tuned, tuned._replace(num_stages=1), launch.SAFE, launch.SAFE]
+    # The 4-head state tiles (32 x 32, 3 stages) only need one stage less.
+    tried.clear()
+    with pytest.warns(UserWarning, match="fwd_h"):
+        launch.launch("fwd_h", run, 256, 512, 64, operand=operand, num_states=4)
+    assert tried == [launch.SMALL_STATE_TILES, launch.SMALL_STATE_TILES._replace(num_stages=1)]
+    # Nothing fits: the GPU's error, not a silent wrong launch; a sweep's override is never replaced.
+    with pytest.raises(OutOfResources):
+        launch.launch("fwd_o", lambda config: run(config._replace(num_stages=2)), 256, 512, 64, operand=operand)
     monkeypatch.setattr(launch, "OVERRIDES", {"fwd_o": launch.DEFAULTS["fwd_o"]})
     with pytest.raises(OutOfResources):
-        launch.launch("fwd_o", run, 256, 512, 64, like=like)
+        launch.launch("fwd_o", run, 256, 512, 64, operand=operand)
 
 
 def test_triton_backward_recomputes_the_states_it_did_not_keep(monkeypatch):

@@ -65,5 +65,5 @@ def chunk_local_cumsum(
             H=H, K=K, BT=chunk_size, BK=c.BK, num_warps=c.num_warps, num_stages=c.num_stages,
         )  # fmt: skip
 
-    launch("cumsum", run, K, 0, chunk_size, like=q)
+    launch("cumsum", run, K, 0, chunk_size, operand=q)
     return g, qg, kg

@@ -191,7 +191,7 @@ def chunk_gla_fwd_h(
             num_stages=c.num_stages,
         )
 
-    launch("fwd_h", run, K, V, chunk_size, like=kg, num_states=N * H)
+    launch("fwd_h", run, K, V, chunk_size, operand=kg, num_states=N * H)
     return h, ht
 
 
@@ -238,5 +238,5 @@ def chunk_gla_bwd_dh(
             num_stages=c.num_stages,
         )
 
-    launch("bwd_dh", run, K, V, chunk_size, like=qg, num_states=N * H)
+    launch("bwd_dh", run, K, V, chunk_size, operand=qg, num_states=N * H)
     return dh, dh0

@@ -201,7 +201,7 @@ def chunk_gla_fwd_intra(
             num_stages=c.num_stages,
         )
 
-    launch("fwd_A", run, K, 0, chunk_size, like=q)
+    launch("fwd_A", run, K, 0, chunk_size, operand=q)
     return A
 
 
@@ -234,5 +234,5 @@ def chunk_gla_bwd_intra(
             num_stages=c.num_stages,
         )
 
-    launch("bwd_intra", run, K, 0, chunk_size, like=q)
+    launch("bwd_intra", run, K, 0, chunk_size, operand=q)
     return dq, dk

@@ -260,7 +260,7 @@ def chunk_gla_fwd_o(
             num_stages=c.num_stages,
         )
 
-    launch("fwd_o", run, K, V, chunk_size, like=qg)
+    launch("fwd_o", run, K, V, chunk_size, operand=qg)
     return o
 
 
@@ -287,7 +287,7 @@ def chunk_gla_bwd_dA(
             num_stages=c.num_stages,
         )
 
-    launch("bwd_dA", run, 0, V, chunk_size, like=v)
+    launch("bwd_dA", run, 0, V, chunk_size, operand=v)
     return dA
 
 
@@ -324,7 +324,7 @@ def chunk_gla_bwd_dv(
             num_stages=c.num_stages,
         )
 
-    launch("bwd_dv", run, K, V, chunk_size, like=kg)
+    launch("bwd_dv", run, K, V, chunk_size, operand=kg)
     return dv
 
 
@@ -377,5 +377,5 @@ def chunk_gla_bwd_dqk(
             num_stages=c.num_stages,
         )
 
-    launch("bwd_dqk", run, K, V, chunk_size, like=q)
+    launch("bwd_dqk", run, K, V, chunk_size, operand=q)
     return dq, dk, dgk

@@ -3,21 +3,19 @@
 One table instead of constants spread over the launchers, so ``benchmarks/sweep_launch_configs.py``
 can try a grid of configs per kernel (through ``OVERRIDES``) and the tuned values land here. No
 autotuning at run time: the first call compiles one config per kernel (issue 4's first-call target).
-The table is tuned on an H100; a GPU with less shared memory gets ``SAFE`` instead of a config that
-does not fit (``launch``).
+The table is tuned on an H100; on a GPU with less shared memory, a config that does not fit is
+replaced by a smaller one (``launch``).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import triton
-from transformers.utils import logging
 from triton.runtime.errors import OutOfResources
-
-logger = logging.get_logger(__name__)
 
 
 class LaunchConfig(NamedTuple):
@@ -56,8 +54,8 @@ _CHUNK_ROW_KERNELS = {"fwd_o", "bwd_dA", "bwd_dv", "bwd_dqk"}
 
 # Small tiles in one stage: a few KiB of shared memory, which any GPU Triton supports has.
 SAFE = LaunchConfig(32, 32, 4, 1)
-# (kernel, K, V, chunk size, device, dtype) whose tuned config did not fit: they launch with SAFE.
-_TOO_LARGE: set[tuple] = set()
+# (kernel, config, device, dtype) whose config did not fit the GPU -> the config launched instead.
+_REPLACED: dict[tuple, LaunchConfig] = {}
 
 
 def _fit(size: int, n: int) -> int:
@@ -65,9 +63,9 @@ def _fit(size: int, n: int) -> int:
 
 
 def launch_config(kernel: str, K: int, V: int, chunk_size: int, num_states: int = 1) -> LaunchConfig:
-    """The config of ``kernel`` for heads of ``K x V``; ``num_states`` (sequences x heads) sizes the
-    state kernels' grid. Tiles shrink to small heads (down to 16) instead of wasting lanes on masked
-    columns."""
+    """The config of ``kernel`` for heads of ``K x V`` (0 for a dimension the kernel does not tile);
+    ``num_states`` (sequences x heads) sizes the state kernels' grid. Tiles shrink to small heads (down
+    to 16) instead of wasting lanes on masked columns."""
     config = OVERRIDES.get(kernel, DEFAULTS[kernel])
     if kernel in _STATE_KERNELS and kernel not in OVERRIDES:
         tiles = triton.cdiv(K, _fit(config.BK, K)) * triton.cdiv(V, _fit(config.BV, V))
@@ -89,22 +87,37 @@ def launch(
     K: int,
     V: int,
     chunk_size: int,
-    like: torch.Tensor,
+    operand: torch.Tensor,
     num_states: int = 1,
 ) -> None:
-    """Calls ``run(config)`` with ``kernel``'s config, or with ``SAFE`` when that config needs more
-    shared memory than this GPU has (Triton raises ``OutOfResources`` before running anything);
-    ``like`` is an input, whose device and dtype (with the shape) key that decision."""
+    """Calls ``run(config)`` with ``kernel``'s config (``launch_config``). When that config needs more
+    shared memory than the GPU has (Triton raises ``OutOfResources`` before the kernel runs), retries
+    with one pipeline stage, then with ``SAFE``, warns, and launches the first that fits from then on
+    for that config on that device and dtype (``operand``, an input of the kernel, gives them)."""
     config = launch_config(kernel, K, V, chunk_size, num_states)
     if kernel in OVERRIDES:  # the sweep times exactly the config it asked for, or learns it does not fit
-        return run(config)
-    key = (kernel, K, V, chunk_size, like.device, like.dtype)
-    if key not in _TOO_LARGE:
+        run(config)
+        return
+    key = (kernel, config, operand.device, operand.dtype)
+    if key in _REPLACED:
+        run(_REPLACED[key])
+        return
+    smaller = [config._replace(num_stages=1), _sized(kernel, SAFE, K, V, chunk_size)]
+    try:
+        run(config)
+        return
+    except OutOfResources as error:
+        too_large = error
+    for candidate in dict.fromkeys(c for c in smaller if c != config):
         try:
-            return run(config)
-        except OutOfResources as error:
-            _TOO_LARGE.add(key)
-            logger.warning_once(
-                f"GLA kernel {kernel}: {config} does not fit this GPU ({error}); using {SAFE}, which is slower"
-            )
-    run(_sized(kernel, SAFE, K, V, chunk_size))
+            run(candidate)
+        except OutOfResources:
+            continue
+        _REPLACED[key] = candidate
+        warnings.warn(
+            f"GLA kernel {kernel}: {config} does not fit this GPU ({too_large}); launching {candidate}, "
+            "which is slower",
+            stacklevel=2,
+        )
+        return
+    raise too_large
