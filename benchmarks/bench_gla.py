@@ -257,8 +257,8 @@ def print_table(rows: list[dict], statuses: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--impls", default="ours,fla")
-    prefixes = [name.split()[0] for name in SHAPES]
-    parser.add_argument("--shapes", default=",".join(prefixes), help=f"head shapes by their first word: {prefixes}")
+    by_prefix = {name.split()[0]: name for name in SHAPES}
+    parser.add_argument("--shapes", default=",".join(by_prefix), help=f"head shapes by first word: {list(by_prefix)}")
     parser.add_argument("--timeout", type=float, default=240, help="seconds for each of our processes")
     parser.add_argument("--fla-timeout", type=float, default=300, help="seconds for each fla process")
     parser.add_argument("--skip-layers", action="store_true", help="skip the 24-layer decode step")
@@ -276,7 +276,6 @@ def main() -> None:
     if args.layers_decode:
         return layers_decode(args.layers_decode)
 
-    by_prefix = {name.split()[0]: name for name in SHAPES}
     unknown = set(args.shapes.split(",")) - set(by_prefix)
     if unknown:
         parser.error(f"unknown --shapes {sorted(unknown)}; choose from {sorted(by_prefix)}")

@@ -102,12 +102,12 @@ def launch(
     if key in _REPLACED:
         run(_REPLACED[key])
         return
-    smaller = [config._replace(num_stages=1), _sized(kernel, SAFE, K, V, chunk_size)]
     try:
         run(config)
         return
     except OutOfResources as error:
         too_large = error
+    smaller = [config._replace(num_stages=1), _sized(kernel, SAFE, K, V, chunk_size)]
     for candidate in dict.fromkeys(c for c in smaller if c != config):
         try:
             run(candidate)
