@@ -41,7 +41,9 @@ def chunk_gla_fwd_A_kernel(
     BK: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """One program: the ``BC`` rows of sub-block ``i_c`` of one chunk, all ``BT`` columns."""
+    """One program: the ``BC`` rows of sub-block ``i_c`` of one chunk, written as ``BC x BC`` blocks:
+    earlier sub-blocks by matrix products, the diagonal pair by pair, later ones as zeros. Each block
+    loads only its own ``BC`` columns, so no program reads the whole chunk's keys."""
     i_tc, i_h = tl.program_id(0), tl.program_id(1)
     NC: tl.constexpr = BT // BC
     i_t, i_c = i_tc // NC, i_tc % NC
@@ -53,41 +55,52 @@ def chunk_gla_fwd_A_kernel(
     r0 = t0 + i_c * BC  # first row of this sub-block: the reference row for earlier columns
     if r0 >= eos:
         return
-    o_i = tl.arange(0, BC)
-    o_j = tl.arange(0, BT)
-    rows = r0 + o_i
-    cols = t0 + o_j
-    m_i, m_j = rows < eos, cols < eos
-    # Columns of earlier sub-blocks go through the matrix product, the diagonal block pair by pair.
-    m_before = m_j & (o_j < i_c * BC)
+    o_c = tl.arange(0, BC)
+    rows = r0 + o_c
+    m_i = rows < eos
+    p_A = A + (rows[:, None] * H + i_h) * BT + o_c[None, :]
 
-    b_A = tl.zeros([BC, BT], dtype=tl.float32)
+    for i_j in range(0, i_c):
+        cols = t0 + i_j * BC + o_c
+        m_j = cols < eos
+        b_A = tl.zeros([BC, BC], dtype=tl.float32)
+        for i_k in range(0, tl.cdiv(K, BK)):
+            o_k = i_k * BK + tl.arange(0, BK)
+            m_k = o_k < K
+            p_i = (rows[:, None] * H + i_h) * K + o_k[None, :]
+            p_j = (cols[:, None] * H + i_h) * K + o_k[None, :]
+            m_ik = m_i[:, None] & m_k[None, :]
+            m_jk = m_j[:, None] & m_k[None, :]
+            b_gr = tl.load(g + (r0 * H + i_h) * K + o_k, mask=m_k, other=0.0)
+            b_q = tl.load(q + p_i, mask=m_ik, other=0.0).to(tl.float32)
+            b_qg = b_q * tl.exp(tl.load(g + p_i, mask=m_ik, other=0.0) - b_gr[None, :])
+            b_k = tl.load(k + p_j, mask=m_jk, other=0.0).to(tl.float32)
+            b_kg = b_k * tl.exp(b_gr[None, :] - tl.load(g + p_j, mask=m_jk, other=0.0))
+            b_A += tl.dot(b_qg, tl.trans(b_kg), input_precision=DOT_PRECISION)
+        tl.store(p_A + i_j * BC, b_A * scale, mask=m_i[:, None])
+
+    b_A = tl.zeros([BC, BC], dtype=tl.float32)
     for i_k in range(0, tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         p_i = (rows[:, None] * H + i_h) * K + o_k[None, :]
-        p_j = (cols[:, None] * H + i_h) * K + o_k[None, :]
         m_ik = m_i[:, None] & m_k[None, :]
         b_q = tl.load(q + p_i, mask=m_ik, other=0.0).to(tl.float32)
         b_gq = tl.load(g + p_i, mask=m_ik, other=0.0)
-        b_gr = tl.load(g + (r0 * H + i_h) * K + o_k, mask=m_k, other=0.0)
-        b_k = tl.load(k + p_j, mask=m_j[:, None] & m_k[None, :], other=0.0).to(tl.float32)
-        b_gk = tl.load(g + p_j, mask=m_j[:, None] & m_k[None, :], other=0.0)
-        b_qg = b_q * tl.exp(b_gq - b_gr[None, :])
-        b_kg = tl.where(m_before[:, None], b_k * tl.exp(b_gr[None, :] - b_gk), 0.0)
-        b_A += tl.dot(b_qg, tl.trans(b_kg), input_precision=DOT_PRECISION)
         for j in range(0, BC):
             t_j = r0 + j
             # (scalar < scalar) & tensor is not a boolean under the Triton interpreter: compare a tensor.
             m_kj = m_k & (o_k * 0 + t_j < eos)
             b_kj = tl.load(k + (t_j * H + i_h) * K + o_k, mask=m_kj, other=0.0).to(tl.float32)
             b_gj = tl.load(g + (t_j * H + i_h) * K + o_k, mask=m_kj, other=0.0)
-            b_e = tl.exp(tl.where(o_i[:, None] >= j, b_gq - b_gj[None, :], float("-inf")))
+            b_e = tl.exp(tl.where(o_c[:, None] >= j, b_gq - b_gj[None, :], float("-inf")))
             b_Aj = tl.sum(b_q * b_kj[None, :] * b_e, axis=1)
-            b_A += tl.where(o_j[None, :] == i_c * BC + j, b_Aj[:, None], 0.0)
+            b_A += tl.where(o_c[None, :] == j, b_Aj[:, None], 0.0)
+    tl.store(p_A + i_c * BC, b_A * scale, mask=m_i[:, None])
 
-    p_A = (rows[:, None] * H + i_h) * BT + o_j[None, :]
-    tl.store(p_A + A, b_A * scale, mask=m_i[:, None] & (o_j[None, :] < BT))
+    b_zero = tl.zeros([BC, BC], dtype=tl.float32)
+    for i_j in range(i_c + 1, NC):
+        tl.store(p_A + i_j * BC, b_zero, mask=m_i[:, None])
 
 
 @triton.jit
@@ -196,7 +209,7 @@ def chunk_gla_fwd_intra(
             BT=chunk_size,
             BC=BC,
             BK=c.BK,
-            DOT_PRECISION=dot_precision(torch.float32),
+            DOT_PRECISION=dot_precision(q.dtype),
             num_warps=c.num_warps,
             num_stages=c.num_stages,
         )
