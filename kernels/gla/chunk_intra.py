@@ -12,8 +12,8 @@ Backward, with ``dA_ij = scale * do_i . v_j`` (``j <= i``):
 sub-blocks of ``BC`` rows. Between sub-blocks the product is split around a reference row ``r``
 that lies between ``j`` and ``i`` (``g_j >= g_r >= g_i``): ``exp(g_i - g_r) * exp(g_r - g_j)``, both
 factors in ``[0, 1]``, so it is a matrix product (tf32 for half inputs in the forward, as fla's: its
-error is a tenth of the bf16 inputs'). Inside a diagonal sub-block each pair is formed exactly, one
-column (or row) at a time.
+error, 7e-4 of A's largest entry, is below bf16's rounding of the inputs). Inside a diagonal
+sub-block each pair is formed exactly, one column (or row) at a time.
 """
 
 from __future__ import annotations
