@@ -9,11 +9,12 @@ from transformers import GenerationMixin
 class StateXGenerationMixin(GenerationMixin):
     """Feeds the whole prompt once, then one new token per step; the cache carries the rest.
 
-    ``cache_name`` is the forward argument that holds the cache (transformers' generation code
-    calls it ``cache_params`` for classes whose name contains "mamba", else ``past_key_values``).
+    ``generate`` hands the cache back as ``cache`` (transformers >= 5.24) or under the model's older
+    name ``legacy_cache_name`` (``cache_params`` for classes whose name contains "mamba", else
+    ``past_key_values``); the forward always gets it as ``cache``.
     """
 
-    cache_name = "past_key_values"
+    legacy_cache_name = "past_key_values"
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
@@ -29,7 +30,9 @@ class StateXGenerationMixin(GenerationMixin):
         logits_to_keep: int | None = None,
         **kwargs,
     ) -> dict:
-        cache = kwargs.get(self.cache_name)
+        cache = kwargs.get("cache")
+        if cache is None:
+            cache = kwargs.get(self.legacy_cache_name)
         model_inputs: dict = {}
         if cache is not None and cache.seen_tokens > 0:
             model_inputs["input_ids"] = input_ids[:, -1:].contiguous()
@@ -37,7 +40,7 @@ class StateXGenerationMixin(GenerationMixin):
             model_inputs["inputs_embeds"] = inputs_embeds
         else:
             model_inputs["input_ids"] = input_ids.contiguous()
-        model_inputs[self.cache_name] = cache
+        model_inputs["cache"] = cache
         model_inputs["use_cache"] = use_cache
         model_inputs["attention_mask"] = attention_mask
         if logits_to_keep is not None:

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from statex_hf.modeling.cache_names import output_cache_field
 from tiny_models import VARIANTS, VOCAB, build
 
 
@@ -19,6 +20,19 @@ def test_greedy_generate_equals_repeated_full_forwards(family, statex_layers):
     prompt = torch.randint(3, VOCAB, (2, 7))
     generated = model.generate(prompt, max_new_tokens=6, do_sample=False, eos_token_id=None)
     assert torch.equal(generated, greedy_by_full_forwards(model, prompt, 6))
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_generate_feeds_the_prompt_once_then_one_token_per_step(family):
+    """The cache reaches every step: a lost cache would still generate the same tokens, from the whole
+    sequence each step (transformers 5.24 renamed the cache that generate carries, which once did that)."""
+    model = build(family, statex_layers=[0])
+    lengths = []
+    model.register_forward_pre_hook(
+        lambda _, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    model.generate(torch.randint(3, VOCAB, (2, 7)), max_new_tokens=4, do_sample=False, eos_token_id=None)
+    assert lengths == [7, 1, 1, 1]
 
 
 @pytest.mark.parametrize("family,statex_layers", VARIANTS)
@@ -48,8 +62,7 @@ def test_padding_neither_decays_nor_writes_the_state():
         with torch.no_grad():
             alone = model(ids, use_cache=True)
             with_pad = model(padded, attention_mask=mask, use_cache=True)
-        cache_a = getattr(alone, model.cache_name)
-        cache_b = getattr(with_pad, model.cache_name)
+        cache_a, cache_b = (getattr(out, output_cache_field(type(out))) for out in (alone, with_pad))
         for state_a, state_b in zip(cache_a.recurrent_states, cache_b.recurrent_states):
             torch.testing.assert_close(state_a, state_b, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(alone.logits[:, -1], with_pad.logits[:, -1], atol=1e-4, rtol=1e-4)

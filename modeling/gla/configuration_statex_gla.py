@@ -50,7 +50,8 @@ class StateXGLAConfig(PretrainedConfig):
     """
 
     model_type = "statex_gla"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    # The cache is not a prediction: `cache` from transformers 5.24 on, `past_key_values` before.
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     def __init__(
         self,

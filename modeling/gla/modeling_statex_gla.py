@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from statex_hf.kernels import dispatch
 from statex_hf.modeling.cache import StateXRecurrentCache
+from statex_hf.modeling.cache_names import cache_argument, output_cache_field
 from statex_hf.modeling.causal_lm import StateXCausalLMMixin, causal_lm_head
 from statex_hf.modeling.generation import StateXGenerationMixin
 from statex_hf.modeling.gla.configuration_statex_gla import StateXGLAConfig
@@ -30,6 +31,9 @@ except ImportError:  # pragma: no cover
     from torch.nn import init
 
 logger = logging.get_logger(__name__)
+# The output field that holds the cache: `cache` from transformers 5.24 on, `past_key_values` before.
+_MODEL_CACHE = output_cache_field(BaseModelOutputWithPast)
+_CAUSAL_LM_CACHE = output_cache_field(CausalLMOutputWithPast)
 
 # fla's GatedLinearAttention constants (not part of GLAConfig).
 GATE_LOGIT_NORMALIZER = 16
@@ -261,19 +265,20 @@ class StateXGLAModel(StateXGLAPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        past_key_values: StateXRecurrentCache | None = None,
+        cache: StateXRecurrentCache | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         position_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> tuple | BaseModelOutputWithPast:
+        cache = cache_argument(cache, kwargs, "past_key_values")
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         run = start_recurrent_run(
-            self, input_ids, inputs_embeds, past_key_values, use_cache, attention_mask, position_ids, kwargs
+            self, input_ids, inputs_embeds, cache, use_cache, attention_mask, position_ids, kwargs
         )
         hidden_states, cache = run.hidden_states, run.cache
         all_hidden_states = () if output_hidden_states else None
@@ -290,13 +295,13 @@ class StateXGLAModel(StateXGLAPreTrainedModel):
         if not return_dict:
             return tuple(x for x in (hidden_states, cache, all_hidden_states) if x is not None)
         return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, past_key_values=cache, hidden_states=all_hidden_states
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, **{_MODEL_CACHE: cache}
         )
 
 
 class StateXGLAForCausalLM(StateXGLAPreTrainedModel, StateXCausalLMMixin, StateXGenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"}
-    cache_name = "past_key_values"
+    legacy_cache_name = "past_key_values"
 
     def __init__(self, config: StateXGLAConfig) -> None:
         super().__init__(config)
@@ -310,7 +315,7 @@ class StateXGLAForCausalLM(StateXGLAPreTrainedModel, StateXCausalLMMixin, StateX
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        past_key_values: StateXRecurrentCache | None = None,
+        cache: StateXRecurrentCache | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -319,12 +324,13 @@ class StateXGLAForCausalLM(StateXGLAPreTrainedModel, StateXCausalLMMixin, StateX
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> tuple | CausalLMOutputWithPast:
+        cache = cache_argument(cache, kwargs, self.legacy_cache_name)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             return_dict=True,
@@ -332,11 +338,12 @@ class StateXGLAForCausalLM(StateXGLAPreTrainedModel, StateXCausalLMMixin, StateX
             **kwargs,
         )
         loss, logits = causal_lm_head(self, outputs.last_hidden_state, labels, logits_to_keep, **kwargs)
+        cache = getattr(outputs, _MODEL_CACHE)
         if not return_dict:
-            output = tuple(x for x in (logits, outputs.past_key_values, outputs.hidden_states) if x is not None)
+            output = tuple(x for x in (logits, cache, outputs.hidden_states) if x is not None)
             return (loss, *output) if loss is not None else output
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **{_CAUSAL_LM_CACHE: cache}
         )
 
 

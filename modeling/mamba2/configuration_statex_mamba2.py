@@ -44,7 +44,8 @@ class StateXMamba2Config(PretrainedConfig):
     """
 
     model_type = "statex_mamba2"
-    keys_to_ignore_at_inference = ["cache_params"]
+    # The cache is not a prediction: `cache` from transformers 5.24 on, `cache_params` before.
+    keys_to_ignore_at_inference = ["cache", "cache_params"]
 
     def __init__(
         self,

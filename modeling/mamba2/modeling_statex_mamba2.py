@@ -8,12 +8,12 @@ Parameter names and shapes equal transformers' ``Mamba2ForCausalLM``, except tha
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from statex_hf.kernels import dispatch
 from statex_hf.kernels.ssd.naive import discretize_dt
 from statex_hf.modeling.cache import StateXRecurrentCache
+from statex_hf.modeling.cache_names import cache_argument, output_cache_field
 from statex_hf.modeling.causal_lm import StateXCausalLMMixin, causal_lm_head
 from statex_hf.modeling.generation import StateXGenerationMixin
 from statex_hf.modeling.mamba2.configuration_statex_mamba2 import StateXMamba2Config
@@ -21,7 +21,8 @@ from statex_hf.modeling.recurrent_run import start_recurrent_run
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.utils import ModelOutput, logging
+from transformers.models.mamba2.modeling_mamba2 import Mamba2CausalLMOutput, Mamba2Output
+from transformers.utils import logging
 
 try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
     from transformers import initialization as init
@@ -29,6 +30,10 @@ except ImportError:  # pragma: no cover
     from torch.nn import init
 
 logger = logging.get_logger(__name__)
+# transformers' Mamba2 output classes, so outputs match its Mamba2's. Their cache field: `cache` from
+# transformers 5.24 on, `cache_params` before.
+_MODEL_CACHE = output_cache_field(Mamba2Output)
+_CAUSAL_LM_CACHE = output_cache_field(Mamba2CausalLMOutput)
 
 
 class StateXMamba2RMSNorm(nn.Module):
@@ -217,25 +222,6 @@ class StateXMamba2PreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
 
 
-@dataclass
-class StateXMamba2Output(ModelOutput):
-    """Outputs of [`StateXMamba2Model`]; ``cache_params`` holds the recurrent cache."""
-
-    last_hidden_state: torch.Tensor | None = None
-    cache_params: StateXRecurrentCache | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-
-
-@dataclass
-class StateXMamba2CausalLMOutput(ModelOutput):
-    """Outputs of [`StateXMamba2ForCausalLM`]."""
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    cache_params: StateXRecurrentCache | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-
-
 class StateXMamba2Model(StateXMamba2PreTrainedModel):
     def __init__(self, config: StateXMamba2Config) -> None:
         super().__init__(config)
@@ -263,20 +249,21 @@ class StateXMamba2Model(StateXMamba2PreTrainedModel):
         self,
         input_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        cache_params: StateXRecurrentCache | None = None,
+        cache: StateXRecurrentCache | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         **kwargs,
-    ) -> tuple | StateXMamba2Output:
+    ) -> tuple | Mamba2Output:
+        cache = cache_argument(cache, kwargs, "cache_params")
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         run = start_recurrent_run(
-            self, input_ids, inputs_embeds, cache_params, use_cache, attention_mask, position_ids, kwargs
+            self, input_ids, inputs_embeds, cache, use_cache, attention_mask, position_ids, kwargs
         )
         hidden_states, cache = run.hidden_states, run.cache
         all_hidden_states = () if output_hidden_states else None
@@ -292,13 +279,13 @@ class StateXMamba2Model(StateXMamba2PreTrainedModel):
 
         if not return_dict:
             return tuple(x for x in (hidden_states, cache, all_hidden_states) if x is not None)
-        return StateXMamba2Output(last_hidden_state=hidden_states, cache_params=cache, hidden_states=all_hidden_states)
+        return Mamba2Output(last_hidden_state=hidden_states, hidden_states=all_hidden_states, **{_MODEL_CACHE: cache})
 
 
 class StateXMamba2ForCausalLM(StateXMamba2PreTrainedModel, StateXCausalLMMixin, StateXGenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
-    # transformers' generate passes the cache as `cache_params` to classes named "...Mamba...".
-    cache_name = "cache_params"
+    # transformers' generate before 5.24 passes the cache as `cache_params` to classes named "...Mamba...".
+    legacy_cache_name = "cache_params"
 
     def __init__(self, config: StateXMamba2Config) -> None:
         super().__init__(config)
@@ -310,7 +297,7 @@ class StateXMamba2ForCausalLM(StateXMamba2PreTrainedModel, StateXCausalLMMixin, 
         self,
         input_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        cache_params: StateXRecurrentCache | None = None,
+        cache: StateXRecurrentCache | None = None,
         labels: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -319,12 +306,13 @@ class StateXMamba2ForCausalLM(StateXMamba2PreTrainedModel, StateXCausalLMMixin, 
         position_ids: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
-    ) -> tuple | StateXMamba2CausalLMOutput:
+    ) -> tuple | Mamba2CausalLMOutput:
+        cache = cache_argument(cache, kwargs, self.legacy_cache_name)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.backbone(
             input_ids=input_ids,
             inputs_embeds=inputs_embeds,
-            cache_params=cache_params,
+            cache=cache,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             return_dict=True,
@@ -333,11 +321,12 @@ class StateXMamba2ForCausalLM(StateXMamba2PreTrainedModel, StateXCausalLMMixin, 
             **kwargs,
         )
         loss, logits = causal_lm_head(self, outputs.last_hidden_state, labels, logits_to_keep, **kwargs)
+        cache = getattr(outputs, _MODEL_CACHE)
         if not return_dict:
-            output = tuple(x for x in (logits, outputs.cache_params, outputs.hidden_states) if x is not None)
+            output = tuple(x for x in (logits, cache, outputs.hidden_states) if x is not None)
             return (loss, *output) if loss is not None else output
-        return StateXMamba2CausalLMOutput(
-            loss=loss, logits=logits, cache_params=outputs.cache_params, hidden_states=outputs.hidden_states
+        return Mamba2CausalLMOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **{_CAUSAL_LM_CACHE: cache}
         )
 
 
