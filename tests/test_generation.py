@@ -89,3 +89,21 @@ def test_num_return_sequences_and_beam_search_run(family):
     assert out.shape == (4, 8)
     beams = model.generate(prompt, max_new_tokens=3, num_beams=2, do_sample=False, eos_token_id=None)
     assert beams.shape == (2, 8)
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_cache_continues_a_sequence_under_its_new_and_old_name(family):
+    model = build(family, statex_layers=[0])
+    ids = torch.randint(3, VOCAB, (2, 9))
+
+    def prefix_cache():
+        out = model(ids[:, :6], use_cache=True)
+        return getattr(out, output_cache_field(type(out)))
+
+    with torch.no_grad():
+        full = model(ids).logits[:, 6:]
+        for name in ("cache", model.legacy_cache_name):
+            continued = model(ids[:, 6:], **{name: prefix_cache()}).logits
+            torch.testing.assert_close(continued, full, atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="given twice"):
+            model(ids[:, 6:], cache=prefix_cache(), **{model.legacy_cache_name: prefix_cache()})
