@@ -29,7 +29,7 @@ export MAMBA_SSM_SRC=$(ls -d /tmp/mamba_ssm_src/mamba_ssm-*)
 
 run_step() {
     case "$1" in
-    tests) STATEX_GPU_TESTS=1 timeout "${TESTS_TIMEOUT:-500}" python -m pytest -q --durations=0 ${TESTS_PATHS:-tests/gpu} \
+    tests) STATEX_GPU_TESTS=1 timeout "${TESTS_TIMEOUT:-500}" python -P -m pytest -q --durations=0 ${TESTS_PATHS:-tests/gpu} \
         --ignore=tests/gpu/test_multi_gpu.py ;;
     gla)
         # GLA_CACHE=1: the workers keep their Triton caches in /tmp/triton-cache, seeded from a carried

@@ -7,7 +7,7 @@ wheels (``pip download --no-deps`` of datasets, pyarrow, dill, multiprocess, xxh
 ``pip check`` names there), then:
 
     pip install --no-deps --no-build-isolation -e .
-    STATEX_GPU_TESTS=1 python -m pytest tests/gpu/test_multi_gpu.py -q
+    STATEX_GPU_TESTS=1 python -P -m pytest tests/gpu/test_multi_gpu.py -q
 
 The same DDP claim runs on CPU in CI (``tests/test_training_distributed.py``, two processes over gloo).
 """
