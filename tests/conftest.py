@@ -9,6 +9,9 @@ import os
 if os.environ.get("STATEX_GPU_TESTS") != "1":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Subprocesses (`python -m statex_hf.cli ...`) run from the repository root, whose top-level kernels/ folder
+# would shadow the PyPI package `kernels` that transformers imports: keep the working directory off sys.path.
+os.environ["PYTHONSAFEPATH"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
