@@ -29,7 +29,9 @@ class PackedCollator:
             position_ids = torch.tensor([f["position_ids"] for f in features], dtype=torch.long)
         else:
             position_ids = torch.arange(input_ids.shape[1]).expand_as(input_ids).contiguous()
-        labels = torch.tensor([f["labels"] for f in features], dtype=torch.long) if "labels" in features[0] else input_ids
+        labels = input_ids
+        if "labels" in features[0]:
+            labels = torch.tensor([f["labels"] for f in features], dtype=torch.long)
         labels = labels.masked_fill(position_ids == 0, IGNORE_INDEX)
         return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
 
