@@ -51,9 +51,9 @@ run_step() {
         # leave the GPU mostly idle; their steps are bound by the host). REPRO_DIRS names the output folders
         # (default "miniature"), REPRO_ARGS the arguments for each, in order, separated by ';' (e.g.
         # "--preset narrow --stage pretrain"); the folders run at the same time, REPRO_JOBS processes each.
-        # A carried .device/repro.tgz (the $OUT/repro.tgz of a previous call) restores them: the run resumes.
+        # Carried .device/repro*.tgz (the $OUT/repro*.tgz of a previous call) restore them: the run resumes.
         # posttrain needs the datasets package: carry its wheels in .device/wheels (datasets, dill, multiprocess).
-        mkdir -p /tmp/repro && { [ -f .device/repro.tgz ] && tar -xzf .device/repro.tgz -C /tmp/repro; }
+        mkdir -p /tmp/repro && for archive in .device/repro*.tgz; do [ -f "$archive" ] && tar -xzf "$archive" -C /tmp/repro; done
         nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 15 > /tmp/repro/gpu-util.log &
         monitor=$! runs=()
         IFS=';' read -r -a repro_args <<< "${REPRO_ARGS:-}"
@@ -64,8 +64,11 @@ run_step() {
             runs+=($!) i=$((i + 1))
         done
         wait "${runs[@]}"; kill "$monitor"; tail -n 25 /tmp/repro/*.log
-        # Everything in one archive: $OUT returns 8 files at most.
-        tar -czf "$OUT/repro.tgz" -C /tmp/repro . ;;
+        # $OUT returns 8 files of 16 MB at most: the results in one archive, the source models' weights by family.
+        tar -czf "$OUT/repro.tgz" --exclude='*.safetensors' -C /tmp/repro .
+        for family in gla mamba2; do
+            (cd /tmp/repro && find . -path "*/units/$family-seed*/source/*.safetensors" | tar -czf "$OUT/repro-$family.tgz" -T -)
+        done ;;
     *) echo "usage: $0 STEP... (tests | gla | ssd | sweep | profile | train | repro)" >&2; return 2 ;;
     esac
 }

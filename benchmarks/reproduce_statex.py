@@ -69,6 +69,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stage", choices=("pretrain", "continue", "all"), default="all")
     parser.add_argument("--jobs", type=int, default=1, help="units run at once as processes (default 1: in here)")
     parser.add_argument("--max-minutes", type=float, default=float("inf"), help="stop, resumable, after this long")
+    parser.add_argument(
+        "--pretrain-minutes",
+        type=float,
+        help="pretraining stops early (and says so) after this long (default: in time)",
+    )
     parser.add_argument("--sources-from", type=Path, help="take the pretrained sources of this earlier run")
     parser.add_argument("--report-only", action="store_true", help="no training: the report from what is done")
     parser.add_argument("--unit", help=argparse.SUPPRESS)  # family:seed:arm, run by the scheduler's processes
@@ -121,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 
         logging.set_verbosity_error()
         logging.disable_progress_bar()
-        run_units(out, plan(args.families, args.seeds, args.arms, args.stage), args.jobs, args.max_minutes)
+        units = plan(args.families, args.seeds, args.arms, args.stage)
+        run_units(out, units, args.jobs, args.max_minutes, args.pretrain_minutes)
     print(write_report(out))
     print(f"results in {out}")
     return 0

@@ -51,6 +51,9 @@ def _family_section(
     expanded = {m: next(iter(by_model[m].values())).get("statex_layers") for m in models if m != ORIGINAL}
     lines = [f"## {family}: seeds {', '.join(map(str, seeds))}", ""]
     lines += [f"Expanded layers: {', '.join(f'{m} {v}' for m, v in expanded.items() if v)}.", ""]
+    if ORIGINAL in by_model:  # pretraining stops early in a run short of time: say how far each seed got
+        done = {s: r["training"]["steps"] for s, r in sorted(by_model[ORIGINAL].items())}
+        lines += [f"Pretraining steps done: {', '.join(f'seed {s}: {n}' for s, n in done.items())}.", ""]
     for length in lengths:
         lines += [
             f"MQAR accuracy at {format_length(length)} tokens by number of key-value pairs:",

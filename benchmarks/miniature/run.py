@@ -66,9 +66,18 @@ class Clock:
         self.longest[self.kind(spec)] = max(self.longest.get(self.kind(spec), 0.0), seconds)
 
 
-def run_units(out: Path, units: Sequence[str], jobs: int, max_minutes: float) -> list[str]:
-    """Run the units not yet done; returns those still not done (out of time, failed or waiting on a source)."""
+def run_units(
+    out: Path, units: Sequence[str], jobs: int, max_minutes: float, pretrain_minutes: float | None = None
+) -> list[str]:
+    """Run the units not yet done; returns those still not done (out of time, failed or waiting on a source).
+
+    Pretraining stops early (and its result says so) at ``pretrain_minutes``, or in time to be saved and
+    evaluated before ``max_minutes``, so that the continuations get their share of a time-limited run.
+    """
     clock = Clock(max_minutes * 60)
+    pretrain_end = min(max_minutes, pretrain_minutes or max_minutes) * 60
+    if pretrain_end != float("inf"):
+        os.environ[DEADLINE_ENV] = str(clock.start + min(pretrain_end, clock.max_seconds - EVAL_RESERVE_SECONDS))
     if jobs <= 1:
         for spec in _pending(out, units):
             if not _source_ready(out, spec) or not clock.fits(spec):
@@ -93,8 +102,6 @@ def _run_parallel(out: Path, units: Sequence[str], jobs: int, clock: Clock) -> N
     failed: set[str] = set()
     # One thread per unit: many small processes share the host's cores.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    if clock.max_seconds != float("inf"):
-        env[DEADLINE_ENV] = str(clock.start + clock.max_seconds - EVAL_RESERVE_SECONDS)
     while waiting or running:
         for spec in [s for s in waiting if _source_ready(out, s) and clock.fits(s)][: jobs - len(running)]:
             waiting.remove(spec)

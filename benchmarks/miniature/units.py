@@ -8,8 +8,8 @@ Layout under the output folder (a unit is done when its ``result.json`` exists; 
 none and runs again from its start)::
 
     units/{family}-seed{seed}/source/      the pretrained model as its public format (fla GLA / transformers
-                                           Mamba2), what `statex-hf convert` reads; kept
-    units/{family}-seed{seed}/original/    the same weights as an unexpanded StateX model (evaluated; LPT's start)
+                                           Mamba2), what `statex-hf convert` reads and LPT starts from; kept
+    units/{family}-seed{seed}/original/    its result.json and training curve (the weights are in source/)
     units/{family}-seed{seed}/{arm}/       a continuation: result.json, trainer_state.json (weights deleted)
     evals/{family}-seed{seed}-{arm}/       the eval JSONs (and plots for seed 0)
 """
@@ -100,6 +100,19 @@ def save_as_source_checkpoint(model_dir: Path, family: str, out: Path) -> None:
     config["model_type"] = family
     config["architectures"] = ["GLAForCausalLM" if family == "gla" else "Mamba2ForCausalLM"]
     (out / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def load_source(family: str, source: Path) -> Any:
+    """The source checkpoint as an unexpanded StateX model (``statex_layers=[]``: the same architecture)."""
+    if family == "gla":
+        config_class, model_class = statex_hf.StateXGLAConfig, statex_hf.StateXGLAForCausalLM
+    else:
+        config_class, model_class = statex_hf.StateXMamba2Config, statex_hf.StateXMamba2ForCausalLM
+    # get_config_dict reads config.json as transformers wrote it (its special floats included).
+    fields, _ = config_class.get_config_dict(source)
+    fields = {k: v for k, v in fields.items() if k not in ("model_type", "architectures", "transformers_version")}
+    config = config_class.from_dict(fields, statex_layers=[])
+    return model_class.from_pretrained(source, config=config, dtype=torch.float32)
 
 
 def train(
@@ -231,6 +244,8 @@ def pretrain_unit(out: Path, family: str, seed: int) -> dict[str, Any]:
             training[key] += curriculum[key]
     result = {"training": training, **_finish(model, tokenizer, root / ORIGINAL, out, family, seed, ORIGINAL)}
     save_as_source_checkpoint(root / ORIGINAL, family, root / "source")
+    for weights in (root / ORIGINAL).glob("*.safetensors"):  # source/ keeps them
+        weights.unlink()
     _write_result(root / ORIGINAL, result)
     return result
 
@@ -243,13 +258,12 @@ def arm_unit(out: Path, family: str, seed: int, arm: str) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     convert_args = settings.convert_args(family, arm)
-    start_dir = root / ORIGINAL
-    if convert_args is not None:
-        start_dir = work / "expanded"
-        run_cli(
-            ["convert", family, str(root / "source"), str(start_dir), "--seed", str(seed), "--quiet", *convert_args]
-        )
-    model = AutoModelForCausalLM.from_pretrained(start_dir, dtype=torch.float32)
+    if convert_args is None:
+        model = load_source(family, root / "source")
+    else:
+        expanded = work / "expanded"
+        run_cli(["convert", family, str(root / "source"), str(expanded), "--seed", str(seed), "--quiet", *convert_args])
+        model = AutoModelForCausalLM.from_pretrained(expanded, dtype=torch.float32)
     training = train(
         model, tokenizer, settings, work, length=settings.continue_length, steps=settings.continue_steps,
         batch=settings.continue_batch, lr=settings.continue_lr, data_seed=1000 + seed,  # the same data for every arm
