@@ -91,6 +91,7 @@ def test_report_gives_mean_and_std_over_seeds_and_the_verdict(script, tmp_path):
     assert "| StateX | 2 | 1.000 ± 0.000 | 0.500 ± 0.141 |" in text
     # Per seed, StateX - LPT averaged over the pair counts: (0 + 0.4) / 2 and (0 + 0) / 2.
     assert "gla StateX − LPT, MQAR at 96 (mean over pair counts): 0.100 ± 0.141 (ahead in 1 of 2 seeds" in text
+    assert "| 1 | yes | 0.550 (1.00, 0.10) | 0.700 (1.00, 0.40) | 0.700 (1.00, 0.40) |" in text  # per seed
     assert (tmp_path / "gla_mqar_96.png").exists() and (tmp_path / "gla_passkey.png").exists()
 
 
@@ -133,3 +134,35 @@ def test_arms_expand_the_papers_layers_with_each_init(script):
     assert settings.convert_args("mamba2", "StateX-inherit")[-1] == "copy"
     with pytest.raises(ValueError, match="only layer 0"):
         Settings(num_layers=2, every=2).convert_args("gla", "StateX-no-layer0")
+
+
+def test_mamba2_copy_and_zero_cannot_use_the_grown_state():
+    """Why the miniature's Mamba2 'inherit' arm (copy) is LPT in effect: the grown rows never diverge.
+
+    ``zero``: new B/C rows and channels get exactly zero gradient (B and C multiply each other in the state).
+    ``copy``: every tile of the old rows gets the same gradient as the others, so the tiles stay copies.
+    """
+    import statex_hf
+    from statex_hf.expansion import expand_mamba2
+
+    config = statex_hf.StateXMamba2Config(
+        hidden_size=32, num_heads=4, head_dim=16, expand=2, state_size=8, n_groups=1, num_hidden_layers=2,
+        vocab_size=50, chunk_size=16, statex_layers=[],
+    )  # fmt: skip
+    source = statex_hf.StateXMamba2ForCausalLM(config)
+    fields = {k: v for k, v in config.to_dict().items() if not k.startswith(("statex_", "chunked_", "architectures"))}
+    ids = torch.randint(0, 50, (2, 24))
+    for init in ("zero", "copy"):
+        new_config, state_dict = expand_mamba2(
+            {**fields, "model_type": "mamba2"}, source.state_dict(), layers=[0], init=init
+        )
+        model = statex_hf.StateXMamba2ForCausalLM(new_config)
+        model.load_state_dict(state_dict)
+        model(input_ids=ids, labels=ids).loss.backward()
+        mixer, inner, n, grown = model.backbone.layers[0].mixer, 64, 8, new_config.statex_state_size
+        grads = mixer.in_proj.weight.grad[2 * inner : 2 * inner + 2 * grown].view(2, grown // n, n, -1)  # B, C
+        conv = mixer.conv1d.weight.grad[inner : inner + 2 * grown].reshape(2, grown // n, n, -1)
+        if init == "zero":
+            assert grads[:, 1:].abs().max() == 0 and conv[:, 1:].abs().max() == 0
+        else:
+            assert torch.equal(grads, grads[:, :1].expand_as(grads)) and grads.abs().max() > 0

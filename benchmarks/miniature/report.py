@@ -13,6 +13,10 @@ from miniature.units import ORIGINAL
 from statex_hf.eval.plots import format_length, plot_lines
 
 MODELS = (ORIGINAL, *ARMS)
+# A source model whose MQAR accuracy at the fewest pairs stays under this did not learn recall in pretraining
+# (at best it recalls the last few pairs): its continuations compare models that do not fill their state,
+# where the state size cannot matter.
+LEARNED = 0.8
 
 
 def load_results(out: Path) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
@@ -54,6 +58,14 @@ def _family_section(
     if ORIGINAL in by_model:  # pretraining stops early in a run short of time: say how far each seed got
         done = {s: r["training"]["steps"] for s, r in sorted(by_model[ORIGINAL].items())}
         lines += [f"Pretraining steps done: {', '.join(f'seed {s}: {n}' for s, n in done.items())}.", ""]
+        lines += _per_seed_table(by_model, models, seeds, pairs, lengths[0])
+    # Means compare like with like: over the seeds where every model is done (all seeds if none is complete).
+    complete = [s for s in seeds if all(s in by_model[m] for m in models)] or seeds
+    all_runs = by_model
+    by_model = {m: {s: r for s, r in runs.items() if s in complete} for m, runs in by_model.items()}
+    by_model = {m: runs for m, runs in by_model.items() if runs}
+    models = [m for m in models if m in by_model]
+    lines += [f"Means and plots below: seeds {', '.join(map(str, complete))} (every model done).", ""]
     for length in lengths:
         lines += [
             f"MQAR accuracy at {format_length(length)} tokens by number of key-value pairs:",
@@ -105,7 +117,8 @@ def _family_section(
     lines += _loss_plot(family, by_model, models, out)
 
     verdicts = []
-    for model in [m for m in models if m.startswith("StateX")]:
+    by_model = all_runs  # every seed where both the arm and LPT are done
+    for model in [m for m in MODELS if m in all_runs and m.startswith("StateX")]:
         common = sorted(set(by_model[model]) & set(by_model.get("LPT", {})))
         if not common:
             continue
@@ -116,11 +129,44 @@ def _family_section(
                 cells = [(a, b) for a, b in zip(mine, theirs) if a is not None and b is not None]
                 diffs.append(statistics.mean(a - b for a, b in cells))
             wins = sum(d > 0 for d in diffs)
+            learned = [s for s in common if _learned(by_model, s, length)]
             verdicts.append(
                 f"- {family} {model} − LPT, MQAR at {format_length(length)} (mean over pair counts): {fmt(diffs)} "
-                f"(ahead in {wins} of {len(diffs)} seeds; per seed {', '.join(f'{d:+.3f}' for d in diffs)})"
+                f"(ahead in {wins} of {len(diffs)} seeds; per seed "
+                + ", ".join(f"{s}: {d:+.3f}" for s, d in zip(common, diffs))
+                + f"; sources that learned recall: {', '.join(map(str, learned)) or 'none'})"
             )
     return lines, verdicts
+
+
+def _per_seed_table(
+    by_model: dict[str, dict[int, dict[str, Any]]], models: list[str], seeds: list[int], pairs: list[int], length: int
+) -> list[str]:
+    """Each seed's MQAR accuracy (mean over pair counts) per model: seeds differ more than arms do."""
+    lines = [
+        f"Per seed, MQAR at {format_length(length)} tokens (mean over pair counts; in brackets: at {pairs[0]} pairs, "
+        f"then {pairs[-1]} pairs). A source under {LEARNED} at {pairs[0]} pairs did not learn recall in pretraining.",
+        "",
+        "| seed | learned recall | " + " | ".join(models) + " |",
+        "|---:|---" + "|---:" * len(models) + "|",
+    ]
+    for seed in seeds:
+        cells = []
+        for model in models:
+            result = by_model[model].get(seed)
+            if result is None:
+                cells.append("not run")
+                continue
+            row = [a for a in mqar_at(result, length) if a is not None]
+            cells.append(f"{statistics.mean(row):.3f} ({row[0]:.2f}, {row[-1]:.2f})")
+        learned = "yes" if _learned(by_model, seed, length) else "no"
+        lines.append(f"| {seed} | {learned} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _learned(by_model: dict[str, dict[int, dict[str, Any]]], seed: int, length: int) -> bool:
+    source = by_model.get(ORIGINAL, {}).get(seed)
+    return source is not None and (mqar_at(source, length)[0] or 0.0) >= LEARNED
 
 
 def _loss_plot(family: str, by_model: dict[str, dict[int, dict[str, Any]]], models: list[str], out: Path) -> list[str]:
