@@ -11,7 +11,7 @@
 #   GLA_ARGS (e.g. "--impls fla --shapes H1 --skip-layers"), GLA_CACHE (see the gla step), SSD_ARGS
 #   (e.g. "--impls ours,mamba_ssm --peer-ns 512"), SWEEP_ARGS (e.g. "--ops gla").
 #   repro: the miniature (reproduce_statex.py) into the folders REPRO_DIRS, each with its REPRO_ARGS (see
-#   the step); they come back as $OUT/repro.tgz, and a carried .device/repro.tgz resumes them.
+#   the step); they come back as $OUT/repro*.tgz, and carried .device/repro*.tgz resume them.
 # The GPU machine has torch, triton and transformers; fla and mamba_ssm come from the carried wheels
 # (mamba_ssm as extracted source: pip cannot build it there). Each step has its own time limit so
 # one slow step cannot eat the call; the multi-GPU test needs a 2-GPU machine and is not run here.
