@@ -166,3 +166,15 @@ def test_mamba2_copy_and_zero_cannot_use_the_grown_state():
             assert grads[:, 1:].abs().max() == 0 and conv[:, 1:].abs().max() == 0
         else:
             assert torch.equal(grads, grads[:, :1].expand_as(grads)) and grads.abs().max() > 0
+
+
+def test_schedule_pretrains_first_and_starts_only_units_that_fit(script):
+    from miniature.run import Clock, plan
+
+    units = plan(["gla", "mamba2"], [0, 1], ["LPT", "StateX"], "all")
+    assert units[:4] == ["gla:0:original", "mamba2:0:original", "gla:1:original", "mamba2:1:original"]
+    assert len(units) == 4 + 8 and plan(["gla"], [0], ["LPT"], "continue") == ["gla:0:LPT"]
+    clock = Clock(max_seconds=100.0)
+    assert clock.fits("gla:0:LPT")  # nothing measured yet: start it
+    clock.record("gla:0:LPT", 150.0)
+    assert not clock.fits("gla:1:LPT") and clock.fits("gla:1:original")  # a pretraining has its own estimate

@@ -40,7 +40,7 @@ class Settings:
     pretrain_batch: int = 64
     pretrain_lr: float = 3e-3
     continue_length: int = 320
-    continue_steps: int = 2000
+    continue_steps: int = 1500
     continue_batch: int = 64
     continue_lr: float = 1e-3
     warmup_fraction: float = 0.05
