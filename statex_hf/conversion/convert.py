@@ -28,7 +28,7 @@ from statex_hf.conversion.source import (
 )
 from statex_hf.conversion.writer import DEFAULT_MAX_SHARD_BYTES, ShardWriter, atomic_folder, check_destination
 from statex_hf.expansion import GLAExpansion, Mamba2Expansion, StateXInputError
-from statex_hf.hub import push_folder, write_remote_code
+from statex_hf.hub import push_folder
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 STATE_SPACES_TOKENIZER_HINT = "EleutherAI/gpt-neox-20b"
@@ -202,11 +202,10 @@ def convert(
         if getattr(config, "dtype", None) is None and writer.dtypes:
             # Sources without a dtype in their config (state-spaces): record what the weights are.
             config.dtype = str(writer.dtypes.most_common(1)[0][0]).removeprefix("torch.")
-        write_remote_code(tmp, family, config)
         for path in tokenizer_paths:
             shutil.copy2(path, tmp / path.name)
         _align_special_tokens(config, tmp, ckpt)
-        config.save_pretrained(tmp)
+        config.save_pretrained(tmp)  # the model code too: the folder loads with trust_remote_code alone
         _generation_config(ckpt, config).save_pretrained(tmp)
         num_layers = config.num_hidden_layers
         report = ConversionReport(
