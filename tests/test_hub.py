@@ -106,6 +106,7 @@ def pushed_gla(hub, sources, tmp_path_factory):
     The source is itself on the Hub, next to files a conversion must not download.
     """
     source_files = {p.name: p.read_bytes() for p in (sources / "gla").iterdir()}
+    source_files["README.md"] = b"---\nlicense: apache-2.0\n---\n# GLA source\n"
     unneeded = {"consolidated.safetensors": source_files["model.safetensors"], "pytorch_model.bin": b"not needed"}
     hub.server.seed("tester/gla-source", {**source_files, **unneeded})
     out, home = tmp_path_factory.mktemp("converted") / "statex-gla", hub.root / "convert-home"
@@ -113,7 +114,7 @@ def pushed_gla(hub, sources, tmp_path_factory):
     result = ok(hub.run([*args, "--push-to-hub", "tester/statex-gla"], home=home))
     assert "pushed: " in result.stdout
     downloaded = {p.name for p in home.rglob("*") if p.is_file()}
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= downloaded
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= downloaded
     assert not downloaded & set(unneeded)  # only the files a conversion needs
     return "tester/statex-gla", out
 
@@ -125,6 +126,7 @@ def test_convert_push_then_fresh_process_loads_identical_logits(hub, pushed_gla,
     files = hub.server.files(repo)
     assert {"config.json", "model.safetensors", "README.md", "tokenizer.json", "modeling_statex_gla.py"} <= set(files)
     assert not hub.server.state.repo("models", repo).private
+    assert b"license: apache-2.0" in files["README.md"]  # the source card's license
     ok(hub.python(load_and_save_logits(repo, tmp_path / "logits.pt")))
     assert torch.equal(torch.load(tmp_path / "logits.pt"), local_logits(out))
 

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
 
-from statex_hf.conversion.model_card import CardFacts, model_card
+from statex_hf.conversion.model_card import CardFacts, model_card, source_license
 from statex_hf.conversion.readers import Checkpoint, open_checkpoint
 from statex_hf.conversion.source import (
     GENERATION_CONFIG_FILE,
@@ -53,6 +53,7 @@ class ConversionReport:
     layer_params_before: list[int]
     layer_params_after: list[int]
     config: PretrainedConfig
+    source_license: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     commit_url: str | None = None
 
@@ -75,6 +76,7 @@ class ConversionReport:
             layer_params_after=self.layer_params_after,
             architecture=self.config.architectures[0],
             model_id=model_id,
+            license=self.source_license,
         )
 
     def lines(self) -> list[str]:
@@ -224,6 +226,7 @@ def convert(
             layer_params_before=[layer_before[i] for i in range(num_layers)],
             layer_params_after=[layer_after[i] for i in range(num_layers)],
             config=config,
+            source_license=source_license(ckpt.folder),
             warnings=warnings,
         )
         model_card(report.card_facts(model_id=push_to_hub or str(output))).save(tmp / "README.md")
