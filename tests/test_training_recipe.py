@@ -84,7 +84,7 @@ def test_posttrain_prints_the_recipe_it_runs_and_learns_at_the_papers_lr(tmp_pat
     out = capsys.readouterr().out
     recipe = [line for line in out.splitlines() if line.startswith("recipe:")]
     assert recipe == ["recipe: 160 tokens per step = 16-token sequences x 1 per micro-batch x 1 process x 10 "
-                      "accumulated micro-batches"]  # fmt: skip
+                      "micro-batches accumulated"]  # fmt: skip
     assert "4 steps = 640 tokens (1.00 passes over 640 tokens of data)" in out
     assert trainer.args.gradient_accumulation_steps == 10 and trainer.state.max_steps == 4
     # No warm-up left in a 4-step run: the first step trains at the paper's peak learning rate.

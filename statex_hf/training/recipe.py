@@ -118,11 +118,11 @@ class RecipePlan:
 
     def lines(self) -> list[str]:
         """The recipe as ``posttrain`` prints it at the start."""
-        processes = f"{self.processes} process{'es' if self.processes > 1 else ''}"
         lines = [
             f"recipe: {self.tokens_per_step:,} tokens per step = {self.seq_len:,}-token sequences x "
-            f"{self.micro_batch} per micro-batch x {processes} x {self.accumulation} accumulated micro-batches",
-            f"  lr {self.learning_rate:g}, {self.lr_scheduler} schedule, {self.warmup_steps:,} warm-up steps",
+            f"{self.micro_batch} per micro-batch x {_count(self.processes, 'process', 'es')} x "
+            f"{_count(self.accumulation, 'micro-batch', 'es')} accumulated",
+            f"  lr {self.learning_rate:g}, {self.lr_scheduler} schedule, {_count(self.warmup_steps, 'warm-up step')}",
         ]
         if self.steps is None:
             lines.append("  steps: until the data ends")
@@ -133,6 +133,10 @@ class RecipePlan:
             lines.append(run)
         lines.extend(f"  fitted: {note}" for note in self.fitted)
         return lines
+
+
+def _count(n: int, noun: str, plural: str = "s") -> str:
+    return f"{n:,} {noun}{'' if n == 1 else plural}"
 
 
 def plan_recipe(
