@@ -22,13 +22,8 @@ from statex_hf.training import posttrain
 EXPANDED = [("gla", [0]), ("mamba2", [1])]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster than two fighting over a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one thread is faster than two fighting over a shared 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def documents(n: int = 24) -> list[list[int]]:

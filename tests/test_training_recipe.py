@@ -23,12 +23,8 @@ PAPER_TOKENS = 10_000_000_000  # 10B tokens of 64K-token sequences, 8 GPUs (STAT
 PAPER_ROWS = PAPER_TOKENS // 65_536 + 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one thread is faster than two fighting over a shared 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def documents(n: int, length: int = 16) -> Dataset:
