@@ -70,11 +70,11 @@ def make_inputs(T, N, dtype, device="cuda"):
 
 def scan_fn(impl):
     if impl in ("ours", "ours_recompute"):
-        from statex_hf.kernels.ssd import chunk as ssd_chunk
+        from statex_hf.kernels import utils
         from statex_hf.kernels.ssd.chunk import chunk_ssd
 
         if impl == "ours_recompute":  # the backward recomputes the chunk states at every T (as mamba_ssm)
-            ssd_chunk.KEEP_STATES_MAX_BYTES = 0
+            utils.KEEP_STATES_MAX_BYTES = 0
 
         def run(i):
             return chunk_ssd(i["x"], i["dt"], i["A"], i["B"], i["C"], i["D"], i["dt_bias"], True, chunk_size=CHUNK)[0]
@@ -245,22 +245,22 @@ def child_op(op, measure, impls, D, Ts):
 
 def child_conv(Ts):
     """conv1d over [x | B | C] at N = 512: the torch path vs the Triton kernel (what dispatch picks on CUDA)."""
-    from statex_hf.kernels.conv.causal_conv1d import causal_conv1d as torch_conv
-    from statex_hf.kernels.conv.causal_conv1d_triton import causal_conv1d_triton
+    from statex_hf.kernels.conv.causal_conv1d import causal_conv1d
+    from statex_hf.kernels.conv.naive import naive_causal_conv1d
 
     def triton_conv(x, w, bias, activation):
-        return causal_conv1d_triton(x, w, bias, activation)
+        return causal_conv1d(x, w, bias, activation)
 
-    child_op("conv", measure_conv, [("torch", torch_conv), ("triton", triton_conv)], H * P + 2 * G * 512, Ts)
+    child_op("conv", measure_conv, [("torch", naive_causal_conv1d), ("triton", triton_conv)], H * P + 2 * G * 512, Ts)
 
 
 def child_norm(Ts):
     """Gated RMSNorm at D = 4096, one group: the PyTorch reference (the CPU path), our Triton kernel (what
     dispatch picks on CUDA) and, with MAMBA_SSM_SRC set, mamba_ssm's fused one."""
     from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
-    from statex_hf.kernels.norm.gated_rmsnorm_triton import gated_rmsnorm_triton
+    from statex_hf.kernels.norm.naive import naive_gated_rmsnorm
 
-    impls = [("torch", gated_rmsnorm), ("triton", gated_rmsnorm_triton)]
+    impls = [("torch", naive_gated_rmsnorm), ("triton", gated_rmsnorm)]
     if os.environ.get("MAMBA_SSM_SRC"):
         impls.append(("mamba_ssm", mamba_ssm_gated_norm()))
     child_op("norm", measure_norm, impls, NORM_D, Ts)

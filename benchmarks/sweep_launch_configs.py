@@ -8,9 +8,8 @@ layer (H4 256x512) and its StateX layer (H1 1024x2048), B = 16 / 64; the norm at
 state read and written; norm forward: x, z read and out written; backward: x, z, dy read and dx, dz
 written), beside a device copy of the same bytes (read + write), the ceiling. Times are
 ``triton.testing.do_bench`` medians (L2 flushed between runs), kernel time without the host's launch.
-The launchers' defaults (``step_config`` in ``kernels/gla/fused_recurrent.py``, ``_launch_config`` and
-``_WAVES`` in ``kernels/norm/gated_rmsnorm_triton.py``, ``launch_config`` in ``kernels/gla/launch.py``) are
-marked ``*``.
+The launchers' defaults (``step_config`` in ``kernels/gla/fused_recurrent.py``, the tables in
+``kernels/norm/configs.py`` and ``kernels/gla/configs.py``) are marked ``*``.
 
 The chunked GLA kernels (``--ops gla``) are timed one by one on the intermediates of a real
 forward+backward, at both GLA-1.3B head shapes, B = 1, T = 16K, bf16; each kernel's grid covers its
@@ -29,6 +28,8 @@ import sys
 import torch
 import triton
 from bench_gla import SHAPES
+from statex_hf.kernels import launch
+from statex_hf.kernels.launch import LaunchConfig
 from triton.runtime.errors import OutOfResources
 
 NORM_D = 4096
@@ -76,17 +77,22 @@ def _decode_case(rows: list[dict], name: str, H: int, K: int, V: int, B: int) ->
 
 
 def sweep_norm(rows: list[dict]) -> None:
-    from statex_hf.kernels.norm import gated_rmsnorm_triton as gn
+    from statex_hf.kernels.norm import configs
 
-    launch, waves0 = gn._launch_config, gn._WAVES
+    waves0 = configs.WAVES
     try:
         for T in (16384, 65536):
-            _norm_case(rows, gn, T, launch(T, NORM_D), waves0)
+            default = (configs.norm_config("fwd", T, NORM_D, torch.device("cuda")), waves0)
+            _norm_case(rows, T, default)
     finally:
-        gn._launch_config, gn._WAVES = launch, waves0
+        configs.WAVES = waves0
+        launch.OVERRIDES.clear()
 
 
-def _norm_case(rows: list[dict], gn, T: int, default: tuple, default_waves: int) -> None:
+def _norm_case(rows: list[dict], T: int, default: tuple) -> None:
+    from statex_hf.kernels.norm import configs
+    from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
+
     x, z, dy = (torch.randn(T, NORM_D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     w = torch.ones(NORM_D, device="cuda", dtype=torch.bfloat16)
     for t in (x, z, w):
@@ -95,19 +101,20 @@ def _norm_case(rows: list[dict], gn, T: int, default: tuple, default_waves: int)
 
     def fwd():
         with torch.no_grad():
-            gn.gated_rmsnorm_triton(x, z, w, 1e-5, NORM_D)
+            gated_rmsnorm(x, z, w, 1e-5, NORM_D)
 
     def fwd_bwd():
-        gn.gated_rmsnorm_triton(x, z, w, 1e-5, NORM_D).backward(dy)
+        gated_rmsnorm(x, z, w, 1e-5, NORM_D).backward(dy)
 
     case = {"op": "norm", "T": T, "copy_gbps": _copy_gbps(2 * unit)}
     for rows_per_tile, warps, waves in itertools.product((1, 2, 4), (4, 8, 16), (2, 4, 8)):
-        cfg = (rows_per_tile, NORM_D, 1, warps)
-        gn._launch_config, gn._WAVES = (lambda M, S, cfg=cfg: cfg), waves
+        cfg = LaunchConfig.of(warps, 3, BM=rows_per_tile, BS=NORM_D)
+        launch.OVERRIDES.update({"norm.fwd": cfg, "norm.bwd": cfg})
+        configs.WAVES = waves
         fwd_ms = _bench(fwd)
         bwd_ms = triton.testing.do_bench(fwd_bwd, grad_to_none=[x, z, w], return_mode="median") - fwd_ms
         rows.append({**case, "config": f"rows={rows_per_tile} warps={warps} waves={waves}",
-                     "default": cfg == default and waves == default_waves,
+                     "default": (cfg, waves) == default,
                      "fwd_us": fwd_ms * 1e3, "fwd_gbps": 3 * unit / (fwd_ms * 1e-3) / 1e9,
                      "bwd_us": bwd_ms * 1e3, "bwd_gbps": 5 * unit / (bwd_ms * 1e-3) / 1e9})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
@@ -116,21 +123,19 @@ def _norm_case(rows: list[dict], gn, T: int, default: tuple, default_waves: int)
 GLA_SWEEP_T = 16384
 
 
-def gla_grid(kernel: str) -> list:
+def gla_grid(kernel: str) -> list[LaunchConfig]:
     """The configs a chunked GLA kernel is swept over (the fp32 state tile or accumulators at most
     8192 elements: 64 registers a thread at 4 warps)."""
-    from statex_hf.kernels.gla.launch import LaunchConfig
-
     sizes = (32, 64, 128)
     if kernel == "cumsum":
-        return [LaunchConfig(bk, 64, w, 3) for bk in sizes for w in (2, 4, 8)]
+        return [LaunchConfig.of(w, 3, BK=bk) for bk in sizes for w in (2, 4, 8)]
     if kernel in ("fwd_A", "bwd_intra"):
-        return [LaunchConfig(bk, 64, w, s) for bk in sizes for w in (4, 8) for s in (1, 2)]
+        return [LaunchConfig.of(w, s, BK=bk) for bk in sizes for w in (4, 8) for s in (1, 2)]
     if kernel == "bwd_dA":
-        return [LaunchConfig(64, bv, w, s) for bv in sizes for w in (4, 8) for s in (2, 3)]
+        return [LaunchConfig.of(w, s, BV=bv) for bv in sizes for w in (4, 8) for s in (2, 3)]
     tiles = [(bk, bv) for bk in sizes for bv in sizes if bk * bv <= 8192]
     stages = (1, 2, 3) if kernel in ("fwd_h", "bwd_dh") else (2, 3)
-    return [LaunchConfig(bk, bv, w, s) for bk, bv in tiles for w in (4, 8) for s in stages]
+    return [LaunchConfig.of(w, s, BK=bk, BV=bv) for bk, bv in tiles for w in (4, 8) for s in stages]
 
 
 def _gla_calls(H: int, K: int, V: int, T: int) -> dict:
@@ -165,17 +170,17 @@ def _gla_calls(H: int, K: int, V: int, T: int) -> dict:
 
 def _gla_cases(T: int, part: int = 0, parts: int = 1):
     """(shape, kernel, config, is_default, call) for every swept config; ``part`` of ``parts`` of them."""
-    from statex_hf.kernels.gla import launch
     from statex_hf.kernels.gla.chunk import CHUNK_SIZE as BT
+    from statex_hf.kernels.gla.configs import gla_config
 
     n = 0
     for name, (H, K, V) in SHAPES.items():
         calls = _gla_calls(H, K, V, T)
         for kernel, call in calls.items():
-            default = launch.launch_config(kernel, K, V, BT, num_states=H)
+            default = gla_config(kernel, K, V, BT, num_states=H, device=torch.device("cuda"))
             for config in gla_grid(kernel):
                 if n % parts == part:
-                    launch.OVERRIDES[kernel] = config
+                    launch.OVERRIDES[f"gla.{kernel}"] = config
                     try:
                         yield name, kernel, config, config == default, call
                     finally:
@@ -206,7 +211,7 @@ def sweep_gla(rows: list[dict], warm_procs: int) -> None:
         except OutOfResources:
             print(f"{name} {kernel} {config}: needs more shared memory than this GPU has, skipped", flush=True)
             continue
-        rows.append({"op": "gla", "shape": name, "kernel": kernel, "config": config._asdict(),
+        rows.append({"op": "gla", "shape": name, "kernel": kernel, "config": repr(config),
                      "default": is_default, "us": us})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
 
@@ -229,19 +234,23 @@ def print_tables(rows: list[dict]) -> None:
         mark = "*" if r["default"] else " "
         print(f"{r['T']:>6} {mark}{r['config']:<25} {r['fwd_us']:>8.1f} {r['fwd_gbps']:>6.0f} {r['bwd_us']:>8.1f} "
               f"{r['bwd_gbps']:>6.0f} {r['copy_gbps']:>9.0f}")  # fmt: skip
-    gla = [r for r in rows if r["op"] == "gla"]
-    if gla:
-        print(f"\nChunked GLA kernels, B = 1, T = {GLA_SWEEP_T}, bf16: the 5 fastest configs of each and the default")
-        print(
-            f"{'shape':<14} {'kernel':<10} {'BK':>4} {'BV':>4} {'warps':>5} {'stages':>6} {'us':>9} {'vs default':>10}"
-        )
-    for (shape, kernel), group in itertools.groupby(gla, key=lambda r: (r["shape"], r["kernel"])):
+    for op, title in (("gla", f"Chunked GLA kernels, B = 1, T = {GLA_SWEEP_T}, bf16"),):
+        print_kernel_table([r for r in rows if r["op"] == op], title)
+
+
+def print_kernel_table(rows: list[dict], title: str) -> None:
+    """The 5 fastest configs of each (shape, kernel) and the default, with the time relative to it."""
+    if not rows:
+        return
+    print(f"\n{title}: the 5 fastest configs of each kernel and the default (*)")
+    print(f"{'shape':<14} {'kernel':<12} {'config':<52} {'us':>9} {'vs default':>10}")
+    for (shape, kernel), group in itertools.groupby(rows, key=lambda r: (r["shape"], r["kernel"])):
         group = sorted(group, key=lambda r: r["us"])
         base = next((r["us"] for r in group if r["default"]), float("nan"))
         for r in [r for i, r in enumerate(group) if i < 5 or r["default"]]:
-            c, mark = r["config"], "*" if r["default"] else " "
-            print(f"{shape:<14} {kernel:<10} {c['BK']:>4} {c['BV']:>4} {c['num_warps']:>5} {c['num_stages']:>6} "
-                  f"{mark}{r['us']:>8.1f} {r['us'] / base:>7.2f}x")  # fmt: skip
+            mark = "*" if r["default"] else " "
+            config = r["config"].removeprefix("LaunchConfig(").removesuffix(")")
+            print(f"{shape:<14} {kernel:<12} {config:<52} {mark}{r['us']:>8.1f} {r['us'] / base:>7.2f}x")
 
 
 def main() -> None:

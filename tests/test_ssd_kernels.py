@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from statex_hf.kernels import dispatch
-from statex_hf.kernels.ssd import chunk as ssd_chunk
+from statex_hf.kernels import dispatch, utils
 from statex_hf.kernels.ssd.chunk import chunk_ssd
 from statex_hf.kernels.ssd.chunk_torch import chunk_ssd_torch
 from statex_hf.kernels.ssd.naive import naive_ssd
@@ -114,7 +113,7 @@ def test_activation_checkpointing_gives_the_same_outputs_and_grads(monkeypatch, 
     # Non-reentrant checkpointing recomputes the forward inside the backward and requires it to save the
     # very same tensors as the first time: whether the states are kept must not depend on that context.
     if max_bytes is not None:
-        monkeypatch.setattr(ssd_chunk, "KEEP_STATES_MAX_BYTES", max_bytes)
+        monkeypatch.setattr(utils, "KEEP_STATES_MAX_BYTES", max_bytes)
     inputs = make_inputs(2, 37, 4, 8, 2, 16)
 
     def checkpointed(*args, **kw):
@@ -133,7 +132,7 @@ def test_triton_backward_recomputes_the_states_it_did_not_keep(monkeypatch):
     # backward recomputes them (with the initial state): the gradients must not change.
     inputs = make_inputs(2, 37, 4, 8, 2, 16)
     _, _, kept = run_with_grads(chunk_ssd, inputs, True, None, chunk_size=16)
-    monkeypatch.setattr(ssd_chunk, "KEEP_STATES_MAX_BYTES", 0)
+    monkeypatch.setattr(utils, "KEEP_STATES_MAX_BYTES", 0)
     _, _, recomputed = run_with_grads(chunk_ssd, inputs, True, None, chunk_size=16)
     for k in kept:
         torch.testing.assert_close(recomputed[k], kept[k], rtol=1e-6, atol=1e-6, msg=f"d{k}")
@@ -182,14 +181,14 @@ def test_dispatch_on_cpu_uses_torch_paths_and_matches_naive():
 @pytest.mark.parametrize("packed", [False, True], ids=["batch", "packed"])
 def test_triton_conv1d_matches_torch_conv1d_fwd_and_grads(packed):
     from statex_hf.kernels.conv.causal_conv1d import causal_conv1d
-    from statex_hf.kernels.conv.causal_conv1d_triton import causal_conv1d_triton
+    from statex_hf.kernels.conv.naive import naive_causal_conv1d
 
     cu = torch.tensor([0, 20, 21, 50, 70]) if packed else None
     x, w, bias = torch.randn(1 if packed else 2, 70, 96), torch.randn(96, 4), torch.randn(96)
     results = []
-    for fn in (causal_conv1d, causal_conv1d_triton):
+    for fn in (naive_causal_conv1d, causal_conv1d):
         leaves = [t.clone().requires_grad_() for t in (x, w, bias)]
-        if fn is causal_conv1d:
+        if fn is naive_causal_conv1d:
             y, final = fn(*leaves, "silu", None, not packed, cu)
         else:
             y, final = fn(*leaves, "silu", not packed, cu)

@@ -27,7 +27,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from statex_hf.kernels.ssd.ssd_bmm import dot_precision
+from statex_hf.kernels.launch import LaunchConfig
+from statex_hf.kernels.ssd.configs import ssd_config, ssd_launch
+from statex_hf.kernels.utils import dot_precision
 
 
 @triton.jit
@@ -173,15 +175,6 @@ def _chunk_state_bwd_kernel(
         tl.store(dh0 + (bi * H + h) * P * N + tile, grad, mask=tile_mask)
 
 
-def _state_tiles(P: int, N: int, H: int, b: int) -> tuple[int, int]:
-    """State tile ``[BP, BN]``: big enough for the tensor cores, small enough to keep >= ~2 programs per SM."""
-    BP = min(max(triton.next_power_of_2(P), 16), 64)
-    BN = min(max(triton.next_power_of_2(N), 16), 64)
-    while BP > 16 and b * H * triton.cdiv(P, BP) * triton.cdiv(N, BN) < 256:
-        BP //= 2
-    return BP, BN
-
-
 def chunk_state_fwd(
     x: torch.Tensor,
     B: torch.Tensor,
@@ -199,14 +192,16 @@ def chunk_state_fwd(
     nc = triton.cdiv(T, L)
     hs = torch.empty(b, nc, H, P, N, device=x.device, dtype=x.dtype)
     hT = torch.empty(b, H, P, N, device=x.device, dtype=torch.float32) if output_final_state else None
-    BP, BN = _state_tiles(P, N, H, b)
-    grid = (b * H, triton.cdiv(P, BP), triton.cdiv(N, BN))
-    _chunk_state_fwd_kernel[grid](
-        x, B, dt, Acs, seq if seq is not None else dt, initial_state if initial_state is not None else hs, hs,
-        hT if hT is not None else hs, T, nc * L, H, G, P, N, nc,
-        L=L, BP=BP, BN=BN, HAS_H0=initial_state is not None, HAS_SEQ=seq is not None,
-        STORE_FINAL=output_final_state, DOT_PREC=dot_precision(x.dtype), num_warps=4, num_stages=2,
-    )  # fmt: skip
+
+    def run(c: LaunchConfig) -> None:
+        _chunk_state_fwd_kernel[(b * H, triton.cdiv(P, c.BP), triton.cdiv(N, c.BN))](
+            x, B, dt, Acs, seq if seq is not None else dt, initial_state if initial_state is not None else hs, hs,
+            hT if hT is not None else hs, T, nc * L, H, G, P, N, nc,
+            L=L, HAS_H0=initial_state is not None, HAS_SEQ=seq is not None, STORE_FINAL=output_final_state,
+            DOT_PREC=dot_precision(x.dtype), **c.kwargs(),
+        )  # fmt: skip
+
+    ssd_launch("state_fwd", run, ssd_config("state_fwd", L, P, N, b * H, x.device), operand=x)
     return hs, hT
 
 
@@ -228,13 +223,18 @@ def chunk_state_bwd(
     nc = triton.cdiv(T, L)
     dhs = torch.empty(b, nc, H, P, N, device=dy.device, dtype=dy.dtype)
     dh0 = torch.empty(b, H, P, N, device=dy.device, dtype=torch.float32) if need_dh0 else None
-    BP, BN = _state_tiles(P, N, H, b)
-    grid = (b * H, triton.cdiv(P, BP), triton.cdiv(N, BN))
-    r = torch.empty(b, H, nc, grid[1] * grid[2], device=dy.device, dtype=torch.float32)
-    _chunk_state_bwd_kernel[grid](
-        dy, C, Acs, seq if seq is not None else Acs, dfinal if dfinal is not None else dhs, hs, dhs,
-        dh0 if dh0 is not None else dhs, r, T, nc * L, H, G, P, N, nc,
-        L=L, BP=BP, BN=BN, HAS_DHT=dfinal is not None, HAS_SEQ=seq is not None, STORE_DH0=need_dh0,
-        DOT_PREC=dot_precision(dy.dtype), num_warps=4, num_stages=2,
-    )  # fmt: skip
-    return dhs, dh0, r.sum(-1)
+    r_parts: list[torch.Tensor] = []
+
+    def run(c: LaunchConfig) -> None:
+        grid = (b * H, triton.cdiv(P, c.BP), triton.cdiv(N, c.BN))
+        r = torch.empty(b, H, nc, grid[1] * grid[2], device=dy.device, dtype=torch.float32)  # a part per tile
+        _chunk_state_bwd_kernel[grid](
+            dy, C, Acs, seq if seq is not None else Acs, dfinal if dfinal is not None else dhs, hs, dhs,
+            dh0 if dh0 is not None else dhs, r, T, nc * L, H, G, P, N, nc,
+            L=L, HAS_DHT=dfinal is not None, HAS_SEQ=seq is not None, STORE_DH0=need_dh0,
+            DOT_PREC=dot_precision(dy.dtype), **c.kwargs(),
+        )  # fmt: skip
+        r_parts.append(r)
+
+    ssd_launch("state_bwd", run, ssd_config("state_bwd", L, P, N, b * H, dy.device), operand=dy)
+    return dhs, dh0, r_parts[-1].sum(-1)
