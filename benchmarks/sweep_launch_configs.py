@@ -1,6 +1,6 @@
-"""Launch-config sweeps on one GPU: the GLA decode step, the gated RMSNorm and the chunked GLA kernels.
+"""Launch-config sweeps on one GPU: the GLA decode step, the gated RMSNorm, the chunked GLA and the SSD kernels.
 
-    python benchmarks/sweep_launch_configs.py [--ops decode,norm,gla] [--json out.json]
+    python benchmarks/sweep_launch_configs.py [--ops decode,norm,gla,ssd] [--json out.json]
 
 Each kernel runs every config of a small grid at the shapes that matter: the decode step at GLA-1.3B's
 layer (H4 256x512) and its StateX layer (H1 1024x2048), B = 16 / 64; the norm at Mamba2-1.3B's width
@@ -8,13 +8,14 @@ layer (H4 256x512) and its StateX layer (H1 1024x2048), B = 16 / 64; the norm at
 state read and written; norm forward: x, z read and out written; backward: x, z, dy read and dx, dz
 written), beside a device copy of the same bytes (read + write), the ceiling. Times are
 ``triton.testing.do_bench`` medians (L2 flushed between runs), kernel time without the host's launch.
-The launchers' defaults (``step_config`` in ``kernels/gla/fused_recurrent.py``, the tables in
-``kernels/norm/configs.py`` and ``kernels/gla/configs.py``) are marked ``*``.
+The launchers' defaults (``step_config`` in ``kernels/gla/fused_recurrent.py``, the ``configs.py``
+tables of ``kernels/norm``, ``kernels/gla`` and ``kernels/ssd``) are marked ``*``.
 
 The chunked GLA kernels (``--ops gla``) are timed one by one on the intermediates of a real
 forward+backward, at both GLA-1.3B head shapes, B = 1, T = 16K, bf16; each kernel's grid covers its
-tiles, warps and pipeline stages. The few hundred configs are compiled first by ``--warm-procs``
-processes in parallel (into Triton's on-disk cache, on a short sequence) and then timed one at a time.
+tiles, warps and pipeline stages. The SSD kernels (``--ops ssd``) likewise, on one Mamba2-1.3B layer
+at N = 128 and 512, T = 16K. The few hundred configs are compiled first by ``--warm-procs`` processes
+in parallel (into Triton's on-disk cache, on a short sequence) and then timed one at a time.
 """
 
 from __future__ import annotations
@@ -216,6 +217,141 @@ def sweep_gla(rows: list[dict], warm_procs: int) -> None:
         print(json.dumps(rows[-1]), flush=True)
 
 
+SSD_SWEEP_T = 16384
+SSD_SWEEP_NS = (128, 512)
+
+
+def ssd_grid(kernel: str) -> list[LaunchConfig]:
+    """The configs an SSD kernel is swept over (the state kernels: step length BL, state tile, warps and
+    stages; the others: their row tiles and warps)."""
+    if kernel in ("state_fwd", "state_bwd"):
+        grid = [
+            LaunchConfig.of(w, s, BL=bl, BP=bp, BN=64)
+            for bl in (32, 64, 128, 256)
+            for bp in (64, 32)
+            for w in (4, 8)
+            for s in (2, 3)
+        ]
+        return grid + [LaunchConfig.of(w, 3, BL=64, BP=64, BN=128) for w in (4, 8)]
+    if kernel in ("scan_fwd", "scan_bwd_dx"):
+        rows, other = ("BT", "BS") if kernel == "scan_fwd" else ("BS", "BT")
+        bp = {"BP": 64} if kernel == "scan_fwd" else {}
+        grid = [
+            LaunchConfig.of(w, 2, **{rows: r, other: o, **bp, "BN": 64})
+            for r in (64, 128, 256)
+            for o in (32, 64)
+            for w in (4, 8)
+        ]
+        extra = [(8, 2, 128, 64, 128), (4, 3, 64, 64, 64), (8, 3, 128, 32, 64)]
+        return grid + [LaunchConfig.of(w, s, **{rows: r, other: o, **bp, "BN": bn}) for w, s, r, o, bn in extra]
+    if kernel in ("dc", "db"):
+        rows, other = ("BT", "BS") if kernel == "dc" else ("BS", "BT")
+        return [
+            LaunchConfig.of(w, 2, **{rows: r, other: o, "BN": 64})
+            for r in (32, 64, 128)
+            for o in (32, 64)
+            for w in (4, 8)
+        ]
+    if kernel == "dcb":
+        return [LaunchConfig.of(w, 2, BLK=blk) for blk in (32, 64, 128) for w in (4, 8)]
+    return []
+
+
+def pick_ssd(rows: list[dict], path: str) -> None:
+    """Writes, per SSD kernel, the swept config with the least total time over the swept shapes (JSON:
+    kernel -> {"tiles", "num_warps", "num_stages"}), for ``bench_ssd.py --configs``."""
+    totals: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        if r["op"] == "ssd":
+            totals.setdefault(r["kernel"], {}).setdefault(r["config_json"], []).append(r["us"])
+    shapes = len(SSD_SWEEP_NS)
+    picks = {
+        kernel: json.loads(min((c for c, us in configs.items() if len(us) == shapes), key=lambda c: sum(configs[c])))
+        for kernel, configs in totals.items()
+    }
+    with open(path, "w") as f:
+        json.dump(picks, f, indent=1)
+    print(f"picked: {json.dumps(picks)}", flush=True)
+
+
+def _ssd_calls(N: int, T: int) -> dict:
+    """Each SSD kernel's launcher as a closure over the intermediates of one fwd+bwd (no documents)."""
+    from bench_ssd import CHUNK as L
+    from bench_ssd import make_inputs
+    from statex_hf.kernels.ssd import ssd_bmm, ssd_chunk_bc_bwd, ssd_chunk_scan, ssd_chunk_state
+    from statex_hf.kernels.ssd.chunk import _chunk_log_decay
+    from statex_hf.kernels.ssd.naive import discretize_dt
+
+    i = make_inputs(T, N, torch.bfloat16)
+    x, A, B, C, D = i["x"], i["A"], i["B"], i["C"], i["D"]
+    dtp, Acs = _chunk_log_decay(discretize_dt(i["dt"], i["dt_bias"], True), A, L)
+    dy = torch.randn_like(x)
+    CB = ssd_bmm.bmm_chunk_fwd(C, B, None, L)
+    hs, _ = ssd_chunk_state.chunk_state_fwd(x, B, dtp, Acs, None, None, L, False)
+    dCB, _, _ = ssd_chunk_bc_bwd.chunk_dcb(x, dy, dtp, Acs, None, CB, L)
+    dhs, _, _ = ssd_chunk_state.chunk_state_bwd(dy, C, Acs, None, None, hs, L, False)
+    return {
+        "state_fwd": lambda: ssd_chunk_state.chunk_state_fwd(x, B, dtp, Acs, None, None, L, False),
+        "scan_fwd": lambda: ssd_chunk_scan.chunk_scan_fwd(x, C, CB, dtp, Acs, None, hs, D, L),
+        "dcb": lambda: ssd_chunk_bc_bwd.chunk_dcb(x, dy, dtp, Acs, None, CB, L),
+        "dc": lambda: ssd_chunk_bc_bwd.chunk_dc(dy, B, C, dCB, Acs, None, hs, L),
+        "state_bwd": lambda: ssd_chunk_state.chunk_state_bwd(dy, C, Acs, None, None, hs, L, False),
+        "db": lambda: ssd_chunk_bc_bwd.chunk_db(x, C, dCB, dtp, Acs, None, dhs, L),
+        "scan_bwd_dx": lambda: ssd_chunk_scan.chunk_scan_bwd_dx(x, B, CB, dtp, Acs, None, dhs, D, dy, L),
+    }
+
+
+def _ssd_cases(T: int, part: int = 0, parts: int = 1):
+    """(shape, kernel, config, is_default, call) for every swept config; ``part`` of ``parts`` of them."""
+    from bench_ssd import CHUNK as L
+    from bench_ssd import H, P
+    from statex_hf.kernels.ssd.configs import ssd_config
+
+    n = 0
+    for N in SSD_SWEEP_NS:
+        calls = _ssd_calls(N, T)
+        for kernel, call in calls.items():
+            default = ssd_config(kernel, L, P, N, H, torch.device("cuda"))
+            for config in ssd_grid(kernel):
+                if n % parts == part:
+                    launch.OVERRIDES[f"ssd.{kernel}"] = config
+                    try:
+                        yield f"N{N}", kernel, config, config == default, call
+                    finally:
+                        launch.OVERRIDES.clear()
+                n += 1
+        del calls
+        torch.cuda.empty_cache()
+
+
+def warm_ssd(part: int, parts: int) -> None:
+    """Compiles this process's share of the SSD configs (Triton keeps them on disk for the timing run)."""
+    for *_, call in _ssd_cases(1024, part, parts):
+        try:
+            call()
+        except OutOfResources:
+            pass  # the timing run skips it too
+    torch.cuda.synchronize()
+
+
+def sweep_ssd(rows: list[dict], warm_procs: int) -> None:
+    cmd = [sys.executable, __file__, "--warm-ssd"]
+    procs = [subprocess.Popen([*cmd, str(i), str(warm_procs)]) for i in range(warm_procs)]
+    if any([p.wait() for p in procs]):  # a list: wait for every process before raising
+        raise RuntimeError("sweep_launch_configs: an SSD warm-up process failed (its traceback is above)")
+    for shape, kernel, config, is_default, call in _ssd_cases(SSD_SWEEP_T):
+        try:
+            us = triton.testing.do_bench(call, warmup=10, rep=40, return_mode="median") * 1e3
+        except OutOfResources:
+            print(f"{shape} {kernel} {config}: needs more shared memory than this GPU has, skipped", flush=True)
+            continue
+        config_json = json.dumps({"tiles": dict(config.tiles), "num_warps": config.num_warps,
+                                  "num_stages": config.num_stages})  # fmt: skip
+        rows.append({"op": "ssd", "shape": shape, "kernel": kernel, "config": repr(config), "default": is_default,
+                     "us": us, "config_json": config_json})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+
+
 def print_tables(rows: list[dict]) -> None:
     print(f"\n{torch.cuda.get_device_name()}")
     decode = sorted((r for r in rows if r["op"] == "decode"), key=lambda r: (r["shape"], r["B"], r["us"]))
@@ -234,7 +370,10 @@ def print_tables(rows: list[dict]) -> None:
         mark = "*" if r["default"] else " "
         print(f"{r['T']:>6} {mark}{r['config']:<25} {r['fwd_us']:>8.1f} {r['fwd_gbps']:>6.0f} {r['bwd_us']:>8.1f} "
               f"{r['bwd_gbps']:>6.0f} {r['copy_gbps']:>9.0f}")  # fmt: skip
-    for op, title in (("gla", f"Chunked GLA kernels, B = 1, T = {GLA_SWEEP_T}, bf16"),):
+    for op, title in (
+        ("gla", f"Chunked GLA kernels, B = 1, T = {GLA_SWEEP_T}, bf16"),
+        ("ssd", f"SSD kernels, one Mamba2-1.3B layer (H = 64, P = 64), B = 1, T = {SSD_SWEEP_T}, chunk 256, bf16"),
+    ):
         print_kernel_table([r for r in rows if r["op"] == op], title)
 
 
@@ -255,21 +394,32 @@ def print_kernel_table(rows: list[dict], title: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ops", default="decode,norm,gla", help="which sweeps: decode, norm, gla")
-    parser.add_argument("--warm-procs", type=int, default=8, help="processes compiling the GLA configs")
+    parser.add_argument("--ops", default="decode,norm,gla", help="which sweeps: decode, norm, gla, ssd")
+    parser.add_argument("--warm-procs", type=int, default=8, help="processes compiling the GLA / SSD configs")
     parser.add_argument("--json", help="also write every row here")
+    parser.add_argument("--pick-ssd", help="write the fastest SSD config of each kernel here (JSON)")
     parser.add_argument("--warm-gla", nargs=2, type=int, metavar=("PART", "PARTS"), help=argparse.SUPPRESS)
+    parser.add_argument("--warm-ssd", nargs=2, type=int, metavar=("PART", "PARTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.warm_gla:
         return warm_gla(*args.warm_gla)
+    if args.warm_ssd:
+        return warm_ssd(*args.warm_ssd)
     rows: list[dict] = []
-    sweeps = {"decode": sweep_decode, "norm": sweep_norm, "gla": lambda rows: sweep_gla(rows, args.warm_procs)}
+    sweeps = {
+        "decode": sweep_decode,
+        "norm": sweep_norm,
+        "gla": lambda rows: sweep_gla(rows, args.warm_procs),
+        "ssd": lambda rows: sweep_ssd(rows, args.warm_procs),
+    }
     unknown = set(args.ops.split(",")) - set(sweeps)
     if unknown:
         parser.error(f"unknown --ops {sorted(unknown)}; choose from {sorted(sweeps)}")
     for op in args.ops.split(","):
         sweeps[op](rows)
     print_tables(rows)
+    if args.pick_ssd:
+        pick_ssd(rows, args.pick_ssd)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -106,3 +106,20 @@ def test_model_mamba2_rmsnorm_equals_gated_rmsnorm(gated):
     inputs = make_inputs((2, 7, 48), torch.bfloat16)
     gate = inputs["gate"] if gated else None
     assert torch.equal(norm(inputs["x"], gate), gated_rmsnorm(inputs["x"], gate, norm.weight, EPS, 16))
+
+
+def test_the_norm_kernels_fall_back_to_small_tiles_on_a_gpu_they_do_not_fit(monkeypatch):
+    # Only 16-wide tiles in one stage fit: both kernels fall back to one row and 16-channel chunks.
+    from launch_fakes import on_small_gpu
+    from statex_hf.kernels import launch
+    from statex_hf.kernels.norm import gated_rmsnorm as norm_module
+
+    monkeypatch.setattr(launch, "_REPLACED", {})
+    monkeypatch.setattr(configs, "SAFE", configs.SAFE.with_(BS=16))
+    fakes = on_small_gpu(monkeypatch, norm_module, "_norm_fwd_kernel", "_norm_bwd_kernel", max_tile=16)
+    inputs = make_inputs((2, 7, 96))
+    want, _ = run_with_grads(gated_rmsnorm, inputs, True, 48)
+    with pytest.warns(UserWarning, match="does not fit"):
+        got, _ = run_with_grads(gated_rmsnorm_triton, inputs, True, 48)
+    assert_close(got, want)
+    assert all(fake.launches and fake.launches[0]["BS"] == 16 for fake in fakes.values())

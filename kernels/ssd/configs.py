@@ -2,8 +2,8 @@
 
 Each entry gives a kernel's largest tiles, by the names of its ``tl.constexpr`` arguments, and its
 warps and pipeline stages; ``ssd_config`` shrinks the tiles to the problem. A tile spans one
-dimension (``_SPANS``): the chunk's tokens (``BT``, ``BS``, ``BM``, ``BLK``: at most the chunk
-size), the head dimension P (``BP``) or the state size N (``BN``, ``BK``). Tiles that must cover the
+dimension (``_SPANS``): the chunk's tokens (``BT``, ``BS``, ``BM``, ``BLK``, ``BL``: at most the
+chunk size), the head dimension P (``BP``) or the state size N (``BN``, ``BK``). Tiles that must cover the
 whole head dimension are not tunable and not listed. Tuned on an H100 (benchmarks/README.md).
 """
 
@@ -19,8 +19,8 @@ from statex_hf.kernels.utils import pow2
 TABLES: dict[str, dict[str, LaunchConfig]] = {
     "default": {
         "bmm": LaunchConfig.of(4, 2, BM=64, BK=64),
-        "state_fwd": LaunchConfig.of(4, 2, BP=64, BN=64),
-        "state_bwd": LaunchConfig.of(4, 2, BP=64, BN=64),
+        "state_fwd": LaunchConfig.of(8, 3, BL=64, BP=64, BN=64),
+        "state_bwd": LaunchConfig.of(8, 3, BL=64, BP=64, BN=64),
         "scan_fwd": LaunchConfig.of(8, 2, BT=128, BS=64, BP=64, BN=64),
         "scan_bwd_dx": LaunchConfig.of(8, 2, BS=128, BT=64, BN=64),
         "dcb": LaunchConfig.of(4, 2, BLK=64),
@@ -29,7 +29,7 @@ TABLES: dict[str, dict[str, LaunchConfig]] = {
         "state_update": LaunchConfig.of(4, 2, BP=16, BN=128),
     },
 }
-_SPANS = {"BT": "L", "BS": "L", "BM": "L", "BLK": "L", "BP": "P", "BN": "N", "BK": "N"}
+_SPANS = {"BT": "L", "BS": "L", "BM": "L", "BLK": "L", "BL": "L", "BP": "P", "BN": "N", "BK": "N"}
 # The scan kernels hold a [rows, P] fp32 accumulator: below 8K elements their table's warps would idle.
 _ACCUMULATOR = {"scan_fwd": "BT", "scan_bwd_dx": "BS"}
 # The state kernels run one program per (sequence, head, state tile) for the whole sequence: their

@@ -21,12 +21,12 @@ from statex_hf.kernels.utils import dot_precision, pow2
 
 
 @triton.jit
-def _chunk_major_ids(n_first, n_second):
-    """A flat program id -> (first block, second block, batch * chunk * group), first blocks fastest.
+def chunk_major_ids(n_first, n_second):
+    """A flat program id -> (first block, second block, the rest), first blocks fastest.
 
     A chunk's programs are then consecutive, so what they share (its states, x, dy) comes from L2
     instead of HBM: with the chunk index outermost of a 3-d grid, two programs of a chunk ran up to
-    ``b * nc * G`` programs apart, and at T = 64K the dC and dB kernels took 1.2-1.6x their share of time."""
+    ``b * nc * G`` (or ``b * nc * H``) programs apart, and each read it from HBM."""
     flat = tl.program_id(0).to(tl.int64)
     return flat % n_first, (flat // n_first) % n_second, flat // (n_first * n_second)
 
@@ -54,7 +54,7 @@ def _chunk_dcb_kernel(
     HAS_SEQ: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    pid_t, pid_s, pid = _chunk_major_ids(L // BLK, L // BLK)  # a chunk's programs share its x and dy
+    pid_t, pid_s, pid = chunk_major_ids(L // BLK, L // BLK)  # a chunk's programs share its x and dy
     g = pid % G
     c = (pid // G) % nc
     bi = pid // (G * nc)
@@ -129,7 +129,7 @@ def _chunk_dc_kernel(
     HAS_SEQ: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    pid_t, pid_n, pid = _chunk_major_ids(L // BT, n_nblk)  # a chunk's programs share its states and dy
+    pid_t, pid_n, pid = chunk_major_ids(L // BT, n_nblk)  # a chunk's programs share its states and dy
     g = pid % G
     c = (pid // G) % nc
     bi = pid // (G * nc)
@@ -203,7 +203,7 @@ def _chunk_db_kernel(
     HAS_SEQ: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    pid_s, pid_n, pid = _chunk_major_ids(L // BS, n_nblk)  # a chunk's programs share its x and dhs
+    pid_s, pid_n, pid = chunk_major_ids(L // BS, n_nblk)  # a chunk's programs share its x and dhs
     g = pid % G
     c = (pid // G) % nc
     bi = pid // (G * nc)

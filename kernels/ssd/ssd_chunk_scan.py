@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.kernels.ssd.configs import ssd_config, ssd_launch
+from statex_hf.kernels.ssd.ssd_chunk_bc_bwd import chunk_major_ids
 from statex_hf.kernels.utils import dot_precision, pow2
 
 
@@ -49,15 +50,14 @@ def _chunk_scan_fwd_kernel(
     HAS_SEQ: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    pid_t = tl.program_id(1)
+    pid_t, pid_p, pid = chunk_major_ids(L // BT, tl.cdiv(P, BP))  # a chunk's programs share its states
     h = pid % H
     c = (pid // H) % nc
     bi = pid // (H * nc)
     g = h // (H // G)
     lt = pid_t * BT + tl.arange(0, BT)
     ts = c * L + lt
-    ps = tl.program_id(2) * BP + tl.arange(0, BP)
+    ps = pid_p * BP + tl.arange(0, BP)
     row = (bi * H + h) * Tp
     acs_t = tl.load(Acs + row + ts)
     scale = tl.exp(acs_t)
@@ -130,8 +130,7 @@ def _chunk_scan_bwd_dx_kernel(
     HAS_SEQ: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    pid_s = tl.program_id(1)
+    pid_s, _, pid = chunk_major_ids(L // BS, 1)  # a chunk's programs share its state gradients
     h = pid % H
     c = (pid // H) % nc
     bi = pid // (H * nc)
@@ -205,7 +204,7 @@ def chunk_scan_fwd(
     y = torch.empty_like(x)
 
     def run(c: LaunchConfig) -> None:
-        _chunk_scan_fwd_kernel[(b * nc * H, L // c.BT, triton.cdiv(P, c.BP))](
+        _chunk_scan_fwd_kernel[(b * nc * H * (L // c.BT) * triton.cdiv(P, c.BP),)](
             x, C, CB, dt, Acs, seq if seq is not None else dt, hs, D if D is not None else dt, y,
             T, nc * L, H, G, P, N, nc,
             L=L, HAS_D=D is not None, HAS_SEQ=seq is not None, DOT_PREC=dot_precision(x.dtype), **c.kwargs(),
@@ -241,7 +240,7 @@ def chunk_scan_bwd_dx(
     def run(c: LaunchConfig) -> None:
         # dD: one part per program, summed below.
         dD = torch.empty(b, nc, H, L // c.BS, device=x.device, dtype=torch.float32) if D is not None else ddt
-        _chunk_scan_bwd_dx_kernel[(b * nc * H, L // c.BS)](
+        _chunk_scan_bwd_dx_kernel[(b * nc * H * (L // c.BS),)](
             x, B, CB, dt, Acs, seq if seq is not None else dt, dhs, D if D is not None else dt, dy, dx, ddt, xdx,
             dD, T, nc * L, H, G, P, N, nc,
             L=L, BP=pow2(P), HAS_D=D is not None, HAS_SEQ=seq is not None, DOT_PREC=dot_precision(x.dtype),

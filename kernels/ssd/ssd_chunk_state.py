@@ -20,6 +20,10 @@ cancel two large numbers rounded differently (``h_c`` is stored in bf16), which 
 bf16 rounding level.
 
 Tiling the state over ``N`` is what lets N grow to 1024 and beyond: each program owns one tile.
+A program walks its chunks in steps of ``BL`` tokens (a divisor of the chunk), each step decaying
+the state from the previous step's end: the same recurrence on sub-chunks, whose pipelined loads
+(``x`` / ``dy`` and ``B`` / ``C``, ``BL`` rows each) take a quarter of a chunk's shared memory at
+``BL = L / 4``, so that more programs fit an SM.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ def _chunk_state_fwd_kernel(
     N,
     nc,
     L: tl.constexpr,
+    BL: tl.constexpr,
     BP: tl.constexpr,
     BN: tl.constexpr,
     HAS_H0: tl.constexpr,
@@ -65,38 +70,45 @@ def _chunk_state_fwd_kernel(
     ns = tl.program_id(2) * BN + tl.arange(0, BN)
     tile_mask = (ps[:, None] < P) & (ns[None, :] < N)
     tile = ps[:, None] * N + ns[None, :]
-    lt = tl.arange(0, L)
+    lt = tl.arange(0, BL)
     row = (bi * H + h) * Tp
+    NB: tl.constexpr = L // BL
     state = tl.zeros([BP, BN], dtype=tl.float32)
     if HAS_H0:
         state += tl.load(h0 + (bi * H + h) * P * N + tile, mask=tile_mask, other=0.0).to(tl.float32)
     prev_seq = 0
     if HAS_SEQ:
         prev_seq = tl.load(seq + bi * Tp)
-    for c in range(nc):
-        tl.store(hs + ((bi * nc + c) * H + h) * P * N + tile, state.to(hs.dtype.element_ty), mask=tile_mask)
-        ts = c * L + lt
+    # One step per sub-block of BL tokens (NB per chunk): a short step keeps the pipelined tiles small.
+    for i in range(nc * NB):
+        j = i % NB
+        if j == 0:  # the state entering chunk i // NB
+            tl.store(hs + ((bi * nc + i // NB) * H + h) * P * N + tile, state.to(hs.dtype.element_ty), mask=tile_mask)
+        t0 = i * BL
+        ts = t0 + lt
         acs = tl.load(Acs + row + ts)
-        acs_last = tl.load(Acs + row + c * L + L - 1)
-        w = tl.exp(acs_last - acs) * tl.load(dt + row + ts)
-        decay = tl.exp(acs_last)
+        acs_end = tl.load(Acs + row + t0 + BL - 1)
+        # a restarts at each chunk start; inside a chunk the step decays from the previous sub-block's end.
+        acs_start = tl.where(j == 0, 0.0, tl.load(Acs + row + tl.maximum(t0 - 1, 0)))
+        w = tl.exp(acs_end - acs) * tl.load(dt + row + ts)
+        decay = tl.exp(acs_end - acs_start)
         if HAS_SEQ:
             sq = tl.load(seq + bi * Tp + ts)
-            sq_last = tl.load(seq + bi * Tp + c * L + L - 1)
-            # Only the document that is still open at the chunk end writes the carried state.
-            w = tl.where(sq == sq_last, w, 0.0)
-            decay = tl.where(sq_last == prev_seq, decay, 0.0)
-            prev_seq = sq_last
+            sq_end = tl.load(seq + bi * Tp + t0 + BL - 1)
+            # Only the document that is still open at the step's end writes the carried state.
+            w = tl.where(sq == sq_end, w, 0.0)
+            decay = tl.where(sq_end == prev_seq, decay, 0.0)
+            prev_seq = sq_end
         xt = tl.load(
             x + ((bi * T + ts[None, :]) * H + h) * P + ps[:, None],
             mask=(ts[None, :] < T) & (ps[:, None] < P),
             other=0.0,
-        )  # [BP, L]
+        )  # [BP, BL]
         bt = tl.load(
             B + ((bi * T + ts[:, None]) * G + g) * N + ns[None, :],
             mask=(ts[:, None] < T) & (ns[None, :] < N),
             other=0.0,
-        )  # [L, BN]
+        )  # [BL, BN]
         xw = (xt * w[None, :]).to(bt.dtype)
         state = state * decay + tl.dot(xw, bt, input_precision=DOT_PREC)
     if STORE_FINAL:
@@ -122,6 +134,7 @@ def _chunk_state_bwd_kernel(
     N,
     nc,
     L: tl.constexpr,
+    BL: tl.constexpr,
     BP: tl.constexpr,
     BN: tl.constexpr,
     HAS_DHT: tl.constexpr,
@@ -137,39 +150,50 @@ def _chunk_state_bwd_kernel(
     ns = tl.program_id(2) * BN + tl.arange(0, BN)
     tile_mask = (ps[:, None] < P) & (ns[None, :] < N)
     tile = ps[:, None] * N + ns[None, :]
-    lt = tl.arange(0, L)
+    lt = tl.arange(0, BL)
     row = (bi * H + h) * Tp
+    NB: tl.constexpr = L // BL
     grad = tl.zeros([BP, BN], dtype=tl.float32)
     if HAS_DHT:
         grad += tl.load(dhT + (bi * H + h) * P * N + tile, mask=tile_mask, other=0.0).to(tl.float32)
     n_tiles = tl.num_programs(1) * tl.num_programs(2)
     tile_id = tl.program_id(1) * tl.num_programs(2) + tl.program_id(2)
-    for i in range(nc):
-        c = nc - 1 - i
-        tl.store(dhs + ((bi * nc + c) * H + h) * P * N + tile, grad.to(dhs.dtype.element_ty), mask=tile_mask)
-        ts = c * L + lt
-        scale = tl.exp(tl.load(Acs + row + ts))
-        decay = tl.exp(tl.load(Acs + row + c * L + L - 1))
+    for k in range(nc * NB):
+        i = nc * NB - 1 - k
+        c = i // NB
+        j = i % NB
+        if j == NB - 1:  # the chunk's first step in this reverse walk: the gradient after the chunk
+            tl.store(dhs + ((bi * nc + c) * H + h) * P * N + tile, grad.to(dhs.dtype.element_ty), mask=tile_mask)
+            # r_c = <g_c, exp(a_last) h_{c-1}>: the decay gradient at the chunk's last token through the
+            # state carried across the chunk (the chunk's own writes are added per token by the caller).
+            h_in = tl.load(hs + ((bi * nc + c) * H + h) * P * N + tile, mask=tile_mask, other=0.0).to(tl.float32)
+            chunk_decay = tl.exp(tl.load(Acs + row + c * L + L - 1))
+            if HAS_SEQ:
+                chunk_first = tl.load(seq + bi * Tp + tl.maximum(c * L - 1, 0))
+                chunk_decay = tl.where(tl.load(seq + bi * Tp + c * L + L - 1) == chunk_first, chunk_decay, 0.0)
+            r_c = chunk_decay * tl.sum(tl.sum(grad * h_in, axis=1), axis=0)
+            tl.store(r + ((bi * H + h) * nc + c) * n_tiles + tile_id, r_c)
+        t0 = i * BL
+        ts = t0 + lt
+        acs_start = tl.where(j == 0, 0.0, tl.load(Acs + row + tl.maximum(t0 - 1, 0)))
+        scale = tl.exp(tl.load(Acs + row + ts) - acs_start)
+        decay = tl.exp(tl.load(Acs + row + t0 + BL - 1) - acs_start)
         if HAS_SEQ:
-            prev_seq = tl.load(seq + bi * Tp + tl.maximum(c * L - 1, 0))
+            prev_seq = tl.load(seq + bi * Tp + tl.maximum(t0 - 1, 0))
             sq = tl.load(seq + bi * Tp + ts)
-            sq_last = tl.load(seq + bi * Tp + c * L + L - 1)
+            sq_last = tl.load(seq + bi * Tp + t0 + BL - 1)
             scale = tl.where(sq == prev_seq, scale, 0.0)
             decay = tl.where(sq_last == prev_seq, decay, 0.0)
-        # r_c = <g_c, exp(a_last) h_{c-1}>: the decay gradient at the chunk's last token through the
-        # state carried across the chunk (the chunk's own writes are added per token by the caller).
-        h_in = tl.load(hs + ((bi * nc + c) * H + h) * P * N + tile, mask=tile_mask, other=0.0).to(tl.float32)
-        tl.store(r + ((bi * H + h) * nc + c) * n_tiles + tile_id, decay * tl.sum(tl.sum(grad * h_in, axis=1), axis=0))
         dyt = tl.load(
             dy + ((bi * T + ts[None, :]) * H + h) * P + ps[:, None],
             mask=(ts[None, :] < T) & (ps[:, None] < P),
             other=0.0,
-        )  # [BP, L]
+        )  # [BP, BL]
         ct = tl.load(
             C + ((bi * T + ts[:, None]) * G + g) * N + ns[None, :],
             mask=(ts[:, None] < T) & (ns[None, :] < N),
             other=0.0,
-        )  # [L, BN]
+        )  # [BL, BN]
         grad = grad * decay + tl.dot((dyt * scale[None, :]).to(ct.dtype), ct, input_precision=DOT_PREC)
     if STORE_DH0:
         tl.store(dh0 + (bi * H + h) * P * N + tile, grad, mask=tile_mask)
