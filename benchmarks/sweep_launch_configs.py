@@ -225,14 +225,9 @@ def ssd_grid(kernel: str) -> list[LaunchConfig]:
     """The configs an SSD kernel is swept over (the state kernels: step length BL, state tile, warps and
     stages; the others: their row tiles and warps)."""
     if kernel in ("state_fwd", "state_bwd"):
-        grid = [
-            LaunchConfig.of(w, s, BL=bl, BP=bp, BN=64)
-            for bl in (32, 64, 128, 256)
-            for bp in (64, 32)
-            for w in (4, 8)
-            for s in (2, 3)
-        ]
-        return grid + [LaunchConfig.of(w, 3, BL=64, BP=64, BN=128) for w in (4, 8)]
+        grid = [LaunchConfig.of(w, 3, BL=bl, BP=bp, BN=64) for bl in (32, 64, 128) for bp in (64, 32) for w in (4, 8)]
+        extra = [(4, 2, 256, 64, 64), (4, 2, 256, 32, 64), (8, 2, 256, 64, 64), (8, 2, 64, 64, 64), (8, 3, 64, 64, 128)]
+        return grid + [LaunchConfig.of(w, s, BL=bl, BP=bp, BN=bn) for w, s, bl, bp, bn in extra]
     if kernel in ("scan_fwd", "scan_bwd_dx"):
         rows, other = ("BT", "BS") if kernel == "scan_fwd" else ("BS", "BT")
         bp = {"BP": 64} if kernel == "scan_fwd" else {}
