@@ -261,3 +261,18 @@ def test_the_conv_kernels_fall_back_to_small_tiles_on_a_gpu_they_do_not_fit(monk
     for got, want in zip(leaves["triton"], leaves["naive"]):
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-4)
     assert all(fake.launches for fake in fakes.values())
+
+
+def test_a_gpu_with_its_own_table_entry_gets_it_and_others_the_default(monkeypatch):
+    from statex_hf.kernels.ssd import configs
+
+    tuned = launch.LaunchConfig.of(4, 2, BT=64, BS=32, BP=64, BN=64)
+    monkeypatch.setitem(configs.TABLES, "H200", {"scan_fwd": tuned})
+    on = {name: None for name in ("NVIDIA H200", "NVIDIA H100 80GB HBM3")}
+    for name in on:
+        monkeypatch.setattr(launch, "device_name", lambda device, name=name: name)
+        on[name] = configs.ssd_config("scan_fwd", 256, 64, 512, device=torch.device("cpu"))
+    assert on["NVIDIA H200"] == tuned
+    assert on["NVIDIA H100 80GB HBM3"] == configs.TABLES["default"]["scan_fwd"]
+    # Entries it does not name come from the default table.
+    assert configs.ssd_config("dc", 256, 64, 512) == configs.TABLES["default"]["dc"]
