@@ -34,6 +34,7 @@ from statex_hf.kernels.launch import LaunchConfig
 from triton.runtime.errors import OutOfResources
 
 NORM_D = 4096
+DEVICE = torch.device("cuda")
 
 
 def _bench(fn) -> float:
@@ -169,21 +170,27 @@ def _gla_calls(H: int, K: int, V: int, T: int) -> dict:
     }
 
 
-def _gla_cases(T: int, part: int = 0, parts: int = 1):
-    """(shape, kernel, config, is_default, call) for every swept config; ``part`` of ``parts`` of them."""
+def _gla_shapes(T: int):
+    """(shape, the kernels' calls, kernel -> its default config) per GLA head shape."""
     from statex_hf.kernels.gla.chunk import CHUNK_SIZE as BT
     from statex_hf.kernels.gla.configs import gla_config
 
-    n = 0
     for name, (H, K, V) in SHAPES.items():
-        calls = _gla_calls(H, K, V, T)
+        yield name, _gla_calls(H, K, V, T), lambda kernel, K=K, V=V, H=H: gla_config(kernel, K, V, BT, H, DEVICE)
+
+
+def _cases(op: str, shapes, grid, part: int = 0, parts: int = 1):
+    """(shape, kernel, config, is_default, call) for every swept config of ``op`` (``launch.OVERRIDES``
+    holds the config while the caller has it); ``part`` of ``parts`` of them."""
+    n = 0
+    for shape, calls, default_of in shapes:
         for kernel, call in calls.items():
-            default = gla_config(kernel, K, V, BT, num_states=H, device=torch.device("cuda"))
-            for config in gla_grid(kernel):
+            default = default_of(kernel)
+            for config in grid(kernel):
                 if n % parts == part:
-                    launch.OVERRIDES[f"gla.{kernel}"] = config
+                    launch.OVERRIDES[f"{op}.{kernel}"] = config
                     try:
-                        yield name, kernel, config, config == default, call
+                        yield shape, kernel, config, config == default, call
                     finally:
                         launch.OVERRIDES.clear()
                 n += 1
@@ -191,9 +198,9 @@ def _gla_cases(T: int, part: int = 0, parts: int = 1):
         torch.cuda.empty_cache()
 
 
-def warm_gla(part: int, parts: int) -> None:
-    """Compiles this process's share of the GLA configs (Triton keeps them on disk for the timing run)."""
-    for *_, call in _gla_cases(256, part, parts):
+def warm(op: str, part: int, parts: int) -> None:
+    """Compiles this process's share of ``op``'s configs (Triton keeps them on disk for the timing run)."""
+    for *_, call in SWEPT[op](WARM_T[op], part, parts):
         try:
             call()
         except OutOfResources:
@@ -201,19 +208,22 @@ def warm_gla(part: int, parts: int) -> None:
     torch.cuda.synchronize()
 
 
-def sweep_gla(rows: list[dict], warm_procs: int) -> None:
-    cmd = [sys.executable, __file__, "--warm-gla"]
+def sweep_kernels(rows: list[dict], op: str, warm_procs: int) -> None:
+    """Compiles ``op``'s configs in ``warm_procs`` processes at once, then times each config alone."""
+    cmd = [sys.executable, __file__, "--warm", op]
     procs = [subprocess.Popen([*cmd, str(i), str(warm_procs)]) for i in range(warm_procs)]
     if any([p.wait() for p in procs]):  # a list: wait for every process before raising
-        raise RuntimeError("sweep_launch_configs: a GLA warm-up process failed (its traceback is above)")
-    for name, kernel, config, is_default, call in _gla_cases(GLA_SWEEP_T):
+        raise RuntimeError(f"sweep_launch_configs: a {op} warm-up process failed (its traceback is above)")
+    for shape, kernel, config, is_default, call in SWEPT[op](SWEEP_T[op]):
         try:
-            us = _bench(call) * 1e3
+            us = triton.testing.do_bench(call, warmup=10, rep=REP_MS[op], return_mode="median") * 1e3
         except OutOfResources:
-            print(f"{name} {kernel} {config}: needs more shared memory than this GPU has, skipped", flush=True)
+            print(f"{shape} {kernel} {config}: needs more shared memory than this GPU has, skipped", flush=True)
             continue
-        rows.append({"op": "gla", "shape": name, "kernel": kernel, "config": repr(config),
-                     "default": is_default, "us": us})  # fmt: skip
+        config_json = json.dumps({"tiles": dict(config.tiles), "num_warps": config.num_warps,
+                                  "num_stages": config.num_stages})  # fmt: skip
+        rows.append({"op": op, "shape": shape, "kernel": kernel, "config": repr(config), "default": is_default,
+                     "us": us, "config_json": config_json})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
 
 
@@ -296,55 +306,23 @@ def _ssd_calls(N: int, T: int) -> dict:
     }
 
 
-def _ssd_cases(T: int, part: int = 0, parts: int = 1):
-    """(shape, kernel, config, is_default, call) for every swept config; ``part`` of ``parts`` of them."""
+def _ssd_shapes(T: int):
+    """(shape, the kernels' calls, kernel -> its default config) per swept state size N."""
     from bench_ssd import CHUNK as L
     from bench_ssd import H, P
     from statex_hf.kernels.ssd.configs import ssd_config
 
-    n = 0
     for N in SSD_SWEEP_NS:
-        calls = _ssd_calls(N, T)
-        for kernel, call in calls.items():
-            default = ssd_config(kernel, L, P, N, H, torch.device("cuda"))
-            for config in ssd_grid(kernel):
-                if n % parts == part:
-                    launch.OVERRIDES[f"ssd.{kernel}"] = config
-                    try:
-                        yield f"N{N}", kernel, config, config == default, call
-                    finally:
-                        launch.OVERRIDES.clear()
-                n += 1
-        del calls
-        torch.cuda.empty_cache()
+        yield f"N{N}", _ssd_calls(N, T), lambda kernel, N=N: ssd_config(kernel, L, P, N, H, DEVICE)
 
 
-def warm_ssd(part: int, parts: int) -> None:
-    """Compiles this process's share of the SSD configs (Triton keeps them on disk for the timing run)."""
-    for *_, call in _ssd_cases(1024, part, parts):
-        try:
-            call()
-        except OutOfResources:
-            pass  # the timing run skips it too
-    torch.cuda.synchronize()
-
-
-def sweep_ssd(rows: list[dict], warm_procs: int) -> None:
-    cmd = [sys.executable, __file__, "--warm-ssd"]
-    procs = [subprocess.Popen([*cmd, str(i), str(warm_procs)]) for i in range(warm_procs)]
-    if any([p.wait() for p in procs]):  # a list: wait for every process before raising
-        raise RuntimeError("sweep_launch_configs: an SSD warm-up process failed (its traceback is above)")
-    for shape, kernel, config, is_default, call in _ssd_cases(SSD_SWEEP_T):
-        try:
-            us = triton.testing.do_bench(call, warmup=10, rep=40, return_mode="median") * 1e3
-        except OutOfResources:
-            print(f"{shape} {kernel} {config}: needs more shared memory than this GPU has, skipped", flush=True)
-            continue
-        config_json = json.dumps({"tiles": dict(config.tiles), "num_warps": config.num_warps,
-                                  "num_stages": config.num_stages})  # fmt: skip
-        rows.append({"op": "ssd", "shape": shape, "kernel": kernel, "config": repr(config), "default": is_default,
-                     "us": us, "config_json": config_json})  # fmt: skip
-        print(json.dumps(rows[-1]), flush=True)
+SWEPT = {
+    "gla": lambda T, part=0, parts=1: _cases("gla", _gla_shapes(T), gla_grid, part, parts),
+    "ssd": lambda T, part=0, parts=1: _cases("ssd", _ssd_shapes(T), ssd_grid, part, parts),
+}
+SWEEP_T = {"gla": GLA_SWEEP_T, "ssd": SSD_SWEEP_T}
+WARM_T = {"gla": 256, "ssd": 1024}  # compiling needs a short sequence only
+REP_MS = {"gla": 100, "ssd": 40}
 
 
 def print_tables(rows: list[dict]) -> None:
@@ -393,19 +371,16 @@ def main() -> None:
     parser.add_argument("--warm-procs", type=int, default=8, help="processes compiling the GLA / SSD configs")
     parser.add_argument("--json", help="also write every row here")
     parser.add_argument("--pick-ssd", help="write the fastest SSD config of each kernel here (JSON)")
-    parser.add_argument("--warm-gla", nargs=2, type=int, metavar=("PART", "PARTS"), help=argparse.SUPPRESS)
-    parser.add_argument("--warm-ssd", nargs=2, type=int, metavar=("PART", "PARTS"), help=argparse.SUPPRESS)
+    parser.add_argument("--warm", nargs=3, metavar=("OP", "PART", "PARTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.warm_gla:
-        return warm_gla(*args.warm_gla)
-    if args.warm_ssd:
-        return warm_ssd(*args.warm_ssd)
+    if args.warm:
+        return warm(args.warm[0], int(args.warm[1]), int(args.warm[2]))
     rows: list[dict] = []
     sweeps = {
         "decode": sweep_decode,
         "norm": sweep_norm,
-        "gla": lambda rows: sweep_gla(rows, args.warm_procs),
-        "ssd": lambda rows: sweep_ssd(rows, args.warm_procs),
+        "gla": lambda rows: sweep_kernels(rows, "gla", args.warm_procs),
+        "ssd": lambda rows: sweep_kernels(rows, "ssd", args.warm_procs),
     }
     unknown = set(args.ops.split(",")) - set(sweeps)
     if unknown:
