@@ -59,6 +59,7 @@ def _family_section(
         done = {s: r["training"]["steps"] for s, r in sorted(by_model[ORIGINAL].items())}
         lines += [f"Pretraining steps done: {', '.join(f'seed {s}: {n}' for s, n in done.items())}.", ""]
         lines += _per_seed_table(by_model, models, seeds, pairs, lengths[0])
+        lines += _learned_seed_plots(family, by_model, models, seeds, lengths[0], out)
     # Means compare like with like: over the seeds where every model is done (all seeds if none is complete).
     complete = [s for s in seeds if all(s in by_model[m] for m in models)] or seeds
     all_runs = by_model
@@ -162,6 +163,31 @@ def _per_seed_table(
         learned = "yes" if _learned(by_model, seed, length) else "no"
         lines.append(f"| {seed} | {learned} | " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def _learned_seed_plots(
+    family: str,
+    by_model: dict[str, dict[int, dict[str, Any]]],
+    models: list[str],
+    seeds: list[int],
+    length: int,
+    out: Path,
+) -> list[str]:
+    """Accuracy against pairs for each seed whose source learned recall: the runs where the state can matter."""
+    lines = []
+    for seed in [s for s in seeds if _learned(by_model, s, length)]:
+        curves = {}
+        for model in models:
+            if (result := by_model[model].get(seed)) is not None:
+                points = [(n, a) for n, a in zip(result["mqar_pairs"], mqar_at(result, length)) if a is not None]
+                curves[model] = ([n for n, _ in points], [a for _, a in points])
+        name = f"{family}_seed{seed}_mqar_{format_length(length)}.png"
+        plot_lines(
+            curves, out / name, f"{family} seed {seed} (source learned recall): MQAR at {format_length(length)} tokens",
+            xlabel="key-value pairs", ylabel="query accuracy",
+        )  # fmt: skip
+        lines.append(f"![{family} seed {seed} MQAR]({name})")
+    return [" ".join(lines), ""] if lines else []
 
 
 def _learned(by_model: dict[str, dict[int, dict[str, Any]]], seed: int, length: int) -> bool:
