@@ -7,10 +7,13 @@ Bad input is one line on stderr and exit code 2, with nothing written; the conve
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from statex_hf.expansion.errors import StateXInputError
+from statex_hf.errors import StateXUserError
 from statex_hf.hub import HubPushError
 
 EXIT_BAD_INPUT = 2
@@ -78,29 +81,33 @@ def run(args: argparse.Namespace) -> int:
     if args.private and not args.push_to_hub:
         return _fail("--private needs --push-to-hub")
     try:
-        report = convert(
-            args.family,
-            args.source,
-            args.output,
-            layers=args.layers,
-            every=args.every,
-            init=args.init,
-            num_heads=getattr(args, "num_heads", None),
-            state_size=getattr(args, "state_size", None),
-            dtype=args.dtype,
-            seed=args.seed,
-            tokenizer=args.tokenizer,
-            overwrite=args.overwrite,
-            push_to_hub=args.push_to_hub,
-            private=args.private,
-            max_shard_size=args.max_shard_size,
-            progress=not args.quiet,
-        )
-    except StateXInputError as err:
+        with _sigterm_unwinds():
+            report = convert(
+                args.family,
+                args.source,
+                args.output,
+                layers=args.layers,
+                every=args.every,
+                init=args.init,
+                num_heads=getattr(args, "num_heads", None),
+                state_size=getattr(args, "state_size", None),
+                dtype=args.dtype,
+                seed=args.seed,
+                tokenizer=args.tokenizer,
+                overwrite=args.overwrite,
+                push_to_hub=args.push_to_hub,
+                private=args.private,
+                max_shard_size=args.max_shard_size,
+                progress=not args.quiet,
+            )
+    except StateXUserError as err:
         return _fail(str(err))
     except KeyboardInterrupt:
         print("statex-hf convert: interrupted; nothing written", file=sys.stderr)
         return 130
+    except Terminated:
+        print("statex-hf convert: terminated (SIGTERM); nothing written", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except HubPushError as err:
         print(f"statex-hf convert: {err} (the converted folder is at {args.output})", file=sys.stderr)
         return EXIT_PUSH_FAILED
@@ -108,6 +115,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {line}", file=sys.stderr)
     print("\n".join(report.lines()))
     return 0
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived; raised like KeyboardInterrupt so the temporary folder is removed on the way out."""
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While converting, SIGTERM (``kill``, a job scheduler) unwinds the stack as Ctrl-C does."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _fail(message: str) -> int:
