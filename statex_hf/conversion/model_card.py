@@ -19,13 +19,27 @@ _METHOD = {
     "mamba2": "state-dimension expansion: each expanded layer's SSM state dimension N grows (only the B and C "
     "rows of `in_proj` and channels of `conv1d` grow)",
 }
+_REFERENCE = "the initialization of the paper's released code (thunlp/StateX at 76d15ef, {where})"
 _INIT = {
-    "reinit": "the expanded parts were freshly initialized with the model class's own initialization "
-    "(the paper's default)",
+    ("gla", "reinit"): "the chosen layers' token mixers and pre-mixer RMSNorms were re-initialized with "
+    + _REFERENCE.format(where="`modeling/gla/model.py` `drop_layers`, `modeling/gla/layer.py`")
+    + ": every linear layer `xavier_uniform_(gain=2**-2.5)` with zero bias, norm weights 1, short "
+    "convolutions PyTorch's `nn.Conv1d` default; the MLPs were kept",
+    ("mamba2", "reinit"): "all B/C rows of `in_proj` (old and new) and B/C channels of `conv1d` were drawn with "
+    + _REFERENCE.format(where="`modeling/mamba2/layer.py` `drop_layer`")
+    + ": PyTorch's `nn.Linear` / `nn.Conv1d` default, U(±1/sqrt(fan_in)); `dt_bias` 1, `A_log` log(1..H), "
+    "gated norm weight 1; z, x and dt rows, x channels, `D` and `out_proj` were kept",
+    "reinit-init-weights": "the expanded parts were re-initialized by the StateX model class's own "
+    "`_init_weights` (what training from scratch would give; not the paper's initialization, which is `reinit`)",
     "inherit": "the pretrained projections were kept; the output-norm weight was tiled over the merged head",
     "copy": "the old B/C rows and conv channels were tiled over the new state size",
     "zero": "the old B/C rows and conv channels were kept first, zeros after",
 }
+
+
+def init_description(family: str, init: str) -> str:
+    """What ``--init`` did to the expanded layers, in one sentence part."""
+    return _INIT.get((family, init)) or _INIT[init]
 
 
 @dataclass
@@ -79,7 +93,7 @@ long-context post-training before it matches or beats the source model.
 
 - Method: {_METHOD[facts.family]}.
 - Expanded layers: {layers} (of {facts.num_layers}).
-- Init mode: `{facts.init}` — {_INIT[facts.init]}. Seed: {facts.seed}.
+- Init mode: `{facts.init}` — {init_description(facts.family, facts.init)}. Seed: {facts.seed}.
 - Parameters: {facts.params_before:,} → {facts.params_after:,} ({delta:+,}).
 - Recurrent state, all layers: {total_before:,} → {total_after:,} values per sequence ({growth}).
 
