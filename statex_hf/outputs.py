@@ -88,7 +88,7 @@ def check_writable(path: Path, label: str) -> None:
         ) from None
 
 
-def _check_place(resolved: Path, label: str, inputs: Mapping[str, str | Path]) -> None:
+def check_place(resolved: Path, label: str, inputs: Mapping[str, str | Path]) -> None:
     """Never the current folder or one that holds it, never an input or a folder that holds one."""
     cwd = Path.cwd().resolve()
     if resolved == cwd:
@@ -120,7 +120,7 @@ def check_output_folder(
     """
     label = label or f"output {path}"
     resolved = Path(path).expanduser().resolve()
-    _check_place(resolved, label, inputs or {})
+    check_place(resolved, label, inputs or {})
     if not resolved.exists():
         check_writable(resolved, label)
         return resolved
@@ -161,4 +161,4 @@ def check_output_file(
     return resolved
 
 
-__all__ = ["check_output_file", "check_output_folder", "check_writable", "unsaved_reason"]
+__all__ = ["check_output_file", "check_output_folder", "check_place", "check_writable", "unsaved_reason"]

@@ -6,40 +6,19 @@ and the fix, and every file that was there before still there, byte for byte.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cli_checks import assert_refused, run_cli, snapshot, unwritable_place
 from source_checkpoints import write_fla_gla
 
-from statex_hf.cli import main
 
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every file and folder under ``root`` with a hash of its bytes: what 'nothing changed' compares."""
-    found = {}
-    for path in sorted(root.rglob("*")):
-        rel = str(path.relative_to(root))
-        found[rel] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
-    return found
-
-
-def run_cli(capsys, *argv) -> tuple[int, list[str]]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err.strip().splitlines()
-
-
-def assert_refused(code: int, err: list[str], *phrases: str) -> None:
-    assert code == 2, err
-    assert len(err) == 1, err
-    for phrase in phrases:
-        assert phrase in err[0], err[0]
+@pytest.fixture
+def unwritable_folder(tmp_path):
+    yield from unwritable_place(tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -62,21 +41,6 @@ def workspace(tmp_path, gla_source):
     (tmp_path / "project").mkdir()
     (tmp_path / "project" / "train.py").write_text("print('my experiment')\n")
     return tmp_path
-
-
-@pytest.fixture
-def unwritable_folder(tmp_path) -> Path:
-    """A folder this process cannot create anything in, also as root (sysfs refuses new entries to everyone)."""
-    if os.geteuid() != 0:
-        folder = tmp_path / "read-only"
-        folder.mkdir()
-        folder.chmod(0o555)
-        yield folder
-        folder.chmod(0o755)
-        return
-    if not Path("/sys/kernel").is_dir():
-        pytest.skip("running as root without sysfs: no folder here refuses writes to root")
-    yield Path("/sys/kernel")
 
 
 def convert(capsys, source, output, *extra) -> tuple[int, list[str]]:
@@ -206,5 +170,5 @@ def test_sigterm_during_convert_leaves_no_temporary_folder(workspace):
         timeout=300,
     )
     assert result.returncode == 128 + 15, (result.returncode, result.stderr[-2000:])
-    assert result.stderr.strip().splitlines() == ["statex-hf convert: terminated (SIGTERM); nothing written"]
+    assert result.stderr.strip().splitlines() == ["statex-hf convert gla: terminated (SIGTERM); nothing written"]
     assert sorted(p.name for p in workspace.iterdir()) == ["project", "src"]

@@ -158,6 +158,11 @@ class StateXGLAConfig(PretrainedConfig):
         if self.statex_layers:
             check_divides("statex_num_heads", self.statex_num_heads, "key_dim", self.key_dim)
             check_divides("statex_num_heads", self.statex_num_heads, "value_dim", self.value_dim)
+            if self.statex_num_heads >= self.num_heads:  # the state per layer is key_dim * value_dim / heads
+                raise ValueError(
+                    f"statex_num_heads={self.statex_num_heads} is not fewer than num_heads={self.num_heads}: the "
+                    "expanded layers' state would not grow; use fewer heads there (e.g. statex_num_heads=1)"
+                )
         if self.num_kv_heads is not None and self.num_kv_heads != self.num_heads:
             check_divides("num_kv_heads", self.num_kv_heads, "num_heads", self.num_heads)
             if self.statex_layers:

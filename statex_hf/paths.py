@@ -1,0 +1,44 @@
+"""Local path or Hub id? The one rule every command applies to an argument that names a model, tokenizer or data.
+
+A name is a local path when it exists on disk; starts with ``.``, ``/`` or ``~``; has more than one
+``/``; is not a valid Hub repo id; or its first part is a local folder (``out/model`` while ``out/``
+exists can only mean a folder inside it). Anything else is a Hub id. A local path that does not exist
+is answered at once with one line, before the Hub is ever asked.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from statex_hf.errors import StateXUserError
+
+
+def looks_like_local_path(name: str) -> bool:
+    """Whether ``name`` means a file or folder on this machine rather than a Hub repo id (see the module rule)."""
+    if os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return True
+    if "/" in name and os.path.isdir(name.split("/", 1)[0]):
+        return True
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
+
+
+def require_local_folder(name: str, label: str) -> Path:
+    """The existing folder ``name`` (a local path), or one line saying there is no such local folder."""
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise StateXUserError(
+            f"{label} {name}: no such local folder; give an existing folder or a Hub repo id (org/name)"
+        )
+    if not path.is_dir():
+        raise StateXUserError(f"{label} {name} is a file; give the folder that holds it")
+    return path
+
+
+__all__ = ["looks_like_local_path", "require_local_folder"]
