@@ -353,3 +353,15 @@ def test_python_m_statex_hf_cli_starts_without_torch():
     imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time")}
     assert "statex_hf.init_modes" in imported  # the report covers the command's own imports
     assert not {name for name in imported if name.split(".")[0] in ("torch", "transformers")}
+
+
+def test_console_script_evaluates_a_statex_model(saved, tmp_path):
+    """The console script registers the StateX classes itself before it loads a model (not at import)."""
+    script = str(Path(sys.executable).with_name("statex-hf"))
+    argv = ["eval", "mqar", str(saved["statex"]), "--num-pairs", "2", "--lengths", "32", "--samples", "1"]
+    argv += ["--output", str(tmp_path / "r.json"), "--no-plot", "--no-progress"]
+    result = subprocess.run(
+        [sys.executable, "-c", CONSOLE_SCRIPT, script, *argv], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "r.json").read_text())["task"] == "mqar"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import typing
 from collections.abc import Sequence
@@ -269,6 +270,10 @@ def _check_output(args: argparse.Namespace, inputs: dict[str, str]) -> Path:
             f"{label} already holds a training run; pass --resume to continue it, --overwrite to start over, "
             "or choose another folder"
         )
+    if out.is_dir() and not any(out.iterdir()):  # an empty folder: Trainer writes into it, nothing is lost
+        check_place(out, label, inputs)
+        check_writable(out / "checkpoint", label)
+        return out
     return check_output_folder(out, overwrite=args.overwrite, inputs=inputs, label=label)
 
 
@@ -296,10 +301,14 @@ def run(args: argparse.Namespace) -> int:
     from statex_hf.training.posttrain import posttrain
     from statex_hf.training.recipe import recipe_training_arguments
 
+    statex_hf.register_auto_classes()  # the model check asks transformers which model types it knows
     overrides = _training_overrides(args)
     _check_inputs(args, overrides)
     inputs = {"model": args.model, "data": args.data, **({"tokenizer": args.tokenizer} if args.tokenizer else {})}
-    out = _check_output(args, inputs)
+    # Under torchrun / accelerate launch every process runs this; one decides about OUT (and replaces it),
+    # so the others never see it half removed or already started by the first.
+    main_process = os.environ.get("RANK", "0") == "0"
+    out = _check_output(args, inputs) if main_process else Path(args.out).expanduser().resolve()
     lengths = {
         key: value
         for key, value in (("seq_len", args.seq_len), ("batch_tokens", args.batch_tokens))
@@ -322,8 +331,7 @@ def run(args: argparse.Namespace) -> int:
     chunk: int | str | None = "auto"
     if args.chunked_loss_size is not None:
         chunk = args.chunked_loss_size or None
-    statex_hf.register_auto_classes()
-    if args.overwrite and out.exists():
+    if args.overwrite and main_process and out.exists():
         shutil.rmtree(out)  # checked above: a folder an earlier StateX save wrote
     trainer = posttrain(
         args.model,
