@@ -33,8 +33,11 @@ def require_local_folder(name: str, label: str) -> Path:
     """The existing folder ``name`` (a local path), or one line saying there is no such local folder."""
     path = Path(name).expanduser()
     if not path.exists():
+        first = name.split("/", 1)[0]
+        inside = "/" in name and Path(first).is_dir()
+        why = f" ({first}/ is a folder here, so this names a path in it)" if inside else ""
         raise StateXUserError(
-            f"{label} {name}: no such local folder; give an existing folder or a Hub repo id (org/name)"
+            f"{label} {name}: no such local folder{why}; give an existing folder or a Hub repo id (org/name)"
         )
     if not path.is_dir():
         raise StateXUserError(f"{label} {name} is a file; give the folder that holds it")
