@@ -159,6 +159,12 @@ def test_posttrain_an_unconverted_fla_checkpoint(work, fla_source, capsys):
     refused(capsys, work, argv, "an fla GLA checkpoint", f"convert it first: statex-hf convert gla {fla_source}")
 
 
+def test_posttrain_truncated_safetensors(work, capsys):
+    weights = work / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    refused(capsys, work, posttrain(work, "--max-steps", "1"), "corrupt or truncated", "save the model again")
+
+
 def test_posttrain_a_missing_local_model_is_answered_without_the_hub(work, capsys, monkeypatch):
     """`out/no-such-model` while out/ exists: a local path, answered at once (no Hub request, no retries)."""
     monkeypatch.chdir(work)

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from statex_hf.errors import StateXUserError
-from statex_hf.paths import looks_like_local_path, require_local_folder
-from statex_hf.saved_files import CONFIG_FILE, TOKENIZER_FILES
+from statex_hf.paths import check_checkpoint_folder, looks_like_local_path, require_local_folder
+from statex_hf.saved_files import TOKENIZER_FILES
 
 DTYPE_NAMES = ("bfloat16", "float16", "float32")
 
@@ -48,21 +48,6 @@ def check_device(device: str | None) -> None:
         raise StateXUserError(f"--device {device}: MPS is not available on this machine; use --device cpu")
 
 
-def _check_weights(folder: Path, label: str) -> None:
-    """Every safetensors file's header and size are sound (a truncated download fails here, not mid-load)."""
-    from statex_hf.conversion.readers import check_safetensors
-
-    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("pytorch_model*.bin"))
-    if not weights:
-        raise StateXUserError(f"{label} {folder} has no weights (model.safetensors or pytorch_model.bin)")
-    for path in weights:
-        if path.suffix == ".safetensors":
-            try:
-                check_safetensors(path)
-            except StateXUserError as err:
-                raise StateXUserError(f"{label} {folder}: {err}; download or save the model again") from None
-
-
 def check_sources(model: str, tokenizer: str | None) -> None:
     """A local MODEL is a checkpoint folder with readable weights and, unless ``--tokenizer`` is given, a tokenizer.
 
@@ -70,10 +55,8 @@ def check_sources(model: str, tokenizer: str | None) -> None:
     (:mod:`statex_hf.paths`) decides which one a name is.
     """
     if looks_like_local_path(model):
-        folder = require_local_folder(model, "MODEL")
-        if not (folder / CONFIG_FILE).is_file():
-            raise StateXUserError(f"MODEL {model} has no {CONFIG_FILE}; give a checkpoint folder")
-        _check_weights(folder, "MODEL")
+        check_checkpoint_folder(model, "MODEL")
+        folder = Path(model).expanduser()
         if tokenizer is None and not any((folder / name).is_file() for name in TOKENIZER_FILES):
             raise StateXUserError(
                 f"MODEL {model} has no tokenizer files; pass --tokenizer NAME_OR_PATH "

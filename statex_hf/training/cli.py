@@ -25,20 +25,22 @@ from statex_hf.training.freezing import FREEZE_MODES
 
 # TrainingArguments fields the command sets itself: the output folder is OUT, resuming is --resume.
 _OWN_FIELDS = ("output_dir", "resume_from_checkpoint")
-# TrainingArguments fields whose given value must be at least this (a 0 or negative one is a mistake, not a mode).
-_AT_LEAST = {
-    "max_steps": 1,
-    "num_train_epochs": 1e-9,
-    "per_device_train_batch_size": 1,
-    "gradient_accumulation_steps": 1,
-    "logging_steps": 1e-9,
-    "save_steps": 1e-9,
-    "save_total_limit": 1,
-    "learning_rate": 0,
-    "warmup_steps": 0,
-    "weight_decay": 0,
-    "max_grad_norm": 0,
-}
+# Given TrainingArguments values that are a mistake rather than a mode (--max-steps 0 would train a whole epoch).
+_AT_LEAST_ONE = ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "save_total_limit")
+_POSITIVE = ("num_train_epochs", "logging_steps", "save_steps")
+_NOT_NEGATIVE = ("learning_rate", "warmup_steps", "weight_decay", "max_grad_norm")
+
+
+def _check_ranges(overrides: dict[str, Any]) -> None:
+    for names, ok, rule in (
+        (_AT_LEAST_ONE, lambda v: v >= 1, "at least 1"),
+        (_POSITIVE, lambda v: v > 0, "positive"),
+        (_NOT_NEGATIVE, lambda v: v >= 0, "at least 0"),
+    ):
+        for name in names:
+            value = overrides.get(name)
+            if isinstance(value, int | float) and not ok(value):
+                raise StateXUserError(f"--{name.replace('_', '-')} {value}: must be {rule}")
 
 
 def _parse_training_arg(text: str) -> tuple[str, Any]:
@@ -201,29 +203,17 @@ def _training_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if name in _OWN_FIELDS:
             raise StateXUserError(f"--training-arg {name}: set by posttrain itself (OUT / --resume)")
         overrides[name] = value
-    for name, minimum in _AT_LEAST.items():
-        value = overrides.get(name)
-        if isinstance(value, int | float) and value < minimum:
-            flag = f"--{name.replace('_', '-')}"
-            shown = "a positive number" if 0 < minimum < 1 else f"at least {minimum}"
-            raise StateXUserError(f"{flag} {value}: must be {shown}")
+    _check_ranges(overrides)
     return overrides
 
 
 def _check_model(model: str) -> None:
     """A local MODEL is a checkpoint folder transformers can load; an unconverted source is sent to ``convert``."""
-    from statex_hf.paths import looks_like_local_path, require_local_folder
+    from statex_hf.paths import check_checkpoint_folder, looks_like_local_path
 
     if not looks_like_local_path(model):
         return
-    folder = require_local_folder(model, "MODEL")
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise StateXUserError(f"MODEL {model} has no config.json; give a checkpoint folder")
-    try:
-        config = json.loads(config_file.read_text())
-    except ValueError as err:
-        raise StateXUserError(f"MODEL {model}: config.json is not valid JSON ({err})") from None
+    config = check_checkpoint_folder(model, "MODEL")
     model_type = config.get("model_type")
     if model_type == "gla":
         raise StateXUserError(
