@@ -26,6 +26,7 @@ _CLASSES = {
 def register_auto_classes() -> None:
     """Register the StateX configs and models with ``AutoConfig``, ``AutoModel`` and ``AutoModelForCausalLM``."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     from statex_hf.modeling.gla import StateXGLAConfig, StateXGLAForCausalLM, StateXGLAModel
     from statex_hf.modeling.mamba2 import StateXMamba2Config, StateXMamba2ForCausalLM, StateXMamba2Model
@@ -37,6 +38,9 @@ def register_auto_classes() -> None:
         AutoConfig.register(config.model_type, config, exist_ok=True)
         AutoModel.register(config, model, exist_ok=True)
         AutoModelForCausalLM.register(config, lm, exist_ok=True)
+        # `register` does not reach transformers' table of causal-LM names, which tools read to tell a causal LM
+        # by its model_type (lm-eval's HFLM, the text-generation pipeline's model check).
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.setdefault(config.model_type, lm.__name__)
 
 
 def _starting_the_command_line() -> bool:

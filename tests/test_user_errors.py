@@ -27,12 +27,7 @@ def unwritable_folder(tmp_path):
     yield from unwritable_place(tmp_path)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +100,7 @@ def test_convert_an_existing_statex_checkpoint(work, capsys):
 
 def test_convert_bad_shard_size(work, fla_source, capsys):
     argv = ["convert", "gla", fla_source, work / "o", "--max-shard-size", "5XB"]
-    refused(capsys, work, argv, "'5XB' is not a size", "5GB")
+    refused(capsys, work, argv, "--max-shard-size: `size` 5XB is not in a valid format", "5.0GB")
 
 
 def test_gla_config_refuses_an_expanded_layer_with_a_smaller_state():

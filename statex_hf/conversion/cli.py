@@ -38,15 +38,16 @@ def _layer_list(text: str) -> list[int]:
 
 
 def _size(text: str) -> int:
-    """``5GB`` / ``100KB`` / a byte count, as ``save_pretrained``'s ``max_shard_size`` reads it."""
-    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-    value = text.strip().upper()
-    for unit, factor in units.items():
-        if value.endswith(unit) and value[: -len(unit)].strip().isdigit():
-            return int(value[: -len(unit)]) * factor
-    if value.isdigit() and int(value) > 0:
-        return int(value)
-    raise argparse.ArgumentTypeError(f"{text!r} is not a size; give e.g. 5GB, 500MB or a byte count")
+    """``5GB`` / ``500MB`` / ``1GiB``, read by accelerate as ``save_pretrained`` reads ``max_shard_size``.
+
+    Only a given value is read, so accelerate, and torch with it, load only when the flag is used.
+    """
+    from accelerate.utils import convert_file_size_to_int
+
+    try:
+        return convert_file_size_to_int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_convert_arguments(parser: argparse.ArgumentParser, family: str) -> None:
@@ -75,7 +76,9 @@ def add_convert_arguments(parser: argparse.ArgumentParser, family: str) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an output folder that an earlier conversion wrote"
     )
-    parser.add_argument("--max-shard-size", type=_size, default="5GB", help="largest safetensors shard (5GB)")
+    parser.add_argument(
+        "--max-shard-size", type=_size, help="largest safetensors shard (default 5GB, as save_pretrained)"
+    )
     parser.add_argument("--push-to-hub", metavar="REPO", help="then upload to this Hub repo in one commit")
     parser.add_argument("--private", action="store_true", help="create the Hub repo private")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -125,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite,
                 push_to_hub=args.push_to_hub,
                 private=args.private,
-                max_shard_size=args.max_shard_size,
+                **({"max_shard_size": args.max_shard_size} if args.max_shard_size else {}),
                 progress=not args.quiet,
             )
     except KeyboardInterrupt:

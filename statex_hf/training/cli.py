@@ -69,7 +69,7 @@ def _add_own_arguments(p: argparse.ArgumentParser) -> dict[str, argparse.Action]
         ),
         p.add_argument("--text-column", default="text", help="the column holding the documents (default: text)"),
         p.add_argument("--split", default="train", help="the dataset split (default: train)"),
-        p.add_argument("--dataset-config", help="the Hub dataset's configuration name"),
+        p.add_argument("--dataset-config", help="the Hub dataset's configuration name (default: none)"),
         p.add_argument(
             "--streaming", action="store_true", help="read the data lazily (needs --max-steps/--max-tokens)"
         ),
@@ -79,7 +79,9 @@ def _add_own_arguments(p: argparse.ArgumentParser) -> dict[str, argparse.Action]
             default="document",
             help="what one document of a text file is (default: document)",
         ),
-        p.add_argument("--freeze", choices=FREEZE_MODES, default="none", help="which parameters stay fixed"),
+        p.add_argument(
+            "--freeze", choices=FREEZE_MODES, default="none", help="which parameters stay fixed (default: none)"
+        ),
         p.add_argument("--lora", action="store_true", help="train LoRA adapters (peft) instead of the full model"),
         p.add_argument("--lora-r", type=at_least(1), default=16, help="LoRA rank (default: 16)"),
         p.add_argument("--lora-alpha", type=at_least(1), default=32, help="LoRA alpha (default: 32)"),
@@ -98,9 +100,13 @@ def _add_own_arguments(p: argparse.ArgumentParser) -> dict[str, argparse.Action]
             help="tokens per loss chunk (default: 4096 from 8K tokens per micro-batch on; 0 = off)",
         ),
         p.add_argument("--batch-tokens", type=at_least(1), help="tokens per optimizer step"),
-        p.add_argument("--max-tokens", type=at_least(1), help="total training tokens (sets max_steps)"),
+        p.add_argument("--max-tokens", type=at_least(1), help="total training tokens (sets max_steps; default: none)"),
         p.add_argument(
-            "--resume", nargs="?", const=True, default=None, help="resume from OUT's last checkpoint, or from PATH"
+            "--resume",
+            nargs="?",
+            const=True,
+            default=None,
+            help="resume from OUT's last checkpoint, or from PATH (default: start afresh)",
         ),
         p.add_argument(
             "--overwrite", action="store_true", help="replace an OUT that an earlier posttrain or convert wrote"
@@ -120,35 +126,24 @@ def _add_own_arguments(p: argparse.ArgumentParser) -> dict[str, argparse.Action]
             type=_parse_training_arg,
             default=[],
             metavar="NAME=VALUE",
-            help="any transformers.TrainingArguments field, as the typed flags below (repeatable)",
+            help="any transformers.TrainingArguments field, as the typed flags below (repeatable; default: none)",
         ),
     ]
     return {action.dest: action for action in own}
-
-
-def _recipe_defaults() -> dict[str, Any]:
-    """What the recipe sets where no flag is given, for ``--help``."""
-    from statex_hf.training.recipe import PAPER_BATCH_TOKENS, PAPER_SEQ_LEN, PAPER_TRAINING_ARGS
-
-    return {
-        "seq_len": f"{PAPER_SEQ_LEN:,} (the paper's)",
-        "batch_tokens": f"{PAPER_BATCH_TOKENS:,} (the paper's)",
-        **{name: f"{value} (the paper's)" for name, value in PAPER_TRAINING_ARGS.items()},
-    }
 
 
 def _training_arguments_flags() -> argparse.ArgumentParser:
     """Every TrainingArguments field as a typed flag (``HfArgumentParser``); none given means the recipe's value."""
     from transformers import HfArgumentParser, TrainingArguments
 
-    defaults = _recipe_defaults()
+    from statex_hf.training.recipe import default_help
+
     hints = typing.get_type_hints(TrainingArguments)
     fields = []
     for f in dataclasses.fields(TrainingArguments):
         if not f.init or f.name in _OWN_FIELDS:
             continue
-        shown = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else "")
-        metadata = {**f.metadata, "help": f"{f.metadata.get('help', '')} (default: {shown})".strip()}
+        metadata = {**f.metadata, "help": f"{f.metadata.get('help', '')} (default: {default_help(f.name)})".strip()}
         # A flag that is not given leaves nothing behind, so only what the user chose overrides the recipe.
         fields.append((f.name, hints[f.name], dataclasses.field(default=argparse.SUPPRESS, metadata=metadata)))
     options = dataclasses.make_dataclass("PosttrainTrainingArguments", fields)
@@ -180,10 +175,10 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
     )
     own = _add_own_arguments(parser)
     if parents:  # --help lists the recipe's defaults beside the flags that override them
-        defaults = _recipe_defaults()
-        for dest, action in own.items():
-            if dest in defaults:
-                action.help = f"{action.help} (default: {defaults[dest]})"
+        from statex_hf.training.recipe import default_help
+
+        for dest in ("seq_len", "batch_tokens"):
+            own[dest].help = f"{own[dest].help} (default: {default_help(dest)})"
     set_command(parser, run)
 
 
