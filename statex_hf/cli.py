@@ -1,10 +1,11 @@
 """The ``statex-hf`` command line: one parser class, and one way every command reports a user's mistake.
 
 Each command group lives in its own ``<area>/cli.py``, whose ``add_parser(subparsers, name, help, argv)``
-adds the command's parser and sets what it runs. Only the module of the command being run is imported, and each imports
-torch and transformers inside the function that runs the command, so ``--help`` and a bad argument
-answer at once. A :class:`~statex_hf.errors.StateXUserError` from a command becomes one line,
-``PROG: error: MESSAGE``, on stderr and the exit code :data:`~statex_hf.errors.EXIT_USER_ERROR`.
+adds the command's parser and sets what it runs. Only the module of the command being run is
+imported, and each imports torch and transformers inside the function that runs the command, so
+``--help`` and a bad argument answer at once. A :class:`~statex_hf.errors.StateXUserError` from a
+command becomes one line, ``PROG: error: MESSAGE``, on stderr and the exit code
+:data:`~statex_hf.errors.EXIT_USER_ERROR`.
 """
 
 from __future__ import annotations
