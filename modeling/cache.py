@@ -57,15 +57,8 @@ class StateXCache(Cache):
         self._select(lambda rows: indices.to(self._device()))
 
     def state_tensors(self) -> list[torch.Tensor]:
-        """Every allocated state tensor, layer by layer (recurrent state first, then the conv states)."""
-        tensors = []
-        for layer in self.layers:
-            for store, initialized in (
-                (layer.recurrent_states, layer.is_recurrent_states_initialized),
-                (layer.conv_states, layer.is_conv_states_initialized),
-            ):
-                tensors.extend(store[i] for i in sorted(store) if initialized[i])
-        return tensors
+        """Every allocated state tensor, layer by layer (recurrent states first, then the conv states)."""
+        return [store[i] for store, i in state_slots(self)]
 
     def _device(self) -> torch.device:
         tensors = self.state_tensors()
@@ -76,15 +69,21 @@ class StateXCache(Cache):
         if not tensors:
             return
         index = rows_to_keep(tensors[0].shape[0])
-        for layer in self.layers:
-            for store, initialized in (
-                (layer.recurrent_states, layer.is_recurrent_states_initialized),
-                (layer.conv_states, layer.is_conv_states_initialized),
-            ):
-                for i in store:
-                    if initialized[i]:
-                        store[i] = store[i].index_select(0, index)
+        for store, i in state_slots(self):
+            store[i] = store[i].index_select(0, index)
         self.graph_binding = None
+
+
+def state_slots(cache: Cache) -> list[tuple[dict, int]]:
+    """``(store, index)`` of every allocated state: ``store[index]`` is the tensor, layer by layer."""
+    slots = []
+    for layer in cache.layers:
+        for store, initialized in (
+            (layer.recurrent_states, layer.is_recurrent_states_initialized),
+            (layer.conv_states, layer.is_conv_states_initialized),
+        ):
+            slots.extend((store, i) for i in sorted(store) if initialized[i])
+    return slots
 
 
 def _layer(cache: Cache, layer_idx: int) -> LinearAttentionLayer:
@@ -129,7 +128,8 @@ def store_conv_state(cache: Cache, layer_idx: int, state: torch.Tensor, state_id
     layer = _layer(cache, layer_idx)
     if not layer.is_conv_states_initialized[state_idx]:
         layer.lazy_initialization(conv_states=state, state_idx=state_idx, conv_kernel_size=state.shape[-1])
-    layer.conv_states[state_idx].copy_(state)
+    if state is not layer.conv_states[state_idx]:
+        layer.conv_states[state_idx].copy_(state)
     layer.has_previous_state[state_idx] = True
 
 
@@ -142,3 +142,27 @@ def count_tokens(cache: Cache, tokens: int) -> None:
         count = getattr(layer, "cumulative_length_linear", None)
         if count is not None:
             count.add_(tokens)
+
+
+def copy_states(source: Cache, target: Cache) -> None:
+    """Write every state ``source`` holds into ``target`` (into its own tensors, allocated if needed)."""
+    for layer_idx, layer in enumerate(source.layers):
+        state = recurrent_state(source, layer_idx)
+        if state is not None:
+            store_recurrent_state(target, layer_idx, state)
+        for state_idx in range(layer.number_of_states):
+            window = conv_state(source, layer_idx, state_idx)
+            if window is not None:
+                store_conv_state(target, layer_idx, window, state_idx)
+
+
+def share_states(owner: Cache, borrower: Cache) -> None:
+    """Make ``borrower``'s layers hold ``owner``'s state tensors themselves (same memory, same addresses)."""
+    for (store, i), (own_store, j) in zip(state_slots(borrower), state_slots(owner), strict=True):
+        store[i] = own_store[j]
+
+
+def unshare_states(cache: Cache) -> None:
+    """Give ``cache`` its own copy of every state tensor (after :func:`share_states`)."""
+    for store, i in state_slots(cache):
+        store[i] = store[i].clone()

@@ -9,10 +9,12 @@ else (cache, packing, padding, hidden states, logits, loss, generation) is here,
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 from statex_hf.modeling.cache import count_tokens
 from statex_hf.modeling.causal_lm import causal_lm_head
+from statex_hf.modeling.decode_graphs import decode_graphs_for, graphs_wanted
 from statex_hf.modeling.generation import StateXGenerationMixin
 from statex_hf.modeling.recurrent_run import start_recurrent_run
 from torch import nn
@@ -138,6 +140,15 @@ class StateXRecurrentForCausalLM(PreTrainedModel, StateXGenerationMixin):
 
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.lm_head = new_embeddings
+
+    def _valid_auto_compile_criteria(self, model_kwargs: dict, generation_config) -> bool:
+        """``generate`` asks whether to run its decode steps through ``get_compiled_call``: on CUDA, yes,
+        as CUDA graphs, unless ``disable_compile=True`` (``modeling/decode_graphs.py``)."""
+        return graphs_wanted(self, generation_config)
+
+    def get_compiled_call(self, compile_config=None) -> Callable:
+        """The decode step replayed as CUDA graphs, any other call eager; ``compile_config`` is not used."""
+        return decode_graphs_for(self)
 
     @accepts_legacy_cache_names
     def forward(

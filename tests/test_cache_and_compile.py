@@ -3,8 +3,9 @@
 import pytest
 import torch
 from statex_hf.modeling import recurrent_run
+from statex_hf.modeling.cache import StateXCache, copy_states, share_states, unshare_states
 from tiny_models import VARIANTS, VOCAB, build
-from transformers import DynamicCache
+from transformers import DynamicCache, GenerationConfig
 from transformers.cache_utils import Cache, LinearAttentionLayer
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging as hf_logging
@@ -85,3 +86,28 @@ def test_packed_sequence_warning_uses_transformers_logging_once():
     finally:
         hf_logging.set_verbosity_warning()
     assert silenced.out == ""
+
+
+def test_reordering_keeps_the_states_where_they_are_and_sharing_can_be_undone():
+    """Beam search reorders in place (a CUDA graph keeps reading the same memory); a shared state can be
+    given back as a copy."""
+    model = build("mamba2", statex_layers=[1])
+    with torch.no_grad():
+        cache = model(torch.randint(3, VOCAB, (3, 5)), use_cache=True).cache
+    addresses = [t.data_ptr() for t in cache.state_tensors()]
+    expected = [t[[2, 0, 0]].clone() for t in cache.state_tensors()]
+    cache.reorder_cache(torch.tensor([2, 0, 0]))
+    assert [t.data_ptr() for t in cache.state_tensors()] == addresses
+    assert all(torch.equal(t, e) for t, e in zip(cache.state_tensors(), expected))
+
+    other = StateXCache(model.config)
+    copy_states(cache, other)
+    share_states(other, cache)
+    assert all(a is b for a, b in zip(cache.state_tensors(), other.state_tensors()))
+    unshare_states(cache)
+    assert all(a is not b and torch.equal(a, b) for a, b in zip(cache.state_tensors(), other.state_tensors()))
+
+
+def test_decoding_on_cpu_never_asks_for_graphs():
+    model = build("gla")
+    assert not model._valid_auto_compile_criteria({}, GenerationConfig())

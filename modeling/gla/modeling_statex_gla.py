@@ -170,8 +170,16 @@ class StateXGLATokenMixer(nn.Module):
             gk = gk * mask[..., None]
 
         initial_state = recurrent_state(cache, self.layer_idx) if use_cache else None
+        # A cached state is updated in place: a decode step reads and writes it once, at a fixed address.
         o, final_state = dispatch.gla(
-            q, k, v, gk, initial_state=initial_state, output_final_state=use_cache, cu_seqlens=cu_seqlens
+            q,
+            k,
+            v,
+            gk,
+            initial_state=initial_state,
+            output_final_state=use_cache,
+            cu_seqlens=cu_seqlens,
+            final_state=initial_state,
         )
         if use_cache:
             store_recurrent_state(cache, self.layer_idx, final_state)
