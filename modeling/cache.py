@@ -134,14 +134,27 @@ def store_conv_state(cache: Cache, layer_idx: int, state: torch.Tensor, state_id
 
 
 def count_tokens(cache: Cache, tokens: int) -> None:
-    """Record that every layer absorbed ``tokens`` more tokens (what ``get_seq_length`` reports)."""
+    """Record that every layer absorbed ``tokens`` more tokens (what :func:`tokens_seen` reports)."""
     if isinstance(cache, StateXCache):
         cache.seen_tokens += tokens
         return
-    for layer in cache.layers:  # a transformers cache: its own per-layer count, where its version keeps one
-        count = getattr(layer, "cumulative_length_linear", None)
-        if count is not None:
+    counts = [getattr(layer, "cumulative_length_linear", None) for layer in cache.layers]
+    if all(count is not None for count in counts):  # transformers' own per-layer count (from 5.2x on)
+        for count in counts:
             count.add_(tokens)
+    else:  # older transformers keep no count for recurrent layers: keep one beside them
+        cache.statex_seen_tokens = getattr(cache, "statex_seen_tokens", 0) + tokens
+
+
+def tokens_seen(cache: Cache) -> int:
+    """How many tokens ``cache`` has absorbed (transformers 5.17's caches cannot tell for recurrent layers)."""
+    if isinstance(cache, StateXCache):
+        return cache.seen_tokens
+    if hasattr(cache, "statex_seen_tokens"):
+        return cache.statex_seen_tokens
+    if not any(getattr(layer, "has_previous_state", {}).get(0) for layer in cache.layers):
+        return 0
+    return int(cache.get_seq_length())
 
 
 def copy_states(source: Cache, target: Cache) -> None:

@@ -9,6 +9,7 @@ own models. On CUDA the one-token steps run as captured CUDA graphs (``modeling/
 from __future__ import annotations
 
 import torch
+from statex_hf.modeling.cache import tokens_seen
 from transformers import GenerationMixin
 
 # The cache's names before transformers 5.24; `generate` of those versions carries it under one of them.
@@ -23,7 +24,7 @@ def _tokens_not_in_cache(
     As transformers decides it: embeddings are always the whole sequence; ids are when the attention
     mask covers exactly them (or there is no mask). ``None`` when nothing needs slicing.
     """
-    seen = cache.get_seq_length()
+    seen = tokens_seen(cache)
     if not seen:
         return None
     if inputs_embeds is not None:
@@ -36,7 +37,7 @@ def _tokens_not_in_cache(
 def _check_new_tokens(cache, new_tokens: int) -> None:
     if new_tokens <= 0:
         raise ValueError(
-            f"The cache has already absorbed {cache.get_seq_length()} tokens and the input holds no token after "
+            f"The cache has already absorbed {tokens_seen(cache)} tokens and the input holds no token after "
             "them: to continue from a cache, pass the whole sequence (the earlier tokens and the new ones), or "
             "only the new tokens with an attention_mask over the whole sequence."
         )

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from statex_hf.modeling.recurrent_model import output_cache_field
-from tiny_models import VARIANTS, VOCAB, build
+from tiny_models import VARIANTS, VOCAB, build, returned_cache
 
 
 def greedy_by_full_forwards(model, ids, steps):
@@ -149,7 +149,9 @@ def test_returned_cache_continues_a_generation_from_ids(family):
     hook = model.register_forward_pre_hook(
         lambda _, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
     )
-    continued = model.generate(sequence, cache=first.cache, max_new_tokens=5, do_sample=False, eos_token_id=None)
+    continued = model.generate(
+        sequence, cache=returned_cache(first), max_new_tokens=5, do_sample=False, eos_token_id=None
+    )
     hook.remove()
     assert lengths == [4, 1, 1, 1, 1]
     assert torch.equal(continued, greedy_reference(model, sequence, 5))
@@ -162,7 +164,7 @@ def test_returned_cache_continues_a_generation_from_embeddings(family):
     first = model.generate(prompt, max_new_tokens=4, do_sample=False, eos_token_id=None, return_dict_in_generate=True)
     embeds = model.get_input_embeddings()(first.sequences).detach()
     continued = model.generate(
-        inputs_embeds=embeds, cache=first.cache, max_new_tokens=5, do_sample=False, eos_token_id=None
+        inputs_embeds=embeds, cache=returned_cache(first), max_new_tokens=5, do_sample=False, eos_token_id=None
     )
     assert torch.equal(continued, greedy_reference(model, prompt, 9)[:, 11:])
 
@@ -173,4 +175,4 @@ def test_continuing_from_a_cache_with_too_short_an_input_names_the_fix(family):
     prompt = torch.randint(3, VOCAB, (1, 7))
     first = model.generate(prompt, max_new_tokens=2, do_sample=False, eos_token_id=None, return_dict_in_generate=True)
     with pytest.raises(ValueError, match="pass the whole sequence"):
-        model.generate(prompt[:, :3], cache=first.cache, max_new_tokens=2, do_sample=False, eos_token_id=None)
+        model.generate(prompt[:, :3], cache=returned_cache(first), max_new_tokens=2, do_sample=False, eos_token_id=None)

@@ -6,6 +6,7 @@ inputs: the same tokens, and the graphs really served the steps.
 
 import pytest
 import torch
+from statex_hf.modeling.cache import StateXCache, copy_states
 from statex_hf.modeling.decode_graphs import decode_graphs_for
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
@@ -53,6 +54,11 @@ def generate_both(model, *args, seed: int = 0, **kwargs):
     return graphs, eager
 
 
+def returned_cache(output):
+    """The cache a generate output holds (``cache`` from transformers 5.24 on, else ``past_key_values``)."""
+    return next(getattr(output, n) for n in ("cache", "past_key_values") if getattr(output, n, None) is not None)
+
+
 def prompt(batch: int = 2, length: int = 9) -> torch.Tensor:
     return torch.randint(3, VOCAB, (batch, length), device=DEVICE)
 
@@ -71,9 +77,9 @@ def test_the_graph_updates_the_returned_cache(family):
     model = build(family, torch.float32)
     ids = prompt()
     first = model.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=None, return_dict_in_generate=True)
-    assert first.cache.graph_binding is not None
+    assert returned_cache(first).graph_binding is not None
     with torch.no_grad():
-        continued = model(first.sequences[:, -1:], cache=first.cache).logits[:, -1]
+        continued = model(first.sequences[:, -1:], cache=returned_cache(first)).logits[:, -1]
         full = model(first.sequences, use_cache=False).logits[:, -1]
     torch.testing.assert_close(continued, full, atol=1e-4, rtol=1e-4)
 
@@ -139,12 +145,17 @@ def test_a_second_generate_leaves_a_kept_cache_as_it_was(family):
     """Two caches of one batch size take turns on the same graph: the first keeps its own state."""
     model = build(family, torch.float32)
     first = model.generate(prompt(), max_new_tokens=5, do_sample=False, eos_token_id=None, return_dict_in_generate=True)
-    kept = [t.clone() for t in first.cache.state_tensors()]
+    cache = returned_cache(first)
+    kept = [t.clone() for t in cache.state_tensors()]
     model.generate(prompt(), max_new_tokens=5, do_sample=False, eos_token_id=None)
-    for before, after in zip(kept, first.cache.state_tensors()):
+    for before, after in zip(kept, cache.state_tensors()):
         assert torch.equal(before, after)
-    graphs = model.generate(first.sequences, cache=first.cache, max_new_tokens=4, do_sample=False, eos_token_id=None)
-    eager = model.generate(first.sequences, max_new_tokens=4, do_sample=False, eos_token_id=None, disable_compile=True)
+    twin = StateXCache(model.config)
+    copy_states(cache, twin)
+    twin.seen_tokens = cache.seen_tokens
+    kwargs = dict(max_new_tokens=4, do_sample=False, eos_token_id=None)
+    graphs = model.generate(first.sequences, cache=cache, **kwargs)
+    eager = model.generate(first.sequences, cache=twin, disable_compile=True, **kwargs)
     assert torch.equal(graphs, eager)
 
 
