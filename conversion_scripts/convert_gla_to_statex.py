@@ -1,7 +1,8 @@
 # Copyright the statex-hf authors. Licensed under the Apache License, Version 2.0.
 """Convert a flash-linear-attention GLA checkpoint into a StateX GLA checkpoint (head merging).
 
-Example, the paper's setting (layers 0, 6, 12, 18 of GLA-1.3B merged to one head, re-initialized):
+Example, the paper's setting (layers 0, 6, 12, 18 of GLA-1.3B merged to one head, their token mixers
+re-initialized as the paper's released code does, the default ``--init reinit``):
 
     python conversion_scripts/convert_gla_to_statex.py fla-hub/gla-1.3B-100B out/statex-gla-1.3b
 

@@ -59,10 +59,11 @@ def test_bad_layer_choices_name_the_option(kwargs, message):
 # ---- GLA ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("init", ["reinit", "reinit-init-weights"])
 @pytest.mark.parametrize("layers", [[0, 2], [1]])
-def test_gla_reinit_refreshes_only_the_mixer_and_its_pre_norm(layers):
+def test_gla_reinit_refreshes_only_the_mixer_and_its_pre_norm(layers, init):
     config, source = gla_source()
-    statex_config, out = expand_gla(config, source, layers=layers, init="reinit", seed=3)
+    statex_config, out = expand_gla(config, source, layers=layers, init=init, seed=3)
     assert statex_config.statex_layers == layers and statex_config.statex_num_heads == 1
     assert set(out) == set(source)
     for name, tensor in out.items():
@@ -73,9 +74,9 @@ def test_gla_reinit_refreshes_only_the_mixer_and_its_pre_norm(layers):
             assert not torch.equal(tensor, source[name]), f"{name} must be re-initialized"
 
 
-def test_gla_fresh_weights_follow_the_model_class_init():
+def test_gla_reinit_init_weights_follows_the_model_class_init():
     config, source = gla_source()
-    statex_config, out = expand_gla(config, source, layers=[1], seed=0)
+    statex_config, out = expand_gla(config, source, layers=[1], seed=0, init="reinit-init-weights")
     reference = StateXGLAForCausalLM(statex_config).state_dict()  # the class's own _init_weights
     for name, tensor in out.items():
         if layer_of(name) != 1 or not name.split(".")[3].startswith("attn"):
@@ -157,9 +158,9 @@ def split_conv(weight, d_inner, g, n):
     return torch.split(weight, [d_inner, g * n, g * n])
 
 
-def test_mamba2_reinit_keeps_z_x_dt_d_out_proj_and_resets_the_state_parts():
+def test_mamba2_reinit_init_weights_keeps_z_x_dt_d_out_proj_and_resets_the_state_parts():
     config, source, model = mamba2_source(n_groups=2)
-    statex_config, out = expand_mamba2(config, source, layers=[1, 3], init="reinit", seed=0)
+    statex_config, out = expand_mamba2(config, source, layers=[1, 3], init="reinit-init-weights", seed=0)
     d_inner, g, n, n_new, heads = 32, 2, 8, 32, 4
     assert statex_config.statex_state_size == n_new  # default 4x
     for i in range(4):
@@ -220,9 +221,9 @@ def test_mamba2_zero_expansion_computes_what_the_source_computed(n_groups):
         assert (ours(ids).logits - model(ids).logits).abs().max() <= 1e-4
 
 
-def test_mamba2_fresh_weights_are_the_model_class_init():
+def test_mamba2_reinit_init_weights_is_the_model_class_init():
     config, source, _ = mamba2_source(num_layers=2)
-    statex_config, out = expand_mamba2(config, source, layers=[1])
+    statex_config, out = expand_mamba2(config, source, layers=[1], init="reinit-init-weights")
     reference = StateXMamba2ForCausalLM(statex_config).state_dict()
     conv = "backbone.layers.1.mixer.conv1d.bias"
     assert torch.equal(split_conv(out[conv], 32, 2, 32)[1], split_conv(reference[conv], 32, 2, 32)[1])  # zeros
@@ -233,14 +234,15 @@ def test_mamba2_fresh_weights_are_the_model_class_init():
 
 
 @pytest.mark.parametrize("family", ["gla", "mamba2"])
-def test_fresh_init_is_deterministic_under_the_seed_and_per_layer(family):
+def test_model_class_init_is_deterministic_under_the_seed_and_per_layer(family):
+    init = "reinit-init-weights"  # the reference init: tests/test_reference_init.py
     if family == "gla":
         config, source = gla_source()
-        run = lambda seed, layers: expand_gla(config, source, layers=layers, seed=seed)[1]  # noqa: E731
+        run = lambda seed, layers: expand_gla(config, source, layers=layers, seed=seed, init=init)[1]  # noqa: E731
         key = "model.layers.2.attn.q_proj.weight"
     else:
         config, source, _ = mamba2_source()
-        run = lambda seed, layers: expand_mamba2(config, source, layers=layers, seed=seed)[1]  # noqa: E731
+        run = lambda seed, layers: expand_mamba2(config, source, layers=layers, seed=seed, init=init)[1]  # noqa: E731
         key = "backbone.layers.2.mixer.in_proj.weight"
     assert torch.equal(run(7, [2])[key], run(7, [2])[key])
     assert torch.equal(run(7, [2])[key], run(7, [0, 2])[key])  # independent of the other layers chosen

@@ -232,7 +232,7 @@ class StateXGLAPreTrainedModel(PreTrainedModel):
         fla draws the convolutions like the linear layers, normal(0, 0.02). Below a width of ~1k that shrinks
         q, k and v ~50x, the mixer output falls under the output norm's eps (RMS ~1e-6 vs 1e-3 at width
         256), so the norm cannot rescale it and a model trained from scratch (or a StateX layer re-initialized
-        by ``--init reinit``) starts with silent token mixers that never learn recall.
+        by ``--init reinit-init-weights``) starts with silent token mixers that never learn recall.
         """
         std = self.config.initializer_range
         if isinstance(module, nn.Conv1d):

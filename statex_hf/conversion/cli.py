@@ -27,10 +27,10 @@ def _layer_list(text: str) -> list[int]:
 
 
 def _size(text: str) -> int:
-    from huggingface_hub.serialization._base import parse_size_to_int
+    from accelerate.utils import convert_file_size_to_int  # "5GB", "500MB", "1GiB"
 
     try:
-        return parse_size_to_int(text)
+        return convert_file_size_to_int(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
@@ -55,7 +55,13 @@ def add_convert_arguments(parser: argparse.ArgumentParser, family: str) -> None:
     which.add_argument("--every", type=int, metavar="K", help="expand layers 0, K, 2K, ... (default: four layers)")
     which.add_argument("--layers", type=_layer_list, metavar="I,J,...", help="expand exactly these layers")
     modes = GLA_INIT_MODES if family == "gla" else MAMBA2_INIT_MODES
-    parser.add_argument("--init", choices=modes, default="reinit", help="initialization of the expanded parts")
+    parser.add_argument(
+        "--init",
+        choices=modes,
+        default="reinit",
+        help="initialization of the expanded parts (default reinit: the paper's released code's; "
+        "reinit-init-weights: the model class's _init_weights)",
+    )
     if family == "gla":
         parser.add_argument("--num-heads", type=int, default=1, help="heads of an expanded layer (default 1)")
     else:

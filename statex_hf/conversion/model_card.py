@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import ModelCard, ModelCardData, metadata_load
 
 CITATION = """@article{shen2025statex,
   title   = {StateX: Enhancing RNN Recall via Post-training State Expansion},
@@ -19,13 +20,27 @@ _METHOD = {
     "mamba2": "state-dimension expansion: each expanded layer's SSM state dimension N grows (only the B and C "
     "rows of `in_proj` and channels of `conv1d` grow)",
 }
+_REFERENCE = "the initialization of the paper's released code (thunlp/StateX at 76d15ef, {where})"
 _INIT = {
-    "reinit": "the expanded parts were freshly initialized with the model class's own initialization "
-    "(the paper's default)",
+    ("gla", "reinit"): "the chosen layers' token mixers and pre-mixer RMSNorms were re-initialized with "
+    + _REFERENCE.format(where="`modeling/gla/model.py` `drop_layers`, `modeling/gla/layer.py`")
+    + ": every linear layer `xavier_uniform_(gain=2**-2.5)` with zero bias, norm weights 1, short "
+    "convolutions PyTorch's `nn.Conv1d` default; the MLPs were kept",
+    ("mamba2", "reinit"): "all B/C rows of `in_proj` (old and new) and B/C channels of `conv1d` were drawn with "
+    + _REFERENCE.format(where="`modeling/mamba2/layer.py` `drop_layer`")
+    + ": PyTorch's `nn.Linear` / `nn.Conv1d` default, U(±1/sqrt(fan_in)); `dt_bias` 1, `A_log` log(1..H), "
+    "gated norm weight 1; z, x and dt rows, x channels, `D` and `out_proj` were kept",
+    "reinit-init-weights": "the expanded parts were re-initialized by the StateX model class's own "
+    "`_init_weights` (what training from scratch would give; not the paper's initialization, which is `reinit`)",
     "inherit": "the pretrained projections were kept; the output-norm weight was tiled over the merged head",
     "copy": "the old B/C rows and conv channels were tiled over the new state size",
     "zero": "the old B/C rows and conv channels were kept first, zeros after",
 }
+
+
+def init_description(family: str, init: str) -> str:
+    """What ``--init`` did to the expanded layers, in one sentence part."""
+    return _INIT.get((family, init)) or _INIT[init]
 
 
 @dataclass
@@ -48,6 +63,17 @@ class CardFacts:
     layer_params_after: list[int]
     architecture: str
     model_id: str  # what users pass to from_pretrained: the Hub repo when pushed, else the folder
+    license: dict[str, str] = field(default_factory=dict)  # the source card's license fields
+
+
+LICENSE_FIELDS = ("license", "license_name", "license_link")
+
+
+def source_license(folder: Path) -> dict[str, str]:
+    """The license of the source's model card (``README.md`` metadata), empty if it names none."""
+    card = folder / "README.md"
+    metadata = (metadata_load(card) if card.is_file() else None) or {}
+    return {name: str(metadata[name]) for name in LICENSE_FIELDS if metadata.get(name)}
 
 
 def model_card(facts: CardFacts) -> ModelCard:
@@ -57,6 +83,7 @@ def model_card(facts: CardFacts) -> ModelCard:
         pipeline_tag="text-generation",
         tags=["statex", facts.family, "recurrent", "state-expansion"],
         base_model=facts.source if facts.source_is_repo else None,
+        **facts.license,
     )
     rows = "\n".join(
         f"| {i} | {facts.state_before[i]:,} → {facts.state_after[i]:,} "
@@ -79,7 +106,7 @@ long-context post-training before it matches or beats the source model.
 
 - Method: {_METHOD[facts.family]}.
 - Expanded layers: {layers} (of {facts.num_layers}).
-- Init mode: `{facts.init}` — {_INIT[facts.init]}. Seed: {facts.seed}.
+- Init mode: `{facts.init}` — {init_description(facts.family, facts.init)}. Seed: {facts.seed}.
 - Parameters: {facts.params_before:,} → {facts.params_after:,} ({delta:+,}).
 - Recurrent state, all layers: {total_before:,} → {total_after:,} values per sequence ({growth}).
 
@@ -89,13 +116,16 @@ long-context post-training before it matches or beats the source model.
 
 ## Use
 
+The model's code ships with the weights, so `transformers` alone loads it:
+
 ```python
-import statex_hf  # registers the StateX classes; or pass trust_remote_code=True without the package
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-model = AutoModelForCausalLM.from_pretrained("{facts.model_id}")
-tokenizer = AutoTokenizer.from_pretrained("{facts.model_id}")
+model = AutoModelForCausalLM.from_pretrained("{facts.model_id}", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("{facts.model_id}", trust_remote_code=True)
 ```
+
+With the `statex-hf` package installed, `import statex_hf` and leave out `trust_remote_code` to use its classes.
 
 ## Post-training (the paper's setting)
 

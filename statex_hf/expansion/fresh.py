@@ -1,8 +1,9 @@
-"""Freshly initialized parameters of one layer, made by the StateX model class's own ``_init_weights``.
+"""``--init reinit-init-weights``: one layer's parameters as the StateX model class's ``_init_weights`` draws them.
 
-Re-initialization must match what training from scratch would give, so it is not re-implemented
-here: the model is built on the meta device (no memory), only the wanted layer is materialized,
-and the class's ``_init_weights`` is applied to it module by module, as ``post_init`` does.
+What training the StateX model from scratch would give; not the paper's init, which is ``reinit``
+(:mod:`statex_hf.expansion.reference_init`), kept so the two can be compared. The model is built on
+the meta device (no memory), only the wanted layer is materialized, and the class's
+``_init_weights`` is applied to it module by module, as ``post_init`` does.
 """
 
 from __future__ import annotations

@@ -1,10 +1,15 @@
 """StateX for GLA: merge the heads of the chosen layers (STATEX.md, "StateX for GLA = head merging").
 
 Projection shapes do not change; only the per-head output norm grows to the merged head (its
-weight: dv -> H * dv / statex_num_heads, a few thousand parameters). ``reinit`` (the paper's
-default) replaces the chosen layers' token mixer and pre-mixer RMSNorm with fresh weights from the
-model class's own init; ``inherit`` keeps them and tiles the output-norm weight over the merged
-head. The MLP and everything else is kept bit for bit.
+weight: dv -> H * dv / statex_num_heads, a few thousand parameters). Init modes:
+
+- ``reinit`` (the paper's default): the chosen layers' token mixer and pre-mixer RMSNorm get the
+  weights the paper's released code gives them (:mod:`statex_hf.expansion.reference_init`).
+- ``reinit-init-weights``: the same tensors re-drawn by the StateX model class's own ``_init_weights``
+  (fla's normal(0, initializer_range)), for comparison with the paper's init.
+- ``inherit``: the pretrained mixer is kept and the output-norm weight tiled over the merged head.
+
+The MLP and everything else is kept bit for bit.
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ import torch
 from statex_hf.expansion.errors import StateXInputError
 from statex_hf.expansion.fresh import fresh_layer_parameters
 from statex_hf.expansion.layers import choose_layers
+from statex_hf.expansion.reference_init import gla_reference_tensor, tensor_generator
 from statex_hf.modeling.gla.configuration_statex_gla import StateXGLAConfig
 from statex_hf.modeling.gla.modeling_statex_gla import StateXGLAForCausalLM
 
-GLA_INIT_MODES = ("reinit", "inherit")
+GLA_INIT_MODES = ("reinit", "reinit-init-weights", "inherit")
 # Keys the StateX surgery touches: the token mixer and the RMSNorm in front of it.
 _MIXER_KEY = re.compile(r"^model\.layers\.(\d+)\.(attn|attn_norm)\.(.+)$")
 _OUTPUT_NORM = ("g_norm_swish_gate.weight", "g_norm.weight")
@@ -101,6 +107,7 @@ class GLAExpansion:
         self.seed = seed
         self.source_num_heads = self.config.num_heads
         self._fresh: dict[int, dict[str, torch.Tensor]] = {}
+        self._meta_model: StateXGLAForCausalLM | None = None
 
     def state_size(self, layer_idx: int, expanded: bool) -> int:
         heads = self.config.statex_num_heads if expanded else self.source_num_heads
@@ -120,11 +127,8 @@ class GLAExpansion:
         if match is None or int(match.group(1)) not in self.layers:
             return tensor
         layer_idx, part, rest = int(match.group(1)), match.group(2), match.group(3)
-        if self.init == "reinit":
-            fresh = self._fresh_layer(layer_idx)
-            if name not in fresh:
-                raise StateXInputError(f"checkpoint tensor {name} has no counterpart in a StateX GLA layer")
-            new = fresh[name]
+        if self.init in ("reinit", "reinit-init-weights"):
+            new = self._reinitialized(name, layer_idx)
             # The output norm spans the merged head, so only its shape may differ from the source.
             old_shape = self._source_shape(part, rest, tuple(new.shape))
             if tuple(tensor.shape) != old_shape:
@@ -146,6 +150,25 @@ class GLAExpansion:
         expected = (self.config.value_dim // self.source_num_heads,)
         if tuple(tensor.shape) != expected:
             raise StateXInputError(f"{name} has shape {tuple(tensor.shape)}, but the config implies {expected}")
+
+    def _reinitialized(self, name: str, layer_idx: int) -> torch.Tensor:
+        prefix = f"model.layers.{layer_idx}"
+        if self.init == "reinit-init-weights":
+            fresh = self._fresh_layer(layer_idx)
+            if name not in fresh:
+                raise StateXInputError(f"checkpoint tensor {name} has no counterpart in a StateX GLA layer")
+            return fresh[name]
+        if self._meta_model is None:
+            # Only for each parameter's module and shape: the meta device holds no memory.
+            with torch.device("meta"):
+                self._meta_model = StateXGLAForCausalLM(self.config)
+        layer = self._meta_model.get_submodule(prefix)
+        name_in_layer = name[len(prefix) + 1 :]
+        try:
+            layer.get_parameter(name_in_layer)
+        except AttributeError:
+            raise StateXInputError(f"checkpoint tensor {name} has no counterpart in a StateX GLA layer") from None
+        return gla_reference_tensor(layer, name_in_layer, tensor_generator(self.seed, layer_idx, name_in_layer))
 
     def _fresh_layer(self, layer_idx: int) -> dict[str, torch.Tensor]:
         if layer_idx not in self._fresh:

@@ -3,9 +3,12 @@
 Only the B and C parts grow: the B/C rows of ``in_proj`` (and its bias) and the B/C channels of
 ``conv1d``. Init modes:
 
-- ``reinit`` (the paper's default): the whole B and C blocks of ``in_proj``/``conv1d`` come fresh
-  from the model class's own init, and ``dt_bias``, ``A_log`` and the gated norm are reset to
-  their initial values; z, x, dt rows, the x conv channels, ``D`` and ``out_proj`` are kept.
+- ``reinit`` (the paper's default): the whole B and C blocks of ``in_proj``/``conv1d`` (old rows
+  included) are drawn as the paper's released code draws them, and ``dt_bias``, ``A_log`` and the
+  gated norm are reset to its values (:mod:`statex_hf.expansion.reference_init`); z, x, dt rows,
+  the x conv channels, ``D`` and ``out_proj`` are kept.
+- ``reinit-init-weights``: the same parts re-drawn by the StateX model class's own ``_init_weights``
+  (transformers' Mamba2 init: random ``dt_bias``, zero conv bias), for comparison with the paper's init.
 - ``copy``: the old B/C rows and channels are tiled over the new state size.
 - ``zero``: the old rows first, zeros after (the expanded model computes what the source did).
 
@@ -23,10 +26,11 @@ import torch
 from statex_hf.expansion.errors import StateXInputError
 from statex_hf.expansion.fresh import fresh_layer_parameters
 from statex_hf.expansion.layers import choose_layers
+from statex_hf.expansion.reference_init import mamba2_reference_reset, tensor_generator, torch_default_uniform
 from statex_hf.modeling.mamba2.configuration_statex_mamba2 import StateXMamba2Config
 from statex_hf.modeling.mamba2.modeling_statex_mamba2 import StateXMamba2ForCausalLM
 
-MAMBA2_INIT_MODES = ("reinit", "copy", "zero")
+MAMBA2_INIT_MODES = ("reinit", "reinit-init-weights", "copy", "zero")
 _MIXER_KEY = re.compile(r"^backbone\.layers\.(\d+)\.mixer\.((?:in_proj|conv1d)\.(?:weight|bias))$")
 _RESET_KEY = re.compile(r"^backbone\.layers\.(\d+)\.mixer\.(dt_bias|A_log|norm\.weight)$")
 _DROPPED_CONFIG_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path")
@@ -110,8 +114,11 @@ class Mamba2Expansion:
             tail = self.config.num_heads if param.startswith("in_proj") else 0
             return self._grow_bc(name, tensor, head, tail, layer_idx)
         match = _RESET_KEY.match(name)
-        if match is not None and int(match.group(1)) in self.layers and self.init == "reinit":
-            new = self._fresh_layer(int(match.group(1)))[name]
+        if match is not None and int(match.group(1)) in self.layers and self.init.startswith("reinit"):
+            if self.init == "reinit":
+                new = mamba2_reference_reset(match.group(2), tuple(tensor.shape))
+            else:
+                new = self._fresh_layer(int(match.group(1)))[name]
             self._check_shape(name, tensor, new.shape)
             return new.to(tensor.dtype)
         return tensor
@@ -121,11 +128,21 @@ class Mamba2Expansion:
         self._check_shape(name, tensor, (head + 2 * g * n + tail, *tensor.shape[1:]))
         keep_head, b, c, keep_tail = torch.split(tensor, [head, g * n, g * n, tail])
         if self.init == "reinit":
+            b, c = self._reference_bc(name, tensor, layer_idx).to(tensor.dtype).split(g * n_new)
+        elif self.init == "reinit-init-weights":
             fresh = self._fresh_layer(layer_idx)[name].to(tensor.dtype)
             _, b, c, _ = torch.split(fresh, [head, g * n_new, g * n_new, tail])
         else:
             b, c = self._grow_block(b), self._grow_block(c)
         return torch.cat([keep_head, b, c, keep_tail])
+
+    def _reference_bc(self, name: str, tensor: torch.Tensor, layer_idx: int) -> torch.Tensor:
+        """All B and C rows (old and new) as PyTorch's default init of the new in_proj / depthwise conv1d draws them."""
+        param = name.split(".mixer.")[1]
+        # in_proj: fan_in = d_model (weight and bias); depthwise conv1d: fan_in = 1 * kernel (weight and bias).
+        fan_in = self.config.hidden_size if param.startswith("in_proj") else self.config.conv_kernel
+        shape = (2 * self.groups * self.new_n, *tensor.shape[1:])
+        return torch_default_uniform(shape, fan_in, tensor_generator(self.seed, layer_idx, f"mixer.{param}"))
 
     def _grow_block(self, block: torch.Tensor) -> torch.Tensor:
         # B and C are laid out group-major ([G, N, ...] flattened): grow N inside each group.
