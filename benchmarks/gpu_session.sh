@@ -5,7 +5,7 @@
 #               pip download --no-deps -d .device/wheels pytest pluggy iniconfig pytest-timeout
 #               (pyproject's pytest options need pytest-timeout)
 # Device calls: bash benchmarks/gpu_session.sh STEP...   (carry: [".device"]; a log per step in $OUT)
-#   STEP: tests | gla | ssd | sweep | profile | train | repro. Several steps share one call (one
+#   STEP: tests | gla | ssd | sweep | profile | train | generate | repro. Several steps share one call (one
 #   machine start), e.g. `gla profile`; `tests` needs a call of its own (the whole suite: 433 s).
 #   Knobs: TESTS_PATHS (test files, run in that order), TESTS_TIMEOUT, FLA_TIMEOUT, GLA_TIMEOUT,
 #   GLA_ARGS (e.g. "--impls fla --shapes H1 --skip-layers"), GLA_CACHE (see the gla step), SSD_ARGS
@@ -46,6 +46,7 @@ run_step() {
     sweep) timeout 540 python benchmarks/sweep_launch_configs.py ${SWEEP_ARGS:-} --json "$OUT/sweep.json" ;;
     profile) timeout 200 python benchmarks/profile_gla.py ;;
     train) timeout 540 python benchmarks/bench_train.py --json "$OUT/train.json" ;;
+    generate) timeout 540 python benchmarks/bench_generate.py ${GENERATE_ARGS:-} --json "$OUT/generate.json" ;;
     repro)
         # The miniature (benchmarks/reproduce_statex.py): its units run as parallel processes (the small models
         # leave the GPU mostly idle; their steps are bound by the host). REPRO_DIRS names the output folders
@@ -69,7 +70,7 @@ run_step() {
         for family in gla mamba2; do
             (cd /tmp/repro && find . -path "*/units/$family-seed*/source/*.safetensors" | tar -czf "$OUT/repro-$family.tgz" -T -)
         done ;;
-    *) echo "usage: $0 STEP... (tests | gla | ssd | sweep | profile | train | repro)" >&2; return 2 ;;
+    *) echo "usage: $0 STEP... (tests | gla | ssd | sweep | profile | train | generate | repro)" >&2; return 2 ;;
     esac
 }
 
