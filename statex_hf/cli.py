@@ -10,6 +10,7 @@ COMMAND_MODULES: list[str] = [
     "statex_hf.eval.cli",
     "statex_hf.conversion.cli",
     "statex_hf.training.command",
+    "statex_hf.training.accelerate_config",
     "statex_hf.training.demo",
 ]
 
