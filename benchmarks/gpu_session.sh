@@ -5,7 +5,7 @@
 #               pip download --no-deps -d .device/wheels pytest pluggy iniconfig pytest-timeout
 #               (pyproject's pytest options need pytest-timeout)
 # Device calls: bash benchmarks/gpu_session.sh STEP...   (carry: [".device"]; a log per step in $OUT)
-#   STEP: tests | gla | ssd | sweep | profile | train | repro. Several steps share one call (one
+#   STEP: tests | gla | ssd | sweep | profile | train | fsdp | multigpu | repro. Several steps share one call (one
 #   machine start), e.g. `gla profile`; `tests` needs a call of its own (the whole suite: 433 s).
 #   Knobs: TESTS_PATHS (test files, run in that order), TESTS_TIMEOUT, FLA_TIMEOUT, GLA_TIMEOUT,
 #   GLA_ARGS (e.g. "--impls fla --shapes H1 --skip-layers"), GLA_CACHE (see the gla step), SSD_ARGS
@@ -14,15 +14,19 @@
 #   "0:gla 0:mamba2") in parallel; their results folders come back as $OUT/repro.tgz. Carry a previous
 #   repro.tgz as .device/repro.tgz to keep its folders; merge them with reproduce_statex.py --merge.
 #   A variant: REPRO_ARGS="--convert-args=--layers=2,4,6" REPRO_TAG=layers246 (folders named with it).
+#   fsdp: bench_train_fsdp.py (FSDP_ARGS, default "--gpus 1": the 1-GPU config at 64K, both families;
+#   "--gpus 1 2" on a 2-GPU machine). multigpu: tests/gpu/test_multi_gpu.py (the 1-GPU test alone on one
+#   GPU); it needs datasets, carried as .device/wheels-datasets (benchmarks/README.md).
 # The GPU machine has torch, triton and transformers; fla and mamba_ssm come from the carried wheels
 # (mamba_ssm as extracted source: pip cannot build it there). Each step has its own time limit so
-# one slow step cannot eat the call; the multi-GPU test needs a 2-GPU machine and is not run here.
+# one slow step cannot eat the call; `tests` leaves out the multi-GPU test, which is the `multigpu` step.
 set -uo pipefail
 OUT=${OUT:-/tmp/statex-gpu-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 
 python -m pip install --quiet --no-deps --no-index .device/wheels/*.whl
+if [ -d .device/wheels-datasets ]; then python -m pip install --quiet --no-deps --no-index .device/wheels-datasets/*.whl; fi
 python -m pip install --quiet --no-deps --no-build-isolation -e .
 mkdir -p /tmp/mamba_ssm_src && tar -xzf .device/wheels/mamba_ssm-*.tar.gz -C /tmp/mamba_ssm_src
 export MAMBA_SSM_SRC=$(ls -d /tmp/mamba_ssm_src/mamba_ssm-*)
@@ -48,6 +52,8 @@ run_step() {
     sweep) timeout 540 python benchmarks/sweep_launch_configs.py ${SWEEP_ARGS:-} --json "$OUT/sweep.json" ;;
     profile) timeout 200 python benchmarks/profile_gla.py ;;
     train) timeout 540 python benchmarks/bench_train.py --json "$OUT/train.json" ;;
+    fsdp) timeout 560 python benchmarks/bench_train_fsdp.py ${FSDP_ARGS:---gpus 1} --json "$OUT/fsdp.json" ;;
+    multigpu) STATEX_GPU_TESTS=1 timeout "${TESTS_TIMEOUT:-540}" python -P -m pytest -q --durations=0 tests/gpu/test_multi_gpu.py ;;
     repro)
         # The small models leave the H100 mostly idle (the step time is host-bound), so the (seed, arch)
         # units in REPRO_UNITS run as parallel processes, each into its own folder; merge them here later.
@@ -63,7 +69,7 @@ run_step() {
         # Unit logs go into the archive: $OUT returns 8 files at most, whatever the number of units.
         wait "${units[@]}"; kill "$monitor"; tail -n 30 /tmp/repro-out/seed*.log
         tar -czf "$OUT/repro.tgz" -C /tmp/repro-out . ;;
-    *) echo "usage: $0 STEP... (tests | gla | ssd | sweep | profile | train | repro)" >&2; return 2 ;;
+    *) echo "usage: $0 STEP... (tests | gla | ssd | sweep | profile | train | fsdp | multigpu | repro)" >&2; return 2 ;;
     esac
 }
 
