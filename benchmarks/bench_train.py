@@ -15,6 +15,9 @@ included). Prints one table.
 
     python benchmarks/bench_train.py                          # both families, T = 16K and 64K
     python benchmarks/bench_train.py --families gla --lengths 16384
+
+The same models under FSDP on N GPUs, through the Trainer and the shipped accelerate configs:
+``bench_train_fsdp.py``.
 """
 
 from __future__ import annotations
