@@ -6,12 +6,12 @@ That they really launch (two processes, the loss of one) is ``tests/test_trainin
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
+from cli_checks import assert_refused, run_cli
 
+from statex_hf.cli import main
 from statex_hf.training.accelerate_config import SHIPPED_GPU_COUNTS, accelerate_config_path
 from statex_hf.training.errors import PosttrainInputError
 from statex_hf.training.recipe import (
@@ -61,11 +61,9 @@ def test_under_a_shipped_config_the_trainer_leaves_checkpointing_to_fsdp(tmp_pat
     assert getattr(recipe_training_arguments(str(tmp_path)), CHECKPOINTING)
 
 
-def test_the_command_prints_a_shipped_config_and_names_the_fix_for_another_count():
-    run = [sys.executable, "-m", "statex_hf.cli", "accelerate-config"]
-    shipped = subprocess.run([*run, "8"], capture_output=True, text=True, timeout=120)
-    assert shipped.returncode == 0 and os.path.isfile(shipped.stdout.strip())
-    assert shipped.stdout.strip() == accelerate_config_path(8)
-    other = subprocess.run([*run, "4"], capture_output=True, text=True, timeout=120)
-    assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1
-    assert "--num_processes 4" in other.stderr
+def test_the_command_prints_a_shipped_config_and_names_the_fix_for_another_count(capsys):
+    assert main(["accelerate-config", "8"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed == accelerate_config_path(8) and os.path.isfile(printed)
+    assert_refused(*run_cli(capsys, "accelerate-config", "4"), "accelerate-config: error:", "--num_processes 4")
+    assert_refused(*run_cli(capsys, "accelerate-config", "0"), "must be at least 1")

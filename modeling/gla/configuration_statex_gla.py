@@ -145,6 +145,16 @@ class StateXGLAConfig(SavesRemoteCode, PretrainedConfig):
     def value_dim(self) -> int:
         return round(self.hidden_size * self.expand_v)
 
+    @property
+    def layer_types(self) -> list[str]:
+        """Every layer is recurrent: transformers' caches give each a ``LinearAttentionLayer``."""
+        return ["linear_attention"] * self.num_hidden_layers
+
+    @property
+    def number_of_conv_states(self) -> int:
+        """Convolution windows per layer in the cache: q, k and v with short convolutions."""
+        return 3 if self.use_short_conv else 1
+
     def layer_num_heads(self, layer_idx: int) -> int:
         """Heads of the token mixer of layer ``layer_idx`` (``statex_num_heads`` in a StateX layer)."""
         return self.statex_num_heads if layer_idx in self.statex_layers else self.num_heads
@@ -159,6 +169,11 @@ class StateXGLAConfig(SavesRemoteCode, PretrainedConfig):
         if self.statex_layers:
             check_divides("statex_num_heads", self.statex_num_heads, "key_dim", self.key_dim)
             check_divides("statex_num_heads", self.statex_num_heads, "value_dim", self.value_dim)
+            if self.statex_num_heads >= self.num_heads:  # the state per layer is key_dim * value_dim / heads
+                raise ValueError(
+                    f"statex_num_heads={self.statex_num_heads} is not fewer than num_heads={self.num_heads}: the "
+                    "expanded layers' state would not grow; use fewer heads there (e.g. statex_num_heads=1)"
+                )
         if self.num_kv_heads is not None and self.num_kv_heads != self.num_heads:
             check_divides("num_kv_heads", self.num_kv_heads, "num_heads", self.num_heads)
             if self.statex_layers:

@@ -104,6 +104,13 @@ def detect_format(config: dict[str, Any]) -> str:
         return "transformers-mamba2"
     if model_type is None and "d_model" in config and "n_layer" in config:
         return "mamba-ssm"
+    if str(model_type).startswith("statex_"):
+        layers = ", ".join(map(str, config.get("statex_layers") or [])) or "none"
+        raise StateXInputError(
+            f"this is already a StateX checkpoint (model_type {model_type!r}, expanded layers: {layers}); "
+            "expanding it again is not supported: convert the original checkpoint with every layer you want "
+            "expanded, or post-train this one (statex-hf posttrain)"
+        )
     raise StateXInputError(
         f"unknown checkpoint type: config.json has model_type={model_type!r}; "
         "supported: fla GLA ('gla'), transformers Mamba2 ('mamba2'), mamba_ssm Mamba2 (d_model/n_layer/ssm_cfg)"

@@ -1,11 +1,9 @@
-"""The one error type for bad conversion input.
-
-The CLI turns it into a single line on stderr and exit code 2; everything else is a bug and keeps
-its traceback.
-"""
+"""The error for bad conversion input: a :class:`statex_hf.errors.StateXUserError`, one line and exit code 2."""
 
 from __future__ import annotations
 
+from statex_hf.errors import StateXUserError
 
-class StateXInputError(ValueError):
+
+class StateXInputError(StateXUserError):
     """The user's checkpoint or choices cannot be converted; the message names the field, the value and the fix."""

@@ -24,10 +24,10 @@ from statex_hf.expansion.errors import StateXInputError
 from statex_hf.expansion.fresh import fresh_layer_parameters
 from statex_hf.expansion.layers import choose_layers
 from statex_hf.expansion.reference_init import gla_reference_tensor, tensor_generator
+from statex_hf.init_modes import GLA_INIT_MODES  # names only, shared with the command line
 from statex_hf.modeling.gla.configuration_statex_gla import StateXGLAConfig
 from statex_hf.modeling.gla.modeling_statex_gla import StateXGLAForCausalLM
 
-GLA_INIT_MODES = ("reinit", "reinit-init-weights", "inherit")
 # Keys the StateX surgery touches: the token mixer and the RMSNorm in front of it.
 _MIXER_KEY = re.compile(r"^model\.layers\.(\d+)\.(attn|attn_norm)\.(.+)$")
 _OUTPUT_NORM = ("g_norm_swish_gate.weight", "g_norm.weight")

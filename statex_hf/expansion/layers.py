@@ -25,7 +25,11 @@ def choose_layers(
     if every is not None and layers is not None:
         raise StateXInputError("give either --every or --layers, not both")
     if layers is not None:
-        chosen = sorted(set(int(i) for i in layers))
+        given = [int(i) for i in layers]
+        repeated = sorted({i for i in given if given.count(i) > 1})
+        if repeated:
+            raise StateXInputError(f"--layers: layer {repeated[0]} is listed twice; list each layer once")
+        chosen = sorted(given)
         bad = [i for i in chosen if not 0 <= i < num_layers]
         if bad:
             raise StateXInputError(

@@ -27,10 +27,10 @@ from statex_hf.expansion.errors import StateXInputError
 from statex_hf.expansion.fresh import fresh_layer_parameters
 from statex_hf.expansion.layers import choose_layers
 from statex_hf.expansion.reference_init import mamba2_reference_reset, tensor_generator, torch_default_uniform
+from statex_hf.init_modes import MAMBA2_INIT_MODES  # names only, shared with the command line
 from statex_hf.modeling.mamba2.configuration_statex_mamba2 import StateXMamba2Config
 from statex_hf.modeling.mamba2.modeling_statex_mamba2 import StateXMamba2ForCausalLM
 
-MAMBA2_INIT_MODES = ("reinit", "reinit-init-weights", "copy", "zero")
 _MIXER_KEY = re.compile(r"^backbone\.layers\.(\d+)\.mixer\.((?:in_proj|conv1d)\.(?:weight|bias))$")
 _RESET_KEY = re.compile(r"^backbone\.layers\.(\d+)\.mixer\.(dt_bias|A_log|norm\.weight)$")
 _DROPPED_CONFIG_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path")

@@ -14,8 +14,10 @@ Another GPU count takes any of the files with ``--num_processes N`` on the ``acc
 from __future__ import annotations
 
 import argparse
-import sys
+from collections.abc import Sequence
 from pathlib import Path
+
+from statex_hf.errors import StateXUserError
 
 CONFIG_DIR = Path(__file__).with_name("accelerate_configs")
 SHIPPED_GPU_COUNTS = (1, 2, 8)
@@ -25,7 +27,7 @@ def accelerate_config_path(num_gpus: int) -> str:
     """The shipped FSDP config file for ``num_gpus`` GPUs of one machine."""
     if num_gpus not in SHIPPED_GPU_COUNTS:
         shipped = ", ".join(map(str, SHIPPED_GPU_COUNTS))
-        raise ValueError(
+        raise StateXUserError(
             f"no accelerate config is shipped for {num_gpus} GPUs (shipped: {shipped}); "
             f"take the 8-GPU one and set the count on the launch line: accelerate launch --config_file "
             f'"$(statex-hf accelerate-config 8)" --num_processes {num_gpus} ...'
@@ -33,25 +35,24 @@ def accelerate_config_path(num_gpus: int) -> str:
     return str(CONFIG_DIR / f"fsdp_{num_gpus}gpu.yaml")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str, argv: Sequence[str] = ()) -> None:
+    """``statex-hf accelerate-config N``."""
+    from statex_hf.cli import at_least, set_command
+
     p = subparsers.add_parser(
-        "accelerate-config",
-        help="print the path of the shipped accelerate config for N GPUs (FSDP, bf16, activation checkpointing)",
+        name,
+        help=help_text,
         description="Print the path of the accelerate config file shipped for the paper's post-training recipe "
         'on N GPUs of one machine, for `accelerate launch --config_file "$(statex-hf accelerate-config N)" '
         "-m statex_hf.cli posttrain ...`.",
     )
-    p.add_argument("gpus", type=int, help=f"number of GPUs: {', '.join(map(str, SHIPPED_GPU_COUNTS))}")
-    p.set_defaults(func=run)
+    p.add_argument("gpus", type=at_least(1), help=f"number of GPUs: {', '.join(map(str, SHIPPED_GPU_COUNTS))}")
+    set_command(p, run)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        print(accelerate_config_path(args.gpus))
-    except ValueError as err:
-        print(f"statex-hf accelerate-config: error: {err}", file=sys.stderr)
-        return 2
+    print(accelerate_config_path(args.gpus))
     return 0
 
 
-__all__ = ["CONFIG_DIR", "SHIPPED_GPU_COUNTS", "accelerate_config_path", "register", "run"]
+__all__ = ["CONFIG_DIR", "SHIPPED_GPU_COUNTS", "accelerate_config_path", "add_parser", "run"]
