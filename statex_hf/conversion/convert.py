@@ -31,7 +31,7 @@ from statex_hf.expansion import GLAExpansion, Mamba2Expansion, StateXInputError
 from statex_hf.hub import push_folder, write_remote_code
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-STATE_SPACES_TOKENIZER_HINT = "EleutherAI/gpt-neox-20b"
+SPECIAL_TOKENS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
 @dataclass
@@ -139,10 +139,11 @@ def _tokenizer(ckpt: Checkpoint, tokenizer: str | None) -> tuple[list[Path], lis
     found = tokenizer_files(ckpt.folder)
     if found:
         return found, []
-    if ckpt.format == "mamba-ssm":
+    hint = ckpt.format.tokenizer_hint
+    if hint is not None:
         raise StateXInputError(
-            "state-spaces (mamba_ssm) checkpoints ship no tokenizer; pass --tokenizer "
-            f"{STATE_SPACES_TOKENIZER_HINT} (what the state-spaces models use) or a local tokenizer folder"
+            f"{ckpt.format.name} checkpoints ship no transformers tokenizer; pass --tokenizer {hint} "
+            "(the tokenizer these models use) or a local tokenizer folder"
         )
     return [], [f"no tokenizer files in {ckpt.folder}; the output has none (pass --tokenizer to add one)"]
 
@@ -213,7 +214,7 @@ def convert(
             output=output,
             family=family,
             source=source,
-            source_format=ckpt.format,
+            source_format=ckpt.format.name,
             layers=list(expansion.layers),
             init=init,
             seed=seed,
@@ -258,7 +259,7 @@ def _convert_tensors(
                 continue  # the tied head is the embedding; save_pretrained does not store it either
             if name not in shapes:
                 raise StateXInputError(
-                    f"unexpected tensor {name} in {path.name}: not part of a {ckpt.format} model of this config"
+                    f"unexpected tensor {name} in {path.name}: not part of a {ckpt.format.name} model of this config"
                 )
             layer = _layer_index(name)
             before[layer] += tensor.numel()
@@ -286,8 +287,8 @@ def _layer_index(name: str) -> int | None:
 
 
 def _align_special_tokens(config: PretrainedConfig, folder: Path, ckpt: Checkpoint) -> None:
-    """state-spaces configs name no special tokens: take them from the tokenizer that goes with the weights."""
-    if ckpt.format != "mamba-ssm":
+    """Configs naming no special tokens (state-spaces, mistral) take them from the tokenizer given with the weights."""
+    if any(attr in ckpt.config for attr in SPECIAL_TOKENS):
         return
     try:
         from transformers import AutoTokenizer
@@ -295,7 +296,7 @@ def _align_special_tokens(config: PretrainedConfig, folder: Path, ckpt: Checkpoi
         tok = AutoTokenizer.from_pretrained(folder)
     except Exception:  # noqa: BLE001 - a tokenizer transformers cannot load keeps the config's defaults
         return
-    for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+    for attr in SPECIAL_TOKENS:
         value = getattr(tok, attr, None)
         if value is not None:
             setattr(config, attr, value)
@@ -307,7 +308,7 @@ def _generation_config(ckpt: Checkpoint, config: PretrainedConfig) -> Generation
     """The source's generation config when it has one (special tokens kept in step with the config)."""
     if (ckpt.folder / GENERATION_CONFIG_FILE).is_file():
         generation = GenerationConfig.from_pretrained(ckpt.folder)
-        for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        for attr in SPECIAL_TOKENS:
             if getattr(config, attr, None) is not None:
                 setattr(generation, attr, getattr(config, attr))
         return generation
