@@ -6,7 +6,6 @@ The CLI (``statex-hf convert``), the scripts in ``conversion_scripts/`` and Pyth
 
 from __future__ import annotations
 
-import re
 import shutil
 import sys
 from collections import Counter
@@ -27,11 +26,12 @@ from statex_hf.conversion.source import (
     tokenizer_files,
 )
 from statex_hf.conversion.writer import DEFAULT_MAX_SHARD_BYTES, ShardWriter, atomic_folder, check_destination
-from statex_hf.expansion import GLAExpansion, Mamba2Expansion, StateXInputError
+from statex_hf.expansion import Expansion, GLAExpansion, Mamba2Expansion, StateXInputError
 from statex_hf.hub import push_folder, write_remote_code
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SPECIAL_TOKENS = ("bos_token_id", "eos_token_id", "pad_token_id")
+EXPANSIONS: dict[str, type[Expansion]] = {"gla": GLAExpansion, "mamba2": Mamba2Expansion}
 
 
 @dataclass
@@ -100,27 +100,22 @@ class ConversionReport:
         return lines
 
 
-def _expansion(family: str, ckpt: Checkpoint, **choices) -> GLAExpansion | Mamba2Expansion:
-    common = {k: choices[k] for k in ("layers", "every", "init", "seed")}
-    if family == "gla":
-        if choices.get("state_size") is not None:
+def _expansion(family: str, ckpt: Checkpoint, state_choices: dict[str, int | None], **choices) -> Expansion:
+    """The family's expansion; a state option of another family is refused, naming this family's."""
+    expansion_class = EXPANSIONS[family]
+    option = expansion_class.state_option
+    for other in EXPANSIONS.values():
+        foreign = other.state_option
+        value = state_choices.get(foreign.dest)
+        if foreign is not option and value is not None and value != foreign.default:
             raise StateXInputError(
-                "--state-size is a Mamba2 option; GLA grows its state by merging heads (--num-heads)"
+                f"{foreign.flag} is a {other.name} option; {expansion_class.name} grows its state with {option.flag}"
             )
-        return GLAExpansion(ckpt.config, num_heads=choices["num_heads"], **common)
-    if choices.get("num_heads") not in (None, 1):
-        raise StateXInputError("--num-heads is a GLA option; Mamba2 grows its state with --state-size")
-    return Mamba2Expansion(ckpt.config, state_size=choices["state_size"], **common)
+    return expansion_class(ckpt.config, **choices, **{option.dest: state_choices.get(option.dest)})
 
 
 def _model_class(family: str) -> type[PreTrainedModel]:
-    if family == "gla":
-        from statex_hf.modeling.gla.modeling_statex_gla import StateXGLAForCausalLM
-
-        return StateXGLAForCausalLM
-    from statex_hf.modeling.mamba2.modeling_statex_mamba2 import StateXMamba2ForCausalLM
-
-    return StateXMamba2ForCausalLM
+    return EXPANSIONS[family].model_class
 
 
 def expected_shapes(family: str, config: PretrainedConfig) -> dict[str, tuple[int, ...]]:
@@ -179,16 +174,8 @@ def convert(
     output = Path(output)
     check_destination(output.resolve(), overwrite)
     ckpt = open_checkpoint(resolve_source(source), family)
-    expansion = _expansion(
-        family,
-        ckpt,
-        layers=layers,
-        every=every,
-        init=init,
-        seed=seed,
-        num_heads=1 if num_heads is None and family == "gla" else num_heads,
-        state_size=state_size,
-    )
+    state_choices = {"num_heads": num_heads, "state_size": state_size}
+    expansion = _expansion(family, ckpt, state_choices, layers=layers, every=every, init=init, seed=seed)
     config = expansion.config
     target_dtype = DTYPES[dtype]
     if target_dtype is not None:
@@ -237,7 +224,7 @@ def convert(
 
 def _convert_tensors(
     ckpt: Checkpoint,
-    expansion: GLAExpansion | Mamba2Expansion,
+    expansion: Expansion,
     shapes: dict[str, tuple[int, ...]],
     writer: ShardWriter,
     dtype: torch.dtype | None,
@@ -261,7 +248,7 @@ def _convert_tensors(
                 raise StateXInputError(
                     f"unexpected tensor {name} in {path.name}: not part of a {ckpt.format.name} model of this config"
                 )
-            layer = _layer_index(name)
+            layer = expansion.layer_index(name)
             before[layer] += tensor.numel()
             new = expansion.transform(name, tensor)
             if dtype is not None and new.is_floating_point():
@@ -278,12 +265,6 @@ def _convert_tensors(
     if missing:
         raise StateXInputError(f"the checkpoint lacks {len(missing)} tensor(s) the model needs, e.g. {missing[0]}")
     return before, after
-
-
-def _layer_index(name: str) -> int | None:
-    """``model.layers.3.attn...`` / ``backbone.layers.3.mixer...`` -> 3."""
-    match = re.match(r"^(?:model|backbone)\.layers\.(\d+)\.", name)
-    return int(match.group(1)) if match else None
 
 
 def _align_special_tokens(config: PretrainedConfig, folder: Path, ckpt: Checkpoint) -> None:
