@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
+from transformers import GenerationConfig, PretrainedConfig
 
 from statex_hf.conversion.model_card import CardFacts, model_card
 from statex_hf.conversion.readers import Checkpoint, open_checkpoint
@@ -26,12 +26,12 @@ from statex_hf.conversion.source import (
     tokenizer_files,
 )
 from statex_hf.conversion.writer import DEFAULT_MAX_SHARD_BYTES, ShardWriter, atomic_folder, check_destination
-from statex_hf.expansion import Expansion, GLAExpansion, Mamba2Expansion, StateXInputError
+from statex_hf.expansion import Expansion, StateXInputError
+from statex_hf.families import FAMILIES, Family, UnknownFamilyError, get_family
 from statex_hf.hub import push_folder, write_remote_code
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SPECIAL_TOKENS = ("bos_token_id", "eos_token_id", "pad_token_id")
-EXPANSIONS: dict[str, type[Expansion]] = {"gla": GLAExpansion, "mamba2": Mamba2Expansion}
 
 
 @dataclass
@@ -100,28 +100,24 @@ class ConversionReport:
         return lines
 
 
-def _expansion(family: str, ckpt: Checkpoint, state_choices: dict[str, int | None], **choices) -> Expansion:
-    """The family's expansion; a state option of another family is refused, naming this family's."""
-    expansion_class = EXPANSIONS[family]
-    option = expansion_class.state_option
-    for other in EXPANSIONS.values():
-        foreign = other.state_option
-        value = state_choices.get(foreign.dest)
-        if foreign is not option and value is not None and value != foreign.default:
+def _check_state_options(family: Family, state_options: dict[str, int | None]) -> None:
+    """Only ``family``'s state option may be set; another family's is refused, naming this family's."""
+    owners = {other.state_option.dest: other for other in FAMILIES.values()}
+    for dest, value in state_options.items():
+        if dest not in owners:
+            raise TypeError(f"convert() got an unexpected keyword argument {dest!r}")
+        owner = owners[dest]
+        if owner is not family and value is not None and value != owner.state_option.default:
             raise StateXInputError(
-                f"{foreign.flag} is a {other.name} option; {expansion_class.name} grows its state with {option.flag}"
+                f"{owner.state_option.flag} is a {owner.title} option; "
+                f"{family.title} grows its state with {family.state_option.flag}"
             )
-    return expansion_class(ckpt.config, **choices, **{option.dest: state_choices.get(option.dest)})
 
 
-def _model_class(family: str) -> type[PreTrainedModel]:
-    return EXPANSIONS[family].model_class
-
-
-def expected_shapes(family: str, config: PretrainedConfig) -> dict[str, tuple[int, ...]]:
+def expected_shapes(family: Family, config: PretrainedConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor a StateX checkpoint of ``config`` holds, with its shape (built on the meta device: no memory)."""
     with torch.device("meta"):
-        model = _model_class(family)(config)
+        model = family.causal_lm_class(config)
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     if config.tie_word_embeddings:
         shapes.pop("lm_head.weight", None)
@@ -151,8 +147,6 @@ def convert(
     layers: list[int] | None = None,
     every: int | None = None,
     init: str = "reinit",
-    num_heads: int | None = None,
-    state_size: int | None = None,
     dtype: str = "auto",
     seed: int = 0,
     tokenizer: str | None = None,
@@ -162,26 +156,34 @@ def convert(
     token: str | None = None,
     max_shard_size: int = DEFAULT_MAX_SHARD_BYTES,
     progress: bool = True,
+    **state_options: int | None,
 ) -> ConversionReport:
-    """Convert ``source`` (folder or Hub repo id) of ``family`` ('gla' | 'mamba2') into a StateX folder at ``output``.
+    """Convert ``source`` (folder or Hub repo id) of ``family`` (a registry name) into a StateX folder at ``output``.
 
+    ``state_options`` are the families' state options by keyword (:attr:`Family.state_option`):
+    ``num_heads`` (GLA), ``state_size`` (Mamba2); ``None`` or absent means the option's default.
     Raises :class:`StateXInputError` for bad input, before anything is written.
     """
-    if family not in ("gla", "mamba2"):
-        raise StateXInputError(f"unknown family {family!r}; choose gla or mamba2")
+    try:
+        entry = get_family(family)
+    except UnknownFamilyError as err:
+        raise StateXInputError(str(err)) from None
+    _check_state_options(entry, state_options)
     if dtype not in DTYPES:
         raise StateXInputError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     output = Path(output)
     check_destination(output.resolve(), overwrite)
-    ckpt = open_checkpoint(resolve_source(source), family)
-    state_choices = {"num_heads": num_heads, "state_size": state_size}
-    expansion = _expansion(family, ckpt, state_choices, layers=layers, every=every, init=init, seed=seed)
+    ckpt = open_checkpoint(resolve_source(source), entry)
+    option = entry.state_option.dest
+    expansion: Expansion = entry.expansion_class(
+        ckpt.config, layers=layers, every=every, init=init, seed=seed, **{option: state_options.get(option)}
+    )
     config = expansion.config
     target_dtype = DTYPES[dtype]
     if target_dtype is not None:
         config.dtype = dtype
     tokenizer_paths, warnings = _tokenizer(ckpt, tokenizer)
-    shapes = expected_shapes(family, config)
+    shapes = expected_shapes(entry, config)
 
     with atomic_folder(output, overwrite=overwrite) as tmp:
         writer = ShardWriter(tmp, max_shard_bytes=max_shard_size)

@@ -26,6 +26,7 @@ from safetensors import safe_open
 
 from statex_hf.conversion.source import CONFIG_FILE, PARAMS_FILE
 from statex_hf.expansion.errors import StateXInputError
+from statex_hf.families import FAMILIES, Family
 
 SAFE_SINGLE, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN_SINGLE, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -42,9 +43,10 @@ class SourceFormat:
     """One public checkpoint layout: its config file, how to recognise and translate it, its weights and names."""
 
     name: str
+    description: str  # for the "unknown checkpoint type" message
     config_file: str
     matches: Callable[[dict[str, Any]], bool]
-    to_transformers: Callable[[dict[str, Any]], dict[str, Any]]
+    to_transformers: Callable[[dict[str, Any]], dict[str, Any]]  # the family's source model_type is set after
     weight_files: tuple[str, ...] = (SAFE_SINGLE, BIN_SINGLE)  # unsharded names, in preference order
     sharded: bool = True  # may come as shards listed in a transformers index
     rename: tuple[tuple[str, str], ...] = ()  # (old prefix, new prefix): first match wins
@@ -58,6 +60,7 @@ class Checkpoint:
 
     folder: Path
     format: SourceFormat
+    family: Family
     config: dict[str, Any]
     files: list[Path]
 
@@ -113,27 +116,54 @@ def read_config(folder: Path) -> tuple[str, dict[str, Any]]:
     raise StateXInputError(f"{folder} has no {CONFIG_FILE} (nor {PARAMS_FILE}); it is not a checkpoint folder")
 
 
-def detect_format(config_file: str, config: dict[str, Any]) -> SourceFormat:
-    """The format whose config file and keys ``config`` has."""
-    for fmt in SOURCE_FORMATS.values():
-        if fmt.config_file == config_file and fmt.matches(config):
-            return fmt
-    raise StateXInputError(
-        f"unknown checkpoint type: {config_file} has model_type={config.get('model_type')!r}; "
-        "supported: fla GLA ('gla'), transformers Mamba2 ('mamba2'), mamba_ssm Mamba2 (d_model/n_layer/ssm_cfg), "
-        "mistral Mamba2 (params.json with dim/n_layers/n_groups)"
+def native_format(family: Family) -> SourceFormat:
+    """A family's own layout: config.json with its source model_type, tensors named as the StateX model names them."""
+    model_type = family.source_model_type
+    return SourceFormat(
+        family.source_formats[0],
+        f"{CONFIG_FILE} with model_type {model_type!r}",
+        CONFIG_FILE,
+        matches=lambda config: config.get("model_type") == model_type,
+        to_transformers=dict,
     )
 
 
-def open_checkpoint(folder: Path, family: str) -> Checkpoint:
-    """Read and check a source folder for ``family`` ('gla' or 'mamba2'): config, format, and every weight file."""
+def source_formats() -> list[tuple[Family, SourceFormat]]:
+    """Every format the registry lists, with the family that reads it: the native one first, then translated ones."""
+    formats = []
+    for family in FAMILIES.values():
+        native, *translated = family.source_formats
+        formats.append((family, native_format(family)))
+        for name in translated:
+            if name not in TRANSLATED_FORMATS:
+                raise KeyError(f"the {family.name} registry entry lists source format {name!r}, which has no reader")
+            formats.append((family, TRANSLATED_FORMATS[name]))
+    return formats
+
+
+def detect_format(config_file: str, config: dict[str, Any]) -> tuple[Family, SourceFormat]:
+    """The format whose config file and keys ``config`` has, and the family that reads it."""
+    formats = source_formats()
+    for family, fmt in formats:
+        if fmt.config_file == config_file and fmt.matches(config):
+            return family, fmt
+    supported = "; ".join(f"{fmt.name} ({fmt.description})" for _, fmt in formats)
+    raise StateXInputError(
+        f"unknown checkpoint type: {config_file} has model_type={config.get('model_type')!r}; supported: {supported}"
+    )
+
+
+def open_checkpoint(folder: Path, family: Family) -> Checkpoint:
+    """Read and check a source folder for ``family``: config, format, and every weight file."""
     config_file, raw = read_config(folder)
-    fmt = detect_format(config_file, raw)
-    if fmt.name not in FAMILY_FORMATS[family]:
-        other = next(name for name, formats in FAMILY_FORMATS.items() if fmt.name in formats)
-        raise StateXInputError(f"{folder} is a {fmt.name} checkpoint, not {family}; use `statex-hf convert {other}`")
+    found, fmt = detect_format(config_file, raw)
+    if found is not family:
+        raise StateXInputError(
+            f"{folder} is a {fmt.name} checkpoint, not {family.name}; use `statex-hf convert {found.name}`"
+        )
     files = weight_files(folder, fmt)
-    return Checkpoint(folder, fmt, fmt.to_transformers(raw), files)
+    config = {**fmt.to_transformers(raw), "model_type": family.source_model_type}
+    return Checkpoint(folder, fmt, family, config, files)
 
 
 def weight_files(folder: Path, fmt: SourceFormat) -> list[Path]:
@@ -199,7 +229,6 @@ def mamba_ssm_config(cfg: dict[str, Any]) -> dict[str, Any]:
         raise StateXInputError(f"unsupported mamba_ssm option {bad[0]}: only plain Mamba2 stacks can be converted")
     multiple = int(cfg.get("pad_vocab_size_multiple", 1))
     return {
-        "model_type": "mamba2",
         "hidden_size": d_model,
         "num_hidden_layers": int(cfg["n_layer"]),
         # mamba_ssm pads the embedding to a multiple; the weights carry the padded size.
@@ -252,15 +281,11 @@ def mistral_mamba2_config(params: dict[str, Any]) -> dict[str, Any]:
     return mamba_ssm_config(mamba_ssm_fields)
 
 
-SOURCE_FORMATS = {
-    "fla-gla": SourceFormat(
-        "fla-gla", CONFIG_FILE, matches=lambda c: c.get("model_type") == "gla", to_transformers=dict
-    ),
-    "transformers-mamba2": SourceFormat(
-        "transformers-mamba2", CONFIG_FILE, matches=lambda c: c.get("model_type") == "mamba2", to_transformers=dict
-    ),
+# Layouts read through a translation of their config; the registry says which family reads each.
+TRANSLATED_FORMATS = {
     "mamba-ssm": SourceFormat(
         "mamba-ssm",
+        f"mamba_ssm {CONFIG_FILE} with d_model/n_layer/ssm_cfg",
         CONFIG_FILE,
         matches=lambda c: c.get("model_type") is None and "d_model" in c and "n_layer" in c,
         to_transformers=mamba_ssm_config,
@@ -270,6 +295,7 @@ SOURCE_FORMATS = {
     ),
     "mistral-mamba2": SourceFormat(
         "mistral-mamba2",
+        f"mistral {PARAMS_FILE} with dim/n_layers/n_groups",
         PARAMS_FILE,
         matches=lambda c: "dim" in c,
         to_transformers=mistral_mamba2_config,
@@ -280,5 +306,3 @@ SOURCE_FORMATS = {
         tokenizer_hint="mistralai/Mamba-Codestral-7B-v0.1",
     ),
 }
-# Families and the source formats each accepts.
-FAMILY_FORMATS = {"gla": ("fla-gla",), "mamba2": ("transformers-mamba2", "mamba-ssm", "mistral-mamba2")}

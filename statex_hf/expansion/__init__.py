@@ -4,7 +4,7 @@ Shared by the CLI, the conversion scripts and the Python API. Each family's :cla
 transforms one tensor at a time, so sharded checkpoints stream through it.
 """
 
-from statex_hf.expansion.base import Expansion, StateOption
+from statex_hf.expansion.base import Expansion
 from statex_hf.expansion.errors import StateXInputError
 from statex_hf.expansion.gla import GLA_INIT_MODES, GLAExpansion, expand_gla
 from statex_hf.expansion.layers import choose_layers
@@ -16,7 +16,6 @@ __all__ = [
     "Expansion",
     "GLAExpansion",
     "Mamba2Expansion",
-    "StateOption",
     "StateXInputError",
     "choose_layers",
     "expand_gla",

@@ -12,49 +12,28 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PretrainedConfig
 
 from statex_hf.expansion.errors import StateXInputError, in_flag_words
 from statex_hf.expansion.fresh import fresh_layer_parameters
 from statex_hf.expansion.layers import LAYERS_FLAG, choose_layers
+from statex_hf.families import Family
 
 # Serialization bookkeeping that must not be copied into the new config.
 _DROPPED_CONFIG_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path")
 
 
-@dataclass(frozen=True)
-class StateOption:
-    """The one command-line option by which a family grows its state, and the config field it sets."""
-
-    flag: str  # e.g. "--num-heads"
-    config_field: str  # e.g. "statex_num_heads"
-    default: int | None  # None: the config class's default
-    metavar: str
-    help: str
-
-    @property
-    def dest(self) -> str:
-        """The keyword argument (and argparse destination) that carries the value: ``num_heads``."""
-        return self.flag.removeprefix("--").replace("-", "_")
-
-
 class Expansion(ABC):
     """The surgery for one conversion, applied tensor by tensor so sharded checkpoints can stream through it.
 
-    Subclasses set the class attributes and implement ``state_size``, ``parameter_delta`` and ``transform``.
+    Subclasses name their registry entry (``family``) and implement ``state_size``, ``parameter_delta`` and
+    ``transform``; the family gives the config and model classes, init modes, state option and layer names.
     """
 
-    name: ClassVar[str]  # in messages: "GLA"
-    config_class: ClassVar[type[PretrainedConfig]]
-    model_class: ClassVar[type[PreTrainedModel]]  # the StateX ...ForCausalLM
-    source_model_type: ClassVar[str]  # ``model_type`` of the (translated) source config
-    init_modes: ClassVar[tuple[str, ...]]  # the first is the default
-    state_option: ClassVar[StateOption]
-    layer_prefix: ClassVar[str]  # state-dict prefix of the blocks, e.g. "model.layers"
+    family: ClassVar[Family]
 
     def __init__(
         self,
@@ -66,39 +45,42 @@ class Expansion(ABC):
         seed: int = 0,
         **state_choice: int | None,
     ) -> None:
-        init = self.init_modes[0] if init is None else init
-        if init not in self.init_modes:
+        family = self.family
+        init = family.init_modes[0] if init is None else init
+        if init not in family.init_modes:
             raise StateXInputError(
-                f"--init {init!r} is not a {self.name} init mode; choose one of {', '.join(self.init_modes)}"
+                f"--init {init!r} is not a {family.title} init mode; choose one of {', '.join(family.init_modes)}"
             )
-        unknown = set(state_choice) - {self.state_option.dest}
+        unknown = set(state_choice) - {family.state_option.dest}
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected keyword argument {sorted(unknown)[0]!r}")
-        if source_config.get("model_type") != self.source_model_type:
+        if source_config.get("model_type") != family.source_model_type:
             raise StateXInputError(
                 f"config has model_type={source_config.get('model_type')!r}; {type(self).__name__} expands "
-                f"model_type {self.source_model_type!r} checkpoints"
+                f"model_type {family.source_model_type!r} checkpoints"
             )
         fields = {k: v for k, v in source_config.items() if k not in _DROPPED_CONFIG_KEYS}
         num_layers = self._build_config(fields).num_hidden_layers
         self.layers = choose_layers(num_layers, every=every, layers=layers)
-        value = state_choice.get(self.state_option.dest, self.state_option.default)
-        extra = {} if value is None else {self.state_option.config_field: value}
+        option = family.state_option
+        value = state_choice.get(option.dest, option.default)
+        extra = {} if value is None else {option.config_field: value}
         self.config = self._build_config({**fields, "statex_layers": list(self.layers), **extra})
-        self.config.architectures = [self.model_class.__name__]
+        self.config.architectures = [family.causal_lm_class_name]
         self.init = init
         self.seed = seed
         self._fresh: dict[int, dict[str, torch.Tensor]] = {}
 
     def _build_config(self, fields: Mapping[str, Any]) -> PretrainedConfig:
         """The config class decides what is valid; its message comes back in the command line's words."""
+        config_class = self.family.config_class
         try:
-            return self.config_class(**fields)
+            return config_class(**fields)
         except (ValueError, TypeError) as err:
-            flags = {"statex_layers": LAYERS_FLAG, self.state_option.config_field: self.state_option.flag}
-            message = in_flag_words(str(err), flags)
+            option = self.family.state_option
+            message = in_flag_words(str(err), {"statex_layers": LAYERS_FLAG, option.config_field: option.flag})
             if message == str(err):  # a rule about the checkpoint alone, not about a choice
-                message = f"cannot build the {self.config_class.__name__}: {message}"
+                message = f"cannot build the {config_class.__name__}: {message}"
             raise StateXInputError(message) from err
 
     @abstractmethod
@@ -119,16 +101,14 @@ class Expansion(ABC):
 
     def layer_index(self, name: str) -> int | None:
         """``model.layers.3.attn.q_proj.weight`` -> 3; ``None`` outside the blocks."""
-        match = re.match(rf"^{re.escape(self.layer_prefix)}\.(\d+)\.", name)
+        match = re.match(rf"^{re.escape(self.family.layout.layers)}\.(\d+)\.", name)
         return int(match.group(1)) if match else None
 
     def fresh_layer(self, layer_idx: int) -> dict[str, torch.Tensor]:
         """Layer ``layer_idx`` as the StateX model class's ``_init_weights`` draws it (one layer cached)."""
         if layer_idx not in self._fresh:
-            prefix = f"{self.layer_prefix}.{layer_idx}"
-            self._fresh = {
-                layer_idx: fresh_layer_parameters(self.model_class, self.config, prefix, self.seed, layer_idx)
-            }
+            model_class, prefix = self.family.causal_lm_class, self.family.layout.block(layer_idx)
+            self._fresh = {layer_idx: fresh_layer_parameters(model_class, self.config, prefix, self.seed, layer_idx)}
         return self._fresh[layer_idx]
 
     @staticmethod

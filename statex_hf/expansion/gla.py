@@ -20,15 +20,17 @@ from typing import Any
 
 import torch
 
-from statex_hf.expansion.base import Expansion, StateOption
+from statex_hf.expansion.base import Expansion
 from statex_hf.expansion.errors import StateXInputError
 from statex_hf.expansion.reference_init import gla_reference_tensor, tensor_generator
+from statex_hf.families import GLA
 from statex_hf.modeling.gla.configuration_statex_gla import StateXGLAConfig
 from statex_hf.modeling.gla.modeling_statex_gla import StateXGLAForCausalLM
 
-GLA_INIT_MODES = ("reinit", "reinit-init-weights", "inherit")
+GLA_INIT_MODES = GLA.init_modes
+_LAYOUT = GLA.layout
 # Keys the StateX surgery touches: the token mixer and the RMSNorm in front of it.
-_MIXER_KEY = re.compile(r"^model\.layers\.(\d+)\.(attn|attn_norm)\.(.+)$")
+_MIXER_KEY = re.compile(rf"^{re.escape(_LAYOUT.layers)}\.(\d+)\.({_LAYOUT.mixer}|{_LAYOUT.mixer_norm})\.(.+)$")
 _OUTPUT_NORM = ("g_norm_swish_gate.weight", "g_norm.weight")
 
 
@@ -40,15 +42,7 @@ def gla_state_size(key_dim: int, value_dim: int, num_heads: int) -> int:
 class GLAExpansion(Expansion):
     """Head merging: the chosen layers run with ``--num-heads`` heads (``statex_num_heads``)."""
 
-    name = "GLA"
-    config_class = StateXGLAConfig
-    model_class = StateXGLAForCausalLM
-    source_model_type = "gla"
-    init_modes = GLA_INIT_MODES
-    state_option = StateOption(
-        "--num-heads", "statex_num_heads", default=1, metavar="H", help="heads of an expanded layer (default 1)"
-    )
-    layer_prefix = "model.layers"
+    family = GLA
     config: StateXGLAConfig
 
     def __init__(self, source_config: Mapping[str, Any], **choices: Any) -> None:
@@ -73,7 +67,7 @@ class GLAExpansion(Expansion):
         if match is None or int(match.group(1)) not in self.layers:
             return tensor
         layer_idx, part, rest = int(match.group(1)), match.group(2), match.group(3)
-        is_output_norm = part == "attn" and rest in _OUTPUT_NORM
+        is_output_norm = part == _LAYOUT.mixer and rest in _OUTPUT_NORM
         if self.init in ("reinit", "reinit-init-weights"):
             new = self._reinitialized(name, layer_idx)
             # The output norm spans the merged head, so only its shape may differ from the source.
@@ -90,7 +84,7 @@ class GLAExpansion(Expansion):
         return (self.config.value_dim // self.source_num_heads,)
 
     def _reinitialized(self, name: str, layer_idx: int) -> torch.Tensor:
-        prefix = f"{self.layer_prefix}.{layer_idx}"
+        prefix = _LAYOUT.block(layer_idx)
         if self.init == "reinit-init-weights":
             fresh = self.fresh_layer(layer_idx)
             if name not in fresh:

@@ -23,14 +23,15 @@ from typing import Any
 
 import torch
 
-from statex_hf.expansion.base import Expansion, StateOption
+from statex_hf.expansion.base import Expansion
 from statex_hf.expansion.reference_init import mamba2_reference_reset, tensor_generator, torch_default_uniform
+from statex_hf.families import MAMBA2
 from statex_hf.modeling.mamba2.configuration_statex_mamba2 import StateXMamba2Config
-from statex_hf.modeling.mamba2.modeling_statex_mamba2 import StateXMamba2ForCausalLM
 
-MAMBA2_INIT_MODES = ("reinit", "reinit-init-weights", "copy", "zero")
-_MIXER_KEY = re.compile(r"^backbone\.layers\.(\d+)\.mixer\.((?:in_proj|conv1d)\.(?:weight|bias))$")
-_RESET_KEY = re.compile(r"^backbone\.layers\.(\d+)\.mixer\.(dt_bias|A_log|norm\.weight)$")
+MAMBA2_INIT_MODES = MAMBA2.init_modes
+_MIXER = rf"^{re.escape(MAMBA2.layout.layers)}\.(\d+)\.{MAMBA2.layout.mixer}\."
+_MIXER_KEY = re.compile(_MIXER + r"((?:in_proj|conv1d)\.(?:weight|bias))$")
+_RESET_KEY = re.compile(_MIXER + r"(dt_bias|A_log|norm\.weight)$")
 
 
 def mamba2_state_size(intermediate_size: int, state_size: int) -> int:
@@ -47,15 +48,7 @@ def mamba2_parameter_delta_per_layer(config: StateXMamba2Config, old_state_size:
 class Mamba2Expansion(Expansion):
     """State-dimension growth: the chosen layers' N becomes ``--state-size`` (``statex_state_size``)."""
 
-    name = "Mamba2"
-    config_class = StateXMamba2Config
-    model_class = StateXMamba2ForCausalLM
-    source_model_type = "mamba2"
-    init_modes = MAMBA2_INIT_MODES
-    state_option = StateOption(
-        "--state-size", "statex_state_size", default=None, metavar="N", help="new state size N' (default 4x N)"
-    )
-    layer_prefix = "backbone.layers"
+    family = MAMBA2
     config: StateXMamba2Config
 
     def __init__(self, source_config: Mapping[str, Any], **choices: Any) -> None:

@@ -1,0 +1,220 @@
+"""The registry of model families: everything the package knows about GLA and Mamba2, in one place.
+
+Every command and module asks this registry (``get_family``, ``family_of_model_type``) instead of
+branching on a family's name, and an unknown name fails loudly. A family is its modeling folder
+(config and model classes, named as transformers names them), its kernels, its expansion module, and
+one :class:`Family` entry here holding the rest: source formats, init modes, the command-line option
+that grows the state, the model card's text and the training layout (README, "Add a family").
+
+Nothing heavy is imported here (the command line reads this module before it parses arguments);
+classes are imported when first asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+
+class UnknownFamilyError(ValueError):
+    """A family name or model_type that no registry entry has."""
+
+
+@dataclass(frozen=True)
+class StateOption:
+    """The one command-line option by which a family grows its state, and the config field it sets."""
+
+    flag: str  # e.g. "--num-heads"
+    config_field: str  # e.g. "statex_num_heads"
+    default: int | None  # None: the config class's default
+    metavar: str
+    help: str
+
+    @property
+    def dest(self) -> str:
+        """The keyword argument (and argparse destination) that carries the value: ``num_heads``."""
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+@dataclass(frozen=True)
+class TrainingLayout:
+    """Module names of one family's causal LM (the source model's names), for freezing and LoRA."""
+
+    layers: str  # the ModuleList of blocks
+    mixer: str  # the token mixer inside a block
+    mixer_norm: str  # the RMSNorm in front of the token mixer
+    lora_targets: tuple[str, ...]  # nn.Linear names LoRA adapts by default
+
+    def block(self, layer_idx: int) -> str:
+        return f"{self.layers}.{layer_idx}"
+
+    def mixer_modules(self, layer_idx: int) -> tuple[str, str]:
+        """The token mixer and its pre-norm: what StateX re-initializes in an expanded GLA layer."""
+        return f"{self.block(layer_idx)}.{self.mixer}", f"{self.block(layer_idx)}.{self.mixer_norm}"
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family. Module and class names follow transformers' conventions, so they are derived."""
+
+    name: str  # the command-line word (`statex-hf convert gla`) and the model-card tag
+    title: str  # in sentences: "GLA"
+    model_type: str  # the StateX config's model_type
+    class_prefix: str  # StateXGLA -> StateXGLAConfig, StateXGLAModel, StateXGLAForCausalLM
+    modeling_package: str  # holds configuration_<model_type>.py and modeling_<model_type>.py
+    expansion: str  # "module.Class" of the family's statex_hf.expansion.Expansion subclass
+    source_model_type: str  # model_type of the transformers-style config the source formats translate to
+    # Names in statex_hf.conversion.readers.SOURCE_FORMATS; the first is the native one (a config.json
+    # with model_type `source_model_type`, tensors named as the StateX model names them).
+    source_formats: tuple[str, ...]
+    source_help: str  # what `statex-hf convert <name>` reads, for --help
+    init_modes: tuple[str, ...]  # the first is the default
+    state_option: StateOption
+    card_method: str  # the model card's one-line account of how the state grows
+    card_reinit: str  # ... and of what --init reinit did
+    layout: TrainingLayout
+
+    @property
+    def config_module(self) -> str:
+        return f"{self.modeling_package}.configuration_{self.model_type}"
+
+    @property
+    def modeling_module(self) -> str:
+        return f"{self.modeling_package}.modeling_{self.model_type}"
+
+    @property
+    def config_class_name(self) -> str:
+        return f"{self.class_prefix}Config"
+
+    @property
+    def model_class_name(self) -> str:
+        return f"{self.class_prefix}Model"
+
+    @property
+    def causal_lm_class_name(self) -> str:
+        return f"{self.class_prefix}ForCausalLM"
+
+    @property
+    def config_class(self) -> Any:
+        return _load(self.config_module, self.config_class_name)
+
+    @property
+    def model_class(self) -> Any:
+        return _load(self.modeling_module, self.model_class_name)
+
+    @property
+    def causal_lm_class(self) -> Any:
+        return _load(self.modeling_module, self.causal_lm_class_name)
+
+    @property
+    def expansion_class(self) -> Any:
+        module, _, name = self.expansion.rpartition(".")
+        return _load(module, name)
+
+
+def _load(module: str, name: str) -> Any:
+    return getattr(importlib.import_module(module), name)
+
+
+_REFERENCE = "the initialization of the paper's released code (thunlp/StateX at 76d15ef, {where})"
+
+GLA = Family(
+    name="gla",
+    title="GLA",
+    model_type="statex_gla",
+    class_prefix="StateXGLA",
+    modeling_package="statex_hf.modeling.gla",
+    expansion="statex_hf.expansion.gla.GLAExpansion",
+    source_model_type="gla",
+    source_formats=("fla-gla",),
+    source_help="fla GLA checkpoint (e.g. fla-hub/gla-1.3B-100B)",
+    init_modes=("reinit", "reinit-init-weights", "inherit"),
+    state_option=StateOption(
+        "--num-heads", "statex_num_heads", default=1, metavar="H", help="heads of an expanded layer (default 1)"
+    ),
+    card_method="head merging: each expanded layer runs its token mixer with fewer heads (same projections), "
+    "so its recurrent state (heads x dk x dv) grows",
+    card_reinit="the chosen layers' token mixers and pre-mixer RMSNorms were re-initialized with "
+    + _REFERENCE.format(where="`modeling/gla/model.py` `drop_layers`, `modeling/gla/layer.py`")
+    + ": every linear layer `xavier_uniform_(gain=2**-2.5)` with zero bias, norm weights 1, short "
+    "convolutions PyTorch's `nn.Conv1d` default; the MLPs were kept",
+    layout=TrainingLayout(
+        layers="model.layers",
+        mixer="attn",
+        mixer_norm="attn_norm",
+        # Every projection of the mixer and the MLP; the tiny low-rank forget-gate projection
+        # (gk_proj, rank 16) is left alone.
+        lora_targets=("q_proj", "k_proj", "v_proj", "g_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    ),
+)
+
+MAMBA2 = Family(
+    name="mamba2",
+    title="Mamba2",
+    model_type="statex_mamba2",
+    class_prefix="StateXMamba2",
+    modeling_package="statex_hf.modeling.mamba2",
+    expansion="statex_hf.expansion.mamba2.Mamba2Expansion",
+    source_model_type="mamba2",
+    source_formats=("transformers-mamba2", "mamba-ssm", "mistral-mamba2"),
+    source_help="Mamba2: transformers, state-spaces (mamba_ssm) or mistral (Mamba-Codestral) checkpoint",
+    init_modes=("reinit", "reinit-init-weights", "copy", "zero"),
+    state_option=StateOption(
+        "--state-size", "statex_state_size", default=None, metavar="N", help="new state size N' (default 4x N)"
+    ),
+    card_method="state-dimension expansion: each expanded layer's SSM state dimension N grows (only the B and C "
+    "rows of `in_proj` and channels of `conv1d` grow)",
+    card_reinit="all B/C rows of `in_proj` (old and new) and B/C channels of `conv1d` were drawn with "
+    + _REFERENCE.format(where="`modeling/mamba2/layer.py` `drop_layer`")
+    + ": PyTorch's `nn.Linear` / `nn.Conv1d` default, U(±1/sqrt(fan_in)); `dt_bias` 1, `A_log` log(1..H), "
+    "gated norm weight 1; z, x and dt rows, x channels, `D` and `out_proj` were kept",
+    layout=TrainingLayout(
+        layers="backbone.layers",
+        mixer="mixer",
+        mixer_norm="norm",
+        # Mamba2's two projections carry nearly all of a layer's weights (peft's choice for Mamba too).
+        lora_targets=("in_proj", "out_proj"),
+    ),
+)
+
+FAMILIES: dict[str, Family] = {family.name: family for family in (GLA, MAMBA2)}
+
+
+def get_family(name: str) -> Family:
+    """The family called ``name`` (the command line's word: ``gla``, ``mamba2``)."""
+    if name not in FAMILIES:
+        raise UnknownFamilyError(f"unknown family {name!r}; choose one of {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def family_of_model_type(model_type: str | None) -> Family:
+    """The family whose StateX config has ``model_type`` (``statex_gla``, ...)."""
+    for family in FAMILIES.values():
+        if family.model_type == model_type:
+            return family
+    raise UnknownFamilyError(
+        f"model_type={model_type!r} is not a StateX model (one of {', '.join(f.model_type for f in FAMILIES.values())})"
+    )
+
+
+def family_of_source_format(format_name: str) -> Family:
+    """The family that reads source format ``format_name`` (``fla-gla``, ``mamba-ssm``, ...)."""
+    for family in FAMILIES.values():
+        if format_name in family.source_formats:
+            return family
+    raise UnknownFamilyError(f"no family reads the source format {format_name!r}")
+
+
+__all__ = [
+    "FAMILIES",
+    "GLA",
+    "MAMBA2",
+    "Family",
+    "StateOption",
+    "TrainingLayout",
+    "UnknownFamilyError",
+    "family_of_model_type",
+    "family_of_source_format",
+    "get_family",
+]
