@@ -99,6 +99,14 @@ class Expansion(ABC):
         """Every tensor of ``state_dict`` through :meth:`transform`; kept tensors are not copied."""
         return {name: self.transform(name, tensor) for name, tensor in state_dict.items()}
 
+    @classmethod
+    def on_state_dict(
+        cls, source_config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], **choices: Any
+    ) -> tuple[PretrainedConfig, dict[str, torch.Tensor]]:
+        """Source config + state dict -> (StateX config, StateX state dict), with the constructor's choices."""
+        expansion = cls(source_config, **choices)
+        return expansion.config, expansion.expand(state_dict)
+
     def layer_index(self, name: str) -> int | None:
         """``model.layers.3.attn.q_proj.weight`` -> 3; ``None`` outside the blocks."""
         match = re.match(rf"^{re.escape(self.family.layout.layers)}\.(\d+)\.", name)

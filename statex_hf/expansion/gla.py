@@ -1,4 +1,4 @@
-"""StateX for GLA: merge the heads of the chosen layers (STATEX.md, "StateX for GLA = head merging").
+"""StateX for GLA: merge the heads of the chosen layers (Shen et al. 2025, arXiv:2509.22630).
 
 Projection shapes do not change; only the per-head output norm grows to the merged head (its
 weight: dv -> H * dv / statex_num_heads, a few thousand parameters). Init modes:
@@ -15,7 +15,7 @@ The MLP and everything else is kept bit for bit.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -103,16 +103,6 @@ class GLAExpansion(Expansion):
         return gla_reference_tensor(layer, name_in_layer, tensor_generator(self.seed, layer_idx, name_in_layer))
 
 
-def expand_gla(
-    source_config: Mapping[str, Any],
-    state_dict: Mapping[str, torch.Tensor],
-    *,
-    layers: Sequence[int] | None = None,
-    every: int | None = None,
-    init: str = "reinit",
-    num_heads: int = 1,
-    seed: int = 0,
-) -> tuple[StateXGLAConfig, dict[str, torch.Tensor]]:
-    """Source fla GLA config + state dict -> (``StateXGLAConfig``, StateX state dict). Kept tensors are not copied."""
-    expansion = GLAExpansion(source_config, layers=layers, every=every, init=init, num_heads=num_heads, seed=seed)
-    return expansion.config, expansion.expand(state_dict)
+# Source fla GLA config + state dict -> (StateXGLAConfig, StateX state dict); choices: layers, every, init,
+# num_heads, seed. E.g. expand_gla(config, state_dict, every=6).
+expand_gla = GLAExpansion.on_state_dict

@@ -1,4 +1,4 @@
-"""StateX for Mamba2: grow the SSM state dimension N of the chosen layers (STATEX.md, "StateX for Mamba2").
+"""StateX for Mamba2: grow the SSM state dimension N of the chosen layers (Shen et al. 2025, arXiv:2509.22630).
 
 Only the B and C parts grow: the B/C rows of ``in_proj`` (and its bias) and the B/C channels of
 ``conv1d``. Init modes:
@@ -18,7 +18,7 @@ Only the B and C parts grow: the B/C rows of ``in_proj`` (and its bias) and the 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -117,16 +117,6 @@ class Mamba2Expansion(Expansion):
         return grown.reshape(g * n_new, *block.shape[1:])
 
 
-def expand_mamba2(
-    source_config: Mapping[str, Any],
-    state_dict: Mapping[str, torch.Tensor],
-    *,
-    layers: Sequence[int] | None = None,
-    every: int | None = None,
-    init: str = "reinit",
-    state_size: int | None = None,
-    seed: int = 0,
-) -> tuple[StateXMamba2Config, dict[str, torch.Tensor]]:
-    """Source Mamba2 config (transformers fields) + state dict -> (``StateXMamba2Config``, StateX state dict)."""
-    expansion = Mamba2Expansion(source_config, layers=layers, every=every, init=init, state_size=state_size, seed=seed)
-    return expansion.config, expansion.expand(state_dict)
+# Source Mamba2 config (transformers fields) + state dict -> (StateXMamba2Config, StateX state dict); choices:
+# layers, every, init, state_size, seed. E.g. expand_mamba2(config, state_dict, layers=[0, 12], state_size=512).
+expand_mamba2 = Mamba2Expansion.on_state_dict
