@@ -60,7 +60,6 @@ class Checkpoint:
 
     folder: Path
     format: SourceFormat
-    family: Family
     config: dict[str, Any]
     files: list[Path]
 
@@ -163,7 +162,7 @@ def open_checkpoint(folder: Path, family: Family) -> Checkpoint:
         )
     files = weight_files(folder, fmt)
     config = {**fmt.to_transformers(raw), "model_type": family.source_model_type}
-    return Checkpoint(folder, fmt, family, config, files)
+    return Checkpoint(folder, fmt, config, files)
 
 
 def weight_files(folder: Path, fmt: SourceFormat) -> list[Path]:
