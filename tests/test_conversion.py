@@ -246,6 +246,7 @@ def _bad_inputs(sources, tmp: Path) -> dict[str, tuple[list, str]]:
     llama = _edit_config(_copy(gla, tmp / "llama"), model_type="llama")
     mismatch = _edit_config(_copy(gla, tmp / "mismatch"), hidden_size=64)
     hybrid = _edit_config(_copy(gla, tmp / "hybrid"), attn={"layers": [0], "num_heads": 4})
+    gelu = _edit_config(_copy(gla, tmp / "gelu"), hidden_act="gelu")
     mistral = sources["mistral"][0]
     transformer_params = _copy(mistral, tmp / "mistral-transformer")
     params = json.loads((transformer_params / "params.json").read_text())
@@ -261,6 +262,8 @@ def _bad_inputs(sources, tmp: Path) -> dict[str, tuple[list, str]]:
         "every 0": (["gla", gla, tmp / "o", "--every", "0"], "--every must be a positive integer"),
         "state size not larger": (["mamba2", mamba2, tmp / "o", "--state-size", "8"], "is not larger than"),
         "heads do not divide": (["gla", gla, tmp / "o", "--num-heads", "3"], "does not divide"),
+        "state would not grow": (["gla", gla, tmp / "o", "--num-heads", "4"], "--num-heads 4 is not fewer than"),
+        "unsupported activation": (["gla", gelu, tmp / "o"], "hidden_act='gelu' is not supported"),
         "corrupt safetensors": (["gla", corrupt, tmp / "o"], "corrupt or truncated"),
         "truncated safetensors": (["gla", truncated, tmp / "o"], "corrupt or truncated"),
         "missing shard": (["gla", missing_shard, tmp / "o"], "missing shard model-00002"),
@@ -286,6 +289,8 @@ BAD_INPUT_CASES = [
     "every 0",
     "state size not larger",
     "heads do not divide",
+    "state would not grow",
+    "unsupported activation",
     "corrupt safetensors",
     "truncated safetensors",
     "missing shard",
