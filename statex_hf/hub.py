@@ -1,5 +1,9 @@
-"""Hub side of a converted checkpoint: the remote-code bundle (so ``trust_remote_code=True`` works without
+"""Hub side of a StateX checkpoint: the remote-code bundle (so ``trust_remote_code=True`` works without
 ``statex_hf`` installed) and the push of a finished folder in one commit.
+
+Every save of a StateX config writes the bundle beside it (``statex_hf.modeling.remote_code``), so
+every folder a StateX model is saved to (``save_pretrained``, ``Trainer`` checkpoints, ``push_to_hub``,
+``convert``) is a self-contained Hub repo.
 
 The bundle is the model's own source, flattened: every ``statex_hf.*`` module the modeling file
 needs (configuration, modeling, cache, kernels, ...) is copied next to the weights under a flat
@@ -10,7 +14,9 @@ form transformers' dynamic-module loader resolves and downloads.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +122,12 @@ def _rewrite(module: str, source: str) -> tuple[str, list[str]]:
 
 def remote_code_files(family: str) -> dict[str, str]:
     """Flat file name -> source for everything the family's modeling file imports from ``statex_hf``."""
+    return dict(_bundle(family))
+
+
+@functools.cache
+def _bundle(family: str) -> tuple[tuple[str, str], ...]:
+    # Built once per process: Trainer saves a checkpoint every save_steps, and the source does not change.
     code = REMOTE_CODE[family]
     files: dict[str, str] = {}
     todo = [code.config_module, code.modeling_module]
@@ -132,14 +144,31 @@ def remote_code_files(family: str) -> dict[str, str]:
         header = f"# Bundled by statex-hf from {module} for trust_remote_code; edit the package, not this copy.\n"
         files[f"{flat_name(module)}.py"] = header + text
         todo.extend(needed)
-    return files
+    return tuple(sorted(files.items()))
 
 
 def write_remote_code(folder: Path, family: str, config: PretrainedConfig) -> None:
     """Copy the flattened model code into ``folder`` and point ``config.auto_map`` at it (save the config after)."""
-    for name, text in remote_code_files(family).items():
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in _bundle(family):
         (folder / name).write_text(text, encoding="utf-8")
     config.auto_map = REMOTE_CODE[family].auto_map()
+
+
+def family_of(config: PretrainedConfig) -> str | None:
+    """The family whose bundle holds ``config``'s exact class; ``None`` for any other class (a user's subclass)."""
+    cls = type(config)
+    for family, code in REMOTE_CODE.items():
+        if (cls.__module__, cls.__name__) == (code.config_module, code.config_class):
+            return family
+    return None
+
+
+def write_remote_code_for(config: PretrainedConfig, save_directory: str | os.PathLike) -> None:
+    """The config-save hook: write the bundle of ``config``'s family into ``save_directory``, set ``auto_map``."""
+    family = family_of(config)
+    if family is not None:
+        write_remote_code(Path(save_directory), family, config)
 
 
 def push_folder(

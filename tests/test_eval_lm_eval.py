@@ -6,6 +6,7 @@ The two request types every harness task reduces to are called directly: no task
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -72,6 +73,15 @@ def test_harness_loads_the_statex_class(checkpoint, harness):
     _, model, _ = checkpoint
     assert type(harness.model) is type(model)
     assert harness.model.config.statex_layers == model.config.statex_layers
+
+
+def test_the_harness_knows_statex_models_as_causal_lms_without_remote_code(checkpoint, caplog):
+    """``HFLM`` picks its backend from transformers' causal-LM names; without them it warns and guesses."""
+    path, _, _ = checkpoint
+    with caplog.at_level(logging.WARNING):
+        lm = HFLM(pretrained=str(path), device="cpu", dtype="float32", batch_size=1)
+    assert lm.backend == "causal"
+    assert not [r.getMessage() for r in caplog.records if "neither marked as CausalLM" in r.getMessage()]
 
 
 def test_loglikelihood_equals_the_model_own_logprob(checkpoint, harness):

@@ -21,26 +21,10 @@ import torch
 from hub_server import HubServer
 from source_checkpoints import VOCAB, write_fla_gla, write_mamba_ssm, write_mistral_mamba2, write_tokenizer
 from transformers import AutoModelForCausalLM
+from without_statex_hf import BLOCK_STATEX_HF, IDS
 
 import statex_hf  # noqa: F401 - registers the Auto classes
 from statex_hf.conversion import convert
-
-IDS = [[1, 5, 9, 3, 7, 11, 2, 4], [6, 6, 8, 1, 0, 12, 5, 9]]
-# A process that cannot import statex_hf: the remote-code bundle must stand on its own.
-BLOCK_STATEX_HF = """
-import importlib.abc, sys
-class _Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "statex_hf" or name.startswith("statex_hf."):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
-sys.meta_path.insert(0, _Block())
-try:
-    import statex_hf
-except ModuleNotFoundError:
-    pass
-else:
-    raise SystemExit("statex_hf is importable; the test would prove nothing")
-"""
 
 
 @dataclass
@@ -122,6 +106,7 @@ def pushed_gla(hub, sources, tmp_path_factory):
     The source is itself on the Hub, next to files a conversion must not download.
     """
     source_files = {p.name: p.read_bytes() for p in (sources / "gla").iterdir()}
+    source_files["README.md"] = b"---\nlicense: apache-2.0\n---\n# GLA source\n"
     unneeded = {"consolidated.safetensors": source_files["model.safetensors"], "pytorch_model.bin": b"not needed"}
     hub.server.seed("tester/gla-source", {**source_files, **unneeded})
     out, home = tmp_path_factory.mktemp("converted") / "statex-gla", hub.root / "convert-home"
@@ -129,7 +114,7 @@ def pushed_gla(hub, sources, tmp_path_factory):
     result = ok(hub.run([*args, "--push-to-hub", "tester/statex-gla"], home=home))
     assert "pushed: " in result.stdout
     downloaded = {p.name for p in home.rglob("*") if p.is_file()}
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= downloaded
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= downloaded
     assert not downloaded & set(unneeded)  # only the files a conversion needs
     return "tester/statex-gla", out
 
@@ -141,6 +126,7 @@ def test_convert_push_then_fresh_process_loads_identical_logits(hub, pushed_gla,
     files = hub.server.files(repo)
     assert {"config.json", "model.safetensors", "README.md", "tokenizer.json", "modeling_statex_gla.py"} <= set(files)
     assert not hub.server.state.repo("models", repo).private
+    assert b"license: apache-2.0" in files["README.md"]  # the source card's license
     ok(hub.python(load_and_save_logits(repo, tmp_path / "logits.pt")))
     assert torch.equal(torch.load(tmp_path / "logits.pt"), local_logits(out))
 
@@ -238,21 +224,33 @@ def test_a_failed_upload_leaves_no_partial_commit(hub, sources, tmp_path):
     assert len(hub.server.commits(repo)) == len(before) + 1
 
 
-def test_model_push_to_hub_on_the_class_is_one_commit(hub, pushed_gla, tmp_path):
+def test_model_push_to_hub_on_the_class_is_one_commit_with_the_code(hub, pushed_gla, tmp_path):
+    """``push_to_hub`` and ``save_pretrained(push_to_hub=True)`` of a loaded model: repos that stand alone."""
     _, out = pushed_gla
-    repo = "tester/pushed-by-model"
-    code = f"""
-    import statex_hf, torch
-    from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained({str(out)!r})
-    model.push_to_hub({repo!r})
-    again = AutoModelForCausalLM.from_pretrained({repo!r})
-    ids = torch.tensor({IDS})
-    assert torch.equal(model(ids).logits, again(ids).logits)
-    """
-    ok(hub.python(code))
-    assert len(hub.server.commits(repo)) == 2
-    assert {"model.safetensors", "config.json", "README.md"} <= set(hub.server.files(repo))
+    saved = str(tmp_path / "saved")
+    pushes = {
+        "tester/pushed-by-model": "model.push_to_hub(repo)",
+        "tester/saved-and-pushed": f"model.save_pretrained({saved!r}, push_to_hub=True, repo_id=repo)",
+    }
+    for repo, push in pushes.items():
+        code = f"""
+        import statex_hf, torch
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained({str(out)!r})
+        repo = {repo!r}
+        {push}
+        again = AutoModelForCausalLM.from_pretrained(repo)
+        ids = torch.tensor({IDS})
+        assert torch.equal(model(ids).logits, again(ids).logits)
+        """
+        ok(hub.python(code))
+        assert len(hub.server.commits(repo)) == 2
+        files = set(hub.server.files(repo))
+        assert {"model.safetensors", "config.json", "configuration_statex_gla.py", "modeling_statex_gla.py"} <= files
+        assert {p.name for p in out.iterdir() if p.suffix == ".py"} <= files  # the whole bundle
+        logits = tmp_path / f"{repo.split('/')[1]}.pt"
+        ok(hub.python(load_and_save_logits(repo, logits, trust_remote_code=True, preamble=BLOCK_STATEX_HF)))
+        assert torch.equal(torch.load(logits), local_logits(out))
 
 
 def test_convert_from_a_hub_repo_in_mistrals_layout_downloads_params_and_consolidated(hub, tmp_path):

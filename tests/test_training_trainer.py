@@ -14,14 +14,8 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from statex_hf.training import posttrain
 from statex_hf.training.families import layout_of
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster than two fighting over a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one thread is faster than two fighting over a shared 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SEQ = 24

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 from statex_hf.modeling.config_checks import check_chunked_loss_size, check_divides, check_statex_layers
+from statex_hf.modeling.remote_code import SavesRemoteCode
 from transformers import PretrainedConfig
 
 
-class StateXGLAConfig(PretrainedConfig):
+class StateXGLAConfig(SavesRemoteCode, PretrainedConfig):
     r"""Configuration for [`StateXGLAModel`] and [`StateXGLAForCausalLM`].
 
     Every field of flash-linear-attention 0.6's ``GLAConfig`` keeps its name and default, so an fla

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 from statex_hf.modeling.config_checks import check_chunked_loss_size, check_divides, check_statex_layers
+from statex_hf.modeling.remote_code import SavesRemoteCode
 from transformers import PretrainedConfig
 
 
-class StateXMamba2Config(PretrainedConfig):
+class StateXMamba2Config(SavesRemoteCode, PretrainedConfig):
     r"""Configuration for [`StateXMamba2Model`] and [`StateXMamba2ForCausalLM`].
 
     Every field of transformers' ``Mamba2Config`` keeps its name and default.

@@ -27,10 +27,10 @@ def _layer_list(text: str) -> list[int]:
 
 
 def _size(text: str) -> int:
-    from huggingface_hub.serialization._base import parse_size_to_int
+    from accelerate.utils import convert_file_size_to_int  # "5GB", "500MB", "1GiB"
 
     try:
-        return parse_size_to_int(text)
+        return convert_file_size_to_int(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 

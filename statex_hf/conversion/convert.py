@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PretrainedConfig
 
-from statex_hf.conversion.model_card import CardFacts, model_card
+from statex_hf.conversion.model_card import CardFacts, model_card, source_license
 from statex_hf.conversion.readers import Checkpoint, open_checkpoint
 from statex_hf.conversion.source import (
     GENERATION_CONFIG_FILE,
@@ -28,7 +28,7 @@ from statex_hf.conversion.source import (
 from statex_hf.conversion.writer import DEFAULT_MAX_SHARD_BYTES, ShardWriter, atomic_folder, check_destination
 from statex_hf.expansion import Expansion, StateXInputError
 from statex_hf.families import FAMILIES, Family, UnknownFamilyError, get_family
-from statex_hf.hub import push_folder, write_remote_code
+from statex_hf.hub import push_folder
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SPECIAL_TOKENS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -53,6 +53,7 @@ class ConversionReport:
     layer_params_before: list[int]
     layer_params_after: list[int]
     config: PretrainedConfig
+    source_license: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     commit_url: str | None = None
 
@@ -75,6 +76,7 @@ class ConversionReport:
             layer_params_after=self.layer_params_after,
             architecture=self.config.architectures[0],
             model_id=model_id,
+            license=self.source_license,
         )
 
     def lines(self) -> list[str]:
@@ -192,11 +194,10 @@ def convert(
         if getattr(config, "dtype", None) is None and writer.dtypes:
             # Sources without a dtype in their config (state-spaces): record what the weights are.
             config.dtype = str(writer.dtypes.most_common(1)[0][0]).removeprefix("torch.")
-        write_remote_code(tmp, family, config)
         for path in tokenizer_paths:
             shutil.copy2(path, tmp / path.name)
         _align_special_tokens(config, tmp, ckpt)
-        config.save_pretrained(tmp)
+        config.save_pretrained(tmp)  # the model code too: the folder loads with trust_remote_code alone
         _generation_config(ckpt, config).save_pretrained(tmp)
         num_layers = config.num_hidden_layers
         report = ConversionReport(
@@ -215,6 +216,7 @@ def convert(
             layer_params_before=[layer_before[i] for i in range(num_layers)],
             layer_params_after=[layer_after[i] for i in range(num_layers)],
             config=config,
+            source_license=source_license(ckpt.folder),
             warnings=warnings,
         )
         model_card(report.card_facts(model_id=push_to_hub or str(output))).save(tmp / "README.md")

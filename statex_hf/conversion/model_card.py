@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import ModelCard, ModelCardData, metadata_load
 
 CITATION = """@article{shen2025statex,
   title   = {StateX: Enhancing RNN Recall via Post-training State Expansion},
@@ -62,6 +63,17 @@ class CardFacts:
     layer_params_after: list[int]
     architecture: str
     model_id: str  # what users pass to from_pretrained: the Hub repo when pushed, else the folder
+    license: dict[str, str] = field(default_factory=dict)  # the source card's license fields
+
+
+LICENSE_FIELDS = ("license", "license_name", "license_link")
+
+
+def source_license(folder: Path) -> dict[str, str]:
+    """The license of the source's model card (``README.md`` metadata), empty if it names none."""
+    card = folder / "README.md"
+    metadata = (metadata_load(card) if card.is_file() else None) or {}
+    return {name: str(metadata[name]) for name in LICENSE_FIELDS if metadata.get(name)}
 
 
 def model_card(facts: CardFacts) -> ModelCard:
@@ -71,6 +83,7 @@ def model_card(facts: CardFacts) -> ModelCard:
         pipeline_tag="text-generation",
         tags=["statex", facts.family, "recurrent", "state-expansion"],
         base_model=facts.source if facts.source_is_repo else None,
+        **facts.license,
     )
     rows = "\n".join(
         f"| {i} | {facts.state_before[i]:,} → {facts.state_after[i]:,} "
@@ -103,13 +116,16 @@ long-context post-training before it matches or beats the source model.
 
 ## Use
 
+The model's code ships with the weights, so `transformers` alone loads it:
+
 ```python
-import statex_hf  # registers the StateX classes; or pass trust_remote_code=True without the package
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-model = AutoModelForCausalLM.from_pretrained("{facts.model_id}")
-tokenizer = AutoTokenizer.from_pretrained("{facts.model_id}")
+model = AutoModelForCausalLM.from_pretrained("{facts.model_id}", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("{facts.model_id}", trust_remote_code=True)
 ```
+
+With the `statex-hf` package installed, `import statex_hf` and leave out `trust_remote_code` to use its classes.
 
 ## Post-training (the paper's setting)
 

@@ -1,6 +1,6 @@
 """Where a checkpoint comes from: a local folder, or a Hub repo id fetched with huggingface_hub.
 
-Only the files a conversion needs are downloaded: config, tokenizer, and one weight format.
+Only the files a conversion needs are downloaded: config, model card (its license), tokenizer, one weight format.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ CONFIG_FILE = "config.json"
 # mistral's own layout (Mamba-Codestral-7B): params.json beside consolidated.safetensors.
 PARAMS_FILE = "params.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
+MODEL_CARD_FILE = "README.md"  # the converted card carries the source's license
 # Everything a tokenizer may consist of; only the files present are copied.
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -85,7 +86,7 @@ def _download(repo_id: str, *, with_weights: bool) -> Path:
     try:
         # One plain request (no retry loop) answers both "is the Hub reachable" and "which files exist".
         files = [s.rfilename for s in HfApi().model_info(repo_id).siblings or []]
-        patterns = [CONFIG_FILE, PARAMS_FILE, GENERATION_CONFIG_FILE, *TOKENIZER_FILES]
+        patterns = [CONFIG_FILE, PARAMS_FILE, GENERATION_CONFIG_FILE, MODEL_CARD_FILE, *TOKENIZER_FILES]
         if with_weights:
             patterns += weight_patterns(files)
         return Path(snapshot_download(repo_id, allow_patterns=patterns))

@@ -12,7 +12,7 @@ from statex_hf.training.freezing import FREEZE_MODES, apply_freeze
 from statex_hf.training.lora import apply_lora, default_lora_config
 from statex_hf.training.packing import pack_dataset, pack_documents
 from statex_hf.training.posttrain import posttrain, prepare_dataset
-from statex_hf.training.recipe import PAPER_TRAINING_ARGS, recipe_training_arguments
+from statex_hf.training.recipe import PAPER_TRAINING_ARGS, RecipePlan, plan_recipe, recipe_training_arguments
 
 __all__ = [
     "FREEZE_MODES",
@@ -20,12 +20,14 @@ __all__ = [
     "PackedCollator",
     "PosttrainDataNotFound",
     "PosttrainInputError",
+    "RecipePlan",
     "apply_freeze",
     "apply_lora",
     "default_lora_config",
     "load_text_dataset",
     "pack_dataset",
     "pack_documents",
+    "plan_recipe",
     "posttrain",
     "prepare_dataset",
     "recipe_training_arguments",

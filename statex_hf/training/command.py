@@ -14,7 +14,7 @@ from typing import Any
 
 from statex_hf.training.errors import PosttrainInputError
 from statex_hf.training.freezing import FREEZE_MODES
-from statex_hf.training.recipe import PAPER_BATCH_TOKENS, PAPER_SEQ_LEN, PAPER_TRAINING_ARGS
+from statex_hf.training.recipe import PAPER_SEQ_LEN, default_help
 
 # Flag -> TrainingArguments field, for the recipe's values (None: leave the recipe's default).
 _RECIPE_FLAGS = {
@@ -56,23 +56,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("data", help="training data: local files / directory / glob, or a Hub dataset id")
     p.add_argument("output_dir", metavar="out", help="output directory (checkpoints, final model or adapter)")
     p.add_argument("--tokenizer", help="tokenizer name or path (default: the model's)")
-    p.add_argument("--seq-len", type=int, default=PAPER_SEQ_LEN, help=f"tokens per sequence (default {PAPER_SEQ_LEN})")
+    p.add_argument(
+        "--seq-len", type=int, default=PAPER_SEQ_LEN, help=f"tokens per sequence (default: {default_help('seq_len')})"
+    )
     p.add_argument(
         "--no-reset",
         dest="reset_state",
         action="store_false",
         help="plain concatenation: do not reset the state at document starts",
     )
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--split", default="train")
-    p.add_argument("--dataset-config", help="the Hub dataset's configuration name")
+    p.add_argument("--text-column", default="text", help="the column holding the documents (default: %(default)s)")
+    p.add_argument("--split", default="train", help="the dataset split (default: %(default)s)")
+    p.add_argument("--dataset-config", help="the Hub dataset's configuration name (default: none)")
     p.add_argument("--streaming", action="store_true", help="read the data lazily (needs --max-steps/--max-tokens)")
-    p.add_argument("--text-sample-by", choices=("document", "paragraph", "line"), default="document")
-    p.add_argument("--freeze", choices=FREEZE_MODES, default="none", help="which parameters stay fixed")
+    p.add_argument(
+        "--text-sample-by",
+        choices=("document", "paragraph", "line"),
+        default="document",
+        help="what one document of a text file is (default: %(default)s)",
+    )
+    p.add_argument(
+        "--freeze", choices=FREEZE_MODES, default="none", help="which parameters stay fixed (default: %(default)s)"
+    )
     p.add_argument("--lora", action="store_true", help="train LoRA adapters (peft) instead of the full model")
-    p.add_argument("--lora-r", type=int, default=16)
-    p.add_argument("--lora-alpha", type=int, default=32)
-    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default: %(default)s)")
+    p.add_argument("--lora-alpha", type=int, default=32, help="LoRA scaling numerator (default: %(default)s)")
+    p.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout (default: %(default)s)")
     p.add_argument("--lora-target-modules", help="comma-separated nn.Linear names (default: per family)")
     p.add_argument(
         "--lora-all-layers",
@@ -86,11 +95,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         help="tokens per loss chunk (default: 4096 from 8K tokens per micro-batch on; 0 = off)",
     )
-    p.add_argument("--batch-tokens", type=int, default=PAPER_BATCH_TOKENS, help="tokens per optimizer step")
-    p.add_argument("--max-tokens", type=int, help="total training tokens (sets max_steps)")
-    p.add_argument("--resume", nargs="?", const=True, default=None, help="resume from OUT's last checkpoint, or PATH")
+    p.add_argument(
+        "--batch-tokens", type=int, help=f"tokens per optimizer step (default: {default_help('batch_tokens')})"
+    )
+    p.add_argument("--max-tokens", type=int, help="total training tokens (sets max_steps; default: none)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        help="resume from OUT's last checkpoint, or PATH (default: start afresh)",
+    )
     bf16 = p.add_mutually_exclusive_group()
-    bf16.add_argument("--bf16", dest="bf16", action="store_true", default=None, help="bf16 mixed precision")
+    bf16.add_argument(
+        "--bf16",
+        dest="bf16",
+        action="store_true",
+        default=None,
+        help=f"bf16 mixed precision (default: {default_help('bf16')})",
+    )
     bf16.add_argument("--no-bf16", dest="bf16", action="store_false", help="fp32 training")
     p.add_argument(
         "--no-gradient-checkpointing",
@@ -99,9 +122,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="keep every layer's activations (faster, more memory)",
     )
     for name, kind in _RECIPE_FLAGS.items():
-        default = PAPER_TRAINING_ARGS.get(name)
-        extra = f" (paper: {default})" if default is not None else ""
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, help=f"{name}{extra}")
+        help_text = f"{name} (default: {default_help(name)})"
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, help=help_text)
     p.add_argument(
         "--training-arg",
         dest="training_args",
@@ -109,7 +131,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=_parse_training_arg,
         default=[],
         metavar="NAME=VALUE",
-        help="any other transformers.TrainingArguments field (repeatable)",
+        help="any other transformers.TrainingArguments field (repeatable; default: transformers' value)",
     )
     p.set_defaults(func=run)
 

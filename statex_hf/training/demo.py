@@ -161,6 +161,7 @@ def run_family(
         save_strategy="no",
         callbacks=[bar],
         seed=0,
+        show_recipe=False,  # the demo's own lines say what it runs
     )
     model.eval()
     prompt = tokenizer(PROMPT, return_tensors="pt")

@@ -33,12 +33,7 @@ from statex_hf.training.errors import PosttrainInputError
 from statex_hf.training.freezing import apply_freeze
 from statex_hf.training.packing import pack_dataset
 from statex_hf.training.progress import LossProgressBar
-from statex_hf.training.recipe import (
-    PAPER_BATCH_TOKENS,
-    PAPER_SEQ_LEN,
-    chunked_loss_size_for,
-    recipe_training_arguments,
-)
+from statex_hf.training.recipe import PAPER_SEQ_LEN, chunked_loss_size_for, fit_to_run, training_arguments
 
 logger = logging.get_logger(__name__)
 
@@ -120,11 +115,12 @@ def posttrain(
     lora: bool | dict | LoraConfig = False,
     merge_lora: bool = False,
     chunked_loss_size: int | str | None = "auto",
-    batch_tokens: int = PAPER_BATCH_TOKENS,
+    batch_tokens: int | None = None,
     max_tokens: int | None = None,
     resume_from_checkpoint: str | bool | None = None,
     callbacks: Sequence[TrainerCallback] | None = None,
     save: bool = True,
+    show_recipe: bool = True,
     **training_args: Any,
 ) -> Trainer:
     """Post-train ``model`` on long documents with the paper's recipe; returns the ``Trainer`` after training.
@@ -146,16 +142,20 @@ def posttrain(
         merge_lora: also save the merged model to ``output_dir/merged``.
         chunked_loss_size: tokens per loss chunk; ``"auto"`` chunks from 8K tokens per micro-batch on,
             ``None`` never. Set on the config for training only; the saved config keeps its own value.
-        batch_tokens: tokens per optimizer step over all processes (paper: 524,288); sets the
-            gradient accumulation unless ``gradient_accumulation_steps`` is given.
+        batch_tokens: tokens per optimizer step over all processes; sets the gradient accumulation
+            unless ``gradient_accumulation_steps`` is given. Default: the paper's 524,288 where the data
+            holds it, else fewer (see ``statex_hf.training.recipe``).
         max_tokens: total training tokens (sets ``max_steps`` unless given); needed, or
             ``max_steps``, with ``streaming``.
         resume_from_checkpoint: a checkpoint directory, or ``True`` for the latest in ``output_dir``.
         callbacks: extra ``TrainerCallback`` objects; a ``LossProgressBar`` among them replaces the
             Trainer's own progress output (bar plus a printed dict per log).
         save: save the final model (and tokenizer) to ``output_dir``.
+        show_recipe: print the recipe as it will run (tokens per step, micro-batch and accumulation,
+            lr and warm-up, steps, total tokens) before training; its warnings are logged either way.
         training_args: any ``TrainingArguments`` field, overriding the recipe
-            (``learning_rate=1e-4``, ``warmup_steps=100``, ``max_steps=2000``, ``bf16=False``, ...).
+            (``learning_rate=1e-4``, ``warmup_steps=100``, ``max_steps=2000``, ``bf16=False``, ...); the
+            batch and warm-up the user did not set are fitted to the data and the run's length.
     """
     if lora and freeze != "none":
         raise PosttrainInputError(
@@ -164,9 +164,7 @@ def posttrain(
         )
     base = load_model(model)
     tok = load_tokenizer(tokenizer, model)
-    args = recipe_training_arguments(
-        output_dir, seq_len=seq_len, batch_tokens=batch_tokens, max_tokens=max_tokens, **training_args
-    )
+    args = training_arguments(output_dir, **training_args)
     with args.main_process_first(desc="packing the training data"):
         train_dataset = prepare_dataset(
             data,
@@ -181,10 +179,25 @@ def posttrain(
         )
     from datasets import IterableDataset  # imported with training, not with the package
 
-    if isinstance(train_dataset, IterableDataset) and args.max_steps <= 0:
+    streamed = isinstance(train_dataset, IterableDataset)
+    rows = None if streamed else len(train_dataset)
+    plan = fit_to_run(
+        args,
+        training_args,
+        seq_len=len(train_dataset[0]["input_ids"]) if rows else seq_len,  # pre-packed rows keep their length
+        batch_tokens=batch_tokens,
+        max_tokens=max_tokens,
+        data_rows=rows,
+    )
+    if streamed and args.max_steps <= 0:
         raise PosttrainInputError(
             "streaming data has no length: give max_steps (--max-steps) or max_tokens (--max-tokens)"
         )
+    if args.process_index == 0:
+        if show_recipe:
+            print("\n".join(plan.lines()), flush=True)
+        for warning in plan.warnings:
+            logger.warning(warning)
 
     saved_chunk = getattr(base.config, "chunked_loss_size", None)
     if chunked_loss_size == "auto":
