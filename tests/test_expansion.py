@@ -43,7 +43,9 @@ def test_default_layers_are_the_papers_four_evenly_spaced_from_zero():
 def test_every_k_and_explicit_layers():
     assert choose_layers(48, every=1) == list(range(48))
     assert choose_layers(24, every=6) == [0, 6, 12, 18]
-    assert choose_layers(24, layers=[12, 0, 12]) == [0, 12]
+    assert choose_layers(24, layers=[12, 0]) == [0, 12]
+    with pytest.raises(StateXInputError, match="layer 12 is listed twice"):  # as the CLI and the config refuse it
+        choose_layers(24, layers=[12, 0, 12])
     assert choose_layers(24, layers=[]) == []
 
 

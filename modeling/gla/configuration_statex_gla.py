@@ -158,13 +158,13 @@ class StateXGLAConfig(SavesRemoteCode, PretrainedConfig):
         check_divides("num_heads", self.num_heads, "key_dim", self.key_dim)
         check_divides("num_heads", self.num_heads, "value_dim", self.value_dim)
         if self.statex_layers:
+            if self.statex_num_heads >= self.num_heads:  # the state per layer is key_dim * value_dim / heads
+                raise ValueError(
+                    f"statex_num_heads={self.statex_num_heads} is not fewer than num_heads={self.num_heads}: the "
+                    "expanded layers' state would not grow; use fewer heads there (e.g. statex_num_heads=1)"
+                )
             # Merged heads group whole heads, so they divide key_dim and value_dim as num_heads does.
             check_divides("statex_num_heads", self.statex_num_heads, "num_heads", self.num_heads)
-            if self.statex_num_heads >= self.num_heads:
-                raise ValueError(
-                    f"statex_num_heads={self.statex_num_heads} is not fewer than num_heads={self.num_heads}: "
-                    "merging heads would not grow the state (e.g. statex_num_heads=1)"
-                )
         if self.num_kv_heads is not None and self.num_kv_heads != self.num_heads:
             check_divides("num_kv_heads", self.num_kv_heads, "num_heads", self.num_heads)
             if self.statex_layers:

@@ -28,9 +28,8 @@ def choose_layers(
     if every is not None and layers is not None:
         raise StateXInputError("give either --every or --layers, not both")
     if layers is not None:
-        chosen = sorted(set(int(i) for i in layers))
-        try:  # the range rule is the config's (statex_layers)
-            return check_statex_layers(chosen, num_layers)
+        try:  # the rules (range, each layer once) are the config's (statex_layers)
+            return check_statex_layers([int(i) for i in layers], num_layers)
         except ValueError as err:
             raise StateXInputError(in_flag_words(str(err), {"statex_layers": LAYERS_FLAG})) from err
     if every is not None:
