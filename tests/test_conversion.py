@@ -247,6 +247,7 @@ def _bad_inputs(sources, tmp: Path) -> dict[str, tuple[list, str]]:
     mismatch = _edit_config(_copy(gla, tmp / "mismatch"), hidden_size=64)
     hybrid = _edit_config(_copy(gla, tmp / "hybrid"), attn={"layers": [0], "num_heads": 4})
     gelu = _edit_config(_copy(gla, tmp / "gelu"), hidden_act="gelu")
+    already = _edit_config(_copy(mamba2, tmp / "already"), model_type="statex_mamba2", statex_layers=[0])
     mistral = sources["mistral"][0]
     transformer_params = _copy(mistral, tmp / "mistral-transformer")
     params = json.loads((transformer_params / "params.json").read_text())
@@ -276,6 +277,7 @@ def _bad_inputs(sources, tmp: Path) -> dict[str, tuple[list, str]]:
         "mistral without weights": (["mamba2", no_consolidated, tmp / "o"], "consolidated.safetensors"),
         "config does not match weights": (["gla", mismatch, tmp / "o"], "does not match the weights"),
         "softmax layer of a hybrid": (["gla", hybrid, tmp / "o", "--layers", "0"], "softmax-attention layer"),
+        "already expanded": (["mamba2", already, tmp / "o"], "already a StateX checkpoint"),
         "bad layer list": (["gla", gla, tmp / "o", "--layers", "a,b"], "comma-separated layer indices"),
     }
 
@@ -303,6 +305,7 @@ BAD_INPUT_CASES = [
     "mistral without weights",
     "config does not match weights",
     "softmax layer of a hybrid",
+    "already expanded",
     "bad layer list",
 ]
 

@@ -146,6 +146,13 @@ def detect_format(config_file: str, config: dict[str, Any]) -> tuple[Family, Sou
     for family, fmt in formats:
         if fmt.config_file == config_file and fmt.matches(config):
             return family, fmt
+    if any(family.model_type == config.get("model_type") for family in FAMILIES.values()):
+        layers = ", ".join(map(str, config.get("statex_layers") or [])) or "none"
+        raise StateXInputError(
+            f"this is already a StateX checkpoint (model_type {config['model_type']!r}, expanded layers: {layers}); "
+            "expanding it again is not supported: convert the original checkpoint with every layer you want "
+            "expanded, or post-train this one (statex-hf posttrain)"
+        )
     supported = "; ".join(f"{fmt.name} ({fmt.description})" for _, fmt in formats)
     raise StateXInputError(
         f"unknown checkpoint type: {config_file} has model_type={config.get('model_type')!r}; supported: {supported}"
