@@ -214,8 +214,9 @@ def print_table(rows: list[dict], statuses: dict) -> None:
         return None
 
     import torch
+    from gpu_specs import describe, hbm_tbps
 
-    print(f"\nGLA kernels, bf16, {torch.cuda.get_device_name()}, torch {torch.__version__}\n")
+    print(f"\nGLA kernels, bf16, {describe()}, torch {torch.__version__}\n")
     print("| shape | B x T | impl | fwd ms | fwd+bwd ms | peak GiB | first call s |")
     print("|---|---|---|---:|---:|---:|---:|")
     for shape in SHAPES:
@@ -233,6 +234,7 @@ def print_table(rows: list[dict], statuses: dict) -> None:
                     first_s = f"> limit ({status})"
                 cells = [_fmt(r.get("fwd_ms"), ".2f"), _fmt(r.get("fwdbwd_ms"), ".2f"), _fmt(r.get("peak_gib"), ".2f")]
                 print(f"| {shape} | {B} x {T // 1024}K | {impl} | " + " | ".join(cells) + f" | {first_s} |")
+    print(f"\nDecode: GB/s of state read and written once; this GPU's HBM: {hbm_tbps() * 1e3:.0f} GB/s")
     print("\n| shape | impl | " + " | ".join(f"decode B={b} us (GB/s)" for b in DECODE_BATCHES) + " |")
     print("|---|---|" + "---:|" * len(DECODE_BATCHES))
     for shape in SHAPES:

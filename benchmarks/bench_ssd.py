@@ -5,10 +5,15 @@ gated RMSNorm that ends the mixer (PyTorch reference, our Triton kernel, mamba_s
 
 Each (implementation, N) runs in a fresh process with an empty Triton cache, so "first call" is
 compile + autotune + run, and an out-of-memory stays in its own process. One table at the end.
+``--peer-warm-procs K`` compiles mamba_ssm's autotuning configs first in K processes at once (each a
+share of every kernel's configs) into one Triton cache that its timing processes then use: the same
+autotuning, minutes sooner, but no cold first call for the peer. ``--profile-ts`` adds a kernel-by-kernel
+profile (``torch.profiler``) of each implementation's forward and forward+backward.
 
     python benchmarks/bench_ssd.py                     # everything (mamba_ssm from MAMBA_SSM_SRC)
     python benchmarks/bench_ssd.py --impls ours --ns 512
     python benchmarks/bench_ssd.py --impls ours,ours_recompute   # chunk states kept for the backward vs recomputed
+    python benchmarks/bench_ssd.py --impls ours,mamba_ssm --peer-warm-procs 12 --profile-ts 16384,65536
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ import tempfile
 import time
 import types
 
+from gpu_specs import describe, hbm_tbps
+
 H, P, G = 64, 64, 1
 CHUNK = 256
-HBM_TBPS = 3.35  # H100 SXM datasheet
 NORM_D = H * P  # Mamba2-1.3B's intermediate size (4096): the gated RMSNorm's width, one group
 
 
@@ -68,13 +74,43 @@ def make_inputs(T, N, dtype, device="cuda"):
     }
 
 
+def use_configs(path):
+    """Launches our SSD kernels with the configs in ``path`` (``sweep_launch_configs.py --pick-ssd``)."""
+    from statex_hf.kernels import launch
+    from statex_hf.kernels.launch import LaunchConfig
+
+    with open(path) as f:
+        picks = json.load(f)
+    for kernel, c in picks.items():
+        launch.OVERRIDES[f"ssd.{kernel}"] = LaunchConfig.of(c["num_warps"], c["num_stages"], **c["tiles"])
+    return picks
+
+
+def configs_rel_err(run, T, N):
+    """Largest relative error of y and every gradient, the configs in use against the tables' defaults."""
+    import torch
+    from statex_hf.kernels import launch
+
+    inputs = make_inputs(T, N, torch.bfloat16)
+    dy = torch.randn(1, T, H, P, device="cuda", dtype=torch.bfloat16)
+    results = []
+    for overrides in (dict(launch.OVERRIDES), {}):
+        saved, launch.OVERRIDES = launch.OVERRIDES, overrides
+        leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+        y = run(leaves)
+        y.backward(dy)
+        results.append([y, *(v.grad for v in leaves.values())])
+        launch.OVERRIDES = saved
+    return max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(*results))
+
+
 def scan_fn(impl):
     if impl in ("ours", "ours_recompute"):
-        from statex_hf.kernels.ssd import chunk as ssd_chunk
+        from statex_hf.kernels import utils
         from statex_hf.kernels.ssd.chunk import chunk_ssd
 
         if impl == "ours_recompute":  # the backward recomputes the chunk states at every T (as mamba_ssm)
-            ssd_chunk.KEEP_STATES_MAX_BYTES = 0
+            utils.KEEP_STATES_MAX_BYTES = 0
 
         def run(i):
             return chunk_ssd(i["x"], i["dt"], i["A"], i["B"], i["C"], i["D"], i["dt_bias"], True, chunk_size=CHUNK)[0]
@@ -137,13 +173,20 @@ def measure_scan(run, T, N, rec, with_first):
     )
 
 
-def child_scan(impl, N, Ts):
-    """One process: first call at the first T, then fwd ms, fwd+bwd ms, peak GB per T (JSON lines)."""
+def child_scan(impl, N, Ts, profile_Ts=(), warm_cache=False, configs=None):
+    """One process: first call at the first T, then fwd ms, fwd+bwd ms, peak GB per T, then the kernel
+    profiles at ``profile_Ts`` (JSON lines). ``warm_cache``: the Triton cache was filled beforehand;
+    ``configs``: ours runs with these launch configs (checked against the defaults' results)."""
     import torch
 
     run = scan_fn(impl)
+    picks = use_configs(configs) if configs and impl.startswith("ours") else None
     for k, T in enumerate(Ts):
         rec = {"impl": impl, "N": N, "T": T}
+        if k == 0 and warm_cache:
+            rec["first_cache"] = "warm"
+        if k == 0 and picks:
+            rec["configs"] = picks
         try:
             measure_scan(run, T, N, rec, with_first=k == 0)
         except torch.OutOfMemoryError as e:
@@ -152,6 +195,75 @@ def child_scan(impl, N, Ts):
         torch.cuda.empty_cache()
         if "oom" in rec:
             break  # longer sequences only need more
+    if picks:
+        err = configs_rel_err(run, Ts[0], N)
+        print("RESULT " + json.dumps({"impl": impl, "N": N, "configs_vs_defaults_rel_err": err}), flush=True)
+    for T in profile_Ts:
+        profile_scan(run, impl, N, T)
+        torch.cuda.empty_cache()
+
+
+def profile_scan(run, impl, N, T):
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    leaves = {k: v.requires_grad_() for k, v in make_inputs(T, N, torch.bfloat16).items()}
+    dy = torch.randn(1, T, H, P, device="cuda", dtype=torch.bfloat16)
+
+    def fwd():
+        with torch.no_grad():
+            run(leaves)
+
+    def fwd_bwd():
+        run(leaves).backward(dy)
+
+    for phase, call in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+        call()  # compiled and autotuned before the profile
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                call()
+            torch.cuda.synchronize()
+        kernels = sorted(
+            ((e.key, e.self_device_time_total / 3e3, e.count // 3) for e in prof.key_averages()), key=lambda k: -k[1]
+        )
+        kernels = [k for k in kernels if k[1] > 0]
+        rec = {"profile": phase, "impl": impl, "N": N, "T": T, "total_ms": sum(k[1] for k in kernels)}
+        print("RESULT " + json.dumps({**rec, "kernels": kernels}), flush=True)
+        for v in leaves.values():
+            v.grad = None
+
+
+def child_warm_peer(part, parts, Ns, Ts):
+    """Compiles this process's share (every ``parts``-th config, from ``part``) of each of mamba_ssm's
+    autotuned kernels, forward and backward, at every N, into the shared Triton cache."""
+    import torch
+    from triton.runtime import autotuner
+
+    prune = autotuner.Autotuner.prune_configs
+
+    def share(self, kwargs):
+        configs = prune(self, kwargs)
+        return configs[part % len(configs) :: parts]
+
+    autotuner.Autotuner.prune_configs = share
+    run = scan_fn("mamba_ssm")
+    for N in Ns:
+        inputs = make_inputs(Ts[0], N, torch.bfloat16)
+        leaves = {k: v.requires_grad_() for k, v in inputs.items()}
+        run(leaves).backward(torch.randn(1, Ts[0], H, P, device="cuda", dtype=torch.bfloat16))
+    torch.cuda.synchronize()
+
+
+def warm_peer(procs, Ns, cache):
+    """Fills ``cache`` with mamba_ssm's compiled autotuning configs, in ``procs`` processes at once."""
+    env = dict(os.environ, TRITON_CACHE_DIR=cache, PYTHONUNBUFFERED="1")
+    t0 = time.perf_counter()
+    cmd = [sys.executable, __file__, "--child", "warm-peer", "--ns", ",".join(map(str, Ns)), "--ts", "4096"]
+    running = [subprocess.Popen([*cmd, "--part", str(i), str(procs)], env=env) for i in range(procs)]
+    failed = sum(p.wait() != 0 for p in running)
+    print(f"mamba_ssm's configs compiled by {procs} processes in {time.perf_counter() - t0:.0f} s"
+          f"{f'; {failed} failed' if failed else ''}", flush=True)  # fmt: skip
 
 
 def decode_step(impl, b, N):
@@ -245,29 +357,31 @@ def child_op(op, measure, impls, D, Ts):
 
 def child_conv(Ts):
     """conv1d over [x | B | C] at N = 512: the torch path vs the Triton kernel (what dispatch picks on CUDA)."""
-    from statex_hf.kernels.conv.causal_conv1d import causal_conv1d as torch_conv
-    from statex_hf.kernels.conv.causal_conv1d_triton import causal_conv1d_triton
+    from statex_hf.kernels.conv.causal_conv1d import causal_conv1d
+    from statex_hf.kernels.conv.naive import naive_causal_conv1d
 
     def triton_conv(x, w, bias, activation):
-        return causal_conv1d_triton(x, w, bias, activation)
+        return causal_conv1d(x, w, bias, activation)
 
-    child_op("conv", measure_conv, [("torch", torch_conv), ("triton", triton_conv)], H * P + 2 * G * 512, Ts)
+    child_op("conv", measure_conv, [("torch", naive_causal_conv1d), ("triton", triton_conv)], H * P + 2 * G * 512, Ts)
 
 
 def child_norm(Ts):
     """Gated RMSNorm at D = 4096, one group: the PyTorch reference (the CPU path), our Triton kernel (what
     dispatch picks on CUDA) and, with MAMBA_SSM_SRC set, mamba_ssm's fused one."""
     from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
-    from statex_hf.kernels.norm.gated_rmsnorm_triton import gated_rmsnorm_triton
+    from statex_hf.kernels.norm.naive import naive_gated_rmsnorm
 
-    impls = [("torch", gated_rmsnorm), ("triton", gated_rmsnorm_triton)]
+    impls = [("torch", naive_gated_rmsnorm), ("triton", gated_rmsnorm)]
     if os.environ.get("MAMBA_SSM_SRC"):
         impls.append(("mamba_ssm", mamba_ssm_gated_norm()))
     child_op("norm", measure_norm, impls, NORM_D, Ts)
 
 
-def spawn(args, timeout):
-    env = dict(os.environ, TRITON_CACHE_DIR=tempfile.mkdtemp(prefix="triton-cache-"), PYTHONUNBUFFERED="1")
+def spawn(args, timeout, cache=None):
+    """Runs a child (``--child ...``) in its own process, in a fresh Triton cache unless ``cache`` names one."""
+    cache = cache or tempfile.mkdtemp(prefix="triton-cache-")
+    env = dict(os.environ, TRITON_CACHE_DIR=cache, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, __file__, *args]
     try:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -300,6 +414,20 @@ def print_op_table(recs, op, title):
         print(f"{r['impl']:<10} {r['T']:>6} {ms} {fmt(r['act_gb'], 2):>7}")
 
 
+def print_profiles(recs, top=8):
+    """Per (N, T, phase): each implementation's kernels, longest first (the rest summed in one line)."""
+    profiles = [r for r in recs if "profile" in r]
+    for key in dict.fromkeys((r["N"], r["T"], r["profile"]) for r in profiles):
+        print(f"\nKernels, N = {key[0]}, T = {key[1]}, {key[2]} (CUDA ms per call, calls)")
+        for r in (r for r in profiles if (r["N"], r["T"], r["profile"]) == key):
+            print(f"  {r['impl']}: {r['total_ms']:.2f} ms in all")
+            for name, ms, count in r["kernels"][:top]:
+                print(f"    {ms:7.3f}  x{count:<3} {name[:90]}")
+            rest = r["kernels"][top:]
+            if rest:
+                print(f"    {sum(k[1] for k in rest):7.3f}  the other {len(rest)} kernels")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--impls", default="ours,mamba_ssm,hf")
@@ -309,13 +437,25 @@ def main():
     ap.add_argument("--batches", default="1,16,64")
     ap.add_argument("--timeout", type=int, default=240)
     ap.add_argument("--json", default=None, help="also write all records here")
+    ap.add_argument("--peer-warm-procs", type=int, default=0, help="compile mamba_ssm's configs in K processes first")
+    ap.add_argument("--peer-cache", default=None, help="mamba_ssm's Triton cache (kept, reused); default: a fresh one")
+    ap.add_argument("--warm-only", action="store_true", help="only fill the peer's cache (--peer-warm-procs)")
+    ap.add_argument("--profile-ts", default="", help="also profile each implementation kernel by kernel at these T")
+    ap.add_argument("--skip", default="", help="parts to leave out: decode, conv, norm")
+    ap.add_argument("--decode-impls", default="ours,mamba_ssm", help="the implementations whose decode step runs")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--impl", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--part", type=int, nargs=2, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--warm-cache", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--configs", default=None, help="ours with these launch configs (sweep_launch_configs --pick-ssd)")
     a = ap.parse_args()
     Ts = [int(t) for t in a.ts.split(",")]
+    profile_Ts = [int(t) for t in a.profile_ts.split(",") if t]
     if a.child == "scan":
-        return child_scan(a.impl, a.n, Ts)
+        return child_scan(a.impl, a.n, Ts, profile_Ts, a.warm_cache, a.configs)
+    if a.child == "warm-peer":
+        return child_warm_peer(*a.part, [int(n) for n in a.ns.split(",")], Ts)
     if a.child == "decode":
         return child_decode(a.impl, a.n, [int(b) for b in a.batches.split(",")])
     if a.child == "conv":
@@ -325,11 +465,12 @@ def main():
 
     impls = a.impls.split(",")
     ns = [int(n) for n in a.ns.split(",")]
+    skip = set(a.skip.split(",")) - {""}
     recs = []
 
-    def measure(args):
+    def measure(args, cache=None):
         # Each record is printed and saved as it arrives: a run cut short keeps what it measured.
-        new = spawn(args, a.timeout)
+        new = spawn(args, a.timeout, cache)
         for r in new:
             print("RECORD", json.dumps(r), flush=True)
         recs.extend(new)
@@ -338,26 +479,41 @@ def main():
                 json.dump(recs, f, indent=1)
 
     peer_ns = ns if a.peer_ns is None else [int(n) for n in a.peer_ns.split(",")]
+    peer_cache = a.peer_cache
+    if a.peer_warm_procs:
+        peer_cache = peer_cache or tempfile.mkdtemp(prefix="triton-cache-peer-")
+        warm_peer(a.peer_warm_procs, peer_ns, peer_cache)
+        if a.warm_only:
+            return
     for impl in impls:
         for n in ns:
             if impl in ("mamba_ssm", "hf") and n not in peer_ns:
                 continue
             base = ["--ts", a.ts, "--n", str(n), "--impl", impl]
-            measure(["--child", "scan", *base])
-            if impl in ("ours", "mamba_ssm"):
-                measure(["--child", "decode", *base, "--batches", a.batches])
-    measure(["--child", "conv", "--ts", a.ts])
-    measure(["--child", "norm", "--ts", a.ts])
-
-    import torch
+            cache = peer_cache if impl == "mamba_ssm" else None
+            profile = ["--profile-ts", a.profile_ts] if impl in ("ours", "mamba_ssm") else []
+            configs = ["--configs", a.configs] if a.configs and impl.startswith("ours") else []
+            measure(["--child", "scan", *base, *profile, *configs, *(["--warm-cache"] if cache else [])], cache)
+            if impl in a.decode_impls.split(",") and "decode" not in skip:
+                measure(["--child", "decode", *base, "--batches", a.batches], cache)
+    if "conv" not in skip:
+        measure(["--child", "conv", "--ts", a.ts])
+    if "norm" not in skip:
+        measure(["--child", "norm", "--ts", a.ts])
 
     print(f"\nMamba2 SSD, one Mamba2-1.3B layer (H={H}, P={P}, G={G}), bf16, B=1, chunk {CHUNK}, "
-          f"{torch.cuda.get_device_name()}; fwd/fwd+bwd = median ms; peak = max allocated during fwd+bwd "
+          f"{describe()}; fwd/fwd+bwd = median ms; peak = max allocated during fwd+bwd "
           "(inputs + dy included); act = peak minus what was allocated before the call")  # fmt: skip
     print(
         f"{'impl':<10} {'N':>4} {'T':>6} {'fwd ms':>8} {'fwd+bwd ms':>11} {'peak GB':>8} {'act GB':>7} {'first s':>8}"
     )
-    scans = [r for r in recs if "T" in r and "D" not in r]
+    scans = [r for r in recs if "T" in r and "D" not in r and "profile" not in r]
+    for r in recs:
+        if "configs" in r:
+            print(f"{r['impl']} N = {r['N']}: launch configs {json.dumps(r['configs'])}")
+        if "configs_vs_defaults_rel_err" in r:
+            print(f"{r['impl']} N = {r['N']}: those configs against the tables' defaults, largest relative error "
+                  f"of y and the gradients {r['configs_vs_defaults_rel_err']:.1e}")  # fmt: skip
     for r in scans:
         if "oom" in r:
             print(f"{r['impl']:<10} {r['N']:>4} {r['T']:>6} {'OOM':>8} {'OOM':>11} {'-':>8} {'-':>7} {'-':>8}")
@@ -365,14 +521,16 @@ def main():
         print(
             f"{r['impl']:<10} {r['N']:>4} {r['T']:>6} {fmt(r.get('fwd_ms'), 2):>8} {fmt(r.get('fwdbwd_ms'), 2):>11} "
             f"{fmt(r.get('peak_gb'), 2):>8} {fmt(r.get('act_gb'), 2):>7} {fmt(r.get('first_s')):>8}"
+            f"{' (Triton cache filled beforehand)' if r.get('first_cache') else ''}"
         )
     print(f"\nDecode step (selective state update), H={H}, P={P}, fp32 state; GB/s counts state read + write; "
-          f"% of {HBM_TBPS} TB/s")  # fmt: skip
+          f"% of this GPU's {hbm_tbps():.2f} TB/s")  # fmt: skip
     print(f"{'impl':<10} {'N':>4} {'B':>4} {'us':>8} {'GB/s':>7} {'%HBM':>5}")
     for r in recs:
         if "us" in r:
-            pct = r["gbps"] / (HBM_TBPS * 1e3) * 100
+            pct = r["gbps"] / (hbm_tbps() * 1e3) * 100
             print(f"{r['impl']:<10} {r['N']:>4} {r['b']:>4} {r['us']:>8.1f} {r['gbps']:>7.0f} {pct:>5.0f}")
+    print_profiles(recs)
     print_op_table(recs, "conv", f"conv1d over [x | B | C] (D = {H * P + 2 * G * 512}, K = 4, SiLU), bf16, B=1")
     print_op_table(recs, "norm", f"gated RMSNorm norm(y * silu(z)) * w (D = {NORM_D}, one group), bf16, B=1")
     for r in recs:

@@ -1,6 +1,6 @@
-"""Launch-config sweeps on one GPU: the GLA decode step, the gated RMSNorm and the chunked GLA kernels.
+"""Launch-config sweeps on one GPU: the GLA decode step, the gated RMSNorm, the chunked GLA and the SSD kernels.
 
-    python benchmarks/sweep_launch_configs.py [--ops decode,norm,gla] [--json out.json]
+    python benchmarks/sweep_launch_configs.py [--ops decode,norm,gla,ssd] [--json out.json]
 
 Each kernel runs every config of a small grid at the shapes that matter: the decode step at GLA-1.3B's
 layer (H4 256x512) and its StateX layer (H1 1024x2048), B = 16 / 64; the norm at Mamba2-1.3B's width
@@ -8,14 +8,14 @@ layer (H4 256x512) and its StateX layer (H1 1024x2048), B = 16 / 64; the norm at
 state read and written; norm forward: x, z read and out written; backward: x, z, dy read and dx, dz
 written), beside a device copy of the same bytes (read + write), the ceiling. Times are
 ``triton.testing.do_bench`` medians (L2 flushed between runs), kernel time without the host's launch.
-The launchers' defaults (``step_config`` in ``kernels/gla/fused_recurrent.py``, ``_launch_config`` and
-``_WAVES`` in ``kernels/norm/gated_rmsnorm_triton.py``, ``launch_config`` in ``kernels/gla/launch.py``) are
-marked ``*``.
+The launchers' defaults (``step_config`` in ``kernels/gla/fused_recurrent.py``, the ``configs.py``
+tables of ``kernels/norm``, ``kernels/gla`` and ``kernels/ssd``) are marked ``*``.
 
 The chunked GLA kernels (``--ops gla``) are timed one by one on the intermediates of a real
 forward+backward, at both GLA-1.3B head shapes, B = 1, T = 16K, bf16; each kernel's grid covers its
-tiles, warps and pipeline stages. The few hundred configs are compiled first by ``--warm-procs``
-processes in parallel (into Triton's on-disk cache, on a short sequence) and then timed one at a time.
+tiles, warps and pipeline stages. The SSD kernels (``--ops ssd``) likewise, on one Mamba2-1.3B layer
+at N = 128 and 512, T = 16K. The few hundred configs are compiled first by ``--warm-procs`` processes
+in parallel (into Triton's on-disk cache, on a short sequence) and then timed one at a time.
 """
 
 from __future__ import annotations
@@ -29,9 +29,12 @@ import sys
 import torch
 import triton
 from bench_gla import SHAPES
+from statex_hf.kernels import launch
+from statex_hf.kernels.launch import LaunchConfig
 from triton.runtime.errors import OutOfResources
 
 NORM_D = 4096
+DEVICE = torch.device("cuda")
 
 
 def _bench(fn) -> float:
@@ -76,17 +79,22 @@ def _decode_case(rows: list[dict], name: str, H: int, K: int, V: int, B: int) ->
 
 
 def sweep_norm(rows: list[dict]) -> None:
-    from statex_hf.kernels.norm import gated_rmsnorm_triton as gn
+    from statex_hf.kernels.norm import configs
 
-    launch, waves0 = gn._launch_config, gn._WAVES
+    waves0 = configs.WAVES
     try:
         for T in (16384, 65536):
-            _norm_case(rows, gn, T, launch(T, NORM_D), waves0)
+            default = (configs.norm_config("fwd", T, NORM_D, torch.device("cuda")), waves0)
+            _norm_case(rows, T, default)
     finally:
-        gn._launch_config, gn._WAVES = launch, waves0
+        configs.WAVES = waves0
+        launch.OVERRIDES.clear()
 
 
-def _norm_case(rows: list[dict], gn, T: int, default: tuple, default_waves: int) -> None:
+def _norm_case(rows: list[dict], T: int, default: tuple) -> None:
+    from statex_hf.kernels.norm import configs
+    from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
+
     x, z, dy = (torch.randn(T, NORM_D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     w = torch.ones(NORM_D, device="cuda", dtype=torch.bfloat16)
     for t in (x, z, w):
@@ -95,19 +103,20 @@ def _norm_case(rows: list[dict], gn, T: int, default: tuple, default_waves: int)
 
     def fwd():
         with torch.no_grad():
-            gn.gated_rmsnorm_triton(x, z, w, 1e-5, NORM_D)
+            gated_rmsnorm(x, z, w, 1e-5, NORM_D)
 
     def fwd_bwd():
-        gn.gated_rmsnorm_triton(x, z, w, 1e-5, NORM_D).backward(dy)
+        gated_rmsnorm(x, z, w, 1e-5, NORM_D).backward(dy)
 
     case = {"op": "norm", "T": T, "copy_gbps": _copy_gbps(2 * unit)}
     for rows_per_tile, warps, waves in itertools.product((1, 2, 4), (4, 8, 16), (2, 4, 8)):
-        cfg = (rows_per_tile, NORM_D, 1, warps)
-        gn._launch_config, gn._WAVES = (lambda M, S, cfg=cfg: cfg), waves
+        cfg = LaunchConfig.of(warps, 3, BM=rows_per_tile, BS=NORM_D)
+        launch.OVERRIDES.update({"norm.fwd": cfg, "norm.bwd": cfg})
+        configs.WAVES = waves
         fwd_ms = _bench(fwd)
         bwd_ms = triton.testing.do_bench(fwd_bwd, grad_to_none=[x, z, w], return_mode="median") - fwd_ms
         rows.append({**case, "config": f"rows={rows_per_tile} warps={warps} waves={waves}",
-                     "default": cfg == default and waves == default_waves,
+                     "default": (cfg, waves) == default,
                      "fwd_us": fwd_ms * 1e3, "fwd_gbps": 3 * unit / (fwd_ms * 1e-3) / 1e9,
                      "bwd_us": bwd_ms * 1e3, "bwd_gbps": 5 * unit / (bwd_ms * 1e-3) / 1e9})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
@@ -116,21 +125,19 @@ def _norm_case(rows: list[dict], gn, T: int, default: tuple, default_waves: int)
 GLA_SWEEP_T = 16384
 
 
-def gla_grid(kernel: str) -> list:
+def gla_grid(kernel: str) -> list[LaunchConfig]:
     """The configs a chunked GLA kernel is swept over (the fp32 state tile or accumulators at most
     8192 elements: 64 registers a thread at 4 warps)."""
-    from statex_hf.kernels.gla.launch import LaunchConfig
-
     sizes = (32, 64, 128)
     if kernel == "cumsum":
-        return [LaunchConfig(bk, 64, w, 3) for bk in sizes for w in (2, 4, 8)]
+        return [LaunchConfig.of(w, 3, BK=bk) for bk in sizes for w in (2, 4, 8)]
     if kernel in ("fwd_A", "bwd_intra"):
-        return [LaunchConfig(bk, 64, w, s) for bk in sizes for w in (4, 8) for s in (1, 2)]
+        return [LaunchConfig.of(w, s, BK=bk) for bk in sizes for w in (4, 8) for s in (1, 2)]
     if kernel == "bwd_dA":
-        return [LaunchConfig(64, bv, w, s) for bv in sizes for w in (4, 8) for s in (2, 3)]
+        return [LaunchConfig.of(w, s, BV=bv) for bv in sizes for w in (4, 8) for s in (2, 3)]
     tiles = [(bk, bv) for bk in sizes for bv in sizes if bk * bv <= 8192]
     stages = (1, 2, 3) if kernel in ("fwd_h", "bwd_dh") else (2, 3)
-    return [LaunchConfig(bk, bv, w, s) for bk, bv in tiles for w in (4, 8) for s in stages]
+    return [LaunchConfig.of(w, s, BK=bk, BV=bv) for bk, bv in tiles for w in (4, 8) for s in stages]
 
 
 def _gla_calls(H: int, K: int, V: int, T: int) -> dict:
@@ -163,21 +170,27 @@ def _gla_calls(H: int, K: int, V: int, T: int) -> dict:
     }
 
 
-def _gla_cases(T: int, part: int = 0, parts: int = 1):
-    """(shape, kernel, config, is_default, call) for every swept config; ``part`` of ``parts`` of them."""
-    from statex_hf.kernels.gla import launch
+def _gla_shapes(T: int):
+    """(shape, the kernels' calls, kernel -> its default config) per GLA head shape."""
     from statex_hf.kernels.gla.chunk import CHUNK_SIZE as BT
+    from statex_hf.kernels.gla.configs import gla_config
 
-    n = 0
     for name, (H, K, V) in SHAPES.items():
-        calls = _gla_calls(H, K, V, T)
+        yield name, _gla_calls(H, K, V, T), lambda kernel, K=K, V=V, H=H: gla_config(kernel, K, V, BT, H, DEVICE)
+
+
+def _cases(op: str, shapes, grid, part: int = 0, parts: int = 1):
+    """(shape, kernel, config, is_default, call) for every swept config of ``op`` (``launch.OVERRIDES``
+    holds the config while the caller has it); ``part`` of ``parts`` of them."""
+    n = 0
+    for shape, calls, default_of in shapes:
         for kernel, call in calls.items():
-            default = launch.launch_config(kernel, K, V, BT, num_states=H)
-            for config in gla_grid(kernel):
+            default = default_of(kernel)
+            for config in grid(kernel):
                 if n % parts == part:
-                    launch.OVERRIDES[kernel] = config
+                    launch.OVERRIDES[f"{op}.{kernel}"] = config
                     try:
-                        yield name, kernel, config, config == default, call
+                        yield shape, kernel, config, config == default, call
                     finally:
                         launch.OVERRIDES.clear()
                 n += 1
@@ -185,9 +198,9 @@ def _gla_cases(T: int, part: int = 0, parts: int = 1):
         torch.cuda.empty_cache()
 
 
-def warm_gla(part: int, parts: int) -> None:
-    """Compiles this process's share of the GLA configs (Triton keeps them on disk for the timing run)."""
-    for *_, call in _gla_cases(256, part, parts):
+def warm(op: str, part: int, parts: int) -> None:
+    """Compiles this process's share of ``op``'s configs (Triton keeps them on disk for the timing run)."""
+    for *_, call in SWEPT[op](WARM_T[op], part, parts):
         try:
             call()
         except OutOfResources:
@@ -195,20 +208,121 @@ def warm_gla(part: int, parts: int) -> None:
     torch.cuda.synchronize()
 
 
-def sweep_gla(rows: list[dict], warm_procs: int) -> None:
-    cmd = [sys.executable, __file__, "--warm-gla"]
+def sweep_kernels(rows: list[dict], op: str, warm_procs: int) -> None:
+    """Compiles ``op``'s configs in ``warm_procs`` processes at once, then times each config alone."""
+    cmd = [sys.executable, __file__, "--warm", op]
     procs = [subprocess.Popen([*cmd, str(i), str(warm_procs)]) for i in range(warm_procs)]
     if any([p.wait() for p in procs]):  # a list: wait for every process before raising
-        raise RuntimeError("sweep_launch_configs: a GLA warm-up process failed (its traceback is above)")
-    for name, kernel, config, is_default, call in _gla_cases(GLA_SWEEP_T):
+        raise RuntimeError(f"sweep_launch_configs: a {op} warm-up process failed (its traceback is above)")
+    for shape, kernel, config, is_default, call in SWEPT[op](SWEEP_T[op]):
         try:
-            us = _bench(call) * 1e3
+            us = triton.testing.do_bench(call, warmup=10, rep=REP_MS[op], return_mode="median") * 1e3
         except OutOfResources:
-            print(f"{name} {kernel} {config}: needs more shared memory than this GPU has, skipped", flush=True)
+            print(f"{shape} {kernel} {config}: needs more shared memory than this GPU has, skipped", flush=True)
             continue
-        rows.append({"op": "gla", "shape": name, "kernel": kernel, "config": config._asdict(),
-                     "default": is_default, "us": us})  # fmt: skip
+        config_json = json.dumps({"tiles": dict(config.tiles), "num_warps": config.num_warps,
+                                  "num_stages": config.num_stages})  # fmt: skip
+        rows.append({"op": op, "shape": shape, "kernel": kernel, "config": repr(config), "default": is_default,
+                     "us": us, "config_json": config_json})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
+
+
+SSD_SWEEP_T = 16384
+SSD_SWEEP_NS = (128, 512)
+
+
+def ssd_grid(kernel: str) -> list[LaunchConfig]:
+    """The configs an SSD kernel is swept over (the state kernels: step length BL, state tile, warps and
+    stages; the others: their row tiles and warps)."""
+    if kernel in ("state_fwd", "state_bwd"):
+        grid = [LaunchConfig.of(w, 3, BL=bl, BP=bp, BN=64) for bl in (32, 64, 128) for bp in (64, 32) for w in (4, 8)]
+        extra = [(4, 2, 256, 64, 64), (4, 2, 256, 32, 64), (8, 2, 256, 64, 64), (8, 2, 64, 64, 64), (8, 3, 64, 64, 128)]
+        return grid + [LaunchConfig.of(w, s, BL=bl, BP=bp, BN=bn) for w, s, bl, bp, bn in extra]
+    if kernel in ("scan_fwd", "scan_bwd_dx"):
+        rows, other = ("BT", "BS") if kernel == "scan_fwd" else ("BS", "BT")
+        bp = {"BP": 64} if kernel == "scan_fwd" else {}
+        grid = [
+            LaunchConfig.of(w, 2, **{rows: r, other: o, **bp, "BN": 64})
+            for r in (64, 128, 256)
+            for o in (32, 64)
+            for w in (4, 8)
+        ]
+        extra = [(8, 2, 128, 64, 128), (4, 3, 64, 64, 64), (8, 3, 128, 32, 64)]
+        return grid + [LaunchConfig.of(w, s, **{rows: r, other: o, **bp, "BN": bn}) for w, s, r, o, bn in extra]
+    if kernel in ("dc", "db"):
+        rows, other = ("BT", "BS") if kernel == "dc" else ("BS", "BT")
+        return [
+            LaunchConfig.of(w, 2, **{rows: r, other: o, "BN": 64})
+            for r in (32, 64, 128)
+            for o in (32, 64)
+            for w in (4, 8)
+        ]
+    if kernel == "dcb":
+        return [LaunchConfig.of(w, 2, BLK=blk) for blk in (32, 64, 128) for w in (4, 8)]
+    return []
+
+
+def pick_ssd(rows: list[dict], path: str) -> None:
+    """Writes, per SSD kernel, the swept config with the least total time over the swept shapes (JSON:
+    kernel -> {"tiles", "num_warps", "num_stages"}), for ``bench_ssd.py --configs``."""
+    totals: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        if r["op"] == "ssd":
+            totals.setdefault(r["kernel"], {}).setdefault(r["config_json"], []).append(r["us"])
+    shapes = len(SSD_SWEEP_NS)
+    picks = {
+        kernel: json.loads(min((c for c, us in configs.items() if len(us) == shapes), key=lambda c: sum(configs[c])))
+        for kernel, configs in totals.items()
+    }
+    with open(path, "w") as f:
+        json.dump(picks, f, indent=1)
+    print(f"picked: {json.dumps(picks)}", flush=True)
+
+
+def _ssd_calls(N: int, T: int) -> dict:
+    """Each SSD kernel's launcher as a closure over the intermediates of one fwd+bwd (no documents)."""
+    from bench_ssd import CHUNK as L
+    from bench_ssd import make_inputs
+    from statex_hf.kernels.ssd import ssd_bmm, ssd_chunk_bc_bwd, ssd_chunk_scan, ssd_chunk_state
+    from statex_hf.kernels.ssd.chunk import _chunk_log_decay
+    from statex_hf.kernels.ssd.naive import discretize_dt
+
+    i = make_inputs(T, N, torch.bfloat16)
+    x, A, B, C, D = i["x"], i["A"], i["B"], i["C"], i["D"]
+    dtp, Acs = _chunk_log_decay(discretize_dt(i["dt"], i["dt_bias"], True), A, L)
+    dy = torch.randn_like(x)
+    CB = ssd_bmm.bmm_chunk_fwd(C, B, None, L)
+    hs, _ = ssd_chunk_state.chunk_state_fwd(x, B, dtp, Acs, None, None, L, False)
+    dCB, _, _ = ssd_chunk_bc_bwd.chunk_dcb(x, dy, dtp, Acs, None, CB, L)
+    dhs, _, _ = ssd_chunk_state.chunk_state_bwd(dy, C, Acs, None, None, hs, L, False)
+    return {
+        "state_fwd": lambda: ssd_chunk_state.chunk_state_fwd(x, B, dtp, Acs, None, None, L, False),
+        "scan_fwd": lambda: ssd_chunk_scan.chunk_scan_fwd(x, C, CB, dtp, Acs, None, hs, D, L),
+        "dcb": lambda: ssd_chunk_bc_bwd.chunk_dcb(x, dy, dtp, Acs, None, CB, L),
+        "dc": lambda: ssd_chunk_bc_bwd.chunk_dc(dy, B, C, dCB, Acs, None, hs, L),
+        "state_bwd": lambda: ssd_chunk_state.chunk_state_bwd(dy, C, Acs, None, None, hs, L, False),
+        "db": lambda: ssd_chunk_bc_bwd.chunk_db(x, C, dCB, dtp, Acs, None, dhs, L),
+        "scan_bwd_dx": lambda: ssd_chunk_scan.chunk_scan_bwd_dx(x, B, CB, dtp, Acs, None, dhs, D, dy, L),
+    }
+
+
+def _ssd_shapes(T: int):
+    """(shape, the kernels' calls, kernel -> its default config) per swept state size N."""
+    from bench_ssd import CHUNK as L
+    from bench_ssd import H, P
+    from statex_hf.kernels.ssd.configs import ssd_config
+
+    for N in SSD_SWEEP_NS:
+        yield f"N{N}", _ssd_calls(N, T), lambda kernel, N=N: ssd_config(kernel, L, P, N, H, DEVICE)
+
+
+SWEPT = {
+    "gla": lambda T, part=0, parts=1: _cases("gla", _gla_shapes(T), gla_grid, part, parts),
+    "ssd": lambda T, part=0, parts=1: _cases("ssd", _ssd_shapes(T), ssd_grid, part, parts),
+}
+SWEEP_T = {"gla": GLA_SWEEP_T, "ssd": SSD_SWEEP_T}
+WARM_T = {"gla": 256, "ssd": 1024}  # compiling needs a short sequence only
+REP_MS = {"gla": 100, "ssd": 40}
 
 
 def print_tables(rows: list[dict]) -> None:
@@ -229,38 +343,53 @@ def print_tables(rows: list[dict]) -> None:
         mark = "*" if r["default"] else " "
         print(f"{r['T']:>6} {mark}{r['config']:<25} {r['fwd_us']:>8.1f} {r['fwd_gbps']:>6.0f} {r['bwd_us']:>8.1f} "
               f"{r['bwd_gbps']:>6.0f} {r['copy_gbps']:>9.0f}")  # fmt: skip
-    gla = [r for r in rows if r["op"] == "gla"]
-    if gla:
-        print(f"\nChunked GLA kernels, B = 1, T = {GLA_SWEEP_T}, bf16: the 5 fastest configs of each and the default")
-        print(
-            f"{'shape':<14} {'kernel':<10} {'BK':>4} {'BV':>4} {'warps':>5} {'stages':>6} {'us':>9} {'vs default':>10}"
-        )
-    for (shape, kernel), group in itertools.groupby(gla, key=lambda r: (r["shape"], r["kernel"])):
+    for op, title in (
+        ("gla", f"Chunked GLA kernels, B = 1, T = {GLA_SWEEP_T}, bf16"),
+        ("ssd", f"SSD kernels, one Mamba2-1.3B layer (H = 64, P = 64), B = 1, T = {SSD_SWEEP_T}, chunk 256, bf16"),
+    ):
+        print_kernel_table([r for r in rows if r["op"] == op], title)
+
+
+def print_kernel_table(rows: list[dict], title: str) -> None:
+    """The 5 fastest configs of each (shape, kernel) and the default, with the time relative to it."""
+    if not rows:
+        return
+    print(f"\n{title}: the 5 fastest configs of each kernel and the default (*)")
+    print(f"{'shape':<14} {'kernel':<12} {'config':<52} {'us':>9} {'vs default':>10}")
+    for (shape, kernel), group in itertools.groupby(rows, key=lambda r: (r["shape"], r["kernel"])):
         group = sorted(group, key=lambda r: r["us"])
         base = next((r["us"] for r in group if r["default"]), float("nan"))
         for r in [r for i, r in enumerate(group) if i < 5 or r["default"]]:
-            c, mark = r["config"], "*" if r["default"] else " "
-            print(f"{shape:<14} {kernel:<10} {c['BK']:>4} {c['BV']:>4} {c['num_warps']:>5} {c['num_stages']:>6} "
-                  f"{mark}{r['us']:>8.1f} {r['us'] / base:>7.2f}x")  # fmt: skip
+            mark = "*" if r["default"] else " "
+            config = r["config"].removeprefix("LaunchConfig(").removesuffix(")")
+            print(f"{shape:<14} {kernel:<12} {config:<52} {mark}{r['us']:>8.1f} {r['us'] / base:>7.2f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ops", default="decode,norm,gla", help="which sweeps: decode, norm, gla")
-    parser.add_argument("--warm-procs", type=int, default=8, help="processes compiling the GLA configs")
+    parser.add_argument("--ops", default="decode,norm,gla", help="which sweeps: decode, norm, gla, ssd")
+    parser.add_argument("--warm-procs", type=int, default=8, help="processes compiling the GLA / SSD configs")
     parser.add_argument("--json", help="also write every row here")
-    parser.add_argument("--warm-gla", nargs=2, type=int, metavar=("PART", "PARTS"), help=argparse.SUPPRESS)
+    parser.add_argument("--pick-ssd", help="write the fastest SSD config of each kernel here (JSON)")
+    parser.add_argument("--warm", nargs=3, metavar=("OP", "PART", "PARTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.warm_gla:
-        return warm_gla(*args.warm_gla)
+    if args.warm:
+        return warm(args.warm[0], int(args.warm[1]), int(args.warm[2]))
     rows: list[dict] = []
-    sweeps = {"decode": sweep_decode, "norm": sweep_norm, "gla": lambda rows: sweep_gla(rows, args.warm_procs)}
+    sweeps = {
+        "decode": sweep_decode,
+        "norm": sweep_norm,
+        "gla": lambda rows: sweep_kernels(rows, "gla", args.warm_procs),
+        "ssd": lambda rows: sweep_kernels(rows, "ssd", args.warm_procs),
+    }
     unknown = set(args.ops.split(",")) - set(sweeps)
     if unknown:
         parser.error(f"unknown --ops {sorted(unknown)}; choose from {sorted(sweeps)}")
     for op in args.ops.split(","):
         sweeps[op](rows)
     print_tables(rows)
+    if args.pick_ssd:
+        pick_ssd(rows, args.pick_ssd)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 
 import torch
-from statex_hf.kernels.conv.causal_conv1d import causal_conv1d as torch_causal_conv1d
+from statex_hf.kernels.conv.naive import naive_causal_conv1d
 from statex_hf.kernels.gla.chunk_torch import chunk_gla_torch
 from statex_hf.kernels.gla.naive import naive_recurrent_gla
-from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm as torch_gated_rmsnorm
+from statex_hf.kernels.norm.naive import naive_gated_rmsnorm
 from statex_hf.kernels.ssd.naive import naive_ssd
 
 
@@ -76,20 +76,27 @@ def ssd(
     output_final_state: bool = False,
     cu_seqlens: torch.LongTensor | None = None,
     chunk_size: int = 256,
+    state_in_place: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mamba2 SSD scan; shapes as in ``kernels/ssd/naive.py`` (state ``[n, H, P, N]``, fp32).
 
-    CUDA: one token with a state and no grad -> the decode kernel; otherwise the Triton chunked scan.
-    CPU: the chunked PyTorch scan, or the token loop for a handful of tokens.
+    A decode step (one token, a state, no gradient) -> ``ssd_state_update`` (the Triton kernel on
+    CUDA, one token step in PyTorch elsewhere). With ``state_in_place`` the step updates
+    ``initial_state`` itself when it is a contiguous fp32 tensor (a model's cache: one read and one
+    write of the state, and the cache keeps its storage, as CUDA graphs need) and returns it as the
+    final state; otherwise ``initial_state`` is left as it was. Longer inputs: on CUDA the Triton
+    chunked scan; on CPU the chunked PyTorch scan, or the token loop for a handful of tokens.
     """
     args = (x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, initial_state, output_final_state, cu_seqlens)
     T = x.shape[1]
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, dt, B, C, initial_state))
+    if T == 1 and cu_seqlens is None and initial_state is not None and not grad:
+        state = initial_state.float().contiguous()
+        if state is initial_state and not state_in_place:
+            state = state.clone()
+        y = ssd_state_update(state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, dt_bias, dt_softplus, dt_limit)
+        return y[:, None], (state if output_final_state else None)
     if use_triton(x, B, C):
-        grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, dt, B, C, initial_state))
-        if T == 1 and cu_seqlens is None and initial_state is not None and not grad:
-            state = initial_state.float().contiguous().clone()
-            y = ssd_state_update(state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, dt_bias, dt_softplus, dt_limit)
-            return y[:, None], (state if output_final_state else None)
         from statex_hf.kernels.ssd.chunk import chunk_ssd
 
         # Short inputs get a short chunk (less padding); the kernels need a power of two >= 16.
@@ -136,26 +143,26 @@ def causal_conv1d(
     output_final_state: bool = False,
     cu_seqlens: torch.LongTensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Depthwise causal conv1d; shapes as in ``kernels/conv/causal_conv1d.py``.
+    """Depthwise causal conv1d; shapes as in ``kernels/conv/naive.py``.
 
     CUDA without an incoming ``conv_state`` (training, prefill): the Triton kernel, which keeps only
     its input for the backward. Decode steps (with a ``conv_state``) and CPU: the PyTorch path.
     """
     if conv_state is None and activation in ("silu", "swish", None) and use_triton(x, weight):
-        from statex_hf.kernels.conv.causal_conv1d_triton import causal_conv1d_triton
+        from statex_hf.kernels.conv.causal_conv1d import causal_conv1d as triton_causal_conv1d
 
-        return causal_conv1d_triton(x, weight, bias, activation, output_final_state, cu_seqlens)
-    return torch_causal_conv1d(x, weight, bias, activation, conv_state, output_final_state, cu_seqlens)
+        return triton_causal_conv1d(x, weight, bias, activation, output_final_state, cu_seqlens)
+    return naive_causal_conv1d(x, weight, bias, activation, conv_state, output_final_state, cu_seqlens)
 
 
 def gated_rmsnorm(
     x: torch.Tensor, gate: torch.Tensor | None, weight: torch.Tensor, eps: float, group_size: int
 ) -> torch.Tensor:
     """RMSNorm of ``x * silu(gate)`` (of ``x`` without a gate) per group, times ``weight``; as in
-    ``kernels/norm/gated_rmsnorm.py``. CUDA: one Triton pass each way, which keeps only x, gate and one
+    ``kernels/norm/naive.py``. CUDA: one Triton pass each way, which keeps only x, gate and one
     fp32 value per (row, group) for the backward; the PyTorch path keeps several fp32 copies of x."""
     if use_triton(x, weight):
-        from statex_hf.kernels.norm.gated_rmsnorm_triton import gated_rmsnorm_triton
+        from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm as triton_gated_rmsnorm
 
-        return gated_rmsnorm_triton(x, gate, weight, eps, group_size)
-    return torch_gated_rmsnorm(x, gate, weight, eps, group_size)
+        return triton_gated_rmsnorm(x, gate, weight, eps, group_size)
+    return naive_gated_rmsnorm(x, gate, weight, eps, group_size)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from statex_hf.kernels.norm import gated_rmsnorm_triton as triton_module
-from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
-from statex_hf.kernels.norm.gated_rmsnorm_triton import gated_rmsnorm_triton
+from statex_hf.kernels.norm import configs
+from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm as gated_rmsnorm_triton
+from statex_hf.kernels.norm.naive import naive_gated_rmsnorm as gated_rmsnorm
 from statex_hf.modeling.mamba2.modeling_statex_mamba2 import StateXMamba2RMSNorm
 
 EPS = 1e-5
@@ -52,10 +52,17 @@ def test_triton_matches_reference_forward_and_all_grads_fp32(group_size, gated):
     assert_close(got, want)
 
 
+def limit_block(monkeypatch, max_block):
+    """Groups wider than ``max_block`` channels are walked in chunks of it."""
+    table = {kernel: config.with_(BS=max_block) for kernel, config in configs.TABLES["default"].items()}
+    monkeypatch.setitem(configs.TABLES, "default", table)
+
+
 @pytest.mark.parametrize("group_size", [48, 40], ids=["3-chunks", "3-chunks-last-partial"])
 def test_groups_wider_than_a_block_are_walked_in_chunks(monkeypatch, group_size):
-    monkeypatch.setattr(triton_module, "_MAX_BLOCK", 16)
-    assert triton_module._launch_config(14, group_size)[2] == 3  # the chunked path is the one under test
+    limit_block(monkeypatch, 16)
+    config = configs.norm_config("fwd", 14, group_size, torch.device("cpu"))
+    assert -(-group_size // config.BS) == 3  # the chunked path is the one under test
     inputs = make_inputs((2, 7, 2 * group_size))
     want, _ = run_with_grads(gated_rmsnorm, inputs, True, group_size)
     got, _ = run_with_grads(gated_rmsnorm_triton, inputs, True, group_size)
@@ -65,12 +72,12 @@ def test_groups_wider_than_a_block_are_walked_in_chunks(monkeypatch, group_size)
 @pytest.mark.parametrize("max_block", [8192, 8], ids=["one-block", "chunked"])
 def test_weight_grad_is_the_sum_over_rows_of_dout_times_normalized_input(monkeypatch, max_block):
     # 150 rows: several row blocks per program and several programs, so dw is partials summed.
-    monkeypatch.setattr(triton_module, "_MAX_BLOCK", max_block)
+    limit_block(monkeypatch, max_block)
     inputs = make_inputs((3, 50, 48))
-    BM, _, chunks, _ = triton_module._launch_config(150, 16)
-    assert chunks == (1 if max_block > 16 else 2)
-    programs, rows_per_program = triton_module._row_programs(150, BM, 3, torch.device("cpu"))
-    assert programs > 1 and rows_per_program > BM
+    config = configs.norm_config("bwd", 150, 16, torch.device("cpu"))
+    assert -(-16 // config.BS) == (1 if max_block > 16 else 2)
+    programs, rows_per_program = configs.row_programs(150, config.BM, 3, torch.device("cpu"))
+    assert programs > 1 and rows_per_program > config.BM
     got, dout = run_with_grads(gated_rmsnorm_triton, inputs, True, 16)
     normalized = gated_rmsnorm(inputs["x"], inputs["gate"], torch.ones(48), EPS, 16)
     by_hand = (dout * normalized).reshape(-1, 48).sum(0)
@@ -99,3 +106,20 @@ def test_model_mamba2_rmsnorm_equals_gated_rmsnorm(gated):
     inputs = make_inputs((2, 7, 48), torch.bfloat16)
     gate = inputs["gate"] if gated else None
     assert torch.equal(norm(inputs["x"], gate), gated_rmsnorm(inputs["x"], gate, norm.weight, EPS, 16))
+
+
+def test_the_norm_kernels_fall_back_to_small_tiles_on_a_gpu_they_do_not_fit(monkeypatch):
+    # Only 16-wide tiles in one stage fit: both kernels fall back to one row and 16-channel chunks.
+    from launch_fakes import on_small_gpu
+    from statex_hf.kernels import launch
+    from statex_hf.kernels.norm import gated_rmsnorm as norm_module
+
+    monkeypatch.setattr(launch, "_REPLACED", {})
+    monkeypatch.setattr(configs, "SAFE", configs.SAFE.with_(BS=16))
+    fakes = on_small_gpu(monkeypatch, norm_module, "_norm_fwd_kernel", "_norm_bwd_kernel", max_tile=16)
+    inputs = make_inputs((2, 7, 96))
+    want, _ = run_with_grads(gated_rmsnorm, inputs, True, 48)
+    with pytest.warns(UserWarning, match="does not fit"):
+        got, _ = run_with_grads(gated_rmsnorm_triton, inputs, True, 48)
+    assert_close(got, want)
+    assert all(fake.launches and fake.launches[0]["BS"] == 16 for fake in fakes.values())

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from statex_hf.kernels import dispatch
+from statex_hf.kernels import dispatch, launch, utils
 from statex_hf.kernels.gla import chunk as gla_chunk
-from statex_hf.kernels.gla import launch
+from statex_hf.kernels.gla import configs
 from statex_hf.kernels.gla.chunk import chunk_gla
 from statex_hf.kernels.gla.chunk_torch import chunk_gla_torch
 from statex_hf.kernels.gla.fused_recurrent import fused_recurrent_gla
@@ -96,7 +96,8 @@ def test_triton_chunk_tiled_head_packed_batch_equals_naive(monkeypatch, state_ti
     # tiles), with either state tile config: this tiny grid alone takes the small one (32 x 32, 3 x 5
     # tiles); "large" forces the one the StateX head runs with (64 x 128, 2 x 2 tiles).
     if state_tiles == "large":
-        monkeypatch.setattr(launch, "OVERRIDES", {name: launch.DEFAULTS[name] for name in ("fwd_h", "bwd_dh")})
+        large = {f"gla.{name}": configs.DEFAULTS[name] for name in ("fwd_h", "bwd_dh")}
+        monkeypatch.setattr(launch, "OVERRIDES", large)
     cu_seqlens = torch.tensor([0, 9, 75, 100])
     inputs = make_inputs(1, 100, 1, 80, 136, n_states=3, gate_scale=10.0)
     got = outputs_and_grads(chunk_gla, *inputs, cu_seqlens=cu_seqlens)
@@ -106,11 +107,12 @@ def test_triton_chunk_tiled_head_packed_batch_equals_naive(monkeypatch, state_ti
 
 def test_state_kernels_take_small_tiles_only_when_large_ones_leave_sms_idle():
     # GLA-1.3B's 4 heads at B = 1 would run 64 programs of 64 x 128; its StateX head runs 256.
-    assert launch.launch_config("fwd_h", 256, 512, 64, num_states=4) == launch.SMALL_STATE_TILES
-    assert launch.launch_config("bwd_dh", 256, 512, 64, num_states=16 * 4) == launch.DEFAULTS["bwd_dh"]
-    assert launch.launch_config("fwd_h", 1024, 2048, 64, num_states=1) == launch.DEFAULTS["fwd_h"]
+    assert configs.gla_config("fwd_h", 256, 512, 64, num_states=4) == configs.SMALL_STATE_TILES
+    assert configs.gla_config("bwd_dh", 256, 512, 64, num_states=16 * 4) == configs.DEFAULTS["bwd_dh"]
+    assert configs.gla_config("fwd_h", 1024, 2048, 64, num_states=1) == configs.DEFAULTS["fwd_h"]
     # Small heads shrink the tiles rather than mask most of them away.
-    assert launch.launch_config("fwd_o", 20, 24, 64)[:2] == (32, 32)
+    small = configs.gla_config("fwd_o", 20, 24, 64)
+    assert (small.BK, small.BV) == (32, 32)
 
 
 def test_a_config_too_large_for_the_gpu_is_replaced_by_the_first_smaller_one_that_fits(monkeypatch):
@@ -125,22 +127,39 @@ def test_a_config_too_large_for_the_gpu_is_replaced_by_the_first_smaller_one_tha
             raise OutOfResources(300_000, 101_376, "shared memory")
 
     operand = torch.empty(1)
-    tuned = launch.launch_config("bwd_dqk", 256, 512, 64)
+    tuned = configs.gla_config("bwd_dqk", 256, 512, 64)
     with pytest.warns(UserWarning, match="bwd_dqk.*does not fit"):
-        launch.launch("bwd_dqk", run, 256, 512, 64, operand=operand)
-    launch.launch("bwd_dqk", run, 256, 512, 64, operand=operand)
-    assert tried == [tuned, tuned._replace(num_stages=1), launch.SAFE, launch.SAFE]
+        configs.gla_launch("bwd_dqk", run, 256, 512, 64, operand=operand)
+    configs.gla_launch("bwd_dqk", run, 256, 512, 64, operand=operand)
+    assert tried == [tuned, tuned.with_(num_stages=1), configs.SAFE, configs.SAFE]
     # The 4-head state tiles (32 x 32, 3 stages) only need one stage less.
     tried.clear()
     with pytest.warns(UserWarning, match="fwd_h"):
-        launch.launch("fwd_h", run, 256, 512, 64, operand=operand, num_states=4)
-    assert tried == [launch.SMALL_STATE_TILES, launch.SMALL_STATE_TILES._replace(num_stages=1)]
+        configs.gla_launch("fwd_h", run, 256, 512, 64, operand=operand, num_states=4)
+    assert tried == [configs.SMALL_STATE_TILES, configs.SMALL_STATE_TILES.with_(num_stages=1)]
     # Nothing fits: the GPU's error, not a silent wrong launch; a sweep's override is never replaced.
     with pytest.raises(OutOfResources):
-        launch.launch("fwd_o", lambda config: run(config._replace(num_stages=2)), 256, 512, 64, operand=operand)
-    monkeypatch.setattr(launch, "OVERRIDES", {"fwd_o": launch.DEFAULTS["fwd_o"]})
+        configs.gla_launch("fwd_o", lambda config: run(config.with_(num_stages=2)), 256, 512, 64, operand=operand)
+    monkeypatch.setattr(launch, "OVERRIDES", {"gla.fwd_o": configs.DEFAULTS["fwd_o"]})
     with pytest.raises(OutOfResources):
-        launch.launch("fwd_o", run, 256, 512, 64, operand=operand)
+        configs.gla_launch("fwd_o", run, 256, 512, 64, operand=operand)
+
+
+@pytest.mark.parametrize("kernel", ["bwd_dA", "fwd_A"])
+def test_the_fallback_of_a_kernel_with_one_tile_has_only_that_tile(monkeypatch, kernel):
+    # bwd_dA tiles only V, fwd_A only K: their small config must not pass the other (an unknown
+    # keyword for the kernel).
+    monkeypatch.setattr(launch, "_REPLACED", {})
+    tried = []
+
+    def run(config):
+        tried.append(config)
+        if config.num_stages > 1 or config.num_warps > 4:
+            raise OutOfResources(300_000, 101_376, "shared memory")
+
+    with pytest.warns(UserWarning, match=kernel):
+        configs.gla_launch(kernel, run, 256, 512, 64, operand=torch.empty(1))
+    assert [name for name, _ in tried[-1].tiles] == [name for name, _ in configs.DEFAULTS[kernel].tiles]
 
 
 def test_triton_backward_recomputes_the_states_it_did_not_keep(monkeypatch):
@@ -153,7 +172,7 @@ def test_triton_backward_recomputes_the_states_it_did_not_keep(monkeypatch):
     inputs = make_inputs(1, 100, 2, 20, 24, n_states=3)
     kept = outputs_and_grads(chunk_gla, *inputs, cu_seqlens=cu_seqlens)
     assert len(state_passes) == 1  # the forward's pass only
-    monkeypatch.setattr(gla_chunk, "KEEP_STATES_MAX_BYTES", 0)
+    monkeypatch.setattr(utils, "KEEP_STATES_MAX_BYTES", 0)
     recomputed = outputs_and_grads(chunk_gla, *inputs, cu_seqlens=cu_seqlens)
     assert len(state_passes) == 3  # this call made two: forward and backward
     assert_all_close(recomputed, kept, atol=1e-6, rtol=1e-6)
@@ -164,7 +183,7 @@ def test_activation_checkpointing_gives_the_same_outputs_and_grads(monkeypatch, 
     # Non-reentrant checkpointing recomputes the forward inside the backward and requires it to save the
     # very same tensors as the first time: whether the states are kept must not depend on that context.
     if max_bytes is not None:
-        monkeypatch.setattr(gla_chunk, "KEEP_STATES_MAX_BYTES", max_bytes)
+        monkeypatch.setattr(utils, "KEEP_STATES_MAX_BYTES", max_bytes)
     inputs = make_inputs(2, 70, 2, 20, 24)
     plain = outputs_and_grads(chunk_gla, *inputs)
 

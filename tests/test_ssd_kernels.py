@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from statex_hf.kernels import dispatch
-from statex_hf.kernels.ssd import chunk as ssd_chunk
+from statex_hf.kernels import dispatch, launch, utils
 from statex_hf.kernels.ssd.chunk import chunk_ssd
 from statex_hf.kernels.ssd.chunk_torch import chunk_ssd_torch
 from statex_hf.kernels.ssd.naive import naive_ssd
@@ -115,7 +114,7 @@ def test_activation_checkpointing_gives_the_same_outputs_and_grads(monkeypatch, 
     # Non-reentrant checkpointing recomputes the forward inside the backward and requires it to save the
     # very same tensors as the first time: whether the states are kept must not depend on that context.
     if max_bytes is not None:
-        monkeypatch.setattr(ssd_chunk, "KEEP_STATES_MAX_BYTES", max_bytes)
+        monkeypatch.setattr(utils, "KEEP_STATES_MAX_BYTES", max_bytes)
     inputs = make_inputs(2, 37, 4, 8, 2, 16)
 
     def checkpointed(*args, **kw):
@@ -134,7 +133,7 @@ def test_triton_backward_recomputes_the_states_it_did_not_keep(monkeypatch):
     # backward recomputes them (with the initial state): the gradients must not change.
     inputs = make_inputs(2, 37, 4, 8, 2, 16)
     _, _, kept = run_with_grads(chunk_ssd, inputs, True, None, chunk_size=16)
-    monkeypatch.setattr(ssd_chunk, "KEEP_STATES_MAX_BYTES", 0)
+    monkeypatch.setattr(utils, "KEEP_STATES_MAX_BYTES", 0)
     _, _, recomputed = run_with_grads(chunk_ssd, inputs, True, None, chunk_size=16)
     for k in kept:
         torch.testing.assert_close(recomputed[k], kept[k], rtol=1e-6, atol=1e-6, msg=f"d{k}")
@@ -183,14 +182,14 @@ def test_dispatch_on_cpu_uses_torch_paths_and_matches_naive():
 @pytest.mark.parametrize("packed", [False, True], ids=["batch", "packed"])
 def test_triton_conv1d_matches_torch_conv1d_fwd_and_grads(packed):
     from statex_hf.kernels.conv.causal_conv1d import causal_conv1d
-    from statex_hf.kernels.conv.causal_conv1d_triton import causal_conv1d_triton
+    from statex_hf.kernels.conv.naive import naive_causal_conv1d
 
     cu = torch.tensor([0, 20, 21, 50, 70]) if packed else None
     x, w, bias = torch.randn(1 if packed else 2, 70, 96), torch.randn(96, 4), torch.randn(96)
     results = []
-    for fn in (causal_conv1d, causal_conv1d_triton):
+    for fn in (naive_causal_conv1d, causal_conv1d):
         leaves = [t.clone().requires_grad_() for t in (x, w, bias)]
-        if fn is causal_conv1d:
+        if fn is naive_causal_conv1d:
             y, final = fn(*leaves, "silu", None, not packed, cu)
         else:
             y, final = fn(*leaves, "silu", not packed, cu)
@@ -201,3 +200,80 @@ def test_triton_conv1d_matches_torch_conv1d_fwd_and_grads(packed):
             assert got is None, name
             continue
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("with_states", [False, True], ids=["no_state", "states"])
+def test_state_passes_in_sub_chunk_steps_match_naive(monkeypatch, with_states):
+    # The state kernels walk a chunk of 64 in steps of 16 tokens: documents start inside a step, at a
+    # step's start and at a chunk's start (5, 16, 64), and one is shorter than a step.
+    steps = {f"ssd.{k}": launch.LaunchConfig.of(4, 2, BL=16, BP=16, BN=16) for k in ("state_fwd", "state_bwd")}
+    monkeypatch.setattr(launch, "OVERRIDES", steps)
+    cu = [0, 5, 16, 64, 70, 150]
+    inputs = make_inputs(1, 150, 2, 8, 1, 40, n_states=len(cu) - 1)
+    check_against_naive(chunk_ssd, inputs, with_states, torch.tensor(cu), chunk_size=64)
+    check_against_naive(chunk_ssd, make_inputs(2, 150, 2, 8, 2, 40), with_states, chunk_size=64)
+
+
+def test_every_ssd_kernel_falls_back_to_small_tiles_on_a_gpu_they_do_not_fit(monkeypatch):
+    # A GPU with room for 32-wide tiles in one stage only: each launcher retries its config with one
+    # stage, then its small one, warns once per kernel, and the results stay exact. Chunk 128 and
+    # N = 80: every tuned tile is larger than 32.
+    from launch_fakes import on_small_gpu
+    from statex_hf.kernels.ssd import ssd_bmm, ssd_chunk_bc_bwd, ssd_chunk_scan, ssd_chunk_state, state_update
+
+    monkeypatch.setattr(launch, "_REPLACED", {})
+    fakes = {
+        **on_small_gpu(monkeypatch, ssd_bmm, "_bmm_chunk_kernel"),
+        **on_small_gpu(monkeypatch, ssd_chunk_state, "_chunk_state_fwd_kernel", "_chunk_state_bwd_kernel"),
+        **on_small_gpu(monkeypatch, ssd_chunk_scan, "_chunk_scan_fwd_kernel", "_chunk_scan_bwd_dx_kernel"),
+        **on_small_gpu(monkeypatch, ssd_chunk_bc_bwd, "_chunk_dcb_kernel", "_chunk_dc_kernel", "_chunk_db_kernel"),
+    }
+    with pytest.warns(UserWarning, match="does not fit") as warned:
+        check_against_naive(chunk_ssd, make_inputs(1, 150, 2, 8, 1, 80), True, chunk_size=128)
+    assert len({str(w.message).split(":")[0] for w in warned}) == len(fakes)
+    assert all(fake.launches for fake in fakes.values())
+
+    on_small_gpu(monkeypatch, state_update, "_state_update_kernel")
+    inputs = make_inputs(2, 1, 4, 8, 1, 256)
+    x, dt, A, B, C, D, bias, h0 = (inputs[k] for k in [*GRAD_NAMES])
+    y_ref, f_ref = naive_ssd(x, dt, A, B, C, D, bias, True, initial_state=h0, output_final_state=True)
+    state = h0.clone()
+    with pytest.warns(UserWarning, match="state_update.*does not fit"):
+        y = ssd_state_update(state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, bias, True)
+    torch.testing.assert_close(y, y_ref[:, 0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state, f_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_the_conv_kernels_fall_back_to_small_tiles_on_a_gpu_they_do_not_fit(monkeypatch):
+    from launch_fakes import on_small_gpu
+    from statex_hf.kernels.conv import causal_conv1d as conv
+    from statex_hf.kernels.conv.naive import naive_causal_conv1d
+
+    monkeypatch.setattr(launch, "_REPLACED", {})
+    fakes = on_small_gpu(monkeypatch, conv, "_conv_fwd_kernel", "_conv_bwd_kernel")
+    x, w, bias, dy = torch.randn(1, 70, 96), torch.randn(96, 4), torch.randn(96), torch.randn(1, 70, 96)
+    leaves = {name: [t.clone().requires_grad_() for t in (x, w, bias)] for name in ("naive", "triton")}
+    y_ref, _ = naive_causal_conv1d(*leaves["naive"], "silu")
+    y_ref.backward(dy)
+    with pytest.warns(UserWarning, match="does not fit"):
+        y, _ = conv.causal_conv1d(*leaves["triton"], "silu")
+        y.backward(dy)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-4)
+    for got, want in zip(leaves["triton"], leaves["naive"]):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-4)
+    assert all(fake.launches for fake in fakes.values())
+
+
+def test_a_gpu_with_its_own_table_entry_gets_it_and_others_the_default(monkeypatch):
+    from statex_hf.kernels.ssd import configs
+
+    tuned = launch.LaunchConfig.of(4, 2, BT=64, BS=32, BP=64, BN=64)
+    monkeypatch.setitem(configs.TABLES, "H200", {"scan_fwd": tuned})
+    on = {name: None for name in ("NVIDIA H200", "NVIDIA H100 80GB HBM3")}
+    for name in on:
+        monkeypatch.setattr(launch, "device_name", lambda device, name=name: name)
+        on[name] = configs.ssd_config("scan_fwd", 256, 64, 512, device=torch.device("cpu"))
+    assert on["NVIDIA H200"] == tuned
+    assert on["NVIDIA H100 80GB HBM3"] == configs.TABLES["default"]["scan_fwd"]
+    # Entries it does not name come from the default table.
+    assert configs.ssd_config("dc", 256, 64, 512) == configs.TABLES["default"]["dc"]

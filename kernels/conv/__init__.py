@@ -1,3 +1,3 @@
-from statex_hf.kernels.conv.causal_conv1d import causal_conv1d
+from statex_hf.kernels.conv.naive import naive_causal_conv1d
 
-__all__ = ["causal_conv1d"]
+__all__ = ["naive_causal_conv1d"]

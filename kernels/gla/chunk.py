@@ -8,8 +8,8 @@ function.
 
 Memory: the inputs and the in-chunk attention ``A`` (``[B, T, H, BT]`` fp32) are kept for the
 backward, and the per-chunk states (``[NT, H, K, V]``, bf16 for bf16 inputs) while they take at most
-``KEEP_STATES_MAX_BYTES``; larger ones (GLA-1.3B's 4 heads past T = 32K, its StateX head past 8K)
-are recomputed there, one more ``chunk_h`` pass. The SSD kernels follow the same rule.
+``kernels.utils.KEEP_STATES_MAX_BYTES``; larger ones (GLA-1.3B's 4 heads past T = 32K, its StateX
+head past 8K) are recomputed there, one more ``chunk_h`` pass. The SSD kernels follow the same rule.
 """
 
 from __future__ import annotations
@@ -22,12 +22,9 @@ from statex_hf.kernels.gla.chunk_h import chunk_gla_bwd_dh, chunk_gla_fwd_h
 from statex_hf.kernels.gla.chunk_intra import chunk_gla_bwd_intra, chunk_gla_fwd_intra
 from statex_hf.kernels.gla.chunk_o import chunk_gla_bwd_dA, chunk_gla_bwd_dqk, chunk_gla_bwd_dv, chunk_gla_fwd_o
 from statex_hf.kernels.gla.chunk_utils import ChunkLayout, prepare_chunk_layout
+from statex_hf.kernels.utils import kept_for_backward
 
 CHUNK_SIZE = 64
-# The same bound as the SSD's (kernels/ssd/chunk.py): GLA-1.3B's 4 heads at T = 16K keep 256 MiB and
-# skip the backward's state pass (1.4 ms of 12.9 at 64K on an H100, so about 0.36 ms at 16K); in a
-# model trained with activation checkpointing only the block being recomputed holds them.
-KEEP_STATES_MAX_BYTES = 512 * 2**20
 
 
 def chunk_size_for(K: int, V: int) -> int:
@@ -96,8 +93,7 @@ class ChunkGLAFunction(torch.autograd.Function):
         chunk_size = chunk_size_for(q.shape[-1], v.shape[-1])
         layout = prepare_chunk_layout(B, T, chunk_size, cu_seqlens, q.device)
         A, h, o, ht = chunk_gla_fwd(q, k, v, gk, scale, initial_state, output_final_state, layout, chunk_size)
-        keep = h.numel() * h.element_size() <= KEEP_STATES_MAX_BYTES
-        ctx.save_for_backward(q, k, v, gk, A, h if keep else None, initial_state)
+        ctx.save_for_backward(q, k, v, gk, A, kept_for_backward(h), initial_state)
         ctx.layout = layout
         ctx.chunk_size = chunk_size
         ctx.scale = scale

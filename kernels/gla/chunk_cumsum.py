@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from statex_hf.kernels.gla.chunk_utils import ChunkLayout
-from statex_hf.kernels.gla.launch import LaunchConfig, launch
+from statex_hf.kernels.gla.chunk_utils import ChunkLayout, chunk_bounds
+from statex_hf.kernels.gla.configs import gla_launch
+from statex_hf.kernels.launch import LaunchConfig
 
 
 @triton.jit
@@ -31,11 +32,8 @@ def chunk_local_cumsum_kernel(
     BK: tl.constexpr,
 ):
     i_k, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n = tl.load(chunk_indices + i_t * 2)
-    i_w = tl.load(chunk_indices + i_t * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    rows = bos + i_w * BT + tl.arange(0, BT)
+    t0, eos = chunk_bounds(cu_seqlens, chunk_indices, i_t, BT)
+    rows = t0 + tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     m = (rows < eos)[:, None] & (o_k < K)[None, :]
     p = (rows[:, None] * H + i_h) * K + o_k[None, :]
@@ -62,8 +60,8 @@ def chunk_local_cumsum(
     def run(c: LaunchConfig) -> None:
         chunk_local_cumsum_kernel[(triton.cdiv(K, c.BK), layout.num_chunks, H)](
             q, k, gk, g, qg, kg, layout.cu_seqlens, layout.chunk_indices, scale,
-            H=H, K=K, BT=chunk_size, BK=c.BK, num_warps=c.num_warps, num_stages=c.num_stages,
+            H=H, K=K, BT=chunk_size, **c.kwargs(),
         )  # fmt: skip
 
-    launch("cumsum", run, K, 0, chunk_size, operand=q)
+    gla_launch("cumsum", run, K, 0, chunk_size, operand=q)
     return g, qg, kg

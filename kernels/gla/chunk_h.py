@@ -19,8 +19,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from statex_hf.kernels.gla.chunk_utils import ChunkLayout
-from statex_hf.kernels.gla.launch import LaunchConfig, launch
+from statex_hf.kernels.gla.chunk_utils import ChunkLayout, sequence_chunks
+from statex_hf.kernels.gla.configs import gla_launch
+from statex_hf.kernels.launch import LaunchConfig
+from statex_hf.kernels.utils import dot_precision
 
 
 @triton.jit
@@ -45,10 +47,7 @@ def chunk_gla_fwd_h_kernel(
 ):
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    boh = tl.load(chunk_offsets + i_n).to(tl.int64)
-    nt = tl.cdiv(eos - bos, BT)
+    bos, eos, boh, nt = sequence_chunks(cu_seqlens, chunk_offsets, i_n, BT)
 
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -102,10 +101,7 @@ def chunk_gla_bwd_dh_kernel(
 ):
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    boh = tl.load(chunk_offsets + i_n).to(tl.int64)
-    nt = tl.cdiv(eos - bos, BT)
+    bos, eos, boh, nt = sequence_chunks(cu_seqlens, chunk_offsets, i_n, BT)
 
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -135,11 +131,6 @@ def chunk_gla_bwd_dh_kernel(
 
     if STORE_INITIAL_STATE_GRADIENT:
         tl.store(dh0 + i_nh.to(tl.int64) * K * V + p_kv, b_dh, mask=m_kv)
-
-
-def dot_precision(dtype: torch.dtype) -> str:
-    """fp32 inputs keep fp32 products (tests compare against an fp32 reference); half types use tensor cores."""
-    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def state_buffer_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -182,16 +173,13 @@ def chunk_gla_fwd_h(
             K=K,
             V=V,
             BT=chunk_size,
-            BK=c.BK,
-            BV=c.BV,
+            **c.kwargs(),
             USE_INITIAL_STATE=initial_state is not None,
             STORE_FINAL_STATE=output_final_state,
             DOT_PRECISION=dot_precision(k.dtype),
-            num_warps=c.num_warps,
-            num_stages=c.num_stages,
         )
 
-    launch("fwd_h", run, K, V, chunk_size, operand=kg, num_states=N * H)
+    gla_launch("fwd_h", run, K, V, chunk_size, operand=kg, num_states=N * H)
     return h, ht
 
 
@@ -229,14 +217,11 @@ def chunk_gla_bwd_dh(
             K=K,
             V=V,
             BT=chunk_size,
-            BK=c.BK,
-            BV=c.BV,
+            **c.kwargs(),
             USE_FINAL_STATE_GRADIENT=dht is not None,
             STORE_INITIAL_STATE_GRADIENT=need_dh0,
             DOT_PRECISION=dot_precision(q.dtype),
-            num_warps=c.num_warps,
-            num_stages=c.num_stages,
         )
 
-    launch("bwd_dh", run, K, V, chunk_size, operand=qg, num_states=N * H)
+    gla_launch("bwd_dh", run, K, V, chunk_size, operand=qg, num_states=N * H)
     return dh, dh0

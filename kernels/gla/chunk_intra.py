@@ -21,9 +21,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from statex_hf.kernels.gla.chunk_h import dot_precision
-from statex_hf.kernels.gla.chunk_utils import ChunkLayout
-from statex_hf.kernels.gla.launch import LaunchConfig, launch
+from statex_hf.kernels.gla.chunk_utils import ChunkLayout, chunk_bounds
+from statex_hf.kernels.gla.configs import gla_launch
+from statex_hf.kernels.launch import LaunchConfig
+from statex_hf.kernels.utils import dot_precision
 
 
 @triton.jit
@@ -48,11 +49,7 @@ def chunk_gla_fwd_A_kernel(
     i_tc, i_h = tl.program_id(0), tl.program_id(1)
     NC: tl.constexpr = BT // BC
     i_t, i_c = i_tc // NC, i_tc % NC
-    i_n = tl.load(chunk_indices + i_t * 2)
-    i_w = tl.load(chunk_indices + i_t * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    t0 = bos + i_w * BT
+    t0, eos = chunk_bounds(cu_seqlens, chunk_indices, i_t, BT)
     r0 = t0 + i_c * BC  # first row of this sub-block: the reference row for earlier columns
     if r0 >= eos:
         return
@@ -125,11 +122,7 @@ def chunk_gla_bwd_intra_kernel(
     i_k, i_tc, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     NC: tl.constexpr = BT // BC
     i_t, i_c = i_tc // NC, i_tc % NC
-    i_n = tl.load(chunk_indices + i_t * 2)
-    i_w = tl.load(chunk_indices + i_t * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    t0 = bos + i_w * BT
+    t0, eos = chunk_bounds(cu_seqlens, chunk_indices, i_t, BT)
     r0 = t0 + i_c * BC
     if r0 >= eos:
         return
@@ -209,13 +202,11 @@ def chunk_gla_fwd_intra(
             K=K,
             BT=chunk_size,
             BC=BC,
-            BK=c.BK,
+            **c.kwargs(),
             DOT_PRECISION=dot_precision(q.dtype),
-            num_warps=c.num_warps,
-            num_stages=c.num_stages,
         )
 
-    launch("fwd_A", run, K, 0, chunk_size, operand=q)
+    gla_launch("fwd_A", run, K, 0, chunk_size, operand=q)
     return A
 
 
@@ -242,11 +233,9 @@ def chunk_gla_bwd_intra(
             K=K,
             BT=chunk_size,
             BC=BC,
-            BK=c.BK,
+            **c.kwargs(),
             DOT_PRECISION=dot_precision(torch.float32),
-            num_warps=c.num_warps,
-            num_stages=c.num_stages,
         )
 
-    launch("bwd_intra", run, K, 0, chunk_size, operand=q)
+    gla_launch("bwd_intra", run, K, 0, chunk_size, operand=q)
     return dq, dk

@@ -24,18 +24,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from statex_hf.kernels.gla.chunk_h import dot_precision
-from statex_hf.kernels.gla.chunk_utils import ChunkLayout
-from statex_hf.kernels.gla.launch import LaunchConfig, launch
-
-
-@triton.jit
-def _chunk_bounds(cu_seqlens, chunk_indices, i_t, BT: tl.constexpr):
-    i_n = tl.load(chunk_indices + i_t * 2)
-    i_w = tl.load(chunk_indices + i_t * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    return bos + i_w * BT, eos
+from statex_hf.kernels.gla.chunk_utils import ChunkLayout, chunk_bounds
+from statex_hf.kernels.gla.configs import gla_launch
+from statex_hf.kernels.launch import LaunchConfig
+from statex_hf.kernels.utils import dot_precision
 
 
 @triton.jit
@@ -56,7 +48,7 @@ def chunk_gla_fwd_o_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     i_v, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t0, eos = _chunk_bounds(cu_seqlens, chunk_indices, i_t, BT)
+    t0, eos = chunk_bounds(cu_seqlens, chunk_indices, i_t, BT)
     o_t = tl.arange(0, BT)
     rows = t0 + o_t
     m_t = rows < eos
@@ -95,7 +87,7 @@ def chunk_gla_bwd_dA_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     i_t, i_h = tl.program_id(0), tl.program_id(1)
-    t0, eos = _chunk_bounds(cu_seqlens, chunk_indices, i_t, BT)
+    t0, eos = chunk_bounds(cu_seqlens, chunk_indices, i_t, BT)
     o_t = tl.arange(0, BT)
     rows = t0 + o_t
     m_t = rows < eos
@@ -129,7 +121,7 @@ def chunk_gla_bwd_dv_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     i_v, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t0, eos = _chunk_bounds(cu_seqlens, chunk_indices, i_t, BT)
+    t0, eos = chunk_bounds(cu_seqlens, chunk_indices, i_t, BT)
     o_t = tl.arange(0, BT)
     rows = t0 + o_t
     m_t = rows < eos
@@ -180,7 +172,7 @@ def chunk_gla_bwd_dqk_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     i_k, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t0, eos = _chunk_bounds(cu_seqlens, chunk_indices, i_t, BT)
+    t0, eos = chunk_bounds(cu_seqlens, chunk_indices, i_t, BT)
     rows = t0 + tl.arange(0, BT)
     m_t = rows < eos
     last = tl.minimum(t0 + BT, eos) - 1
@@ -253,14 +245,11 @@ def chunk_gla_fwd_o(
             K=K,
             V=V,
             BT=chunk_size,
-            BK=c.BK,
-            BV=c.BV,
+            **c.kwargs(),
             DOT_PRECISION=dot_precision(qg.dtype),
-            num_warps=c.num_warps,
-            num_stages=c.num_stages,
         )
 
-    launch("fwd_o", run, K, V, chunk_size, operand=qg)
+    gla_launch("fwd_o", run, K, V, chunk_size, operand=qg)
     return o
 
 
@@ -281,13 +270,11 @@ def chunk_gla_bwd_dA(
             H=H,
             V=V,
             BT=chunk_size,
-            BV=c.BV,
+            **c.kwargs(),
             DOT_PRECISION=dot_precision(v.dtype),
-            num_warps=c.num_warps,
-            num_stages=c.num_stages,
         )
 
-    launch("bwd_dA", run, 0, V, chunk_size, operand=v)
+    gla_launch("bwd_dA", run, 0, V, chunk_size, operand=v)
     return dA
 
 
@@ -317,14 +304,11 @@ def chunk_gla_bwd_dv(
             K=K,
             V=V,
             BT=chunk_size,
-            BK=c.BK,
-            BV=c.BV,
+            **c.kwargs(),
             DOT_PRECISION=dot_precision(kg.dtype),
-            num_warps=c.num_warps,
-            num_stages=c.num_stages,
         )
 
-    launch("bwd_dv", run, K, V, chunk_size, operand=kg)
+    gla_launch("bwd_dv", run, K, V, chunk_size, operand=kg)
     return dv
 
 
@@ -370,12 +354,9 @@ def chunk_gla_bwd_dqk(
             K=K,
             V=V,
             BT=chunk_size,
-            BK=c.BK,
-            BV=c.BV,
+            **c.kwargs(),
             DOT_PRECISION=dot_precision(q.dtype),
-            num_warps=c.num_warps,
-            num_stages=c.num_stages,
         )
 
-    launch("bwd_dqk", run, K, V, chunk_size, operand=q)
+    gla_launch("bwd_dqk", run, K, V, chunk_size, operand=q)
     return dq, dk, dgk

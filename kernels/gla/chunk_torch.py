@@ -14,6 +14,7 @@ strongly negative, the pairwise form never leaves ``[0, 1]``. Memory is linear i
 from __future__ import annotations
 
 import torch
+from statex_hf.kernels.utils import per_document
 
 
 def _chunk_gla_dense(
@@ -81,14 +82,9 @@ def chunk_gla_torch(
     else:
         if q.shape[0] != 1:
             raise ValueError(f"cu_seqlens needs a packed batch of size 1, got q of shape {tuple(q.shape)}")
-        bounds = cu_seqlens.tolist()
-        outputs, finals = [], []
-        for n in range(len(bounds) - 1):
-            s, e = bounds[n], bounds[n + 1]
-            h0 = None if initial_state is None else initial_state[n : n + 1]
-            o_n, state_n = _chunk_gla_dense(q[:, s:e], k[:, s:e], v[:, s:e], gk[:, s:e], scale, h0, chunk_size)
-            outputs.append(o_n)
-            finals.append(state_n)
-        o = torch.cat(outputs, dim=1)
-        final_state = torch.cat(finals, dim=0)
+        o, final_state = per_document(
+            lambda s, e, h0: _chunk_gla_dense(q[:, s:e], k[:, s:e], v[:, s:e], gk[:, s:e], scale, h0, chunk_size),
+            cu_seqlens,
+            initial_state,
+        )
     return o.to(v.dtype), final_state if output_final_state else None

@@ -1,4 +1,5 @@
-"""Host-side bookkeeping shared by the chunked GLA Triton kernels.
+"""The packed-batch layout every chunked GLA Triton kernel reads: host-side bookkeeping and the
+kernels' shared prologues.
 
 Every chunked kernel sees a packed batch: ``[B, T, ...]`` without ``cu_seqlens`` is the packed
 batch ``cu_seqlens = [0, T, 2T, ..., BT]``, so one code path serves both. A chunk is named by its
@@ -11,6 +12,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import triton
+import triton.language as tl
 
 
 class ChunkLayout(NamedTuple):
@@ -26,7 +29,7 @@ def prepare_chunk_layout(
 ) -> ChunkLayout:
     """Chunk bookkeeping for a ``[batch, seq_len]`` batch, or a packed one when ``cu_seqlens`` is given."""
     if cu_seqlens is None:
-        nt = triton_cdiv(seq_len, chunk_size)
+        nt = triton.cdiv(seq_len, chunk_size)
         cu = torch.arange(0, batch + 1, device=device, dtype=torch.int32) * seq_len
         offsets = torch.arange(0, batch + 1, device=device, dtype=torch.int32) * nt
         idx = torch.arange(batch * nt, device=device, dtype=torch.int32)
@@ -43,5 +46,20 @@ def prepare_chunk_layout(
     return ChunkLayout(cu, offsets, indices, len(nts), num_chunks)
 
 
-def triton_cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
+@triton.jit
+def chunk_bounds(cu_seqlens, chunk_indices, i_t, BT: tl.constexpr):
+    """First token of global chunk ``i_t`` and the end of its sequence (int64)."""
+    i_n = tl.load(chunk_indices + i_t * 2)
+    i_w = tl.load(chunk_indices + i_t * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    return bos + i_w * BT, eos
+
+
+@triton.jit
+def sequence_chunks(cu_seqlens, chunk_offsets, i_n, BT: tl.constexpr):
+    """Sequence ``i_n``'s first token, end, first global chunk and number of chunks (int64)."""
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    boh = tl.load(chunk_offsets + i_n).to(tl.int64)
+    return bos, eos, boh, tl.cdiv(eos - bos, BT)

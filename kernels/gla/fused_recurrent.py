@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from statex_hf.kernels.utils import num_sms
 
 
 @triton.jit
@@ -111,24 +112,12 @@ def fused_recurrent_gla_step_kernel(
     tl.store(o + i_nh.to(tl.int64) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
 
 
-_NUM_SMS: dict[int, int] = {}
-
-
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _NUM_SMS:
-        _NUM_SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _NUM_SMS[index]
-
-
 def step_config(N: int, H: int, K: int, V: int, device: torch.device) -> tuple[int, int, int]:
     """(BK, BV, num_warps) of the one-token kernel for N sequences of H heads with a [K, V] state."""
     # 64-wide rows (256 contiguous bytes) keep the state stream at full bandwidth; narrower slices
     # only when there are too few to give every SM two programs (small batches).
     BK, BV = min(64, max(16, triton.next_power_of_2(K))), min(64, max(16, triton.next_power_of_2(V)))
-    while BV > 16 and N * H * triton.cdiv(V, BV) < 2 * _num_sms(device):
+    while BV > 16 and N * H * triton.cdiv(V, BV) < 2 * num_sms(device):
         BV //= 2
     return BK, BV, 4
 

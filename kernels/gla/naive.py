@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from statex_hf.kernels.utils import sequence_bounds
 
 
 def naive_recurrent_gla(
@@ -32,15 +33,9 @@ def naive_recurrent_gla(
     B, T, H, K = q.shape
     V = v.shape[-1]
     scale = K**-0.5 if scale is None else scale
-    if cu_seqlens is None:
-        bounds = [(b, 0, T) for b in range(B)]
-    else:
-        assert B == 1, "cu_seqlens needs a packed batch of size 1"
-        cu = cu_seqlens.tolist()
-        bounds = [(0, cu[i], cu[i + 1]) for i in range(len(cu) - 1)]
     o = torch.zeros(B, T, H, V, dtype=torch.float32, device=q.device)
     finals = []
-    for n, (b, start, end) in enumerate(bounds):
+    for n, (b, start, end) in enumerate(sequence_bounds(B, T, cu_seqlens)):
         state = q.new_zeros(H, K, V, dtype=torch.float32)
         if initial_state is not None:
             state = state + initial_state[n].float()

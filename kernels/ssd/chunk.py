@@ -13,9 +13,9 @@ that within the chunk. (Summing over the whole sequence instead would be exact t
 rounding errors pile up over T: sums stay chunk-local, as in mamba_ssm.)
 
 Memory: the forward keeps the chunk-entry states ``[b, T / L, H, P, N]`` (input dtype) for the
-backward only while they take at most ``KEEP_STATES_MAX_BYTES``; larger ones (T = 64K at N = 512:
-1 GiB) are recomputed there, one chunk-state pass (2.4 ms at 64K on an H100) for the memory. At most
-two such tensors (states and state gradients) are alive at a time.
+backward only while they take at most ``kernels.utils.KEEP_STATES_MAX_BYTES``; larger ones (T = 64K
+at N = 512: 1 GiB) are recomputed there, one chunk-state pass for the memory. At most two such
+tensors (states and state gradients) are alive at a time.
 """
 
 from __future__ import annotations
@@ -28,11 +28,7 @@ from statex_hf.kernels.ssd.ssd_bmm import bmm_chunk_fwd
 from statex_hf.kernels.ssd.ssd_chunk_bc_bwd import chunk_db, chunk_dc, chunk_dcb
 from statex_hf.kernels.ssd.ssd_chunk_scan import chunk_scan_bwd_dx, chunk_scan_fwd
 from statex_hf.kernels.ssd.ssd_chunk_state import chunk_state_bwd, chunk_state_fwd
-
-# The chunk states at T = 16K, N = 512 (Mamba2-1.3B, bf16) take 256 MiB: kept, which saves the backward
-# a 0.6 ms pass on an H100 (about a tenth of the layer's fwd+bwd); at 64K they take 1 GiB: recomputed,
-# so that one layer's activations stay under 4 GB.
-KEEP_STATES_MAX_BYTES = 512 * 2**20
+from statex_hf.kernels.utils import kept_for_backward, per_document
 
 
 def _chunk_log_decay(dt: torch.Tensor, A: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,8 +87,7 @@ class ChunkSSDFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, initial_state, seq, chunk_size, output_final_state):
         y, final, CB, hs = chunk_ssd_fwd(x, dt, A, B, C, D, initial_state, seq, chunk_size, output_final_state)
-        keep = hs.numel() * hs.element_size() <= KEEP_STATES_MAX_BYTES
-        ctx.save_for_backward(x, dt, A, B, C, D, initial_state, seq, CB, hs if keep else None)
+        ctx.save_for_backward(x, dt, A, B, C, D, initial_state, seq, CB, kept_for_backward(hs))
         ctx.chunk_size = chunk_size
         if final is not None:
             return y, final
@@ -184,20 +179,14 @@ def chunk_ssd(
 def _per_document(
     x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, initial_state, output_final_state, cu_seqlens, chunk_size
 ):
-    bounds = cu_seqlens.tolist()
-    ys, finals = [], []
-    for i in range(len(bounds) - 1):
-        s, e = bounds[i], bounds[i + 1]
-        h0 = initial_state[i : i + 1] if initial_state is not None else None
+    def document(s: int, e: int, h0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if e == s:
-            ys.append(x[:, s:e])
             empty = x.new_zeros(1, *x.shape[2:], B.shape[-1], dtype=torch.float32)
-            finals.append(h0.float() if h0 is not None else empty)
-            continue
-        yi, fi = chunk_ssd(
+            return x[:, s:e], (h0.float() if h0 is not None else empty)
+        return chunk_ssd(
             x[:, s:e], dt[:, s:e], A, B[:, s:e], C[:, s:e], D, dt_bias, dt_softplus, dt_limit, h0, True, None,
             chunk_size,
         )  # fmt: skip
-        ys.append(yi)
-        finals.append(fi)
-    return torch.cat(ys, dim=1), (torch.cat(finals) if output_final_state else None)
+
+    y, finals = per_document(document, cu_seqlens, initial_state)
+    return y, (finals if output_final_state else None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from statex_hf.kernels.ssd.naive import discretize_dt
+from statex_hf.kernels.utils import per_document
 
 
 def _chunk_scan_torch(
@@ -101,21 +102,15 @@ def chunk_ssd_torch(
     else:
         if x.shape[0] != 1:
             raise ValueError(f"chunk_ssd_torch: cu_seqlens needs a packed batch of size 1, got batch {x.shape[0]}")
+
         # Documents are independent: run each on its own slice (state and chunks restart with it).
-        bounds = cu_seqlens.tolist()
-        ys, finals = [], []
-        for i in range(len(bounds) - 1):
-            s, e = bounds[i], bounds[i + 1]
-            h0 = None if initial_state is None else initial_state[i : i + 1]
+        def document(s: int, e: int, h0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
             if e == s:
-                ys.append(x.new_zeros(1, 0, *x.shape[2:], dtype=torch.float32))
-                finals.append(x.new_zeros(1, *x.shape[2:], B.shape[-1], dtype=torch.float32) if h0 is None else h0)
-                continue
-            yi, fi = _chunk_scan_torch(x[:, s:e], dtd[:, s:e], A, B[:, s:e], C[:, s:e], h0, chunk_size)
-            ys.append(yi)
-            finals.append(fi)
-        y = torch.cat(ys, dim=1)
-        final = torch.cat(finals, dim=0)
+                empty = x.new_zeros(1, *x.shape[2:], B.shape[-1], dtype=torch.float32)
+                return x.new_zeros(1, 0, *x.shape[2:], dtype=torch.float32), (empty if h0 is None else h0)
+            return _chunk_scan_torch(x[:, s:e], dtd[:, s:e], A, B[:, s:e], C[:, s:e], h0, chunk_size)
+
+        y, final = per_document(document, cu_seqlens, initial_state)
     if D is not None:
         y = y + x.float() * D.float()[:, None]
     return y.to(x.dtype), (final if output_final_state else None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from statex_hf.kernels.utils import sequence_bounds
 
 
 def discretize_dt(
@@ -56,15 +57,9 @@ def naive_ssd(
     heads_per_group = H // G
     Bh = B.float().repeat_interleave(heads_per_group, dim=2)  # [b, T, H, N]
     Ch = C.float().repeat_interleave(heads_per_group, dim=2)
-    if cu_seqlens is None:
-        bounds = [(i, 0, T) for i in range(b)]
-    else:
-        assert b == 1, "cu_seqlens needs a packed batch of size 1"
-        cu = cu_seqlens.tolist()
-        bounds = [(0, cu[i], cu[i + 1]) for i in range(len(cu) - 1)]
     y = torch.zeros(b, T, H, P, dtype=torch.float32, device=x.device)
     finals = []
-    for n, (i, start, end) in enumerate(bounds):
+    for n, (i, start, end) in enumerate(sequence_bounds(b, T, cu_seqlens)):
         state = x.new_zeros(H, P, N, dtype=torch.float32)
         if initial_state is not None:
             state = state + initial_state[n].float()

@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from statex_hf.kernels.launch import LaunchConfig
+from statex_hf.kernels.ssd.configs import ssd_config, ssd_launch
+from statex_hf.kernels.utils import dot_precision
 
 
 @triton.jit
@@ -66,17 +69,12 @@ def bmm_chunk_fwd(C: torch.Tensor, B: torch.Tensor, seq: torch.Tensor | None, ch
     L = chunk_size
     nc = triton.cdiv(T, L)
     CB = torch.empty(b, nc, G, L, L, device=C.device, dtype=torch.float32)
-    BM = min(L, 64)
-    BK = min(max(triton.next_power_of_2(N), 16), 64)
-    grid = (b * nc * G, L // BM, L // BM)
-    _bmm_chunk_kernel[grid](
-        C, B, seq if seq is not None else C, CB, T, nc * L, G, N, nc,
-        L=L, BM=BM, BK=BK, HAS_SEQ=seq is not None, DOT_PREC=dot_precision(C.dtype),
-        num_warps=4, num_stages=2,
-    )  # fmt: skip
+
+    def run(c: LaunchConfig) -> None:
+        _bmm_chunk_kernel[(b * nc * G, L // c.BM, L // c.BM)](
+            C, B, seq if seq is not None else C, CB, T, nc * L, G, N, nc,
+            L=L, HAS_SEQ=seq is not None, DOT_PREC=dot_precision(C.dtype), **c.kwargs(),
+        )  # fmt: skip
+
+    ssd_launch("bmm", run, ssd_config("bmm", L, 0, N, device=C.device), operand=C)
     return CB
-
-
-def dot_precision(dtype: torch.dtype) -> str:
-    """fp32 inputs get exact fp32 products (the model's fp32 parity needs it); bf16/fp16 use tensor cores."""
-    return "ieee" if dtype == torch.float32 else "tf32"

@@ -15,16 +15,18 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from statex_hf.kernels.ssd.ssd_bmm import dot_precision
+from statex_hf.kernels.launch import LaunchConfig
+from statex_hf.kernels.ssd.configs import ssd_config, ssd_launch
+from statex_hf.kernels.utils import dot_precision, pow2
 
 
 @triton.jit
-def _chunk_major_ids(n_first, n_second):
-    """A flat program id -> (first block, second block, batch * chunk * group), first blocks fastest.
+def chunk_major_ids(n_first, n_second):
+    """A flat program id -> (first block, second block, the rest), first blocks fastest.
 
     A chunk's programs are then consecutive, so what they share (its states, x, dy) comes from L2
     instead of HBM: with the chunk index outermost of a 3-d grid, two programs of a chunk ran up to
-    ``b * nc * G`` programs apart, and at T = 64K the dC and dB kernels took 1.2-1.6x their share of time."""
+    ``b * nc * G`` (or ``b * nc * H``) programs apart, and each read it from HBM."""
     flat = tl.program_id(0).to(tl.int64)
     return flat % n_first, (flat // n_first) % n_second, flat // (n_first * n_second)
 
@@ -52,7 +54,7 @@ def _chunk_dcb_kernel(
     HAS_SEQ: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    pid_t, pid_s, pid = _chunk_major_ids(L // BLK, L // BLK)  # a chunk's programs share its x and dy
+    pid_t, pid_s, pid = chunk_major_ids(L // BLK, L // BLK)  # a chunk's programs share its x and dy
     g = pid % G
     c = (pid // G) % nc
     bi = pid // (G * nc)
@@ -127,7 +129,7 @@ def _chunk_dc_kernel(
     HAS_SEQ: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    pid_t, pid_n, pid = _chunk_major_ids(L // BT, n_nblk)  # a chunk's programs share its states and dy
+    pid_t, pid_n, pid = chunk_major_ids(L // BT, n_nblk)  # a chunk's programs share its states and dy
     g = pid % G
     c = (pid // G) % nc
     bi = pid // (G * nc)
@@ -201,7 +203,7 @@ def _chunk_db_kernel(
     HAS_SEQ: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    pid_s, pid_n, pid = _chunk_major_ids(L // BS, n_nblk)  # a chunk's programs share its x and dhs
+    pid_s, pid_n, pid = chunk_major_ids(L // BS, n_nblk)  # a chunk's programs share its x and dhs
     g = pid % G
     c = (pid // G) % nc
     bi = pid // (G * nc)
@@ -246,10 +248,6 @@ def _chunk_db_kernel(
     tl.store(dB + ((bi * T + ss[:, None]) * G + g) * N + ns[None, :], acc.to(dB.dtype.element_ty), mask=io_mask)
 
 
-def _pow2(n: int, lo: int = 16) -> int:
-    return max(triton.next_power_of_2(n), lo)
-
-
 def chunk_dcb(
     x: torch.Tensor,
     dy: torch.Tensor,
@@ -264,16 +262,21 @@ def chunk_dcb(
     G = CB.shape[2]
     L = chunk_size
     nc = triton.cdiv(T, L)
-    BLK = min(L, 64)
     dCB = torch.empty_like(CB)
-    dyy = torch.zeros(b, H, nc * L, L // BLK, device=x.device, dtype=torch.float32)
-    xdx = torch.zeros_like(dyy)
-    grid = (b * nc * G * (L // BLK) ** 2,)
-    _chunk_dcb_kernel[grid](
-        x, dy, dt, Acs, seq if seq is not None else dt, CB, dCB, dyy, xdx, T, nc * L, H, G, P, nc,
-        L=L, BLK=BLK, BP=_pow2(P), HAS_SEQ=seq is not None, DOT_PREC=dot_precision(x.dtype),
-        num_warps=4, num_stages=2,
-    )  # fmt: skip
+    parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def run(c: LaunchConfig) -> None:
+        # dy . y and x . dx: one part per block of the other index, summed below.
+        dyy = torch.zeros(b, H, nc * L, L // c.BLK, device=x.device, dtype=torch.float32)
+        xdx = torch.zeros_like(dyy)
+        _chunk_dcb_kernel[(b * nc * G * (L // c.BLK) ** 2,)](
+            x, dy, dt, Acs, seq if seq is not None else dt, CB, dCB, dyy, xdx, T, nc * L, H, G, P, nc,
+            L=L, BP=pow2(P), HAS_SEQ=seq is not None, DOT_PREC=dot_precision(x.dtype), **c.kwargs(),
+        )  # fmt: skip
+        parts.append((dyy, xdx))
+
+    ssd_launch("dcb", run, ssd_config("dcb", L, P, 0, device=x.device), operand=x)
+    dyy, xdx = parts[-1]
     return dCB, dyy.sum(-1), xdx.sum(-1)
 
 
@@ -292,19 +295,20 @@ def chunk_dc(
     G, N = C.shape[-2:]
     L = chunk_size
     nc = triton.cdiv(T, L)
-    BT = min(L, 64)
-    BS = min(L, 64)
-    BN = min(_pow2(N), 64)
-    nN = triton.cdiv(N, BN)
     dC = torch.empty_like(C)
-    dyy = torch.empty(b, H, nc * L, nN, device=dy.device, dtype=torch.float32)
-    grid = (b * nc * G * (L // BT) * nN,)
-    _chunk_dc_kernel[grid](
-        dy, B, C, dCB, Acs, seq if seq is not None else Acs, hs, dC, dyy, T, nc * L, H, G, P, N, nc, nN,
-        L=L, BT=BT, BS=BS, BP=_pow2(P), BN=BN, HAS_SEQ=seq is not None, DOT_PREC=dot_precision(dy.dtype),
-        num_warps=4, num_stages=2,
-    )  # fmt: skip
-    return dC, dyy.sum(-1)
+    parts: list[torch.Tensor] = []
+
+    def run(c: LaunchConfig) -> None:
+        nN = triton.cdiv(N, c.BN)
+        dyy = torch.empty(b, H, nc * L, nN, device=dy.device, dtype=torch.float32)  # a part per N block
+        _chunk_dc_kernel[(b * nc * G * (L // c.BT) * nN,)](
+            dy, B, C, dCB, Acs, seq if seq is not None else Acs, hs, dC, dyy, T, nc * L, H, G, P, N, nc, nN,
+            L=L, BP=pow2(P), HAS_SEQ=seq is not None, DOT_PREC=dot_precision(dy.dtype), **c.kwargs(),
+        )  # fmt: skip
+        parts.append(dyy)
+
+    ssd_launch("dc", run, ssd_config("dc", L, P, N, device=dy.device), operand=dy)
+    return dC, parts[-1].sum(-1)
 
 
 def chunk_db(
@@ -322,15 +326,14 @@ def chunk_db(
     G, N = C.shape[-2:]
     L = chunk_size
     nc = triton.cdiv(T, L)
-    BS = min(L, 64)
-    BT = min(L, 64)
-    BN = min(_pow2(N), 64)
-    nN = triton.cdiv(N, BN)
     dB = torch.empty_like(C)
-    grid = (b * nc * G * (L // BS) * nN,)
-    _chunk_db_kernel[grid](
-        x, C, dCB, dt, Acs, seq if seq is not None else dt, dhs, dB, T, nc * L, H, G, P, N, nc, nN,
-        L=L, BS=BS, BT=BT, BP=_pow2(P), BN=BN, HAS_SEQ=seq is not None, DOT_PREC=dot_precision(x.dtype),
-        num_warps=4, num_stages=2,
-    )  # fmt: skip
+
+    def run(c: LaunchConfig) -> None:
+        nN = triton.cdiv(N, c.BN)
+        _chunk_db_kernel[(b * nc * G * (L // c.BS) * nN,)](
+            x, C, dCB, dt, Acs, seq if seq is not None else dt, dhs, dB, T, nc * L, H, G, P, N, nc, nN,
+            L=L, BP=pow2(P), HAS_SEQ=seq is not None, DOT_PREC=dot_precision(x.dtype), **c.kwargs(),
+        )  # fmt: skip
+
+    ssd_launch("db", run, ssd_config("db", L, P, N, device=x.device), operand=x)
     return dB

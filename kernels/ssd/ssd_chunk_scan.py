@@ -17,7 +17,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from statex_hf.kernels.ssd.ssd_bmm import dot_precision
+from statex_hf.kernels.launch import LaunchConfig
+from statex_hf.kernels.ssd.configs import ssd_config, ssd_launch
+from statex_hf.kernels.ssd.ssd_chunk_bc_bwd import chunk_major_ids
+from statex_hf.kernels.utils import dot_precision, pow2
 
 
 @triton.jit
@@ -47,15 +50,14 @@ def _chunk_scan_fwd_kernel(
     HAS_SEQ: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    pid_t = tl.program_id(1)
+    pid_t, pid_p, pid = chunk_major_ids(L // BT, tl.cdiv(P, BP))  # a chunk's programs share its states
     h = pid % H
     c = (pid // H) % nc
     bi = pid // (H * nc)
     g = h // (H // G)
     lt = pid_t * BT + tl.arange(0, BT)
     ts = c * L + lt
-    ps = tl.program_id(2) * BP + tl.arange(0, BP)
+    ps = pid_p * BP + tl.arange(0, BP)
     row = (bi * H + h) * Tp
     acs_t = tl.load(Acs + row + ts)
     scale = tl.exp(acs_t)
@@ -128,8 +130,7 @@ def _chunk_scan_bwd_dx_kernel(
     HAS_SEQ: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    pid_s = tl.program_id(1)
+    pid_s, _, pid = chunk_major_ids(L // BS, 1)  # a chunk's programs share its state gradients
     h = pid % H
     c = (pid // H) % nc
     bi = pid // (H * nc)
@@ -184,10 +185,6 @@ def _chunk_scan_bwd_dx_kernel(
     tl.store(dx + offs, dxs.to(dx.dtype.element_ty), mask=io_mask)
 
 
-def _pow2(n: int, lo: int = 16) -> int:
-    return max(triton.next_power_of_2(n), lo)
-
-
 def chunk_scan_fwd(
     x: torch.Tensor,
     C: torch.Tensor,
@@ -205,17 +202,15 @@ def chunk_scan_fwd(
     L = chunk_size
     nc = triton.cdiv(T, L)
     y = torch.empty_like(x)
-    BT = min(L, 128)
-    BS = min(L, 64)
-    BP = min(_pow2(P), 64)
-    BN = min(_pow2(N), 64)
-    grid = (b * nc * H, L // BT, triton.cdiv(P, BP))
-    _chunk_scan_fwd_kernel[grid](
-        x, C, CB, dt, Acs, seq if seq is not None else dt, hs, D if D is not None else dt, y,
-        T, nc * L, H, G, P, N, nc,
-        L=L, BT=BT, BS=BS, BP=BP, BN=BN, HAS_D=D is not None, HAS_SEQ=seq is not None,
-        DOT_PREC=dot_precision(x.dtype), num_warps=8 if BT * BP >= 8192 else 4, num_stages=2,
-    )  # fmt: skip
+
+    def run(c: LaunchConfig) -> None:
+        _chunk_scan_fwd_kernel[(b * nc * H * (L // c.BT) * triton.cdiv(P, c.BP),)](
+            x, C, CB, dt, Acs, seq if seq is not None else dt, hs, D if D is not None else dt, y,
+            T, nc * L, H, G, P, N, nc,
+            L=L, HAS_D=D is not None, HAS_SEQ=seq is not None, DOT_PREC=dot_precision(x.dtype), **c.kwargs(),
+        )  # fmt: skip
+
+    ssd_launch("scan_fwd", run, ssd_config("scan_fwd", L, P, N, device=x.device), operand=x)
     return y
 
 
@@ -240,16 +235,18 @@ def chunk_scan_bwd_dx(
     dx = torch.empty_like(x)
     ddt = torch.empty(b, H, nc * L, device=x.device, dtype=torch.float32)
     xdx = torch.empty_like(ddt)
-    BS = min(L, 128)
-    BT = min(L, 64)
-    BP = _pow2(P)
-    BN = min(_pow2(N), 64)
-    dD = torch.empty(b, nc, H, L // BS, device=x.device, dtype=torch.float32) if D is not None else None
-    grid = (b * nc * H, L // BS)
-    _chunk_scan_bwd_dx_kernel[grid](
-        x, B, CB, dt, Acs, seq if seq is not None else dt, dhs, D if D is not None else dt, dy, dx, ddt, xdx,
-        dD if dD is not None else ddt, T, nc * L, H, G, P, N, nc,
-        L=L, BS=BS, BT=BT, BP=BP, BN=BN, HAS_D=D is not None, HAS_SEQ=seq is not None,
-        DOT_PREC=dot_precision(x.dtype), num_warps=8 if BS * BP >= 8192 else 4, num_stages=2,
-    )  # fmt: skip
-    return dx, ddt, xdx, (dD.sum(dim=(0, 1, 3)) if dD is not None else None)
+    dD_parts: list[torch.Tensor] = []
+
+    def run(c: LaunchConfig) -> None:
+        # dD: one part per program, summed below.
+        dD = torch.empty(b, nc, H, L // c.BS, device=x.device, dtype=torch.float32) if D is not None else ddt
+        _chunk_scan_bwd_dx_kernel[(b * nc * H * (L // c.BS),)](
+            x, B, CB, dt, Acs, seq if seq is not None else dt, dhs, D if D is not None else dt, dy, dx, ddt, xdx,
+            dD, T, nc * L, H, G, P, N, nc,
+            L=L, BP=pow2(P), HAS_D=D is not None, HAS_SEQ=seq is not None, DOT_PREC=dot_precision(x.dtype),
+            **c.kwargs(),
+        )  # fmt: skip
+        dD_parts.append(dD)
+
+    ssd_launch("scan_bwd_dx", run, ssd_config("scan_bwd_dx", L, P, N, device=x.device), operand=x)
+    return dx, ddt, xdx, (dD_parts[-1].sum(dim=(0, 1, 3)) if D is not None else None)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from statex_hf.kernels.launch import LaunchConfig
+from statex_hf.kernels.ssd.configs import ssd_config, ssd_launch
 
 
 @triton.jit
@@ -108,13 +110,13 @@ def ssd_state_update(
         raise ValueError(f"ssd_state_update: the {G} groups of B/C must divide the {H} heads")
     x, dt, B, C = x.contiguous(), dt.contiguous(), B.contiguous(), C.contiguous()
     y = torch.empty_like(x)
-    BP = min(max(triton.next_power_of_2(P), 4), 16)
-    BN = min(max(triton.next_power_of_2(N), 16), 256 if BP <= 8 else 128)
-    grid = (b * H, triton.cdiv(P, BP))
-    _state_update_kernel[grid](
-        state, x, dt, A, B, C, D if D is not None else A, dt_bias if dt_bias is not None else A, y,
-        H, G, P, N, float(dt_limit[0]), float(dt_limit[1]),
-        BP=BP, BN=BN, HAS_D=D is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
-        num_warps=4, num_stages=2,
-    )  # fmt: skip
+
+    def run(c: LaunchConfig) -> None:
+        _state_update_kernel[(b * H, triton.cdiv(P, c.BP))](
+            state, x, dt, A, B, C, D if D is not None else A, dt_bias if dt_bias is not None else A, y,
+            H, G, P, N, float(dt_limit[0]), float(dt_limit[1]),
+            HAS_D=D is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, **c.kwargs(),
+        )  # fmt: skip
+
+    ssd_launch("state_update", run, ssd_config("state_update", 0, P, N, device=state.device), operand=x)
     return y

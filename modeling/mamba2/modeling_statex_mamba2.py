@@ -142,29 +142,22 @@ class StateXMamba2Mixer(nn.Module):
         B = B.reshape(batch, seqlen, self.n_groups, self.ssm_state_size)
         C = C.reshape(batch, seqlen, self.n_groups, self.ssm_state_size)
         initial_state = cache.recurrent_states[self.layer_idx] if cache is not None else None
-        if initial_state is not None and seqlen == 1:
-            # Decode: update the cached state in place (one read and one write of the state).
-            state = initial_state.float().contiguous()
-            y = dispatch.ssd_state_update(
-                state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], self.D, dt_bias, dt_softplus, dt_limit
-            )[:, None]
-            final_state = state
-        else:
-            y, final_state = dispatch.ssd(
-                x,
-                dt,
-                A,
-                B,
-                C,
-                D=self.D,
-                dt_bias=dt_bias,
-                dt_softplus=dt_softplus,
-                dt_limit=dt_limit,
-                initial_state=initial_state,
-                output_final_state=cache is not None,
-                cu_seqlens=cu_seqlens,
-                chunk_size=self.chunk_size,
-            )
+        y, final_state = dispatch.ssd(
+            x,
+            dt,
+            A,
+            B,
+            C,
+            D=self.D,
+            dt_bias=dt_bias,
+            dt_softplus=dt_softplus,
+            dt_limit=dt_limit,
+            initial_state=initial_state,
+            output_final_state=cache is not None,
+            cu_seqlens=cu_seqlens,
+            chunk_size=self.chunk_size,
+            state_in_place=True,
+        )
         if cache is not None:
             cache.recurrent_states[self.layer_idx] = final_state
             cache.conv_states[self.layer_idx] = conv_state

@@ -95,17 +95,18 @@ def test_config_without_enough_shared_memory_falls_back_and_stays_correct(monkey
     # k and v tiles, 64 KiB a stage) needs about 512 KiB of shared memory, more than any GPU has: the
     # launch must fall back to a smaller config (as a tuned one would on a smaller GPU) and still be right.
     # This small head takes SMALL_STATE_TILES in both state passes, so the backward's falls back too.
-    from statex_hf.kernels.gla import launch
+    from statex_hf.kernels import launch
+    from statex_hf.kernels.gla import configs
 
-    too_large = launch.LaunchConfig(128, 128, 4, 8)
-    monkeypatch.setitem(launch.DEFAULTS, "fwd_h", too_large)
-    monkeypatch.setattr(launch, "SMALL_STATE_TILES", too_large)
+    too_large = launch.LaunchConfig.of(4, 8, BK=128, BV=128)
+    monkeypatch.setitem(configs.DEFAULTS, "fwd_h", too_large)
+    monkeypatch.setattr(configs, "SMALL_STATE_TILES", too_large)
     monkeypatch.setattr(launch, "_REPLACED", {})
     inputs = make_inputs(1, 300, 1, 256, 256, dtype=torch.float32)
     with pytest.warns(UserWarning, match="fwd_h.*does not fit"):
         ours = run(chunk_gla, *inputs)
     ref = run(naive_recurrent_gla, *inputs)
-    assert {key[0] for key in launch._REPLACED} == {"fwd_h", "bwd_dh"}
+    assert {key[0] for key in launch._REPLACED} == {"gla.fwd_h", "gla.bwd_dh"}
     for name in ref:
         assert rel_err(ours[name], ref[name]) < 1e-3, name
 

@@ -182,16 +182,16 @@ def test_decode_kernel_matches_chunk_path(b, N):
 
 def test_triton_conv1d_matches_torch_conv1d_bf16():
     from statex_hf.kernels.conv.causal_conv1d import causal_conv1d
-    from statex_hf.kernels.conv.causal_conv1d_triton import causal_conv1d_triton
+    from statex_hf.kernels.conv.naive import naive_causal_conv1d
 
     g = torch.Generator(device=DEV).manual_seed(0)
     x = torch.randn(1, 3000, 5120, device=DEV, generator=g).to(torch.bfloat16)
     w, bias = torch.randn(5120, 4, device=DEV, generator=g), torch.randn(5120, device=DEV, generator=g)
     cu = torch.tensor([0, 1000, 1001, 3000], device=DEV)
     out = []
-    for fn in (causal_conv1d, causal_conv1d_triton):
+    for fn in (naive_causal_conv1d, causal_conv1d):
         leaves = [t.clone().requires_grad_() for t in (x, w, bias)]
-        args = (*leaves, "silu", None, False, cu) if fn is causal_conv1d else (*leaves, "silu", False, cu)
+        args = (*leaves, "silu", None, False, cu) if fn is naive_causal_conv1d else (*leaves, "silu", False, cu)
         y, _ = fn(*args)
         y.float().pow(2).sum().backward()
         out.append([y, *(t.grad for t in leaves)])
@@ -201,8 +201,8 @@ def test_triton_conv1d_matches_torch_conv1d_bf16():
 
 @pytest.mark.parametrize("group_size", [4096, 512], ids=["1-group", "8-groups"])
 def test_triton_gated_rmsnorm_matches_torch_bf16(group_size):
-    from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
-    from statex_hf.kernels.norm.gated_rmsnorm_triton import gated_rmsnorm_triton
+    from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm as gated_rmsnorm_triton
+    from statex_hf.kernels.norm.naive import naive_gated_rmsnorm as gated_rmsnorm
 
     g = torch.Generator(device=DEV).manual_seed(0)
     x = torch.randn(2, 1000, 4096, device=DEV, generator=g).to(torch.bfloat16)
