@@ -5,7 +5,7 @@
 #               pip download --no-deps -d .device/wheels pytest pluggy iniconfig pytest-timeout
 #               (pyproject's pytest options need pytest-timeout)
 # Device calls: bash benchmarks/gpu_session.sh STEP...   (carry: [".device"]; a log per step in $OUT)
-#   STEP: tests | gla | ssd | sweep | profile | train | repro. Several steps share one call (one
+#   STEP: tests | gla | ssd | sweep | profile | train | generate | repro. Several steps share one call (one
 #   machine start), e.g. `gla profile`; `tests` needs a call of its own (the whole suite: 433 s).
 #   Knobs: TESTS_PATHS (test files, run in that order), TESTS_TIMEOUT, FLA_TIMEOUT, GLA_TIMEOUT,
 #   GLA_ARGS (e.g. "--impls fla --shapes H1 --skip-layers"), GLA_CACHE (see the gla step), SSD_ARGS
@@ -48,6 +48,7 @@ run_step() {
     sweep) timeout 540 python benchmarks/sweep_launch_configs.py ${SWEEP_ARGS:-} --json "$OUT/sweep.json" ;;
     profile) timeout 200 python benchmarks/profile_gla.py ;;
     train) timeout 540 python benchmarks/bench_train.py --json "$OUT/train.json" ;;
+    generate) timeout 540 python benchmarks/bench_generate.py ${GENERATE_ARGS:-} --json "$OUT/generate.json" ;;
     repro)
         # The small models leave the H100 mostly idle (the step time is host-bound), so the (seed, arch)
         # units in REPRO_UNITS run as parallel processes, each into its own folder; merge them here later.
@@ -63,7 +64,7 @@ run_step() {
         # Unit logs go into the archive: $OUT returns 8 files at most, whatever the number of units.
         wait "${units[@]}"; kill "$monitor"; tail -n 30 /tmp/repro-out/seed*.log
         tar -czf "$OUT/repro.tgz" -C /tmp/repro-out . ;;
-    *) echo "usage: $0 STEP... (tests | gla | ssd | sweep | profile | train | repro)" >&2; return 2 ;;
+    *) echo "usage: $0 STEP... (tests | gla | ssd | sweep | profile | train | generate | repro)" >&2; return 2 ;;
     esac
 }
 

@@ -14,13 +14,14 @@ state parameters re-initialized as the paper's released code does, the default `
 import argparse
 import sys
 
-from statex_hf.conversion.cli import add_convert_arguments, run
+from statex_hf.cli import StateXArgumentParser, run_command
+from statex_hf.conversion.cli import add_convert_arguments
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StateXArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_convert_arguments(parser, "mamba2")
-    return run(parser.parse_args(argv))
+    return run_command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

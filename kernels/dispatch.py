@@ -37,15 +37,18 @@ def gla(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     cu_seqlens: torch.LongTensor | None = None,
+    final_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated linear attention; shapes as in ``kernels/gla/naive.py`` (state ``[N, H, K, V]``, fp32).
 
     CUDA: the Triton recurrent kernel for short inputs that need no gradient (decode steps, short
     prompts: state read and written once), else the Triton chunked kernel. CPU (or
     ``STATEX_FORCE_TORCH=1``): the token loop for one or two tokens, else the chunked PyTorch path.
+    ``final_state``: a tensor to return the final state in (it may be ``initial_state``: a cached state
+    updated in place); the recurrent kernel writes it directly, the other paths copy into it.
     """
     T = q.shape[1]
-    args = (q, k, v, gk, scale, initial_state, output_final_state, cu_seqlens)
+    args = (q, k, v, gk, scale, initial_state, output_final_state or final_state is not None, cu_seqlens)
     if use_triton(q, k, v, gk):
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (q, k, v, gk, initial_state)
@@ -53,13 +56,18 @@ def gla(
         if T <= GLA_RECURRENT_MAX_T and not needs_grad:
             from statex_hf.kernels.gla.fused_recurrent import fused_recurrent_gla
 
-            return fused_recurrent_gla(*args)
+            return fused_recurrent_gla(*args, final_state=final_state)
         from statex_hf.kernels.gla.chunk import chunk_gla
 
-        return chunk_gla(*args)
-    if T <= 2:
-        return naive_recurrent_gla(*args)
-    return chunk_gla_torch(*args)
+        o, ht = chunk_gla(*args)
+    elif T <= 2:
+        o, ht = naive_recurrent_gla(*args)
+    else:
+        o, ht = chunk_gla_torch(*args)
+    if final_state is not None:
+        final_state.copy_(ht)
+        ht = final_state
+    return o, ht
 
 
 def ssd(

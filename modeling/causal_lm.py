@@ -1,10 +1,9 @@
-"""The causal-LM side shared by the StateX models: embedding accessors, logits and loss."""
+"""The causal-LM head shared by the StateX models: logits and loss."""
 
 from __future__ import annotations
 
 import torch
 from statex_hf.modeling.loss import chunked_causal_lm_loss
-from torch import nn
 from transformers import PreTrainedModel
 
 
@@ -35,22 +34,3 @@ def causal_lm_head(
     if labels is not None:
         loss = model.loss_function(logits=logits, labels=labels, vocab_size=model.config.vocab_size, **kwargs)
     return loss, logits
-
-
-class StateXCausalLMMixin:
-    """Accessors transformers expects on a ``...ForCausalLM`` whose decoder sits at ``base_model_prefix``."""
-
-    def get_decoder(self) -> nn.Module:
-        return getattr(self, self.base_model_prefix)
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.get_decoder().embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.get_decoder().embeddings = value
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
-        self.lm_head = new_embeddings

@@ -1,48 +1,89 @@
-"""``generate`` support shared by the StateX models: the model owns its recurrent cache."""
+"""``generate`` support shared by the StateX models: transformers' input preparation, fitted to a recurrent cache.
+
+The prompt is fed once, then one token per step; the cache (a :class:`StateXCache`, made by the first
+forward) carries the rest. Everything else ``generate`` passes (``output_hidden_states``,
+``output_attentions``, ``use_cache``, ``logits_to_keep``, ...) reaches the forward, as for transformers'
+own models. On CUDA the one-token steps run as captured CUDA graphs (``modeling/decode_graphs.py``).
+"""
 
 from __future__ import annotations
 
 import torch
+from statex_hf.modeling.cache import tokens_seen
 from transformers import GenerationMixin
+
+# The cache's names before transformers 5.24; `generate` of those versions carries it under one of them.
+_LEGACY_CACHE_NAMES = ("past_key_values", "cache_params")
+
+
+def _tokens_not_in_cache(
+    cache, input_ids: torch.LongTensor, inputs_embeds: torch.Tensor | None, attention_mask: torch.Tensor | None
+) -> int | None:
+    """How many trailing tokens of the input the cache has not seen, when the input is the whole sequence.
+
+    As transformers decides it: embeddings are always the whole sequence; ids are when the attention
+    mask covers exactly them (or there is no mask). ``None`` when nothing needs slicing.
+    """
+    seen = tokens_seen(cache)
+    if not seen:
+        return None
+    if inputs_embeds is not None:
+        return inputs_embeds.shape[1] - seen
+    if attention_mask is None or attention_mask.shape[-1] == input_ids.shape[1]:
+        return input_ids.shape[1] - seen
+    return None  # only the new tokens were given, with a mask over the whole sequence
+
+
+def _check_new_tokens(cache, new_tokens: int) -> None:
+    if new_tokens <= 0:
+        raise ValueError(
+            f"The cache has already absorbed {tokens_seen(cache)} tokens and the input holds no token after "
+            "them: to continue from a cache, pass the whole sequence (the earlier tokens and the new ones), or "
+            "only the new tokens with an attention_mask over the whole sequence."
+        )
 
 
 class StateXGenerationMixin(GenerationMixin):
-    """Feeds the whole prompt once, then one new token per step; the cache carries the rest.
-
-    ``generate`` hands the cache back as ``cache`` (transformers >= 5.24) or under the model's older
-    name ``legacy_cache_name`` (``cache_params`` for classes whose name contains "mamba", else
-    ``past_key_values``); the forward always gets it as ``cache``.
-    """
-
-    legacy_cache_name = "past_key_values"
-
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
-        # A DynamicCache grows with the sequence; these models keep a fixed-size state per layer.
+        # The forward makes its own StateXCache on the first call, on every transformers version (a
+        # DynamicCache made by generate before 5.2x has no token count for recurrent layers).
         return False
 
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        cache=None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        use_cache: bool = True,
-        logits_to_keep: int | None = None,
+        is_first_iteration: bool | None = False,
         **kwargs,
     ) -> dict:
-        cache = kwargs.get("cache")
-        if cache is None:
-            cache = kwargs.get(self.legacy_cache_name)
-        model_inputs: dict = {}
-        if cache is not None and cache.seen_tokens > 0:
-            model_inputs["input_ids"] = input_ids[:, -1:].contiguous()
-        elif inputs_embeds is not None:
-            model_inputs["inputs_embeds"] = inputs_embeds
-        else:
-            model_inputs["input_ids"] = input_ids.contiguous()
+        for name in _LEGACY_CACHE_NAMES:  # generate before transformers 5.24 hands the cache back under these
+            legacy = kwargs.pop(name, None)
+            cache = cache if cache is not None else legacy
+        if is_first_iteration and cache is not None:
+            # Continuing from a cache (transformers 5.17 slices only caches it calls `past_key_values`).
+            if next_sequence_length is None:
+                next_sequence_length = _tokens_not_in_cache(cache, input_ids, inputs_embeds, attention_mask)
+            if next_sequence_length is not None:
+                _check_new_tokens(cache, next_sequence_length)
+        # Positions only mark packed documents in these models; generate's (counted over the padding) are not that.
+        kwargs.pop("position_ids", None)
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            cache=cache,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
+        for name in _LEGACY_CACHE_NAMES:
+            model_inputs.pop(name, None)
         model_inputs["cache"] = cache
-        model_inputs["use_cache"] = use_cache
-        model_inputs["attention_mask"] = attention_mask
-        if logits_to_keep is not None:
-            model_inputs["logits_to_keep"] = logits_to_keep
+        if kwargs.get("use_cache", True) and not is_first_iteration:
+            # A decode step's one token is never padding (as transformers' Mamba2 decides).
+            model_inputs.pop("attention_mask", None)
         return model_inputs

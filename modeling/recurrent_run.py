@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from statex_hf.modeling.cache import StateXRecurrentCache
+from statex_hf.modeling.cache import StateXCache
 from statex_hf.modeling.packing import cu_seqlens_from_kwargs
 from torch import nn
+from transformers.cache_utils import Cache
 from transformers.utils import logging
 
-logger = logging.get_logger(__name__)
+# Under transformers' root logger, so its verbosity settings (set_verbosity_*, TRANSFORMERS_VERBOSITY) apply.
+logger = logging.get_logger(f"transformers.{__name__}")
 
 
 @dataclass
@@ -18,29 +20,34 @@ class RecurrentRun:
     """What the layers of one forward pass work with.
 
     Attributes:
-        hidden_states: ``[B, T, D]``, or ``[1, B * T, D]`` when the batch holds packed documents.
-        shape: ``(B, T, D)`` of the batch as given.
+        hidden_states: ``[B, T, D]``, the embedded input (packed documents are packed by each mixer).
         cache: the cache to read and update, or ``None`` (no cache wanted, or packed documents).
-        cu_seqlens: document boundaries of the packed row, or ``None``.
+        cu_seqlens: document boundaries of the packed row ``[1, B * T]``, or ``None``.
         attention_mask: the padding mask, or ``None`` when no token of this call is padding.
     """
 
     hidden_states: torch.Tensor
-    shape: tuple[int, int, int]
-    cache: StateXRecurrentCache | None
+    cache: Cache | None
     cu_seqlens: torch.LongTensor | None
     attention_mask: torch.Tensor | None
 
-    def unpacked(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """``hidden_states`` in the batch's ``[B, T, D]`` shape."""
-        return hidden_states.view(self.shape)
+
+def _without_full_mask(attention_mask: torch.Tensor | None, seqlen: int) -> torch.Tensor | None:
+    """``None`` when no token of this call is padding, so the layers take their unmasked fast path.
+
+    Finding that out reads the mask on the host; inside a compiled graph that would break the graph,
+    so there the mask is kept and applied (a mask of ones changes nothing).
+    """
+    if attention_mask is None or torch.compiler.is_compiling():
+        return attention_mask
+    return None if bool(attention_mask[:, -seqlen:].all()) else attention_mask
 
 
 def start_recurrent_run(
     model: nn.Module,
     input_ids: torch.LongTensor | None,
     inputs_embeds: torch.Tensor | None,
-    cache: StateXRecurrentCache | None,
+    cache: Cache | None,
     use_cache: bool | None,
     attention_mask: torch.Tensor | None,
     position_ids: torch.LongTensor | None,
@@ -53,7 +60,6 @@ def start_recurrent_run(
         raise ValueError("Pass exactly one of input_ids or inputs_embeds")
     if inputs_embeds is None:
         inputs_embeds = model.embeddings(input_ids)
-    batch, seqlen, width = inputs_embeds.shape
 
     cu_seqlens = cu_seqlens_from_kwargs(position_ids, kwargs)
     if cu_seqlens is not None and (use_cache or cache is not None):
@@ -62,10 +68,6 @@ def start_recurrent_run(
     if model.gradient_checkpointing and model.training:
         use_cache = False
     if use_cache and cache is None:
-        cache = StateXRecurrentCache(config.num_hidden_layers)
-    if attention_mask is not None and bool(attention_mask[:, -seqlen:].all()):
-        attention_mask = None
-    hidden_states = inputs_embeds
-    if cu_seqlens is not None:  # all documents of the batch as one packed row
-        hidden_states = hidden_states.reshape(1, batch * seqlen, width)
-    return RecurrentRun(hidden_states, (batch, seqlen, width), cache if use_cache else None, cu_seqlens, attention_mask)
+        cache = StateXCache(config)
+    attention_mask = _without_full_mask(attention_mask, inputs_embeds.shape[1])
+    return RecurrentRun(inputs_embeds, cache if use_cache else None, cu_seqlens, attention_mask)

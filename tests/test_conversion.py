@@ -197,12 +197,11 @@ def test_conversion_script_is_the_same_conversion(sources, tmp_path, monkeypatch
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_overwrite_replaces_an_existing_output(sources, tmp_path):
+def test_overwrite_replaces_an_earlier_conversion(sources, tmp_path):
     folder, _ = sources["gla"]
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "stale.txt").write_text("old")
-    assert convert("gla", folder, tmp_path / "out", "--overwrite") == 0
-    assert not (tmp_path / "out" / "stale.txt").exists() and (tmp_path / "out" / "model.safetensors").is_file()
+    assert convert("gla", folder, tmp_path / "out", "--layers", "0") == 0
+    assert convert("gla", folder, tmp_path / "out", "--layers", "1", "--overwrite") == 0
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["statex_layers"] == [1]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 

@@ -44,10 +44,7 @@ def checkpoint(tmp_path_factory):
         (["mqar", "M", "--batch-size", "two"], "--batch-size: 'two' is not an integer"),
         (["mqar", "M", "--dtype", "int8"], "--dtype: invalid choice"),
         (["niah"], "the following arguments are required: MODEL"),
-        (
-            ["mqar", "./no/such/model"],
-            "cannot load the tokenizer of './no/such/model': './no/such/model' is not a directory",
-        ),
+        (["mqar", "./no/such/model"], "MODEL ./no/such/model: no such local folder"),
     ],
 )
 def test_bad_arguments_end_with_one_clear_line_and_exit_2(argv, message, capsys):

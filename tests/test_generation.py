@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from statex_hf.modeling.cache_names import output_cache_field
-from tiny_models import VARIANTS, VOCAB, build
+from statex_hf.modeling.recurrent_model import output_cache_field
+from tiny_models import VARIANTS, VOCAB, build, returned_cache
 
 
 def greedy_by_full_forwards(model, ids, steps):
@@ -63,7 +63,7 @@ def test_padding_neither_decays_nor_writes_the_state():
             alone = model(ids, use_cache=True)
             with_pad = model(padded, attention_mask=mask, use_cache=True)
         cache_a, cache_b = (getattr(out, output_cache_field(type(out))) for out in (alone, with_pad))
-        for state_a, state_b in zip(cache_a.recurrent_states, cache_b.recurrent_states):
+        for state_a, state_b in zip(cache_a.state_tensors(), cache_b.state_tensors()):
             torch.testing.assert_close(state_a, state_b, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(alone.logits[:, -1], with_pad.logits[:, -1], atol=1e-4, rtol=1e-4)
 
@@ -92,7 +92,8 @@ def test_num_return_sequences_and_beam_search_run(family):
 
 
 @pytest.mark.parametrize("family", ["gla", "mamba2"])
-def test_cache_continues_a_sequence_under_its_new_and_old_name(family):
+@pytest.mark.filterwarnings("ignore:`(past_key_values|cache_params)` is deprecated:FutureWarning")
+def test_cache_continues_a_sequence_under_its_new_and_old_names(family):
     model = build(family, statex_layers=[0])
     ids = torch.randint(3, VOCAB, (2, 9))
 
@@ -102,8 +103,76 @@ def test_cache_continues_a_sequence_under_its_new_and_old_name(family):
 
     with torch.no_grad():
         full = model(ids).logits[:, 6:]
-        for name in ("cache", model.legacy_cache_name):
+        for name in ("cache", "past_key_values", "cache_params"):
             continued = model(ids[:, 6:], **{name: prefix_cache()}).logits
             torch.testing.assert_close(continued, full, atol=1e-5, rtol=1e-5)
-        with pytest.raises(ValueError, match="given twice"):
-            model(ids[:, 6:], cache=prefix_cache(), **{model.legacy_cache_name: prefix_cache()})
+        with pytest.raises(ValueError, match="Both `past_key_values` and `cache` are set"):
+            model(ids[:, 6:], cache=prefix_cache(), past_key_values=prefix_cache())
+
+
+def greedy_reference(model, prompt, steps):
+    return model.generate(prompt, max_new_tokens=steps, do_sample=False, eos_token_id=None)
+
+
+@pytest.mark.parametrize("family,statex_layers", VARIANTS)
+def test_generate_returns_every_steps_hidden_states(family, statex_layers):
+    """output_hidden_states reaches the forward at every step, and each step's states are the full forward's."""
+    model = build(family, statex_layers=statex_layers)
+    prompt = torch.randint(3, VOCAB, (2, 6))
+    out = model.generate(
+        prompt,
+        max_new_tokens=4,
+        do_sample=False,
+        eos_token_id=None,
+        output_hidden_states=True,
+        return_dict_in_generate=True,
+    )
+    assert len(out.hidden_states) == 4
+    for step, states in enumerate(out.hidden_states):
+        assert len(states) == model.config.num_hidden_layers + 1
+        assert states[-1].shape == (2, 6 if step == 0 else 1, model.config.hidden_size)
+        with torch.no_grad():
+            full = model(out.sequences[:, : 6 + step], output_hidden_states=True, use_cache=False).hidden_states
+        for got, want in zip(states, full):
+            torch.testing.assert_close(got[:, -1], want[:, -1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_returned_cache_continues_a_generation_from_ids(family):
+    """generate(sequence, cache=out.cache) feeds exactly the tokens the cache has not seen: the last
+    generated token and any text appended after it, then one per step."""
+    model = build(family, statex_layers=[0])
+    prompt = torch.randint(3, VOCAB, (2, 7))
+    first = model.generate(prompt, max_new_tokens=4, do_sample=False, eos_token_id=None, return_dict_in_generate=True)
+    sequence = torch.cat([first.sequences, torch.randint(3, VOCAB, (2, 3))], dim=1)
+    lengths = []
+    hook = model.register_forward_pre_hook(
+        lambda _, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    continued = model.generate(
+        sequence, cache=returned_cache(first), max_new_tokens=5, do_sample=False, eos_token_id=None
+    )
+    hook.remove()
+    assert lengths == [4, 1, 1, 1, 1]
+    assert torch.equal(continued, greedy_reference(model, sequence, 5))
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_returned_cache_continues_a_generation_from_embeddings(family):
+    model = build(family, statex_layers=[0])
+    prompt = torch.randint(3, VOCAB, (2, 7))
+    first = model.generate(prompt, max_new_tokens=4, do_sample=False, eos_token_id=None, return_dict_in_generate=True)
+    embeds = model.get_input_embeddings()(first.sequences).detach()
+    continued = model.generate(
+        inputs_embeds=embeds, cache=returned_cache(first), max_new_tokens=5, do_sample=False, eos_token_id=None
+    )
+    assert torch.equal(continued, greedy_reference(model, prompt, 9)[:, 11:])
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_continuing_from_a_cache_with_too_short_an_input_names_the_fix(family):
+    model = build(family, statex_layers=[0])
+    prompt = torch.randint(3, VOCAB, (1, 7))
+    first = model.generate(prompt, max_new_tokens=2, do_sample=False, eos_token_id=None, return_dict_in_generate=True)
+    with pytest.raises(ValueError, match="pass the whole sequence"):
+        model.generate(prompt[:, :3], cache=returned_cache(first), max_new_tokens=2, do_sample=False, eos_token_id=None)

@@ -51,8 +51,8 @@ def test_expanded_layer_shapes_and_state_sizes():
     assert large.in_proj.weight.shape[0] - small.in_proj.weight.shape[0] == 2 * 1 * (16 - 8)
     with torch.no_grad():
         cache = mamba(torch.randint(0, VOCAB, (1, 4)), use_cache=True).cache_params
-    assert cache.recurrent_states[0].shape == (1, 4, 8, 8)
-    assert cache.recurrent_states[1].shape == (1, 4, 8, 16)
+    assert cache.layers[0].recurrent_states[0].shape == (1, 4, 8, 8)
+    assert cache.layers[1].recurrent_states[0].shape == (1, 4, 8, 16)
 
 
 def test_return_dict_false_and_hidden_states():

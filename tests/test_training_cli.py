@@ -59,7 +59,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
     cases = [
         ([str(tmp_path / "model"), str(tmp_path / "missing.jsonl")], "no such file or directory"),
         ([str(tmp_path / "model"), str(data), "--freeze", "expanded"], "statex_layers is empty"),
-        ([str(tmp_path / "nomodel"), str(data)], "cannot load the model"),
+        ([str(tmp_path / "nomodel"), str(data)], "no such local folder"),
         ([str(tmp_path / "model"), str(data), "--streaming"], "streaming data has no length"),
     ]
     capsys.readouterr()

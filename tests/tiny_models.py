@@ -52,3 +52,12 @@ def build(family: str, **overrides) -> torch.nn.Module:
 FAMILIES = ["gla", "mamba2"]
 # Unexpanded and expanded variants of each family, as used across the suite.
 VARIANTS = [("gla", []), ("gla", [0]), ("mamba2", []), ("mamba2", [1])]
+
+
+def returned_cache(output):
+    """The cache an output holds (``cache`` from transformers 5.24 on, else ``past_key_values`` / ``cache_params``)."""
+    for name in ("cache", "past_key_values", "cache_params"):
+        cache = getattr(output, name, None)
+        if cache is not None:
+            return cache
+    raise AssertionError(f"{type(output).__name__} holds no cache")

@@ -131,6 +131,7 @@ def fused_recurrent_gla(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     cu_seqlens: torch.LongTensor | None = None,
+    final_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     r"""Gated linear attention token by token on CUDA tensors (Triton); forward only, for decoding.
 
@@ -141,6 +142,9 @@ def fused_recurrent_gla(
         initial_state: ``[N, H, K, V]`` (``N = B``, or the number of sequences with ``cu_seqlens``).
         output_final_state: return the state after the last token of each sequence (fp32).
         cu_seqlens: ``[N + 1]`` cumulative lengths of a packed batch (``B == 1``).
+        final_state: where to write the final state (``[N, H, K, V]`` fp32, contiguous); it may be
+            ``initial_state`` itself, updated in place (each program reads its slice of the state
+            before it writes it), so a decode step reads and writes the state once, with no copy.
 
     Returns:
         ``o`` ``[B, T, H, V]`` in ``v``'s dtype, and the final state ``[N, H, K, V]`` (fp32) or ``None``.
@@ -162,7 +166,13 @@ def fused_recurrent_gla(
     if initial_state is not None:
         initial_state = initial_state.contiguous()
     o = torch.empty_like(v)
-    ht = q.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
+    if final_state is not None:
+        if final_state.shape != (N, H, K, V) or final_state.dtype != torch.float32 or not final_state.is_contiguous():
+            raise ValueError(f"fused_recurrent_gla: final_state must be a contiguous fp32 [{N}, {H}, {K}, {V}] tensor")
+        output_final_state = True
+    ht = final_state if final_state is not None else None
+    if ht is None and output_final_state:
+        ht = q.new_empty(N, H, K, V, dtype=torch.float32)
     if T == 1 and cu_seqlens is None:
         BK, BV, num_warps = step_config(N, H, K, V, q.device)
         fused_recurrent_gla_step_kernel[(triton.cdiv(V, BV), N * H)](

@@ -146,6 +146,16 @@ class StateXGLAConfig(SavesRemoteCode, PretrainedConfig):
     def value_dim(self) -> int:
         return round(self.hidden_size * self.expand_v)
 
+    @property
+    def layer_types(self) -> list[str]:
+        """Every layer is recurrent: transformers' caches give each a ``LinearAttentionLayer``."""
+        return ["linear_attention"] * self.num_hidden_layers
+
+    @property
+    def number_of_conv_states(self) -> int:
+        """Convolution windows per layer in the cache: q, k and v with short convolutions."""
+        return 3 if self.use_short_conv else 1
+
     def layer_num_heads(self, layer_idx: int) -> int:
         """Heads of the token mixer of layer ``layer_idx`` (``statex_num_heads`` in a StateX layer)."""
         return self.statex_num_heads if layer_idx in self.statex_layers else self.num_heads

@@ -12,15 +12,13 @@ import math
 import torch
 import torch.nn.functional as F
 from statex_hf.kernels import dispatch
-from statex_hf.modeling.cache import StateXRecurrentCache
-from statex_hf.modeling.cache_names import cache_argument, output_cache_field
-from statex_hf.modeling.causal_lm import StateXCausalLMMixin, causal_lm_head
-from statex_hf.modeling.generation import StateXGenerationMixin
+from statex_hf.modeling.cache import conv_state, recurrent_state, store_conv_state, store_recurrent_state
 from statex_hf.modeling.gla.configuration_statex_gla import StateXGLAConfig
-from statex_hf.modeling.recurrent_run import start_recurrent_run
+from statex_hf.modeling.recurrent_model import StateXRecurrentForCausalLM, StateXRecurrentModel
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import logging
@@ -31,9 +29,6 @@ except ImportError:  # pragma: no cover
     from torch.nn import init
 
 logger = logging.get_logger(__name__)
-# The output field that holds the cache: `cache` from transformers 5.24 on, `past_key_values` before.
-_MODEL_CACHE = output_cache_field(BaseModelOutputWithPast)
-_CAUSAL_LM_CACHE = output_cache_field(CausalLMOutputWithPast)
 
 # fla's GatedLinearAttention constants (not part of GLAConfig).
 GATE_LOGIT_NORMALIZER = 16
@@ -49,10 +44,9 @@ class StateXGLARMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size)) if elementwise_affine else None
 
     def forward(self, hidden_states: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
-        x = hidden_states.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        if self.weight is not None:
-            x = x * self.weight.float()
+        # torch's rms_norm: the same fp32 math in one fused kernel on CUDA (a decode step runs dozens of these).
+        weight = None if self.weight is None else self.weight.float()
+        x = F.rms_norm(hidden_states.float(), hidden_states.shape[-1:], weight, self.eps)
         if gate is not None:
             x = x * F.silu(gate.float())
         return x.to(hidden_states.dtype)
@@ -126,19 +120,26 @@ class StateXGLATokenMixer(nn.Module):
             self.g_norm = norm
             self.gate_fn = ACT2FN[config.hidden_act]
 
-    def _short_conv(self, name: str, x: torch.Tensor, conv_state, use_cache: bool, cu_seqlens):
+    def _short_conv(self, state_idx: int, name: str, x: torch.Tensor, cache: Cache | None, cu_seqlens):
         conv = getattr(self, f"{name}_conv1d")
-        return dispatch.causal_conv1d(
-            x, conv.weight.squeeze(1), conv.bias, "silu", conv_state, use_cache, cu_seqlens=cu_seqlens
+        window = conv_state(cache, self.layer_idx, state_idx) if cache is not None else None
+        x, window = dispatch.causal_conv1d(
+            x, conv.weight.squeeze(1), conv.bias, "silu", window, cache is not None, cu_seqlens=cu_seqlens
         )
+        if cache is not None:
+            store_conv_state(cache, self.layer_idx, window, state_idx)
+        return x
 
     def forward(
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        cache: StateXRecurrentCache | None = None,
+        cache: Cache | None = None,
         cu_seqlens: torch.LongTensor | None = None,
     ) -> torch.Tensor:
+        shape = hidden_states.shape
+        if cu_seqlens is not None:  # packed documents run as one row
+            hidden_states = hidden_states.reshape(1, -1, shape[-1])
         batch, seqlen, _ = hidden_states.shape
         use_cache = cache is not None
         mask = None if attention_mask is None else attention_mask[:, -seqlen:, None].to(hidden_states.dtype)
@@ -147,11 +148,9 @@ class StateXGLATokenMixer(nn.Module):
             hidden_states = hidden_states * mask
         q, k, v = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
         if self.use_short_conv:
-            conv_states = cache.conv_states[self.layer_idx] if use_cache else None
-            conv_states = conv_states or (None, None, None)
-            q, conv_q = self._short_conv("q", q, conv_states[0], use_cache, cu_seqlens)
-            k, conv_k = self._short_conv("k", k, conv_states[1], use_cache, cu_seqlens)
-            v, conv_v = self._short_conv("v", v, conv_states[2], use_cache, cu_seqlens)
+            q = self._short_conv(0, "q", q, cache, cu_seqlens)
+            k = self._short_conv(1, "k", k, cache, cu_seqlens)
+            v = self._short_conv(2, "v", v, cache, cu_seqlens)
         gk = self.gk_proj(hidden_states)
 
         q = q.view(batch, seqlen, self.num_heads, self.head_k_dim)
@@ -169,14 +168,20 @@ class StateXGLATokenMixer(nn.Module):
             k = k * mask[..., None]
             gk = gk * mask[..., None]
 
-        initial_state = cache.recurrent_states[self.layer_idx] if use_cache else None
+        initial_state = recurrent_state(cache, self.layer_idx) if use_cache else None
+        # A cached state is updated in place: a decode step reads and writes it once, at a fixed address.
         o, final_state = dispatch.gla(
-            q, k, v, gk, initial_state=initial_state, output_final_state=use_cache, cu_seqlens=cu_seqlens
+            q,
+            k,
+            v,
+            gk,
+            initial_state=initial_state,
+            output_final_state=use_cache,
+            cu_seqlens=cu_seqlens,
+            final_state=initial_state,
         )
         if use_cache:
-            cache.recurrent_states[self.layer_idx] = final_state
-            if self.use_short_conv:
-                cache.conv_states[self.layer_idx] = (conv_q, conv_k, conv_v)
+            store_recurrent_state(cache, self.layer_idx, final_state)
 
         if self.use_output_gate:
             g = self.g_proj(hidden_states).view(batch, seqlen, self.num_heads, self.head_v_dim)
@@ -186,7 +191,7 @@ class StateXGLATokenMixer(nn.Module):
                 o = self.g_norm(o) * self.gate_fn(g)
         else:
             o = self.g_norm(o)
-        return self.o_proj(o.reshape(batch, seqlen, self.value_dim))
+        return self.o_proj(o.reshape(batch, seqlen, self.value_dim)).view(shape)
 
 
 class StateXGLABlock(GradientCheckpointingLayer):
@@ -204,7 +209,7 @@ class StateXGLABlock(GradientCheckpointingLayer):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        cache: StateXRecurrentCache | None = None,
+        cache: Cache | None = None,
         cu_seqlens: torch.LongTensor | None = None,
     ) -> torch.Tensor:
         hidden_states = hidden_states + self.attn(self.attn_norm(hidden_states), attention_mask, cache, cu_seqlens)
@@ -244,7 +249,11 @@ class StateXGLAPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
 
 
-class StateXGLAModel(StateXGLAPreTrainedModel):
+class StateXGLAModel(StateXGLAPreTrainedModel, StateXRecurrentModel):
+    output_class = BaseModelOutputWithPast
+    final_norm_name = "norm"
+    hidden_states_are_layer_inputs = True  # fla's convention
+
     def __init__(self, config: StateXGLAConfig) -> None:
         super().__init__(config)
         self.padding_idx = config.pad_token_id
@@ -254,54 +263,10 @@ class StateXGLAModel(StateXGLAPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embeddings
 
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embeddings = value
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        cache: StateXRecurrentCache | None = None,
-        use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        position_ids: torch.LongTensor | None = None,
-        **kwargs,
-    ) -> tuple | BaseModelOutputWithPast:
-        cache = cache_argument(cache, kwargs, "past_key_values")
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        run = start_recurrent_run(
-            self, input_ids, inputs_embeds, cache, use_cache, attention_mask, position_ids, kwargs
-        )
-        hidden_states, cache = run.hidden_states, run.cache
-        all_hidden_states = () if output_hidden_states else None
-        for layer in self.layers:
-            if output_hidden_states:  # fla's convention: each layer's input, then the final output
-                all_hidden_states += (run.unpacked(hidden_states),)
-            hidden_states = layer(hidden_states, run.attention_mask, cache, run.cu_seqlens)
-        hidden_states = run.unpacked(self.norm(hidden_states))
-        if output_hidden_states:
-            all_hidden_states += (hidden_states,)
-        if cache is not None:
-            cache.seen_tokens += run.shape[1]
-
-        if not return_dict:
-            return tuple(x for x in (hidden_states, cache, all_hidden_states) if x is not None)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, hidden_states=all_hidden_states, **{_MODEL_CACHE: cache}
-        )
-
-
-class StateXGLAForCausalLM(StateXGLAPreTrainedModel, StateXCausalLMMixin, StateXGenerationMixin):
+class StateXGLAForCausalLM(StateXGLAPreTrainedModel, StateXRecurrentForCausalLM):
+    output_class = CausalLMOutputWithPast
     _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"}
-    legacy_cache_name = "past_key_values"
 
     def __init__(self, config: StateXGLAConfig) -> None:
         super().__init__(config)
@@ -309,42 +274,6 @@ class StateXGLAForCausalLM(StateXGLAPreTrainedModel, StateXCausalLMMixin, StateX
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        cache: StateXRecurrentCache | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        position_ids: torch.LongTensor | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
-    ) -> tuple | CausalLMOutputWithPast:
-        cache = cache_argument(cache, kwargs, self.legacy_cache_name)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            cache=cache,
-            use_cache=use_cache,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            position_ids=position_ids,
-            **kwargs,
-        )
-        loss, logits = causal_lm_head(self, outputs.last_hidden_state, labels, logits_to_keep, **kwargs)
-        cache = getattr(outputs, _MODEL_CACHE)
-        if not return_dict:
-            output = tuple(x for x in (logits, cache, outputs.hidden_states) if x is not None)
-            return (loss, *output) if loss is not None else output
-        return CausalLMOutputWithPast(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **{_CAUSAL_LM_CACHE: cache}
-        )
 
 
 __all__ = ["StateXGLAForCausalLM", "StateXGLAModel", "StateXGLAPreTrainedModel"]

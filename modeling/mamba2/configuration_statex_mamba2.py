@@ -118,6 +118,16 @@ class StateXMamba2Config(SavesRemoteCode, PretrainedConfig):
             **kwargs,
         )
 
+    @property
+    def layer_types(self) -> list[str]:
+        """Every layer is recurrent: transformers' caches give each a ``LinearAttentionLayer``."""
+        return ["linear_attention"] * self.num_hidden_layers
+
+    @property
+    def number_of_conv_states(self) -> int:
+        """Convolution windows per layer in the cache: the one over ``[x | B | C]``."""
+        return 1
+
     def layer_state_size(self, layer_idx: int) -> int:
         """SSM state dimension N of layer ``layer_idx`` (``statex_state_size`` in a StateX layer)."""
         return self.statex_state_size if layer_idx in self.statex_layers else self.state_size

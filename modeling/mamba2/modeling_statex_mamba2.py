@@ -12,14 +12,12 @@ import math
 import torch
 from statex_hf.kernels import dispatch
 from statex_hf.kernels.ssd.naive import discretize_dt
-from statex_hf.modeling.cache import StateXRecurrentCache
-from statex_hf.modeling.cache_names import cache_argument, output_cache_field
-from statex_hf.modeling.causal_lm import StateXCausalLMMixin, causal_lm_head
-from statex_hf.modeling.generation import StateXGenerationMixin
+from statex_hf.modeling.cache import conv_state, recurrent_state, store_conv_state, store_recurrent_state
 from statex_hf.modeling.mamba2.configuration_statex_mamba2 import StateXMamba2Config
-from statex_hf.modeling.recurrent_run import start_recurrent_run
+from statex_hf.modeling.recurrent_model import StateXRecurrentForCausalLM, StateXRecurrentModel
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.mamba2.modeling_mamba2 import Mamba2CausalLMOutput, Mamba2Output
 from transformers.utils import logging
@@ -30,10 +28,6 @@ except ImportError:  # pragma: no cover
     from torch.nn import init
 
 logger = logging.get_logger(__name__)
-# transformers' Mamba2 output classes, so outputs match its Mamba2's. Their cache field: `cache` from
-# transformers 5.24 on, `cache_params` before.
-_MODEL_CACHE = output_cache_field(Mamba2Output)
-_CAUSAL_LM_CACHE = output_cache_field(Mamba2CausalLMOutput)
 
 
 class StateXMamba2RMSNorm(nn.Module):
@@ -105,9 +99,12 @@ class StateXMamba2Mixer(nn.Module):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        cache: StateXRecurrentCache | None = None,
+        cache: Cache | None = None,
         cu_seqlens: torch.LongTensor | None = None,
     ) -> torch.Tensor:
+        shape = hidden_states.shape
+        if cu_seqlens is not None:  # packed documents run as one row
+            hidden_states = hidden_states.reshape(1, -1, shape[-1])
         batch, seqlen, _ = hidden_states.shape
         dtype = hidden_states.dtype
         mask = None if attention_mask is None else attention_mask[:, -seqlen:, None].to(dtype)
@@ -116,16 +113,18 @@ class StateXMamba2Mixer(nn.Module):
         z, xBC, dt = self.in_proj(hidden_states).split([self.intermediate_size, self.conv_dim, self.num_heads], dim=-1)
         if mask is not None:  # padding enters no convolution window
             xBC = xBC * mask
-        conv_state = cache.conv_states[self.layer_idx] if cache is not None else None
-        xBC, conv_state = dispatch.causal_conv1d(
+        window = conv_state(cache, self.layer_idx) if cache is not None else None
+        xBC, window = dispatch.causal_conv1d(
             xBC,
             self.conv1d.weight.squeeze(1),
             self.conv1d.bias,
             self.activation,
-            conv_state,
+            window,
             output_final_state=cache is not None,
             cu_seqlens=cu_seqlens,
         )
+        if cache is not None:
+            store_conv_state(cache, self.layer_idx, window)
         if mask is not None:
             xBC = xBC * mask
         x, B, C = xBC.split(
@@ -141,7 +140,7 @@ class StateXMamba2Mixer(nn.Module):
         x = x.reshape(batch, seqlen, self.num_heads, self.head_dim)
         B = B.reshape(batch, seqlen, self.n_groups, self.ssm_state_size)
         C = C.reshape(batch, seqlen, self.n_groups, self.ssm_state_size)
-        initial_state = cache.recurrent_states[self.layer_idx] if cache is not None else None
+        initial_state = recurrent_state(cache, self.layer_idx) if cache is not None else None
         y, final_state = dispatch.ssd(
             x,
             dt,
@@ -159,10 +158,9 @@ class StateXMamba2Mixer(nn.Module):
             state_in_place=True,
         )
         if cache is not None:
-            cache.recurrent_states[self.layer_idx] = final_state
-            cache.conv_states[self.layer_idx] = conv_state
+            store_recurrent_state(cache, self.layer_idx, final_state)
         y = self.norm(y.reshape(batch, seqlen, self.intermediate_size), z)
-        return self.out_proj(y.to(dtype))
+        return self.out_proj(y.to(dtype)).view(*shape[:-1], -1)
 
 
 class StateXMamba2Block(GradientCheckpointingLayer):
@@ -177,7 +175,7 @@ class StateXMamba2Block(GradientCheckpointingLayer):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        cache: StateXRecurrentCache | None = None,
+        cache: Cache | None = None,
         cu_seqlens: torch.LongTensor | None = None,
     ) -> torch.Tensor:
         residual = hidden_states.float() if self.residual_in_fp32 else hidden_states
@@ -215,7 +213,11 @@ class StateXMamba2PreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
 
 
-class StateXMamba2Model(StateXMamba2PreTrainedModel):
+class StateXMamba2Model(StateXMamba2PreTrainedModel, StateXRecurrentModel):
+    output_class = Mamba2Output  # transformers' Mamba2 output classes, so outputs match its Mamba2's
+    final_norm_name = "norm_f"
+    hidden_states_are_layer_inputs = False  # transformers' Mamba2 convention
+
     def __init__(self, config: StateXMamba2Config) -> None:
         super().__init__(config)
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
@@ -232,95 +234,16 @@ class StateXMamba2Model(StateXMamba2PreTrainedModel):
             if key.startswith(f"{prefix}embedding."):
                 state_dict[key.replace("embedding.", "embeddings.", 1)] = state_dict.pop(key)
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embeddings
 
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embeddings = value
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        cache: StateXRecurrentCache | None = None,
-        use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        **kwargs,
-    ) -> tuple | Mamba2Output:
-        cache = cache_argument(cache, kwargs, "cache_params")
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        run = start_recurrent_run(
-            self, input_ids, inputs_embeds, cache, use_cache, attention_mask, position_ids, kwargs
-        )
-        hidden_states, cache = run.hidden_states, run.cache
-        all_hidden_states = () if output_hidden_states else None
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, run.attention_mask, cache, run.cu_seqlens)
-            if output_hidden_states:  # transformers' Mamba2 convention: each layer's output, then the final
-                all_hidden_states += (run.unpacked(hidden_states),)
-        hidden_states = run.unpacked(self.norm_f(hidden_states))
-        if output_hidden_states:
-            all_hidden_states += (hidden_states,)
-        if cache is not None:
-            cache.seen_tokens += run.shape[1]
-
-        if not return_dict:
-            return tuple(x for x in (hidden_states, cache, all_hidden_states) if x is not None)
-        return Mamba2Output(last_hidden_state=hidden_states, hidden_states=all_hidden_states, **{_MODEL_CACHE: cache})
-
-
-class StateXMamba2ForCausalLM(StateXMamba2PreTrainedModel, StateXCausalLMMixin, StateXGenerationMixin):
+class StateXMamba2ForCausalLM(StateXMamba2PreTrainedModel, StateXRecurrentForCausalLM):
+    output_class = Mamba2CausalLMOutput
     _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
-    # transformers' generate before 5.24 passes the cache as `cache_params` to classes named "...Mamba...".
-    legacy_cache_name = "cache_params"
 
     def __init__(self, config: StateXMamba2Config) -> None:
         super().__init__(config)
         self.backbone = StateXMamba2Model(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        cache: StateXRecurrentCache | None = None,
-        labels: torch.LongTensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        use_cache: bool | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
-    ) -> tuple | Mamba2CausalLMOutput:
-        cache = cache_argument(cache, kwargs, self.legacy_cache_name)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.backbone(
-            input_ids=input_ids,
-            inputs_embeds=inputs_embeds,
-            cache=cache,
-            use_cache=use_cache,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            **kwargs,
-        )
-        loss, logits = causal_lm_head(self, outputs.last_hidden_state, labels, logits_to_keep, **kwargs)
-        cache = getattr(outputs, _MODEL_CACHE)
-        if not return_dict:
-            output = tuple(x for x in (logits, cache, outputs.hidden_states) if x is not None)
-            return (loss, *output) if loss is not None else output
-        return Mamba2CausalLMOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **{_CAUSAL_LM_CACHE: cache}
-        )
 
 
 __all__ = ["StateXMamba2ForCausalLM", "StateXMamba2Model", "StateXMamba2PreTrainedModel"]

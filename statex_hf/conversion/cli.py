@@ -1,33 +1,48 @@
 """``statex-hf convert {gla,mamba2} SRC OUT ...``: the command line of :func:`statex_hf.conversion.convert`.
 
 Bad input is one line on stderr and exit code 2, with nothing written; the conversion scripts in
-``conversion_scripts/`` reuse these arguments and this runner.
+``conversion_scripts/`` reuse these arguments and this runner. torch is imported only once the
+arguments are read.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-import types
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
-from statex_hf.expansion.errors import StateXInputError
-from statex_hf.hub import HubPushError
+from statex_hf.cli import at_least, set_command
+from statex_hf.errors import StateXUserError
+from statex_hf.init_modes import INIT_MODES
 
-EXIT_BAD_INPUT = 2
 EXIT_PUSH_FAILED = 1
 
 
 def _layer_list(text: str) -> list[int]:
+    """``0,6,12`` -> [0, 6, 12]; ``""`` or ``none`` -> [] (nothing expanded). Empty entries and repeats are refused."""
     if text.strip().lower() in ("", "none"):
         return []
+    parts = [part.strip() for part in text.split(",")]
+    if "" in parts:
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty entry; give indices like 0,6,12")
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        layers = [int(part) for part in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated layer indices like 0,6,12, got {text!r}") from None
+    repeated = sorted({i for i in layers if layers.count(i) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"layer {repeated[0]} is listed twice in {text!r}; give each layer once")
+    return layers
 
 
 def _size(text: str) -> int:
-    from accelerate.utils import convert_file_size_to_int  # "5GB", "500MB", "1GiB"
+    """``5GB`` / ``500MB`` / ``1GiB``, read by accelerate as ``save_pretrained`` reads ``max_shard_size``.
+
+    Only a given value is read, so accelerate, and torch with it, load only when the flag is used.
+    """
+    from accelerate.utils import convert_file_size_to_int
 
     try:
         return convert_file_size_to_int(text)
@@ -35,78 +50,93 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _one_line_error(parser: argparse.ArgumentParser) -> None:
-    """argparse prints usage plus the message; keep every failure to one line, same exit code 2."""
-
-    def error(self, message: str):
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
-
-    parser.error = types.MethodType(error, parser)
-
-
 def add_convert_arguments(parser: argparse.ArgumentParser, family: str) -> None:
     """The options of one family's conversion (shared by the CLI and the scripts)."""
-    from statex_hf.expansion import GLA_INIT_MODES, MAMBA2_INIT_MODES
-
-    _one_line_error(parser)
     parser.add_argument("source", help="checkpoint folder or Hub repo id")
-    parser.add_argument("output", help="output folder (must not exist unless --overwrite)")
+    parser.add_argument(
+        "output", help="output folder (must not exist; --overwrite replaces a folder an earlier conversion wrote)"
+    )
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--every", type=int, metavar="K", help="expand layers 0, K, 2K, ... (default: four layers)")
     which.add_argument("--layers", type=_layer_list, metavar="I,J,...", help="expand exactly these layers")
-    modes = GLA_INIT_MODES if family == "gla" else MAMBA2_INIT_MODES
     parser.add_argument(
         "--init",
-        choices=modes,
+        choices=INIT_MODES[family],
         default="reinit",
         help="initialization of the expanded parts (default reinit: the paper's released code's; "
         "reinit-init-weights: the model class's _init_weights)",
     )
     if family == "gla":
-        parser.add_argument("--num-heads", type=int, default=1, help="heads of an expanded layer (default 1)")
+        parser.add_argument("--num-heads", type=at_least(1), default=1, help="heads of an expanded layer (default 1)")
     else:
-        parser.add_argument("--state-size", type=int, metavar="N", help="new state size N' (default 4x N)")
+        parser.add_argument("--state-size", type=at_least(1), metavar="N", help="new state size N' (default 4x N)")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fresh initialization (deterministic)")
     parser.add_argument("--tokenizer", metavar="NAME_OR_PATH", help="tokenizer to ship (required for state-spaces)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--max-shard-size", type=_size, default="5GB", help="largest safetensors shard (5GB)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an output folder that an earlier conversion wrote"
+    )
+    parser.add_argument(
+        "--max-shard-size", type=_size, help="largest safetensors shard (default 5GB, as save_pretrained)"
+    )
     parser.add_argument("--push-to-hub", metavar="REPO", help="then upload to this Hub repo in one commit")
     parser.add_argument("--private", action="store_true", help="create the Hub repo private")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run, family=family)
+    set_command(parser, run)
+    parser.set_defaults(family=family)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived; raised like KeyboardInterrupt so the temporary folder is removed on the way out."""
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While converting, SIGTERM (``kill``, a job scheduler) unwinds the stack as Ctrl-C does."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run one conversion from parsed arguments; returns the exit code."""
+    """Run one conversion from parsed arguments; returns the exit code (a user error raises StateXUserError)."""
     from statex_hf.conversion.convert import convert
+    from statex_hf.hub import HubPushError
 
     if args.private and not args.push_to_hub:
-        return _fail("--private needs --push-to-hub")
+        raise StateXUserError("--private needs --push-to-hub")
     try:
-        report = convert(
-            args.family,
-            args.source,
-            args.output,
-            layers=args.layers,
-            every=args.every,
-            init=args.init,
-            num_heads=getattr(args, "num_heads", None),
-            state_size=getattr(args, "state_size", None),
-            dtype=args.dtype,
-            seed=args.seed,
-            tokenizer=args.tokenizer,
-            overwrite=args.overwrite,
-            push_to_hub=args.push_to_hub,
-            private=args.private,
-            max_shard_size=args.max_shard_size,
-            progress=not args.quiet,
-        )
-    except StateXInputError as err:
-        return _fail(str(err))
+        with _sigterm_unwinds():
+            report = convert(
+                args.family,
+                args.source,
+                args.output,
+                layers=args.layers,
+                every=args.every,
+                init=args.init,
+                num_heads=getattr(args, "num_heads", None),
+                state_size=getattr(args, "state_size", None),
+                dtype=args.dtype,
+                seed=args.seed,
+                tokenizer=args.tokenizer,
+                overwrite=args.overwrite,
+                push_to_hub=args.push_to_hub,
+                private=args.private,
+                **({"max_shard_size": args.max_shard_size} if args.max_shard_size else {}),
+                progress=not args.quiet,
+            )
     except KeyboardInterrupt:
-        print("statex-hf convert: interrupted; nothing written", file=sys.stderr)
+        print(f"{args.prog}: interrupted; nothing written", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"{args.prog}: terminated (SIGTERM); nothing written", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except HubPushError as err:
         print(f"statex-hf convert: {err} (the converted folder is at {args.output})", file=sys.stderr)
         return EXIT_PUSH_FAILED
@@ -116,16 +146,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fail(message: str) -> int:
-    print(f"statex-hf convert: error: {message}", file=sys.stderr)
-    return EXIT_BAD_INPUT
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``convert gla`` and ``convert mamba2`` to the ``statex-hf`` command line."""
-    convert = subparsers.add_parser("convert", help="expand a GLA or Mamba2 checkpoint into a StateX checkpoint")
-    _one_line_error(convert)
-    families = convert.add_subparsers(dest="family_command", required=True)
+def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str, argv: Sequence[str] = ()) -> None:
+    """``statex-hf convert gla`` and ``statex-hf convert mamba2``."""
+    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    families = parser.add_subparsers(dest="family_command", required=True, metavar="FAMILY")
     gla = families.add_parser("gla", help="fla GLA checkpoint (e.g. fla-hub/gla-1.3B-100B)")
     add_convert_arguments(gla, "gla")
     mamba2 = families.add_parser("mamba2", help="Mamba2: state-spaces (mamba_ssm) or transformers checkpoint")

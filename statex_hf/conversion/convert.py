@@ -174,7 +174,8 @@ def convert(
     if dtype not in DTYPES:
         raise StateXInputError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     output = Path(output)
-    check_destination(output.resolve(), overwrite)
+    inputs = {"source checkpoint": source, **({"--tokenizer folder": tokenizer} if tokenizer else {})}
+    check_destination(output, overwrite, inputs)
     ckpt = open_checkpoint(resolve_source(source), entry)
     option = entry.state_option.dest
     expansion: Expansion = entry.expansion_class(

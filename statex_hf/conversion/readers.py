@@ -24,9 +24,10 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from statex_hf.conversion.source import CONFIG_FILE, PARAMS_FILE
+from statex_hf.conversion.source import PARAMS_FILE
 from statex_hf.expansion.errors import StateXInputError
 from statex_hf.families import FAMILIES, Family
+from statex_hf.saved_files import CONFIG_FILE
 
 SAFE_SINGLE, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN_SINGLE, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"

@@ -5,48 +5,16 @@ Only the files a conversion needs are downloaded: config, model card (its licens
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from statex_hf.expansion.errors import StateXInputError
+from statex_hf.paths import looks_like_local_path
+from statex_hf.saved_files import CONFIG_FILE, TOKENIZER_FILES
 
-CONFIG_FILE = "config.json"
 # mistral's own layout (Mamba-Codestral-7B): params.json beside consolidated.safetensors.
 PARAMS_FILE = "params.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 MODEL_CARD_FILE = "README.md"  # the converted card carries the source's license
-# Everything a tokenizer may consist of; only the files present are copied.
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-)
-
-
-def looks_like_local_path(name: str) -> bool:
-    """A name with a path prefix, more than one separator, or that exists on disk is a folder, not a repo id."""
-    if (
-        os.path.exists(name)
-        or name.startswith((".", "/", "~"))
-        or name.count("/") > 1
-        or os.sep != "/"
-        and os.sep in name
-    ):
-        return True
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return True
-    return False
 
 
 def weight_patterns(files: list[str]) -> list[str]:
@@ -72,7 +40,9 @@ def resolve_source(name: str, *, with_weights: bool = True) -> Path:
     if looks_like_local_path(name):
         path = Path(name).expanduser()
         if not path.is_dir():
-            raise StateXInputError(f"source folder {name} not found (give a checkpoint folder or a Hub repo id)")
+            raise StateXInputError(
+                f"source folder {name} not found: no such local folder (give a checkpoint folder or a Hub repo id)"
+            )
         if not (path / CONFIG_FILE).is_file() and not (path / PARAMS_FILE).is_file():
             raise StateXInputError(f"{name} has no {CONFIG_FILE} (nor {PARAMS_FILE}); it is not a checkpoint folder")
         return path
@@ -112,7 +82,7 @@ def resolve_tokenizer(name: str) -> list[Path]:
     if looks_like_local_path(name):
         path = Path(name).expanduser()
         if not path.is_dir():
-            raise StateXInputError(f"--tokenizer folder {name} not found")
+            raise StateXInputError(f"--tokenizer folder {name} not found: no such local folder")
         found = tokenizer_files(path)
     else:
         from huggingface_hub import snapshot_download

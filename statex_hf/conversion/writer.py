@@ -1,7 +1,8 @@
 """Atomic output: everything is written into a temporary folder beside the destination and renamed at the end.
 
 An interrupted or failed conversion therefore leaves nothing at the destination (the temporary
-folder is removed on any exception, including KeyboardInterrupt).
+folder is removed on any exception, including KeyboardInterrupt; the command line turns SIGTERM into
+one). Which destinations may be written or replaced is :mod:`statex_hf.outputs`' rule.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import json
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,28 +20,32 @@ from huggingface_hub import constants
 from safetensors.torch import save_file
 
 from statex_hf.expansion.errors import StateXInputError
+from statex_hf.outputs import check_output_folder
 
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000  # "5GB", save_pretrained's default
 
 
-def check_destination(dest: Path, overwrite: bool) -> None:
-    """Fail before any work if ``dest`` exists and may not be replaced."""
-    if dest.exists() and not overwrite:
-        raise StateXInputError(f"destination {dest} already exists; choose another folder or pass --overwrite")
-    if dest.exists() and not dest.is_dir():
-        raise StateXInputError(f"destination {dest} exists and is not a folder")
+def check_destination(dest: Path, overwrite: bool, inputs: Mapping[str, str | Path] | None = None) -> Path:
+    """Fail before any work if ``dest`` may not be written (:mod:`statex_hf.outputs`); returns it resolved."""
+    return check_output_folder(dest, overwrite=overwrite, inputs=inputs)
 
 
 @contextmanager
 def atomic_folder(dest: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder that becomes ``dest`` when the block finishes without an exception."""
-    dest = dest.resolve()
-    check_destination(dest, overwrite)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    """Yield a temporary folder that becomes ``dest`` when the block finishes without an exception.
+
+    An existing ``dest`` is moved aside first and removed only once the new folder is in place, so a
+    crash never loses both.
+    """
+    dest = check_destination(dest, overwrite)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    except OSError as err:
+        raise StateXInputError(f"cannot create {dest}: {err.strerror}; choose a folder you can write to") from None
     try:
         yield tmp
-        if dest.exists():  # --overwrite: move the old folder aside first so a crash never loses both
+        if dest.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
             dest.rename(old / dest.name)
             tmp.rename(dest)

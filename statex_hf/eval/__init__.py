@@ -9,17 +9,30 @@ Works with any ``AutoModelForCausalLM`` and its own tokenizer::
 The command line is ``statex-hf eval niah MODEL`` and ``statex-hf eval mqar MODEL``.
 """
 
-from statex_hf.eval.haystack import TokenizedHaystack, encode_piece, haystack_sentences, haystack_text
-from statex_hf.eval.mqar import MqarSample, MqarVocabulary, build_mqar_sample, run_mqar
-from statex_hf.eval.niah import (
-    NeedleSample,
-    build_needle_sample,
-    build_needle_samples,
-    extract_answer,
-    is_correct,
-    run_niah,
+from statex_hf.lazy import lazy_exports
+
+lazy_exports(
+    __name__,
+    {
+        "TokenizedHaystack": "statex_hf.eval.haystack",
+        "encode_piece": "statex_hf.eval.haystack",
+        "haystack_sentences": "statex_hf.eval.haystack",
+        "haystack_text": "statex_hf.eval.haystack",
+        "MqarSample": "statex_hf.eval.mqar",
+        "MqarVocabulary": "statex_hf.eval.mqar",
+        "build_mqar_sample": "statex_hf.eval.mqar",
+        "run_mqar": "statex_hf.eval.mqar",
+        "NeedleSample": "statex_hf.eval.niah",
+        "build_needle_sample": "statex_hf.eval.niah",
+        "build_needle_samples": "statex_hf.eval.niah",
+        "extract_answer": "statex_hf.eval.niah",
+        "is_correct": "statex_hf.eval.niah",
+        "run_niah": "statex_hf.eval.niah",
+        "plot_accuracy_by_length": "statex_hf.eval.plots",
+        "plot_mqar": "statex_hf.eval.plots",
+        "plot_niah_heatmap": "statex_hf.eval.plots",
+    },
 )
-from statex_hf.eval.plots import plot_accuracy_by_length, plot_mqar, plot_niah_heatmap
 
 __all__ = [
     "MqarSample",

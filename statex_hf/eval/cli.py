@@ -1,7 +1,8 @@
 """``statex-hf eval niah|mqar MODEL``: recall evals from the command line.
 
-Arguments are checked before anything is loaded; a bad one ends the command with one line on stderr
-and exit status 2.
+Arguments, the model's folder, the device and every output path are checked before anything is
+loaded; a bad one ends the command with one line on stderr and exit status 2. An existing
+``--output`` / ``--plot`` is replaced only when it is an earlier eval's results / figure.
 """
 
 from __future__ import annotations
@@ -10,20 +11,16 @@ import argparse
 import json
 import math
 import re
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from statex_hf.eval.loading import DTYPES
+from statex_hf.cli import at_least, set_command
+from statex_hf.errors import StateXUserError
+from statex_hf.eval.loading import DTYPE_NAMES
+from statex_hf.outputs import check_output_file
 
-
-class _OneLineErrorParser(argparse.ArgumentParser):
-    """An argparse parser whose errors are a single line (no usage block), exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
+EVAL_TASKS = ("niah", "passkey", "mqar")
 _LENGTH = re.compile(r"^(\d+(?:\.\d+)?)([kK]?)$")
 
 
@@ -59,27 +56,17 @@ def parse_depth(text: str) -> float:
     return depth
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
-
-
 def _add_common(parser: argparse.ArgumentParser, default_output: str, batch_size: int) -> None:
     parser.add_argument("model", metavar="MODEL", help="checkpoint directory or Hub id of any AutoModelForCausalLM")
     parser.add_argument("--tokenizer", help="tokenizer directory or Hub id, when MODEL ships none")
-    parser.add_argument("--samples", type=positive_int, help="prompts per grid cell")
+    parser.add_argument("--samples", type=at_least(1), help="prompts per grid cell")
     parser.add_argument("--seed", type=int, default=0, help="seed of the task construction (default 0)")
     parser.add_argument(
-        "--batch-size", type=positive_int, default=batch_size, help=f"most prompts per forward (default {batch_size})"
+        "--batch-size", type=at_least(1), default=batch_size, help=f"most prompts per forward (default {batch_size})"
     )
     parser.add_argument(
         "--max-batch-tokens",
-        type=positive_int,
+        type=at_least(1),
         default=65536,
         help="most tokens per forward; long lengths get smaller batches (default 65536)",
     )
@@ -88,17 +75,15 @@ def _add_common(parser: argparse.ArgumentParser, default_output: str, batch_size
     plot.add_argument("--plot", type=Path, help="figure path (default: the output path with .png)")
     plot.add_argument("--no-plot", action="store_true", help="write no figure")
     parser.add_argument("--device", help="torch device (default cuda if available, else cpu)")
-    parser.add_argument(
-        "--dtype", choices=sorted(DTYPES), help="weights dtype (default bfloat16 on CUDA, float32 on CPU)"
-    )
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, help="weights dtype (default bfloat16 on CUDA, float32 on CPU)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own modeling code")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``eval niah`` and ``eval mqar`` to the ``statex-hf`` command line."""
-    parser = subparsers.add_parser("eval", help="recall evals: needle in a haystack / passkey, MQAR")
-    commands = parser.add_subparsers(dest="eval_command", required=True, parser_class=_OneLineErrorParser)
+def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str, argv: Sequence[str] = ()) -> None:
+    """``statex-hf eval niah`` and ``statex-hf eval mqar``."""
+    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    commands = parser.add_subparsers(dest="eval_command", required=True, metavar="EVAL")
 
     niah = commands.add_parser(
         "niah",
@@ -120,7 +105,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[0.0, 0.25, 0.5, 0.75, 1.0],
         help="needle depths in [0, 1] (default 0,0.25,0.5,0.75,1)",
     )
-    niah.set_defaults(func=_run_niah, samples_default=5)
+    set_command(niah, _run_niah)
+    niah.set_defaults(samples_default=5)
 
     mqar = commands.add_parser(
         "mqar",
@@ -131,7 +117,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_common(mqar, "mqar.json", batch_size=16)
     mqar.add_argument(
         "--num-pairs",
-        type=_comma_list(positive_int, "--num-pairs"),
+        type=_comma_list(at_least(1), "--num-pairs"),
         default=[4, 8, 16, 32, 64],
         help="key-value pairs per sequence (default 4,8,16,32,64)",
     )
@@ -141,16 +127,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[256, 512, 1024, 2048],
         help="sequence lengths in tokens (default 256,512,1k,2k)",
     )
-    mqar.set_defaults(func=_run_mqar, samples_default=16)
-
-
-def _fail(args: argparse.Namespace, message: str) -> int:
-    print(f"statex-hf eval {args.eval_command}: error: {message}", file=sys.stderr)
-    return 2
+    set_command(mqar, _run_mqar)
+    mqar.set_defaults(samples_default=16)
 
 
 def _plot_path(args: argparse.Namespace) -> Path | None:
     return None if args.no_plot else (args.plot or args.output.with_suffix(".png"))
+
+
+def is_eval_results(path: Path) -> bool:
+    """``path`` holds the results JSON of an earlier ``statex-hf eval`` (so a rerun may replace it)."""
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(results, dict) and results.get("task") in EVAL_TASKS and "accuracy" in results
+
+
+def is_matplotlib_figure(path: Path) -> bool:
+    """``path`` is a figure matplotlib saved (PNG, PDF and SVG name it in their metadata)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+        f.seek(max(0, path.stat().st_size - 4096))
+        tail = f.read()
+    return b"matplotlib" in (head + tail).lower()
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every file the eval will write can be written, and replaces nothing but an earlier eval's output."""
+    args.output = args.output or Path(f"{getattr(args, 'task', args.eval_command)}.json")
+    check_output_file(
+        args.output, label=f"--output {args.output}", replaceable=is_eval_results, kind="an eval results file"
+    )
+    plot = _plot_path(args)
+    if plot is None:
+        return
+    if plot.expanduser().resolve() == args.output.expanduser().resolve():
+        raise StateXUserError(f"--plot {plot} is the --output file too; give the figure its own name")
+    from matplotlib.figure import Figure
+
+    formats = Figure().canvas.get_supported_filetypes()
+    if plot.suffix and plot.suffix[1:].lower() not in formats:
+        raise StateXUserError(f"--plot {plot}: matplotlib cannot write {plot.suffix} files; use .png, .pdf or .svg")
+    check_output_file(plot, label=f"--plot {plot}", replaceable=is_matplotlib_figure, kind="a figure an eval drew")
 
 
 def _write(results: dict[str, Any], args: argparse.Namespace) -> None:
@@ -160,30 +179,30 @@ def _write(results: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace, check: Any, evaluate: Any) -> int:
-    """Load the tokenizer, ``check(tokenizer)`` the task fits it, then load the model and ``evaluate``.
+    """Check outputs, device and model folder; load the tokenizer, ``check(tokenizer)`` the task fits it, then
+    load the model and ``evaluate``.
 
-    The task is checked before the model loads, so a length too short for the tokenizer fails in a second.
+    Everything that can be checked without the model is checked first, so a mistake fails in a second.
     """
-    from statex_hf.eval.loading import load_model, load_tokenizer
+    from statex_hf.eval.loading import check_device, check_sources, load_model, load_tokenizer
 
+    _check_outputs(args)
+    check_device(args.device)
+    check_sources(args.model, args.tokenizer)
     if args.no_progress:
         from transformers.utils import logging
 
         logging.disable_progress_bar()
+    import statex_hf
+
+    statex_hf.register_auto_classes()  # a StateX checkpoint's tokenizer config names its model type
     samples = args.samples or args.samples_default
-    args.output = args.output or Path(f"{getattr(args, 'task', args.eval_command)}.json")
-    try:
-        tokenizer = load_tokenizer(args.model, args.tokenizer, args.trust_remote_code)
-    except (OSError, ValueError) as error:  # missing directory, unknown repo, no tokenizer files
-        return _fail(args, f"cannot load the tokenizer of {args.model!r}: {_first_line(error)}")
+    tokenizer = load_tokenizer(args.model, args.tokenizer, args.trust_remote_code)
     try:
         check(tokenizer)
     except ValueError as error:
-        return _fail(args, str(error))
-    try:
-        model = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
-    except (OSError, ValueError) as error:  # unreadable config, unknown architecture
-        return _fail(args, f"cannot load MODEL {args.model!r}: {_first_line(error)}")
+        raise StateXUserError(str(error)) from None
+    model = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
     return evaluate(model, tokenizer, samples)
 
 
@@ -191,10 +210,6 @@ def _display_name(model: str) -> str:
     """A Hub id as is; a local folder by its last two path parts (plot titles, JSON)."""
     path = Path(model).expanduser()
     return "/".join(path.resolve().parts[-2:]) if path.is_dir() else model
-
-
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _run_niah(args: argparse.Namespace) -> int:

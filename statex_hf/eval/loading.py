@@ -1,23 +1,78 @@
-"""Loading the model and tokenizer an eval runs on."""
+"""Loading the model and tokenizer an eval runs on, after checking that they are there.
+
+:func:`check_sources` and :func:`check_device` look without loading anything, so a missing folder,
+a checkpoint without a tokenizer, a truncated weight file or a device that is not there is one line
+before the eval starts; errors while loading are one line too (:class:`~statex_hf.errors.StateXUserError`).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import torch
+from statex_hf.errors import StateXUserError
+from statex_hf.paths import check_checkpoint_folder, looks_like_local_path, require_local_folder
+from statex_hf.saved_files import TOKENIZER_FILES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = ("bfloat16", "float16", "float32")
 
 
 def default_device() -> str:
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _check_local(name: str) -> None:
-    looks_local = name.startswith((".", "/", "~")) or Path(name).exists()
-    if looks_local and not Path(name).expanduser().is_dir():
-        raise FileNotFoundError(f"{name!r} is not a directory")
+def check_device(device: str | None) -> None:
+    """``--device`` names a device torch knows and this machine has."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise StateXUserError(f"--device {device!r} is not a torch device; use e.g. cpu, cuda or cuda:1") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise StateXUserError(
+                f"--device {device}: this machine has no usable CUDA GPU (torch.cuda.is_available() is False); "
+                "use --device cpu"
+            )
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise StateXUserError(
+                f"--device {device}: there are {torch.cuda.device_count()} CUDA GPU(s) here (cuda:0 ...); "
+                "choose one of them"
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise StateXUserError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+
+
+def check_sources(model: str, tokenizer: str | None) -> None:
+    """A local MODEL is a checkpoint folder with readable weights and, unless ``--tokenizer`` is given, a tokenizer.
+
+    A Hub id is left to ``from_pretrained``; the same "local path or Hub id" rule as every command
+    (:mod:`statex_hf.paths`) decides which one a name is.
+    """
+    if looks_like_local_path(model):
+        check_checkpoint_folder(model, "MODEL")
+        folder = Path(model).expanduser()
+        if tokenizer is None and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+            raise StateXUserError(
+                f"MODEL {model} has no tokenizer files; pass --tokenizer NAME_OR_PATH "
+                "(e.g. the tokenizer of the model it was converted from)"
+            )
+    if tokenizer is not None and looks_like_local_path(tokenizer):
+        folder = require_local_folder(tokenizer, "--tokenizer")
+        if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+            raise StateXUserError(
+                f"--tokenizer {tokenizer} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...); "
+                "give a tokenizer folder or Hub id"
+            )
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def load_tokenizer(model: str, tokenizer: str | None = None, trust_remote_code: bool = False) -> Any:
@@ -25,8 +80,13 @@ def load_tokenizer(model: str, tokenizer: str | None = None, trust_remote_code: 
     (``state-spaces/mamba2-*`` use ``EleutherAI/gpt-neox-20b``)."""
     from transformers import AutoTokenizer
 
-    _check_local(model)
-    return AutoTokenizer.from_pretrained(tokenizer or model, trust_remote_code=trust_remote_code)
+    name = tokenizer or model
+    try:
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:  # unknown repo, no tokenizer files, unreadable tokenizer.json
+        raise StateXUserError(
+            f"cannot load the tokenizer of {name!r}: {_first_line(err)}; pass --tokenizer NAME_OR_PATH"
+        ) from err
 
 
 def load_model(model: str, device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False) -> Any:
@@ -35,12 +95,17 @@ def load_model(model: str, device: str | None = None, dtype: str | None = None, 
     ``dtype=None`` means bfloat16 on CUDA and float32 on CPU (CPU bf16 matmuls are slow and rarely what
     an eval wants).
     """
+    import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
-    import statex_hf  # noqa: F401  (registers the StateX Auto classes)
+    import statex_hf
 
-    _check_local(model)
+    statex_hf.register_auto_classes()
     device = device or default_device()
-    torch_dtype = DTYPES[dtype] if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, SafetensorError) as err:  # unreadable config or weights, unknown architecture
+        raise StateXUserError(f"cannot load MODEL {model!r}: {_first_line(err)}") from err
     return lm.to(device).eval()

@@ -1,7 +1,5 @@
-"""The one error type for bad conversion input, and the translation of config errors into the command line's words.
-
-The CLI turns :class:`StateXInputError` into a single line on stderr and exit code 2; everything else is a
-bug and keeps its traceback.
+"""The error for bad conversion input (a :class:`statex_hf.errors.StateXUserError`: one line, exit code 2), and the
+translation of the config classes' messages into the command line's words.
 """
 
 from __future__ import annotations
@@ -9,8 +7,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from statex_hf.errors import StateXUserError
 
-class StateXInputError(ValueError):
+
+class StateXInputError(StateXUserError):
     """The user's checkpoint or choices cannot be converted; the message names the field, the value and the fix."""
 
 

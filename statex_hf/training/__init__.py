@@ -5,14 +5,29 @@ packing with document boundaries, the collator, freezing, LoRA defaults, the rec
 on their own with a plain ``Trainer``.
 """
 
-from statex_hf.training.collator import PackedCollator
-from statex_hf.training.data import load_text_dataset
-from statex_hf.training.errors import PosttrainDataNotFound, PosttrainInputError
-from statex_hf.training.freezing import FREEZE_MODES, apply_freeze
-from statex_hf.training.lora import apply_lora, default_lora_config
-from statex_hf.training.packing import pack_dataset, pack_documents
-from statex_hf.training.posttrain import posttrain, prepare_dataset
-from statex_hf.training.recipe import PAPER_TRAINING_ARGS, RecipePlan, plan_recipe, recipe_training_arguments
+from statex_hf.lazy import lazy_exports
+
+lazy_exports(
+    __name__,
+    {
+        "PackedCollator": "statex_hf.training.collator",
+        "load_text_dataset": "statex_hf.training.data",
+        "PosttrainDataNotFound": "statex_hf.training.errors",
+        "PosttrainInputError": "statex_hf.training.errors",
+        "FREEZE_MODES": "statex_hf.training.freezing",
+        "apply_freeze": "statex_hf.training.freezing",
+        "apply_lora": "statex_hf.training.lora",
+        "default_lora_config": "statex_hf.training.lora",
+        "pack_dataset": "statex_hf.training.packing",
+        "pack_documents": "statex_hf.training.packing",
+        "posttrain": "statex_hf.training.posttrain",
+        "prepare_dataset": "statex_hf.training.posttrain",
+        "PAPER_TRAINING_ARGS": "statex_hf.training.recipe",
+        "RecipePlan": "statex_hf.training.recipe",
+        "plan_recipe": "statex_hf.training.recipe",
+        "recipe_training_arguments": "statex_hf.training.recipe",
+    },
+)
 
 __all__ = [
     "FREEZE_MODES",

@@ -12,6 +12,7 @@ import os
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from statex_hf.paths import looks_like_local_path
 from statex_hf.training.errors import PosttrainDataNotFound, PosttrainInputError
 
 if TYPE_CHECKING:
@@ -62,12 +63,30 @@ def local_data_files(data: str) -> list[str] | None:
     return None
 
 
-def looks_like_hub_id(data: str) -> bool:
-    """``name`` or ``org/name`` without a file extension; anything else is meant as a local path."""
-    parts = data.split("/")
-    if len(parts) > 2 or data.startswith((".", "~")) or _extension(data) in BUILDERS:
-        return False
-    return all(part and part.replace("-", "").replace("_", "").replace(".", "").isalnum() for part in parts)
+def is_local_data(data: str) -> bool:
+    """``data`` names local files: a glob, a data-file extension, or a local path by the one shared rule."""
+    return glob.has_magic(data) or _extension(data) in BUILDERS or looks_like_local_path(data)
+
+
+def check_data_files(data: str, files: list[str]) -> None:
+    """The files hold something: an empty file is one line here, not a ``StopIteration`` from inside ``datasets``."""
+    if all(os.path.getsize(f) == 0 for f in files):
+        which = files[0] if len(files) == 1 else f"all {len(files)} data files in {data}"
+        raise PosttrainInputError(f"{which} is empty; give data files that hold documents")
+
+
+def find_data_files(data: str) -> list[str] | None:
+    """The local files ``data`` names, checked (they exist and are not all empty), or ``None`` for a Hub dataset id."""
+    files = local_data_files(data)
+    if files is None:
+        if is_local_data(data):
+            raise PosttrainDataNotFound(
+                f"{data}: no such file or directory (a local path; a Hub dataset id looks like org/name)"
+            )
+        return None
+    check_data_files(data, files)
+    builder_for(files)  # one known format
+    return files
 
 
 def builder_for(files: list[str]) -> str:
@@ -104,10 +123,8 @@ def load_text_dataset(
     """
     from datasets import load_dataset  # imported with training, not with the package
 
-    files = local_data_files(data)
+    files = find_data_files(data)
     if files is None:
-        if not looks_like_hub_id(data):
-            raise PosttrainDataNotFound(f"{data}: no such file or directory (and not a Hub dataset id like org/name)")
         return load_dataset(data, dataset_config, split=split, streaming=streaming, cache_dir=cache_dir)
     builder = builder_for(files)
     kwargs = {"sample_by": text_sample_by} if builder == "text" else {}
@@ -116,4 +133,4 @@ def load_text_dataset(
     )
 
 
-__all__ = ["BUILDERS", "builder_for", "load_text_dataset", "local_data_files"]
+__all__ = ["BUILDERS", "builder_for", "find_data_files", "load_text_dataset", "local_data_files"]

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -253,22 +254,39 @@ def _demo(
     return results
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "demo",
-        help="offline demo: build, expand, post-train and sample small GLA and Mamba2 models (CPU, under a minute)",
-    )
+def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str, argv: Sequence[str] = ()) -> None:
+    """``statex-hf demo``; every number is checked as it is read."""
+    from statex_hf.cli import at_least, set_command
+
+    p = subparsers.add_parser(name, help=help_text, description=help_text)
     p.add_argument("output_dir", nargs="?", default="statex-demo", help="where to save (default ./statex-demo)")
-    p.add_argument("--steps", type=int, default=60, help="post-training steps per model (default 60)")
-    p.add_argument("--seq-len", type=int, default=64, help="tokens per packed sequence (default 64)")
-    p.add_argument("--batch-size", type=int, default=4, help="sequences per step (default 4)")
-    p.add_argument("--learning-rate", type=float, default=1e-2, help="peak learning rate (default 1e-2)")
+    p.add_argument("--steps", type=at_least(1), default=60, help="post-training steps per model (60)")
+    p.add_argument("--seq-len", type=at_least(2), default=64, help="tokens per packed sequence (default 64)")
+    p.add_argument("--batch-size", type=at_least(1), default=4, help="sequences per step (default 4)")
+    p.add_argument(
+        "--learning-rate",
+        type=at_least(0, float),
+        default=1e-2,
+        help="peak learning rate (default 1e-2)",
+    )
     p.add_argument("--family", choices=("gla", "mamba2"), action="append", help="only this family (repeatable)")
-    p.set_defaults(func=_run)
+    p.add_argument("--overwrite", action="store_true", help="replace the folders an earlier demo wrote")
+    set_command(p, _run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    families = tuple(args.family) if args.family else ("gla", "mamba2")
+    import shutil
+
+    from statex_hf.outputs import check_output_folder
+
+    families = tuple(dict.fromkeys(args.family)) if args.family else ("gla", "mamba2")
+    # Every folder the demo writes is checked before the first model is built.
+    outputs = [
+        check_output_folder(os.path.join(args.output_dir, family), overwrite=args.overwrite) for family in families
+    ]
+    for out in outputs:
+        if out.exists():
+            shutil.rmtree(out)  # --overwrite, and checked: a folder an earlier StateX save wrote
     demo(
         args.output_dir,
         steps=args.steps,
@@ -280,4 +298,4 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["DemoResult", "build_tokenizer", "corpus_path", "demo", "register"]
+__all__ = ["DemoResult", "add_parser", "build_tokenizer", "corpus_path", "demo"]

@@ -1,7 +1,9 @@
-"""The error for bad post-training input: the command line prints it as one line and exits with 2."""
+"""The errors for bad post-training input: :class:`statex_hf.errors.StateXUserError`, one line and exit code 2."""
+
+from statex_hf.errors import StateXUserError
 
 
-class PosttrainInputError(ValueError):
+class PosttrainInputError(StateXUserError):
     """Bad data, option or model for post-training; the message names the value and the fix."""
 
 

@@ -7,10 +7,12 @@ unexpanded source checkpoint loaded through the StateX classes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from statex_hf.training.errors import PosttrainInputError
+
+if TYPE_CHECKING:  # torch only for the annotations: the command line lists FREEZE_MODES before it loads
+    from torch import nn
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,13 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from statex_hf.training.errors import PosttrainInputError
 from statex_hf.training.families import expanded_layers, layout_of, num_layers
+
+if TYPE_CHECKING:  # torch only for the annotations: the command line lists FREEZE_MODES before it loads
+    from torch import nn
 
 FREEZE_MODES = ("none", "expanded", "mixers")
 

@@ -1,0 +1,332 @@
+"""generate at 1.3B shapes: ours beside fla's GLAForCausalLM and transformers' Mamba2ForCausalLM, one run, one GPU.
+
+    python benchmarks/bench_generate.py                          # everything, prints the table
+    python benchmarks/bench_generate.py --impls ours_gla --batches 1 --json out.json
+
+Models: random weights in bf16 at 1.3B shapes. ``ours_gla``: StateX GLA-1.3B (fla's GLA-1.3B with
+the heads of layers 0, 6, 12, 18 merged into one); ``ours_mamba2``: StateX Mamba2-1.3B (state size
+512 in layers 0, 12, 24, 36); ``fla_gla``: fla 0.6's ``GLAForCausalLM`` at GLA-1.3B; ``hf_mamba2``:
+transformers' ``Mamba2ForCausalLM`` at Mamba2-1.3B (its PyTorch path). Each runs in its own process
+with a time limit (fla autotunes its kernels on first use) and prints its rows as they finish.
+
+Measured, per batch size B (a ``--prompt``-token random prompt, greedy, no EOS):
+- ms/token: ``(t(generate N) - t(generate 2)) / (N - 2)``, decode steps only, wall clock;
+- roofline: bytes a decode step must move (every weight read once, except the input embedding, of
+  which B rows are read; every recurrent and convolution state read and written once) over the HBM
+  bandwidth of the device (from its memory clock and bus width, as the driver reports them; the
+  bandwidth of a large on-device copy is printed beside it); "share" is roofline / measured;
+- ours: the one-time capture of the CUDA-graph decode step (``capture s``, warm-up calls included),
+  the eager decode (``disable_compile=True``) at B = 1, and whether graphs and eager give the same
+  greedy tokens;
+- ours, B = 1: time to first token (``generate(max_new_tokens=1)``) at each ``--ttft`` prompt length
+  beside a plain forward over the prompt (``model(ids, use_cache=False, logits_to_keep=1)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+
+IMPLS = ["ours_gla", "ours_mamba2", "fla_gla", "hf_mamba2"]
+GLA_STATEX_LAYERS = [0, 6, 12, 18]
+MAMBA2_STATEX_LAYERS = [0, 12, 24, 36]
+MAMBA2_SHAPE = dict(
+    hidden_size=2048,
+    num_hidden_layers=48,
+    num_heads=64,
+    head_dim=64,
+    state_size=128,
+    n_groups=1,
+    vocab_size=50288,
+    tie_word_embeddings=True,
+    pad_token_id=0,
+    bos_token_id=0,
+    eos_token_id=0,
+)
+
+
+# `--tiny`: the same code at toy shapes, runnable on CPU (a check of the script, not a measurement).
+TINY_GLA = dict(hidden_size=64, num_hidden_layers=4, num_heads=4, vocab_size=128)
+TINY_MAMBA2 = dict(MAMBA2_SHAPE, hidden_size=64, num_hidden_layers=4, num_heads=8, head_dim=16, state_size=16)
+TINY_MAMBA2["vocab_size"] = 128
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _emit(row: dict) -> None:
+    print("ROW " + json.dumps(row), flush=True)
+
+
+def hbm_bandwidth() -> tuple[float | None, float]:
+    """(bytes/s the driver's memory clock and bus width give, bytes/s a 2 GiB device copy reaches)."""
+    import torch
+
+    spec = None
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        clock_khz, bus_bits = getattr(props, "memory_clock_rate", 0), getattr(props, "memory_bus_width", 0)
+        spec = 2 * clock_khz * 1e3 * bus_bits / 8 if clock_khz and bus_bits else None  # double data rate
+    src = torch.empty(2**30 if torch.cuda.is_available() else 2**24, dtype=torch.int16, device=_device())
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    _sync()
+    start = time.perf_counter()
+    for _ in range(10):
+        dst.copy_(src)
+    _sync()
+    copy = 10 * 2 * src.numel() * src.element_size() / (time.perf_counter() - start)
+    return spec, copy
+
+
+def build(impl: str, tiny: bool = False):
+    """The model of ``impl`` (random weights, bf16, on the GPU) and its state bytes per sequence."""
+    import torch
+
+    device = torch.device(_device())
+    if impl in ("ours_gla", "fla_gla"):
+        from statex_hf import StateXGLAConfig, StateXGLAForCausalLM
+
+        layers = GLA_STATEX_LAYERS[:1] if tiny else GLA_STATEX_LAYERS
+        shape = TINY_GLA if tiny else {}
+        config = StateXGLAConfig(**shape, statex_layers=layers if impl == "ours_gla" else [], pad_token_id=0)
+        heads = [config.layer_num_heads(i) for i in range(config.num_hidden_layers)]
+        state = sum(h * (config.key_dim // h) * (config.value_dim // h) * 4 for h in heads)
+        if impl == "ours_gla":
+            with device:
+                model = StateXGLAForCausalLM(config)
+        else:
+            from fla.models import GLAConfig, GLAForCausalLM
+
+            with device:
+                model = GLAForCausalLM(GLAConfig(**shape, pad_token_id=0))
+    else:
+        from statex_hf import StateXMamba2Config, StateXMamba2ForCausalLM
+
+        layers = (MAMBA2_STATEX_LAYERS[:1] if tiny else MAMBA2_STATEX_LAYERS) if impl == "ours_mamba2" else []
+        shape = TINY_MAMBA2 if tiny else MAMBA2_SHAPE
+        config = StateXMamba2Config(**shape, statex_layers=layers, statex_state_size=4 * shape["state_size"])
+        inner = config.expand * config.hidden_size
+        state = 0
+        for i in range(config.num_hidden_layers):
+            n = config.layer_state_size(i)
+            conv_dim = inner + 2 * config.n_groups * n
+            state += config.num_heads * config.head_dim * n * 4 + conv_dim * (config.conv_kernel - 1) * 2
+        if impl == "ours_mamba2":
+            with device:
+                model = StateXMamba2ForCausalLM(config)
+        else:
+            from transformers import Mamba2Config, Mamba2ForCausalLM
+
+            with device:
+                model = Mamba2ForCausalLM(Mamba2Config(**shape))
+    model = model.to(torch.bfloat16).eval()
+    return model, state
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the weights a decode step reads: all of them but the input embedding table (unless tied)."""
+    embedding = model.get_input_embeddings().weight
+    tied = embedding.data_ptr() == model.get_output_embeddings().weight.data_ptr()
+    params = {p.data_ptr(): p for p in model.parameters()}
+    total = sum(p.numel() * p.element_size() for p in params.values())
+    return total if tied else total - embedding.numel() * embedding.element_size()
+
+
+def _timed(fn) -> float:
+    _sync()
+    start = time.perf_counter()
+    fn()
+    _sync()
+    return time.perf_counter() - start
+
+
+def worker(impl: str, args) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    ours = impl.startswith("ours")
+    spec_bw, copy_bw = hbm_bandwidth()
+    bandwidth = spec_bw or copy_bw
+    start = time.perf_counter()
+    model, state_per_sequence = build(impl, args.tiny)
+    weights = weight_bytes(model)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    _emit(
+        dict(impl=impl, kind="setup", gpu=gpu, build_s=time.perf_counter() - start, weight_gb=weights / 1e9,
+             state_mb=state_per_sequence / 1e6, hbm_spec_tbs=(spec_bw or 0) / 1e12, hbm_copy_tbs=copy_bw / 1e12)
+    )  # fmt: skip
+    vocab = model.config.vocab_size
+    base = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
+
+    def generate(ids, new_tokens, **kwargs):
+        with torch.no_grad():
+            return model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **base, **kwargs)
+
+    new_tokens = args.new_tokens if ours else args.peer_new_tokens
+    for batch in args.batches:
+        ids = torch.randint(1, vocab, (batch, args.prompt), device=_device())
+        first_s = _timed(lambda ids=ids: generate(ids, 2))  # compile, autotune and capture happen here
+        capture_s = None
+        if ours:
+            from statex_hf.modeling.decode_graphs import decode_graphs_for
+
+            capture_s = decode_graphs_for(model).last_capture_seconds
+        two = min(_timed(lambda ids=ids: generate(ids, 2)) for _ in range(2))
+        many = _timed(lambda ids=ids: generate(ids, new_tokens))
+        ms = (many - two) / (new_tokens - 2) * 1e3
+        roofline_ms = (weights + 2 * state_per_sequence * batch) / bandwidth * 1e3
+        _emit(
+            dict(impl=impl, kind="decode", batch=batch, ms_per_token=ms, roofline_ms=roofline_ms,
+                 share=roofline_ms / ms, first_call_s=first_s, capture_s=capture_s, new_tokens=new_tokens)
+        )  # fmt: skip
+    if not ours:
+        return
+
+    ids = torch.randint(1, vocab, (1, args.prompt), device=_device())
+    eager_tokens = generate(ids, args.eager_new_tokens, disable_compile=True)
+    graph_tokens = generate(ids, args.eager_new_tokens)
+    two = min(_timed(lambda: generate(ids, 2, disable_compile=True)) for _ in range(2))
+    many = _timed(lambda: generate(ids, args.eager_new_tokens, disable_compile=True))
+    _emit(
+        dict(impl=impl, kind="eager", batch=1, ms_per_token=(many - two) / (args.eager_new_tokens - 2) * 1e3,
+             same_tokens_as_graphs=bool(torch.equal(eager_tokens, graph_tokens)))
+    )  # fmt: skip
+
+    for length in args.ttft:
+        ids = torch.randint(1, vocab, (1, length), device=_device())
+        with torch.no_grad():
+            model(ids[:, :length], use_cache=False, logits_to_keep=1)  # compile for this length
+        generate(ids, 1)
+        forward_s = min(
+            _timed(lambda ids=ids: model(ids, use_cache=False, logits_to_keep=1)) for _ in range(2)
+        )  # fmt: skip
+        ttft_s = min(_timed(lambda ids=ids: generate(ids, 1)) for _ in range(2))
+        _emit(dict(impl=impl, kind="ttft", length=length, ttft_ms=ttft_s * 1e3, forward_ms=forward_s * 1e3))
+        torch.cuda.empty_cache()
+
+
+def _run_process(impl: str, argv: list[str], timeout: float) -> tuple[list[dict], str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, __file__, "--worker", impl, *argv]
+    rows, status = [], "ok"
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + timeout
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    tail: list[str] = []
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(cmd, timeout)
+            if not selector.select(timeout=min(left, 5.0)):
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("ROW "):
+                rows.append(json.loads(line[4:]))
+                print(line.rstrip(), file=sys.stderr, flush=True)
+            else:
+                tail = (tail + [line.rstrip()])[-20:]
+        proc.wait()
+        if proc.returncode != 0:
+            status = f"exit {proc.returncode}"
+            print("\n".join(tail), file=sys.stderr, flush=True)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        status = f"timeout {timeout:.0f}s"
+    return rows, status
+
+
+def print_table(rows: list[dict], statuses: dict) -> None:
+    setup = {r["impl"]: r for r in rows if r["kind"] == "setup"}
+    if setup:
+        first = next(iter(setup.values()))
+        print(
+            f"{first['gpu']}: HBM {first['hbm_spec_tbs']:.2f} TB/s (driver's clock x bus), "
+            f"{first['hbm_copy_tbs']:.2f} TB/s (device copy)"
+        )
+    print(f"{'impl':12} {'weights GB':>10} {'state MB/seq':>12} {'status':>14}")
+    for impl, status in statuses.items():
+        s = setup.get(impl, {})
+        print(f"{impl:12} {s.get('weight_gb', 0):10.2f} {s.get('state_mb', 0):12.1f} {status:>14}")
+    print(f"\n{'impl':12} {'B':>3} {'ms/token':>9} {'roofline ms':>11} {'share':>6} {'capture s':>9} {'first s':>8}")
+    for r in rows:
+        if r["kind"] == "decode":
+            capture = "-" if r["capture_s"] is None else f"{r['capture_s']:.2f}"
+            print(
+                f"{r['impl']:12} {r['batch']:3d} {r['ms_per_token']:9.2f} {r['roofline_ms']:11.2f} "
+                f"{r['share']:6.0%} {capture:>9} {r['first_call_s']:8.1f}"
+            )
+    for r in rows:
+        if r["kind"] == "eager":
+            print(
+                f"{r['impl']:12} eager B=1: {r['ms_per_token']:.2f} ms/token; same tokens: {r['same_tokens_as_graphs']}"
+            )
+    for r in rows:
+        if r["kind"] == "ttft":
+            ratio = r["ttft_ms"] / r["forward_ms"]
+            print(
+                f"{r['impl']:12} TTFT {r['length']:6d}: {r['ttft_ms']:8.1f} ms, plain forward {r['forward_ms']:8.1f} ms"
+                f" ({ratio:.2f}x)"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated, from {IMPLS}")
+    parser.add_argument("--batches", default="1,16,64")
+    parser.add_argument("--prompt", type=int, default=512, help="prompt tokens of the decode runs")
+    parser.add_argument("--new-tokens", type=int, default=128, help="new tokens per timed generate (ours)")
+    parser.add_argument("--peer-new-tokens", type=int, default=32, help="new tokens per timed generate (peers)")
+    parser.add_argument("--eager-new-tokens", type=int, default=32, help="new tokens of ours without graphs")
+    parser.add_argument("--ttft", default="4096,16384,65536", help="prompt lengths of the time to first token")
+    parser.add_argument("--timeout", type=float, default=240, help="seconds for each of our processes")
+    parser.add_argument("--peer-timeout", type=float, default=150, help="seconds for each peer process")
+    parser.add_argument("--json", help="write every row here")
+    parser.add_argument("--tiny", action="store_true", help="toy shapes (a check of this script, runs on CPU)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.batches = [int(b) for b in args.batches.split(",")]
+    args.ttft = [int(t) for t in args.ttft.split(",") if t]
+    if args.worker:
+        worker(args.worker, args)
+        return
+    passed = ["--batches", ",".join(map(str, args.batches)), "--prompt", str(args.prompt)]
+    passed += ["--new-tokens", str(args.new_tokens), "--peer-new-tokens", str(args.peer_new_tokens)]
+    passed += ["--eager-new-tokens", str(args.eager_new_tokens), "--ttft", ",".join(map(str, args.ttft))]
+    passed += ["--tiny"] if args.tiny else []
+    rows, statuses = [], {}
+    for impl in args.impls.split(","):
+        timeout = args.timeout if impl.startswith("ours") else args.peer_timeout
+        impl_rows, statuses[impl] = _run_process(impl, passed, timeout)
+        rows += impl_rows
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"rows": rows, "statuses": statuses}, f, indent=1)
+    print_table(rows, statuses)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""``generate``'s one-token steps on CUDA, replayed as captured CUDA graphs.
+
+A decode step of a 1.3B model launches hundreds of small kernels, and launching them takes longer
+than running them. So on CUDA, the first one-token step of each batch size is captured once into a
+CUDA graph, and every later step copies its token ids in and replays the graph: the same kernels, on
+the same tensors, launched at once.
+
+It plugs into transformers' own switch for compiling the decode step: ``generate`` asks the model
+whether to use a compiled forward (``_valid_auto_compile_criteria``) and for that forward
+(``get_compiled_call``); the StateX models answer with a :class:`DecodeGraphs`. It is on by default on
+CUDA and off with ``generate(..., disable_compile=True)`` (transformers' ``GenerationConfig`` switch);
+``compile_config`` is not used (``torch.compile`` would take minutes here where a capture takes a
+fraction of a second). CPU runs are unchanged.
+
+How the state stays right: a graph reads and writes fixed tensors, one set per batch size. A cache
+served by a graph is bound to that set: its states are copied in, then its layers hold those very
+tensors, so each replay updates the cache in place (a cache bound earlier and still alive first gets
+copies of its own). Any step a graph cannot serve exactly (more than one token, a padding mask, hidden
+states asked for, gradients, a cache that is not a :class:`StateXCache`, ...) runs the eager forward.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+from statex_hf.modeling.cache import StateXCache, copy_states, recurrent_state, share_states, unshare_states
+from torch import nn
+from transformers.utils import logging
+
+logger = logging.get_logger(f"transformers.{__name__}")
+
+# Keyword arguments a graph serves; any other one that is set sends the step to the eager forward.
+_SERVED = {"input_ids", "cache", "use_cache", "return_dict", "logits_to_keep"}
+# Warm-up calls before a capture: Triton compiles and cuBLAS sets up outside the graph.
+_WARMUP_CALLS = 2
+# Graphs kept per model (one per batch size and state layout); the oldest goes first.
+_MAX_GRAPHS = 4
+
+
+def graphs_wanted(model: nn.Module, generation_config) -> bool:
+    """Whether ``generate`` should decode through CUDA graphs: on CUDA, unless ``disable_compile`` is set."""
+    if getattr(generation_config, "disable_compile", False) or model.training:
+        return False
+    devices = {p.device for p in model.parameters()}
+    return len(devices) == 1 and next(iter(devices)).type == "cuda"
+
+
+@dataclass(eq=False)
+class _CapturedStep:
+    graph: torch.cuda.CUDAGraph
+    input_ids: torch.Tensor
+    logits: torch.Tensor
+    states: StateXCache  # the tensors the graph reads and writes
+    owner: weakref.ref | None = None
+    live: bool = True
+    capture_seconds: float = field(default=0.0)
+
+
+def _served_batch(model: nn.Module, inputs: dict) -> int | None:
+    """The batch size of a one-token step a graph can serve exactly, else ``None``."""
+    if torch.is_grad_enabled() or model.training:
+        return None
+    input_ids, cache = inputs.get("input_ids"), inputs.get("cache")
+    if input_ids is None or input_ids.dim() != 2 or input_ids.shape[1] != 1 or not input_ids.is_cuda:
+        return None
+    if not isinstance(cache, StateXCache) or cache.get_seq_length() == 0:
+        return None
+    for key, value in inputs.items():
+        if key not in _SERVED and value is not None and value is not False:
+            return None
+    if inputs.get("use_cache") is False or inputs.get("return_dict") is False:
+        return None
+    if not isinstance(inputs.get("logits_to_keep", 0), int):
+        return None
+    return input_ids.shape[0]
+
+
+def _layout(model: nn.Module, cache: StateXCache, input_ids: torch.Tensor) -> tuple | None:
+    """What a graph is captured for: the batch and every state's shape, dtype and device (``None`` if a layer
+    has no state yet, so a step would not be a plain decode step)."""
+    if any(recurrent_state(cache, i) is None for i in range(len(cache.layers))):
+        return None
+    states = tuple((tuple(t.shape), t.dtype, t.device) for t in cache.state_tensors())
+    return (tuple(input_ids.shape), input_ids.dtype, states)
+
+
+class DecodeGraphs:
+    """The CUDA graphs of one model's decode steps; call it like the model's forward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._model = weakref.ref(model)
+        self._steps: dict[tuple, _CapturedStep] = {}
+        self._failed: set[tuple] = set()
+        self._weights: tuple[int, ...] = ()
+        self._pool = None
+        self.last_capture_seconds: float | None = None
+
+    def check_weights(self) -> None:
+        """Drop every graph if a parameter moved (``.to()``, a new dtype): the graphs read the old memory."""
+        weights = tuple(p.data_ptr() for p in self._model().parameters())
+        if weights != self._weights:
+            self.clear()
+            self._weights = weights
+
+    def clear(self) -> None:
+        for step in self._steps.values():
+            step.live = False
+        self._steps.clear()
+        self._failed.clear()
+        self.last_capture_seconds = None
+
+    def __call__(self, **inputs):
+        model = self._model()
+        step = self._step_for(model, inputs)
+        if step is None:
+            return model(**inputs)
+        cache = inputs["cache"]
+        step.input_ids.copy_(inputs["input_ids"])
+        step.graph.replay()
+        cache.seen_tokens += 1
+        # A copy: the next replay overwrites the graph's logits, and a caller may keep these.
+        return model.output_class(logits=step.logits.clone(), **{model.cache_output_field: cache})
+
+    def _step_for(self, model: nn.Module, inputs: dict) -> _CapturedStep | None:
+        if _served_batch(model, inputs) is None:
+            return None
+        cache = inputs["cache"]
+        step = cache.graph_binding
+        if isinstance(step, _CapturedStep) and step.live and step.owner is not None and step.owner() is cache:
+            return step
+        layout = _layout(model, cache, inputs["input_ids"])
+        if layout is None or layout in self._failed:
+            return None
+        step = self._steps.get(layout)
+        if step is None:
+            step = self._capture(model, cache, inputs, layout)
+            if step is None:
+                return None
+        self._bind(step, cache)
+        return step
+
+    def _capture(self, model: nn.Module, cache: StateXCache, inputs: dict, layout: tuple) -> _CapturedStep | None:
+        start = time.perf_counter()
+        device = inputs["input_ids"].device
+        try:
+            with torch.no_grad():
+                states = StateXCache(model.config)
+                copy_states(cache, states)
+                input_ids = inputs["input_ids"].clone()
+                call = {
+                    "input_ids": input_ids,
+                    "cache": states,
+                    "use_cache": True,
+                    "return_dict": True,
+                    "logits_to_keep": inputs.get("logits_to_keep", 0),
+                }
+                side = torch.cuda.Stream(device=device)
+                side.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(side):
+                    for _ in range(_WARMUP_CALLS):
+                        model(**call)
+                torch.cuda.current_stream(device).wait_stream(side)
+                if self._pool is None:
+                    self._pool = torch.cuda.graph_pool_handle()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=self._pool):
+                    logits = model(**call).logits
+            torch.cuda.synchronize(device)
+        except Exception as error:  # a model or kernel the capture cannot take: decode eagerly instead
+            logger.warning_once(f"Decode steps run eagerly: capturing them as a CUDA graph failed ({error}).")
+            self._failed.add(layout)
+            return None
+        if len(self._steps) >= _MAX_GRAPHS:
+            oldest = next(iter(self._steps))
+            self._steps.pop(oldest).live = False
+        step = _CapturedStep(graph, input_ids, logits, states, capture_seconds=time.perf_counter() - start)
+        self._steps[layout] = step
+        self.last_capture_seconds = step.capture_seconds
+        return step
+
+    def _bind(self, step: _CapturedStep, cache: StateXCache) -> None:
+        """Make ``cache`` hold the graph's state tensors, with its own values."""
+        previous = step.owner() if step.owner is not None else None
+        if previous is not None and previous is not cache:
+            unshare_states(previous)
+            previous.graph_binding = None
+        copy_states(cache, step.states)
+        share_states(step.states, cache)
+        cache.graph_binding = step
+        step.owner = weakref.ref(cache)
+
+
+_DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def decode_graphs_for(model: nn.Module) -> DecodeGraphs:
+    """The model's :class:`DecodeGraphs` (kept beside the model, not in it: it is neither saved nor copied)."""
+    decoder = _DECODERS.get(model)
+    if decoder is None:
+        decoder = _DECODERS[model] = DecodeGraphs(model)
+    decoder.check_weights()
+    return decoder
