@@ -4,7 +4,8 @@ Every command and module asks this registry (``get_family``, ``family_of_model_t
 branching on a family's name, and an unknown name fails loudly. A family is its modeling folder
 (config and model classes, named as transformers names them), its kernels, its expansion module, and
 one :class:`Family` entry here holding the rest: source formats, init modes, the command-line option
-that grows the state, the model card's text and the training layout (README, "Add a family").
+that grows the state, the model card's text, the training layout and the demo's small model (README,
+"Add a family").
 
 Nothing heavy is imported here (the command line reads this module before it parses arguments);
 classes are imported when first asked for.
@@ -13,11 +14,13 @@ classes are imported when first asked for.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from statex_hf.errors import StateXUserError
 
-class UnknownFamilyError(ValueError):
+
+class UnknownFamilyError(StateXUserError):
     """A family name or model_type that no registry entry has."""
 
 
@@ -65,15 +68,22 @@ class Family:
     modeling_package: str  # holds configuration_<model_type>.py and modeling_<model_type>.py
     expansion: str  # "module.Class" of the family's statex_hf.expansion.Expansion subclass
     source_model_type: str  # model_type of the transformers-style config the source formats translate to
+    source_title: str  # what the native source checkpoints are, in messages: "fla GLA"
     # Names in statex_hf.conversion.readers.SOURCE_FORMATS; the first is the native one (a config.json
     # with model_type `source_model_type`, tensors named as the StateX model names them).
     source_formats: tuple[str, ...]
     source_help: str  # what `statex-hf convert <name>` reads, for --help
-    init_modes: tuple[str, ...]  # the first is the default
+    # The init modes of the expanded parts, the first the default, each with what the model card says it did.
+    init_cards: dict[str, str] = field(hash=False)
     state_option: StateOption
     card_method: str  # the model card's one-line account of how the state grows
-    card_reinit: str  # ... and of what --init reinit did
     layout: TrainingLayout
+    # The demo's small source model: config fields (besides vocabulary and special tokens).
+    demo_config: dict[str, Any] = field(hash=False)
+
+    @property
+    def init_modes(self) -> tuple[str, ...]:
+        return tuple(self.init_cards)
 
     @property
     def config_module(self) -> str:
@@ -118,6 +128,10 @@ def _load(module: str, name: str) -> Any:
 
 
 _REFERENCE = "the initialization of the paper's released code (thunlp/StateX at 76d15ef, {where})"
+_CARD_INIT_WEIGHTS = (
+    "the expanded parts were re-initialized by the StateX model class's own `_init_weights` (what training "
+    "from scratch would give; not the paper's initialization, which is `reinit`)"
+)
 
 GLA = Family(
     name="gla",
@@ -127,18 +141,22 @@ GLA = Family(
     modeling_package="statex_hf.modeling.gla",
     expansion="statex_hf.expansion.gla.GLAExpansion",
     source_model_type="gla",
+    source_title="fla GLA",
     source_formats=("fla-gla",),
     source_help="fla GLA checkpoint (e.g. fla-hub/gla-1.3B-100B)",
-    init_modes=("reinit", "reinit-init-weights", "inherit"),
+    init_cards={
+        "reinit": "the chosen layers' token mixers and pre-mixer RMSNorms were re-initialized with "
+        + _REFERENCE.format(where="`modeling/gla/model.py` `drop_layers`, `modeling/gla/layer.py`")
+        + ": every linear layer `xavier_uniform_(gain=2**-2.5)` with zero bias, norm weights 1, short "
+        "convolutions PyTorch's `nn.Conv1d` default; the MLPs were kept",
+        "reinit-init-weights": _CARD_INIT_WEIGHTS,
+        "inherit": "the pretrained projections were kept; the output-norm weight was tiled over the merged head",
+    },
     state_option=StateOption(
         "--num-heads", "statex_num_heads", default=1, metavar="H", help="heads of an expanded layer (default 1)"
     ),
     card_method="head merging: each expanded layer runs its token mixer with fewer heads (same projections), "
     "so its recurrent state (heads x dk x dv) grows",
-    card_reinit="the chosen layers' token mixers and pre-mixer RMSNorms were re-initialized with "
-    + _REFERENCE.format(where="`modeling/gla/model.py` `drop_layers`, `modeling/gla/layer.py`")
-    + ": every linear layer `xavier_uniform_(gain=2**-2.5)` with zero bias, norm weights 1, short "
-    "convolutions PyTorch's `nn.Conv1d` default; the MLPs were kept",
     layout=TrainingLayout(
         layers="model.layers",
         mixer="attn",
@@ -147,6 +165,7 @@ GLA = Family(
         # (gk_proj, rank 16) is left alone.
         lora_targets=("q_proj", "k_proj", "v_proj", "g_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
     ),
+    demo_config={"hidden_size": 64, "num_heads": 4, "num_hidden_layers": 4},
 )
 
 MAMBA2 = Family(
@@ -157,18 +176,23 @@ MAMBA2 = Family(
     modeling_package="statex_hf.modeling.mamba2",
     expansion="statex_hf.expansion.mamba2.Mamba2Expansion",
     source_model_type="mamba2",
+    source_title="transformers Mamba2",
     source_formats=("transformers-mamba2", "mamba-ssm", "mistral-mamba2"),
     source_help="Mamba2: transformers, state-spaces (mamba_ssm) or mistral (Mamba-Codestral) checkpoint",
-    init_modes=("reinit", "reinit-init-weights", "copy", "zero"),
+    init_cards={
+        "reinit": "all B/C rows of `in_proj` (old and new) and B/C channels of `conv1d` were drawn with "
+        + _REFERENCE.format(where="`modeling/mamba2/layer.py` `drop_layer`")
+        + ": PyTorch's `nn.Linear` / `nn.Conv1d` default, U(±1/sqrt(fan_in)); `dt_bias` 1, `A_log` log(1..H), "
+        "gated norm weight 1; z, x and dt rows, x channels, `D` and `out_proj` were kept",
+        "reinit-init-weights": _CARD_INIT_WEIGHTS,
+        "copy": "the old B/C rows and conv channels were tiled over the new state size",
+        "zero": "the old B/C rows and conv channels were kept first, zeros after",
+    },
     state_option=StateOption(
         "--state-size", "statex_state_size", default=None, metavar="N", help="new state size N' (default 4x N)"
     ),
     card_method="state-dimension expansion: each expanded layer's SSM state dimension N grows (only the B and C "
     "rows of `in_proj` and channels of `conv1d` grow)",
-    card_reinit="all B/C rows of `in_proj` (old and new) and B/C channels of `conv1d` were drawn with "
-    + _REFERENCE.format(where="`modeling/mamba2/layer.py` `drop_layer`")
-    + ": PyTorch's `nn.Linear` / `nn.Conv1d` default, U(±1/sqrt(fan_in)); `dt_bias` 1, `A_log` log(1..H), "
-    "gated norm weight 1; z, x and dt rows, x channels, `D` and `out_proj` were kept",
     layout=TrainingLayout(
         layers="backbone.layers",
         mixer="mixer",
@@ -176,6 +200,15 @@ MAMBA2 = Family(
         # Mamba2's two projections carry nearly all of a layer's weights (peft's choice for Mamba too).
         lora_targets=("in_proj", "out_proj"),
     ),
+    demo_config={
+        "hidden_size": 64,
+        "num_heads": 8,
+        "head_dim": 16,
+        "state_size": 16,
+        "n_groups": 1,
+        "num_hidden_layers": 4,
+        "chunk_size": 32,
+    },
 )
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (GLA, MAMBA2)}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +62,40 @@ def test_another_familys_state_option_is_refused_with_this_familys(tmp_path):
         convert("mamba2", str(tmp_path), tmp_path / "out", num_heads=2)
     with pytest.raises(TypeError, match="unexpected keyword argument 'num_groups'"):
         convert("mamba2", str(tmp_path), tmp_path / "out", num_groups=2)
+
+
+def _family_words() -> set[str]:
+    return {word for f in FAMILIES.values() for word in (f.name, f.model_type, f.source_model_type)}
+
+
+def _branches_on_a_family_name(tree: ast.AST, words: set[str]) -> list[int]:
+    """Lines comparing with a family's name or model type (``x == "gla"``, ``x in ("gla", "mamba2")``)."""
+
+    def names_a_family(node: ast.AST) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in words
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return any(names_a_family(element) for element in node.elts)
+        return False
+
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Compare) and any(names_a_family(side) for side in (node.left, *node.comparators))
+    ]
+
+
+def test_no_code_outside_the_registry_branches_on_a_family_name():
+    """What a family is lives in statex_hf/families.py; a branch elsewhere would take a third family for another."""
+    root = Path(__file__).resolve().parents[1]
+    words = _family_words()
+    found = {}
+    for folder in ("statex_hf", "modeling", "kernels", "conversion_scripts"):
+        for path in sorted((root / folder).rglob("*.py")):
+            if path == root / "statex_hf" / "families.py":
+                continue
+            lines = _branches_on_a_family_name(ast.parse(path.read_text(), str(path)), words)
+            if lines:
+                found[str(path.relative_to(root))] = lines
+    assert not found
+    assert _branches_on_a_family_name(ast.parse('if family == "gla" or m in ("x", "statex_mamba2"): pass'), words)

@@ -19,15 +19,15 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import safe_open
+from typing import TYPE_CHECKING, Any
 
 from statex_hf.conversion.source import PARAMS_FILE
 from statex_hf.expansion.errors import StateXInputError
 from statex_hf.families import FAMILIES, Family
 from statex_hf.saved_files import CONFIG_FILE
+
+if TYPE_CHECKING:  # torch and safetensors load when a tensor is read: telling a format apart needs neither
+    import torch
 
 SAFE_SINGLE, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN_SINGLE, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -44,7 +44,8 @@ class SourceFormat:
     """One public checkpoint layout: its config file, how to recognise and translate it, its weights and names."""
 
     name: str
-    description: str  # for the "unknown checkpoint type" message
+    title: str  # what the checkpoints are, in messages: "mamba_ssm Mamba2"
+    description: str  # how they are told apart
     config_file: str
     matches: Callable[[dict[str, Any]], bool]
     to_transformers: Callable[[dict[str, Any]], dict[str, Any]]  # the family's source model_type is set after
@@ -71,6 +72,8 @@ class Checkpoint:
 
     def _tensors(self, path: Path) -> Iterator[tuple[str, torch.Tensor]]:
         if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
             try:
                 with safe_open(str(path), framework="pt") as handle:
                     for name in handle.keys():
@@ -90,6 +93,8 @@ class Checkpoint:
 
 def load_bin(path: Path) -> dict[str, torch.Tensor]:
     """A PyTorch ``.bin`` state dict, loaded safely (``weights_only``) and memory-mapped where the file allows."""
+    import torch
+
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -121,6 +126,7 @@ def native_format(family: Family) -> SourceFormat:
     model_type = family.source_model_type
     return SourceFormat(
         family.source_formats[0],
+        family.source_title,
         f"{CONFIG_FILE} with model_type {model_type!r}",
         CONFIG_FILE,
         matches=lambda config: config.get("model_type") == model_type,
@@ -154,7 +160,7 @@ def detect_format(config_file: str, config: dict[str, Any]) -> tuple[Family, Sou
             "expanding it again is not supported: convert the original checkpoint with every layer you want "
             "expanded, or post-train this one (statex-hf posttrain)"
         )
-    supported = "; ".join(f"{fmt.name} ({fmt.description})" for _, fmt in formats)
+    supported = "; ".join(f"{fmt.title} ({fmt.description})" for _, fmt in formats)
     raise StateXInputError(
         f"unknown checkpoint type: {config_file} has model_type={config.get('model_type')!r}; supported: {supported}"
     )
@@ -200,6 +206,8 @@ def weight_files(folder: Path, fmt: SourceFormat) -> list[Path]:
 
 def check_safetensors(path: Path) -> None:
     """Header readable and every tensor's bytes inside the file: catches corrupt and truncated files up front."""
+    from safetensors import safe_open
+
     try:
         with safe_open(str(path), framework="pt") as handle:
             for name in handle.keys():
@@ -292,7 +300,8 @@ def mistral_mamba2_config(params: dict[str, Any]) -> dict[str, Any]:
 TRANSLATED_FORMATS = {
     "mamba-ssm": SourceFormat(
         "mamba-ssm",
-        f"mamba_ssm {CONFIG_FILE} with d_model/n_layer/ssm_cfg",
+        "mamba_ssm (state-spaces) Mamba2",
+        f"{CONFIG_FILE} with d_model/n_layer/ssm_cfg",
         CONFIG_FILE,
         matches=lambda c: c.get("model_type") is None and "d_model" in c and "n_layer" in c,
         to_transformers=mamba_ssm_config,
@@ -302,7 +311,8 @@ TRANSLATED_FORMATS = {
     ),
     "mistral-mamba2": SourceFormat(
         "mistral-mamba2",
-        f"mistral {PARAMS_FILE} with dim/n_layers/n_groups",
+        "mistral Mamba2 (Mamba-Codestral)",
+        f"{PARAMS_FILE} with dim/n_layers/n_groups",
         PARAMS_FILE,
         matches=lambda c: "dim" in c,
         to_transformers=mistral_mamba2_config,

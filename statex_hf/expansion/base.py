@@ -88,6 +88,10 @@ class Expansion(ABC):
         """Recurrent state elements of layer ``layer_idx`` before (``expanded=False``) or after the expansion."""
 
     @abstractmethod
+    def growth(self) -> str:
+        """How the expanded layers' state grows, in a few words: ``heads merged 4 -> 1``."""
+
+    @abstractmethod
     def parameter_delta(self) -> int:
         """Parameters the expansion adds, from the config alone (the conversion checks it against the count)."""
 

@@ -54,6 +54,9 @@ class GLAExpansion(Expansion):
         heads = self.config.statex_num_heads if expanded else self.source_num_heads
         return gla_state_size(self.config.key_dim, self.config.value_dim, heads)
 
+    def growth(self) -> str:
+        return f"heads merged {self.source_num_heads} -> {self.config.statex_num_heads}"
+
     def parameter_delta(self) -> int:
         """Projections keep their shapes; only the output-norm weight grows from dv to the merged head's dv."""
         if not self.config.elementwise_affine:

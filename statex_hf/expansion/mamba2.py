@@ -62,6 +62,9 @@ class Mamba2Expansion(Expansion):
     def state_size(self, layer_idx: int, expanded: bool) -> int:
         return mamba2_state_size(self.d_inner, self.new_n if expanded else self.old_n)
 
+    def growth(self) -> str:
+        return f"state size N {self.old_n} -> {self.new_n}"
+
     def parameter_delta(self) -> int:
         return len(self.layers) * mamba2_parameter_delta_per_layer(self.config, self.old_n, self.new_n)
 
