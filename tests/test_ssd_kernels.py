@@ -89,7 +89,7 @@ def test_chunk_torch_packed_batch_equals_separate_documents():
     torch.testing.assert_close(y, torch.cat([y0, y1], dim=1))
 
 
-# Triton under the interpreter: ~1-4 s per case.
+# Triton under the interpreter, which is slow: few cases, each chosen for what it covers.
 TRITON_CASES = [
     # shape, with_states, cu_seqlens
     ((2, 37, 4, 8, 2, 16), True, None),  # groups, initial/final state, T % chunk != 0
