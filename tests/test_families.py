@@ -99,3 +99,92 @@ def test_no_code_outside_the_registry_branches_on_a_family_name():
                 found[str(path.relative_to(root))] = lines
     assert not found
     assert _branches_on_a_family_name(ast.parse('if family == "gla" or m in ("x", "statex_mamba2"): pass'), words)
+
+
+THIRD_FAMILY_FILES = {
+    "__init__.py": "",
+    "configuration_statex_foo.py": """
+from statex_hf.modeling.mamba2.configuration_statex_mamba2 import StateXMamba2Config
+
+
+class StateXFooConfig(StateXMamba2Config):
+    model_type = "statex_foo"
+
+    def __init__(self, **kwargs):  # its own __init__, as every transformers config has
+        super().__init__(**kwargs)
+""",
+    "modeling_statex_foo.py": """
+from statex_hf.modeling.mamba2.modeling_statex_mamba2 import StateXMamba2ForCausalLM, StateXMamba2Model
+from statex_third_family.configuration_statex_foo import StateXFooConfig
+
+
+class StateXFooModel(StateXMamba2Model):
+    config_class = StateXFooConfig
+
+
+class StateXFooForCausalLM(StateXMamba2ForCausalLM):
+    config_class = StateXFooConfig
+""",
+    "expansion_foo.py": """
+from statex_hf.expansion.mamba2 import Mamba2Expansion
+from statex_hf.families import get_family
+
+
+class FooExpansion(Mamba2Expansion):
+    family = get_family("foo")
+""",
+}
+
+
+def test_a_third_family_is_its_modules_and_one_registry_entry(tmp_path, monkeypatch, capsys):
+    """The README's recipe, checked: a family "foo" (Mamba2's modules under new names, sources with
+    model_type "foo") gets `statex-hf convert foo`, its state option, the model card, Auto loading, the
+    training layout and the demo's model from its modules and one entry, with no other edit."""
+    import json
+
+    import torch
+    from source_checkpoints import VOCAB, write_transformers_mamba2
+    from transformers import AutoModelForCausalLM
+
+    from statex_hf import register_auto_classes
+    from statex_hf.cli import main
+    from statex_hf.training.demo import source_config
+    from statex_hf.training.families import layout_of
+
+    package = tmp_path / "statex_third_family"
+    package.mkdir()
+    for name, text in THIRD_FAMILY_FILES.items():
+        (package / name).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    foo = dataclasses.replace(
+        families.MAMBA2,
+        name="foo",
+        title="Foo",
+        model_type="statex_foo",
+        class_prefix="StateXFoo",
+        modeling_package="statex_third_family",
+        expansion="statex_third_family.expansion_foo.FooExpansion",
+        source_model_type="foo",
+        source_title="Foo",
+        source_formats=("foo-native",),
+        card_method="foo's state grows",
+    )
+    monkeypatch.setitem(families.FAMILIES, "foo", foo)
+    register_auto_classes()
+
+    source = write_transformers_mamba2(tmp_path / "source", num_layers=3)
+    config = json.loads((tmp_path / "source" / "config.json").read_text())
+    (tmp_path / "source" / "config.json").write_text(json.dumps({**config, "model_type": "foo"}))
+    argv = ["convert", "foo", tmp_path / "source", tmp_path / "out", "--every", "2", "--state-size", "16"]
+    assert main([*map(str, argv), "--init", "zero", "--quiet"]) == 0
+    assert "expanded layers: 0, 2 of 3" in capsys.readouterr().out
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert type(model).__name__ == "StateXFooForCausalLM" and model.config.statex_layers == [0, 2]
+    ids = torch.randint(0, VOCAB, (2, 11))
+    with torch.no_grad():  # zero init: the expanded model computes what the source computed
+        assert (model(ids).logits - source(ids).logits).abs().max() <= 1e-4
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "statex-hf convert foo" in card and "foo's state grows" in card
+    assert layout_of(model) is foo.layout
+    assert source_config("foo", VOCAB, 2)["model_type"] == "foo"
