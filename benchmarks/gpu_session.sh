@@ -10,10 +10,8 @@
 #   Knobs: TESTS_PATHS (test files, run in that order), TESTS_TIMEOUT, FLA_TIMEOUT, GLA_TIMEOUT,
 #   GLA_ARGS (e.g. "--impls fla --shapes H1 --skip-layers"), GLA_CACHE (see the gla step), SSD_ARGS
 #   (e.g. "--impls ours,mamba_ssm --peer-ns 512"), SWEEP_ARGS (e.g. "--ops gla").
-#   repro: the miniature reproduction, the units in REPRO_UNITS ("seed:arch ...", default
-#   "0:gla 0:mamba2") in parallel; their results folders come back as $OUT/repro.tgz. Carry a previous
-#   repro.tgz as .device/repro.tgz to keep its folders; merge them with reproduce_statex.py --merge.
-#   A variant: REPRO_ARGS="--convert-args=--layers=2,4,6" REPRO_TAG=layers246 (folders named with it).
+#   repro: the miniature (reproduce_statex.py) into the folders REPRO_DIRS, each with its REPRO_ARGS (see
+#   the step); they come back as $OUT/repro*.tgz, and carried .device/repro*.tgz resume them.
 # The GPU machine has torch, triton and transformers; fla and mamba_ssm come from the carried wheels
 # (mamba_ssm as extracted source: pip cannot build it there). Each step has its own time limit so
 # one slow step cannot eat the call; the multi-GPU test needs a 2-GPU machine and is not run here.
@@ -50,20 +48,28 @@ run_step() {
     train) timeout 540 python benchmarks/bench_train.py --json "$OUT/train.json" ;;
     generate) timeout 540 python benchmarks/bench_generate.py ${GENERATE_ARGS:-} --json "$OUT/generate.json" ;;
     repro)
-        # The small models leave the H100 mostly idle (the step time is host-bound), so the (seed, arch)
-        # units in REPRO_UNITS run as parallel processes, each into its own folder; merge them here later.
-        mkdir -p /tmp/repro-out && { [ -f .device/repro.tgz ] && tar -xzf .device/repro.tgz -C /tmp/repro-out; }
-        nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 15 > "$OUT/gpu-util.log" &
-        monitor=$! units=() tag=${REPRO_TAG:+-$REPRO_TAG}
-        for unit in ${REPRO_UNITS:-0:gla 0:mamba2}; do
-            seed=${unit%%:*} arch=${unit##*:}
-            OMP_NUM_THREADS=2 timeout 545 python benchmarks/reproduce_statex.py --seeds "$seed" --archs "$arch" ${REPRO_ARGS:-} \
-                --output-dir "/tmp/repro-out/seed$seed-$arch$tag" > "/tmp/repro-out/seed$seed-$arch$tag.log" 2>&1 &
-            units+=($!)
+        # The miniature (benchmarks/reproduce_statex.py): its units run as parallel processes (the small models
+        # leave the GPU mostly idle; their steps are bound by the host). REPRO_DIRS names the output folders
+        # (default "miniature"), REPRO_ARGS the arguments for each, in order, separated by ';' (e.g.
+        # "--preset narrow --stage pretrain"); the folders run at the same time, REPRO_JOBS processes each.
+        # Carried .device/repro*.tgz (the $OUT/repro*.tgz of a previous call) restore them: the run resumes.
+        # posttrain needs the datasets package: carry its wheels in .device/wheels (datasets, dill, multiprocess).
+        mkdir -p /tmp/repro && for archive in .device/repro*.tgz; do [ -f "$archive" ] && tar -xzf "$archive" -C /tmp/repro; done
+        nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 15 > /tmp/repro/gpu-util.log &
+        monitor=$! runs=()
+        IFS=';' read -r -a repro_args <<< "${REPRO_ARGS:-}"
+        i=0
+        for dir in ${REPRO_DIRS:-miniature}; do
+            timeout -k 20 "${REPRO_TIMEOUT:-520}" python -P benchmarks/reproduce_statex.py --output-dir "/tmp/repro/$dir" \
+                --jobs "${REPRO_JOBS:-12}" --max-minutes "${REPRO_MINUTES:-8}" ${repro_args[$i]:-} > "/tmp/repro/$dir.log" 2>&1 &
+            runs+=($!) i=$((i + 1))
         done
-        # Unit logs go into the archive: $OUT returns 8 files at most, whatever the number of units.
-        wait "${units[@]}"; kill "$monitor"; tail -n 30 /tmp/repro-out/seed*.log
-        tar -czf "$OUT/repro.tgz" -C /tmp/repro-out . ;;
+        wait "${runs[@]}"; kill "$monitor"; tail -n 25 /tmp/repro/*.log
+        # $OUT returns 8 files of 16 MB at most: the results in one archive, the source models' weights by family.
+        tar -czf "$OUT/repro.tgz" --exclude='*.safetensors' -C /tmp/repro .
+        for family in gla mamba2; do
+            (cd /tmp/repro && find . -path "*/units/$family-seed*/source/*.safetensors" | tar -czf "$OUT/repro-$family.tgz" -T -)
+        done ;;
     *) echo "usage: $0 STEP... (tests | gla | ssd | sweep | profile | train | generate | repro)" >&2; return 2 ;;
     esac
 }

@@ -337,3 +337,10 @@ def test_repo_id_without_network_is_one_line_exit_2(tmp_path):
 def test_tokenizer_helper_round_trips(tmp_path):
     write_tokenizer(tmp_path)
     assert AutoTokenizer.from_pretrained(tmp_path).eos_token_id == 2
+
+
+def test_converted_folder_has_the_mode_save_pretrained_gives(sources, tmp_path):
+    # mkdtemp makes 0700 folders; the renamed output must be what save_pretrained's os.makedirs makes.
+    assert convert("gla", sources["gla"][0], tmp_path / "out") == 0
+    (tmp_path / "made").mkdir()
+    assert (tmp_path / "out").stat().st_mode == (tmp_path / "made").stat().st_mode

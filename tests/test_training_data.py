@@ -125,3 +125,10 @@ def test_under_fsdp_the_recipe_checkpoints_inside_fsdp(tmp_path):
     args = recipe_training_arguments(str(tmp_path), fsdp=True, fsdp_config={"transformer_layer_cls_to_wrap": ["B"]})
     assert not getattr(args, CHECKPOINTING)
     assert args.fsdp_config["activation_checkpointing"] and args.fsdp_config["transformer_layer_cls_to_wrap"] == ["B"]
+
+
+def test_collator_keeps_the_labels_a_row_brings():
+    row = {"input_ids": [5, 6, 7, 8], "position_ids": [0, 1, 2, 3], "labels": [-100, -100, 7, -100]}
+    assert PackedCollator()([row])["labels"].tolist() == [[-100, -100, 7, -100]]
+    restart = dict(row, position_ids=[0, 1, 0, 1], labels=[5, 6, 7, 8])  # a document start still ignores its label
+    assert PackedCollator()([restart])["labels"].tolist() == [[-100, 6, -100, 8]]

@@ -8,6 +8,7 @@ one). Which destinations may be written or replaced is :mod:`statex_hf.outputs`'
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections import Counter
@@ -23,6 +24,13 @@ from statex_hf.expansion.errors import StateXInputError
 from statex_hf.outputs import check_output_folder
 
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000  # "5GB", save_pretrained's default
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it; it is set back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_destination(dest: Path, overwrite: bool, inputs: Mapping[str, str | Path] | None = None) -> Path:
@@ -41,6 +49,8 @@ def atomic_folder(dest: Path, overwrite: bool = False) -> Iterator[Path]:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+        # mkdtemp makes the folder 0700; the output gets the mode any new folder gets (save_pretrained's).
+        tmp.chmod(0o777 & ~_umask())
     except OSError as err:
         raise StateXInputError(f"cannot create {dest}: {err.strerror}; choose a folder you can write to") from None
     try:

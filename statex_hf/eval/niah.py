@@ -212,8 +212,9 @@ def run_niah(
 ) -> dict[str, Any]:
     """Evaluate needle retrieval over ``lengths`` x ``depths``; returns a JSON-ready dict.
 
-    ``accuracy[i][j]`` is the exact-match rate at ``lengths[i]`` and ``depths[j]``; ``records`` holds every
-    prompt's needle position, answer and the model's continuation.
+    ``accuracy[i][j]`` is the exact-match rate at ``lengths[i]`` and ``depths[j]``, ``placed_depth[i][j]`` the
+    mean depth its needles landed at (the sentence boundary nearest the depth asked for); ``records`` holds
+    every prompt's needle position, answer and the model's continuation.
     """
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
@@ -240,10 +241,12 @@ def run_niah(
                 )
                 records.append(record)
 
-    accuracy = [
-        [_mean([r["correct"] for r in records if r["length"] == length and r["depth"] == depth]) for depth in depths]
-        for length in lengths
-    ]
+    def cell(length: int, depth: float, field: str) -> float:
+        return _mean([r[field] for r in records if r["length"] == length and r["depth"] == depth])
+
+    accuracy = [[cell(length, depth, "correct") for depth in depths] for length in lengths]
+    # Where the needles really went: the depth asked for, moved to a sentence boundary (far, at short lengths).
+    placed_depth = [[cell(length, depth, "actual_depth") for depth in depths] for length in lengths]
     return {
         "task": task,
         "model": model_name,
@@ -252,6 +255,7 @@ def run_niah(
         "samples": samples,
         "seed": seed,
         "accuracy": accuracy,
+        "placed_depth": placed_depth,
         "mean_accuracy": _mean([r["correct"] for r in records]),
         "records": records,
     }
