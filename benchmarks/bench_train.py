@@ -15,6 +15,9 @@ included). Prints one table.
 
     python benchmarks/bench_train.py                          # both families, T = 16K and 64K
     python benchmarks/bench_train.py --families gla --lengths 16384
+
+The same models under FSDP on N GPUs, through the Trainer and the shipped accelerate configs:
+``bench_train_fsdp.py``.
 """
 
 from __future__ import annotations
@@ -30,33 +33,50 @@ FAMILIES = ("gla", "mamba2")
 LOSS_CHUNK = 4096
 
 
-def build(family: str, expanded: bool) -> torch.nn.Module:
-    """The 1.3B-shaped model, random weights, fp32, on the GPU."""
+# The 1.3B models (StateXGLAConfig's defaults are GLA-1.3B's config.json) and their expanded layers.
+SHAPES = {
+    "gla": {},
+    "mamba2": {
+        "hidden_size": 2048,
+        "num_hidden_layers": 48,
+        "num_heads": 64,
+        "head_dim": 64,
+        "state_size": 128,
+        "n_groups": 1,
+        "expand": 2,
+        "conv_kernel": 4,
+        "chunk_size": 256,
+        "vocab_size": 50288,
+        "tie_word_embeddings": True,
+        "statex_state_size": 512,
+    },
+}
+EXPANDED_LAYERS = {"gla": [0, 6, 12, 18], "mamba2": [0, 12, 24, 36]}
+# Four layers of width 64 (layers 0 and 2 expanded), for checking a benchmark on CPU.
+TINY_SHAPES = {
+    "gla": {"hidden_size": 64, "num_heads": 4, "num_hidden_layers": 4, "vocab_size": 256},
+    "mamba2": {"hidden_size": 64, "num_hidden_layers": 4, "num_heads": 8, "head_dim": 16, "state_size": 16}
+    | {"chunk_size": 32, "vocab_size": 256, "statex_state_size": 64},
+}
+
+
+def model_config(family: str, expanded: bool, tiny: bool = False):
+    """The config (1.3B, or ``tiny``) and the model class of ``family``."""
     import statex_hf  # noqa: F401
     from statex_hf import StateXGLAConfig, StateXGLAForCausalLM, StateXMamba2Config, StateXMamba2ForCausalLM
 
-    if family == "gla":
-        # StateXGLAConfig's defaults are GLA-1.3B's config.json.
-        config = StateXGLAConfig(statex_layers=[0, 6, 12, 18] if expanded else [], chunked_loss_size=LOSS_CHUNK)
-        model_class = StateXGLAForCausalLM
-    else:
-        config = StateXMamba2Config(
-            hidden_size=2048,
-            num_hidden_layers=48,
-            num_heads=64,
-            head_dim=64,
-            state_size=128,
-            n_groups=1,
-            expand=2,
-            conv_kernel=4,
-            chunk_size=256,
-            vocab_size=50288,
-            tie_word_embeddings=True,
-            statex_layers=[0, 12, 24, 36] if expanded else [],
-            statex_state_size=512,
-            chunked_loss_size=LOSS_CHUNK,
-        )
-        model_class = StateXMamba2ForCausalLM
+    config_class, model_class = {
+        "gla": (StateXGLAConfig, StateXGLAForCausalLM),
+        "mamba2": (StateXMamba2Config, StateXMamba2ForCausalLM),
+    }[family]
+    shape = SHAPES[family] | (TINY_SHAPES[family] if tiny else {})
+    layers = ([0, 2] if tiny else EXPANDED_LAYERS[family]) if expanded else []
+    return config_class(**shape, statex_layers=layers, chunked_loss_size=LOSS_CHUNK), model_class
+
+
+def build(family: str, expanded: bool) -> torch.nn.Module:
+    """The 1.3B-shaped model, random weights, fp32, on the GPU."""
+    config, model_class = model_config(family, expanded)
     with torch.device("cuda"):
         model = model_class(config)
     model.train()

@@ -5,22 +5,27 @@
 #               pip download --no-deps -d .device/wheels pytest pluggy iniconfig pytest-timeout
 #               (pyproject's pytest options need pytest-timeout)
 # Device calls: bash benchmarks/gpu_session.sh STEP...   (carry: [".device"]; a log per step in $OUT)
-#   STEP: tests | gla | ssd | sweep | profile | train | generate | repro. Several steps share one call (one
-#   machine start), e.g. `gla profile`; `tests` needs a call of its own (the whole suite: 433 s).
+#   STEP: tests | gla | ssd | sweep | profile | train | generate | fsdp | multigpu | repro. Several steps
+#   share one call (one machine start), e.g. `gla profile`; `tests` needs a call of its own (the whole
+#   suite: 433 s).
 #   Knobs: TESTS_PATHS (test files, run in that order), TESTS_TIMEOUT, FLA_TIMEOUT, GLA_TIMEOUT,
 #   GLA_ARGS (e.g. "--impls fla --shapes H1 --skip-layers"), GLA_CACHE (see the gla step), SSD_ARGS
 #   (e.g. "--impls ours,mamba_ssm --peer-ns 512"), SWEEP_ARGS (e.g. "--ops gla").
 #   repro: the miniature (reproduce_statex.py) into the folders REPRO_DIRS, each with its REPRO_ARGS (see
 #   the step); they come back as $OUT/repro*.tgz, and carried .device/repro*.tgz resume them.
+#   fsdp: bench_train_fsdp.py (FSDP_ARGS, default "--gpus 1": the 1-GPU config at 64K, both families;
+#   "--gpus 1 2" on a 2-GPU machine). multigpu: tests/gpu/test_multi_gpu.py (the 1-GPU test alone on one
+#   GPU); it needs datasets, carried as .device/wheels-datasets (benchmarks/README.md).
 # The GPU machine has torch, triton and transformers; fla and mamba_ssm come from the carried wheels
 # (mamba_ssm as extracted source: pip cannot build it there). Each step has its own time limit so
-# one slow step cannot eat the call; the multi-GPU test needs a 2-GPU machine and is not run here.
+# one slow step cannot eat the call; `tests` leaves out the multi-GPU test, which is the `multigpu` step.
 set -uo pipefail
 OUT=${OUT:-/tmp/statex-gpu-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 
 python -m pip install --quiet --no-deps --no-index .device/wheels/*.whl
+if [ -d .device/wheels-datasets ]; then python -m pip install --quiet --no-deps --no-index .device/wheels-datasets/*.whl; fi
 python -m pip install --quiet --no-deps --no-build-isolation -e .
 mkdir -p /tmp/mamba_ssm_src && tar -xzf .device/wheels/mamba_ssm-*.tar.gz -C /tmp/mamba_ssm_src
 export MAMBA_SSM_SRC=$(ls -d /tmp/mamba_ssm_src/mamba_ssm-*)
@@ -47,6 +52,8 @@ run_step() {
     profile) timeout 200 python benchmarks/profile_gla.py ;;
     train) timeout 540 python benchmarks/bench_train.py --json "$OUT/train.json" ;;
     generate) timeout 540 python benchmarks/bench_generate.py ${GENERATE_ARGS:-} --json "$OUT/generate.json" ;;
+    fsdp) timeout 560 python benchmarks/bench_train_fsdp.py ${FSDP_ARGS:---gpus 1} --json "$OUT/fsdp.json" ;;
+    multigpu) STATEX_GPU_TESTS=1 timeout "${TESTS_TIMEOUT:-540}" python -P -m pytest -q --durations=0 tests/gpu/test_multi_gpu.py ;;
     repro)
         # The miniature (benchmarks/reproduce_statex.py): its units run as parallel processes (the small models
         # leave the GPU mostly idle; their steps are bound by the host). REPRO_DIRS names the output folders
@@ -70,7 +77,7 @@ run_step() {
         for family in gla mamba2; do
             (cd /tmp/repro && find . -path "*/units/$family-seed*/source/*.safetensors" | tar -czf "$OUT/repro-$family.tgz" -T -)
         done ;;
-    *) echo "usage: $0 STEP... (tests | gla | ssd | sweep | profile | train | generate | repro)" >&2; return 2 ;;
+    *) echo "usage: $0 STEP... (tests | gla | ssd | sweep | profile | train | generate | fsdp | multigpu | repro)" >&2; return 2 ;;
     esac
 }
 

@@ -24,6 +24,10 @@ COMMANDS = {
         "statex_hf.training.cli",
         "post-train a StateX model on long documents (the paper's recipe, via transformers.Trainer)",
     ),
+    "accelerate-config": (
+        "statex_hf.training.accelerate_config",
+        "print the path of the shipped accelerate config for N GPUs (FSDP, bf16, activation checkpointing)",
+    ),
     "eval": ("statex_hf.eval.cli", "recall evals: needle in a haystack / passkey, MQAR"),
     "demo": (
         "statex_hf.training.demo",

@@ -24,3 +24,16 @@ def test_kernels_and_modeling_import_only_under_statex_hf():
             text = path.read_text()
             assert "from kernels" not in text and "import kernels" not in text, path
             assert "from modeling" not in text and "import modeling" not in text, path
+
+
+def test_every_data_file_of_the_package_is_listed_as_package_data():
+    """The shipped accelerate configs and the demo corpus must reach a wheel, not only an editable install."""
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["statex_hf"]
+    data = [
+        path.relative_to(ROOT / "statex_hf")
+        for path in (ROOT / "statex_hf").rglob("*")
+        if path.is_file() and path.suffix not in (".py", ".pyc")
+    ]
+    assert data, "statex_hf ships data files"
+    unlisted = [str(path) for path in data if not any(path.match(pattern) for pattern in patterns)]
+    assert unlisted == [], f"add to [tool.setuptools.package-data] statex_hf: {unlisted}"

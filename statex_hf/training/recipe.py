@@ -21,10 +21,12 @@ long as the run) the plan carries a warning naming the flag to change.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from accelerate.utils import str_to_bool
 from transformers import TrainingArguments
 
 from statex_hf.training.errors import PosttrainInputError
@@ -71,6 +73,17 @@ def _checkpointing_name(name: str) -> str:
         if name.startswith(old):
             return CHECKPOINTING + name[len(old) :]
     return name
+
+
+def launcher_fsdp_checkpoints() -> bool:
+    """Whether ``accelerate launch`` runs this process under FSDP with FSDP's own activation checkpointing.
+
+    An accelerate config (``fsdp_activation_checkpointing: true``, as the shipped ones have) reaches the
+    process as environment variables, which the Trainer's ``Accelerator`` reads.
+    """
+    return all(
+        str_to_bool(os.environ.get(name, "false")) for name in ("ACCELERATE_USE_FSDP", "FSDP_ACTIVATION_CHECKPOINTING")
+    )
 
 
 def bf16_available() -> bool:
@@ -257,6 +270,14 @@ def training_arguments(output_dir: str, **overrides: Any) -> TrainingArguments:
         # gather every layer's weights once more in the backward pass.
         fields[CHECKPOINTING] = False
         fields["fsdp_config"] = {"activation_checkpointing": True, **(fsdp_config or {})}
+    if fields[CHECKPOINTING] and launcher_fsdp_checkpoints():
+        # transformers refuses the Trainer's checkpointing beside FSDP's, which already checkpoints each block.
+        if CHECKPOINTING in overrides:
+            raise PosttrainInputError(
+                f"{CHECKPOINTING}=True under an accelerate FSDP config with fsdp_activation_checkpointing: "
+                "transformers refuses both; FSDP already checkpoints every block, so drop the training argument"
+            )
+        fields[CHECKPOINTING] = False
     unknown = sorted(set(fields) - set(TrainingArguments.__dataclass_fields__))
     if unknown:
         raise PosttrainInputError(f"unknown TrainingArguments field(s) {unknown}; see transformers.TrainingArguments")
@@ -362,6 +383,7 @@ __all__ = [
     "default_help",
     "fit_to_run",
     "gradient_accumulation_for",
+    "launcher_fsdp_checkpoints",
     "plan_recipe",
     "recipe_training_arguments",
     "training_arguments",
