@@ -1,5 +1,5 @@
 # Copyright the statex-hf authors. Licensed under the Apache License, Version 2.0.
-"""Convert a Mamba2 checkpoint (state-spaces / mamba_ssm, or transformers) into a StateX Mamba2 checkpoint.
+"""Convert a Mamba2 checkpoint (state-spaces / mamba_ssm, mistral, or transformers) into a StateX Mamba2 checkpoint.
 
 Example, the paper's setting (layers 0, 12, 24, 36 of Mamba2-1.3B, state size 128 -> 512, B/C and the
 state parameters re-initialized as the paper's released code does, the default ``--init reinit``):

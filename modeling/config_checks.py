@@ -29,3 +29,8 @@ def check_divides(field: str, heads: int, dim_name: str, dim: int) -> None:
         raise ValueError(
             f"{field}={heads} does not divide {dim_name}={dim}; choose a head count that divides {dim_name}"
         )
+
+
+def check_chunked_loss_size(chunked_loss_size: int | None) -> None:
+    if chunked_loss_size is not None and chunked_loss_size < 1:
+        raise ValueError(f"chunked_loss_size must be a positive number of tokens or None, got {chunked_loss_size}")

@@ -9,32 +9,26 @@ answer at once, and each command that loads a model calls :func:`register_auto_c
 import os
 import sys
 
+from statex_hf.families import FAMILIES
 from statex_hf.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
+# Every family's config, model and causal LM, e.g. StateXGLAConfig from statex_hf.modeling.gla.
 _CLASSES = {
-    "StateXGLAConfig": "statex_hf.modeling.gla",
-    "StateXGLAForCausalLM": "statex_hf.modeling.gla",
-    "StateXGLAModel": "statex_hf.modeling.gla",
-    "StateXMamba2Config": "statex_hf.modeling.mamba2",
-    "StateXMamba2ForCausalLM": "statex_hf.modeling.mamba2",
-    "StateXMamba2Model": "statex_hf.modeling.mamba2",
+    name: family.modeling_package
+    for family in FAMILIES.values()
+    for name in (family.config_class_name, family.causal_lm_class_name, family.model_class_name)
 }
 
 
 def register_auto_classes() -> None:
-    """Register the StateX configs and models with ``AutoConfig``, ``AutoModel`` and ``AutoModelForCausalLM``."""
+    """Register every family's config and models with ``AutoConfig``, ``AutoModel`` and ``AutoModelForCausalLM``."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from statex_hf.modeling.gla import StateXGLAConfig, StateXGLAForCausalLM, StateXGLAModel
-    from statex_hf.modeling.mamba2 import StateXMamba2Config, StateXMamba2ForCausalLM, StateXMamba2Model
-
-    for config, model, lm in (
-        (StateXGLAConfig, StateXGLAModel, StateXGLAForCausalLM),
-        (StateXMamba2Config, StateXMamba2Model, StateXMamba2ForCausalLM),
-    ):
+    for family in FAMILIES.values():
+        config, model, lm = family.config_class, family.model_class, family.causal_lm_class
         AutoConfig.register(config.model_type, config, exist_ok=True)
         AutoModel.register(config, model, exist_ok=True)
         AutoModelForCausalLM.register(config, lm, exist_ok=True)

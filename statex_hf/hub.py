@@ -22,6 +22,8 @@ from pathlib import Path
 
 from transformers import PretrainedConfig
 
+from statex_hf.families import FAMILIES
+
 PACKAGE = "statex_hf"
 
 
@@ -48,21 +50,16 @@ class RemoteCode:
         }
 
 
+# Per family (registry name), the classes its bundle carries.
 REMOTE_CODE = {
-    "gla": RemoteCode(
-        "statex_hf.modeling.gla.configuration_statex_gla",
-        "statex_hf.modeling.gla.modeling_statex_gla",
-        "StateXGLAConfig",
-        "StateXGLAModel",
-        "StateXGLAForCausalLM",
-    ),
-    "mamba2": RemoteCode(
-        "statex_hf.modeling.mamba2.configuration_statex_mamba2",
-        "statex_hf.modeling.mamba2.modeling_statex_mamba2",
-        "StateXMamba2Config",
-        "StateXMamba2Model",
-        "StateXMamba2ForCausalLM",
-    ),
+    family.name: RemoteCode(
+        family.config_module,
+        family.modeling_module,
+        family.config_class_name,
+        family.model_class_name,
+        family.causal_lm_class_name,
+    )
+    for family in FAMILIES.values()
 }
 
 

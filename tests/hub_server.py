@@ -1,6 +1,6 @@
 """The smallest Hub-compatible HTTP server the unmodified ``huggingface_hub`` client needs, in memory.
 
-No PyPI package serves uploads (see HUB_TESTING.md), so the tests run this one: standard-library
+No PyPI package serves uploads, so the tests run this one: standard-library
 ``ThreadingHTTPServer`` on 127.0.0.1, one throwaway token, repos as lists of commits, LFS objects
 by sha256. It implements exactly the routes the client calls for create/delete repo, upload_folder
 (preupload, LFS batch + PUT, NDJSON commit), repo info, tree listing and file resolution.

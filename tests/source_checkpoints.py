@@ -4,6 +4,9 @@
 - transformers Mamba2: ``Mamba2ForCausalLM(...).save_pretrained``.
 - mamba_ssm (state-spaces): no mamba_ssm on CPU, so its layout is written key by key (config.json
   with d_model/n_layer/ssm_cfg, ``pytorch_model.bin``, ``backbone.embedding``, tied head, padded vocab).
+- mistral (Mamba-Codestral-7B as mistral_inference loads it): ``params.json`` with dim/n_layers/n_groups,
+  ``consolidated.safetensors`` holding mamba_ssm's ``MambaLMHeadModel`` state dict, names prefixed
+  ``model.`` (the wrapper's attribute) or not, an untied head, and no transformers tokenizer.
 
 Every parameter is perturbed after init so that "kept" and "re-initialized" are distinguishable
 (a fresh RMSNorm weight of ones would otherwise equal the source's).
@@ -134,4 +137,40 @@ def write_mamba_ssm(folder: Path, *, unpadded_vocab: int = VOCAB - 3, pad_multip
         state[name.replace("backbone.embeddings.", "backbone.embedding.")] = tensor
     state["lm_head.weight"] = state["backbone.embedding.weight"]  # mamba_ssm saves the tied head too
     torch.save(state, folder / "pytorch_model.bin")
+    return model
+
+
+def write_mistral_mamba2(folder: Path, *, prefixed: bool = True, n_groups: int = 8, dim: int = 512, **kw):
+    """Mamba-Codestral's layout key by key; returns the transformers Mamba2 model holding the same weights.
+
+    ``params.json`` cannot set the state size, head size or expansion, so they are mamba_ssm's defaults
+    (N = 128, P = 64, expand 2): ``dim`` 512 gives 16 heads, two per group at Codestral's 8 groups.
+    """
+    from safetensors.torch import save_file
+
+    model = transformers_mamba2(
+        hidden_size=dim, head_dim=64, state_size=128, chunk_size=256, n_groups=n_groups, num_heads=2 * dim // 64, **kw
+    )
+    config = model.config
+    folder.mkdir(parents=True)
+    params = {
+        "dim": config.hidden_size,
+        "n_layers": config.num_hidden_layers,
+        "vocab_size": config.vocab_size,
+        "n_groups": config.n_groups,
+        "rms_norm": True,
+        "residual_in_fp32": config.residual_in_fp32,
+        "fused_add_norm": True,
+        "pad_vocab_size_multiple": 1,
+        "tie_embeddings": config.tie_word_embeddings,
+        "model_type": "mamba",
+    }
+    (folder / "params.json").write_text(json.dumps(params, indent=2))
+    prefix = "model." if prefixed else ""
+    state = {
+        prefix + name.replace("backbone.embeddings.", "backbone.embedding."): tensor.contiguous()
+        for name, tensor in model.state_dict().items()
+    }
+    save_file(state, folder / "consolidated.safetensors")
+    (folder / "tokenizer.model.v3").write_bytes(b"sentencepiece model: not a transformers tokenizer")
     return model

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from source_checkpoints import VOCAB, write_fla_gla, write_mamba_ssm, write_tokenizer, write_transformers_mamba2
+from source_checkpoints import (
+    VOCAB,
+    write_fla_gla,
+    write_mamba_ssm,
+    write_mistral_mamba2,
+    write_tokenizer,
+    write_transformers_mamba2,
+)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import statex_hf  # noqa: F401 - registers the Auto classes
@@ -33,7 +40,16 @@ def sources(tmp_path_factory):
         "gla-bin": (root / "gla-bin", write_fla_gla(root / "gla-bin", bin_format=True)),
         "mamba2": (root / "mamba2", write_transformers_mamba2(root / "mamba2")),
         "mamba-ssm": (root / "mamba-ssm", write_mamba_ssm(root / "mamba-ssm")),
+        "mistral": (root / "mistral", write_mistral_mamba2(root / "mistral", num_layers=2)),
+        "mistral-unprefixed": (
+            root / "mistral-unprefixed",
+            write_mistral_mamba2(root / "mistral-unprefixed", prefixed=False, num_layers=2),
+        ),
     }
+
+
+# Formats that ship no transformers tokenizer: the conversion needs --tokenizer.
+NEEDS_TOKENIZER = ("mamba-ssm", "mistral", "mistral-unprefixed")
 
 
 def convert(*argv: str) -> int:
@@ -49,11 +65,13 @@ def logits(model, seed: int = 0) -> torch.Tensor:
 # ---- round trips -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("source", ["gla", "gla-sharded", "gla-bin", "mamba2", "mamba-ssm"])
+@pytest.mark.parametrize(
+    "source", ["gla", "gla-sharded", "gla-bin", "mamba2", "mamba-ssm", "mistral", "mistral-unprefixed"]
+)
 def test_unexpanded_conversion_reproduces_the_source_logits(sources, tmp_path, source):
     folder, reference = sources[source]
     family = "gla" if source.startswith("gla") else "mamba2"
-    extra = ["--tokenizer", sources["gla"][0]] if source == "mamba-ssm" else []
+    extra = ["--tokenizer", sources["gla"][0]] if source in NEEDS_TOKENIZER else []
     assert convert(family, folder, tmp_path / "out", "--layers", "", *extra) == 0
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert type(model).__name__ == ("StateXGLAForCausalLM" if family == "gla" else "StateXMamba2ForCausalLM")
@@ -84,6 +102,39 @@ def test_expanded_mamba_ssm_checkpoint_loads_and_generates(sources, tmp_path):
     assert model.dtype == torch.bfloat16
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
     assert model.config.eos_token_id == tokenizer.eos_token_id == 2  # special tokens taken from the tokenizer
+    out = model.generate(torch.tensor([[1, 5, 6]]), max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, 6)
+
+
+def test_codestral_layout_with_eight_groups_expands_and_zero_init_keeps_the_logits(sources, tmp_path):
+    """Mamba-Codestral's layout, 8 groups of B/C: every layer grows N 128 -> 256 inside each group.
+
+    With ``--init zero`` the new B/C rows are zero, so the expanded model computes exactly what
+    transformers' Mamba2 computes on the source weights: any row put in the wrong group would show.
+    """
+    folder, reference = sources["mistral"]
+    args = ["--every", "1", "--state-size", "256", "--init", "zero", "--tokenizer", sources["gla"][0]]
+    assert convert("mamba2", folder, tmp_path / "out", *args) == 0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert model.config.n_groups == 8 and model.config.statex_layers == [0, 1]
+    assert model.config.statex_state_size == 256 and not model.config.tie_word_embeddings
+    assert model.backbone.layers[0].mixer.in_proj.weight.shape[0] == 2 * 1024 + 2 * 8 * 256 + 16
+    assert (logits(model) - logits(reference)).abs().max() <= TOL
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "(mistral-mamba2)" in card
+
+
+def test_codestral_layout_parameter_growth_counts_every_group(sources, tmp_path):
+    from statex_hf.conversion import convert as convert_api
+
+    tokenizer = str(sources["gla"][0])
+    report = convert_api("mamba2", str(sources["mistral"][0]), tmp_path / "o", tokenizer=tokenizer, progress=False)
+    g, n, n_new, d_model, kernel = 8, 128, 512, 512, 4  # default 4x state, conv bias, no in_proj bias
+    assert report.source_format == "mistral-mamba2" and report.layers == [0, 1]
+    assert report.params_after - report.params_before == report.params_formula_delta
+    assert report.params_formula_delta == 2 * 2 * g * (n_new - n) * (d_model + kernel + 1)
+    assert report.state_before[0] == 1024 * 128 and report.state_after[0] == 1024 * 512
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "o")
     out = model.generate(torch.tensor([[1, 5, 6]]), max_new_tokens=3, do_sample=False)
     assert out.shape == (1, 6)
 
@@ -194,6 +245,14 @@ def _bad_inputs(sources, tmp: Path) -> dict[str, tuple[list, str]]:
     llama = _edit_config(_copy(gla, tmp / "llama"), model_type="llama")
     mismatch = _edit_config(_copy(gla, tmp / "mismatch"), hidden_size=64)
     hybrid = _edit_config(_copy(gla, tmp / "hybrid"), attn={"layers": [0], "num_heads": 4})
+    gelu = _edit_config(_copy(gla, tmp / "gelu"), hidden_act="gelu")
+    already = _edit_config(_copy(mamba2, tmp / "already"), model_type="statex_mamba2", statex_layers=[0])
+    mistral = sources["mistral"][0]
+    transformer_params = _copy(mistral, tmp / "mistral-transformer")
+    params = json.loads((transformer_params / "params.json").read_text())
+    (transformer_params / "params.json").write_text(json.dumps({**params, "model_type": "transformer"}))
+    no_consolidated = _copy(mistral, tmp / "no-consolidated")
+    (no_consolidated / "consolidated.safetensors").unlink()
     return {
         "missing folder": (["gla", tmp / "nope", tmp / "o"], "source folder"),
         "unknown model_type": (["gla", llama, tmp / "o"], "unknown checkpoint type"),
@@ -203,14 +262,21 @@ def _bad_inputs(sources, tmp: Path) -> dict[str, tuple[list, str]]:
         "every 0": (["gla", gla, tmp / "o", "--every", "0"], "--every must be a positive integer"),
         "state size not larger": (["mamba2", mamba2, tmp / "o", "--state-size", "8"], "is not larger than"),
         "heads do not divide": (["gla", gla, tmp / "o", "--num-heads", "3"], "does not divide"),
+        "state would not grow": (["gla", gla, tmp / "o", "--num-heads", "4"], "--num-heads 4 is not fewer than"),
+        "unsupported activation": (["gla", gelu, tmp / "o"], "hidden_act='gelu' is not supported"),
         "corrupt safetensors": (["gla", corrupt, tmp / "o"], "corrupt or truncated"),
         "truncated safetensors": (["gla", truncated, tmp / "o"], "corrupt or truncated"),
         "missing shard": (["gla", missing_shard, tmp / "o"], "missing shard model-00002"),
         "corrupt bin": (["gla", corrupt_bin, tmp / "o"], "corrupt or truncated"),
         "destination exists": (["gla", gla, exists], "already exists"),
         "no tokenizer for state-spaces": (["mamba2", ssm, tmp / "o"], "--tokenizer"),
+        "no tokenizer for mistral": (["mamba2", mistral, tmp / "o"], "--tokenizer mistralai/Mamba-Codestral"),
+        "mistral given to gla": (["gla", mistral, tmp / "o"], "use `statex-hf convert mamba2`"),
+        "mistral transformer params": (["mamba2", transformer_params, tmp / "o"], "unknown checkpoint type"),
+        "mistral without weights": (["mamba2", no_consolidated, tmp / "o"], "consolidated.safetensors"),
         "config does not match weights": (["gla", mismatch, tmp / "o"], "does not match the weights"),
         "softmax layer of a hybrid": (["gla", hybrid, tmp / "o", "--layers", "0"], "softmax-attention layer"),
+        "already expanded": (["mamba2", already, tmp / "o"], "already a StateX checkpoint"),
         "bad layer list": (["gla", gla, tmp / "o", "--layers", "a,b"], "comma-separated layer indices"),
     }
 
@@ -224,14 +290,21 @@ BAD_INPUT_CASES = [
     "every 0",
     "state size not larger",
     "heads do not divide",
+    "state would not grow",
+    "unsupported activation",
     "corrupt safetensors",
     "truncated safetensors",
     "missing shard",
     "corrupt bin",
     "destination exists",
     "no tokenizer for state-spaces",
+    "no tokenizer for mistral",
+    "mistral given to gla",
+    "mistral transformer params",
+    "mistral without weights",
     "config does not match weights",
     "softmax layer of a hybrid",
+    "already expanded",
     "bad layer list",
 ]
 

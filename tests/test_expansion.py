@@ -132,8 +132,8 @@ def test_gla_converted_state_dict_loads_into_the_statex_class():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"num_heads": 3}, "does not divide the checkpoint's num_heads=4"),
-        ({"num_heads": 4}, "not fewer than the checkpoint's num_heads=4"),
+        ({"num_heads": 3}, "--num-heads 3 does not divide num_heads=4"),
+        ({"num_heads": 4}, "--num-heads 4 is not fewer than num_heads=4"),
         ({"init": "copy"}, "is not a GLA init mode"),
     ],
 )

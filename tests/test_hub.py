@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from hub_server import HubServer
-from source_checkpoints import VOCAB, write_fla_gla, write_mamba_ssm, write_tokenizer
+from source_checkpoints import VOCAB, write_fla_gla, write_mamba_ssm, write_mistral_mamba2, write_tokenizer
 from transformers import AutoModelForCausalLM
 from without_statex_hf import BLOCK_STATEX_HF, IDS
 
@@ -251,6 +251,21 @@ def test_model_push_to_hub_on_the_class_is_one_commit_with_the_code(hub, pushed_
         logits = tmp_path / f"{repo.split('/')[1]}.pt"
         ok(hub.python(load_and_save_logits(repo, logits, trust_remote_code=True, preamble=BLOCK_STATEX_HF)))
         assert torch.equal(torch.load(logits), local_logits(out))
+
+
+def test_convert_from_a_hub_repo_in_mistrals_layout_downloads_params_and_consolidated(hub, tmp_path):
+    """A repo holding only mistral's files (params.json, consolidated.safetensors, tokenizer.model.v3)."""
+    source = tmp_path / "mistral"
+    reference = write_mistral_mamba2(source, num_layers=1, dim=256)
+    write_tokenizer(tmp_path / "tokenizer")
+    hub.server.seed("tester/codestral-tiny", {p.name: p.read_bytes() for p in source.iterdir()})
+    out, home = tmp_path / "out", tmp_path / "home"
+    args = ["-m", "statex_hf.cli", "convert", "mamba2", "tester/codestral-tiny", str(out), "--layers", ""]
+    ok(hub.run([*args, "--tokenizer", str(tmp_path / "tokenizer"), "--quiet"], home=home))
+    downloaded = {p.name for p in home.rglob("*") if p.is_file() and p.parent.name != "refs"}
+    assert {"params.json", "consolidated.safetensors"} <= downloaded and "tokenizer.model.v3" not in downloaded
+    with torch.no_grad():
+        assert (local_logits(out) - reference(torch.tensor(IDS)).logits).abs().max() <= 1e-4
 
 
 def test_wrong_token_is_refused(hub, tmp_path):

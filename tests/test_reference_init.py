@@ -1,5 +1,5 @@
-"""``--init reinit`` draws what the paper's released code draws (thunlp/StateX; STATEX.md, "How the reference
-code re-initializes"): every re-initialized tensor against its distribution, every kept tensor bit for bit."""
+"""``--init reinit`` draws what the paper's released code draws (thunlp/StateX at 76d15ef; README, "Convert a
+checkpoint"): every re-initialized tensor against its distribution, every kept tensor bit for bit."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def test_gla_every_reinitialized_tensor_has_the_reference_distribution(gla):
 
 
 def test_gla_reference_scale_at_the_papers_width():
-    """GLA-1.3B's q_proj (1024 x 2048): std ~0.0045, the figure STATEX.md gives (normal(0, 0.02) is 4.4x)."""
+    """GLA-1.3B's q_proj (1024 x 2048): std ~0.0045, 4.4x below normal(0, 0.02) (README, "Convert a checkpoint")."""
     std = xavier_bound(2048, 1024) / math.sqrt(3)
     assert math.isclose(std, 0.0045, abs_tol=5e-5)
 

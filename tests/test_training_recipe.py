@@ -19,7 +19,7 @@ from statex_hf.cli import build_parser, main
 from statex_hf.training import posttrain
 from statex_hf.training.recipe import PAPER_BATCH_TOKENS, plan_recipe, recipe_training_arguments
 
-PAPER_TOKENS = 10_000_000_000  # 10B tokens of 64K-token sequences, 8 GPUs (STATEX.md, "Post-training")
+PAPER_TOKENS = 10_000_000_000  # 10B tokens of 64K-token sequences, 8 GPUs (the paper, arXiv:2509.22630)
 PAPER_ROWS = PAPER_TOKENS // 65_536 + 1
 
 

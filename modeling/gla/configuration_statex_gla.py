@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from statex_hf.modeling.config_checks import check_divides, check_statex_layers
+from statex_hf.modeling.config_checks import check_chunked_loss_size, check_divides, check_statex_layers
 from statex_hf.modeling.remote_code import SavesRemoteCode
 from transformers import PretrainedConfig
 
@@ -30,7 +30,7 @@ class StateXGLAConfig(SavesRemoteCode, PretrainedConfig):
         use_short_conv, conv_size: causal depthwise convolutions on q, k and v, and their width.
         use_output_gate: multiply the mixer output by a swish gate (``g_proj``).
         clamp_min: lower clamp of the log forget gate, or ``None``.
-        hidden_act: activation of the MLP and of the output gate.
+        hidden_act: activation of the MLP and of the output gate (``"swish"``, the same as ``"silu"``).
         max_position_embeddings: kept for compatibility (the model has no positional embedding).
         elementwise_affine: the output norm has a weight.
         norm_eps: epsilon of every RMSNorm.
@@ -45,7 +45,8 @@ class StateXGLAConfig(SavesRemoteCode, PretrainedConfig):
             decide whether the output norm is called ``g_norm_swish_gate`` or ``g_norm``, as in fla.
         attnres_block_size: fla's attention residuals (not supported: must be ``None``).
         statex_layers: indices of the layers whose state StateX enlarged (merged heads).
-        statex_num_heads: heads of the token mixer in ``statex_layers`` (1: all heads merged into one).
+        statex_num_heads: heads of the token mixer in ``statex_layers`` (1: all heads merged into one); it
+            divides ``num_heads`` (merged heads group whole heads) and is smaller (the state grows).
         chunked_loss_size: when set and ``labels`` are given, the loss is computed this many tokens at
             a time without materializing all logits (long-context training); logits are then not returned.
     """
@@ -167,13 +168,13 @@ class StateXGLAConfig(SavesRemoteCode, PretrainedConfig):
         check_divides("num_heads", self.num_heads, "key_dim", self.key_dim)
         check_divides("num_heads", self.num_heads, "value_dim", self.value_dim)
         if self.statex_layers:
-            check_divides("statex_num_heads", self.statex_num_heads, "key_dim", self.key_dim)
-            check_divides("statex_num_heads", self.statex_num_heads, "value_dim", self.value_dim)
             if self.statex_num_heads >= self.num_heads:  # the state per layer is key_dim * value_dim / heads
                 raise ValueError(
                     f"statex_num_heads={self.statex_num_heads} is not fewer than num_heads={self.num_heads}: the "
                     "expanded layers' state would not grow; use fewer heads there (e.g. statex_num_heads=1)"
                 )
+            # Merged heads group whole heads, so they divide key_dim and value_dim as num_heads does.
+            check_divides("statex_num_heads", self.statex_num_heads, "num_heads", self.num_heads)
         if self.num_kv_heads is not None and self.num_kv_heads != self.num_heads:
             check_divides("num_kv_heads", self.num_kv_heads, "num_heads", self.num_heads)
             if self.statex_layers:
@@ -188,12 +189,13 @@ class StateXGLAConfig(SavesRemoteCode, PretrainedConfig):
             )
         if self.attnres_block_size is not None:
             raise ValueError("attnres_block_size: attention residuals are not supported by StateX GLA; set it to None")
+        if self.hidden_act not in ("swish", "silu"):
+            raise ValueError(
+                f"hidden_act={self.hidden_act!r} is not supported: StateX GLA's MLP and output gate use 'swish'"
+            )
         if not self.use_gk or self.use_gv:
             raise ValueError("use_gk must be True and use_gv False: fla's GLA layer only has the key forget gate")
-        if self.chunked_loss_size is not None and self.chunked_loss_size < 1:
-            raise ValueError(
-                f"chunked_loss_size must be a positive number of tokens or None, got {self.chunked_loss_size}"
-            )
+        check_chunked_loss_size(self.chunked_loss_size)
 
 
 __all__ = ["StateXGLAConfig"]

@@ -21,14 +21,12 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.utils import logging
 
 try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
     from transformers import initialization as init
 except ImportError:  # pragma: no cover
     from torch.nn import init
 
-logger = logging.get_logger(__name__)
 
 # fla's GatedLinearAttention constants (not part of GLAConfig).
 GATE_LOGIT_NORMALIZER = 16
@@ -76,8 +74,9 @@ class StateXGLATokenMixer(nn.Module):
     """Gated linear attention with ``config.layer_num_heads(layer_idx)`` heads.
 
     Per head: ``S_t = diag(exp(gk_t)) S_{t-1} + k_t^T v_t``, ``o_t = (q_t / sqrt(dk)) S_t``, then a
-    per-head RMSNorm over ``dv`` with a swish output gate. Merging heads changes only how the
-    projected channels are grouped, never a parameter shape (except nothing: the norm weight is ``dv``).
+    per-head RMSNorm over the head's ``dv`` channels with a swish output gate. Merging heads regroups the
+    projected channels and keeps every projection's shape; only the output norm's weight widens, from
+    ``value_dim / num_heads`` to ``value_dim / statex_num_heads``.
     """
 
     def __init__(self, config: StateXGLAConfig, layer_idx: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from statex_hf.modeling.config_checks import check_divides, check_statex_layers
+from statex_hf.modeling.config_checks import check_chunked_loss_size, check_divides, check_statex_layers
 from statex_hf.modeling.remote_code import SavesRemoteCode
 from transformers import PretrainedConfig
 
@@ -28,7 +28,7 @@ class StateXMamba2Config(SavesRemoteCode, PretrainedConfig):
         n_groups: groups G sharing B and C; must divide ``num_heads``.
         use_bias: bias in ``in_proj`` and ``out_proj``.
         use_conv_bias: bias in ``conv1d``.
-        hidden_act: activation after the convolution.
+        hidden_act: activation after the convolution (``"silu"``; ``"swish"`` is the same).
         initializer_range: standard deviation of the normal init of linear and embedding weights.
         residual_in_fp32: keep the residual stream in fp32.
         time_step_rank: kept for compatibility (``"auto"`` = ``ceil(hidden_size / 16)``).
@@ -39,7 +39,8 @@ class StateXMamba2Config(SavesRemoteCode, PretrainedConfig):
         chunk_size: chunk length of the chunked scan.
         tie_word_embeddings: share the input embedding with the LM head.
         statex_layers: indices of the layers whose SSM state StateX enlarged.
-        statex_state_size: state dimension N' of ``statex_layers`` (``None``: ``4 * state_size``).
+        statex_state_size: state dimension N' of ``statex_layers`` (``None``: ``4 * state_size``); larger
+            than ``state_size``.
         chunked_loss_size: when set and ``labels`` are given, the loss is computed this many tokens at
             a time without materializing all logits (long-context training); logits are then not returned.
     """
@@ -140,13 +141,14 @@ class StateXMamba2Config(SavesRemoteCode, PretrainedConfig):
         check_divides("n_groups", self.n_groups, "num_heads", self.num_heads)
         if self.statex_layers and self.statex_state_size <= self.state_size:
             raise ValueError(
-                f"statex_state_size={self.statex_state_size} must be larger than state_size={self.state_size}: "
+                f"statex_state_size={self.statex_state_size} is not larger than state_size={self.state_size}: "
                 f"StateX enlarges the state (e.g. statex_state_size={4 * self.state_size})"
             )
-        if self.chunked_loss_size is not None and self.chunked_loss_size < 1:
+        if self.hidden_act not in ("silu", "swish"):
             raise ValueError(
-                f"chunked_loss_size must be a positive number of tokens or None, got {self.chunked_loss_size}"
+                f"hidden_act={self.hidden_act!r} is not supported: the StateX Mamba2 convolution kernels apply 'silu'"
             )
+        check_chunked_loss_size(self.chunked_loss_size)
 
 
 __all__ = ["StateXMamba2Config"]

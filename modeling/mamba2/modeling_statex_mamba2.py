@@ -20,14 +20,11 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.mamba2.modeling_mamba2 import Mamba2CausalLMOutput, Mamba2Output
-from transformers.utils import logging
 
 try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
     from transformers import initialization as init
 except ImportError:  # pragma: no cover
     from torch.nn import init
-
-logger = logging.get_logger(__name__)
 
 
 class StateXMamba2RMSNorm(nn.Module):

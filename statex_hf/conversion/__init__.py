@@ -1,4 +1,4 @@
-"""Checkpoint formats in and out: readers for fla GLA / mamba_ssm / transformers Mamba2, the atomic writer,
+"""Checkpoint formats in and out: readers for fla GLA / transformers, mamba_ssm and mistral Mamba2, the atomic writer,
 and :func:`convert`, which runs the StateX expansion between them (imported on first use)."""
 
 from statex_hf.lazy import lazy_exports

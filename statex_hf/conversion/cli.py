@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from statex_hf.cli import at_least, set_command
 from statex_hf.errors import StateXUserError
-from statex_hf.init_modes import INIT_MODES
+from statex_hf.families import FAMILIES, get_family
 
 EXIT_PUSH_FAILED = 1
 
@@ -59,20 +59,23 @@ def add_convert_arguments(parser: argparse.ArgumentParser, family: str) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--every", type=int, metavar="K", help="expand layers 0, K, 2K, ... (default: four layers)")
     which.add_argument("--layers", type=_layer_list, metavar="I,J,...", help="expand exactly these layers")
+    entry = get_family(family)
     parser.add_argument(
         "--init",
-        choices=INIT_MODES[family],
-        default="reinit",
+        choices=entry.init_modes,
+        default=entry.init_modes[0],
         help="initialization of the expanded parts (default reinit: the paper's released code's; "
         "reinit-init-weights: the model class's _init_weights)",
     )
-    if family == "gla":
-        parser.add_argument("--num-heads", type=at_least(1), default=1, help="heads of an expanded layer (default 1)")
-    else:
-        parser.add_argument("--state-size", type=at_least(1), metavar="N", help="new state size N' (default 4x N)")
+    option = entry.state_option
+    parser.add_argument(option.flag, type=at_least(1), default=option.default, metavar=option.metavar, help=option.help)
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fresh initialization (deterministic)")
-    parser.add_argument("--tokenizer", metavar="NAME_OR_PATH", help="tokenizer to ship (required for state-spaces)")
+    parser.add_argument(
+        "--tokenizer",
+        metavar="NAME_OR_PATH",
+        help="tokenizer to ship (required for the state-spaces and mistral layouts, which have none)",
+    )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an output folder that an earlier conversion wrote"
     )
@@ -111,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.private and not args.push_to_hub:
         raise StateXUserError("--private needs --push-to-hub")
+    state_option = get_family(args.family).state_option.dest
     try:
         with _sigterm_unwinds():
             report = convert(
@@ -120,8 +124,7 @@ def run(args: argparse.Namespace) -> int:
                 layers=args.layers,
                 every=args.every,
                 init=args.init,
-                num_heads=getattr(args, "num_heads", None),
-                state_size=getattr(args, "state_size", None),
+                **{state_option: getattr(args, state_option)},
                 dtype=args.dtype,
                 seed=args.seed,
                 tokenizer=args.tokenizer,
@@ -147,10 +150,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str, argv: Sequence[str] = ()) -> None:
-    """``statex-hf convert gla`` and ``statex-hf convert mamba2``."""
+    """``statex-hf convert FAMILY``, one subcommand per registry entry (``gla``, ``mamba2``)."""
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
     families = parser.add_subparsers(dest="family_command", required=True, metavar="FAMILY")
-    gla = families.add_parser("gla", help="fla GLA checkpoint (e.g. fla-hub/gla-1.3B-100B)")
-    add_convert_arguments(gla, "gla")
-    mamba2 = families.add_parser("mamba2", help="Mamba2: state-spaces (mamba_ssm) or transformers checkpoint")
-    add_convert_arguments(mamba2, "mamba2")
+    for family in FAMILIES.values():
+        add_convert_arguments(families.add_parser(family.name, help=family.source_help), family.name)

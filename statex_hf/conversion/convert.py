@@ -6,7 +6,6 @@ The CLI (``statex-hf convert``), the scripts in ``conversion_scripts/`` and Pyth
 
 from __future__ import annotations
 
-import re
 import shutil
 import sys
 from collections import Counter
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
+from transformers import GenerationConfig, PretrainedConfig
 
 from statex_hf.conversion.model_card import CardFacts, model_card, source_license
 from statex_hf.conversion.readers import Checkpoint, open_checkpoint
@@ -27,11 +26,12 @@ from statex_hf.conversion.source import (
     tokenizer_files,
 )
 from statex_hf.conversion.writer import DEFAULT_MAX_SHARD_BYTES, ShardWriter, atomic_folder, check_destination
-from statex_hf.expansion import GLAExpansion, Mamba2Expansion, StateXInputError
+from statex_hf.expansion import Expansion, StateXInputError
+from statex_hf.families import FAMILIES, Family, UnknownFamilyError, get_family
 from statex_hf.hub import push_folder
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-STATE_SPACES_TOKENIZER_HINT = "EleutherAI/gpt-neox-20b"
+SPECIAL_TOKENS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
 @dataclass
@@ -102,33 +102,24 @@ class ConversionReport:
         return lines
 
 
-def _expansion(family: str, ckpt: Checkpoint, **choices) -> GLAExpansion | Mamba2Expansion:
-    common = {k: choices[k] for k in ("layers", "every", "init", "seed")}
-    if family == "gla":
-        if choices.get("state_size") is not None:
+def _check_state_options(family: Family, state_options: dict[str, int | None]) -> None:
+    """Only ``family``'s state option may be set; another family's is refused, naming this family's."""
+    owners = {other.state_option.dest: other for other in FAMILIES.values()}
+    for dest, value in state_options.items():
+        if dest not in owners:
+            raise TypeError(f"convert() got an unexpected keyword argument {dest!r}")
+        owner = owners[dest]
+        if owner is not family and value is not None and value != owner.state_option.default:
             raise StateXInputError(
-                "--state-size is a Mamba2 option; GLA grows its state by merging heads (--num-heads)"
+                f"{owner.state_option.flag} is a {owner.title} option; "
+                f"{family.title} grows its state with {family.state_option.flag}"
             )
-        return GLAExpansion(ckpt.config, num_heads=choices["num_heads"], **common)
-    if choices.get("num_heads") not in (None, 1):
-        raise StateXInputError("--num-heads is a GLA option; Mamba2 grows its state with --state-size")
-    return Mamba2Expansion(ckpt.config, state_size=choices["state_size"], **common)
 
 
-def _model_class(family: str) -> type[PreTrainedModel]:
-    if family == "gla":
-        from statex_hf.modeling.gla.modeling_statex_gla import StateXGLAForCausalLM
-
-        return StateXGLAForCausalLM
-    from statex_hf.modeling.mamba2.modeling_statex_mamba2 import StateXMamba2ForCausalLM
-
-    return StateXMamba2ForCausalLM
-
-
-def expected_shapes(family: str, config: PretrainedConfig) -> dict[str, tuple[int, ...]]:
+def expected_shapes(family: Family, config: PretrainedConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor a StateX checkpoint of ``config`` holds, with its shape (built on the meta device: no memory)."""
     with torch.device("meta"):
-        model = _model_class(family)(config)
+        model = family.causal_lm_class(config)
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     if config.tie_word_embeddings:
         shapes.pop("lm_head.weight", None)
@@ -141,10 +132,11 @@ def _tokenizer(ckpt: Checkpoint, tokenizer: str | None) -> tuple[list[Path], lis
     found = tokenizer_files(ckpt.folder)
     if found:
         return found, []
-    if ckpt.format == "mamba-ssm":
+    hint = ckpt.format.tokenizer_hint
+    if hint is not None:
         raise StateXInputError(
-            "state-spaces (mamba_ssm) checkpoints ship no tokenizer; pass --tokenizer "
-            f"{STATE_SPACES_TOKENIZER_HINT} (what the state-spaces models use) or a local tokenizer folder"
+            f"{ckpt.format.name} checkpoints ship no transformers tokenizer; pass --tokenizer {hint} "
+            "(the tokenizer these models use) or a local tokenizer folder"
         )
     return [], [f"no tokenizer files in {ckpt.folder}; the output has none (pass --tokenizer to add one)"]
 
@@ -157,8 +149,6 @@ def convert(
     layers: list[int] | None = None,
     every: int | None = None,
     init: str = "reinit",
-    num_heads: int | None = None,
-    state_size: int | None = None,
     dtype: str = "auto",
     seed: int = 0,
     tokenizer: str | None = None,
@@ -168,35 +158,35 @@ def convert(
     token: str | None = None,
     max_shard_size: int = DEFAULT_MAX_SHARD_BYTES,
     progress: bool = True,
+    **state_options: int | None,
 ) -> ConversionReport:
-    """Convert ``source`` (folder or Hub repo id) of ``family`` ('gla' | 'mamba2') into a StateX folder at ``output``.
+    """Convert ``source`` (folder or Hub repo id) of ``family`` (a registry name) into a StateX folder at ``output``.
 
+    ``state_options`` are the families' state options by keyword (:attr:`Family.state_option`):
+    ``num_heads`` (GLA), ``state_size`` (Mamba2); ``None`` or absent means the option's default.
     Raises :class:`StateXInputError` for bad input, before anything is written.
     """
-    if family not in ("gla", "mamba2"):
-        raise StateXInputError(f"unknown family {family!r}; choose gla or mamba2")
+    try:
+        entry = get_family(family)
+    except UnknownFamilyError as err:
+        raise StateXInputError(str(err)) from None
+    _check_state_options(entry, state_options)
     if dtype not in DTYPES:
         raise StateXInputError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     output = Path(output)
     inputs = {"source checkpoint": source, **({"--tokenizer folder": tokenizer} if tokenizer else {})}
     check_destination(output, overwrite, inputs)
-    ckpt = open_checkpoint(resolve_source(source), family)
-    expansion = _expansion(
-        family,
-        ckpt,
-        layers=layers,
-        every=every,
-        init=init,
-        seed=seed,
-        num_heads=1 if num_heads is None and family == "gla" else num_heads,
-        state_size=state_size,
+    ckpt = open_checkpoint(resolve_source(source), entry)
+    option = entry.state_option.dest
+    expansion: Expansion = entry.expansion_class(
+        ckpt.config, layers=layers, every=every, init=init, seed=seed, **{option: state_options.get(option)}
     )
     config = expansion.config
     target_dtype = DTYPES[dtype]
     if target_dtype is not None:
         config.dtype = dtype
     tokenizer_paths, warnings = _tokenizer(ckpt, tokenizer)
-    shapes = expected_shapes(family, config)
+    shapes = expected_shapes(entry, config)
 
     with atomic_folder(output, overwrite=overwrite) as tmp:
         writer = ShardWriter(tmp, max_shard_bytes=max_shard_size)
@@ -215,7 +205,7 @@ def convert(
             output=output,
             family=family,
             source=source,
-            source_format=ckpt.format,
+            source_format=ckpt.format.name,
             layers=list(expansion.layers),
             init=init,
             seed=seed,
@@ -239,7 +229,7 @@ def convert(
 
 def _convert_tensors(
     ckpt: Checkpoint,
-    expansion: GLAExpansion | Mamba2Expansion,
+    expansion: Expansion,
     shapes: dict[str, tuple[int, ...]],
     writer: ShardWriter,
     dtype: torch.dtype | None,
@@ -261,9 +251,9 @@ def _convert_tensors(
                 continue  # the tied head is the embedding; save_pretrained does not store it either
             if name not in shapes:
                 raise StateXInputError(
-                    f"unexpected tensor {name} in {path.name}: not part of a {ckpt.format} model of this config"
+                    f"unexpected tensor {name} in {path.name}: not part of a {ckpt.format.name} model of this config"
                 )
-            layer = _layer_index(name)
+            layer = expansion.layer_index(name)
             before[layer] += tensor.numel()
             new = expansion.transform(name, tensor)
             if dtype is not None and new.is_floating_point():
@@ -282,15 +272,9 @@ def _convert_tensors(
     return before, after
 
 
-def _layer_index(name: str) -> int | None:
-    """``model.layers.3.attn...`` / ``backbone.layers.3.mixer...`` -> 3."""
-    match = re.match(r"^(?:model|backbone)\.layers\.(\d+)\.", name)
-    return int(match.group(1)) if match else None
-
-
 def _align_special_tokens(config: PretrainedConfig, folder: Path, ckpt: Checkpoint) -> None:
-    """state-spaces configs name no special tokens: take them from the tokenizer that goes with the weights."""
-    if ckpt.format != "mamba-ssm":
+    """Configs naming no special tokens (state-spaces, mistral) take them from the tokenizer given with the weights."""
+    if any(attr in ckpt.config for attr in SPECIAL_TOKENS):
         return
     try:
         from transformers import AutoTokenizer
@@ -298,7 +282,7 @@ def _align_special_tokens(config: PretrainedConfig, folder: Path, ckpt: Checkpoi
         tok = AutoTokenizer.from_pretrained(folder)
     except Exception:  # noqa: BLE001 - a tokenizer transformers cannot load keeps the config's defaults
         return
-    for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+    for attr in SPECIAL_TOKENS:
         value = getattr(tok, attr, None)
         if value is not None:
             setattr(config, attr, value)
@@ -310,7 +294,7 @@ def _generation_config(ckpt: Checkpoint, config: PretrainedConfig) -> Generation
     """The source's generation config when it has one (special tokens kept in step with the config)."""
     if (ckpt.folder / GENERATION_CONFIG_FILE).is_file():
         generation = GenerationConfig.from_pretrained(ckpt.folder)
-        for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        for attr in SPECIAL_TOKENS:
             if getattr(config, attr, None) is not None:
                 setattr(generation, attr, getattr(config, attr))
         return generation

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData, metadata_load
 
+from statex_hf.families import get_family
+
 CITATION = """@article{shen2025statex,
   title   = {StateX: Enhancing RNN Recall via Post-training State Expansion},
   author  = {Shen, Xingyu and Chen, Yingfa and Thai, Zhen Leng and Han, Xu and Liu, Zhiyuan and Sun, Maosong},
@@ -14,33 +16,10 @@ CITATION = """@article{shen2025statex,
   year    = {2025}
 }"""
 
-_METHOD = {
-    "gla": "head merging: each expanded layer runs its token mixer with fewer heads (same projections), "
-    "so its recurrent state (heads x dk x dv) grows",
-    "mamba2": "state-dimension expansion: each expanded layer's SSM state dimension N grows (only the B and C "
-    "rows of `in_proj` and channels of `conv1d` grow)",
-}
-_REFERENCE = "the initialization of the paper's released code (thunlp/StateX at 76d15ef, {where})"
-_INIT = {
-    ("gla", "reinit"): "the chosen layers' token mixers and pre-mixer RMSNorms were re-initialized with "
-    + _REFERENCE.format(where="`modeling/gla/model.py` `drop_layers`, `modeling/gla/layer.py`")
-    + ": every linear layer `xavier_uniform_(gain=2**-2.5)` with zero bias, norm weights 1, short "
-    "convolutions PyTorch's `nn.Conv1d` default; the MLPs were kept",
-    ("mamba2", "reinit"): "all B/C rows of `in_proj` (old and new) and B/C channels of `conv1d` were drawn with "
-    + _REFERENCE.format(where="`modeling/mamba2/layer.py` `drop_layer`")
-    + ": PyTorch's `nn.Linear` / `nn.Conv1d` default, U(±1/sqrt(fan_in)); `dt_bias` 1, `A_log` log(1..H), "
-    "gated norm weight 1; z, x and dt rows, x channels, `D` and `out_proj` were kept",
-    "reinit-init-weights": "the expanded parts were re-initialized by the StateX model class's own "
-    "`_init_weights` (what training from scratch would give; not the paper's initialization, which is `reinit`)",
-    "inherit": "the pretrained projections were kept; the output-norm weight was tiled over the merged head",
-    "copy": "the old B/C rows and conv channels were tiled over the new state size",
-    "zero": "the old B/C rows and conv channels were kept first, zeros after",
-}
-
 
 def init_description(family: str, init: str) -> str:
-    """What ``--init`` did to the expanded layers, in one sentence part."""
-    return _INIT.get((family, init)) or _INIT[init]
+    """What ``--init`` did to the expanded layers, in one sentence part (the registry's words)."""
+    return get_family(family).init_cards[init]
 
 
 @dataclass
@@ -104,7 +83,7 @@ long-context post-training before it matches or beats the source model.
 
 ## What was expanded
 
-- Method: {_METHOD[facts.family]}.
+- Method: {get_family(facts.family).card_method}.
 - Expanded layers: {layers} (of {facts.num_layers}).
 - Init mode: `{facts.init}` — {init_description(facts.family, facts.init)}. Seed: {facts.seed}.
 - Parameters: {facts.params_before:,} → {facts.params_after:,} ({delta:+,}).

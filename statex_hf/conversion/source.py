@@ -11,6 +11,8 @@ from statex_hf.expansion.errors import StateXInputError
 from statex_hf.paths import looks_like_local_path
 from statex_hf.saved_files import CONFIG_FILE, TOKENIZER_FILES
 
+# mistral's own layout (Mamba-Codestral-7B): params.json beside consolidated.safetensors.
+PARAMS_FILE = "params.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 MODEL_CARD_FILE = "README.md"  # the converted card carries the source's license
 
@@ -28,6 +30,8 @@ def weight_patterns(files: list[str]) -> list[str]:
             return [index, shards]
         if single in files:
             return [single]
+    if CONFIG_FILE not in files and "consolidated.safetensors" in files:
+        return ["consolidated.safetensors"]  # mistral's layout, read only without a transformers config
     return []
 
 
@@ -39,8 +43,8 @@ def resolve_source(name: str, *, with_weights: bool = True) -> Path:
             raise StateXInputError(
                 f"source folder {name} not found: no such local folder (give a checkpoint folder or a Hub repo id)"
             )
-        if not (path / CONFIG_FILE).is_file():
-            raise StateXInputError(f"{name} has no {CONFIG_FILE}; it is not a checkpoint folder")
+        if not (path / CONFIG_FILE).is_file() and not (path / PARAMS_FILE).is_file():
+            raise StateXInputError(f"{name} has no {CONFIG_FILE} (nor {PARAMS_FILE}); it is not a checkpoint folder")
         return path
     return _download(name, with_weights=with_weights)
 
@@ -52,7 +56,7 @@ def _download(repo_id: str, *, with_weights: bool) -> Path:
     try:
         # One plain request (no retry loop) answers both "is the Hub reachable" and "which files exist".
         files = [s.rfilename for s in HfApi().model_info(repo_id).siblings or []]
-        patterns = [CONFIG_FILE, GENERATION_CONFIG_FILE, MODEL_CARD_FILE, *TOKENIZER_FILES]
+        patterns = [CONFIG_FILE, PARAMS_FILE, GENERATION_CONFIG_FILE, MODEL_CARD_FILE, *TOKENIZER_FILES]
         if with_weights:
             patterns += weight_patterns(files)
         return Path(snapshot_download(repo_id, allow_patterns=patterns))

@@ -7,7 +7,7 @@ batch is a plain stacked tensor: no padding, and nothing depends on how a model 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -28,11 +28,6 @@ def model_device(model: Any) -> torch.device:
 def batch_size_for(length: int, batch_size: int, max_batch_tokens: int) -> int:
     """How many prompts of ``length`` tokens go in one forward pass."""
     return max(1, min(batch_size, max_batch_tokens // max(length, 1)))
-
-
-def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def map_batches(

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from statex_hf.expansion.errors import StateXInputError
+from statex_hf.expansion.errors import StateXInputError, in_flag_words
+from statex_hf.modeling.config_checks import check_statex_layers
 
 # The paper expands four layers (GLA-1.3B: 0, 6, 12, 18 of 24; Mamba2-1.3B: 0, 12, 24, 36 of 48).
 DEFAULT_EXPANDED_LAYERS = 4
+# The option that lists the layers, and the config field it sets.
+LAYERS_FLAG = "--layers"
 
 
 def choose_layers(
@@ -25,18 +28,10 @@ def choose_layers(
     if every is not None and layers is not None:
         raise StateXInputError("give either --every or --layers, not both")
     if layers is not None:
-        given = [int(i) for i in layers]
-        repeated = sorted({i for i in given if given.count(i) > 1})
-        if repeated:
-            raise StateXInputError(f"--layers: layer {repeated[0]} is listed twice; list each layer once")
-        chosen = sorted(given)
-        bad = [i for i in chosen if not 0 <= i < num_layers]
-        if bad:
-            raise StateXInputError(
-                f"--layers: layer index {bad[0]} is out of range; "
-                f"the model has {num_layers} layers (0..{num_layers - 1})"
-            )
-        return chosen
+        try:  # the rules (range, each layer once) are the config's (statex_layers)
+            return check_statex_layers([int(i) for i in layers], num_layers)
+        except ValueError as err:
+            raise StateXInputError(in_flag_words(str(err), {"statex_layers": LAYERS_FLAG})) from err
     if every is not None:
         if every < 1:
             raise StateXInputError(f"--every must be a positive integer (one expanded layer in every k), got {every}")

@@ -1,4 +1,4 @@
-"""StateX for Mamba2: grow the SSM state dimension N of the chosen layers (STATEX.md, "StateX for Mamba2").
+"""StateX for Mamba2: grow the SSM state dimension N of the chosen layers (Shen et al. 2025, arXiv:2509.22630).
 
 Only the B and C parts grow: the B/C rows of ``in_proj`` (and its bias) and the B/C channels of
 ``conv1d``. Init modes:
@@ -18,22 +18,20 @@ Only the B and C parts grow: the B/C rows of ``in_proj`` (and its bias) and the 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from statex_hf.expansion.errors import StateXInputError
-from statex_hf.expansion.fresh import fresh_layer_parameters
-from statex_hf.expansion.layers import choose_layers
+from statex_hf.expansion.base import Expansion
 from statex_hf.expansion.reference_init import mamba2_reference_reset, tensor_generator, torch_default_uniform
-from statex_hf.init_modes import MAMBA2_INIT_MODES  # names only, shared with the command line
+from statex_hf.families import MAMBA2
 from statex_hf.modeling.mamba2.configuration_statex_mamba2 import StateXMamba2Config
-from statex_hf.modeling.mamba2.modeling_statex_mamba2 import StateXMamba2ForCausalLM
 
-_MIXER_KEY = re.compile(r"^backbone\.layers\.(\d+)\.mixer\.((?:in_proj|conv1d)\.(?:weight|bias))$")
-_RESET_KEY = re.compile(r"^backbone\.layers\.(\d+)\.mixer\.(dt_bias|A_log|norm\.weight)$")
-_DROPPED_CONFIG_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path")
+MAMBA2_INIT_MODES = MAMBA2.init_modes
+_MIXER = rf"^{re.escape(MAMBA2.layout.layers)}\.(\d+)\.{MAMBA2.layout.mixer}\."
+_MIXER_KEY = re.compile(_MIXER + r"((?:in_proj|conv1d)\.(?:weight|bias))$")
+_RESET_KEY = re.compile(_MIXER + r"(dt_bias|A_log|norm\.weight)$")
 
 
 def mamba2_state_size(intermediate_size: int, state_size: int) -> int:
@@ -47,65 +45,30 @@ def mamba2_parameter_delta_per_layer(config: StateXMamba2Config, old_state_size:
     return 2 * config.n_groups * (new_state_size - old_state_size) * per_row
 
 
-def statex_mamba2_config(
-    source: Mapping[str, Any], layers: Sequence[int], state_size: int | None
-) -> StateXMamba2Config:
-    """The StateX config for a transformers Mamba2 config dict: every field kept, ``statex_*`` added."""
-    if source.get("model_type") != "mamba2":
-        raise StateXInputError(
-            f"config has model_type={source.get('model_type')!r}; `convert mamba2` needs a Mamba2 checkpoint "
-            "(transformers 'mamba2' or mamba_ssm's state-spaces layout)"
-        )
-    fields = {k: v for k, v in source.items() if k not in _DROPPED_CONFIG_KEYS}
-    old = int(fields.get("state_size", 128))
-    new = 4 * old if state_size is None else int(state_size)
-    if layers and new <= old:
-        raise StateXInputError(f"--state-size {new} is not larger than the checkpoint's state_size={old}")
-    try:
-        config = StateXMamba2Config(**fields, statex_layers=list(layers), statex_state_size=new)
-    except (ValueError, TypeError) as err:
-        raise StateXInputError(f"cannot build the StateX Mamba2 config: {err}") from err
-    config.architectures = ["StateXMamba2ForCausalLM"]
-    return config
+class Mamba2Expansion(Expansion):
+    """State-dimension growth: the chosen layers' N becomes ``--state-size`` (``statex_state_size``)."""
 
+    family = MAMBA2
+    config: StateXMamba2Config
 
-class Mamba2Expansion:
-    """The surgery for one conversion, applied tensor by tensor so sharded checkpoints can stream through it."""
-
-    def __init__(
-        self,
-        source_config: Mapping[str, Any],
-        *,
-        layers: Sequence[int] | None = None,
-        every: int | None = None,
-        init: str = "reinit",
-        state_size: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        if init not in MAMBA2_INIT_MODES:
-            raise StateXInputError(
-                f"--init {init!r} is not a Mamba2 init mode; choose one of {', '.join(MAMBA2_INIT_MODES)}"
-            )
-        num_layers = int(source_config.get("num_hidden_layers", 64))
-        self.layers = choose_layers(num_layers, every=every, layers=layers)
-        self.config = statex_mamba2_config(source_config, self.layers, state_size)
-        self.init = init
-        self.seed = seed
+    def __init__(self, source_config: Mapping[str, Any], **choices: Any) -> None:
+        super().__init__(source_config, **choices)
         config = self.config
         self.d_inner = int(config.expand * config.hidden_size)
         self.groups = config.n_groups
         self.old_n = config.state_size
         self.new_n = config.statex_state_size
-        self._fresh: dict[int, dict[str, torch.Tensor]] = {}
 
     def state_size(self, layer_idx: int, expanded: bool) -> int:
         return mamba2_state_size(self.d_inner, self.new_n if expanded else self.old_n)
+
+    def growth(self) -> str:
+        return f"state size N {self.old_n} -> {self.new_n}"
 
     def parameter_delta(self) -> int:
         return len(self.layers) * mamba2_parameter_delta_per_layer(self.config, self.old_n, self.new_n)
 
     def transform(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """The converted tensor for source key ``name`` (the same object when it is kept)."""
         match = _MIXER_KEY.match(name)
         if match is not None and int(match.group(1)) in self.layers:
             layer_idx, param = int(match.group(1)), match.group(2)
@@ -118,19 +81,19 @@ class Mamba2Expansion:
             if self.init == "reinit":
                 new = mamba2_reference_reset(match.group(2), tuple(tensor.shape))
             else:
-                new = self._fresh_layer(int(match.group(1)))[name]
-            self._check_shape(name, tensor, new.shape)
+                new = self.fresh_layer(int(match.group(1)))[name]
+            self.check_shape(name, tensor, new.shape)
             return new.to(tensor.dtype)
         return tensor
 
     def _grow_bc(self, name: str, tensor: torch.Tensor, head: int, tail: int, layer_idx: int) -> torch.Tensor:
         g, n, n_new = self.groups, self.old_n, self.new_n
-        self._check_shape(name, tensor, (head + 2 * g * n + tail, *tensor.shape[1:]))
+        self.check_shape(name, tensor, (head + 2 * g * n + tail, *tensor.shape[1:]))
         keep_head, b, c, keep_tail = torch.split(tensor, [head, g * n, g * n, tail])
         if self.init == "reinit":
             b, c = self._reference_bc(name, tensor, layer_idx).to(tensor.dtype).split(g * n_new)
         elif self.init == "reinit-init-weights":
-            fresh = self._fresh_layer(layer_idx)[name].to(tensor.dtype)
+            fresh = self.fresh_layer(layer_idx)[name].to(tensor.dtype)
             _, b, c, _ = torch.split(fresh, [head, g * n_new, g * n_new, tail])
         else:
             b, c = self._grow_block(b), self._grow_block(c)
@@ -156,34 +119,7 @@ class Mamba2Expansion:
             grown = torch.cat([per_group, zeros], dim=1)
         return grown.reshape(g * n_new, *block.shape[1:])
 
-    @staticmethod
-    def _check_shape(name: str, tensor: torch.Tensor, expected: tuple[int, ...] | torch.Size) -> None:
-        if tuple(tensor.shape) != tuple(expected):
-            raise StateXInputError(
-                f"{name} has shape {tuple(tensor.shape)}, but the config implies {tuple(expected)}; "
-                "config.json does not match the weights"
-            )
 
-    def _fresh_layer(self, layer_idx: int) -> dict[str, torch.Tensor]:
-        if layer_idx not in self._fresh:
-            self._fresh = {
-                layer_idx: fresh_layer_parameters(
-                    StateXMamba2ForCausalLM, self.config, f"backbone.layers.{layer_idx}", self.seed, layer_idx
-                )
-            }
-        return self._fresh[layer_idx]
-
-
-def expand_mamba2(
-    source_config: Mapping[str, Any],
-    state_dict: Mapping[str, torch.Tensor],
-    *,
-    layers: Sequence[int] | None = None,
-    every: int | None = None,
-    init: str = "reinit",
-    state_size: int | None = None,
-    seed: int = 0,
-) -> tuple[StateXMamba2Config, dict[str, torch.Tensor]]:
-    """Source Mamba2 config (transformers fields) + state dict -> (``StateXMamba2Config``, StateX state dict)."""
-    expansion = Mamba2Expansion(source_config, layers=layers, every=every, init=init, state_size=state_size, seed=seed)
-    return expansion.config, {name: expansion.transform(name, tensor) for name, tensor in state_dict.items()}
+# Source Mamba2 config (transformers fields) + state dict -> (StateXMamba2Config, StateX state dict); choices:
+# layers, every, init, state_size, seed. E.g. expand_mamba2(config, state_dict, layers=[0, 12], state_size=512).
+expand_mamba2 = Mamba2Expansion.on_state_dict

@@ -1,7 +1,7 @@
 """``--init reinit``: the weights the paper's released code gives the re-initialized parts (thunlp/StateX at 76d15ef).
 
 The reference builds new modules with PyTorch's and fla's constructors after the checkpoint is loaded,
-so no model-level ``_init_weights`` ever runs on them (STATEX.md, "How the reference code re-initializes"):
+so no model-level ``_init_weights`` ever runs on them (README, "Convert a checkpoint"):
 
 - GLA (``modeling/gla/model.py`` ``drop_layers`` L193-216, ``modeling/gla/layer.py`` L250-258): a new fla
   ``GatedLinearAttention`` per chosen layer, whose constructor draws every ``nn.Linear`` weight with

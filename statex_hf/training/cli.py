@@ -204,22 +204,25 @@ def _training_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _check_model(model: str) -> None:
     """A local MODEL is a checkpoint folder transformers can load; an unconverted source is sent to ``convert``."""
+    from statex_hf.conversion.readers import detect_format
     from statex_hf.paths import check_checkpoint_folder, looks_like_local_path
+    from statex_hf.saved_files import CONFIG_FILE
 
     if not looks_like_local_path(model):
         return
     config = check_checkpoint_folder(model, "MODEL")
+    try:
+        family, fmt = detect_format(CONFIG_FILE, config)
+    except StateXUserError:  # a StateX checkpoint, or a model no family reads: transformers decides below
+        family = None
+    if family is not None:
+        keep = " (--layers none keeps every layer as it is)"
+        how = f" --tokenizer {fmt.tokenizer_hint}" if fmt.tokenizer_hint else keep
+        raise StateXUserError(
+            f"MODEL {model} is an unconverted {fmt.title} checkpoint, not a StateX one; convert it first: "
+            f"statex-hf convert {family.name} {model} OUT{how}"
+        )
     model_type = config.get("model_type")
-    if model_type == "gla":
-        raise StateXUserError(
-            f"MODEL {model} is an fla GLA checkpoint, not a StateX one; convert it first: "
-            f"statex-hf convert gla {model} OUT (--layers none keeps every layer as it is)"
-        )
-    if model_type is None and "d_model" in config:
-        raise StateXUserError(
-            f"MODEL {model} is a mamba_ssm checkpoint; convert it first: "
-            f"statex-hf convert mamba2 {model} OUT --tokenizer EleutherAI/gpt-neox-20b"
-        )
     from transformers import CONFIG_MAPPING
 
     if model_type not in CONFIG_MAPPING:

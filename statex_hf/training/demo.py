@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from statex_hf.families import FAMILIES, get_family
+
 DEMO_CORPUS = "demo_corpus.jsonl"
 PROMPT = "The key to the garden shed is"
 EOS = "<|endoftext|>"
@@ -34,6 +36,7 @@ class DemoResult:
     output_dir: str
     parameters: int
     expanded_layers: list[int]
+    growth: str  # e.g. "heads merged 4 -> 1"
     state_before: int
     state_after: int
     steps: int
@@ -72,64 +75,37 @@ def build_tokenizer(texts: list[str], vocab_size: int = 512):
 
 
 def source_config(family: str, vocab_size: int, eos_id: int) -> dict[str, Any]:
-    """A small source checkpoint's config.json contents (fla GLA / transformers Mamba2 field names)."""
-    from statex_hf import StateXGLAConfig, StateXMamba2Config
-
+    """A small source checkpoint's config.json contents (the family's source field names, e.g. fla GLA's)."""
+    entry = get_family(family)
     special = {"vocab_size": vocab_size, "bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id}
-    if family == "gla":
-        config, model_type = StateXGLAConfig(hidden_size=64, num_heads=4, num_hidden_layers=4, **special), "gla"
-    else:
-        config = StateXMamba2Config(
-            hidden_size=64,
-            num_heads=8,
-            head_dim=16,
-            state_size=16,
-            n_groups=1,
-            num_hidden_layers=4,
-            chunk_size=32,
-            **special,
-        )
-        model_type = "mamba2"
-    fields = config.to_dict()
+    fields = entry.config_class(**entry.demo_config, **special).to_dict()
     # With no expanded layer the StateX classes are the source architectures (the parity
     # invariant), so this is exactly what a source checkpoint's config.json holds.
-    for key in ("statex_layers", "statex_num_heads", "statex_state_size", "chunked_loss_size", "architectures"):
+    for key in ("statex_layers", entry.state_option.config_field, "chunked_loss_size", "architectures"):
         fields.pop(key, None)
-    fields["model_type"] = model_type
+    fields["model_type"] = entry.source_model_type
     return fields
 
 
 def build_source(family: str, config: dict[str, Any]):
     """A freshly initialized source model (no expanded layer) for ``config``."""
-    from statex_hf import StateXGLAConfig, StateXGLAForCausalLM, StateXMamba2Config, StateXMamba2ForCausalLM
-
+    entry = get_family(family)
     fields = {k: v for k, v in config.items() if k != "model_type"}
-    if family == "gla":
-        return StateXGLAForCausalLM(StateXGLAConfig(**fields))
-    return StateXMamba2ForCausalLM(StateXMamba2Config(**fields))
+    return entry.causal_lm_class(entry.config_class(**fields))
+
+
+def expansion(family: str, config: dict[str, Any]):
+    """StateX's choices for the demo: every second layer, the paper's init, the family's default growth
+    (GLA merges all heads into one, Mamba2 grows N 4x)."""
+    return get_family(family).expansion_class(config, every=2, init="reinit")
 
 
 def expand(family: str, config: dict[str, Any], source):
-    """StateX on the source: GLA merges the heads of every second layer, Mamba2 grows N 4x there."""
-    from statex_hf import StateXGLAForCausalLM, StateXMamba2ForCausalLM
-    from statex_hf.expansion import expand_gla, expand_mamba2
-
-    if family == "gla":
-        new_config, state_dict = expand_gla(config, source.state_dict(), every=2, init="reinit")
-        model = StateXGLAForCausalLM(new_config)
-    else:
-        new_config, state_dict = expand_mamba2(config, source.state_dict(), every=2, init="reinit")
-        model = StateXMamba2ForCausalLM(new_config)
-    model.load_state_dict(state_dict, strict=True)
+    """The source model with StateX applied (:func:`expansion`)."""
+    surgery = expansion(family, config)
+    model = get_family(family).causal_lm_class(surgery.config)
+    model.load_state_dict(surgery.expand(source.state_dict()), strict=True)
     return model
-
-
-def state_per_layer(model, layer_idx: int) -> int:
-    """Recurrent-state elements of one layer (GLA: H * dk * dv; Mamba2: d_inner * N)."""
-    config = model.config
-    if config.model_type == "statex_gla":
-        return config.key_dim * config.value_dim // config.layer_num_heads(layer_idx)
-    return int(config.expand * config.hidden_size) * config.layer_state_size(layer_idx)
 
 
 def run_family(
@@ -145,6 +121,7 @@ def run_family(
     config = source_config(family, len(tokenizer), tokenizer.eos_token_id)
     source = build_source(family, config)
     model = expand(family, config, source)
+    surgery = expansion(family, config)
     layers = list(model.config.statex_layers)
     bar = LossProgressBar(desc=f"[{family}] post-train")
     posttrain(
@@ -176,8 +153,9 @@ def run_family(
         output_dir=output_dir,
         parameters=sum(p.numel() for p in model.parameters()),
         expanded_layers=layers,
-        state_before=sum(state_per_layer(source, i) for i in range(source.config.num_hidden_layers)),
-        state_after=sum(state_per_layer(model, i) for i in range(model.config.num_hidden_layers)),
+        growth=surgery.growth(),
+        state_before=sum(surgery.state_size(i, expanded=False) for i in range(source.config.num_hidden_layers)),
+        state_after=sum(surgery.state_size(i, expanded=i in layers) for i in range(model.config.num_hidden_layers)),
         steps=steps,
         first_loss=bar.losses[0],
         last_loss=bar.losses[-1],
@@ -187,9 +165,8 @@ def run_family(
 
 
 def describe(result: DemoResult) -> list[str]:
-    growth = "heads merged 4 -> 1" if result.family == "gla" else "state size N 16 -> 64"
     return [
-        f"[{result.family}] expanded layers {result.expanded_layers} ({growth}): recurrent state "
+        f"[{result.family}] expanded layers {result.expanded_layers} ({result.growth}): recurrent state "
         f"{result.state_before:,} -> {result.state_after:,} elements, {result.parameters:,} parameters",
         f"[{result.family}] post-trained {result.steps} steps: loss {result.first_loss:.2f} -> {result.last_loss:.2f} "
         f"({result.seconds:.0f} s)",
@@ -203,7 +180,7 @@ def demo(
     steps: int = 60,
     seq_len: int = 64,
     batch_size: int = 4,
-    families: tuple[str, ...] = ("gla", "mamba2"),
+    families: tuple[str, ...] = tuple(FAMILIES),
     learning_rate: float = 1e-2,
 ) -> list[DemoResult]:
     """Run the demo; writes ``output_dir/<family>`` and prints what it did. Returns one result per family."""
@@ -280,7 +257,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
         default=1e-2,
         help="peak learning rate (default 1e-2)",
     )
-    p.add_argument("--family", choices=("gla", "mamba2"), action="append", help="only this family (repeatable)")
+    p.add_argument("--family", choices=tuple(FAMILIES), action="append", help="only this family (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace the folders an earlier demo wrote")
     set_command(p, _run)
 
@@ -290,7 +267,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from statex_hf.outputs import check_output_folder
 
-    families = tuple(dict.fromkeys(args.family)) if args.family else ("gla", "mamba2")
+    families = tuple(dict.fromkeys(args.family)) if args.family else tuple(FAMILIES)
     # Every folder the demo writes is checked before the first model is built.
     outputs = [
         check_output_folder(os.path.join(args.output_dir, family), overwrite=args.overwrite) for family in families

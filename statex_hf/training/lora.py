@@ -1,7 +1,7 @@
 """LoRA through peft, with default target modules per family.
 
-The default adapts every large projection (``families.LAYOUTS``). In the expanded layers of a
-StateX model the token mixer (and its pre-norm) is trained in full instead (peft
+The default adapts every large projection (the registry's ``Family.layout.lora_targets``). In the
+expanded layers of a StateX model the token mixer (and its pre-norm) is trained in full instead (peft
 ``modules_to_save``): StateX re-initializes those weights, and a low-rank update of random weights
 cannot learn a mixer. ``train_expanded=False`` gives plain LoRA everywhere.
 """

@@ -2,7 +2,7 @@
 
 StateX post-trains on 64K-token sequences, 512K tokens per optimizer step, AdamW (0.9, 0.95),
 weight decay 0.1, lr 3e-4 with a cosine schedule and 1000 warm-up steps, gradient clipping 1.0,
-bf16 (STATEX.md, "Post-training"). On top: activation checkpointing per layer, and the chunked
+bf16 (Shen et al. 2025, arXiv:2509.22630). On top: activation checkpointing per layer, and the chunked
 loss once a micro-batch is long enough for full-vocabulary logits to matter.
 
 The paper's step size and warm-up belong to its scale (10B tokens, about 19K steps). On a small
