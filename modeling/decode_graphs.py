@@ -57,6 +57,10 @@ class _CapturedStep:
     owner: weakref.ref | None = None
     live: bool = True
     capture_seconds: float = field(default=0.0)
+    tensors: list[torch.Tensor] = field(init=False)  # ``states``' tensors, layer by layer
+
+    def __post_init__(self) -> None:
+        self.tensors = self.states.state_tensors()
 
 
 def _served_batch(model: nn.Module, inputs: dict) -> int | None:
@@ -129,7 +133,7 @@ class DecodeGraphs:
             return None
         cache = inputs["cache"]
         step = cache.graph_binding
-        if isinstance(step, _CapturedStep) and step.live and step.owner is not None and step.owner() is cache:
+        if isinstance(step, _CapturedStep) and self._still_bound(step, cache, inputs["input_ids"]):
             return step
         layout = _layout(model, cache, inputs["input_ids"])
         if layout is None or layout in self._failed:
@@ -142,9 +146,21 @@ class DecodeGraphs:
         self._bind(step, cache)
         return step
 
+    def _still_bound(self, step: _CapturedStep, cache: StateXCache, input_ids: torch.Tensor) -> bool:
+        """Whether ``cache`` still holds ``step``'s state tensors, ``step`` is one of this model's live graphs
+        and ``input_ids`` has its shape: a cache bound by another model's graphs, or whose tensors were replaced
+        (``cache.layers[i].recurrent_states[0] = ...``, an older transformers' ``reset``), is bound afresh."""
+        if not step.live or step.owner is None or step.owner() is not cache:
+            return False
+        if not any(step is mine for mine in self._steps.values()) or input_ids.shape != step.input_ids.shape:
+            return False
+        mine = cache.state_tensors()
+        return len(mine) == len(step.tensors) and all(a is b for a, b in zip(mine, step.tensors))
+
     def _capture(self, model: nn.Module, cache: StateXCache, inputs: dict, layout: tuple) -> _CapturedStep | None:
         start = time.perf_counter()
         device = inputs["input_ids"].device
+        caller_stream = torch.cuda.current_stream(device)
         try:
             with torch.no_grad():
                 states = StateXCache(model.config)
@@ -170,6 +186,12 @@ class DecodeGraphs:
                     logits = model(**call).logits
             torch.cuda.synchronize(device)
         except Exception as error:  # a model or kernel the capture cannot take: decode eagerly instead
+            # A capture the forward broke (a host sync, say) makes capture_end raise inside torch.cuda.graph's
+            # __exit__, which then never restores the caller's stream: every later kernel would run on the
+            # capture stream. Restore it, and let the warm-up's kernels on the side stream finish before the
+            # tensors they use are freed and handed to the caller's stream.
+            torch.cuda.set_stream(caller_stream)
+            torch.cuda.synchronize(device)
             logger.warning_once(f"Decode steps run eagerly: capturing them as a CUDA graph failed ({error}).")
             self._failed.add(layout)
             return None

@@ -173,3 +173,28 @@ def test_steps_a_graph_cannot_serve_run_eagerly(family):
     model.to(torch.bfloat16)  # new parameter tensors: the old graph must not be replayed
     graphs, eager = generate_both(model, ids, max_new_tokens=8, do_sample=False, eos_token_id=None)
     assert torch.equal(graphs, eager)
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_a_capture_the_forward_breaks_falls_back_on_the_callers_stream(family, monkeypatch):
+    """A host sync inside the captured forward invalidates the capture: generate decodes eagerly, with the
+    same tokens, and every later kernel runs on the caller's stream again (not on torch's capture stream)."""
+    model = build(family, torch.float32)
+    block = type(model.get_decoder().layers[0])
+    forward = block.forward
+
+    def syncing_forward(self, *args, **kwargs):
+        if torch.cuda.is_current_stream_capturing():
+            torch.ones(1, device=DEVICE).item()  # not allowed while capturing
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(block, "forward", syncing_forward)
+    decoder = decode_graphs_for(model)
+    decoder.clear()
+    caller = torch.cuda.current_stream()
+    ids = prompt()
+    graphs = model.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=None)
+    assert decoder.last_capture_seconds is None and decoder._failed
+    assert torch.cuda.current_stream() == caller
+    eager = model.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=None, disable_compile=True)
+    assert torch.equal(graphs, eager)

@@ -1,0 +1,55 @@
+"""The CUDA-graph decoder's bookkeeping, on CPU: which captured step a cache is bound to (no graph is replayed here;
+tests/gpu/test_decode_graphs_gpu.py runs the graphs)."""
+
+import pytest
+import torch
+from statex_hf.modeling import decode_graphs
+from statex_hf.modeling.cache import StateXCache, copy_states
+from statex_hf.modeling.decode_graphs import DecodeGraphs, _CapturedStep, _layout
+from tiny_models import VOCAB, build, returned_cache
+
+
+def prefilled(model, batch: int = 2) -> StateXCache:
+    with torch.no_grad():
+        return returned_cache(model(torch.randint(3, VOCAB, (batch, 5)), use_cache=True))
+
+
+def captured(decoder: DecodeGraphs, model, cache: StateXCache, ids: torch.Tensor) -> _CapturedStep:
+    """A step as ``_capture`` leaves it (its own copy of the states), without a graph."""
+    states = StateXCache(model.config)
+    copy_states(cache, states)
+    step = _CapturedStep(None, ids.clone(), torch.zeros(ids.shape[0], 1, VOCAB), states)
+    decoder._steps[_layout(model, cache, ids)] = step
+    return step
+
+
+@pytest.fixture
+def served_on_cpu(monkeypatch):
+    monkeypatch.setattr(decode_graphs, "_served_batch", lambda model, inputs: inputs["input_ids"].shape[0])
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_a_cache_whose_tensors_were_replaced_is_bound_afresh(family, served_on_cpu):
+    """A replay must update the cache's own tensors: a binding whose tensors the cache no longer holds is redone."""
+    model = build(family)
+    decoder, cache, ids = DecodeGraphs(model), prefilled(model), torch.ones(2, 1, dtype=torch.long)
+    step = captured(decoder, model, cache, ids)
+    assert decoder._step_for(model, {"input_ids": ids, "cache": cache}) is step
+    assert all(a is b for a, b in zip(cache.state_tensors(), step.states.state_tensors()))
+    fresh = torch.randn_like(cache.layers[0].recurrent_states[0])
+    cache.layers[0].recurrent_states[0] = fresh  # replaced, not written in place
+    assert decoder._step_for(model, {"input_ids": ids, "cache": cache}) is step
+    assert step.states.layers[0].recurrent_states[0] is cache.layers[0].recurrent_states[0]
+    assert torch.equal(step.states.layers[0].recurrent_states[0], fresh)
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_a_cache_bound_by_another_models_graphs_is_bound_to_this_ones(family, served_on_cpu):
+    model, twin = build(family), build(family)
+    cache, ids = prefilled(model), torch.ones(2, 1, dtype=torch.long)
+    theirs, ours = DecodeGraphs(twin), DecodeGraphs(model)
+    their_step = captured(theirs, twin, cache, ids)
+    assert theirs._step_for(twin, {"input_ids": ids, "cache": cache}) is their_step
+    our_step = captured(ours, model, cache, ids)
+    assert ours._step_for(model, {"input_ids": ids, "cache": cache}) is our_step
+    assert cache.graph_binding is our_step
