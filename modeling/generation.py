@@ -12,8 +12,9 @@ import torch
 from statex_hf.modeling.cache import tokens_seen
 from transformers import GenerationMixin
 
-# The cache's names before transformers 5.24; `generate` of those versions carries it under one of them.
-_LEGACY_CACHE_NAMES = ("past_key_values", "cache_params")
+# The cache's older names: `past_key_values` (fla, most of transformers) and `cache_params` (Mamba); both became
+# `cache` in transformers 5.24, and `generate` before 5.24 passes them under the old names.
+LEGACY_CACHE_NAMES = ("past_key_values", "cache_params")
 
 
 def _tokens_not_in_cache(
@@ -60,7 +61,7 @@ class StateXGenerationMixin(GenerationMixin):
         is_first_iteration: bool | None = False,
         **kwargs,
     ) -> dict:
-        for name in _LEGACY_CACHE_NAMES:  # generate before transformers 5.24 hands the cache back under these
+        for name in LEGACY_CACHE_NAMES:  # generate before transformers 5.24 hands the cache back under these
             legacy = kwargs.pop(name, None)
             cache = cache if cache is not None else legacy
         if is_first_iteration and cache is not None:
@@ -80,7 +81,7 @@ class StateXGenerationMixin(GenerationMixin):
             is_first_iteration=is_first_iteration,
             **kwargs,
         )
-        for name in _LEGACY_CACHE_NAMES:
+        for name in LEGACY_CACHE_NAMES:
             model_inputs.pop(name, None)
         model_inputs["cache"] = cache
         if kwargs.get("use_cache", True) and not is_first_iteration:

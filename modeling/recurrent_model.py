@@ -15,7 +15,7 @@ import torch
 from statex_hf.modeling.cache import count_tokens
 from statex_hf.modeling.causal_lm import causal_lm_head
 from statex_hf.modeling.decode_graphs import decode_graphs_for, graphs_wanted
-from statex_hf.modeling.generation import StateXGenerationMixin
+from statex_hf.modeling.generation import LEGACY_CACHE_NAMES, StateXGenerationMixin
 from statex_hf.modeling.recurrent_run import start_recurrent_run
 from torch import nn
 from transformers import PreTrainedModel
@@ -23,9 +23,6 @@ from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput
 from transformers.utils.deprecation import deprecate_kwarg
 
-# The cache's older names: `past_key_values` (fla, most of transformers) and `cache_params` (Mamba); both became
-# `cache` in transformers 5.24, and `generate` before 5.24 passes them under the old names.
-LEGACY_CACHE_NAMES = ("past_key_values", "cache_params")
 _CACHE_RENAMED_IN = "5.40.0"  # when transformers drops the old names too
 
 
