@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 import torch
 from statex_hf.modeling.cache import StateXCache, copy_states, recurrent_state, share_states, unshare_states
 from torch import nn
-from transformers.utils import logging
+from transformers import GenerationConfig
+from transformers.utils import ModelOutput, logging
 
 logger = logging.get_logger(f"transformers.{__name__}")
 
@@ -40,7 +41,7 @@ _WARMUP_CALLS = 2
 _MAX_GRAPHS = 4
 
 
-def graphs_wanted(model: nn.Module, generation_config) -> bool:
+def graphs_wanted(model: nn.Module, generation_config: GenerationConfig) -> bool:
     """Whether ``generate`` should decode through CUDA graphs: on CUDA, unless ``disable_compile`` is set."""
     if getattr(generation_config, "disable_compile", False) or model.training:
         return False
@@ -116,7 +117,7 @@ class DecodeGraphs:
         self._failed.clear()
         self.last_capture_seconds = None
 
-    def __call__(self, **inputs):
+    def __call__(self, **inputs) -> ModelOutput:
         model = self._model()
         step = self._step_for(model, inputs)
         if step is None:
