@@ -27,6 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_specs, under python -P too
 
 SHAPES = {"H4 256x512": (4, 256, 512), "H1 1024x2048": (1, 1024, 2048)}
 TRAIN_CASES = [(1, 4096), (1, 16384), (1, 65536), (16, 4096)]

@@ -26,8 +26,10 @@ import sys
 import tempfile
 import time
 import types
+from pathlib import Path
 
-from gpu_specs import describe, hbm_tbps
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its siblings, under python -P too
+from gpu_specs import describe, hbm_tbps  # noqa: E402
 
 H, P, G = 64, 64, 1
 CHUNK = 256

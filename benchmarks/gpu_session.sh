@@ -7,7 +7,7 @@
 # Device calls: bash benchmarks/gpu_session.sh STEP...   (carry: [".device"]; a log per step in $OUT)
 #   STEP: tests | gla | ssd | sweep | profile | train | generate | fsdp | multigpu | repro. Several steps
 #   share one call (one machine start), e.g. `gla profile`; `tests` needs a call of its own (the whole
-#   suite: 433 s).
+#   suite takes most of one; benchmarks/README.md has its time).
 #   Knobs: TESTS_PATHS (test files, run in that order), TESTS_TIMEOUT, FLA_TIMEOUT, GLA_TIMEOUT,
 #   GLA_ARGS (e.g. "--impls fla --shapes H1 --skip-layers"), GLA_CACHE (see the gla step), SSD_ARGS
 #   (e.g. "--impls ours,mamba_ssm --peer-ns 512"), SWEEP_ARGS (e.g. "--ops gla").
@@ -60,7 +60,7 @@ run_step() {
         # (default "miniature"), REPRO_ARGS the arguments for each, in order, separated by ';' (e.g.
         # "--preset narrow --stage pretrain"); the folders run at the same time, REPRO_JOBS processes each.
         # Carried .device/repro*.tgz (the $OUT/repro*.tgz of a previous call) restore them: the run resumes.
-        # posttrain needs the datasets package: carry its wheels in .device/wheels (datasets, dill, multiprocess).
+        # posttrain needs the datasets package: carry its wheels (datasets, dill, multiprocess) as .device/wheels-datasets.
         mkdir -p /tmp/repro && for archive in .device/repro*.tgz; do [ -f "$archive" ] && tar -xzf "$archive" -C /tmp/repro; done
         nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 15 > /tmp/repro/gpu-util.log &
         monitor=$! runs=()

@@ -11,12 +11,16 @@ of each of our kernels and how many times it ran.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 import triton
-from bench_gla import SHAPES, _inputs
 from statex_hf.kernels.gla.chunk import chunk_gla
 from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its siblings, under python -P too
+from bench_gla import SHAPES, _inputs  # noqa: E402
 
 
 def profile_shape(name: str, T: int) -> None:

@@ -25,13 +25,16 @@ import itertools
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 import triton
-from bench_gla import SHAPES
 from statex_hf.kernels import launch
 from statex_hf.kernels.launch import LaunchConfig
 from triton.runtime.errors import OutOfResources
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its siblings, under python -P too
+from bench_gla import SHAPES  # noqa: E402
 
 NORM_D = 4096
 DEVICE = torch.device("cuda")

@@ -54,6 +54,7 @@ def test_tiny_run_as_the_readme_gives_it_writes_every_arm_into_a_new_folder(scri
         assert (units / "source" / "config.json").exists()  # the pretrained source, in its public format
     table = (made / "results.md").read_text()
     assert "| StateX-inherit | 1 |" in table and "## Verdict" in table
+    assert "Trained on: cpu." in table  # the device behind every figure is named
 
     # Run again: everything is done, nothing trains; other settings in the same folder are refused.
     assert script.main(["--tiny", "--pretrain-steps", "2", "--continue-steps", "2", "--output-dir", str(made)]) == 0

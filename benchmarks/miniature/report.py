@@ -235,6 +235,10 @@ def write_report(out: Path) -> str:
         "Values: mean ± std over seeds.",
         "",
     ]
+    devices = sorted({r["training"]["device"] for by_model in results.values() for runs in by_model.values()
+                      for r in runs.values() if "device" in r.get("training", {})})  # fmt: skip
+    if devices:
+        lines[-1:-1] = [f"Trained on: {', '.join(devices)}."]
     verdicts: list[str] = []
     for family in [f for f in FAMILIES if f in results]:
         section, verdict = _family_section(family, results[family], out)

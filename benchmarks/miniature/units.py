@@ -167,6 +167,7 @@ def train(
         "steps": trainer.state.global_step,
         "tokens": trainer.state.global_step * batch * length,
         "seconds": time.time() - start,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",  # the report names it
     }
 
 

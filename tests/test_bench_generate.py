@@ -1,0 +1,29 @@
+"""``benchmarks/bench_generate.py --tiny`` runs on CPU to its end (the README gives it as a check of the script).
+
+Its numbers on CPU mean nothing; the claim is that the worker process, every row kind (decode, eager, time
+to first token) and the table come through inside the process's time limit, so that a GPU call only has
+to run it at 1.3B shapes.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "bench_generate.py")
+
+
+def test_the_generate_benchmark_finishes_its_tiny_check_on_cpu(tmp_path):
+    rows_path = tmp_path / "rows.json"
+    command = [sys.executable, BENCH, "--tiny", "--impls", "ours_gla", "--batches", "1", "--new-tokens", "6"]
+    command += ["--eager-new-tokens", "6", "--json", str(rows_path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    report = json.loads(rows_path.read_text())
+    assert report["statuses"] == {"ours_gla": "ok"}, result.stderr[-3000:]
+    kinds = [row["kind"] for row in report["rows"]]
+    assert kinds == ["setup", "decode", "eager", "ttft", "ttft"], kinds
+    assert [row["length"] for row in report["rows"] if row["kind"] == "ttft"] == [256, 1024]
+    assert next(row for row in report["rows"] if row["kind"] == "eager")["same_tokens_as_graphs"]
+    assert "TTFT   1024" in result.stdout

@@ -1,0 +1,26 @@
+"""Every benchmark script starts: ``--help`` prints its usage, with ``python -P`` too.
+
+The README runs the tests with ``-P`` (and tests/conftest.py sets PYTHONSAFEPATH for subprocesses), which
+keeps a script's own folder off ``sys.path``: a script that imports a sibling (``gpu_specs``, ``bench_gla``,
+``miniature``) must put its folder there itself. ``--help`` must also never start a run.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = sorted(path.name for path in BENCHMARKS.glob("*.py") if path.name != "gpu_specs.py")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_benchmark_script_prints_its_usage_under_python_dash_p(script):
+    env = dict(os.environ, PYTHONSAFEPATH="1")
+    result = subprocess.run(
+        [sys.executable, "-P", str(BENCHMARKS / script), "--help"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("usage:"), result.stdout[:500]
