@@ -103,6 +103,11 @@ def test_convert_bad_shard_size(work, fla_source, capsys):
     refused(capsys, work, argv, "--max-shard-size: `size` 5XB is not in a valid format", "5.0GB")
 
 
+def test_convert_push_to_an_invalid_repo_id_writes_nothing(work, fla_source, capsys):
+    argv = ["convert", "gla", fla_source, work / "o", "--push-to-hub", "bad repo!!", "--quiet"]
+    refused(capsys, work, argv, "--push-to-hub 'bad repo!!' is not a valid Hub repo id", "org/name")
+
+
 def test_gla_config_refuses_an_expanded_layer_with_a_smaller_state():
     from statex_hf import StateXGLAConfig
 
