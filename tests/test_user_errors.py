@@ -206,6 +206,20 @@ def test_posttrain_merge_lora_without_lora(work, capsys):
     refused(capsys, work, posttrain(work, "--merge-lora"), "--merge-lora merges LoRA adapters", "add --lora")
 
 
+def test_posttrain_lora_target_that_names_no_module(work, capsys):
+    # Known only once the model is loaded: its progress bars come first, then one line and nothing written.
+    before = snapshot(work)
+    code, err = run_cli(capsys, *posttrain(work, "--lora", "--lora-target-modules", "in_proj,nosuch"))
+    assert code == 2 and not any("Traceback" in line for line in err), err
+    assert_refused(code, err[-1:], "--lora-target-modules 'nosuch'", "choose from in_proj")
+    assert snapshot(work) == before
+
+
+def test_posttrain_lora_target_modules_with_no_name(work, capsys):
+    argv = posttrain(work, "--lora", "--lora-target-modules", ",")
+    refused(capsys, work, argv, "--lora-target-modules ',' names no module")
+
+
 def test_posttrain_own_run_needs_resume_or_overwrite_then_both_work(work, capsys):
     steps = ["--max-steps", "2", "--per-device-train-batch-size", "1", "--gradient-accumulation-steps", "1"]
     steps += ["--save-steps", "1", "--save-total-limit", "1", "--logging-steps", "1", "--warmup-steps", "0"]
