@@ -124,8 +124,7 @@ def _check_repo_id(repo_id: str) -> None:
         validate_repo_id(repo_id)
     except HFValidationError:
         raise StateXInputError(
-            f"--push-to-hub {repo_id!r} is not a valid Hub repo id; give org/name "
-            "(letters, digits, '-', '_' and '.')"
+            f"--push-to-hub {repo_id!r} is not a valid Hub repo id; give org/name (letters, digits, '-', '_' and '.')"
         ) from None
 
 
