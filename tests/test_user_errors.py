@@ -268,6 +268,14 @@ def test_eval_cuda_device_without_a_gpu(work, capsys):
     refused(capsys, work, evaluate(work, "--output", work / "r.json", "--device", device), "CUDA GPU", "--device")
 
 
+@pytest.mark.parametrize("device", ["meta", "xpu"])
+def test_eval_device_that_cannot_run_the_model(work, capsys, device):
+    if device == "xpu" and torch.xpu.is_available():
+        pytest.skip("this machine has an XPU")
+    argv = evaluate(work, "--output", work / "r.json", "--device", device)
+    refused(capsys, work, argv, f"--device {device}", "use --device cpu")
+
+
 def test_eval_device_that_is_not_a_device(work, capsys):
     argv = evaluate(work, "--output", work / "r.json", "--device", "gpu")
     refused(capsys, work, argv, "--device 'gpu' is not a torch device", "cuda")

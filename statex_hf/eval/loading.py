@@ -46,6 +46,14 @@ def check_device(device: str | None) -> None:
             )
     elif parsed.type == "mps" and not torch.backends.mps.is_available():
         raise StateXUserError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+    elif parsed.type == "meta":
+        raise StateXUserError(
+            f"--device {device}: meta tensors hold no values, so nothing can be evaluated; use --device cpu"
+        )
+    elif parsed.type != "cpu":  # xpu, hpu, ...: a backend module of torch that says whether it is there
+        backend = getattr(torch, parsed.type, None)
+        if not getattr(backend, "is_available", lambda: True)():  # a backend torch has no module for: torch decides
+            raise StateXUserError(f"--device {device}: no {parsed.type} device is available here; use --device cpu")
 
 
 def check_sources(model: str, tokenizer: str | None) -> None:
