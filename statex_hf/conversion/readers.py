@@ -186,8 +186,10 @@ def weight_files(folder: Path, fmt: SourceFormat) -> list[Path]:
         if index.is_file():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as err:
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
                 raise StateXInputError(f"{index} is not a valid shard index: {err}") from err
+            if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+                raise StateXInputError(f"{index} is not a valid shard index: weight_map is not tensor name -> file")
             files = [folder / name for name in dict.fromkeys(weight_map.values())]
             missing = [f.name for f in files if not f.is_file()]
             if missing:
