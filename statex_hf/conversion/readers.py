@@ -175,7 +175,15 @@ def open_checkpoint(folder: Path, family: Family) -> Checkpoint:
             f"{folder} is a {fmt.name} checkpoint, not {family.name}; use `statex-hf convert {found.name}`"
         )
     files = weight_files(folder, fmt)
-    config = {**fmt.to_transformers(raw), "model_type": family.source_model_type}
+    try:
+        translated = fmt.to_transformers(raw)
+    except StateXInputError:
+        raise
+    except (ValueError, TypeError) as err:  # a field of the wrong type: "d_model": "x", "ssm_cfg": [...]
+        raise StateXInputError(
+            f"{folder / config_file} has a field of the wrong type ({err}); fix the config"
+        ) from None
+    config = {**translated, "model_type": family.source_model_type}
     return Checkpoint(folder, fmt, config, files)
 
 
