@@ -206,6 +206,12 @@ def test_posttrain_merge_lora_without_lora(work, capsys):
     refused(capsys, work, posttrain(work, "--merge-lora"), "--merge-lora merges LoRA adapters", "add --lora")
 
 
+def test_posttrain_tokenizer_folder_without_a_tokenizer(work, capsys):
+    (work / "empty").mkdir()
+    argv = posttrain(work, "--tokenizer", work / "empty")
+    refused(capsys, work, argv, f"--tokenizer {work / 'empty'} holds no tokenizer files")
+
+
 def test_posttrain_lora_target_that_names_no_module(work, capsys):
     # Known only once the model is loaded: its progress bars come first, then one line and nothing written.
     before = snapshot(work)

@@ -274,12 +274,12 @@ def _lora_targets(text: str) -> list[str]:
 
 
 def _check_inputs(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
-    from statex_hf.paths import looks_like_local_path, require_local_folder
+    from statex_hf.paths import looks_like_local_path, require_tokenizer_folder
     from statex_hf.training.data import find_data_files
 
     _check_model(args.model)
     if args.tokenizer is not None and looks_like_local_path(args.tokenizer):
-        require_local_folder(args.tokenizer, "--tokenizer")
+        require_tokenizer_folder(args.tokenizer, "--tokenizer")
     find_data_files(args.data)
     if args.merge_lora and not args.lora:
         raise StateXUserError("--merge-lora merges LoRA adapters: add --lora, or drop --merge-lora")
