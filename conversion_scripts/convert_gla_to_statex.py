@@ -11,12 +11,13 @@ The same conversion as ``statex-hf convert gla``; both call ``statex_hf.conversi
 
 import argparse
 import sys
+from collections.abc import Sequence
 
 from statex_hf.cli import StateXArgumentParser, run_command
 from statex_hf.conversion.cli import add_convert_arguments
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = StateXArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_convert_arguments(parser, "gla")
     return run_command(parser.parse_args(argv))

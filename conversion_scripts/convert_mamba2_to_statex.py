@@ -13,12 +13,13 @@ state parameters re-initialized as the paper's released code does, the default `
 
 import argparse
 import sys
+from collections.abc import Sequence
 
 from statex_hf.cli import StateXArgumentParser, run_command
 from statex_hf.conversion.cli import add_convert_arguments
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = StateXArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_convert_arguments(parser, "mamba2")
     return run_command(parser.parse_args(argv))

@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from statex_hf.errors import EXIT_USER_ERROR, StateXUserError
 
@@ -31,7 +32,7 @@ COMMANDS = {
     "eval": ("statex_hf.eval.cli", "recall evals: needle in a haystack / passkey, MQAR"),
     "demo": (
         "statex_hf.training.demo",
-        "offline demo: build, expand, post-train and sample small GLA and Mamba2 models (CPU, under a minute)",
+        "offline demo: build, expand, post-train and sample small GLA and Mamba2 models (CPU, about a minute)",
     ),
 }
 
@@ -47,15 +48,15 @@ class StateXArgumentParser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def at_least(minimum: float, kind: type = int):
+def at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
     """An argparse ``type``: a ``kind`` number no smaller than ``minimum`` (``--steps -5`` is refused as it is read)."""
     noun = "an integer" if kind is int else "a number"
 
-    def parse(text: str):
+    def parse(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:
@@ -77,7 +78,7 @@ def run_command(args: argparse.Namespace) -> int:
         return EXIT_USER_ERROR
 
 
-def set_command(parser: argparse.ArgumentParser, func) -> None:
+def set_command(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int | None]) -> None:
     """Make ``parser`` run ``func(args)``; its errors carry the parser's name (``statex-hf eval niah``)."""
     parser.set_defaults(func=func, prog=parser.prog)
 

@@ -53,7 +53,7 @@ class TrainingLayout:
         return f"{self.layers}.{layer_idx}"
 
     def mixer_modules(self, layer_idx: int) -> tuple[str, str]:
-        """The token mixer and its pre-norm: what StateX re-initializes in an expanded GLA layer."""
+        """The token mixer and its pre-norm: what ``--freeze mixers`` trains, and LoRA trains in full when expanded."""
         return f"{self.block(layer_idx)}.{self.mixer}", f"{self.block(layer_idx)}.{self.mixer_norm}"
 
 

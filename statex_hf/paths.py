@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from statex_hf.errors import StateXUserError
-from statex_hf.saved_files import CONFIG_FILE
+from statex_hf.saved_files import CONFIG_FILE, TOKENIZER_FILES
 
 
 def looks_like_local_path(name: str) -> bool:
@@ -46,6 +46,17 @@ def require_local_folder(name: str, label: str) -> Path:
     return path
 
 
+def require_tokenizer_folder(name: str, label: str) -> Path:
+    """The existing local folder ``name`` holding tokenizer files, or one line saying what is wrong with it."""
+    folder = require_local_folder(name, label)
+    if not any((folder / file).is_file() for file in TOKENIZER_FILES):
+        raise StateXUserError(
+            f"{label} {name} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...); "
+            "give a tokenizer folder or Hub id"
+        )
+    return folder
+
+
 def check_checkpoint_folder(name: str, label: str) -> dict:
     """The config of the local checkpoint folder ``name``, after checking it has weights whose files are whole.
 
@@ -74,4 +85,4 @@ def check_checkpoint_folder(name: str, label: str) -> dict:
     return config
 
 
-__all__ = ["check_checkpoint_folder", "looks_like_local_path", "require_local_folder"]
+__all__ = ["check_checkpoint_folder", "looks_like_local_path", "require_local_folder", "require_tokenizer_folder"]

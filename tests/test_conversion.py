@@ -238,6 +238,9 @@ def _bad_inputs(sources, tmp: Path) -> dict[str, tuple[list, str]]:
     (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
     missing_shard = _copy(sources["gla-sharded"][0], tmp / "missing-shard")
     next(missing_shard.glob("model-00002-of-*.safetensors")).unlink()
+    ssm_typo = _edit_config(_copy(ssm, tmp / "ssm-typo"), d_model="sixteen")
+    list_index = _copy(sources["gla-sharded"][0], tmp / "list-index")
+    (list_index / "model.safetensors.index.json").write_text('{"weight_map": ["model-00001-of-00002.safetensors"]}')
     corrupt_bin = _copy(sources["gla-bin"][0], tmp / "corrupt-bin")
     (corrupt_bin / "pytorch_model.bin").write_bytes(b"PK\x03\x04 not really a zip")
     exists = tmp / "exists"
@@ -267,6 +270,8 @@ def _bad_inputs(sources, tmp: Path) -> dict[str, tuple[list, str]]:
         "corrupt safetensors": (["gla", corrupt, tmp / "o"], "corrupt or truncated"),
         "truncated safetensors": (["gla", truncated, tmp / "o"], "corrupt or truncated"),
         "missing shard": (["gla", missing_shard, tmp / "o"], "missing shard model-00002"),
+        "shard index of the wrong shape": (["gla", list_index, tmp / "o"], "is not a valid shard index"),
+        "mamba_ssm field of the wrong type": (["mamba2", ssm_typo, tmp / "o"], "has a field of the wrong type"),
         "corrupt bin": (["gla", corrupt_bin, tmp / "o"], "corrupt or truncated"),
         "destination exists": (["gla", gla, exists], "already exists"),
         "no tokenizer for state-spaces": (["mamba2", ssm, tmp / "o"], "--tokenizer"),
@@ -295,6 +300,8 @@ BAD_INPUT_CASES = [
     "corrupt safetensors",
     "truncated safetensors",
     "missing shard",
+    "shard index of the wrong shape",
+    "mamba_ssm field of the wrong type",
     "corrupt bin",
     "destination exists",
     "no tokenizer for state-spaces",

@@ -204,7 +204,7 @@ def test_a_failed_upload_leaves_no_partial_commit(hub, sources, tmp_path):
     cli = ["-m", "statex_hf.cli", "convert", "gla", str(sources / "gla"), str(tmp_path / "o"), "--quiet"]
     result = hub.run([*cli, "--push-to-hub", repo])
     assert result.returncode == 1, result.stderr[-2000:]
-    assert result.stderr.strip().splitlines()[-1].startswith(f"statex-hf convert: push to {repo} failed:")
+    assert result.stderr.strip().splitlines()[-1].startswith(f"statex-hf convert gla: push to {repo} failed:")
     assert hub.server.commits(repo) == before
     # Next the commit itself is refused after every LFS object arrived: still nothing; then a retry lands.
     hub.server.state.fail_next("commit")

@@ -103,6 +103,11 @@ def test_convert_bad_shard_size(work, fla_source, capsys):
     refused(capsys, work, argv, "--max-shard-size: `size` 5XB is not in a valid format", "5.0GB")
 
 
+def test_convert_push_to_an_invalid_repo_id_writes_nothing(work, fla_source, capsys):
+    argv = ["convert", "gla", fla_source, work / "o", "--push-to-hub", "bad repo!!", "--quiet"]
+    refused(capsys, work, argv, "--push-to-hub 'bad repo!!' is not a valid Hub repo id", "org/name")
+
+
 def test_gla_config_refuses_an_expanded_layer_with_a_smaller_state():
     from statex_hf import StateXGLAConfig
 
@@ -201,6 +206,26 @@ def test_posttrain_merge_lora_without_lora(work, capsys):
     refused(capsys, work, posttrain(work, "--merge-lora"), "--merge-lora merges LoRA adapters", "add --lora")
 
 
+def test_posttrain_tokenizer_folder_without_a_tokenizer(work, capsys):
+    (work / "empty").mkdir()
+    argv = posttrain(work, "--tokenizer", work / "empty")
+    refused(capsys, work, argv, f"--tokenizer {work / 'empty'} holds no tokenizer files")
+
+
+def test_posttrain_lora_target_that_names_no_module(work, capsys):
+    # Known only once the model is loaded: its progress bars come first, then one line and nothing written.
+    before = snapshot(work)
+    code, err = run_cli(capsys, *posttrain(work, "--lora", "--lora-target-modules", "in_proj,nosuch"))
+    assert code == 2 and not any("Traceback" in line for line in err), err
+    assert_refused(code, err[-1:], "--lora-target-modules 'nosuch'", "choose from in_proj")
+    assert snapshot(work) == before
+
+
+def test_posttrain_lora_target_modules_with_no_name(work, capsys):
+    argv = posttrain(work, "--lora", "--lora-target-modules", ",")
+    refused(capsys, work, argv, "--lora-target-modules ',' names no module")
+
+
 def test_posttrain_own_run_needs_resume_or_overwrite_then_both_work(work, capsys):
     steps = ["--max-steps", "2", "--per-device-train-batch-size", "1", "--gradient-accumulation-steps", "1"]
     steps += ["--save-steps", "1", "--save-total-limit", "1", "--logging-steps", "1", "--warmup-steps", "0"]
@@ -247,6 +272,14 @@ def test_eval_plot_format_matplotlib_cannot_write(work, capsys):
 def test_eval_cuda_device_without_a_gpu(work, capsys):
     device = "cuda:99" if torch.cuda.is_available() else "cuda"
     refused(capsys, work, evaluate(work, "--output", work / "r.json", "--device", device), "CUDA GPU", "--device")
+
+
+@pytest.mark.parametrize("device", ["meta", "xpu"])
+def test_eval_device_that_cannot_run_the_model(work, capsys, device):
+    if device == "xpu" and torch.xpu.is_available():
+        pytest.skip("this machine has an XPU")
+    argv = evaluate(work, "--output", work / "r.json", "--device", device)
+    refused(capsys, work, argv, f"--device {device}", "use --device cpu")
 
 
 def test_eval_device_that_is_not_a_device(work, capsys):

@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.prog}: terminated (SIGTERM); nothing written", file=sys.stderr)
         return 128 + signal.SIGTERM
     except HubPushError as err:
-        print(f"statex-hf convert: {err} (the converted folder is at {args.output})", file=sys.stderr)
+        print(f"{args.prog}: {err} (the converted folder is at {args.output})", file=sys.stderr)
         return EXIT_PUSH_FAILED
     for line in report.warnings:
         print(f"warning: {line}", file=sys.stderr)

@@ -116,6 +116,18 @@ def _check_state_options(family: Family, state_options: dict[str, int | None]) -
             )
 
 
+def _check_repo_id(repo_id: str) -> None:
+    """A Hub repo id the push can use, checked before the conversion rather than after it."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise StateXInputError(
+            f"--push-to-hub {repo_id!r} is not a valid Hub repo id; give org/name (letters, digits, '-', '_' and '.')"
+        ) from None
+
+
 def expected_shapes(family: Family, config: PretrainedConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor a StateX checkpoint of ``config`` holds, with its shape (built on the meta device: no memory)."""
     with torch.device("meta"):
@@ -173,6 +185,8 @@ def convert(
     _check_state_options(entry, state_options)
     if dtype not in DTYPES:
         raise StateXInputError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if push_to_hub:
+        _check_repo_id(push_to_hub)
     output = Path(output)
     inputs = {"source checkpoint": source, **({"--tokenizer folder": tokenizer} if tokenizer else {})}
     check_destination(output, overwrite, inputs)

@@ -175,7 +175,15 @@ def open_checkpoint(folder: Path, family: Family) -> Checkpoint:
             f"{folder} is a {fmt.name} checkpoint, not {family.name}; use `statex-hf convert {found.name}`"
         )
     files = weight_files(folder, fmt)
-    config = {**fmt.to_transformers(raw), "model_type": family.source_model_type}
+    try:
+        translated = fmt.to_transformers(raw)
+    except StateXInputError:
+        raise
+    except (ValueError, TypeError) as err:  # a field of the wrong type: "d_model": "x", "ssm_cfg": [...]
+        raise StateXInputError(
+            f"{folder / config_file} has a field of the wrong type ({err}); fix the config"
+        ) from None
+    config = {**translated, "model_type": family.source_model_type}
     return Checkpoint(folder, fmt, config, files)
 
 
@@ -186,8 +194,10 @@ def weight_files(folder: Path, fmt: SourceFormat) -> list[Path]:
         if index.is_file():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as err:
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
                 raise StateXInputError(f"{index} is not a valid shard index: {err}") from err
+            if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+                raise StateXInputError(f"{index} is not a valid shard index: weight_map is not tensor name -> file")
             files = [folder / name for name in dict.fromkeys(weight_map.values())]
             missing = [f.name for f in files if not f.is_file()]
             if missing:

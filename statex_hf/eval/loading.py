@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from statex_hf.errors import StateXUserError
-from statex_hf.paths import check_checkpoint_folder, looks_like_local_path, require_local_folder
+from statex_hf.paths import check_checkpoint_folder, looks_like_local_path, require_tokenizer_folder
 from statex_hf.saved_files import TOKENIZER_FILES
 
 DTYPE_NAMES = ("bfloat16", "float16", "float32")
@@ -46,6 +46,14 @@ def check_device(device: str | None) -> None:
             )
     elif parsed.type == "mps" and not torch.backends.mps.is_available():
         raise StateXUserError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+    elif parsed.type == "meta":
+        raise StateXUserError(
+            f"--device {device}: meta tensors hold no values, so nothing can be evaluated; use --device cpu"
+        )
+    elif parsed.type != "cpu":  # xpu, hpu, ...: a backend module of torch that says whether it is there
+        backend = getattr(torch, parsed.type, None)
+        if not getattr(backend, "is_available", lambda: True)():  # a backend torch has no module for: torch decides
+            raise StateXUserError(f"--device {device}: no {parsed.type} device is available here; use --device cpu")
 
 
 def check_sources(model: str, tokenizer: str | None) -> None:
@@ -63,12 +71,7 @@ def check_sources(model: str, tokenizer: str | None) -> None:
                 "(e.g. the tokenizer of the model it was converted from)"
             )
     if tokenizer is not None and looks_like_local_path(tokenizer):
-        folder = require_local_folder(tokenizer, "--tokenizer")
-        if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-            raise StateXUserError(
-                f"--tokenizer {tokenizer} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...); "
-                "give a tokenizer folder or Hub id"
-            )
+        require_tokenizer_folder(tokenizer, "--tokenizer")
 
 
 def _first_line(error: Exception) -> str:

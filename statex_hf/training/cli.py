@@ -265,13 +265,21 @@ def _check_output(args: argparse.Namespace, inputs: dict[str, str]) -> Path:
     return check_output_folder(out, overwrite=args.overwrite, inputs=inputs, label=label)
 
 
+def _lora_targets(text: str) -> list[str]:
+    """``q_proj, v_proj`` -> the module names; an empty list would silently mean the family's default."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise StateXUserError(f"--lora-target-modules {text!r} names no module; give names like q_proj,v_proj")
+    return names
+
+
 def _check_inputs(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
-    from statex_hf.paths import looks_like_local_path, require_local_folder
+    from statex_hf.paths import looks_like_local_path, require_tokenizer_folder
     from statex_hf.training.data import find_data_files
 
     _check_model(args.model)
     if args.tokenizer is not None and looks_like_local_path(args.tokenizer):
-        require_local_folder(args.tokenizer, "--tokenizer")
+        require_tokenizer_folder(args.tokenizer, "--tokenizer")
     find_data_files(args.data)
     if args.merge_lora and not args.lora:
         raise StateXUserError("--merge-lora merges LoRA adapters: add --lora, or drop --merge-lora")
@@ -314,8 +322,8 @@ def run(args: argparse.Namespace) -> int:
             "dropout": args.lora_dropout,
             "train_expanded": args.lora_train_expanded,
         }
-        if args.lora_target_modules:
-            lora["target_modules"] = [m.strip() for m in args.lora_target_modules.split(",") if m.strip()]
+        if args.lora_target_modules is not None:
+            lora["target_modules"] = _lora_targets(args.lora_target_modules)
     chunk: int | str | None = "auto"
     if args.chunked_loss_size is not None:
         chunk = args.chunked_loss_size or None

@@ -1,4 +1,4 @@
-"""``statex-hf demo``: the whole StateX pipeline in a minute or two, offline, on a CPU.
+"""``statex-hf demo``: the whole StateX pipeline in about a minute, offline, on a CPU.
 
 For each family (GLA and Mamba2): build a small source model, expand its state with StateX
 (``statex_hf.expansion``, the paper's default re-initialization), post-train it with ``posttrain``
@@ -19,9 +19,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from statex_hf.families import FAMILIES, get_family
+
+if TYPE_CHECKING:  # torch and transformers load when the demo runs, not when the CLI parses
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+    from statex_hf.expansion import Expansion
 
 DEMO_CORPUS = "demo_corpus.jsonl"
 PROMPT = "The key to the garden shed is"
@@ -56,7 +61,7 @@ def corpus_texts() -> list[str]:
         return [json.loads(line)["text"] for line in f if line.strip()]
 
 
-def build_tokenizer(texts: list[str], vocab_size: int = 512):
+def build_tokenizer(texts: list[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on ``texts`` (deterministic; EOS doubles as padding)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -87,20 +92,20 @@ def source_config(family: str, vocab_size: int, eos_id: int) -> dict[str, Any]:
     return fields
 
 
-def build_source(family: str, config: dict[str, Any]):
+def build_source(family: str, config: dict[str, Any]) -> PreTrainedModel:
     """A freshly initialized source model (no expanded layer) for ``config``."""
     entry = get_family(family)
     fields = {k: v for k, v in config.items() if k != "model_type"}
     return entry.causal_lm_class(entry.config_class(**fields))
 
 
-def expansion(family: str, config: dict[str, Any]):
+def expansion(family: str, config: dict[str, Any]) -> Expansion:
     """StateX's choices for the demo: every second layer, the paper's init, the family's default growth
     (GLA merges all heads into one, Mamba2 grows N 4x)."""
     return get_family(family).expansion_class(config, every=2, init="reinit")
 
 
-def expand(family: str, config: dict[str, Any], source):
+def expand(family: str, config: dict[str, Any], source: PreTrainedModel) -> PreTrainedModel:
     """The source model with StateX applied (:func:`expansion`)."""
     surgery = expansion(family, config)
     model = get_family(family).causal_lm_class(surgery.config)
@@ -109,7 +114,13 @@ def expand(family: str, config: dict[str, Any], source):
 
 
 def run_family(
-    family: str, tokenizer, output_dir: str, steps: int, seq_len: int, batch_size: int, learning_rate: float
+    family: str,
+    tokenizer: PreTrainedTokenizerFast,
+    output_dir: str,
+    steps: int,
+    seq_len: int,
+    batch_size: int,
+    learning_rate: float,
 ) -> DemoResult:
     import torch
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from statex_hf.training.errors import PosttrainInputError
 from statex_hf.training.families import expanded_layers, layout_of
 
 if TYPE_CHECKING:  # peft is imported when LoRA is used, so the rest of training works without it
@@ -40,6 +41,8 @@ def default_lora_config(
     from peft import LoraConfig
 
     layout = layout_of(model)
+    if target_modules is not None:
+        _check_targets(model, target_modules)
     targets = tuple(target_modules) if target_modules else layout.lora_targets
     modules_to_save: list[str] = []
     expanded = expanded_layers(model) if train_expanded else []
@@ -61,6 +64,18 @@ def default_lora_config(
         modules_to_save=modules_to_save or None,
         task_type="CAUSAL_LM",
     )
+
+
+def _check_targets(model: nn.Module, target_modules: Sequence[str]) -> None:
+    """Every target names an ``nn.Linear`` of ``model`` as peft matches it (the whole name or its last parts)."""
+    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    unknown = [t for t in target_modules if not any(n == t or n.endswith(f".{t}") for n in linears)]
+    if unknown:
+        choices = sorted({name.rsplit(".", 1)[-1] for name in linears})
+        raise PosttrainInputError(
+            f"--lora-target-modules {unknown[0]!r}: no nn.Linear of this model has that name; "
+            f"choose from {', '.join(choices)}"
+        )
 
 
 def apply_lora(model: nn.Module, config: LoraConfig | None = None, **kwargs) -> PeftModel:

@@ -60,8 +60,9 @@ def load_tokenizer(
     try:
         return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as err:
-        if tokenizer is not None:
-            raise
+        if tokenizer is not None:  # e.g. tokenizer files transformers cannot read: one line, not its traceback
+            why = " ".join(str(err).split()) or type(err).__name__
+            raise PosttrainInputError(f"--tokenizer {tokenizer}: cannot load a tokenizer: {why}") from err
         logger.info(f"no tokenizer with the model ({err}); the data must be pre-tokenized")
         return None
 
