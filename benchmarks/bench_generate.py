@@ -32,24 +32,15 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its siblings, under python -P too
+from bench_train import EXPANDED_LAYERS, SHAPES  # noqa: E402
 
 IMPLS = ["ours_gla", "ours_mamba2", "fla_gla", "hf_mamba2"]
-GLA_STATEX_LAYERS = [0, 6, 12, 18]
-MAMBA2_STATEX_LAYERS = [0, 12, 24, 36]
-MAMBA2_SHAPE = dict(
-    hidden_size=2048,
-    num_hidden_layers=48,
-    num_heads=64,
-    head_dim=64,
-    state_size=128,
-    n_groups=1,
-    vocab_size=50288,
-    tie_word_embeddings=True,
-    pad_token_id=0,
-    bos_token_id=0,
-    eos_token_id=0,
-)
-
+# The 1.3B shapes and StateX layers are bench_train's; the source models' ids need a pad token.
+MAMBA2_SHAPE = {k: v for k, v in SHAPES["mamba2"].items() if not k.startswith("statex_")}
+MAMBA2_SHAPE.update(pad_token_id=0, bos_token_id=0, eos_token_id=0)
 
 # `--tiny`: the same code at toy shapes, runnable on CPU (a check of the script, not a measurement).
 TINY_GLA = dict(hidden_size=64, num_hidden_layers=4, num_heads=4, vocab_size=128)
@@ -78,12 +69,9 @@ def _emit(row: dict) -> None:
 def hbm_bandwidth() -> tuple[float | None, float]:
     """(bytes/s the driver's memory clock and bus width give, bytes/s a 2 GiB device copy reaches)."""
     import torch
+    from gpu_specs import hbm_tbps
 
-    spec = None
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        clock_khz, bus_bits = getattr(props, "memory_clock_rate", 0), getattr(props, "memory_bus_width", 0)
-        spec = 2 * clock_khz * 1e3 * bus_bits / 8 if clock_khz and bus_bits else None  # double data rate
+    spec = hbm_tbps() * 1e12 if torch.cuda.is_available() else None
     src = torch.empty(2**30 if torch.cuda.is_available() else 2**24, dtype=torch.int16, device=_device())
     dst = torch.empty_like(src)
     dst.copy_(src)
@@ -104,7 +92,7 @@ def build(impl: str, tiny: bool = False):
     if impl in ("ours_gla", "fla_gla"):
         from statex_hf import StateXGLAConfig, StateXGLAForCausalLM
 
-        layers = GLA_STATEX_LAYERS[:1] if tiny else GLA_STATEX_LAYERS
+        layers = EXPANDED_LAYERS["gla"][:1] if tiny else EXPANDED_LAYERS["gla"]
         shape = TINY_GLA if tiny else {}
         config = StateXGLAConfig(**shape, statex_layers=layers if impl == "ours_gla" else [], pad_token_id=0)
         heads = [config.layer_num_heads(i) for i in range(config.num_hidden_layers)]
@@ -120,7 +108,7 @@ def build(impl: str, tiny: bool = False):
     else:
         from statex_hf import StateXMamba2Config, StateXMamba2ForCausalLM
 
-        layers = (MAMBA2_STATEX_LAYERS[:1] if tiny else MAMBA2_STATEX_LAYERS) if impl == "ours_mamba2" else []
+        layers = (EXPANDED_LAYERS["mamba2"][:1] if tiny else EXPANDED_LAYERS["mamba2"]) if impl == "ours_mamba2" else []
         shape = TINY_MAMBA2 if tiny else MAMBA2_SHAPE
         config = StateXMamba2Config(**shape, statex_layers=layers, statex_state_size=4 * shape["state_size"])
         inner = config.expand * config.hidden_size
