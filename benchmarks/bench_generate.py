@@ -27,15 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import selectors
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its siblings, under python -P too
 from bench_train import EXPANDED_LAYERS, SHAPES  # noqa: E402
+from worker_process import run_worker  # noqa: E402
 
 IMPLS = ["ours_gla", "ours_mamba2", "fla_gla", "hf_mamba2"]
 # The 1.3B shapes and StateX layers are bench_train's; the source models' ids need a pad token.
@@ -213,39 +211,7 @@ def worker(impl: str, args) -> None:
 
 def _run_process(impl: str, argv: list[str], timeout: float) -> tuple[list[dict], str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, __file__, "--worker", impl, *argv]
-    rows, status = [], "ok"
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    deadline = time.monotonic() + timeout
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
-    tail: list[str] = []
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise subprocess.TimeoutExpired(cmd, timeout)
-            if not selector.select(timeout=min(left, 5.0)):
-                continue
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if line.startswith("ROW "):
-                rows.append(json.loads(line[4:]))
-                print(line.rstrip(), file=sys.stderr, flush=True)
-            else:
-                tail = (tail + [line.rstrip()])[-20:]
-        proc.wait()
-        if proc.returncode != 0:
-            status = f"exit {proc.returncode}"
-            print("\n".join(tail), file=sys.stderr, flush=True)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        status = f"timeout {timeout:.0f}s"
-    return rows, status
+    return run_worker([sys.executable, __file__, "--worker", impl, *argv], env, timeout)
 
 
 def print_table(rows: list[dict], statuses: dict) -> None:

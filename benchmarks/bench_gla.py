@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_specs, under python -P too
+from worker_process import run_worker  # noqa: E402
 
 SHAPES = {"H4 256x512": (4, 256, 512), "H1 1024x2048": (1, 1024, 2048)}
 TRAIN_CASES = [(1, 4096), (1, 16384), (1, 65536), (16, 4096)]
@@ -168,41 +167,7 @@ def _run_process(args: list[str], timeout: float, cache_dir: str | None = None) 
     if cache_dir:
         os.makedirs(cache_dir, exist_ok=True)
         env["STATEX_BENCH_WARM_CACHE"] = "1" if os.listdir(cache_dir) else "0"
-    cmd = [sys.executable, __file__, *args]
-    rows, status = [], "ok"
-    # Its own process group, so a stop at the deadline also stops what the worker started (compilers).
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    deadline = time.monotonic() + timeout
-    try:
-        # Rows are read as they come so a process stopped at its deadline still reports what it finished.
-        import selectors
-
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise subprocess.TimeoutExpired(cmd, timeout)
-            if not sel.select(timeout=min(left, 5.0)):
-                continue
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if line.startswith("ROW "):
-                rows.append(json.loads(line[4:]))
-                print(line.rstrip(), file=sys.stderr, flush=True)
-            elif "Error" in line or "error" in line:
-                print(line.rstrip(), file=sys.stderr, flush=True)
-        proc.wait()
-        if proc.returncode != 0:
-            status = f"exit {proc.returncode}"
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        status = f"timeout {timeout:.0f}s"
-    return rows, status
+    return run_worker([sys.executable, __file__, *args], env, timeout)
 
 
 def _fmt(x, spec: str) -> str:
