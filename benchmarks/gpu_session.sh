@@ -5,7 +5,7 @@
 #               pip download --no-deps -d .device/wheels pytest pluggy iniconfig pytest-timeout
 #               (pyproject's pytest options need pytest-timeout)
 # Device calls: bash benchmarks/gpu_session.sh STEP...   (carry: [".device"]; a log per step in $OUT)
-#   STEP: tests | gla | ssd | sweep | profile | train | generate | fsdp | multigpu | repro. Several steps
+#   STEP: tests | gla | ssd | sweep | profile | decode-profile | train | generate | fsdp | multigpu | repro. Several steps
 #   share one call (one machine start), e.g. `gla profile`; `tests` needs a call of its own (the whole
 #   suite takes most of one; benchmarks/README.md has its time).
 #   Knobs: TESTS_PATHS (test files, run in that order), TESTS_TIMEOUT, FLA_TIMEOUT, GLA_TIMEOUT,
@@ -50,6 +50,7 @@ run_step() {
     ssd) timeout 540 python benchmarks/bench_ssd.py ${SSD_ARGS:---impls ours,ours_recompute,mamba_ssm} --json "$OUT/ssd.json" ;;
     sweep) timeout 540 python benchmarks/sweep_launch_configs.py ${SWEEP_ARGS:-} --json "$OUT/sweep.json" ;;
     profile) timeout 200 python benchmarks/profile_gla.py ;;
+    decode-profile) timeout 200 python benchmarks/profile_decode.py ${DECODE_PROFILE_ARGS:-} ;;
     train) timeout 540 python benchmarks/bench_train.py --json "$OUT/train.json" ;;
     generate) timeout 540 python benchmarks/bench_generate.py ${GENERATE_ARGS:-} --json "$OUT/generate.json" ;;
     fsdp) timeout 560 python benchmarks/bench_train_fsdp.py ${FSDP_ARGS:---gpus 1} --json "$OUT/fsdp.json" ;;
@@ -77,7 +78,7 @@ run_step() {
         for family in gla mamba2; do
             (cd /tmp/repro && find . -path "*/units/$family-seed*/source/*.safetensors" | tar -czf "$OUT/repro-$family.tgz" -T -)
         done ;;
-    *) echo "usage: $0 STEP... (tests | gla | ssd | sweep | profile | train | generate | fsdp | multigpu | repro)" >&2; return 2 ;;
+    *) echo "usage: $0 STEP... (tests | gla | ssd | sweep | profile | decode-profile | train | generate | fsdp | multigpu | repro)" >&2; return 2 ;;
     esac
 }
 
