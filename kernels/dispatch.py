@@ -26,6 +26,9 @@ def use_triton(*tensors: torch.Tensor) -> bool:
 # Up to this many tokens a no-grad GLA call on CUDA runs token by token (one pass over the state)
 # rather than chunked (several kernels and per-chunk states).
 GLA_RECURRENT_MAX_T = 64
+# Up to this many tokens after a conv state, a no-grad conv on CUDA runs as the decode kernel, whose
+# program walks the tokens one by one; longer inputs (a prompt continuing a cache) take the PyTorch path.
+CONV_UPDATE_MAX_T = 64
 
 
 def gla(
@@ -154,12 +157,31 @@ def causal_conv1d(
     """Depthwise causal conv1d; shapes as in ``kernels/conv/naive.py``.
 
     CUDA without an incoming ``conv_state`` (training, prefill): the Triton kernel, which keeps only
-    its input for the backward. Decode steps (with a ``conv_state``) and CPU: the PyTorch path.
+    its input for the backward. CUDA decode steps (a ``conv_state`` and ``output_final_state``, at most
+    ``CONV_UPDATE_MAX_T`` tokens, no gradient, no ``cu_seqlens``): the Triton update kernel, one launch
+    that shifts the new inputs into ``conv_state`` IN PLACE and returns that very tensor as the final
+    state (a model's cache: it keeps its storage, as CUDA graphs need, and nothing is copied back).
+    Everything else (CPU, longer inputs after a state, gradients): the PyTorch path, which leaves
+    ``conv_state`` as it was and returns a new window.
     """
-    if conv_state is None and activation in ("silu", "swish", None) and use_triton(x, weight):
-        from statex_hf.kernels.conv.causal_conv1d import causal_conv1d as triton_causal_conv1d
+    if activation in ("silu", "swish", None) and use_triton(x, weight):
+        if conv_state is None:
+            from statex_hf.kernels.conv.causal_conv1d import causal_conv1d as triton_causal_conv1d
 
-        return triton_causal_conv1d(x, weight, bias, activation, output_final_state, cu_seqlens)
+            return triton_causal_conv1d(x, weight, bias, activation, output_final_state, cu_seqlens)
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, weight, bias, conv_state)
+        )
+        if (
+            output_final_state
+            and cu_seqlens is None
+            and x.shape[1] <= CONV_UPDATE_MAX_T
+            and use_triton(conv_state)
+            and not needs_grad
+        ):
+            from statex_hf.kernels.conv.causal_conv1d_update import causal_conv1d_update
+
+            return causal_conv1d_update(x, weight, conv_state, bias, activation), conv_state
     return naive_causal_conv1d(x, weight, bias, activation, conv_state, output_final_state, cu_seqlens)
 
 
