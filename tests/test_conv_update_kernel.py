@@ -134,3 +134,48 @@ def test_dispatch_leaves_the_state_alone_outside_decode(on_cuda_dispatch, case):
     except ValueError as error:  # the torch path's one line for an activation it does not have
         assert case == "relu" and "unsupported activation" in str(error)
     torch.testing.assert_close(state, before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "family,fields",
+    [("mamba2", {"statex_layers": [1]}), ("gla", {"use_short_conv": True, "statex_layers": [0]})],
+    ids=["mamba2", "gla_short_conv"],
+)
+def test_generate_with_the_conv_on_the_kernels_equals_the_torch_path(monkeypatch, family, fields):
+    # Only the conv runs as on a GPU (prefill: the Triton conv; decode steps: the update kernel, in place
+    # on the cache's window); everything else stays on the torch path.
+    from tiny_models import VOCAB, build, returned_cache
+
+    model = build(family, **fields)
+    prompt = torch.randint(3, VOCAB, (2, 6))
+
+    def generate():
+        out = model.generate(
+            prompt, max_new_tokens=4, do_sample=False, eos_token_id=None, return_dict_in_generate=True,
+            output_logits=True,
+        )  # fmt: skip
+        cache = returned_cache(out)
+        windows = [w.clone() for layer in cache.layers for w in layer.conv_states.values()]
+        return out.sequences, torch.stack(out.logits), windows
+
+    ids_ref, logits_ref, windows_ref = generate()
+    real_conv, steps = dispatch.causal_conv1d, []
+
+    def conv_as_on_gpu(*args, **kwargs):
+        with monkeypatch.context() as m:
+            m.setattr(dispatch, "use_triton", lambda *tensors: True)
+            return real_conv(*args, **kwargs)
+
+    def counted_update(x, weight, conv_state, *args):
+        steps.append(x.shape[1])
+        return causal_conv1d_update(x, weight, conv_state, *args)
+
+    monkeypatch.setattr(dispatch, "causal_conv1d", conv_as_on_gpu)
+    monkeypatch.setattr(update_module, "causal_conv1d_update", counted_update)
+    ids, logits, windows = generate()
+    convs_per_step = model.config.num_hidden_layers * model.config.number_of_conv_states
+    assert steps == [1] * 3 * convs_per_step  # every decode step after the prompt's, every conv
+    assert torch.equal(ids, ids_ref)
+    torch.testing.assert_close(logits, logits_ref, rtol=1e-4, atol=1e-4)
+    for got, want in zip(windows, windows_ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
