@@ -7,7 +7,9 @@ sequence ``s = [state | x]`` (the ``K - 1`` cached inputs, then the ``T`` new on
     y_t       = act(bias + sum_j w_j s_{t + j})                    fp32, then cast to x's dtype
     state'_k  = s_{T + k}                                          k < K - 1, cast to the state's dtype
 
-One launch per step, and the state keeps its storage (a CUDA graph replays the step on fixed
+The sum is the torch path's, bit for bit: the same order, products rounded before they are added (no
+fused multiply-adds, ``enable_fp_fusion=False``); only the activation's ``exp`` may differ in its last
+bit. One launch per step, and the state keeps its storage (a CUDA graph replays the step on fixed
 addresses). One program owns ``BD`` channels of one batch row: it alone reads and writes their
 window, so the in-place shift only needs the program's own reads to finish before its writes.
 """
@@ -37,7 +39,7 @@ def _conv_update_kernel(x, w, bias, state, y, T, D, stride_xb, stride_xt, stride
         for j in tl.static_range(K):
             # s_{t + j}: a cached input while t + j < K - 1, else the new input t + j - (K - 1).
             i = t + j
-            from_state = tl.full([BD], i, tl.int32) < K - 1
+            from_state = (tl.zeros([BD], dtype=tl.int32) + i) < K - 1
             cached = tl.load(state_row + i * stride_sk, mask=dmask & from_state, other=0.0)
             new = tl.load(x_row + (i - (K - 1)) * stride_xt, mask=dmask & ~from_state, other=0.0)
             s = tl.where(from_state, cached.to(x.dtype.element_ty), new)
@@ -46,7 +48,7 @@ def _conv_update_kernel(x, w, bias, state, y, T, D, stride_xb, stride_xt, stride
         if HAS_BIAS:
             acc += b
         if SILU:
-            acc = acc * tl.sigmoid(acc)
+            acc = acc / (1.0 + tl.exp(-acc))  # torch's silu formula
         tl.store(y + (bi * T + t) * D + ds, acc.to(y.dtype.element_ty), mask=dmask)
 
     # The new window, s_T .. s_{T + K - 2}: read whole, then written over the old one.
@@ -101,7 +103,7 @@ def causal_conv1d_update(
         _conv_update_kernel[(Bsz, triton.cdiv(D, c.BD))](
             x, weight, bias if bias is not None else weight, conv_state, y, T, D, x.stride(0), x.stride(1),
             *conv_state.stride(), K=K, KP=max(1, triton.next_power_of_2(K - 1)), HAS_BIAS=bias is not None,
-            SILU=activation is not None, **c.kwargs(),
+            SILU=activation is not None, enable_fp_fusion=False, **c.kwargs(),
         )  # fmt: skip
 
     conv_launch("update", run, operand=x)
