@@ -1,6 +1,6 @@
 """Depthwise causal conv1d over ``[B, T, D]`` with a decode state and document resets, in PyTorch:
-the reference the Triton kernel (``causal_conv1d.py``) is tested against, and the path of decode
-steps and CPU.
+the reference the Triton kernels (``causal_conv1d.py``; ``causal_conv1d_update.py`` for decode steps)
+are tested against, and the CPU path.
 
 Used by Mamba2's ``conv1d`` over ``[x | B | C]`` and by GLA's optional short convolutions. Memory is
 linear in T: the kernel is applied as ``K`` shifted multiply-adds, so a document boundary is a mask.
