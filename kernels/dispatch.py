@@ -186,13 +186,19 @@ def causal_conv1d(
 
 
 def gated_rmsnorm(
-    x: torch.Tensor, gate: torch.Tensor | None, weight: torch.Tensor, eps: float, group_size: int
+    x: torch.Tensor,
+    gate: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    eps: float,
+    group_size: int,
+    norm_before_gate: bool = False,
 ) -> torch.Tensor:
-    """RMSNorm of ``x * silu(gate)`` (of ``x`` without a gate) per group, times ``weight``; as in
-    ``kernels/norm/naive.py``. CUDA: one Triton pass each way, which keeps only x, gate and one
-    fp32 value per (row, group) for the backward; the PyTorch path keeps several fp32 copies of x."""
-    if use_triton(x, weight):
+    """RMSNorm per group with an optional swish gate and weight, as in ``kernels/norm/naive.py``: Mamba2's
+    ``weight * norm(x * silu(gate))`` or, ``norm_before_gate``, GLA's ``norm(x) * weight * silu(gate)``.
+    CUDA: one Triton pass each way, which keeps only x, gate and one fp32 value per (row, group) for the
+    backward; the PyTorch path runs several kernels and keeps several fp32 copies of x."""
+    if use_triton(*(t for t in (x, gate, weight) if t is not None)):
         from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm as triton_gated_rmsnorm
 
-        return triton_gated_rmsnorm(x, gate, weight, eps, group_size)
-    return naive_gated_rmsnorm(x, gate, weight, eps, group_size)
+        return triton_gated_rmsnorm(x, gate, weight, eps, group_size, norm_before_gate)
+    return naive_gated_rmsnorm(x, gate, weight, eps, group_size, norm_before_gate)

@@ -1,9 +1,11 @@
-"""Gated RMSNorm: the Triton kernel == the PyTorch reference (forward, dx, dgate, dweight), and the model's
-``StateXMamba2RMSNorm`` == the reference.
+"""Gated RMSNorm: the Triton kernel == the PyTorch reference (forward, dx, dgate, dweight) in both orders
+(Mamba2's gate first, GLA's norm first), and the models' ``StateXMamba2RMSNorm`` / ``StateXGLARMSNorm`` ==
+the reference.
 
 The kernel runs under the Triton interpreter (set in conftest), fp32, tiny shapes: one group and several,
-groups that are not a power of two wide (masked lanes), with and without a gate, and groups wider than a
-block (the chunked path, forced by shrinking the block).
+groups that are not a power of two wide (masked lanes), rows that are not a multiple of the row block, with
+and without a gate or a weight, multi-head ``[b, t, h, d]`` inputs, and groups wider than a block (the
+chunked path, forced by shrinking the block).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from statex_hf.kernels.norm import configs
 from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm as gated_rmsnorm_triton
 from statex_hf.kernels.norm.naive import naive_gated_rmsnorm as gated_rmsnorm
+from statex_hf.modeling.gla.modeling_statex_gla import StateXGLARMSNorm
 from statex_hf.modeling.mamba2.modeling_statex_mamba2 import StateXMamba2RMSNorm
 
 EPS = 1e-5
@@ -26,9 +29,9 @@ def make_inputs(shape, dtype=torch.float32, weight_dtype=torch.float32):
     }
 
 
-def run_with_grads(fn, inputs, gated, group_size):
+def run_with_grads(fn, inputs, gated, group_size, **kwargs):
     leaves = {k: v.clone().requires_grad_() for k, v in inputs.items() if gated or k != "gate"}
-    out = fn(leaves["x"], leaves.get("gate"), leaves["weight"], EPS, group_size)
+    out = fn(leaves["x"], leaves.get("gate"), leaves.get("weight"), EPS, group_size, **kwargs)
     dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.dtype)
     out.backward(dout)
     return {"out": out, **{f"d{k}": v.grad for k, v in leaves.items()}}, dout
@@ -123,3 +126,113 @@ def test_the_norm_kernels_fall_back_to_small_tiles_on_a_gpu_they_do_not_fit(monk
         got, _ = run_with_grads(gated_rmsnorm_triton, inputs, True, 48)
     assert_close(got, want)
     assert all(fake.launches and fake.launches[0]["BS"] == 16 for fake in fakes.values())
+
+
+# GLA's order, norm first: round(norm(x) * weight * silu(gate)), one group per row (per head for the mixer's
+# output norm, whose input is [b, t, heads, head_v_dim]).
+
+
+def gla_inputs(shape, dtype=torch.float32, weighted=True, weight_dtype=torch.float32):
+    inputs = make_inputs(shape, dtype, weight_dtype)
+    if not weighted:
+        del inputs["weight"]
+    return inputs
+
+
+@pytest.mark.parametrize("weighted", [True, False], ids=["weight", "no-weight"])
+@pytest.mark.parametrize("gated", [True, False], ids=["gate", "no-gate"])
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 7, 48), (2, 5, 3, 20), (1, 37, 3, 32)],
+    ids=["hidden-48-14-rows", "4-heads-20-wide-30-rows", "3-heads-111-rows"],
+)
+def test_gla_triton_matches_reference_forward_and_all_grads_fp32(shape, gated, weighted):
+    inputs = gla_inputs(shape, weighted=weighted)
+    want, _ = run_with_grads(gated_rmsnorm, inputs, gated, shape[-1], norm_before_gate=True)
+    got, _ = run_with_grads(gated_rmsnorm_triton, inputs, gated, shape[-1], norm_before_gate=True)
+    assert set(got) == {"out", "dx"} | ({"dgate"} if gated else set()) | ({"dweight"} if weighted else set())
+    assert_close(got, want)
+
+
+def test_gla_order_is_not_mamba2_order():
+    # The two orders differ (a swapped switch would pass a test that compares a variant with itself).
+    inputs = make_inputs((2, 7, 48))
+    gla = gated_rmsnorm_triton(**inputs, eps=EPS, group_size=48, norm_before_gate=True)
+    mamba2 = gated_rmsnorm_triton(**inputs, eps=EPS, group_size=48, norm_before_gate=False)
+    assert (gla - mamba2).abs().max() > 0.1
+
+
+def test_gla_rows_are_rescaled_by_rms_then_gated():
+    # By hand: a row of 3s normalizes to 1s, times the weight, times silu(gate).
+    x = torch.full((1, 1, 4), 3.0)
+    gate = torch.tensor([[[0.0, 1.0, -1.0, 2.0]]])
+    weight = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    out = gated_rmsnorm_triton(x, gate, weight, 0.0, 4, norm_before_gate=True)
+    torch.testing.assert_close(out, weight * gate * torch.sigmoid(gate))
+
+
+@pytest.mark.parametrize("weighted", [True, False], ids=["weight", "no-weight"])
+@pytest.mark.parametrize("group_size", [48, 40], ids=["3-chunks", "3-chunks-last-partial"])
+def test_gla_rows_wider_than_a_block_are_walked_in_chunks(monkeypatch, group_size, weighted):
+    limit_block(monkeypatch, 16)
+    config = configs.norm_config("bwd", 14, group_size, torch.device("cpu"))
+    assert -(-group_size // config.BS) == 3  # the chunked path is the one under test
+    inputs = gla_inputs((2, 7, 2, group_size), weighted=weighted)
+    want, _ = run_with_grads(gated_rmsnorm, inputs, True, group_size, norm_before_gate=True)
+    got, _ = run_with_grads(gated_rmsnorm_triton, inputs, True, group_size, norm_before_gate=True)
+    assert_close(got, want)
+
+
+@pytest.mark.parametrize("max_block", [8192, 8], ids=["one-block", "chunked"])
+def test_gla_weight_grad_is_the_sum_over_rows_of_dout_times_normalized_gated_input(monkeypatch, max_block):
+    # 150 rows of 4 heads: several row blocks per program and several programs, so dw is partials summed.
+    limit_block(monkeypatch, max_block)
+    inputs = make_inputs((3, 50, 4, 16))
+    config = configs.norm_config("bwd", 600, 16, torch.device("cpu"))
+    programs, rows_per_program = configs.row_programs(600, config.BM, 1, torch.device("cpu"))
+    assert programs > 1 and rows_per_program > config.BM
+    got, dout = run_with_grads(gated_rmsnorm_triton, inputs, True, 16, norm_before_gate=True)
+    normalized_gated = gated_rmsnorm(inputs["x"], inputs["gate"], None, EPS, 16, norm_before_gate=True)
+    by_hand = (dout * normalized_gated).reshape(-1, 16).sum(0)
+    assert_close({"dweight": got["dweight"]}, {"dweight": by_hand})
+
+
+@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.bfloat16], ids=["fp32-weight", "bf16-weight"])
+def test_gla_bf16_output_is_in_x_dtype_and_values_match_reference(weight_dtype):
+    inputs = gla_inputs((2, 7, 4, 12), torch.bfloat16, weight_dtype=weight_dtype)
+    want, _ = run_with_grads(gated_rmsnorm, inputs, True, 12, norm_before_gate=True)
+    got, _ = run_with_grads(gated_rmsnorm_triton, inputs, True, 12, norm_before_gate=True)
+    assert got["out"].dtype == torch.bfloat16  # rounded once to x's dtype, whatever the weight's
+    assert got["dweight"].dtype == weight_dtype
+    assert_close(got, want, rtol=2e-2)  # bf16: see the Mamba2 bf16 test on the interpreter's casts
+
+
+def test_mamba2_order_without_a_weight_matches_reference():
+    inputs = gla_inputs((2, 7, 48), weighted=False)
+    want, _ = run_with_grads(gated_rmsnorm, inputs, True, 16)
+    got, _ = run_with_grads(gated_rmsnorm_triton, inputs, True, 16)
+    assert_close(got, want)
+
+
+def previous_gla_rmsnorm(x, gate, weight, eps):
+    """StateXGLARMSNorm.forward before it called dispatch (fla's math): the CPU result must not move."""
+    weight = None if weight is None else weight.float()
+    out = torch.nn.functional.rms_norm(x.float(), x.shape[-1:], weight, eps)
+    if gate is not None:
+        out = out * torch.nn.functional.silu(gate.float())
+    return out.to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("weighted", [True, False], ids=["weight", "no-weight"])
+@pytest.mark.parametrize("gated", [True, False], ids=["gate", "no-gate"])
+def test_model_gla_rmsnorm_on_cpu_is_bit_for_bit_the_previous_torch_math(gated, weighted, dtype):
+    norm = StateXGLARMSNorm(64, eps=1e-6, elementwise_affine=weighted).to(dtype)
+    if weighted:
+        with torch.no_grad():
+            norm.weight.copy_(1.0 + 0.5 * torch.randn(64))
+    inputs = make_inputs((2, 7, 3, 64), dtype)
+    gate = inputs["gate"] if gated else None
+    want = previous_gla_rmsnorm(inputs["x"], gate, norm.weight, norm.eps)
+    assert torch.equal(norm(inputs["x"], gate), want)
+    assert torch.equal(gated_rmsnorm(inputs["x"], gate, norm.weight, 1e-6, 64, norm_before_gate=True), want)

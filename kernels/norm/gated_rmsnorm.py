@@ -1,21 +1,39 @@
-"""Mamba2's gated RMSNorm in Triton, forward and backward: ``out = w * norm_per_group(x * silu(z))``.
+"""Gated RMSNorm in Triton, forward and backward, in its two orders (``norm_before_gate``):
+
+- Mamba2 (False): ``out = w * round(norm_per_group(x * silu(z)))``, gate first, rounded before the weight;
+- GLA (True):     ``out = round(norm_per_group(x) * w * silu(z))``, gate after, fp32 all through.
 
 Same contract as ``kernels/norm/naive.py`` (the reference). Rows are the flattened leading
-dims of ``[..., D]``; D splits into groups of S = ``group_size`` channels, each normalized on its own.
+dims of ``[..., D]``; D splits into groups of S = ``group_size`` channels, each normalized on its own
+(GLA's norms use one group, the whole row). The gate z and the weight w are optional (s = 1, w = 1).
 One program owns a block of rows and one group; a group of up to a block's channels (``configs.py``)
 sits in one block, a wider one is walked in chunks. The layer keeps only x, z, w and one rstd per (row, group);
-the backward recomputes silu and the normalized values from them:
+the backward recomputes silu and the normalized values from them. ``round`` is a cast to x's dtype;
+it passes the gradient straight through.
 
-    sig  = sigmoid(z),  s = z sig                           (s = 1 without a gate)
+Mamba2, gate first::
+
+    sig  = sigmoid(z),  s = z sig
     u    = x s
     rstd = (mean_S(u^2) + eps)^(-1/2)                       one per (row, group), saved
     n    = u rstd                                           fp32
-    out  = w * round(n)                                     round = cast to x's dtype, before w (as transformers)
+    out  = w * round(n)                                     round before w (as transformers)
 
-    dn   = dout w                                           (the rounding passes the gradient straight through)
+    dn   = dout w
     du   = rstd (dn - n mean_S(dn n))
     dx   = du s,   dz = du x sig (1 + z (1 - sig))
     dw   = sum_rows dout round(n)                           (per-program partials, summed in torch)
+
+GLA, norm first (the gate multiplies the normalized, weighted row)::
+
+    rstd = (mean_S(x^2) + eps)^(-1/2)
+    n    = x rstd
+    out  = round(n w s)                                     one rounding, at the end
+
+    dn   = dout w s                                         d out / d n
+    dx   = rstd (dn - n mean_S(dn n))                       the RMSNorm backward of n = x rstd
+    ds   = dout n w,   dz = ds sig (1 + z (1 - sig))        d silu(z) / dz = sig (1 + z (1 - sig))
+    dw   = sum_rows dout n s
 """
 
 from __future__ import annotations
@@ -28,13 +46,17 @@ from statex_hf.kernels.norm.configs import norm_launch, row_programs
 
 
 @triton.jit
-def _gated(x_ptr, z_ptr, offs, mask, HAS_GATE: tl.constexpr):
-    """fp32 ``u = x * silu(z)``, ``x``, ``z`` and ``sigmoid(z)`` at ``offs`` (z and sigmoid are 0 without a gate)."""
+def _load(x_ptr, z_ptr, offs, mask, HAS_GATE: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr):
+    """fp32 ``u`` (the values normalized: ``x * silu(z)`` gate first, ``x`` norm first), ``x``, ``z`` and
+    ``sigmoid(z)`` at ``offs`` (z and sigmoid are 0 without a gate)."""
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_GATE:
         z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         sig = tl.sigmoid(z)
-        u = x * z * sig
+        if NORM_BEFORE_GATE:
+            u = x
+        else:
+            u = x * z * sig
     else:
         z = tl.zeros_like(x)
         sig = z
@@ -43,8 +65,33 @@ def _gated(x_ptr, z_ptr, offs, mask, HAS_GATE: tl.constexpr):
 
 
 @triton.jit
+def _weight(w_ptr, g, S, cols, cmask, HAS_WEIGHT: tl.constexpr):
+    """fp32 weight of group ``g`` at ``cols`` (1 without a weight)."""
+    if HAS_WEIGHT:
+        w = tl.load(w_ptr + g * S + cols, mask=cmask, other=0.0).to(tl.float32)
+    else:
+        w = tl.where(cmask, 1.0, 0.0)
+    return w
+
+
+@triton.jit
+def _output(n, w, z, sig, x_ptr, HAS_GATE: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr):
+    """fp32 output tile before its one cast to the output dtype."""
+    if NORM_BEFORE_GATE:
+        out = n * w[None, :]
+        if HAS_GATE:
+            out = out * (z * sig)
+    else:
+        # Round to x's dtype first, then multiply by w in fp32 and round once to the output dtype: the
+        # reference's `weight * n.to(x.dtype)` (torch computes a bf16 * bf16 product in fp32 too).
+        out = n.to(x_ptr.dtype.element_ty).to(tl.float32) * w[None, :]
+    return out
+
+
+@triton.jit
 def _norm_fwd_kernel(x_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr, M, D, S, eps, BM: tl.constexpr, BS: tl.constexpr,
-                     NCHUNK: tl.constexpr, HAS_GATE: tl.constexpr):  # fmt: skip
+                     NCHUNK: tl.constexpr, HAS_GATE: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                     NORM_BEFORE_GATE: tl.constexpr):  # fmt: skip
     g = tl.program_id(1)
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     rmask = rows < M
@@ -53,13 +100,10 @@ def _norm_fwd_kernel(x_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr, M, D, S, eps, BM: t
         cols = tl.arange(0, BS)
         cmask = cols < S
         mask = rmask[:, None] & cmask[None, :]
-        u, x, z, sig = _gated(x_ptr, z_ptr, base + cols[None, :], mask, HAS_GATE)
+        u, x, z, sig = _load(x_ptr, z_ptr, base + cols[None, :], mask, HAS_GATE, NORM_BEFORE_GATE)
         rstd = 1.0 / tl.sqrt(tl.sum(u * u, axis=1) / S + eps)
-        n = u * rstd[:, None]
-        w = tl.load(w_ptr + g * S + cols, mask=cmask, other=0.0).to(tl.float32)
-        # Round to x's dtype first, then multiply by w in fp32 and round once to the output dtype: the
-        # reference's `weight * n.to(x.dtype)` (torch computes a bf16 * bf16 product in fp32 too).
-        out = n.to(x_ptr.dtype.element_ty).to(tl.float32) * w[None, :]
+        w = _weight(w_ptr, g, S, cols, cmask, HAS_WEIGHT)
+        out = _output(u * rstd[:, None], w, z, sig, x_ptr, HAS_GATE, NORM_BEFORE_GATE)
         tl.store(out_ptr + base + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
     else:
         # Wider than a block: one pass for the sum of squares, one to normalize (x and z read twice).
@@ -67,41 +111,60 @@ def _norm_fwd_kernel(x_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr, M, D, S, eps, BM: t
         for c in range(NCHUNK):
             cols = c * BS + tl.arange(0, BS)
             mask = rmask[:, None] & (cols < S)[None, :]
-            u, x, z, sig = _gated(x_ptr, z_ptr, base + cols[None, :], mask, HAS_GATE)
+            u, x, z, sig = _load(x_ptr, z_ptr, base + cols[None, :], mask, HAS_GATE, NORM_BEFORE_GATE)
             ss += tl.sum(u * u, axis=1)
         rstd = 1.0 / tl.sqrt(ss / S + eps)
         for c in range(NCHUNK):
             cols = c * BS + tl.arange(0, BS)
             cmask = cols < S
             mask = rmask[:, None] & cmask[None, :]
-            u, x, z, sig = _gated(x_ptr, z_ptr, base + cols[None, :], mask, HAS_GATE)
-            n = u * rstd[:, None]
-            w = tl.load(w_ptr + g * S + cols, mask=cmask, other=0.0).to(tl.float32)
-            out = n.to(x_ptr.dtype.element_ty).to(tl.float32) * w[None, :]
+            u, x, z, sig = _load(x_ptr, z_ptr, base + cols[None, :], mask, HAS_GATE, NORM_BEFORE_GATE)
+            w = _weight(w_ptr, g, S, cols, cmask, HAS_WEIGHT)
+            out = _output(u * rstd[:, None], w, z, sig, x_ptr, HAS_GATE, NORM_BEFORE_GATE)
             tl.store(out_ptr + base + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
     tl.store(rstd_ptr + rows * tl.num_programs(1) + g, rstd, mask=rmask)
 
 
 @triton.jit
-def _norm_bwd_tile(x_ptr, z_ptr, w_ptr, dy_ptr, base, rstd, cols, rmask, g, S, HAS_GATE: tl.constexpr):
-    """One ``[BM, BS]`` tile: fp32 ``x``, ``z``, ``sigmoid(z)``, ``n``, ``dn = dout w`` and ``dout * round(n)``."""
+def _norm_bwd_tile(x_ptr, z_ptr, w_ptr, dy_ptr, base, rstd, cols, rmask, g, S, HAS_GATE: tl.constexpr,
+                   HAS_WEIGHT: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr):  # fmt: skip
+    """One ``[BM, BS]`` tile: fp32 ``x``, ``z``, ``sigmoid(z)``, ``n``, ``dn`` (d out / d n times dout), ``ds``
+    (norm first: d out / d silu(z) times dout) and the dw partial."""
     cmask = cols < S
     mask = rmask[:, None] & cmask[None, :]
     offs = base + cols[None, :]
-    u, x, z, sig = _gated(x_ptr, z_ptr, offs, mask, HAS_GATE)
+    u, x, z, sig = _load(x_ptr, z_ptr, offs, mask, HAS_GATE, NORM_BEFORE_GATE)
     n = u * rstd[:, None]
     dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    w = tl.load(w_ptr + g * S + cols, mask=cmask, other=0.0).to(tl.float32)
-    # dw sees the rounded n, as the forward multiplied w by it.
-    dw_part = dy * n.to(x_ptr.dtype.element_ty).to(tl.float32)
-    return x, z, sig, n, dy * w[None, :], dw_part, offs, mask
+    w = _weight(w_ptr, g, S, cols, cmask, HAS_WEIGHT)
+    if NORM_BEFORE_GATE:
+        if HAS_GATE:
+            dys = dy * (z * sig)
+        else:
+            dys = dy
+        dn = dys * w[None, :]
+        ds = dy * n * w[None, :]
+        dw_part = dys * n
+    else:
+        dn = dy * w[None, :]
+        ds = dn  # unused: the gate's gradient comes from du
+        # dw sees the rounded n, as the forward multiplied w by it.
+        dw_part = dy * n.to(x_ptr.dtype.element_ty).to(tl.float32)
+    return x, z, sig, n, dn, ds, dw_part, offs, mask
 
 
 @triton.jit
-def _norm_bwd_store(dx_ptr, dz_ptr, du, x, z, sig, offs, mask, HAS_GATE: tl.constexpr):
+def _norm_bwd_store(dx_ptr, dz_ptr, du, ds, x, z, sig, offs, mask, HAS_GATE: tl.constexpr,
+                    NORM_BEFORE_GATE: tl.constexpr):  # fmt: skip
     if HAS_GATE:
-        tl.store(dx_ptr + offs, (du * z * sig).to(dx_ptr.dtype.element_ty), mask=mask)
-        dz = du * x * sig * (1.0 + z * (1.0 - sig))
+        dsilu = sig * (1.0 + z * (1.0 - sig))
+        if NORM_BEFORE_GATE:
+            dx = du
+            dz = ds * dsilu
+        else:
+            dx = du * z * sig
+            dz = du * x * dsilu
+        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
         tl.store(dz_ptr + offs, dz.to(dz_ptr.dtype.element_ty), mask=mask)
     else:
         tl.store(dx_ptr + offs, du.to(dx_ptr.dtype.element_ty), mask=mask)
@@ -109,7 +172,8 @@ def _norm_bwd_store(dx_ptr, dz_ptr, du, x, z, sig, offs, mask, HAS_GATE: tl.cons
 
 @triton.jit
 def _norm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz_ptr, dw_ptr, M, D, S, rows_per_program,
-                     BM: tl.constexpr, BS: tl.constexpr, NCHUNK: tl.constexpr, HAS_GATE: tl.constexpr):  # fmt: skip
+                     BM: tl.constexpr, BS: tl.constexpr, NCHUNK: tl.constexpr, HAS_GATE: tl.constexpr,
+                     HAS_WEIGHT: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr):  # fmt: skip
     # A program walks `rows_per_program` rows in blocks of BM so that its dw partial covers many rows:
     # one partial per row block would be a full fp32 copy of the input when BM = 1.
     pid = tl.program_id(0)
@@ -126,13 +190,14 @@ def _norm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz_ptr, dw_p
             rmask = rows < row_end
             rstd = tl.load(rstd_ptr + rows * n_groups + g, mask=rmask, other=0.0)
             base = rows.to(tl.int64)[:, None] * D + g * S
-            x, z, sig, n, dn, dw_part, offs, mask = _norm_bwd_tile(
-                x_ptr, z_ptr, w_ptr, dy_ptr, base, rstd, cols, rmask, g, S, HAS_GATE
+            x, z, sig, n, dn, ds, dw_part, offs, mask = _norm_bwd_tile(
+                x_ptr, z_ptr, w_ptr, dy_ptr, base, rstd, cols, rmask, g, S, HAS_GATE, HAS_WEIGHT, NORM_BEFORE_GATE
             )
             dw_acc += tl.sum(dw_part, axis=0)
             du = rstd[:, None] * (dn - n * (tl.sum(dn * n, axis=1) / S)[:, None])
-            _norm_bwd_store(dx_ptr, dz_ptr, du, x, z, sig, offs, mask, HAS_GATE)
-        tl.store(dw_row + cols, dw_acc, mask=cols < S)
+            _norm_bwd_store(dx_ptr, dz_ptr, du, ds, x, z, sig, offs, mask, HAS_GATE, NORM_BEFORE_GATE)
+        if HAS_WEIGHT:
+            tl.store(dw_row + cols, dw_acc, mask=cols < S)
     else:
         # Wider than a block: mean(dn n) over the group first, then dx, dz; the dw partial (zeroed by
         # the caller) is read, added to and written per chunk, since the group does not fit in registers.
@@ -144,45 +209,55 @@ def _norm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz_ptr, dw_p
             dot = tl.zeros([BM], dtype=tl.float32)
             for c in range(NCHUNK):
                 cols = c * BS + tl.arange(0, BS)
-                x, z, sig, n, dn, dw_part, offs, mask = _norm_bwd_tile(
-                    x_ptr, z_ptr, w_ptr, dy_ptr, base, rstd, cols, rmask, g, S, HAS_GATE
+                x, z, sig, n, dn, ds, dw_part, offs, mask = _norm_bwd_tile(
+                    x_ptr, z_ptr, w_ptr, dy_ptr, base, rstd, cols, rmask, g, S, HAS_GATE, HAS_WEIGHT, NORM_BEFORE_GATE
                 )
                 dot += tl.sum(dn * n, axis=1)
             mean_dn_n = dot / S
             for c in range(NCHUNK):
                 cols = c * BS + tl.arange(0, BS)
-                x, z, sig, n, dn, dw_part, offs, mask = _norm_bwd_tile(
-                    x_ptr, z_ptr, w_ptr, dy_ptr, base, rstd, cols, rmask, g, S, HAS_GATE
+                x, z, sig, n, dn, ds, dw_part, offs, mask = _norm_bwd_tile(
+                    x_ptr, z_ptr, w_ptr, dy_ptr, base, rstd, cols, rmask, g, S, HAS_GATE, HAS_WEIGHT, NORM_BEFORE_GATE
                 )
                 du = rstd[:, None] * (dn - n * mean_dn_n[:, None])
-                _norm_bwd_store(dx_ptr, dz_ptr, du, x, z, sig, offs, mask, HAS_GATE)
-                cmask = cols < S
-                acc = tl.load(dw_row + cols, mask=cmask, other=0.0)
-                tl.store(dw_row + cols, acc + tl.sum(dw_part, axis=0), mask=cmask)
+                _norm_bwd_store(dx_ptr, dz_ptr, du, ds, x, z, sig, offs, mask, HAS_GATE, NORM_BEFORE_GATE)
+                if HAS_WEIGHT:
+                    cmask = cols < S
+                    acc = tl.load(dw_row + cols, mask=cmask, other=0.0)
+                    tl.store(dw_row + cols, acc + tl.sum(dw_part, axis=0), mask=cmask)
+
+
+def output_dtype(x: torch.Tensor, weight: torch.Tensor | None, norm_before_gate: bool) -> torch.dtype:
+    """Norm first (GLA) rounds once to x's dtype; gate first (Mamba2) multiplies the rounded values by the
+    weight, which gives torch's promotion of the two dtypes."""
+    if norm_before_gate or weight is None:
+        return x.dtype
+    return torch.promote_types(x.dtype, weight.dtype)
 
 
 class GatedRMSNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, gate, weight, eps, group_size):
+    def forward(ctx, x, gate, weight, eps, group_size, norm_before_gate):
         shape = x.shape
         D = shape[-1]
         x2 = x.reshape(-1, D).contiguous()
         gate2 = gate.reshape(-1, D).contiguous() if gate is not None else None
-        weight = weight.contiguous()
+        weight = weight.contiguous() if weight is not None else None
         M, G = x2.shape[0], D // group_size
-        out = torch.empty(M, D, device=x.device, dtype=torch.promote_types(x.dtype, weight.dtype))
+        out = torch.empty(M, D, device=x.device, dtype=output_dtype(x, weight, norm_before_gate))
         rstd = torch.empty(M, G, device=x.device, dtype=torch.float32)
 
         def run(c: LaunchConfig) -> None:
             _norm_fwd_kernel[(triton.cdiv(M, c.BM), G)](
-                x2, gate2 if gate2 is not None else x2, weight, out, rstd, M, D, group_size, eps,
-                NCHUNK=triton.cdiv(group_size, c.BS), HAS_GATE=gate2 is not None, **c.kwargs(),
+                x2, gate2 if gate2 is not None else x2, weight if weight is not None else x2, out, rstd,
+                M, D, group_size, eps, NCHUNK=triton.cdiv(group_size, c.BS), HAS_GATE=gate2 is not None,
+                HAS_WEIGHT=weight is not None, NORM_BEFORE_GATE=norm_before_gate, **c.kwargs(),
             )  # fmt: skip
 
         if M > 0:
             norm_launch("fwd", run, M, group_size, operand=x2)
         ctx.save_for_backward(x2, gate2, weight, rstd)
-        ctx.shape, ctx.group_size = shape, group_size
+        ctx.shape, ctx.group_size, ctx.norm_before_gate = shape, group_size, norm_before_gate
         return out.view(shape)
 
     @staticmethod
@@ -198,32 +273,43 @@ class GatedRMSNormFunction(torch.autograd.Function):
 
         def run(c: LaunchConfig) -> None:
             programs, rows_per_program = row_programs(M, c.BM, G, x2.device)
-            dw = torch.zeros(programs, D, device=x2.device, dtype=torch.float32)  # a part per program
+            # A part per program (none without a weight: the kernel writes no dw then).
+            dw = torch.zeros(programs if weight is not None else 0, D, device=x2.device, dtype=torch.float32)
             _norm_bwd_kernel[(programs, G)](
-                x2, gate2 if gate2 is not None else x2, weight, rstd, dout, dx, dz if dz is not None else dx, dw,
-                M, D, S, rows_per_program, NCHUNK=triton.cdiv(S, c.BS), HAS_GATE=gate2 is not None, **c.kwargs(),
+                x2, gate2 if gate2 is not None else x2, weight if weight is not None else x2, rstd, dout, dx,
+                dz if dz is not None else dx, dw if weight is not None else dx, M, D, S, rows_per_program,
+                NCHUNK=triton.cdiv(S, c.BS), HAS_GATE=gate2 is not None, HAS_WEIGHT=weight is not None,
+                NORM_BEFORE_GATE=ctx.norm_before_gate, **c.kwargs(),
             )  # fmt: skip
             dw_parts.append(dw)
 
         if M > 0:
             norm_launch("bwd", run, M, S, operand=x2)
         dz = dz.view(ctx.shape) if dz is not None else None
-        return dx.view(ctx.shape), dz, dw_parts[-1].sum(0).to(weight.dtype), None, None
+        dw = dw_parts[-1].sum(0).to(weight.dtype) if weight is not None else None
+        return dx.view(ctx.shape), dz, dw, None, None, None
 
 
 def gated_rmsnorm(
-    x: torch.Tensor, gate: torch.Tensor | None, weight: torch.Tensor, eps: float, group_size: int
+    x: torch.Tensor,
+    gate: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    eps: float,
+    group_size: int,
+    norm_before_gate: bool = False,
 ) -> torch.Tensor:
-    """RMSNorm of ``x * silu(gate)`` (of ``x`` without a gate) over groups of ``group_size`` channels, times weight.
+    """RMSNorm over groups of ``group_size`` channels with an optional swish gate and weight.
 
-    x, gate ``[..., D]`` (bf16, fp16 or fp32), weight ``[D]``. Computed in fp32, cast to x's dtype before the
-    weight; the result's dtype is torch's promotion of (x's dtype, weight's dtype), as ``naive_gated_rmsnorm``.
+    ``norm_before_gate=False`` (Mamba2): ``weight * round(norm(x * silu(gate)))``, the result's dtype torch's
+    promotion of (x's dtype, weight's dtype). ``norm_before_gate=True`` (GLA): ``round(norm(x) * weight *
+    silu(gate))``, in x's dtype. x, gate ``[..., D]`` (bf16, fp16 or fp32), weight ``[D]``; computed in fp32,
+    ``round`` is the cast to x's dtype; as ``naive_gated_rmsnorm``.
     """
     D = x.shape[-1]
     if group_size <= 0 or D % group_size:
         raise ValueError(f"gated_rmsnorm: group_size {group_size} does not divide the last dim {D}")
     if gate is not None and gate.shape != x.shape:
         raise ValueError(f"gated_rmsnorm: gate {tuple(gate.shape)} differs from x {tuple(x.shape)}")
-    if weight.shape != (D,):
+    if weight is not None and weight.shape != (D,):
         raise ValueError(f"gated_rmsnorm: weight {tuple(weight.shape)} must be [{D}]")
-    return GatedRMSNormFunction.apply(x, gate, weight, eps, group_size)
+    return GatedRMSNormFunction.apply(x, gate, weight, eps, group_size, norm_before_gate)

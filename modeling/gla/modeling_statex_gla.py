@@ -42,12 +42,11 @@ class StateXGLARMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size)) if elementwise_affine else None
 
     def forward(self, hidden_states: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
-        # torch's rms_norm: the same fp32 math in one fused kernel on CUDA (a decode step runs dozens of these).
-        weight = None if self.weight is None else self.weight.float()
-        x = F.rms_norm(hidden_states.float(), hidden_states.shape[-1:], weight, self.eps)
-        if gate is not None:
-            x = x * F.silu(gate.float())
-        return x.to(hidden_states.dtype)
+        # (rms_norm(x) * weight * silu(gate)) in fp32, cast to x's dtype once: one Triton kernel each way on
+        # CUDA (a decode step runs three of these per layer), torch's ops on CPU.
+        return dispatch.gated_rmsnorm(
+            hidden_states, gate, self.weight, self.eps, hidden_states.shape[-1], norm_before_gate=True
+        )
 
 
 class StateXGLAMLP(nn.Module):
