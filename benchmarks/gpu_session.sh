@@ -2,13 +2,14 @@
 # The single-GPU suite and the benchmarks on the GPU machine (a device call is limited to 10 minutes).
 #
 # Here, once:   mkdir -p .device/wheels && cp ../shared/device-wheels/* .device/wheels/
-#               pip download --no-deps -d .device/wheels pytest pluggy iniconfig pytest-timeout
+#               pip download --no-deps -d .device/wheels pytest pluggy iniconfig pytest-timeout pytest-xdist execnet
 #               (pyproject's pytest options need pytest-timeout)
 # Device calls: bash benchmarks/gpu_session.sh STEP...   (carry: [".device"]; a log per step in $OUT)
 #   STEP: tests | gla | ssd | sweep | profile | decode-profile | train | generate | fsdp | multigpu | repro. Several steps
 #   share one call (one machine start), e.g. `gla profile`; `tests` needs a call of its own (the whole
 #   suite takes most of one; benchmarks/README.md has its time).
-#   Knobs: TESTS_PATHS (test files, run in that order), TESTS_TIMEOUT, FLA_TIMEOUT, GLA_TIMEOUT,
+#   Knobs: TESTS_PATHS (test files, run in that order), TESTS_ARGS (e.g. "-n 4": pytest-xdist, carried in
+#   .device/wheels, compiles the Triton kernels in parallel), TESTS_TIMEOUT, FLA_TIMEOUT, GLA_TIMEOUT,
 #   GLA_ARGS (e.g. "--impls fla --shapes H1 --skip-layers"), GLA_CACHE (see the gla step), SSD_ARGS
 #   (e.g. "--impls ours,mamba_ssm --peer-ns 512"), SWEEP_ARGS (e.g. "--ops gla").
 #   repro: the miniature (reproduce_statex.py) into the folders REPRO_DIRS, each with its REPRO_ARGS (see
@@ -32,7 +33,7 @@ export MAMBA_SSM_SRC=$(ls -d /tmp/mamba_ssm_src/mamba_ssm-*)
 
 run_step() {
     case "$1" in
-    tests) STATEX_GPU_TESTS=1 timeout "${TESTS_TIMEOUT:-500}" python -P -m pytest -q --durations=0 ${TESTS_PATHS:-tests/gpu} \
+    tests) STATEX_GPU_TESTS=1 timeout "${TESTS_TIMEOUT:-500}" python -P -m pytest -q --durations=0 ${TESTS_ARGS:-} ${TESTS_PATHS:-tests/gpu} \
         --ignore=tests/gpu/test_multi_gpu.py ;;
     gla)
         # GLA_CACHE=1: the workers keep their Triton caches in /tmp/triton-cache, seeded from a carried
