@@ -76,7 +76,7 @@ def gla(
 def ssd(
     x: torch.Tensor,
     dt: torch.Tensor,
-    A: torch.Tensor,
+    A: torch.Tensor | None,
     B: torch.Tensor,
     C: torch.Tensor,
     D: torch.Tensor | None = None,
@@ -88,8 +88,14 @@ def ssd(
     cu_seqlens: torch.LongTensor | None = None,
     chunk_size: int = 256,
     state_in_place: bool = False,
+    A_log: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mamba2 SSD scan; shapes as in ``kernels/ssd/naive.py`` (state ``[n, H, P, N]``, fp32).
+
+    Give ``A`` (``[H]``, negative) or, as a model does, ``A=None`` and ``A_log=`` its parameter
+    (``A = -exp(A_log)`` in fp32): a decode step then hands ``A_log`` to the decode kernel, which takes
+    the exponential itself (no kernels per step for A); every other path computes
+    ``-torch.exp(A_log.float())`` here, on the autograd path, as the model did.
 
     A decode step (one token, a state, no gradient) -> ``ssd_state_update`` (the Triton kernel on
     CUDA, one token step in PyTorch elsewhere). With ``state_in_place`` the step updates
@@ -98,15 +104,23 @@ def ssd(
     final state; otherwise ``initial_state`` is left as it was. Longer inputs: on CUDA the Triton
     chunked scan; on CPU the chunked PyTorch scan, or the token loop for a handful of tokens.
     """
-    args = (x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, initial_state, output_final_state, cu_seqlens)
+    if (A is None) == (A_log is None):
+        raise ValueError("ssd: give exactly one of A and A_log")
     T = x.shape[1]
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, dt, B, C, initial_state))
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, dt, A, A_log, B, C, initial_state)
+    )
     if T == 1 and cu_seqlens is None and initial_state is not None and not grad:
         state = initial_state.float().contiguous()
         if state is initial_state and not state_in_place:
             state = state.clone()
-        y = ssd_state_update(state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, dt_bias, dt_softplus, dt_limit)
+        y = ssd_state_update(
+            state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, dt_bias, dt_softplus, dt_limit, A_log=A_log
+        )
         return y[:, None], (state if output_final_state else None)
+    if A is None:
+        A = -torch.exp(A_log.float())
+    args = (x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, initial_state, output_final_state, cu_seqlens)
     if use_triton(x, B, C):
         from statex_hf.kernels.ssd.chunk import chunk_ssd
 
@@ -124,20 +138,26 @@ def ssd_state_update(
     state: torch.Tensor,
     x: torch.Tensor,
     dt: torch.Tensor,
-    A: torch.Tensor,
+    A: torch.Tensor | None,
     B: torch.Tensor,
     C: torch.Tensor,
     D: torch.Tensor | None = None,
     dt_bias: torch.Tensor | None = None,
     dt_softplus: bool = False,
     dt_limit: tuple[float, float] = (0.0, float("inf")),
+    A_log: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One decode step, ``state`` ``[b, H, P, N]`` fp32 updated in place; x ``[b, H, P]``, dt ``[b, H]``,
-    B/C ``[b, G, N]``; returns y ``[b, H, P]``."""
+    B/C ``[b, G, N]`` (any strides); ``A`` ``[H]``, or ``A=None`` and ``A_log`` (``A = -exp(A_log)``, taken
+    in the Triton kernel, in PyTorch elsewhere); returns y ``[b, H, P]``."""
+    if (A is None) == (A_log is None):
+        raise ValueError("ssd_state_update: give exactly one of A and A_log")
     if use_triton(state, x, B, C):
         from statex_hf.kernels.ssd.state_update import ssd_state_update as triton_state_update
 
-        return triton_state_update(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit)
+        return triton_state_update(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, A_log=A_log)
+    if A is None:
+        A = -torch.exp(A_log.float())
     y, final = naive_ssd(
         x[:, None], dt[:, None], A, B[:, None], C[:, None], D, dt_bias, dt_softplus, dt_limit, state, True
     )

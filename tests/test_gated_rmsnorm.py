@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from statex_hf.kernels import launch
 from statex_hf.kernels.norm import configs
 from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm as gated_rmsnorm_triton
 from statex_hf.kernels.norm.naive import naive_gated_rmsnorm as gated_rmsnorm
@@ -236,3 +237,70 @@ def test_model_gla_rmsnorm_on_cpu_is_bit_for_bit_the_previous_torch_math(gated, 
     want = previous_gla_rmsnorm(inputs["x"], gate, norm.weight, norm.eps)
     assert torch.equal(norm(inputs["x"], gate), want)
     assert torch.equal(gated_rmsnorm(inputs["x"], gate, norm.weight, 1e-6, 64, norm_before_gate=True), want)
+
+
+class Copies(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the copy ops (``clone``, ``copy_``) run inside it, outside Triton launches (the interpreter
+    copies its arguments in and out: no kernel on a GPU)."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.copies, self.paused = [], False
+        real = launch.launch
+
+        def paused(*args):
+            self.paused = True
+            try:
+                real(*args)
+            finally:
+                self.paused = False
+
+        monkeypatch.setattr(launch, "launch", paused)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.paused and func.overloadpacket.__name__ in ("clone", "copy_", "_to_copy"):
+            self.copies.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def strided_rows(shape, extra=5):
+    """x and gate ``[..., D]`` as slices of one wider ``[..., 2 D + extra]`` tensor (as Mamba2's z is a slice
+    of in_proj's output): rows strided, channels unit-stride."""
+    D = shape[-1]
+    x, gate, _ = torch.randn(*shape[:-1], 2 * D + extra).split([D, D, extra], dim=-1)
+    return x, gate
+
+
+@pytest.mark.parametrize("max_block", [8192, 16], ids=["one-block", "chunked"])
+@pytest.mark.parametrize("norm_before_gate", [False, True], ids=["mamba2", "gla"])
+@pytest.mark.parametrize("shape", [(3, 1, 48), (2, 7, 48)], ids=["decode-3-rows", "14-rows"])
+def test_forward_reads_strided_rows_without_copies(monkeypatch, shape, norm_before_gate, max_block):
+    limit_block(monkeypatch, max_block)
+    group_size = 48 if norm_before_gate else 16
+    x, gate = strided_rows(shape)
+    assert not x.is_contiguous() and not gate.is_contiguous()
+    weight = 1.0 + 0.5 * torch.randn(48)
+    with torch.no_grad(), Copies(monkeypatch) as seen:
+        out = gated_rmsnorm_triton(x, gate, weight, EPS, group_size, norm_before_gate)
+    assert seen.copies == []
+    assert out.is_contiguous() and out.shape == x.shape
+    with torch.no_grad():
+        on_copies = gated_rmsnorm_triton(x.contiguous(), gate.contiguous(), weight, EPS, group_size, norm_before_gate)
+        want = gated_rmsnorm(x, gate, weight, EPS, group_size, norm_before_gate)
+    assert torch.equal(out, on_copies)
+    assert_close({"out": out}, {"out": want})
+
+
+@pytest.mark.parametrize("norm_before_gate", [False, True], ids=["mamba2", "gla"])
+def test_strided_rows_with_gradients_match_reference(norm_before_gate):
+    # With a gradient to keep, the forward saves contiguous copies (the backward as before).
+    x, gate = strided_rows((2, 7, 48))
+    weight = 1.0 + 0.5 * torch.randn(48)
+    grads = []
+    for fn in (gated_rmsnorm, gated_rmsnorm_triton):
+        base = torch.cat([x, gate], dim=-1).detach().requires_grad_()  # one leaf, x and gate its slices
+        w = weight.clone().requires_grad_()
+        out = fn(base[..., :48], base[..., 48:], w, EPS, 16, norm_before_gate)
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
+        grads.append({"out": out, "dbase": base.grad, "dweight": w.grad})
+    assert_close(grads[1], grads[0])

@@ -277,3 +277,144 @@ def test_a_gpu_with_its_own_table_entry_gets_it_and_others_the_default(monkeypat
     assert on["NVIDIA H100 80GB HBM3"] == configs.TABLES["default"]["scan_fwd"]
     # Entries it does not name come from the default table.
     assert configs.ssd_config("dc", 256, 64, 512) == configs.TABLES["default"]["dc"]
+
+
+# ----- The decode step as a model takes it: A_log, and slices of the in_proj / conv outputs -----
+
+
+def model_slices(b, H, P, G, N, extra=5):
+    """x ``[b, H, P]``, B, C ``[b, G, N]`` and dt ``[b, H]`` as views into one ``[b, width]`` row per sequence
+    (the layout of Mamba2's in_proj / conv outputs): strided over the batch, unit-stride inside a row."""
+    sizes = [H * P, G * N, G * N, H, extra]
+    x, B, C, dt, _ = torch.randn(b, sum(sizes)).split(sizes, dim=-1)
+    return x.view(b, H, P), dt, B.view(b, G, N), C.view(b, G, N)
+
+
+@pytest.mark.parametrize("G", [1, 2])
+def test_triton_state_update_takes_A_log_and_strided_slices(G):
+    b, H, P, N = 3, 4, 8, 40
+    x, dt, B, C = model_slices(b, H, P, G, N)
+    assert not any(t.is_contiguous() for t in (x, dt, B, C))
+    A_log, D, bias, h0 = torch.rand(H) * 2, torch.randn(H), torch.randn(H) * 0.5, torch.randn(b, H, P, N)
+    A = -torch.exp(A_log.float())
+    before = [t.clone() for t in (x, dt, B, C)]
+    contiguous = [t.contiguous()[:, None] for t in (x, dt, B, C)]
+    y_ref, f_ref = naive_ssd(contiguous[0], contiguous[1], A, *contiguous[2:], D, bias, True, (0.0, 4.0), h0, True)
+    state = h0.clone()
+    y = ssd_state_update(state, x, dt, None, B, C, D, bias, True, (0.0, 4.0), A_log=A_log)
+    assert y.is_contiguous()
+    torch.testing.assert_close(y, y_ref[:, 0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state, f_ref, rtol=1e-5, atol=1e-5)
+    # The same kernel on contiguous copies with A given: A_log changes only where A comes from.
+    state_A = h0.clone()
+    y_A = ssd_state_update(state_A, *(t[:, 0] for t in contiguous[:2]), A, *(t[:, 0] for t in contiguous[2:]), D,
+                           bias, True, (0.0, 4.0))  # fmt: skip
+    torch.testing.assert_close(y, y_A, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(state, state_A, rtol=1e-6, atol=1e-6)
+    for got, want in zip((x, dt, B, C), before):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("fn", ["ssd", "ssd_state_update"])
+def test_A_and_A_log_are_one_or_the_other(fn):
+    inputs = make_inputs(1, 1, 2, 4, 1, 8)
+    x, dt, A, B, C = (inputs[k] for k in ["x", "dt", "A", "B", "C"])
+    h0 = inputs["initial_state"]
+    call = {
+        "ssd": lambda **a: dispatch.ssd(x, dt, B=B, C=C, initial_state=h0, **a),
+        "ssd_state_update": lambda **a: dispatch.ssd_state_update(h0, x[:, 0], dt[:, 0], B=B[:, 0], C=C[:, 0], **a),
+    }[fn]
+    for both_or_neither in ({"A": A, "A_log": A}, {"A": None}):
+        with pytest.raises(ValueError, match="exactly one of A and A_log"):
+            call(**both_or_neither)
+
+
+@pytest.mark.parametrize("T", [1, 3, 20], ids=["decode", "token_loop", "chunked"])
+def test_dispatch_with_A_log_on_cpu_is_the_A_path_bit_for_bit(T):
+    # CPU (and training) unchanged: A_log only moves where -exp(A_log.float()) is taken on the torch paths.
+    inputs = make_inputs(2, T, 4, 8, 2, 16)
+    A_log = torch.rand(4) * 2
+    args = [inputs[k] for k in ["x", "dt", "B", "C", "D", "dt_bias"]]
+    outs = []
+    for A, log in ((-torch.exp(A_log.float()), None), (None, A_log)):
+        leaves = [t.clone().requires_grad_() for t in args]
+        log_leaf = log.clone().requires_grad_() if log is not None else None
+        A_leaf = A.clone().requires_grad_() if A is not None else None
+        x, dt, B, C, D, bias = leaves
+        state = inputs["initial_state"].clone()
+        y, f = dispatch.ssd(x, dt, A_leaf, B, C, D, bias, True, (0.0, 4.0), state, True, A_log=log_leaf)
+        (y.square().sum() + f.square().sum()).backward()
+        grad_A = A_leaf.grad if A is not None else log_leaf.grad / log.exp().neg()  # dA_log = dA * A
+        outs.append([y, f, *(t.grad for t in leaves), grad_A])
+    for got, want in zip(outs[1], outs[0], strict=True):
+        if got is outs[1][-1]:  # the chain rule through exp rounds once more
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        else:
+            assert torch.equal(got, want)
+
+
+@pytest.fixture
+def on_cuda_dispatch(monkeypatch):
+    """``dispatch`` as on a GPU (every tensor counts as CUDA), the kernels under the interpreter."""
+    monkeypatch.setattr(dispatch, "use_triton", lambda *tensors: True)
+
+
+class AtenOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """The aten ops that may launch a kernel (not views, not allocations), outside Triton launches."""
+
+    NO_KERNEL = {"empty", "empty_like", "empty_strided", "detach", "alias", "promote_types", "_unsafe_view"}
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.ops, self.triton, self.paused = [], [], False
+        real = launch.launch
+
+        def counted(kernel, *args):
+            self.triton.append(kernel)
+            self.paused = True  # the interpreter's own tensor traffic is not the kernel's
+            try:
+                real(kernel, *args)
+            finally:
+                self.paused = False
+
+        monkeypatch.setattr(launch, "launch", counted)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if not self.paused and not func.is_view and name not in self.NO_KERNEL:
+            self.ops.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_a_mamba2_decode_step_launches_the_projections_and_three_kernels(monkeypatch, on_cuda_dispatch, dtype):
+    # Issue 20: per layer per step, A = -exp(A_log.float()) took two or three kernels, and at B > 1 x, dt, B, C
+    # and the norm's gate z (slices of in_proj's output) were each copied. Now the mixer's step is its two
+    # matmuls, the conv and state-update kernels and the gated norm, and computes what the torch path does.
+    from tiny_models import build, returned_cache
+
+    model = build("mamba2", statex_layers=[1]).to(dtype)
+    prompt = torch.randint(3, 64, (2, 6))
+    mixers = [layer.mixer for layer in model.backbone.layers]
+    steps = {}
+    for path in ("torch", "kernels"):
+        with torch.no_grad(), monkeypatch.context() as m:
+            m.setattr(dispatch, "use_triton", lambda *tensors: False)
+            cache = returned_cache(model(prompt[:, :-1], use_cache=True))  # the same prefill for both
+        hidden = torch.randn(2, 1, model.config.hidden_size, generator=torch.Generator().manual_seed(0)).to(dtype)
+        with torch.no_grad(), monkeypatch.context() as m:
+            if path == "torch":
+                m.setattr(dispatch, "use_triton", lambda *tensors: False)
+            counted = AtenOps(m)
+            outs = []
+            for mixer in mixers:
+                with counted:
+                    outs.append(mixer(hidden, None, cache))
+        states = [cache.layers[i].recurrent_states[0].clone() for i in range(len(mixers))]
+        steps[path] = (outs, states, counted)
+    per_layer = steps["kernels"][2]
+    assert per_layer.ops == ["mm", "mm"] * len(mixers), per_layer.ops
+    assert per_layer.triton == ["conv.update", "ssd.state_update", "norm.fwd"] * len(mixers)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    for got, want in zip(steps["kernels"][0] + steps["kernels"][1], steps["torch"][0] + steps["torch"][1]):
+        torch.testing.assert_close(got, want, **tol)

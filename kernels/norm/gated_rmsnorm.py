@@ -46,12 +46,12 @@ from statex_hf.kernels.norm.configs import norm_launch, row_programs
 
 
 @triton.jit
-def _load(x_ptr, z_ptr, offs, mask, HAS_GATE: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr):
+def _load(x_ptr, z_ptr, x_offs, z_offs, mask, HAS_GATE: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr):
     """fp32 ``u`` (the values normalized: ``x * silu(z)`` gate first, ``x`` norm first), ``x``, ``z`` and
-    ``sigmoid(z)`` at ``offs`` (z and sigmoid are 0 without a gate)."""
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    ``sigmoid(z)`` at ``x_offs`` / ``z_offs`` (z and sigmoid are 0 without a gate)."""
+    x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_GATE:
-        z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + z_offs, mask=mask, other=0.0).to(tl.float32)
         sig = tl.sigmoid(z)
         if NORM_BEFORE_GATE:
             u = x
@@ -89,18 +89,24 @@ def _output(n, w, z, sig, x_ptr, HAS_GATE: tl.constexpr, NORM_BEFORE_GATE: tl.co
 
 
 @triton.jit
-def _norm_fwd_kernel(x_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr, M, D, S, eps, BM: tl.constexpr, BS: tl.constexpr,
-                     NCHUNK: tl.constexpr, HAS_GATE: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+def _norm_fwd_kernel(x_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr, M, D, S, stride_x, stride_z, eps, BM: tl.constexpr,
+                     BS: tl.constexpr, NCHUNK: tl.constexpr, HAS_GATE: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                      NORM_BEFORE_GATE: tl.constexpr):  # fmt: skip
+    # x and z rows are read through their own strides (a slice of a wider projection needs no copy); the
+    # output is written contiguous.
     g = tl.program_id(1)
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     rmask = rows < M
-    base = rows.to(tl.int64)[:, None] * D + g * S  # int64: B * T * D passes 2^31 at long contexts
+    rows64 = rows.to(tl.int64)[:, None]  # int64: B * T * D passes 2^31 at long contexts
+    base = rows64 * D + g * S
+    x_base = rows64 * stride_x + g * S
+    z_base = rows64 * stride_z + g * S
     if NCHUNK == 1:
         cols = tl.arange(0, BS)
         cmask = cols < S
         mask = rmask[:, None] & cmask[None, :]
-        u, x, z, sig = _load(x_ptr, z_ptr, base + cols[None, :], mask, HAS_GATE, NORM_BEFORE_GATE)
+        u, x, z, sig = _load(x_ptr, z_ptr, x_base + cols[None, :], z_base + cols[None, :], mask, HAS_GATE,
+                             NORM_BEFORE_GATE)  # fmt: skip
         rstd = 1.0 / tl.sqrt(tl.sum(u * u, axis=1) / S + eps)
         w = _weight(w_ptr, g, S, cols, cmask, HAS_WEIGHT)
         out = _output(u * rstd[:, None], w, z, sig, x_ptr, HAS_GATE, NORM_BEFORE_GATE)
@@ -111,14 +117,16 @@ def _norm_fwd_kernel(x_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr, M, D, S, eps, BM: t
         for c in range(NCHUNK):
             cols = c * BS + tl.arange(0, BS)
             mask = rmask[:, None] & (cols < S)[None, :]
-            u, x, z, sig = _load(x_ptr, z_ptr, base + cols[None, :], mask, HAS_GATE, NORM_BEFORE_GATE)
+            u, x, z, sig = _load(x_ptr, z_ptr, x_base + cols[None, :], z_base + cols[None, :], mask, HAS_GATE,
+                                 NORM_BEFORE_GATE)  # fmt: skip
             ss += tl.sum(u * u, axis=1)
         rstd = 1.0 / tl.sqrt(ss / S + eps)
         for c in range(NCHUNK):
             cols = c * BS + tl.arange(0, BS)
             cmask = cols < S
             mask = rmask[:, None] & cmask[None, :]
-            u, x, z, sig = _load(x_ptr, z_ptr, base + cols[None, :], mask, HAS_GATE, NORM_BEFORE_GATE)
+            u, x, z, sig = _load(x_ptr, z_ptr, x_base + cols[None, :], z_base + cols[None, :], mask, HAS_GATE,
+                                 NORM_BEFORE_GATE)  # fmt: skip
             w = _weight(w_ptr, g, S, cols, cmask, HAS_WEIGHT)
             out = _output(u * rstd[:, None], w, z, sig, x_ptr, HAS_GATE, NORM_BEFORE_GATE)
             tl.store(out_ptr + base + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
@@ -133,7 +141,7 @@ def _norm_bwd_tile(x_ptr, z_ptr, w_ptr, dy_ptr, base, rstd, cols, rmask, g, S, H
     cmask = cols < S
     mask = rmask[:, None] & cmask[None, :]
     offs = base + cols[None, :]
-    u, x, z, sig = _load(x_ptr, z_ptr, offs, mask, HAS_GATE, NORM_BEFORE_GATE)
+    u, x, z, sig = _load(x_ptr, z_ptr, offs, offs, mask, HAS_GATE, NORM_BEFORE_GATE)
     n = u * rstd[:, None]
     dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     w = _weight(w_ptr, g, S, cols, cmask, HAS_WEIGHT)
@@ -235,13 +243,22 @@ def output_dtype(x: torch.Tensor, weight: torch.Tensor | None, norm_before_gate:
     return torch.promote_types(x.dtype, weight.dtype)
 
 
+def _rows(t: torch.Tensor | None, D: int, contiguous: bool) -> torch.Tensor | None:
+    """``t`` as ``[rows, D]``: a view where its rows can be walked by one stride over a unit-stride last dim
+    (a slice of a wider projection), else a contiguous copy; always contiguous with ``contiguous``."""
+    if t is None:
+        return None
+    rows = t.reshape(-1, D)
+    return rows.contiguous() if contiguous or rows.stride(-1) != 1 else rows
+
+
 class GatedRMSNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, gate, weight, eps, group_size, norm_before_gate):
+    def forward(ctx, x, gate, weight, eps, group_size, norm_before_gate, needs_grad=True):
         shape = x.shape
         D = shape[-1]
-        x2 = x.reshape(-1, D).contiguous()
-        gate2 = gate.reshape(-1, D).contiguous() if gate is not None else None
+        # Strided rows are read in place; the backward wants contiguous copies, made here when it may run.
+        x2, gate2 = _rows(x, D, needs_grad), _rows(gate, D, needs_grad)
         weight = weight.contiguous() if weight is not None else None
         M, G = x2.shape[0], D // group_size
         out = torch.empty(M, D, device=x.device, dtype=output_dtype(x, weight, norm_before_gate))
@@ -250,8 +267,9 @@ class GatedRMSNormFunction(torch.autograd.Function):
         def run(c: LaunchConfig) -> None:
             _norm_fwd_kernel[(triton.cdiv(M, c.BM), G)](
                 x2, gate2 if gate2 is not None else x2, weight if weight is not None else x2, out, rstd,
-                M, D, group_size, eps, NCHUNK=triton.cdiv(group_size, c.BS), HAS_GATE=gate2 is not None,
-                HAS_WEIGHT=weight is not None, NORM_BEFORE_GATE=norm_before_gate, **c.kwargs(),
+                M, D, group_size, x2.stride(0), gate2.stride(0) if gate2 is not None else 0, eps,
+                NCHUNK=triton.cdiv(group_size, c.BS), HAS_GATE=gate2 is not None, HAS_WEIGHT=weight is not None,
+                NORM_BEFORE_GATE=norm_before_gate, **c.kwargs(),
             )  # fmt: skip
 
         if M > 0:
@@ -287,7 +305,7 @@ class GatedRMSNormFunction(torch.autograd.Function):
             norm_launch("bwd", run, M, S, operand=x2)
         dz = dz.view(ctx.shape) if dz is not None else None
         dw = dw_parts[-1].sum(0).to(weight.dtype) if weight is not None else None
-        return dx.view(ctx.shape), dz, dw, None, None, None
+        return dx.view(ctx.shape), dz, dw, None, None, None, None
 
 
 def gated_rmsnorm(
@@ -303,7 +321,8 @@ def gated_rmsnorm(
     ``norm_before_gate=False`` (Mamba2): ``weight * round(norm(x * silu(gate)))``, the result's dtype torch's
     promotion of (x's dtype, weight's dtype). ``norm_before_gate=True`` (GLA): ``round(norm(x) * weight *
     silu(gate))``, in x's dtype. x, gate ``[..., D]`` (bf16, fp16 or fp32), weight ``[D]``; computed in fp32,
-    ``round`` is the cast to x's dtype; as ``naive_gated_rmsnorm``.
+    ``round`` is the cast to x's dtype; as ``naive_gated_rmsnorm``. Without a gradient to keep for, x and gate
+    rows with a unit-stride last dim are read through their strides (no copies); the output is contiguous.
     """
     D = x.shape[-1]
     if group_size <= 0 or D % group_size:
@@ -312,4 +331,5 @@ def gated_rmsnorm(
         raise ValueError(f"gated_rmsnorm: gate {tuple(gate.shape)} differs from x {tuple(x.shape)}")
     if weight is not None and weight.shape != (D,):
         raise ValueError(f"gated_rmsnorm: weight {tuple(weight.shape)} must be [{D}]")
-    return GatedRMSNormFunction.apply(x, gate, weight, eps, group_size, norm_before_gate)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, gate, weight))
+    return GatedRMSNormFunction.apply(x, gate, weight, eps, group_size, norm_before_gate, needs_grad)

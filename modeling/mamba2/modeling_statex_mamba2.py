@@ -128,7 +128,6 @@ class StateXMamba2Mixer(nn.Module):
             [self.intermediate_size, self.n_groups * self.ssm_state_size, self.n_groups * self.ssm_state_size], dim=-1
         )
 
-        A = -torch.exp(self.A_log.float())
         dt_bias, dt_softplus, dt_limit = self.dt_bias, True, self.time_step_limit
         if mask is not None:
             # Step size 0 at a padding token: the state neither decays nor takes a write there.
@@ -141,7 +140,7 @@ class StateXMamba2Mixer(nn.Module):
         y, final_state = dispatch.ssd(
             x,
             dt,
-            A,
+            None,
             B,
             C,
             D=self.D,
@@ -153,6 +152,7 @@ class StateXMamba2Mixer(nn.Module):
             cu_seqlens=cu_seqlens,
             chunk_size=self.chunk_size,
             state_in_place=True,
+            A_log=self.A_log,  # A = -exp(A_log): in the decode kernel on a CUDA step, else in dispatch.ssd
         )
         if cache is not None:
             store_recurrent_state(cache, self.layer_idx, final_state)
