@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 
 import torch
+from statex_hf.kernels.activations.naive import naive_swiglu
 from statex_hf.kernels.conv.naive import naive_causal_conv1d
 from statex_hf.kernels.gla.chunk_torch import chunk_gla_torch
-from statex_hf.kernels.gla.naive import naive_recurrent_gla
+from statex_hf.kernels.gla.naive import gla_log_decay, naive_recurrent_gla
 from statex_hf.kernels.norm.naive import naive_gated_rmsnorm
 from statex_hf.kernels.ssd.naive import naive_ssd
 
@@ -41,6 +42,8 @@ def gla(
     output_final_state: bool = False,
     cu_seqlens: torch.LongTensor | None = None,
     final_state: torch.Tensor | None = None,
+    gate_logit_normalizer: float | None = None,
+    gate_clamp_min: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated linear attention; shapes as in ``kernels/gla/naive.py`` (state ``[N, H, K, V]``, fp32).
 
@@ -49,9 +52,12 @@ def gla(
     ``STATEX_FORCE_TORCH=1``): the token loop for one or two tokens, else the chunked PyTorch path.
     ``final_state``: a tensor to return the final state in (it may be ``initial_state``: a cached state
     updated in place); the recurrent kernel writes it directly, the other paths copy into it.
+    ``gate_logit_normalizer``: ``gk`` holds GLA's raw gate logits, and the log decay is
+    ``gla_log_decay(gk, gate_logit_normalizer, gate_clamp_min)``: the recurrent kernel computes it as it
+    loads ``gk`` (no elementwise kernels before it), every other path first runs that function's torch ops.
     """
     T = q.shape[1]
-    args = (q, k, v, gk, scale, initial_state, output_final_state or final_state is not None, cu_seqlens)
+    final = output_final_state or final_state is not None
     if use_triton(q, k, v, gk):
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (q, k, v, gk, initial_state)
@@ -59,7 +65,15 @@ def gla(
         if T <= GLA_RECURRENT_MAX_T and not needs_grad:
             from statex_hf.kernels.gla.fused_recurrent import fused_recurrent_gla
 
-            return fused_recurrent_gla(*args, final_state=final_state)
+            return fused_recurrent_gla(
+                q, k, v, gk, scale, initial_state, final, cu_seqlens, final_state, gate_logit_normalizer, gate_clamp_min
+            )
+    if gate_logit_normalizer is not None:
+        gk = gla_log_decay(gk, gate_logit_normalizer, gate_clamp_min)
+    elif gate_clamp_min is not None:
+        raise ValueError("dispatch.gla: gate_clamp_min applies to gate logits; pass gate_logit_normalizer too")
+    args = (q, k, v, gk, scale, initial_state, final, cu_seqlens)
+    if use_triton(q, k, v, gk):
         from statex_hf.kernels.gla.chunk import chunk_gla
 
         o, ht = chunk_gla(*args)
@@ -71,6 +85,18 @@ def gla(
         final_state.copy_(ht)
         ht = final_state
     return o, ht
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """``F.silu(gate) * up`` (an MLP's SwiGLU). CUDA, no gradient, one shape and dtype: one Triton kernel
+    with torch's two roundings (``kernels/activations/swiglu.py``), where torch runs two. Otherwise (training,
+    CPU, ``STATEX_FORCE_TORCH=1``) torch's two ops."""
+    needs_grad = torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad)
+    if use_triton(gate, up) and not needs_grad and gate.shape == up.shape and gate.dtype == up.dtype:
+        from statex_hf.kernels.activations.swiglu import swiglu as triton_swiglu
+
+        return triton_swiglu(gate, up)
+    return naive_swiglu(gate, up)
 
 
 def ssd(

@@ -6,6 +6,9 @@ Runs on CPU: the PyTorch chunked path natively, the Triton kernels under ``TRITO
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +18,7 @@ from statex_hf.kernels.gla import configs
 from statex_hf.kernels.gla.chunk import chunk_gla
 from statex_hf.kernels.gla.chunk_torch import chunk_gla_torch
 from statex_hf.kernels.gla.fused_recurrent import fused_recurrent_gla
-from statex_hf.kernels.gla.naive import naive_recurrent_gla
+from statex_hf.kernels.gla.naive import gla_log_decay, naive_recurrent_gla
 from triton.runtime.errors import OutOfResources
 
 # The interpreter evaluates both sides of tl.where in numpy: exp() of the masked-out branch overflows
@@ -236,3 +239,182 @@ def test_dispatch_on_cpu_equals_naive_with_gradients(T):
     got = outputs_and_grads(dispatch.gla, q, k, v, gk, h0)
     want = outputs_and_grads(naive_recurrent_gla, q, k, v, gk, h0)
     assert_all_close(got, want, atol=1e-4)
+
+
+# --- The recurrent kernel from GLA's raw gate logits (logsigmoid / normalizer and the clamp at load) ---
+
+GATE_SHAPES = {"one_token": (3, 1, 2, 20, 24), "few_tokens": (2, 5, 2, 20, 24), "one_token_tiled": (2, 1, 1, 80, 72)}
+
+
+def gate_logits(B, T, H, K, dtype=torch.float32):
+    # Wide logits: log decays from ~0 down to -9/16 (what a clamp of -0.1 cuts), and extremes.
+    raw = torch.randn(B, T, H, K) * 6
+    raw.view(-1)[:4] = torch.tensor([-100.0, -30.0, 30.0, 100.0])
+    return raw.to(dtype)
+
+
+@pytest.mark.parametrize("clamp_min", [None, -0.1], ids=["no_clamp", "clamp"])
+@pytest.mark.parametrize("shape", GATE_SHAPES.values(), ids=GATE_SHAPES.keys())
+def test_fused_recurrent_from_gate_logits_equals_the_torch_log_decay(shape, clamp_min):
+    B, T, H, K, V = shape
+    q, k, v, _, h0 = make_inputs(*shape)
+    raw = gate_logits(B, T, H, K)
+    gk = gla_log_decay(raw, 16, clamp_min)
+    with torch.no_grad():
+        o, ht = fused_recurrent_gla(q, k, v, raw, None, h0, True, gate_logit_normalizer=16, gate_clamp_min=clamp_min)
+        o_kernel, ht_kernel = fused_recurrent_gla(q, k, v, gk, None, h0, True)
+    o_ref, ht_ref = naive_recurrent_gla(q, k, v, gk, None, h0, True)
+    # Against the kernel fed torch's log decay: equal up to the last bit of numpy's exp (the interpreter's).
+    torch.testing.assert_close(o, o_kernel, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ht, ht_kernel, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(o, o_ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ht, ht_ref, atol=1e-4, rtol=1e-4)
+
+
+def test_fused_recurrent_from_bf16_gate_logits_rounds_where_torch_does():
+    # In bf16 torch rounds logsigmoid's result, then the quotient, to bf16: the kernel's log decay is those
+    # bf16 numbers (up to one bf16 step here: the interpreter truncates where the GPU rounds to nearest).
+    B, T, H, K, V = 2, 1, 2, 16, 16
+    q, k, v, _, h0 = make_inputs(B, T, H, K, V)
+    q, k, v = (x.bfloat16() for x in (q, k, v))
+    raw = gate_logits(B, T, H, K, torch.bfloat16)
+    gk = gla_log_decay(raw, 16)
+    assert gk.dtype == torch.bfloat16
+    with torch.no_grad():
+        o, ht = fused_recurrent_gla(q, k, v, raw, None, h0, True, gate_logit_normalizer=16)
+    o_ref, ht_ref = naive_recurrent_gla(q, k, v, gk, None, h0, True)
+    torch.testing.assert_close(ht, ht_ref, atol=2e-2, rtol=2**-7)
+    torch.testing.assert_close(o.float(), o_ref.float(), atol=5e-2, rtol=2**-6)
+
+
+def test_a_gate_clamp_without_gate_logits_is_one_clear_error():
+    q, k, v, gk, h0 = make_inputs(1, 1, 1, 16, 16)
+    with pytest.raises(ValueError, match="gate_clamp_min applies to gate logits"):
+        fused_recurrent_gla(q, k, v, gk, None, h0, gate_clamp_min=-1.0)
+    with pytest.raises(ValueError, match="gate_clamp_min applies to gate logits"):
+        dispatch.gla(q, k, v, gk, initial_state=h0, gate_clamp_min=-1.0)
+
+
+@pytest.mark.parametrize("T", [1, 3, 40])
+def test_dispatch_on_cpu_from_gate_logits_is_the_torch_path_bit_for_bit_with_gradients(T):
+    # CPU (and training): gla_log_decay's torch ops, then the same path as before: nothing moves.
+    q, k, v, _, h0 = make_inputs(2, T, 2, 16, 16)
+    raw = gate_logits(2, T, 2, 16)
+    got = outputs_and_grads(
+        functools.partial(dispatch.gla, gate_logit_normalizer=16, gate_clamp_min=-0.2), q, k, v, raw, h0
+    )
+    want = outputs_and_grads(
+        lambda q, k, v, g, s, h, f, c: dispatch.gla(q, k, v, gla_log_decay(g, 16, -0.2), s, h, f, c), q, k, v, raw, h0
+    )
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+
+
+def record_gla_as_on_gpu(monkeypatch) -> list[tuple[int, float | None]]:
+    """``dispatch`` as on a GPU (every tensor counts as CUDA), the kernels under the interpreter. Returns the
+    recurrent kernel's calls: (tokens, the ``gate_logit_normalizer`` it got) each."""
+    from statex_hf.kernels.gla import fused_recurrent
+
+    monkeypatch.setattr(dispatch, "use_triton", lambda *tensors: True)
+    calls, real = [], fused_recurrent.fused_recurrent_gla
+    signature = inspect.signature(real)
+
+    def recorded(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs).arguments
+        calls.append((bound["q"].shape[1], bound.get("gate_logit_normalizer")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fused_recurrent, "fused_recurrent_gla", recorded)
+    return calls
+
+
+@pytest.fixture
+def gla_as_on_gpu(monkeypatch):
+    return record_gla_as_on_gpu(monkeypatch)
+
+
+def test_dispatch_sends_gate_logits_to_the_recurrent_kernel_and_preprocesses_them_for_the_chunked_one(gla_as_on_gpu):
+    q, k, v, _, h0 = make_inputs(2, 3, 1, 16, 16)
+    raw = gate_logits(2, 3, 1, 16)
+    gk = gla_log_decay(raw, 16, -0.3)
+    with torch.no_grad():
+        o, _ = dispatch.gla(q, k, v, raw, initial_state=h0, gate_logit_normalizer=16, gate_clamp_min=-0.3)
+    assert gla_as_on_gpu == [(3, 16)]
+    torch.testing.assert_close(o, naive_recurrent_gla(q, k, v, gk, None, h0)[0], atol=1e-4, rtol=1e-4)
+    # With gradients: the chunked kernel, on the log decay computed by torch (whose backward reaches the logits).
+    got = outputs_and_grads(
+        functools.partial(dispatch.gla, gate_logit_normalizer=16, gate_clamp_min=-0.3), q, k, v, raw, h0
+    )
+    want = outputs_and_grads(
+        lambda q, k, v, g, s, h, f, c: naive_recurrent_gla(q, k, v, gla_log_decay(g, 16, -0.3), s, h, f, c),
+        q, k, v, raw, h0,
+    )  # fmt: skip
+    assert len(gla_as_on_gpu) == 1
+    assert_all_close(got, want, atol=1e-4)
+
+
+def decode_step_ops(model, step, cache) -> list[str]:
+    """The aten ops one decode step issues outside other aten ops (and outside the interpreted kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(step, cache=cache, use_cache=True, logits_to_keep=1)
+
+    def top_level(event):
+        parent = event.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("aten::"):
+                return False
+            parent = parent.cpu_parent
+        return True
+
+    return [e.name for e in prof.events() if e.name.startswith("aten::") and top_level(e)]
+
+
+@pytest.mark.parametrize("clamp_min", [None, -0.5], ids=["no_clamp", "clamp"])
+def test_a_decode_step_on_the_gpu_path_runs_no_gate_or_swiglu_elementwise_kernels(gla_as_on_gpu, clamp_min):
+    # The decode step's gate (logsigmoid, division, clamp) runs inside the recurrent kernel and the MLP's
+    # silu(gate) * up is one kernel: none of those torch ops is left in a step.
+    from tiny_models import VOCAB, build
+
+    model = build("gla", num_hidden_layers=2, clamp_min=clamp_min, statex_layers=[0], statex_num_heads=1)
+    ids = torch.randint(3, VOCAB, (2, 5))
+    with torch.no_grad():
+        cache = model(ids, use_cache=True).cache
+    ops = decode_step_ops(model, ids[:, -1:], cache)
+    elementwise = {"aten::log_sigmoid", "aten::div", "aten::clamp_min", "aten::silu", "aten::mul"}
+    assert not elementwise & set(ops), sorted(elementwise & set(ops))
+    assert gla_as_on_gpu[-2:] == [(1, 16), (1, 16)]  # both layers' steps took the logits
+
+
+@pytest.mark.parametrize("fields", [{}, {"clamp_min": -0.05, "use_short_conv": True}], ids=["default", "clamp_conv"])
+def test_generate_with_gate_and_swiglu_fused_equals_the_torch_path(monkeypatch, fields):
+    # The whole model as on a GPU (prefill and decode on the kernels) against the torch path, on a
+    # left-padded batch: the padded prompt takes gla_log_decay's torch ops and the mask (the kernel gets the
+    # log decay), the decode steps hand the raw logits to the kernel.
+    from statex_hf.kernels.activations import swiglu as swiglu_module
+    from tiny_models import VOCAB, build
+
+    model = build("gla", statex_layers=[1], statex_num_heads=1, **fields)
+    prompt = torch.randint(3, VOCAB, (2, 6))
+    mask = torch.ones_like(prompt)
+    mask[0, :2] = 0
+    prompt[0, :2] = 0
+
+    def generate():
+        out = model.generate(
+            prompt, attention_mask=mask, max_new_tokens=4, do_sample=False, eos_token_id=None,
+            return_dict_in_generate=True, output_logits=True,
+        )  # fmt: skip
+        return out.sequences, torch.stack(out.logits)
+
+    ids_ref, logits_ref = generate()
+    calls = record_gla_as_on_gpu(monkeypatch)
+    swiglus, real_swiglu = [], swiglu_module.swiglu
+    monkeypatch.setattr(swiglu_module, "swiglu", lambda g, u: swiglus.append(g.shape[1]) or real_swiglu(g, u))
+    ids, logits = generate()
+    layers = model.config.num_hidden_layers
+    assert calls == [(6, None)] * layers + [(1, 16)] * 3 * layers  # padded prompt: log decay; steps: logits
+    assert swiglus == [6] * layers + [1] * 3 * layers
+    assert torch.equal(ids, ids_ref)
+    torch.testing.assert_close(logits, logits_ref, rtol=1e-4, atol=1e-4)

@@ -7,14 +7,39 @@ is bound by reading and writing the fp32 state once, so both kernels do exactly 
   the key dimension in ``[BK, BV]`` tiles, accumulating ``o`` as it goes;
 - a few tokens: a program holds a ``[K, BV]`` slice in registers for all the call's tokens, so
   ``o_t`` needs no cross-program reduction; ``BV`` shrinks as ``K`` grows (8K fp32 values).
+
+Both take either the log decay ``gk`` or, with ``gate_logit_normalizer``, GLA's raw gate logits, and then
+compute the log decay as they load it, with the torch path's math and roundings (``round``: a cast to
+``gk``'s dtype, as each torch op rounds its result)::
+
+    gk = max(round(round(logsigmoid(logits)) * round_fp32(1 / normalizer)), clamp_min)
+
+(torch on CUDA divides by a scalar as a product with its fp32 reciprocal; clamp optional), which saves a
+decode step two or three elementwise kernels per layer.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
+from statex_hf.kernels.activations.elementwise import logsigmoid
 from statex_hf.kernels.utils import num_sms
+
+
+@triton.jit
+def log_decay(g, gate_scale, gate_clamp_min, GATE_LOGITS: tl.constexpr, HAS_CLAMP: tl.constexpr):
+    """fp32 log decay from ``g`` as loaded (in ``gk``'s dtype): ``g`` itself, or from gate logits
+    ``max(round(round(logsigmoid(g)) * gate_scale), gate_clamp_min)``, rounding where torch's ops do."""
+    if GATE_LOGITS:
+        d = logsigmoid(g.to(tl.float32)).to(g.dtype).to(tl.float32)
+        d = (d * gate_scale).to(g.dtype).to(tl.float32)
+        if HAS_CLAMP:
+            d = tl.maximum(d, gate_clamp_min).to(g.dtype).to(tl.float32)
+        return d
+    return g.to(tl.float32)
 
 
 @triton.jit
@@ -28,6 +53,8 @@ def fused_recurrent_gla_fwd_kernel(
     ht,
     cu_seqlens,
     scale,
+    gate_scale,
+    gate_clamp_min,
     T,
     H: tl.constexpr,
     K: tl.constexpr,
@@ -37,6 +64,8 @@ def fused_recurrent_gla_fwd_kernel(
     USE_INITIAL_STATE: tl.constexpr,
     STORE_FINAL_STATE: tl.constexpr,
     IS_VARLEN: tl.constexpr,
+    GATE_LOGITS: tl.constexpr,
+    HAS_CLAMP: tl.constexpr,
 ):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
@@ -60,7 +89,7 @@ def fused_recurrent_gla_fwd_kernel(
         p_v = (t * H + i_h) * V + o_v
         b_q = tl.load(q + p_k, mask=m_k, other=0.0).to(tl.float32) * scale
         b_k = tl.load(k + p_k, mask=m_k, other=0.0).to(tl.float32)
-        b_g = tl.load(gk + p_k, mask=m_k, other=0.0).to(tl.float32)
+        b_g = log_decay(tl.load(gk + p_k, mask=m_k, other=0.0), gate_scale, gate_clamp_min, GATE_LOGITS, HAS_CLAMP)
         b_v = tl.load(v + p_v, mask=m_v, other=0.0).to(tl.float32)
         b_h = b_h * tl.exp(b_g)[:, None] + b_k[:, None] * b_v[None, :]
         b_o = tl.sum(b_h * b_q[:, None], axis=0)
@@ -79,6 +108,8 @@ def fused_recurrent_gla_step_kernel(
     h0,
     ht,
     scale,
+    gate_scale,
+    gate_clamp_min,
     H: tl.constexpr,
     K: tl.constexpr,
     V: tl.constexpr,
@@ -86,6 +117,8 @@ def fused_recurrent_gla_step_kernel(
     BV: tl.constexpr,
     USE_INITIAL_STATE: tl.constexpr,
     STORE_FINAL_STATE: tl.constexpr,
+    GATE_LOGITS: tl.constexpr,
+    HAS_CLAMP: tl.constexpr,
 ):
     """One token per sequence: walk the key dimension in ``[BK, BV]`` tiles, each read and written once."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -102,7 +135,7 @@ def fused_recurrent_gla_step_kernel(
         m_kv = m_k[:, None] & m_v[None, :]
         b_q = tl.load(q + p_k, mask=m_k, other=0.0).to(tl.float32) * scale
         b_k = tl.load(k + p_k, mask=m_k, other=0.0).to(tl.float32)
-        b_g = tl.load(gk + p_k, mask=m_k, other=0.0).to(tl.float32)
+        b_g = log_decay(tl.load(gk + p_k, mask=m_k, other=0.0), gate_scale, gate_clamp_min, GATE_LOGITS, HAS_CLAMP)
         b_h = b_k[:, None] * b_v[None, :]
         if USE_INITIAL_STATE:
             b_h += tl.load(h0 + p_kv, mask=m_kv, other=0.0).to(tl.float32) * tl.exp(b_g)[:, None]
@@ -110,6 +143,12 @@ def fused_recurrent_gla_step_kernel(
         if STORE_FINAL_STATE:
             tl.store(ht + p_kv, b_h, mask=m_kv)
     tl.store(o + i_nh.to(tl.int64) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
+
+
+@functools.lru_cache
+def fp32_reciprocal(x: float) -> float:
+    """``1 / x`` rounded to fp32: torch on CUDA divides a tensor by a scalar as a product with it."""
+    return (torch.tensor(1.0, dtype=torch.float32) / x).item()
 
 
 def step_config(N: int, H: int, K: int, V: int, device: torch.device) -> tuple[int, int, int]:
@@ -132,6 +171,8 @@ def fused_recurrent_gla(
     output_final_state: bool = False,
     cu_seqlens: torch.LongTensor | None = None,
     final_state: torch.Tensor | None = None,
+    gate_logit_normalizer: float | None = None,
+    gate_clamp_min: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     r"""Gated linear attention token by token on CUDA tensors (Triton); forward only, for decoding.
 
@@ -145,6 +186,10 @@ def fused_recurrent_gla(
         final_state: where to write the final state (``[N, H, K, V]`` fp32, contiguous); it may be
             ``initial_state`` itself, updated in place (each program reads its slice of the state
             before it writes it), so a decode step reads and writes the state once, with no copy.
+        gate_logit_normalizer: when given, ``gk`` holds GLA's raw gate logits and the kernel uses the log
+            decay ``logsigmoid(gk) / gate_logit_normalizer``, as fla's GLA layer computes it before its
+            kernels (one torch kernel fewer per op, and no ``gk``-sized tensor written and read back).
+        gate_clamp_min: with ``gate_logit_normalizer``, the log decay's lower clamp (``clamp_min``), or ``None``.
 
     Returns:
         ``o`` ``[B, T, H, V]`` in ``v``'s dtype, and the final state ``[N, H, K, V]`` (fp32) or ``None``.
@@ -162,6 +207,13 @@ def fused_recurrent_gla(
         raise ValueError(f"fused_recurrent_gla: cu_seqlens needs a packed batch of size 1, got B={B}")
     N = B if cu_seqlens is None else len(cu_seqlens) - 1
     scale = K**-0.5 if scale is None else scale
+    if gate_clamp_min is not None and gate_logit_normalizer is None:
+        raise ValueError("fused_recurrent_gla: gate_clamp_min applies to gate logits; pass gate_logit_normalizer too")
+    gate_scale = 1.0 if gate_logit_normalizer is None else fp32_reciprocal(gate_logit_normalizer)
+    gate_args = dict(
+        GATE_LOGITS=gate_logit_normalizer is not None,
+        HAS_CLAMP=gate_clamp_min is not None,
+    )
     q, k, v, gk = (x.contiguous() for x in (q, k, v, gk))
     if initial_state is not None:
         initial_state = initial_state.contiguous()
@@ -184,6 +236,8 @@ def fused_recurrent_gla(
             initial_state,
             ht,
             scale,
+            gate_scale,
+            0.0 if gate_clamp_min is None else gate_clamp_min,
             H=H,
             K=K,
             V=V,
@@ -192,6 +246,7 @@ def fused_recurrent_gla(
             USE_INITIAL_STATE=initial_state is not None,
             STORE_FINAL_STATE=output_final_state,
             num_warps=num_warps,
+            **gate_args,
         )
         return o, ht
     BK = max(16, triton.next_power_of_2(K))
@@ -207,6 +262,8 @@ def fused_recurrent_gla(
         ht,
         cu_seqlens,
         scale,
+        gate_scale,
+        0.0 if gate_clamp_min is None else gate_clamp_min,
         T,
         H=H,
         K=K,
@@ -217,5 +274,6 @@ def fused_recurrent_gla(
         STORE_FINAL_STATE=output_final_state,
         IS_VARLEN=cu_seqlens is not None,
         num_warps=4 if BK * BV <= 4096 else 8,
+        **gate_args,
     )
     return o, ht

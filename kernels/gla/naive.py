@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from statex_hf.kernels.utils import sequence_bounds
 
 
@@ -47,3 +48,12 @@ def naive_recurrent_gla(
         finals.append(state)
     final_state = torch.stack(finals) if output_final_state else None
     return o.to(v.dtype), final_state
+
+
+def gla_log_decay(gk: torch.Tensor, gate_logit_normalizer: float, clamp_min: float | None = None) -> torch.Tensor:
+    """GLA's log decay from its raw gate logits, as fla's ``GatedLinearAttention`` computes it:
+    ``logsigmoid(gk) / gate_logit_normalizer``, then clamped below at ``clamp_min`` when given."""
+    gk = F.logsigmoid(gk) / gate_logit_normalizer
+    if clamp_min is not None:
+        gk = torch.clamp_min(gk, clamp_min)
+    return gk

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from statex_hf.kernels import dispatch
+from statex_hf.kernels.gla.naive import gla_log_decay
 from statex_hf.modeling.cache import conv_state, recurrent_state, store_conv_state, store_recurrent_state
 from statex_hf.modeling.gla.configuration_statex_gla import StateXGLAConfig
 from statex_hf.modeling.recurrent_model import StateXRecurrentForCausalLM, StateXRecurrentModel
@@ -66,7 +66,8 @@ class StateXGLAMLP(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(hidden_states)) * self.up_proj(hidden_states))
+        # silu(gate) * up: one kernel on CUDA without gradients (decode), torch's two ops otherwise.
+        return self.down_proj(dispatch.swiglu(self.gate_proj(hidden_states), self.up_proj(hidden_states)))
 
 
 class StateXGLATokenMixer(nn.Module):
@@ -157,14 +158,15 @@ class StateXGLATokenMixer(nn.Module):
         v = v.view(batch, seqlen, self.num_kv_heads, self.head_v_dim)
         if self.num_kv_groups > 1:
             k, gk, v = (x.repeat_interleave(self.num_kv_groups, dim=2) for x in (k, gk, v))
-        gk = F.logsigmoid(gk) / GATE_LOGIT_NORMALIZER
-        if self.clamp_min is not None:
-            gk = torch.clamp_min(gk, self.clamp_min)
         if self.feature_map is not None:
             q, k = self.feature_map(q), self.feature_map(k)
+        # Without a mask gk stays the raw gate logits: dispatch.gla turns them into the log decay, inside the
+        # decode kernel on CUDA (no elementwise kernels per step) or with gla_log_decay's torch ops elsewhere.
+        gate = {"gate_logit_normalizer": GATE_LOGIT_NORMALIZER, "gate_clamp_min": self.clamp_min}
         if mask is not None:
             k = k * mask[..., None]
-            gk = gk * mask[..., None]
+            gk = gla_log_decay(gk, GATE_LOGIT_NORMALIZER, self.clamp_min) * mask[..., None]
+            gate = {}
 
         initial_state = recurrent_state(cache, self.layer_idx) if use_cache else None
         # A cached state is updated in place: a decode step reads and writes it once, at a fixed address.
@@ -177,6 +179,7 @@ class StateXGLATokenMixer(nn.Module):
             output_final_state=use_cache,
             cu_seqlens=cu_seqlens,
             final_state=initial_state,
+            **gate,
         )
         if use_cache:
             store_recurrent_state(cache, self.layer_idx, final_state)

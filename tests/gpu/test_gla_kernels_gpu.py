@@ -176,3 +176,86 @@ def test_statex_gla_model_with_kernels_matches_torch_path(monkeypatch):
     for name in grads_t:
         assert rel_err(grads_k[name], grads_t[name]) < 1e-3, name
     assert torch.equal(tokens_k, tokens_t)
+
+
+# --- Fused decode ops: the gate inside the recurrent kernel, SwiGLU as one kernel ---
+
+
+def bits_differ(got: torch.Tensor, want: torch.Tensor) -> int:
+    """How many elements of two tensors of one dtype differ at all (0: bit for bit)."""
+    return int((got != want).sum().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("clamp_min", [None, -0.1], ids=["no_clamp", "clamp"])
+@pytest.mark.parametrize("B, T", [(1, 1), (64, 1), (4, 3)])
+def test_decode_from_gate_logits_equals_torch_log_decay_on_the_gpu(B, T, clamp_min, dtype):
+    # GLA-1.3B's layer shape. The kernel computes torch's CUDA formula with libdevice exp/log1p and rounds to
+    # the inputs' dtype where torch's ops do: its log decay is torch's (printed: elements not bit for bit, expected 0).
+    from statex_hf.kernels.gla.naive import gla_log_decay
+
+    H, K, V = SHAPES["unexpanded_h4"]
+    q, k, v, _, h0 = make_inputs(B, T, H, K, V, dtype=dtype)
+    raw = (torch.randn(B, T, H, K, device="cuda") * 6).to(dtype)
+    gk = gla_log_decay(raw, 16, clamp_min)
+    with torch.no_grad():
+        o, ht = fused_recurrent_gla(q, k, v, raw, None, h0, True, gate_logit_normalizer=16, gate_clamp_min=clamp_min)
+        o_ref, ht_ref = fused_recurrent_gla(q, k, v, gk, None, h0, True)
+    print(f"from the kernel fed torch's log decay, differing: o {bits_differ(o, o_ref)} of {o.numel()}, "
+          f"state {bits_differ(ht, ht_ref)} of {ht.numel()}")  # fmt: skip
+    # A rare last-bit difference (a bf16 rounding tie flipped) would move a few elements; a wrong formula, scale
+    # or rounding moves them all.
+    assert rel_err(ht, ht_ref) < 1e-6 and rel_err(o, o_ref) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("rows", [1, 64, 3000])
+def test_swiglu_equals_torch_on_the_gpu(rows, dtype):
+    # GLA-1.3B's MLP width; logits as wide as a trained MLP's, extremes included. Two roundings as torch's
+    # silu-then-mul: torch's result but for a rare last bit (printed; expected 0 with libdevice exp and div_rn).
+    from statex_hf.kernels.activations.swiglu import swiglu
+
+    gate = torch.randn(rows, 5632, device="cuda") * 6
+    gate[0, :6] = torch.tensor([-1000.0, -100.0, -20.0, 0.0, 20.0, 100.0])
+    gate, up = gate.to(dtype), torch.randn(rows, 5632, device="cuda").to(dtype)
+    out, want = swiglu(gate, up), torch.nn.functional.silu(gate) * up
+    differing = bits_differ(out, want)
+    print(f"swiglu {dtype}: {differing} of {out.numel()} elements differ from torch's")
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(out, want, rtol=4 * eps, atol=eps * 1e-3)  # a few last bits at most
+    # Bit for bit but for rare rounding ties (numpy's exp under the CPU interpreter differs in ~15% of them).
+    assert differing <= 1e-3 * out.numel()
+
+
+def test_decode_step_kernels_replay_in_a_cuda_graph():
+    # The decode path's two fused ops under capture (generate replays steps as CUDA graphs): no host sync,
+    # fixed addresses, and the replay equals an eager call on new inputs copied into the captured ones.
+    from statex_hf.kernels.activations.swiglu import swiglu
+
+    H, K, V = SHAPES["unexpanded_h4"]
+    q, k, v, _, h0 = make_inputs(2, 1, H, K, V)
+    raw = torch.randn(2, 1, H, K, device="cuda").bfloat16()
+    gate, up = torch.randn(2, 1, 5632, device="cuda").bfloat16(), torch.randn(2, 1, 5632, device="cuda").bfloat16()
+    state = h0.clone()
+
+    def step():
+        o, _ = dispatch.gla(q, k, v, raw, initial_state=state, final_state=state, gate_logit_normalizer=16)
+        return o, swiglu(gate, up)
+
+    with torch.no_grad():
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            step()  # compile outside the capture
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            o_graph, s_graph = step()
+        for x in (q, k, v, raw, gate, up):
+            x.copy_(torch.randn_like(x, dtype=torch.float32))
+        state.copy_(h0)
+        graph.replay()
+        state_graph = state.clone()
+        state.copy_(h0)
+        o_eager, s_eager = step()
+    assert torch.equal(o_graph, o_eager) and torch.equal(s_graph, s_eager) and torch.equal(state_graph, state)
