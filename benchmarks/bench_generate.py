@@ -148,6 +148,7 @@ def worker(impl: str, args) -> None:
     import torch
 
     torch.manual_seed(0)
+    torch.set_grad_enabled(False)  # generate runs without autograd; the plain forward it is compared with too
     ours = impl.startswith("ours")
     spec_bw, copy_bw = hbm_bandwidth()
     bandwidth = spec_bw or copy_bw
@@ -163,8 +164,7 @@ def worker(impl: str, args) -> None:
     base = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
 
     def generate(ids, new_tokens, **kwargs):
-        with torch.no_grad():
-            return model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **base, **kwargs)
+        return model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **base, **kwargs)
 
     new_tokens = args.new_tokens if ours else args.peer_new_tokens
     for batch in args.batches:
@@ -198,8 +198,7 @@ def worker(impl: str, args) -> None:
 
     for length in args.ttft:
         ids = torch.randint(1, vocab, (1, length), device=_device())
-        with torch.no_grad():
-            model(ids[:, :length], use_cache=False, logits_to_keep=1)  # compile for this length
+        model(ids, use_cache=False, logits_to_keep=1)  # compile for this length
         generate(ids, 1)
         forward_s = min(
             _timed(lambda ids=ids: model(ids, use_cache=False, logits_to_keep=1)) for _ in range(2)

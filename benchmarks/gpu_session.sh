@@ -33,8 +33,15 @@ export MAMBA_SSM_SRC=$(ls -d /tmp/mamba_ssm_src/mamba_ssm-*)
 
 run_step() {
     case "$1" in
-    tests) STATEX_GPU_TESTS=1 timeout "${TESTS_TIMEOUT:-500}" python -P -m pytest -q --durations=0 ${TESTS_ARGS:-} ${TESTS_PATHS:-tests/gpu} \
-        --ignore=tests/gpu/test_multi_gpu.py ;;
+    tests)
+        # A test that breaks a capture on purpose runs in a process of its own: torch does not promise a
+        # process whose capture failed is whole, and the tests that would share it should not pay for that.
+        isolated=tests/gpu/test_decode_graphs_gpu.py::test_a_capture_the_forward_breaks_falls_back_on_the_callers_stream
+        STATEX_GPU_TESTS=1 timeout "${TESTS_TIMEOUT:-500}" python -P -m pytest -q --durations=0 ${TESTS_ARGS:-} ${TESTS_PATHS:-tests/gpu} \
+            --ignore=tests/gpu/test_multi_gpu.py --deselect "$isolated"
+        status=$?
+        STATEX_GPU_TESTS=1 timeout 120 python -P -m pytest -q "$isolated" || status=1
+        return $status ;;
     gla)
         # GLA_CACHE=1: the workers keep their Triton caches in /tmp/triton-cache, seeded from a carried
         # .device/triton-autotune.tgz; the autotuning results (*.autotune.json) come back as

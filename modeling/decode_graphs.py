@@ -115,6 +115,9 @@ class DecodeGraphs:
             step.live = False
         self._steps.clear()
         self._failed.clear()
+        # A memory pool no live graph uses cannot take another capture (torch's allocator asserts that a
+        # shared pool is in use): the next capture starts a pool of its own.
+        self._pool = None
         self.last_capture_seconds = None
 
     def __call__(self, **inputs) -> ModelOutput:
@@ -183,7 +186,8 @@ class DecodeGraphs:
                 if self._pool is None:
                     self._pool = torch.cuda.graph_pool_handle()
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self._pool):
+                # A stream of its own: one a failed capture left capturing is never asked to capture again.
+                with torch.cuda.graph(graph, pool=self._pool, stream=torch.cuda.Stream(device=device)):
                     logits = model(**call).logits
             torch.cuda.synchronize(device)
         except Exception as error:  # a model or kernel the capture cannot take: decode eagerly instead
@@ -193,6 +197,8 @@ class DecodeGraphs:
             # tensors they use are freed and handed to the caller's stream.
             torch.cuda.set_stream(caller_stream)
             torch.cuda.synchronize(device)
+            _end_failed_capture(device)
+            self._pool = None  # the failed capture's pool is not reused
             logger.warning_once(f"Decode steps run eagerly: capturing them as a CUDA graph failed ({error}).")
             self._failed.add(layout)
             return None
@@ -214,6 +220,19 @@ class DecodeGraphs:
         share_states(step.states, cache)
         cache.graph_binding = step
         step.owner = weakref.ref(cache)
+
+
+def _end_failed_capture(device: torch.device) -> None:
+    """Leave the device's random generator as a capture that ended would.
+
+    torch ends a capture's hold on the generator only when the capture ends cleanly; after a failed one (a
+    sync in the forward, or an error in ``capture_begin`` itself) the generator still counts itself as
+    capturing, and every later random op on the device raises ("Offset increment outside graph capture",
+    from ``torch.multinomial`` in sampling, say). A clone of its state (same seed and offset, so the random
+    stream goes on unchanged) carries no capture mark: the generator continues from that.
+    """
+    generator = torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    generator.graphsafe_set_state(generator.clone_state())
 
 
 _DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
