@@ -134,7 +134,7 @@ def ssd(
         raise ValueError("ssd: give exactly one of A and A_log")
     T = x.shape[1]
     grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, dt, A, A_log, B, C, initial_state)
+        t is not None and t.requires_grad for t in (x, dt, A, A_log, B, C, D, dt_bias, initial_state)
     )
     if T == 1 and cu_seqlens is None and initial_state is not None and not grad:
         state = initial_state.float().contiguous()

@@ -418,3 +418,18 @@ def test_a_mamba2_decode_step_launches_the_projections_and_three_kernels(monkeyp
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
     for got, want in zip(steps["kernels"][0] + steps["kernels"][1], steps["torch"][0] + steps["torch"][1]):
         torch.testing.assert_close(got, want, **tol)
+
+
+@pytest.mark.parametrize("trainable", ["D", "dt_bias"])
+def test_a_one_token_step_that_trains_only_D_or_dt_bias_keeps_their_gradient(on_cuda_dispatch, trainable):
+    # The decode kernel has no backward: a step whose only trainable input is D (or dt_bias) must not take it.
+    torch.manual_seed(0)
+    b, H, P, N = 2, 4, 8, 16
+    x, dt, B, C = torch.randn(b, 1, H, P), torch.randn(b, 1, H), torch.randn(b, 1, 1, N), torch.randn(b, 1, 1, N)
+    params = {"D": torch.randn(H), "dt_bias": torch.randn(H) * 0.5}
+    params[trainable].requires_grad_(True)
+    state = torch.randn(b, H, P, N)
+    y, _ = dispatch.ssd(x, dt, None, B, C, params["D"], params["dt_bias"], True, (0.0, 4.0), state.clone(), True,
+                        A_log=torch.rand(H))  # fmt: skip
+    y.sum().backward()
+    assert params[trainable].grad is not None and params[trainable].grad.abs().sum() > 0

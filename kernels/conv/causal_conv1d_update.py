@@ -8,10 +8,11 @@ sequence ``s = [state | x]`` (the ``K - 1`` cached inputs, then the ``T`` new on
     state'_k  = s_{T + k}                                          k < K - 1, cast to the state's dtype
 
 The sum is the torch path's, bit for bit: the same order, products rounded before they are added (no
-fused multiply-adds, ``enable_fp_fusion=False``); only the activation's ``exp`` may differ in its last
-bit. One launch per step, and the state keeps its storage (a CUDA graph replays the step on fixed
-addresses). One program owns ``BD`` channels of one batch row: it alone reads and writes their
-window, so the in-place shift only needs the program's own reads to finish before its writes.
+fused multiply-adds, ``enable_fp_fusion=False``), and the activation is torch's silu formula with its
+``expf`` and correctly rounded division (``kernels/activations/elementwise.py``). One launch per step,
+and the state keeps its storage (a CUDA graph replays the step on fixed addresses). One program owns
+``BD`` channels of one batch row: it alone reads and writes their window, so the in-place shift only
+needs the program's own reads to finish before its writes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from statex_hf.kernels.activations.elementwise import silu
 from statex_hf.kernels.conv.configs import conv_launch
 from statex_hf.kernels.launch import LaunchConfig
 
@@ -48,7 +50,7 @@ def _conv_update_kernel(x, w, bias, state, y, T, D, stride_xb, stride_xt, stride
         if HAS_BIAS:
             acc += b
         if SILU:
-            acc = acc / (1.0 + tl.exp(-acc))  # torch's silu formula
+            acc = silu(acc)  # torch's formula, expf and correctly rounded division
         tl.store(y + (bi * T + t) * D + ds, acc.to(y.dtype.element_ty), mask=dmask)
 
     # The new window, s_T .. s_{T + K - 2}: read whole, then written over the old one.

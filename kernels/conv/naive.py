@@ -1,6 +1,7 @@
 """Depthwise causal conv1d over ``[B, T, D]`` with a decode state and document resets, in PyTorch:
 the reference the Triton kernels (``causal_conv1d.py``; ``causal_conv1d_update.py`` for decode steps)
-are tested against, and the CPU path.
+are tested against, and the path of CPU and of what the kernels do not take (a decode step with a
+gradient, packed documents or more than ``CONV_UPDATE_MAX_T`` new tokens after a state).
 
 Used by Mamba2's ``conv1d`` over ``[x | B | C]`` and by GLA's optional short convolutions. Memory is
 linear in T: the kernel is applied as ``K`` shifted multiply-adds, so a document boundary is a mask.

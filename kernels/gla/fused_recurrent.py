@@ -12,7 +12,7 @@ Both take either the log decay ``gk`` or, with ``gate_logit_normalizer``, GLA's 
 compute the log decay as they load it, with the torch path's math and roundings (``round``: a cast to
 ``gk``'s dtype, as each torch op rounds its result)::
 
-    gk = max(round(round(logsigmoid(logits)) * round_fp32(1 / normalizer)), clamp_min)
+    gk = round(max(round(round(logsigmoid(logits)) * round_fp32(1 / normalizer)), clamp_min))
 
 (torch on CUDA divides by a scalar as a product with its fp32 reciprocal; clamp optional), which saves a
 decode step two or three elementwise kernels per layer.

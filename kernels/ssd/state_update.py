@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from statex_hf.kernels.activations.elementwise import exp
 from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.kernels.ssd.configs import ssd_config, ssd_launch
 
@@ -74,7 +75,7 @@ def _state_update_kernel(
     d = tl.minimum(tl.maximum(d, dt_min), dt_max)
     a = tl.load(A + h).to(tl.float32)
     if A_IS_LOG:
-        a = -tl.exp(a)  # the model's -exp(A_log.float())
+        a = -exp(a)  # the model's -exp(A_log.float()), with torch's expf (libdevice)
     decay = tl.exp(d * a)
     xv = tl.load(x + bi * stride_x_b + h * stride_x_h + ps * stride_x_p, mask=pmask, other=0.0).to(tl.float32)
     acc = tl.zeros([BP], dtype=tl.float32)

@@ -162,11 +162,11 @@ class StateXGLATokenMixer(nn.Module):
             q, k = self.feature_map(q), self.feature_map(k)
         # Without a mask gk stays the raw gate logits: dispatch.gla turns them into the log decay, inside the
         # decode kernel on CUDA (no elementwise kernels per step) or with gla_log_decay's torch ops elsewhere.
-        gate = {"gate_logit_normalizer": GATE_LOGIT_NORMALIZER, "gate_clamp_min": self.clamp_min}
+        gate_kwargs = {"gate_logit_normalizer": GATE_LOGIT_NORMALIZER, "gate_clamp_min": self.clamp_min}
         if mask is not None:
             k = k * mask[..., None]
             gk = gla_log_decay(gk, GATE_LOGIT_NORMALIZER, self.clamp_min) * mask[..., None]
-            gate = {}
+            gate_kwargs = {}
 
         initial_state = recurrent_state(cache, self.layer_idx) if use_cache else None
         # A cached state is updated in place: a decode step reads and writes it once, at a fixed address.
@@ -179,7 +179,7 @@ class StateXGLATokenMixer(nn.Module):
             output_final_state=use_cache,
             cu_seqlens=cu_seqlens,
             final_state=initial_state,
-            **gate,
+            **gate_kwargs,
         )
         if use_cache:
             store_recurrent_state(cache, self.layer_idx, final_state)
