@@ -47,3 +47,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def on_cuda_dispatch(monkeypatch):
+    """``kernels/dispatch.py`` as on a GPU (every tensor counts as CUDA), the kernels under the interpreter."""
+    from statex_hf.kernels import dispatch
+
+    monkeypatch.setattr(dispatch, "use_triton", lambda *tensors: True)

@@ -105,12 +105,6 @@ def test_small_tiles_on_a_gpu_the_tuned_config_does_not_fit(monkeypatch):
     assert fakes["_conv_update_kernel"].launches[-1]["BD"] == 32
 
 
-@pytest.fixture
-def on_cuda_dispatch(monkeypatch):
-    """``dispatch`` as on a GPU (every tensor counts as CUDA), the kernels under the interpreter."""
-    monkeypatch.setattr(dispatch, "use_triton", lambda *tensors: True)
-
-
 def test_dispatch_sends_a_decode_step_to_the_kernel_and_returns_the_cached_state_itself(on_cuda_dispatch):
     x, weight, bias, state = make_inputs(2, 1, 4)
     y_ref, window_ref = naive_causal_conv1d(x, weight, bias, "silu", state.clone(), True)

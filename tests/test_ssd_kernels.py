@@ -353,12 +353,6 @@ def test_dispatch_with_A_log_on_cpu_is_the_A_path_bit_for_bit(T):
             assert torch.equal(got, want)
 
 
-@pytest.fixture
-def on_cuda_dispatch(monkeypatch):
-    """``dispatch`` as on a GPU (every tensor counts as CUDA), the kernels under the interpreter."""
-    monkeypatch.setattr(dispatch, "use_triton", lambda *tensors: True)
-
-
 class AtenOps(torch.utils._python_dispatch.TorchDispatchMode):
     """The aten ops that may launch a kernel (not views, not allocations), outside Triton launches."""
 

@@ -123,12 +123,6 @@ def test_the_inlined_formulas_equal_torch_over_the_whole_range(fn, reference):
         assert (y[tail] < 0).all()
 
 
-@pytest.fixture
-def on_cuda_dispatch(monkeypatch):
-    """``dispatch`` as on a GPU (every tensor counts as CUDA), the kernels under the interpreter."""
-    monkeypatch.setattr(dispatch, "use_triton", lambda *tensors: True)
-
-
 def test_dispatch_runs_the_kernel_without_gradients_and_torch_with_them(on_cuda_dispatch, monkeypatch):
     calls = []
     real = swiglu_module.swiglu
