@@ -117,7 +117,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     if len(dtypes) > 1 or x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise ValueError(f"gemv: x, weight and bias need one dtype of bf16, fp16, fp32; got {sorted(map(str, dtypes))}")
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
-        raise RuntimeError("gemv has no backward (it is the decode kernel); call it under torch.no_grad() or use F.linear")
+        raise RuntimeError("gemv has no backward (a decode kernel): call it under torch.no_grad() or use F.linear")
     N, K = weight.shape
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K)
