@@ -29,6 +29,8 @@ Forward only: decode runs under ``torch.no_grad``; a call that would need a grad
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -120,7 +122,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         raise RuntimeError("gemv has no backward (a decode kernel): call it under torch.no_grad() or use F.linear")
     N, K = weight.shape
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, K)
+    x2 = x.reshape(math.prod(lead), K)
     if K > 0 and x2.stride(-1) != 1:
         x2 = x2.contiguous()
     if weight.stride(-1) != 1:
