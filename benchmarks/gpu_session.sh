@@ -5,13 +5,13 @@
 #               pip download --no-deps -d .device/wheels pytest pluggy iniconfig pytest-timeout pytest-xdist execnet
 #               (pyproject's pytest options need pytest-timeout)
 # Device calls: bash benchmarks/gpu_session.sh STEP...   (carry: [".device"]; a log per step in $OUT)
-#   STEP: tests | gla | ssd | sweep | profile | decode-profile | train | generate | fsdp | multigpu | repro. Several steps
+#   STEP: tests | gla | ssd | sweep | profile | decode-profile | train | generate | gemv | fsdp | multigpu | repro. Several steps
 #   share one call (one machine start), e.g. `gla profile`; `tests` needs a call of its own (the whole
 #   suite takes most of one; benchmarks/README.md has its time).
 #   Knobs: TESTS_PATHS (test files, run in that order), TESTS_ARGS (e.g. "-n 4": pytest-xdist, carried in
 #   .device/wheels, compiles the Triton kernels in parallel), TESTS_TIMEOUT, FLA_TIMEOUT, GLA_TIMEOUT,
 #   GLA_ARGS (e.g. "--impls fla --shapes H1 --skip-layers"), GLA_CACHE (see the gla step), SSD_ARGS
-#   (e.g. "--impls ours,mamba_ssm --peer-ns 512"), SWEEP_ARGS (e.g. "--ops gla").
+#   (e.g. "--impls ours,mamba_ssm --peer-ns 512"), SWEEP_ARGS (e.g. "--ops gla"), GEMV_ARGS (e.g. "--ms 1").
 #   repro: the miniature (reproduce_statex.py) into the folders REPRO_DIRS, each with its REPRO_ARGS (see
 #   the step); they come back as $OUT/repro*.tgz, and carried .device/repro*.tgz resume them.
 #   fsdp: bench_train_fsdp.py (FSDP_ARGS, default "--gpus 1": the 1-GPU config at 64K, both families;
@@ -63,6 +63,7 @@ run_step() {
     decode-profile) timeout 200 python benchmarks/profile_decode.py ${DECODE_PROFILE_ARGS:-} ;;
     train) timeout 540 python benchmarks/bench_train.py --json "$OUT/train.json" ;;
     generate) timeout 540 python benchmarks/bench_generate.py ${GENERATE_ARGS:-} --json "$OUT/generate.json" ;;
+    gemv) timeout 540 python benchmarks/bench_gemv.py ${GEMV_ARGS:-} --json "$OUT/gemv.json" ;;
     fsdp) timeout 560 python benchmarks/bench_train_fsdp.py ${FSDP_ARGS:---gpus 1} --json "$OUT/fsdp.json" ;;
     multigpu) STATEX_GPU_TESTS=1 timeout "${TESTS_TIMEOUT:-540}" python -P -m pytest -q --durations=0 tests/gpu/test_multi_gpu.py ;;
     repro)
@@ -88,7 +89,7 @@ run_step() {
         for family in gla mamba2; do
             (cd /tmp/repro && find . -path "*/units/$family-seed*/source/*.safetensors" | tar -czf "$OUT/repro-$family.tgz" -T -)
         done ;;
-    *) echo "usage: $0 STEP... (tests | gla | ssd | sweep | profile | decode-profile | train | generate | fsdp | multigpu | repro)" >&2; return 2 ;;
+    *) echo "usage: $0 STEP... (tests | gla | ssd | sweep | profile | decode-profile | train | generate | gemv | fsdp | multigpu | repro)" >&2; return 2 ;;
     esac
 }
 

@@ -5,6 +5,7 @@ keeps a script's own folder off ``sys.path``: a script that imports a sibling (`
 ``miniature``) must put its folder there itself. ``--help`` must also never start a run.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -25,3 +26,16 @@ def test_the_benchmark_script_prints_its_usage_under_python_dash_p(script):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("usage:"), result.stdout[:500]
+
+
+def test_bench_gemv_tiny_times_every_path_on_cpu(tmp_path):
+    # One toy shape under the Triton interpreter: the torch row, the table's pick and the split-K variants
+    # run and agree with the fp32 product (a check of the script; its timings mean nothing).
+    out = tmp_path / "gemv.json"
+    command = [sys.executable, "-P", str(BENCHMARKS / "bench_gemv.py"), "--tiny", "--ms", "1", "--shapes", "q/k"]
+    result = subprocess.run([*command, "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["impl"] for r in rows} == {"torch", "ours pick", "ours"}
+    assert any(" S2 " in r["config"] for r in rows)
+    assert all(r["err"] < 1e-5 for r in rows) and sum(r["best"] for r in rows) == 1

@@ -1,0 +1,227 @@
+"""The matrix-vector products of a decode step: our Triton GEMV beside cuBLASLt and cuBLAS, 1.3B shapes, bf16.
+
+    python benchmarks/bench_gemv.py                        # every shape at M = 1, 16, 64; prints the table
+    python benchmarks/bench_gemv.py --ms 1 --json gemv.json
+    python benchmarks/bench_gemv.py --tiny                 # toy shapes on CPU (Triton interpreter): a check
+
+``y = x @ W.T`` for x ``[M, K]`` and nn.Linear weights ``[N, K]`` of StateX GLA-1.3B and Mamba2-1.3B
+(``SHAPES``), M the rows of a decode step (the batch). Rows per (shape, M):
+- ``cublaslt`` / ``cublas``: ``F.linear`` under ``torch.backends.cuda.preferred_blas_library`` set to each
+  (torch's default is printed; the setting is restored afterwards);
+- ``ours``: ``statex_hf.kernels.linear.gemv.gemv`` with the launch table's pick (``pick``), then each config
+  of a short list (``candidates``, through ``launch.OVERRIDES``), split-K variants included.
+
+Each is timed as CUDA-graph replays (``triton.testing.do_bench_cudagraph``, median), so the launch overhead a
+decode graph does not pay is left out, while the second launch of a split-K call is counted, as a graph step
+pays it. A decode step reads each weight once, cold in L2 (the other layers' weights evict it); one timed call
+therefore runs the product over ``copies`` distinct copies of W, together at least twice the L2 cache (at most
+``MAX_COPIES``: the smallest weights stay in L2, where their time is the kernel's latency), and its time is
+divided by ``copies``. TB/s counts W, x and y once; % is of the device's HBM bandwidth (``gpu_specs.py``).
+``err`` is the largest deviation from the fp32 product over its largest magnitude; the fastest row of each
+(shape, M) is marked ``*``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its siblings, under python -P too
+
+# (name, K, N) of the 1.3B models' decode-step products (nn.Linear's in_features, out_features).
+SHAPES = [
+    ("gla q/k", 2048, 1024),
+    ("gla v/g/o", 2048, 2048),
+    ("gla mlp gate/up", 2048, 5632),
+    ("gla mlp down", 5632, 2048),
+    ("gla lm_head", 2048, 32000),
+    ("gla gate lowrank down", 2048, 16),
+    ("gla gate lowrank up", 16, 1024),
+    ("mamba2 in_proj", 2048, 2 * 4096 + 2 * 128 + 64),
+    ("mamba2 in_proj statex", 2048, 2 * 4096 + 2 * 512 + 64),
+    ("mamba2 out_proj", 4096, 2048),
+    ("mamba2 lm_head", 2048, 50288),
+]
+MS = "1,16,64"
+TINY_MS = "1,3"
+MAX_COPIES = 64
+
+
+def tiny_shape(k: int, n: int) -> tuple[int, int]:
+    """A toy stand-in for (k, n): small enough for the interpreter, a multiple of no tile."""
+    return max(16, k // 64) + 3, max(8, n // 256) + 5
+
+
+def candidates(m: int):
+    """The configs timed beside the table's pick at ``m`` rows (each also at the split the pick's rule gives)."""
+    from statex_hf.kernels.launch import LaunchConfig
+
+    if m <= 4:
+        bm = 1 << (m - 1).bit_length()
+        bases = [
+            LaunchConfig.of(4, 4, BM=bm, BN=4, BK=4096 // (4 * bm), SPLIT_K=1),
+            LaunchConfig.of(4, 4, BM=bm, BN=8, BK=4096 // (8 * bm), SPLIT_K=1),
+            LaunchConfig.of(4, 3, BM=bm, BN=16, BK=4096 // (16 * bm), SPLIT_K=1),
+            LaunchConfig.of(8, 3, BM=bm, BN=8, BK=8192 // (8 * bm), SPLIT_K=1),
+            LaunchConfig.of(2, 4, BM=bm, BN=8, BK=2048 // (8 * bm), SPLIT_K=1),
+            LaunchConfig.of(4, 4, BM=16, BN=16, BK=256, SPLIT_K=1),  # tl.dot, M padded to 16
+        ]
+    elif m <= 16:
+        bases = [
+            LaunchConfig.of(4, 4, BM=16, BN=16, BK=256, SPLIT_K=1),
+            LaunchConfig.of(4, 4, BM=16, BN=32, BK=128, SPLIT_K=1),
+            LaunchConfig.of(4, 3, BM=16, BN=64, BK=128, SPLIT_K=1),
+            LaunchConfig.of(8, 4, BM=16, BN=32, BK=256, SPLIT_K=1),
+        ]
+    else:
+        bases = [
+            LaunchConfig.of(4, 3, BM=64, BN=32, BK=128, SPLIT_K=1),
+            LaunchConfig.of(4, 3, BM=64, BN=64, BK=64, SPLIT_K=1),
+            LaunchConfig.of(8, 3, BM=64, BN=128, BK=64, SPLIT_K=1),
+            LaunchConfig.of(4, 4, BM=32, BN=64, BK=128, SPLIT_K=1),
+        ]
+    return bases
+
+
+def describe(config) -> str:
+    tiles = " ".join(f"{name}{size}" for name, size in config.tiles if name != "SPLIT_K")
+    return f"{tiles} S{config.SPLIT_K} w{config.num_warps} s{config.num_stages}"
+
+
+def time_us(fn, copies: int, cuda: bool) -> float:
+    """Median microseconds of one product: CUDA-graph replays of ``fn`` (``copies`` products) on a GPU; on CPU
+    wall clock of one call (a check of the script, not a measurement)."""
+    fn()  # compile outside the capture
+    if cuda:
+        from triton.testing import do_bench_cudagraph
+
+        return do_bench_cudagraph(fn, rep=50, return_mode="median") * 1e3 / copies
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e6 / copies
+
+
+def bench_shape(name: str, k: int, n: int, m: int, args, hbm: float | None) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+    from statex_hf.kernels import launch
+    from statex_hf.kernels.linear import configs
+    from statex_hf.kernels.linear.gemv import gemv
+
+    cuda = not args.tiny
+    device = "cuda" if cuda else "cpu"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    weight_bytes = n * k * torch.finfo(dtype).bits // 8
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size if cuda else 0
+    copies = min(MAX_COPIES, max(2, math.ceil(2 * l2 / weight_bytes)))
+    weights = [torch.randn(n, k, device=device).div_(math.sqrt(k)).to(dtype) for _ in range(copies)]
+    x = torch.randn(m, k, device=device).to(dtype)
+    want = F.linear(x.float(), weights[0].float())
+    moved = weight_bytes + (m * k + m * n) * torch.finfo(dtype).bits // 8
+
+    def row(impl: str, config: str, fn, product) -> dict:
+        with torch.no_grad():
+            got = product()
+            err = ((got.float() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+            us = time_us(fn, copies, cuda)
+        tbps = moved / us / 1e6
+        record = dict(shape=name, K=k, N=n, M=m, impl=impl, config=config, us=us, tbps=tbps, err=err)
+        record["pct_hbm"] = 100 * tbps / hbm if hbm else None
+        record["copies"] = copies
+        return record
+
+    rows = []
+    libraries = ["cublaslt", "cublas"] if cuda else ["torch"]
+    for library in libraries:
+        default = torch.backends.cuda.preferred_blas_library() if cuda else None
+        try:
+            if cuda:
+                torch.backends.cuda.preferred_blas_library(library)
+            rows.append(row(library, "-", lambda: [F.linear(x, w) for w in weights], lambda: F.linear(x, weights[0])))
+        finally:
+            if cuda:
+                torch.backends.cuda.preferred_blas_library(default)
+    picked = configs.pick(m, n, k, torch.device(device))
+    sms = configs.multiprocessors(torch.device(device))
+    tried = [("ours pick", picked)]
+    for base in candidates(m):
+        # --tiny's toy shapes never need a split: time one anyway, so the check covers that path.
+        for splits in sorted({1, configs.split_k(base, m, n, k, sms)} | ({2} if args.tiny else set())):
+            config = base.with_(SPLIT_K=splits)
+            if config != picked:
+                tried.append(("ours", config))
+    for impl, config in tried:
+        launch.OVERRIDES["linear.gemv"] = config
+        try:
+            rows.append(row(impl, describe(config), lambda: [gemv(x, w) for w in weights], lambda: gemv(x, weights[0])))
+        except Exception as error:  # a config this GPU cannot run is a row, not the end of the run
+            rows.append(dict(shape=name, K=k, N=n, M=m, impl=impl, config=describe(config), error=str(error)[:200]))
+        finally:
+            launch.OVERRIDES.pop("linear.gemv", None)
+    timed = [r for r in rows if "us" in r]
+    best = min(timed, key=lambda r: r["us"])
+    for r in rows:
+        r["best"] = r is best
+    weights.clear()  # the lambdas above hold the list: free the copies before the next shape
+    if cuda:
+        torch.cuda.empty_cache()
+    return rows
+
+
+def print_rows(rows: list[dict]) -> None:
+    for r in rows:
+        head = f"{r['shape']:22} {r['K']:5d} {r['N']:6d} {r['M']:3d}  {r['impl']:9} {r['config']:30}"
+        if "error" in r:
+            print(f"{head} failed: {r['error']}")
+            continue
+        pct = f"{r['pct_hbm']:5.0f}" if r["pct_hbm"] is not None else "    -"
+        mark = "*" if r["best"] else " "
+        print(f"{head} {r['us']:9.2f} {r['tbps']:6.2f} {pct} {r['err']:8.1e} {mark}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ms", help=f"rows of x (default {MS}; with --tiny {TINY_MS})")
+    parser.add_argument("--shapes", help="comma-separated substrings of the shape names to keep (default: all)")
+    parser.add_argument("--json", help="write every row here")
+    parser.add_argument("--tiny", action="store_true", help="toy shapes on CPU, Triton interpreter (a check)")
+    args = parser.parse_args()
+    if args.tiny:  # before triton is imported
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    import torch
+
+    ms = [int(m) for m in (args.ms or (TINY_MS if args.tiny else MS)).split(",")]
+    shapes = [s for s in SHAPES if not args.shapes or any(key in s[0] for key in args.shapes.split(","))]
+    if args.tiny:
+        hbm, device = None, "CPU (--tiny, Triton interpreter: not a measurement)"
+        shapes = [(name, *tiny_shape(k, n)) for name, k, n in shapes]
+    else:
+        if not torch.cuda.is_available():
+            print("bench_gemv.py: needs a CUDA GPU; use --tiny for a CPU check of the script", file=sys.stderr)
+            sys.exit(2)
+        from gpu_specs import describe as describe_gpu
+        from gpu_specs import hbm_tbps
+
+        hbm, device = hbm_tbps(), describe_gpu()
+        device += f", torch's default BLAS: {torch.backends.cuda.preferred_blas_library()}"
+    print(f"y = x @ W.T, {'fp32' if args.tiny else 'bf16'}, {device}")
+    header = f"{'shape':22} {'K':>5} {'N':>6} {'M':>3}  {'impl':9} {'config':30}"
+    print(f"{header} {'us':>9} {'TB/s':>6} {'%HBM':>5} {'err':>8}")
+    rows = []
+    for m in ms:
+        for name, k, n in shapes:
+            shape_rows = bench_shape(name, k, n, m, args, hbm)
+            print_rows(shape_rows)
+            rows += shape_rows
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump({"device": device, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Launch configurations of the GEMV kernel (the table ``kernels/launch.py`` launches from).
+
+A config has four tiles: ``BM`` rows of x, ``BN`` rows of W and ``BK`` columns of both per program and
+step, and ``SPLIT_K``, the number of programs that share one ``[BM, BN]`` block of y along K (more than one
+costs a second launch, ``gemv.py``). The table holds one entry per bucket of M (the rows of x): up to 4
+rows the kernel multiplies on the CUDA cores with a ``[BM, BN, BK]`` fp32 accumulator (``BM * BN * BK`` is
+kept at 4096, 32 registers a thread at 4 warps); from 5 rows on it uses ``tl.dot`` (tensor cores need 16
+rows: fewer are padded, which costs registers but no memory traffic).
+
+``SPLIT_K`` is not in the table but derived from the shape (``pick``): the grid should fill every SM
+``WAVES`` times over, since a matrix-vector product is bound by how many bytes are in flight; a weight too
+short for that at the table's ``BN`` is split along K while each split keeps at least ``MIN_STEPS`` steps of
+``BK`` (a pipeline of fewer steps never fills). Neither the tiles nor these two numbers are tuned yet:
+``benchmarks/bench_gemv.py`` times a list of alternatives beside them on the GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import triton
+from statex_hf.kernels import launch
+from statex_hf.kernels.launch import LaunchConfig
+
+TABLES: dict[str, dict[str, LaunchConfig]] = {
+    "default": {
+        "m1": LaunchConfig.of(4, 4, BM=1, BN=8, BK=512, SPLIT_K=1),
+        "m2": LaunchConfig.of(4, 4, BM=2, BN=8, BK=256, SPLIT_K=1),
+        "m4": LaunchConfig.of(4, 4, BM=4, BN=8, BK=128, SPLIT_K=1),
+        "m16": LaunchConfig.of(4, 4, BM=16, BN=32, BK=128, SPLIT_K=1),
+        "m64": LaunchConfig.of(4, 3, BM=64, BN=64, BK=64, SPLIT_K=1),
+    },
+}
+# Fits any GPU and any M (one row of x per program, a grid axis over the rows): slow, never wrong.
+SAFE = LaunchConfig.of(4, 1, BM=1, BN=16, BK=32, SPLIT_K=1)
+WAVES = 2
+MIN_STEPS = 2
+H100_SMS = 132  # the SM count assumed off CUDA, so CPU runs pick what an H100 would
+
+
+def bucket(m: int) -> str:
+    """The table entry for ``m`` rows of x."""
+    return "m1" if m <= 1 else "m2" if m <= 2 else "m4" if m <= 4 else "m16" if m <= 16 else "m64"
+
+
+def multiprocessors(device: torch.device) -> int:
+    if device.type != "cuda":
+        return H100_SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def split_k(config: LaunchConfig, m: int, n: int, k: int, sms: int) -> int:
+    """The number of K splits (a power of two) that brings the grid to ``WAVES * sms`` programs, or as close
+    as ``MIN_STEPS`` steps of ``BK`` per split allow."""
+    programs = triton.cdiv(n, config.BN) * triton.cdiv(m, config.BM)
+    splits = 1
+    while programs * splits < WAVES * sms and triton.cdiv(k, config.BK * splits * 2) >= MIN_STEPS:
+        splits *= 2
+    return splits
+
+
+def pick(m: int, n: int, k: int, device: torch.device) -> LaunchConfig:
+    """The table's config for an ``[m, k] x [n, k]^T`` product on ``device``, its ``SPLIT_K`` set by ``split_k``."""
+    config = launch.device_table(TABLES, device)[bucket(m)]
+    return config.with_(SPLIT_K=split_k(config, m, n, k, multiprocessors(device)))
+
+
+def gemv_launch(run: Callable[[LaunchConfig], None], m: int, n: int, k: int, operand: torch.Tensor) -> None:
+    """Launches ``run(config)`` with ``launch.OVERRIDES["linear.gemv"]`` or else ``pick``'s config, falling back
+    to ``SAFE`` (``launch.launch``) on a GPU it does not fit."""
+    name = "linear.gemv"
+    config = launch.OVERRIDES.get(name) or pick(m, n, k, operand.device)
+    launch.launch(name, run, config, SAFE, operand)

@@ -1,0 +1,187 @@
+"""The GEMV kernel (``kernels/linear/gemv.py``) == ``F.linear`` in fp32 (``kernels/linear/naive.py``).
+
+Under the Triton interpreter (set in conftest), fp32, shapes whose N and K are multiples of no tile: every
+bucket of the launch table, split-K with several splits, 3-D and strided inputs, the safe fallback, the
+launches a call costs, and the errors. tests/gpu/test_gemv_gpu.py checks bf16 at the 1.3B models' shapes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from statex_hf.kernels import launch
+from statex_hf.kernels.launch import LaunchConfig
+from statex_hf.kernels.linear import configs
+from statex_hf.kernels.linear import gemv as gemv_module
+from statex_hf.kernels.linear.gemv import gemv
+from statex_hf.kernels.linear.naive import naive_linear
+
+N, K = 70, 300  # not multiples of any BN (8..64) or BK (32..512)
+
+
+def inputs(m, n=N, k=K, with_bias=True):
+    return torch.randn(m, k), torch.randn(n, k), torch.randn(n) if with_bias else None
+
+
+def assert_linear(x, weight, bias):
+    y = gemv(x, weight, bias)
+    assert y.dtype == x.dtype and y.shape == (*x.shape[:-1], weight.shape[0]) and y.is_contiguous()
+    torch.testing.assert_close(y, F.linear(x, weight, bias), rtol=1e-5, atol=1e-4)
+    return y
+
+
+@pytest.mark.parametrize("m", [1, 3, 16])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_the_tables_pick_equals_f_linear(m, with_bias):
+    assert_linear(*inputs(m, with_bias=with_bias))
+
+
+@pytest.mark.parametrize("bucket", list(configs.TABLES["default"]))
+@pytest.mark.parametrize("splits", [1, 2, 3, 4])
+@pytest.mark.parametrize("m", [1, 5, 20], ids=lambda m: f"M{m}")
+def test_every_bucket_at_every_split_equals_f_linear(monkeypatch, bucket, splits, m):
+    # A config whose BM is below M runs a grid axis over blocks of rows; one above M masks the rest. The
+    # elementwise path (BM <= 4) and tl.dot (BM >= 16) both appear; 3 splits do not divide K's steps evenly.
+    config = configs.TABLES["default"][bucket].with_(SPLIT_K=splits)
+    monkeypatch.setitem(launch.OVERRIDES, "linear.gemv", config)
+    assert_linear(*inputs(m))
+
+
+def test_a_split_longer_than_k_leaves_empty_programs_that_add_zero(monkeypatch):
+    monkeypatch.setitem(launch.OVERRIDES, "linear.gemv", LaunchConfig.of(4, 2, BM=1, BN=8, BK=32, SPLIT_K=16))
+    assert_linear(*inputs(2, k=40))  # two steps of K, sixteen splits: fourteen of them add nothing
+
+
+def test_a_3d_input_flattens_its_leading_dimensions():
+    x, weight, bias = inputs(6)
+    y = assert_linear(x.reshape(2, 3, K), weight, bias)
+    assert y.shape == (2, 3, N)
+
+
+def test_a_row_strided_input_is_read_in_place_and_a_column_strided_one_copied():
+    weight, bias = torch.randn(N, K), torch.randn(N)
+    wide = torch.randn(3, K + 41)
+    assert_linear(wide[:, 7 : 7 + K], weight, bias)  # rows K + 41 apart, as a slice of a projection
+    assert_linear(torch.randn(3, 2 * K)[:, ::2], weight, bias)  # every other column: a copy, the same result
+    assert_linear(torch.randn(K, 3).t(), weight, bias)
+
+
+def test_a_weight_not_contiguous_along_k_is_copied_and_still_right():
+    x, _, bias = inputs(2)
+    assert_linear(x, torch.randn(K, N).t(), bias)
+
+
+def test_empty_and_degenerate_shapes():
+    weight, bias = torch.randn(N, K), torch.randn(N)
+    assert gemv(torch.randn(0, K), weight, bias).shape == (0, N)
+    assert_linear(torch.randn(3, 0), torch.randn(N, 0), bias)  # K = 0: the bias alone
+    assert_linear(torch.randn(3, 0), torch.randn(N, 0), None)
+
+
+def test_bf16_within_one_step_of_the_fp32_sum():
+    # Under the interpreter, bf16 casts truncate (the GPU rounds to nearest): within one bf16 step of the
+    # fp32 reference rounded, not bit for bit; the GPU test checks rounding.
+    x, weight, bias = (t.to(torch.bfloat16) for t in inputs(3))
+    y = gemv(x, weight, bias)
+    want = F.linear(x.float(), weight.float(), bias.float())
+    assert y.dtype == torch.bfloat16
+    assert ((y.float() - want).abs() <= want.abs() * 2**-7 + 1e-3).all()
+
+
+@pytest.mark.parametrize("m", [3, 16], ids=["elementwise", "dot"])
+def test_fp16_on_both_paths_within_one_step_of_the_fp32_sum(m):
+    # bf16 reaches tl.dot only on the GPU: this interpreter's tl.dot misreads bf16 operands (a kernel of
+    # one tl.dot on bf16 tiles returns garbage on CPU), so fp16 stands in for the half-precision dot here.
+    x, weight, bias = (t.half() for t in inputs(m))
+    y = gemv(x, weight, bias)
+    want = F.linear(x.float(), weight.float(), bias.float())
+    assert y.dtype == torch.float16
+    assert ((y.float() - want).abs() <= want.abs() * 2**-10 + 1e-3).all()
+
+
+def test_split_k_gives_the_same_bits_on_every_call(monkeypatch):
+    # The partial sums are added in a fixed order (no atomics): a CUDA-graph decode repeats eager's bits.
+    monkeypatch.setitem(launch.OVERRIDES, "linear.gemv", configs.TABLES["default"]["m1"].with_(BK=32, SPLIT_K=4))
+    x, weight, bias = inputs(1)
+    first = gemv(x, weight, bias)
+    assert all(torch.equal(gemv(x, weight, bias), first) for _ in range(3))
+    torch.testing.assert_close(first, naive_linear(x, weight, bias), rtol=1e-5, atol=1e-4)
+
+
+class CountedLaunches:
+    """Wraps a Triton kernel and counts its launches."""
+
+    def __init__(self, kernel):
+        self.kernel, self.count = kernel, 0
+
+    def __getitem__(self, grid):
+        self.count += 1
+        return self.kernel[grid]
+
+
+@pytest.mark.parametrize("splits,launches", [(1, 1), (4, 2)])
+def test_a_call_is_one_launch_and_a_split_one_more(monkeypatch, splits, launches):
+    counted = {name: CountedLaunches(getattr(gemv_module, name)) for name in ("_gemv_kernel", "_split_k_sum_kernel")}
+    for name, fake in counted.items():
+        monkeypatch.setattr(gemv_module, name, fake)
+    monkeypatch.setitem(launch.OVERRIDES, "linear.gemv", configs.TABLES["default"]["m1"].with_(BK=32, SPLIT_K=splits))
+    assert_linear(*inputs(1))
+    assert sum(fake.count for fake in counted.values()) == launches
+
+
+def test_the_safe_config_on_a_gpu_the_tuned_one_does_not_fit(monkeypatch):
+    from launch_fakes import on_small_gpu
+
+    monkeypatch.setattr(launch, "_REPLACED", {})
+    fakes = on_small_gpu(monkeypatch, gemv_module, "_gemv_kernel")
+    with pytest.warns(UserWarning, match="linear.gemv.*does not fit"):
+        assert_linear(*inputs(3))
+    assert {k: fakes["_gemv_kernel"].launches[-1][k] for k in ("BM", "BN", "BK", "SPLIT_K", "num_stages")} == dict(
+        BM=1, BN=16, BK=32, SPLIT_K=1, num_stages=1
+    )
+
+
+def test_split_k_only_where_the_weight_is_too_short_to_fill_the_gpu():
+    cpu = torch.device("cpu")  # off CUDA the rule assumes an H100's 132 SMs
+    # GLA's q / k projection at B = 1: 128 blocks of 8 rows are under two waves, so K is split.
+    q = configs.pick(1, 1024, 2048, cpu)
+    assert q.BM == 1 and q.SPLIT_K == 2
+    # The lm_head: 4000 blocks, many waves: one launch, no split.
+    assert configs.pick(1, 32000, 2048, cpu).SPLIT_K == 1
+    # A 16-column K (the gate's low-rank up projection) has one step: nothing to split.
+    assert configs.pick(1, 1024, 16, cpu).SPLIT_K == 1
+    # Rows of x choose the path: elementwise up to 4, tl.dot from 5 on.
+    assert [configs.pick(m, 2048, 2048, cpu).BM for m in (1, 2, 3, 4, 5, 16, 17, 64)] == [1, 2, 4, 4, 16, 16, 64, 64]
+
+
+def test_a_call_that_needs_a_gradient_is_an_error_and_no_grad_is_fine():
+    x, weight, bias = inputs(2)
+    weight.requires_grad_()
+    with pytest.raises(RuntimeError, match="no backward.*torch.no_grad"):
+        gemv(x, weight, bias)
+    with torch.no_grad():
+        assert_linear(x, weight, bias)
+
+
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("k", r"do not multiply"),
+        ("bias", r"bias \(71,\) must be \[N\]"),
+        ("dtype", r"one dtype"),
+        ("int", r"one dtype"),
+    ],
+)
+def test_bad_inputs_get_one_clear_line(case, match):
+    x, weight, bias = inputs(2)
+    if case == "k":
+        x = torch.randn(2, K + 1)
+    elif case == "bias":
+        bias = torch.randn(N + 1)
+    elif case == "dtype":
+        weight = weight.double()
+    else:
+        x, weight, bias = x.long(), weight.long(), None
+    with pytest.raises(ValueError, match=match):
+        gemv(x, weight, bias)
