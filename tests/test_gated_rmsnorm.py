@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from launched_ops import LaunchedOps
 from statex_hf.kernels import launch
 from statex_hf.kernels.norm import configs
 from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm as gated_rmsnorm_triton
@@ -115,7 +116,6 @@ def test_model_mamba2_rmsnorm_equals_gated_rmsnorm(gated):
 def test_the_norm_kernels_fall_back_to_small_tiles_on_a_gpu_they_do_not_fit(monkeypatch):
     # Only 16-wide tiles in one stage fit: both kernels fall back to one row and 16-channel chunks.
     from launch_fakes import on_small_gpu
-    from statex_hf.kernels import launch
     from statex_hf.kernels.norm import gated_rmsnorm as norm_module
 
     monkeypatch.setattr(launch, "_REPLACED", {})
@@ -239,30 +239,6 @@ def test_model_gla_rmsnorm_on_cpu_is_bit_for_bit_the_previous_torch_math(gated, 
     assert torch.equal(gated_rmsnorm(inputs["x"], gate, norm.weight, 1e-6, 64, norm_before_gate=True), want)
 
 
-class Copies(torch.utils._python_dispatch.TorchDispatchMode):
-    """Records the copy ops (``clone``, ``copy_``) run inside it, outside Triton launches (the interpreter
-    copies its arguments in and out: no kernel on a GPU)."""
-
-    def __init__(self, monkeypatch):
-        super().__init__()
-        self.copies, self.paused = [], False
-        real = launch.launch
-
-        def paused(*args):
-            self.paused = True
-            try:
-                real(*args)
-            finally:
-                self.paused = False
-
-        monkeypatch.setattr(launch, "launch", paused)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not self.paused and func.overloadpacket.__name__ in ("clone", "copy_", "_to_copy"):
-            self.copies.append(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
-
-
 def strided_rows(shape, extra=5):
     """x and gate ``[..., D]`` as slices of one wider ``[..., 2 D + extra]`` tensor (as Mamba2's z is a slice
     of in_proj's output): rows strided, channels unit-stride."""
@@ -280,7 +256,7 @@ def test_forward_reads_strided_rows_without_copies(monkeypatch, shape, norm_befo
     x, gate = strided_rows(shape)
     assert not x.is_contiguous() and not gate.is_contiguous()
     weight = 1.0 + 0.5 * torch.randn(48)
-    with torch.no_grad(), Copies(monkeypatch) as seen:
+    with torch.no_grad(), LaunchedOps(monkeypatch) as seen:
         out = gated_rmsnorm_triton(x, gate, weight, EPS, group_size, norm_before_gate)
     assert seen.copies == []
     assert out.is_contiguous() and out.shape == x.shape

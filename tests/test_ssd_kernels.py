@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from launched_ops import LaunchedOps
 from statex_hf.kernels import dispatch, launch, utils
 from statex_hf.kernels.ssd.chunk import chunk_ssd
 from statex_hf.kernels.ssd.chunk_torch import chunk_ssd_torch
@@ -353,33 +354,6 @@ def test_dispatch_with_A_log_on_cpu_is_the_A_path_bit_for_bit(T):
             assert torch.equal(got, want)
 
 
-class AtenOps(torch.utils._python_dispatch.TorchDispatchMode):
-    """The aten ops that may launch a kernel (not views, not allocations), outside Triton launches."""
-
-    NO_KERNEL = {"empty", "empty_like", "empty_strided", "detach", "alias", "promote_types", "_unsafe_view"}
-
-    def __init__(self, monkeypatch):
-        super().__init__()
-        self.ops, self.triton, self.paused = [], [], False
-        real = launch.launch
-
-        def counted(kernel, *args):
-            self.triton.append(kernel)
-            self.paused = True  # the interpreter's own tensor traffic is not the kernel's
-            try:
-                real(kernel, *args)
-            finally:
-                self.paused = False
-
-        monkeypatch.setattr(launch, "launch", counted)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        if not self.paused and not func.is_view and name not in self.NO_KERNEL:
-            self.ops.append(name)
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_a_mamba2_decode_step_launches_the_projections_and_three_kernels(monkeypatch, on_cuda_dispatch, dtype):
     # Issue 20: per layer per step, A = -exp(A_log.float()) took two or three kernels, and at B > 1 x, dt, B, C
@@ -399,7 +373,7 @@ def test_a_mamba2_decode_step_launches_the_projections_and_three_kernels(monkeyp
         with torch.no_grad(), monkeypatch.context() as m:
             if path == "torch":
                 m.setattr(dispatch, "use_triton", lambda *tensors: False)
-            counted = AtenOps(m)
+            counted = LaunchedOps(m)
             outs = []
             for mixer in mixers:
                 with counted:
