@@ -238,13 +238,43 @@ def gated_rmsnorm(
     eps: float,
     group_size: int,
     norm_before_gate: bool = False,
+    input_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """RMSNorm per group with an optional swish gate and weight, as in ``kernels/norm/naive.py``: Mamba2's
     ``weight * norm(x * silu(gate))`` or, ``norm_before_gate``, GLA's ``norm(x) * weight * silu(gate)``.
     CUDA: one Triton pass each way, which keeps only x, gate and one fp32 value per (row, group) for the
-    backward; the PyTorch path runs several kernels and keeps several fp32 copies of x."""
+    backward; the PyTorch path runs several kernels and keeps several fp32 copies of x.
+    ``input_dtype``: the norm of ``x.to(input_dtype)``; on CUDA without a gradient the kernel rounds x as it
+    loads it (no cast kernel), everywhere else the cast runs first, as the caller's own cast would."""
     if use_triton(*(t for t in (x, gate, weight) if t is not None)):
         from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm as triton_gated_rmsnorm
 
-        return triton_gated_rmsnorm(x, gate, weight, eps, group_size, norm_before_gate)
+        return triton_gated_rmsnorm(x, gate, weight, eps, group_size, norm_before_gate, input_dtype)
+    if input_dtype is not None:
+        x = x.to(input_dtype)
     return naive_gated_rmsnorm(x, gate, weight, eps, group_size, norm_before_gate)
+
+
+def residual_add(residual: torch.Tensor, update: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``residual.to(dtype) + update`` (a block's residual connection; ``dtype`` None keeps residual's).
+
+    CUDA, no gradient, one shape, contiguous, dtypes that differ (an fp32 residual stream and a bf16 or fp16
+    layer output): one vectorized Triton kernel with torch's result (``kernels/activations/residual_add.py``),
+    where torch runs its mixed-dtype add (not vectorized) and, for a cast residual, a cast kernel first.
+    Otherwise (training, CPU, ``STATEX_FORCE_TORCH=1``, one dtype) torch's ops."""
+    dtype = residual.dtype if dtype is None else dtype
+    needs_grad = torch.is_grad_enabled() and (residual.requires_grad or update.requires_grad)
+    if (
+        use_triton(residual, update)
+        and not needs_grad
+        and residual.shape == update.shape
+        and residual.is_contiguous()
+        and update.is_contiguous()
+        and len({residual.dtype, update.dtype, dtype}) > 1
+        and {residual.dtype, update.dtype, dtype} <= {torch.float32, torch.bfloat16, torch.float16}
+        and torch.promote_types(residual.dtype, dtype) == dtype  # residual.to(dtype) is exact
+    ):
+        from statex_hf.kernels.activations.residual_add import residual_add as triton_residual_add
+
+        return triton_residual_add(residual, update, dtype)
+    return residual.to(dtype) + update

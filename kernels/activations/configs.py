@@ -1,6 +1,6 @@
-"""Launch configuration of the SwiGLU kernel (the table ``kernels/launch.py`` launches from).
+"""Launch configurations of the SwiGLU and residual-add kernels (the table ``kernels/launch.py`` launches from).
 
-One program owns ``BLOCK`` consecutive elements; there is no loop to pipeline, so one stage. Not tuned:
+One program of either owns ``BLOCK`` consecutive elements; there is no loop to pipeline, so one stage. Not tuned:
 at decode sizes (a few thousand elements per layer) the kernel's time is its launch.
 """
 
@@ -13,7 +13,7 @@ from statex_hf.kernels import launch
 from statex_hf.kernels.launch import LaunchConfig
 
 TABLES: dict[str, dict[str, LaunchConfig]] = {
-    "default": {"swiglu": LaunchConfig.of(4, 1, BLOCK=1024)},
+    "default": {"swiglu": LaunchConfig.of(4, 1, BLOCK=1024), "residual_add": LaunchConfig.of(4, 1, BLOCK=1024)},
 }
 SAFE = LaunchConfig.of(1, 1, BLOCK=128)
 

@@ -41,15 +41,40 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from statex_hf.kernels.activations.elementwise import INTERPRETED
 from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.kernels.norm.configs import norm_launch, row_programs
 
+if INTERPRETED:
+
+    @triton.jit
+    def _round_to(x, DTYPE: tl.constexpr):
+        """fp32 ``x`` rounded to ``DTYPE`` and back. The interpreter truncates fp32 -> bf16 casts, where torch
+        and the GPU round to nearest even: here that rounding is done on the bits (NaN kept as it is)."""
+        if DTYPE == tl.bfloat16:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
+        else:
+            return x.to(DTYPE).to(tl.float32)
+
+else:
+
+    @triton.jit
+    def _round_to(x, DTYPE: tl.constexpr):
+        """fp32 ``x`` rounded to ``DTYPE`` (to nearest even, as torch's cast) and back."""
+        return x.to(DTYPE).to(tl.float32)
+
 
 @triton.jit
-def _load(x_ptr, z_ptr, x_offs, z_offs, mask, HAS_GATE: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr):
+def _load(x_ptr, z_ptr, x_offs, z_offs, mask, HAS_GATE: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
+          ROUND_X: tl.constexpr = False, X_DTYPE: tl.constexpr = tl.float32):  # fmt: skip
     """fp32 ``u`` (the values normalized: ``x * silu(z)`` gate first, ``x`` norm first), ``x``, ``z`` and
-    ``sigmoid(z)`` at ``x_offs`` / ``z_offs`` (z and sigmoid are 0 without a gate)."""
+    ``sigmoid(z)`` at ``x_offs`` / ``z_offs`` (z and sigmoid are 0 without a gate). ``ROUND_X``: x is first
+    rounded to ``X_DTYPE`` (``x.to(X_DTYPE)`` in torch), as it is loaded."""
     x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
+    if ROUND_X:
+        x = _round_to(x, X_DTYPE)
     if HAS_GATE:
         z = tl.load(z_ptr + z_offs, mask=mask, other=0.0).to(tl.float32)
         sig = tl.sigmoid(z)
@@ -75,7 +100,7 @@ def _weight(w_ptr, g, S, cols, cmask, HAS_WEIGHT: tl.constexpr):
 
 
 @triton.jit
-def _output(n, w, z, sig, x_ptr, HAS_GATE: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr):
+def _output(n, w, z, sig, X_DTYPE: tl.constexpr, HAS_GATE: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr):
     """fp32 output tile before its one cast to the output dtype."""
     if NORM_BEFORE_GATE:
         out = n * w[None, :]
@@ -84,14 +109,14 @@ def _output(n, w, z, sig, x_ptr, HAS_GATE: tl.constexpr, NORM_BEFORE_GATE: tl.co
     else:
         # Round to x's dtype first, then multiply by w in fp32 and round once to the output dtype: the
         # reference's `weight * n.to(x.dtype)` (torch computes a bf16 * bf16 product in fp32 too).
-        out = n.to(x_ptr.dtype.element_ty).to(tl.float32) * w[None, :]
+        out = n.to(X_DTYPE).to(tl.float32) * w[None, :]
     return out
 
 
 @triton.jit
 def _norm_fwd_kernel(x_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr, M, D, S, stride_x, stride_z, eps, BM: tl.constexpr,
                      BS: tl.constexpr, NCHUNK: tl.constexpr, HAS_GATE: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-                     NORM_BEFORE_GATE: tl.constexpr):  # fmt: skip
+                     NORM_BEFORE_GATE: tl.constexpr, ROUND_X: tl.constexpr, X_DTYPE: tl.constexpr):  # fmt: skip
     # x and z rows are read through their own strides (a slice of a wider projection needs no copy); the
     # output is written contiguous.
     g = tl.program_id(1)
@@ -106,10 +131,10 @@ def _norm_fwd_kernel(x_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr, M, D, S, stride_x, 
         cmask = cols < S
         mask = rmask[:, None] & cmask[None, :]
         u, x, z, sig = _load(x_ptr, z_ptr, x_base + cols[None, :], z_base + cols[None, :], mask, HAS_GATE,
-                             NORM_BEFORE_GATE)  # fmt: skip
+                             NORM_BEFORE_GATE, ROUND_X, X_DTYPE)  # fmt: skip
         rstd = 1.0 / tl.sqrt(tl.sum(u * u, axis=1) / S + eps)
         w = _weight(w_ptr, g, S, cols, cmask, HAS_WEIGHT)
-        out = _output(u * rstd[:, None], w, z, sig, x_ptr, HAS_GATE, NORM_BEFORE_GATE)
+        out = _output(u * rstd[:, None], w, z, sig, X_DTYPE, HAS_GATE, NORM_BEFORE_GATE)
         tl.store(out_ptr + base + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
     else:
         # Wider than a block: one pass for the sum of squares, one to normalize (x and z read twice).
@@ -118,7 +143,7 @@ def _norm_fwd_kernel(x_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr, M, D, S, stride_x, 
             cols = c * BS + tl.arange(0, BS)
             mask = rmask[:, None] & (cols < S)[None, :]
             u, x, z, sig = _load(x_ptr, z_ptr, x_base + cols[None, :], z_base + cols[None, :], mask, HAS_GATE,
-                                 NORM_BEFORE_GATE)  # fmt: skip
+                                 NORM_BEFORE_GATE, ROUND_X, X_DTYPE)  # fmt: skip
             ss += tl.sum(u * u, axis=1)
         rstd = 1.0 / tl.sqrt(ss / S + eps)
         for c in range(NCHUNK):
@@ -126,9 +151,9 @@ def _norm_fwd_kernel(x_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr, M, D, S, stride_x, 
             cmask = cols < S
             mask = rmask[:, None] & cmask[None, :]
             u, x, z, sig = _load(x_ptr, z_ptr, x_base + cols[None, :], z_base + cols[None, :], mask, HAS_GATE,
-                                 NORM_BEFORE_GATE)  # fmt: skip
+                                 NORM_BEFORE_GATE, ROUND_X, X_DTYPE)  # fmt: skip
             w = _weight(w_ptr, g, S, cols, cmask, HAS_WEIGHT)
-            out = _output(u * rstd[:, None], w, z, sig, x_ptr, HAS_GATE, NORM_BEFORE_GATE)
+            out = _output(u * rstd[:, None], w, z, sig, X_DTYPE, HAS_GATE, NORM_BEFORE_GATE)
             tl.store(out_ptr + base + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
     tl.store(rstd_ptr + rows * tl.num_programs(1) + g, rstd, mask=rmask)
 
@@ -235,12 +260,15 @@ def _norm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz_ptr, dw_p
                     tl.store(dw_row + cols, acc + tl.sum(dw_part, axis=0), mask=cmask)
 
 
-def output_dtype(x: torch.Tensor, weight: torch.Tensor | None, norm_before_gate: bool) -> torch.dtype:
+TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+def output_dtype(x_dtype: torch.dtype, weight: torch.Tensor | None, norm_before_gate: bool) -> torch.dtype:
     """Norm first (GLA) rounds once to x's dtype; gate first (Mamba2) multiplies the rounded values by the
     weight, which gives torch's promotion of the two dtypes."""
     if norm_before_gate or weight is None:
-        return x.dtype
-    return torch.promote_types(x.dtype, weight.dtype)
+        return x_dtype
+    return torch.promote_types(x_dtype, weight.dtype)
 
 
 def _rows(t: torch.Tensor | None, D: int, contiguous: bool) -> torch.Tensor | None:
@@ -254,14 +282,16 @@ def _rows(t: torch.Tensor | None, D: int, contiguous: bool) -> torch.Tensor | No
 
 class GatedRMSNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, gate, weight, eps, group_size, norm_before_gate, needs_grad=True):
+    def forward(ctx, x, gate, weight, eps, group_size, norm_before_gate, needs_grad=True, input_dtype=None):
+        # input_dtype (forward only: the caller casts x itself when a gradient is needed): x as x.to(input_dtype).
+        input_dtype = x.dtype if input_dtype is None else input_dtype
         shape = x.shape
         D = shape[-1]
         # Strided rows are read in place; the backward wants contiguous copies, made here when it may run.
         x2, gate2 = _rows(x, D, needs_grad), _rows(gate, D, needs_grad)
         weight = weight.contiguous() if weight is not None else None
         M, G = x2.shape[0], D // group_size
-        out = torch.empty(M, D, device=x.device, dtype=output_dtype(x, weight, norm_before_gate))
+        out = torch.empty(M, D, device=x.device, dtype=output_dtype(input_dtype, weight, norm_before_gate))
         rstd = torch.empty(M, G, device=x.device, dtype=torch.float32)
 
         def run(c: LaunchConfig) -> None:
@@ -269,7 +299,8 @@ class GatedRMSNormFunction(torch.autograd.Function):
                 x2, gate2 if gate2 is not None else x2, weight if weight is not None else x2, out, rstd,
                 M, D, group_size, x2.stride(0), gate2.stride(0) if gate2 is not None else 0, eps,
                 NCHUNK=triton.cdiv(group_size, c.BS), HAS_GATE=gate2 is not None, HAS_WEIGHT=weight is not None,
-                NORM_BEFORE_GATE=norm_before_gate, **c.kwargs(),
+                NORM_BEFORE_GATE=norm_before_gate, ROUND_X=input_dtype != x.dtype, X_DTYPE=TRITON_DTYPES[input_dtype],
+                **c.kwargs(),
             )  # fmt: skip
 
         if M > 0:
@@ -305,7 +336,7 @@ class GatedRMSNormFunction(torch.autograd.Function):
             norm_launch("bwd", run, M, S, operand=x2)
         dz = dz.view(ctx.shape) if dz is not None else None
         dw = dw_parts[-1].sum(0).to(weight.dtype) if weight is not None else None
-        return dx.view(ctx.shape), dz, dw, None, None, None, None
+        return dx.view(ctx.shape), dz, dw, None, None, None, None, None
 
 
 def gated_rmsnorm(
@@ -315,6 +346,7 @@ def gated_rmsnorm(
     eps: float,
     group_size: int,
     norm_before_gate: bool = False,
+    input_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """RMSNorm over groups of ``group_size`` channels with an optional swish gate and weight.
 
@@ -323,6 +355,10 @@ def gated_rmsnorm(
     silu(gate))``, in x's dtype. x, gate ``[..., D]`` (bf16, fp16 or fp32), weight ``[D]``; computed in fp32,
     ``round`` is the cast to x's dtype; as ``naive_gated_rmsnorm``. Without a gradient to keep for, x and gate
     rows with a unit-stride last dim are read through their strides (no copies); the output is contiguous.
+
+    ``input_dtype``: the norm of ``x.to(input_dtype)``, bit for bit, in that dtype's output dtype. Without a
+    gradient to keep for, the kernel rounds x to it as it loads it (an fp32 residual stream into a bf16 norm
+    takes no cast kernel); with one, x is cast first, on the autograd path.
     """
     D = x.shape[-1]
     if group_size <= 0 or D % group_size:
@@ -331,5 +367,9 @@ def gated_rmsnorm(
         raise ValueError(f"gated_rmsnorm: gate {tuple(gate.shape)} differs from x {tuple(x.shape)}")
     if weight is not None and weight.shape != (D,):
         raise ValueError(f"gated_rmsnorm: weight {tuple(weight.shape)} must be [{D}]")
+    if input_dtype is not None and input_dtype not in TRITON_DTYPES:
+        raise ValueError(f"gated_rmsnorm: input_dtype {input_dtype} is not one of bf16, fp16, fp32")
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, gate, weight))
-    return GatedRMSNormFunction.apply(x, gate, weight, eps, group_size, norm_before_gate, needs_grad)
+    if needs_grad and input_dtype is not None:
+        x, input_dtype = x.to(input_dtype), None
+    return GatedRMSNormFunction.apply(x, gate, weight, eps, group_size, norm_before_gate, needs_grad, input_dtype)

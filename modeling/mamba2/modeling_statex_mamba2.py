@@ -36,8 +36,13 @@ class StateXMamba2RMSNorm(nn.Module):
         self.variance_epsilon = eps
         self.group_size = hidden_size if group_size is None else group_size
 
-    def forward(self, hidden_states: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
-        return dispatch.gated_rmsnorm(hidden_states, gate, self.weight, self.variance_epsilon, self.group_size)
+    def forward(
+        self, hidden_states: torch.Tensor, gate: torch.Tensor | None = None, input_dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """``input_dtype``: normalize ``hidden_states.to(input_dtype)`` (the kernel casts as it loads, where it can)."""
+        return dispatch.gated_rmsnorm(
+            hidden_states, gate, self.weight, self.variance_epsilon, self.group_size, input_dtype=input_dtype
+        )
 
 
 class StateXMamba2Mixer(nn.Module):
@@ -175,9 +180,14 @@ class StateXMamba2Block(GradientCheckpointingLayer):
         cache: Cache | None = None,
         cu_seqlens: torch.LongTensor | None = None,
     ) -> torch.Tensor:
-        residual = hidden_states.float() if self.residual_in_fp32 else hidden_states
-        normed = self.norm(hidden_states.to(self.norm.weight.dtype))
-        return residual + self.mixer(normed, attention_mask, cache, cu_seqlens)
+        # `hidden_states.float() + mixer(norm(hidden_states.to(weight dtype)))`. The casts are handed to the norm and
+        # the add, which on a CUDA step without gradients fold them into their kernels (dispatch.py); elsewhere
+        # they run as these torch ops.
+        normed = self.norm(hidden_states, input_dtype=self.norm.weight.dtype)
+        residual_dtype = torch.float32 if self.residual_in_fp32 else hidden_states.dtype
+        return dispatch.residual_add(
+            hidden_states, self.mixer(normed, attention_mask, cache, cu_seqlens), residual_dtype
+        )
 
 
 class StateXMamba2PreTrainedModel(PreTrainedModel):
