@@ -280,3 +280,57 @@ def test_strided_rows_with_gradients_match_reference(norm_before_gate):
         out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
         grads.append({"out": out, "dbase": base.grad, "dweight": w.grad})
     assert_close(grads[1], grads[0])
+
+
+def fp32_stream(shape, dtype):
+    """An fp32 tensor whose first values lie exactly halfway between two ``dtype`` neighbours (round to
+    nearest even, not up, not truncated), the rest random."""
+    x = torch.randn(*shape)
+    mantissa = 7 if dtype == torch.bfloat16 else 10
+    k = torch.arange(min(8, x.numel()), dtype=torch.float32)
+    x.view(-1)[: k.numel()] = (1.0 + k * 2.0**-mantissa + 2.0 ** -(mantissa + 1)) * (-1.0) ** k
+    return x
+
+
+@pytest.mark.parametrize("max_block", [8192, 16], ids=["one-block", "chunked"])
+@pytest.mark.parametrize("gated", [False, True], ids=["no-gate", "gate"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("shape", [(1, 1, 40), (4, 1, 40), (2, 7, 40)], ids=["1x1", "4x1", "2x7"])
+def test_an_input_dtype_rounds_x_as_it_loads_it_bit_for_bit_as_a_cast(monkeypatch, shape, dtype, gated, max_block):
+    # Issue 20: a Mamba2 block cast its fp32 residual stream to bf16 (one copy kernel per layer) before the norm.
+    # The norm of x with input_dtype is the norm of x.to(input_dtype), bit for bit, in that dtype's output
+    # dtype, and launches no copy. D = 40: not a power of two (masked lanes), and 3 chunks of 16.
+    limit_block(monkeypatch, max_block)
+    x = fp32_stream(shape, dtype)
+    gate = torch.randn(*shape).to(dtype) if gated else None
+    weight = (1.0 + 0.5 * torch.randn(shape[-1])).to(dtype)
+    with torch.no_grad(), LaunchedOps(monkeypatch) as seen:
+        got = gated_rmsnorm_triton(x, gate, weight, EPS, 40 if not gated else 20, input_dtype=dtype)
+    assert seen.ops == [] and seen.triton == ["norm.fwd"], (seen.ops, seen.triton)
+    with torch.no_grad():
+        want = gated_rmsnorm_triton(x.to(dtype), gate, weight, EPS, 40 if not gated else 20)
+    assert got.dtype == want.dtype == dtype
+    assert torch.equal(got, want)
+
+
+def test_an_input_dtype_with_a_gradient_casts_first_on_the_autograd_path():
+    x = fp32_stream((2, 7, 48), torch.bfloat16)
+    weight = 1.0 + 0.5 * torch.randn(48)
+    results = []
+    for cast_here in (True, False):
+        leaf, w = x.clone().requires_grad_(), weight.to(torch.bfloat16).requires_grad_()
+        if cast_here:
+            out = gated_rmsnorm_triton(leaf.to(torch.bfloat16), None, w, EPS, 16)
+        else:
+            out = gated_rmsnorm_triton(leaf, None, w, EPS, 16, input_dtype=torch.bfloat16)
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.dtype))
+        results.append((out, leaf.grad, w.grad))
+    for got, want in zip(results[1], results[0]):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_the_model_norm_with_an_input_dtype_on_cpu_is_the_cast_then_the_torch_math(dtype):
+    norm = StateXMamba2RMSNorm(48, eps=EPS).to(dtype)
+    x = fp32_stream((2, 7, 48), dtype)
+    assert torch.equal(norm(x, input_dtype=dtype), gated_rmsnorm(x.to(dtype), None, norm.weight, EPS, 48))
