@@ -15,6 +15,7 @@ from statex_hf.kernels.gla.chunk_torch import chunk_gla_torch
 from statex_hf.kernels.gla.naive import gla_log_decay, naive_recurrent_gla
 from statex_hf.kernels.norm.naive import naive_gated_rmsnorm
 from statex_hf.kernels.ssd.naive import naive_ssd
+from statex_hf.kernels.utils import needs_grad
 
 
 def use_triton(*tensors: torch.Tensor) -> bool:
@@ -59,10 +60,7 @@ def gla(
     T = q.shape[1]
     final = output_final_state or final_state is not None
     if use_triton(q, k, v, gk):
-        needs_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (q, k, v, gk, initial_state)
-        )
-        if T <= GLA_RECURRENT_MAX_T and not needs_grad:
+        if T <= GLA_RECURRENT_MAX_T and not needs_grad(q, k, v, gk, initial_state):
             from statex_hf.kernels.gla.fused_recurrent import fused_recurrent_gla
 
             return fused_recurrent_gla(
@@ -91,8 +89,7 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """``F.silu(gate) * up`` (an MLP's SwiGLU). CUDA, no gradient, one shape and dtype: one Triton kernel
     with torch's two roundings (``kernels/activations/swiglu.py``), where torch runs two. Otherwise (training,
     CPU, ``STATEX_FORCE_TORCH=1``) torch's two ops."""
-    needs_grad = torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad)
-    if use_triton(gate, up) and not needs_grad and gate.shape == up.shape and gate.dtype == up.dtype:
+    if use_triton(gate, up) and not needs_grad(gate, up) and gate.shape == up.shape and gate.dtype == up.dtype:
         from statex_hf.kernels.activations.swiglu import swiglu as triton_swiglu
 
         return triton_swiglu(gate, up)
@@ -133,9 +130,7 @@ def ssd(
     if (A is None) == (A_log is None):
         raise ValueError("ssd: give exactly one of A and A_log")
     T = x.shape[1]
-    grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, dt, A, A_log, B, C, D, dt_bias, initial_state)
-    )
+    grad = needs_grad(x, dt, A, A_log, B, C, D, dt_bias, initial_state)
     if T == 1 and cu_seqlens is None and initial_state is not None and not grad:
         state = initial_state.float().contiguous()
         if state is initial_state and not state_in_place:
@@ -215,15 +210,12 @@ def causal_conv1d(
             from statex_hf.kernels.conv.causal_conv1d import causal_conv1d as triton_causal_conv1d
 
             return triton_causal_conv1d(x, weight, bias, activation, output_final_state, cu_seqlens)
-        needs_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, weight, bias, conv_state)
-        )
         if (
             output_final_state
             and cu_seqlens is None
             and x.shape[1] <= CONV_UPDATE_MAX_T
             and use_triton(conv_state)
-            and not needs_grad
+            and not needs_grad(x, weight, bias, conv_state)
         ):
             from statex_hf.kernels.conv.causal_conv1d_update import causal_conv1d_update
 
@@ -263,10 +255,9 @@ def residual_add(residual: torch.Tensor, update: torch.Tensor, dtype: torch.dtyp
     where torch runs its mixed-dtype add (not vectorized) and, for a cast residual, a cast kernel first.
     Otherwise (training, CPU, ``STATEX_FORCE_TORCH=1``, one dtype) torch's ops."""
     dtype = residual.dtype if dtype is None else dtype
-    needs_grad = torch.is_grad_enabled() and (residual.requires_grad or update.requires_grad)
     if (
         use_triton(residual, update)
-        and not needs_grad
+        and not needs_grad(residual, update)
         and residual.shape == update.shape
         and residual.is_contiguous()
         and update.is_contiguous()

@@ -18,6 +18,12 @@ import torch
 KEEP_STATES_MAX_BYTES = 512 * 2**20
 
 
+def needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd would record a call on ``tensors`` (``None`` entries ignored): the decode kernels have
+    no backward, so such a call takes the differentiable path."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def kept_for_backward(states: torch.Tensor) -> torch.Tensor | None:
     """``states`` if they are small enough to keep for the backward (``KEEP_STATES_MAX_BYTES``), else
     ``None``: the backward recomputes them."""

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 from statex_hf.kernels.activations.configs import activation_launch
 from statex_hf.kernels.launch import LaunchConfig
+from statex_hf.kernels.utils import needs_grad
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -47,7 +48,7 @@ def residual_add(residual: torch.Tensor, update: torch.Tensor, dtype: torch.dtyp
         )
     if torch.promote_types(residual.dtype, dtype) != dtype:
         raise ValueError(f"residual_add: dtype {dtype} does not hold the residual's {residual.dtype}; cast it first")
-    if torch.is_grad_enabled() and (residual.requires_grad or update.requires_grad):
+    if needs_grad(residual, update):
         raise RuntimeError("residual_add has no backward (a decode kernel): use residual.to(dtype) + update to train")
     residual, update = residual.contiguous(), update.contiguous()
     out = torch.empty(residual.shape, device=residual.device, dtype=torch.promote_types(dtype, update.dtype))

@@ -18,6 +18,7 @@ import triton.language as tl
 from statex_hf.kernels.activations.configs import activation_launch
 from statex_hf.kernels.activations.elementwise import silu
 from statex_hf.kernels.launch import LaunchConfig
+from statex_hf.kernels.utils import needs_grad
 
 
 @triton.jit
@@ -40,7 +41,7 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
             f"swiglu: gate {tuple(gate.shape)} {gate.dtype} and up {tuple(up.shape)} {up.dtype} "
             "must have one shape and dtype"
         )
-    if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
+    if needs_grad(gate, up):
         raise RuntimeError("swiglu has no backward (it is the no-grad kernel); use F.silu(gate) * up for training")
     gate, up = gate.contiguous(), up.contiguous()
     out = torch.empty_like(gate)

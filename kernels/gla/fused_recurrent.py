@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 from statex_hf.kernels.activations.elementwise import logsigmoid
-from statex_hf.kernels.utils import num_sms
+from statex_hf.kernels.utils import needs_grad, num_sms
 
 
 @triton.jit
@@ -197,7 +197,7 @@ def fused_recurrent_gla(
     No gradient: use :func:`statex_hf.kernels.gla.chunk.chunk_gla` for training. Meant for small
     ``T`` (decode steps, short prompts); the cost grows linearly in ``T`` with no parallelism over it.
     """
-    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, gk)):
+    if needs_grad(q, k, v, gk):
         raise RuntimeError(
             "fused_recurrent_gla has no backward (it is the decode kernel); use chunk_gla when gradients are needed"
         )

@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.kernels.linear.configs import gemv_launch
+from statex_hf.kernels.utils import needs_grad
 
 
 @triton.jit
@@ -118,7 +119,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     dtypes = {t.dtype for t in (x, weight, bias) if t is not None}
     if len(dtypes) > 1 or x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise ValueError(f"gemv: x, weight and bias need one dtype of bf16, fp16, fp32; got {sorted(map(str, dtypes))}")
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+    if needs_grad(x, weight, bias):
         raise RuntimeError("gemv has no backward (a decode kernel): call it under torch.no_grad() or use F.linear")
     N, K = weight.shape
     lead = x.shape[:-1]

@@ -44,6 +44,7 @@ import triton.language as tl
 from statex_hf.kernels.activations.elementwise import INTERPRETED
 from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.kernels.norm.configs import norm_launch, row_programs
+from statex_hf.kernels.utils import needs_grad
 
 if INTERPRETED:
 
@@ -282,13 +283,13 @@ def _rows(t: torch.Tensor | None, D: int, contiguous: bool) -> torch.Tensor | No
 
 class GatedRMSNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, gate, weight, eps, group_size, norm_before_gate, needs_grad=True, input_dtype=None):
+    def forward(ctx, x, gate, weight, eps, group_size, norm_before_gate, saves_for_grad=True, input_dtype=None):
         # input_dtype (forward only: the caller casts x itself when a gradient is needed): x as x.to(input_dtype).
         input_dtype = x.dtype if input_dtype is None else input_dtype
         shape = x.shape
         D = shape[-1]
         # Strided rows are read in place; the backward wants contiguous copies, made here when it may run.
-        x2, gate2 = _rows(x, D, needs_grad), _rows(gate, D, needs_grad)
+        x2, gate2 = _rows(x, D, saves_for_grad), _rows(gate, D, saves_for_grad)
         weight = weight.contiguous() if weight is not None else None
         M, G = x2.shape[0], D // group_size
         out = torch.empty(M, D, device=x.device, dtype=output_dtype(input_dtype, weight, norm_before_gate))
@@ -369,7 +370,7 @@ def gated_rmsnorm(
         raise ValueError(f"gated_rmsnorm: weight {tuple(weight.shape)} must be [{D}]")
     if input_dtype is not None and input_dtype not in TRITON_DTYPES:
         raise ValueError(f"gated_rmsnorm: input_dtype {input_dtype} is not one of bf16, fp16, fp32")
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, gate, weight))
-    if needs_grad and input_dtype is not None:
+    grad = needs_grad(x, gate, weight)
+    if grad and input_dtype is not None:
         x, input_dtype = x.to(input_dtype), None
-    return GatedRMSNormFunction.apply(x, gate, weight, eps, group_size, norm_before_gate, needs_grad, input_dtype)
+    return GatedRMSNormFunction.apply(x, gate, weight, eps, group_size, norm_before_gate, grad, input_dtype)
