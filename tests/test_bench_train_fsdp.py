@@ -11,13 +11,15 @@ import os
 import subprocess
 import sys
 
+from free_port import free_port
+
 BENCH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "bench_train_fsdp.py")
 
 
 def test_the_fsdp_benchmark_runs_two_processes_on_cpu_with_tiny_models(tmp_path):
     rows_path = str(tmp_path / "rows.json")
     command = [sys.executable, BENCH, "--tiny", "--gpus", "2", "--families", "mamba2", "--steps", "1"]
-    command += ["--json", rows_path, "--port", str(29_500 + (os.getpid() + 500) % 1000)]
+    command += ["--json", rows_path, "--port", free_port()]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

@@ -16,6 +16,7 @@ import sys
 
 import pytest
 import torch
+from free_port import free_port
 
 from statex_hf.training import posttrain
 from statex_hf.training.accelerate_config import accelerate_config_path
@@ -25,7 +26,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 STEPS = 4
 LAYERS = 4  # the demo model's blocks
 FSDP_ON_CPU = os.path.join(os.path.dirname(__file__), "fsdp_on_cpu.py")
-PORT = str(29_500 + os.getpid() % 1000)
 
 
 def expanded_demo_model(family, path):
@@ -66,14 +66,14 @@ def launched(launcher, model_dir, out, *extra):
 
 def torchrun(fsdp_on_cpu=False):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += ["--master_port", PORT]
+    command += ["--master_port", free_port()]
     return [*command, *([FSDP_ON_CPU] if fsdp_on_cpu else []), "-m", "statex_hf.cli"]
 
 
 def accelerate_launch(config_file):
     """The README's ``accelerate launch --config_file``, turned to CPU: fp32, gloo (``posttrain``'s flags)."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file]
-    command += ["--num_processes", "2", "--mixed_precision", "no", "--main_process_port", PORT]
+    command += ["--num_processes", "2", "--mixed_precision", "no", "--main_process_port", free_port()]
     return [*command, FSDP_ON_CPU, "-m", "statex_hf.cli"]
 
 
