@@ -6,9 +6,11 @@ Triton kernels, everything else to the PyTorch paths. ``STATEX_FORCE_TORCH=1`` f
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
+import torch.nn.functional as F
 from statex_hf.kernels.activations.naive import naive_swiglu
 from statex_hf.kernels.conv.naive import naive_causal_conv1d
 from statex_hf.kernels.gla.chunk_torch import chunk_gla_torch
@@ -31,6 +33,10 @@ GLA_RECURRENT_MAX_T = 64
 # Up to this many tokens after a conv state, a no-grad conv on CUDA runs as the decode kernel, whose
 # program walks the tokens one by one; longer inputs (a prompt continuing a cache) take the PyTorch path.
 CONV_UPDATE_MAX_T = 64
+# Up to this many rows of x, a no-grad bf16 / fp16 linear on CUDA runs as the Triton GEMV
+# (``kernels/linear/gemv.py``): at one row (a B = 1 decode step) ``benchmarks/bench_gemv.py`` measured it ahead
+# of cuBLAS at every decode shape of the 1.3B models; at 16 and 64 rows cuBLAS was as fast or faster.
+GEMV_MAX_ROWS = 1
 
 
 def gla(
@@ -83,6 +89,28 @@ def gla(
         final_state.copy_(ht)
         ht = final_state
     return o, ht
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``. CUDA, no gradient, at most ``GEMV_MAX_ROWS`` rows of x, bf16 or fp16 in one
+    dtype, a weight contiguous along K, outside ``torch.compile``: the Triton GEMV (fp32 sums, one rounding;
+    the same bits in a CUDA graph as eagerly). Otherwise (training, prefill, CPU, fp32, ``STATEX_FORCE_TORCH=1``,
+    a compiled graph, which picks its own kernel) ``F.linear``."""
+    if (
+        use_triton(*(t for t in (x, weight, bias) if t is not None))
+        and not torch.compiler.is_compiling()
+        and not needs_grad(x, weight, bias)
+        and x.dim() >= 1
+        and math.prod(x.shape[:-1]) <= GEMV_MAX_ROWS
+        and x.dtype in (torch.bfloat16, torch.float16)
+        and {t.dtype for t in (x, weight, bias) if t is not None} == {x.dtype}
+        and weight.dim() == 2
+        and weight.stride(-1) == 1
+    ):
+        from statex_hf.kernels.linear.gemv import gemv
+
+        return gemv(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

@@ -144,9 +144,12 @@ def test_the_safe_config_on_a_gpu_the_tuned_one_does_not_fit(monkeypatch):
 
 def test_split_k_only_where_the_weight_is_too_short_to_fill_the_gpu():
     cpu = torch.device("cpu")  # off CUDA the rule assumes an H100's 132 SMs
-    # GLA's q / k projection at B = 1: 128 blocks of 8 rows are under two waves, so K is split.
+    # GLA's q / k projection at B = 1: 256 blocks of 4 rows are under two waves, but K = 2048 is two steps of
+    # 1024: too short to split (and unsplit was faster on the H100).
     q = configs.pick(1, 1024, 2048, cpu)
-    assert q.BM == 1 and q.SPLIT_K == 2
+    assert q.BM == 1 and q.SPLIT_K == 1
+    # A short weight over a long K: 64 blocks, split until the splits would have one step each.
+    assert configs.pick(1, 256, 8192, cpu).SPLIT_K == 4
     # The lm_head: 4000 blocks, many waves: one launch, no split.
     assert configs.pick(1, 32000, 2048, cpu).SPLIT_K == 1
     # A 16-column K (the gate's low-rank up projection) has one step: nothing to split.

@@ -134,11 +134,16 @@ def test_a_decode_step_casts_nothing_for_its_norms_and_adds_each_residual_in_one
         return seen, [logits] + states
 
     seen, got = step(monkeypatch)
-    # After the layers: the final norm and the head (outside the blocks).
-    assert seen.ops[: 1 + 2 * layers] == ["embedding"] + ["mm", "mm"] * layers, seen.ops
+    # The projections: cuBLAS (mm) for several rows, the GEMV kernel for one (dispatch.GEMV_MAX_ROWS). After the
+    # layers: the final norm and the head (outside the blocks).
+    gemv = batch <= dispatch.GEMV_MAX_ROWS
+    projection = [] if gemv else ["mm"]
+    assert seen.ops[: 1 + 2 * len(projection) * layers] == ["embedding"] + projection * 2 * layers, seen.ops
     assert "add" not in seen.ops, seen.ops
-    per_layer = ["norm.fwd", "conv.update", "ssd.state_update", "norm.fwd", "activations.residual_add"]
-    assert seen.triton == per_layer * layers + ["norm.fwd"], seen.triton
+    product = ["linear.gemv"] if gemv else []  # in_proj, out_proj and the head
+    per_layer = ["norm.fwd", *product, "conv.update", "ssd.state_update", "norm.fwd", *product]
+    per_layer += ["activations.residual_add"]
+    assert seen.triton == per_layer * layers + ["norm.fwd", *product], seen.triton
     with monkeypatch.context() as m:
         m.setattr(StateXMamba2Block, "forward", previous_block_forward)
         _, previous = step(m)

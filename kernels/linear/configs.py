@@ -10,8 +10,11 @@ rows: fewer are padded, which costs registers but no memory traffic).
 ``SPLIT_K`` is not in the table but derived from the shape (``pick``): the grid should fill every SM
 ``WAVES`` times over, since a matrix-vector product is bound by how many bytes are in flight; a weight too
 short for that at the table's ``BN`` is split along K while each split keeps at least ``MIN_STEPS`` steps of
-``BK`` (a pipeline of fewer steps never fills). Neither the tiles nor these two numbers are tuned yet:
-``benchmarks/bench_gemv.py`` times a list of alternatives beside them on the GPU.
+``BK`` (a pipeline of fewer steps never fills). ``m1`` is ``benchmarks/bench_gemv.py``'s fastest config at
+every one-row decode shape of the 1.3B models on the H100 (4-row strips of W, 1024-column steps: each warp
+streams long contiguous runs of a weight row; with it the rule never splits those shapes, as the
+measurement preferred). The other buckets are untuned, and the models send them to cuBLAS
+(``dispatch.GEMV_MAX_ROWS``), which was as fast or faster at 16 and 64 rows.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from statex_hf.kernels.launch import LaunchConfig
 
 TABLES: dict[str, dict[str, LaunchConfig]] = {
     "default": {
-        "m1": LaunchConfig.of(4, 4, BM=1, BN=8, BK=512, SPLIT_K=1),
+        "m1": LaunchConfig.of(4, 4, BM=1, BN=4, BK=1024, SPLIT_K=1),
         "m2": LaunchConfig.of(4, 4, BM=2, BN=8, BK=256, SPLIT_K=1),
         "m4": LaunchConfig.of(4, 4, BM=4, BN=8, BK=128, SPLIT_K=1),
         "m16": LaunchConfig.of(4, 4, BM=16, BN=32, BK=128, SPLIT_K=1),

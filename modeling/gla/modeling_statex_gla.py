@@ -13,6 +13,7 @@ import torch
 from statex_hf.kernels import dispatch
 from statex_hf.kernels.gla.naive import gla_log_decay
 from statex_hf.modeling.cache import conv_state, recurrent_state, store_conv_state, store_recurrent_state
+from statex_hf.modeling.decode_linear import DecodeLinear
 from statex_hf.modeling.gla.configuration_statex_gla import StateXGLAConfig
 from statex_hf.modeling.recurrent_model import StateXRecurrentForCausalLM, StateXRecurrentModel
 from torch import nn
@@ -61,9 +62,9 @@ class StateXGLAMLP(nn.Module):
             intermediate_size = 256 * ((intermediate_size + 255) // 256)
         if config.hidden_act not in ("swish", "silu"):
             raise ValueError(f"hidden_act={config.hidden_act!r} is not supported; StateX GLA uses 'swish'")
-        self.gate_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, config.hidden_size, bias=False)
+        self.gate_proj = DecodeLinear(config.hidden_size, intermediate_size, bias=False)
+        self.up_proj = DecodeLinear(config.hidden_size, intermediate_size, bias=False)
+        self.down_proj = DecodeLinear(intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         # silu(gate) * up: one kernel on CUDA without gradients (decode), torch's two ops otherwise.
@@ -96,20 +97,20 @@ class StateXGLATokenMixer(nn.Module):
         key_dim_per_group = self.key_dim // self.num_kv_groups
         value_dim_per_group = self.value_dim // self.num_kv_groups
 
-        self.q_proj = nn.Linear(hidden, self.key_dim, bias=False)
-        self.k_proj = nn.Linear(hidden, key_dim_per_group, bias=False)
-        self.v_proj = nn.Linear(hidden, value_dim_per_group, bias=False)
+        self.q_proj = DecodeLinear(hidden, self.key_dim, bias=False)
+        self.k_proj = DecodeLinear(hidden, key_dim_per_group, bias=False)
+        self.v_proj = DecodeLinear(hidden, value_dim_per_group, bias=False)
         if self.use_output_gate:
-            self.g_proj = nn.Linear(hidden, self.value_dim, bias=False)
+            self.g_proj = DecodeLinear(hidden, self.value_dim, bias=False)
         if self.use_short_conv:
             for name, dim in (("q", self.key_dim), ("k", key_dim_per_group), ("v", value_dim_per_group)):
                 conv = nn.Conv1d(dim, dim, config.conv_size, groups=dim, bias=False, padding=config.conv_size - 1)
                 setattr(self, f"{name}_conv1d", conv)
         self.gk_proj = nn.Sequential(
-            nn.Linear(hidden, GATE_LOW_RANK_DIM, bias=False),
-            nn.Linear(GATE_LOW_RANK_DIM, key_dim_per_group, bias=True),
+            DecodeLinear(hidden, GATE_LOW_RANK_DIM, bias=False),
+            DecodeLinear(GATE_LOW_RANK_DIM, key_dim_per_group, bias=True),
         )
-        self.o_proj = nn.Linear(self.value_dim, hidden, bias=False)
+        self.o_proj = DecodeLinear(self.value_dim, hidden, bias=False)
         # fla names the output norm by whether it is fused with the swish gate; keep its names.
         self.fuse_norm_and_gate = config.hidden_act == "swish" and config.fuse_norm and self.use_output_gate
         norm = StateXGLARMSNorm(self.head_v_dim, eps=config.norm_eps, elementwise_affine=config.elementwise_affine)
@@ -273,7 +274,7 @@ class StateXGLAForCausalLM(StateXGLAPreTrainedModel, StateXRecurrentForCausalLM)
         super().__init__(config)
         self.model = StateXGLAModel(config)
         self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = DecodeLinear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
 

@@ -13,6 +13,7 @@ import torch
 from statex_hf.kernels import dispatch
 from statex_hf.kernels.ssd.naive import discretize_dt
 from statex_hf.modeling.cache import conv_state, recurrent_state, store_conv_state, store_recurrent_state
+from statex_hf.modeling.decode_linear import DecodeLinear
 from statex_hf.modeling.mamba2.configuration_statex_mamba2 import StateXMamba2Config
 from statex_hf.modeling.recurrent_model import StateXRecurrentForCausalLM, StateXRecurrentModel
 from torch import nn
@@ -76,7 +77,7 @@ class StateXMamba2Mixer(nn.Module):
             bias=config.use_conv_bias,
             padding=config.conv_kernel - 1,
         )
-        self.in_proj = nn.Linear(
+        self.in_proj = DecodeLinear(
             config.hidden_size, self.intermediate_size + self.conv_dim + self.num_heads, bias=config.use_bias
         )
         self.dt_bias = nn.Parameter(torch.ones(self.num_heads))
@@ -85,7 +86,7 @@ class StateXMamba2Mixer(nn.Module):
             self.intermediate_size, eps=config.layer_norm_epsilon, group_size=self.intermediate_size // self.n_groups
         )
         self.D = nn.Parameter(torch.ones(self.num_heads))
-        self.out_proj = nn.Linear(self.intermediate_size, config.hidden_size, bias=config.use_bias)
+        self.out_proj = DecodeLinear(self.intermediate_size, config.hidden_size, bias=config.use_bias)
 
     @torch.no_grad()
     def reset_ssm_parameters(self) -> None:
@@ -249,7 +250,7 @@ class StateXMamba2ForCausalLM(StateXMamba2PreTrainedModel, StateXRecurrentForCau
     def __init__(self, config: StateXMamba2Config) -> None:
         super().__init__(config)
         self.backbone = StateXMamba2Model(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = DecodeLinear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
 

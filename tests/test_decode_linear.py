@@ -1,0 +1,102 @@
+"""Issue 20: the models' projections are ``DecodeLinear``; ``dispatch.linear`` sends a one-row no-grad bf16 / fp16
+product on CUDA to the Triton GEMV (ahead of cuBLAS there on the H100, ``benchmarks/README.md``) and every other
+call to ``F.linear``. Under the Triton interpreter (the ``on_cuda_dispatch`` fixture): which path each call takes,
+the kernel's values, and a whole decode step of both families running every projection and the head as the GEMV
+with the torch path's results."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from launched_ops import LaunchedOps
+from statex_hf.kernels import dispatch
+from statex_hf.kernels.linear import naive_linear
+from statex_hf.modeling.decode_linear import DecodeLinear
+from tiny_models import FAMILIES, VOCAB, build, returned_cache
+from torch import nn
+
+K, N = 40, 24
+
+
+def operands(rows, dtype=torch.bfloat16, bias=True):
+    x = torch.randn(*rows, K).to(dtype)
+    weight = (torch.randn(N, K) / K**0.5).to(dtype)
+    return x, weight, (torch.randn(N).to(dtype) if bias else None)
+
+
+def path_of(monkeypatch, x, weight, bias):
+    with LaunchedOps(monkeypatch) as seen:
+        y = dispatch.linear(x, weight, bias)
+    return ("gemv" if seen.triton == ["linear.gemv"] else "torch" if not seen.triton else seen.triton), y
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("rows", [(), (1,), (1, 1)], ids=["x[K]", "x[1,K]", "x[1,1,K]"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_one_no_grad_row_runs_the_gemv_with_the_fp32_sum_rounded_once(monkeypatch, on_cuda_dispatch, dtype, rows, bias):
+    x, weight, b = operands(rows, dtype, bias)
+    path, y = path_of(monkeypatch, x, weight, b)
+    assert path == "gemv"
+    want = naive_linear(x, weight, b)
+    assert y.shape == want.shape and y.dtype == dtype
+    # The same fp32 products summed in another order, then one rounding: at most one step of the dtype apart.
+    torch.testing.assert_close(y.float(), want.float(), rtol=2**-7, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["two-rows", "fp32", "needs-grad", "weight-not-contiguous", "off-cuda"],
+)
+def test_every_other_call_is_f_linear_bit_for_bit(monkeypatch, on_cuda_dispatch, case):
+    x, weight, bias = operands(
+        (2,) if case == "two-rows" else (1,), torch.float32 if case == "fp32" else torch.bfloat16
+    )
+    if case == "needs-grad":
+        weight.requires_grad_()
+    if case == "weight-not-contiguous":
+        weight = weight.T.contiguous().T
+    if case == "off-cuda":
+        monkeypatch.setattr(dispatch, "use_triton", lambda *tensors: False)
+    path, y = path_of(monkeypatch, x, weight, bias)
+    assert path == "torch"
+    assert torch.equal(y, F.linear(x, weight, bias))
+
+
+def test_decode_linear_is_an_nn_linear_with_its_state_dict():
+    # peft's LoRA, quantizers and checkpoints find projections by isinstance(nn.Linear) and by their state dict.
+    torch.manual_seed(0)
+    plain = nn.Linear(K, N)
+    torch.manual_seed(0)
+    ours = DecodeLinear(K, N)
+    assert isinstance(ours, nn.Linear)
+    assert ours.state_dict().keys() == plain.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), plain.state_dict().values()))
+    x = torch.randn(3, K, requires_grad=True)
+    ours(x).sum().backward()
+    assert ours.weight.grad is not None and x.grad is not None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_bf16_decode_step_runs_every_projection_and_the_head_as_the_gemv(monkeypatch, on_cuda_dispatch, family):
+    model = build(family, statex_layers=[1]).to(torch.bfloat16)
+    ids = torch.randint(3, VOCAB, (1, 6))
+
+    def step(m):
+        with torch.no_grad():
+            with m.context() as prefill:  # the prompt on torch (the interpreter's tl.dot misreads bf16)
+                prefill.setattr(dispatch, "use_triton", lambda *tensors: False)
+                cache = returned_cache(model(ids[:, :-1], use_cache=True))
+            with LaunchedOps(m) as seen:
+                logits = model(ids[:, -1:], cache=cache, use_cache=True, logits_to_keep=1).logits
+        return seen, logits
+
+    seen, logits = step(monkeypatch)
+    projections = sum(isinstance(module, DecodeLinear) for module in model.modules())
+    assert projections > 2 * model.config.num_hidden_layers
+    assert seen.triton.count("linear.gemv") == projections, seen.triton
+    assert not {"mm", "addmm", "linear"} & set(seen.ops), seen.ops
+    with monkeypatch.context() as m:
+        m.setattr(dispatch, "use_triton", lambda *tensors: False)
+        _, on_torch = step(m)
+    torch.testing.assert_close(logits, on_torch, rtol=2e-2, atol=2e-2)
