@@ -27,3 +27,20 @@ def test_the_generate_benchmark_finishes_its_tiny_check_on_cpu(tmp_path):
     assert [row["length"] for row in report["rows"] if row["kind"] == "ttft"] == [256, 1024]
     assert next(row for row in report["rows"] if row["kind"] == "eager")["same_tokens_as_graphs"]
     assert "TTFT   1024" in result.stdout
+
+
+def test_a_batch_that_ran_out_of_memory_is_a_row_of_the_table(capsys):
+    # transformers' Mamba2 (torch path) runs out of GPU memory in its B = 64 prefill: the row says so, the
+    # table prints the other rows instead of the whole peer being lost.
+    sys.path.insert(0, os.path.dirname(BENCH))
+    from bench_generate import print_table
+
+    rows = [
+        dict(impl="hf_mamba2", kind="decode", batch=64, error="out of GPU memory in the prompt's forward"),
+        dict(impl="hf_mamba2", kind="decode", batch=1, ms_per_token=53.2, roofline_ms=0.86, share=0.016,
+             first_call_s=1.0, capture_s=None),
+    ]  # fmt: skip
+    print_table(rows, {"hf_mamba2": "ok"})
+    out = capsys.readouterr().out
+    assert "hf_mamba2     64 out of GPU memory in the prompt's forward" in out
+    assert "hf_mamba2      1     53.20" in out
