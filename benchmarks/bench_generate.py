@@ -149,6 +149,10 @@ def worker(impl: str, args) -> None:
 
     torch.manual_seed(0)
     torch.set_grad_enabled(False)  # generate runs without autograd; the plain forward it is compared with too
+    if args.gemv_max_rows is not None:  # a baseline in the same run: 0 sends every projection to cuBLAS
+        from statex_hf.kernels import dispatch
+
+        dispatch.GEMV_MAX_ROWS = args.gemv_max_rows
     ours = impl.startswith("ours")
     spec_bw, copy_bw = hbm_bandwidth()
     bandwidth = spec_bw or copy_bw
@@ -269,6 +273,9 @@ def main() -> None:
     )
     parser.add_argument("--timeout", type=float, default=240, help="seconds for each of our processes")
     parser.add_argument("--peer-timeout", type=float, default=150, help="seconds for each peer process")
+    parser.add_argument(
+        "--gemv-max-rows", type=int, help="ours: rows up to which projections run as the Triton GEMV (0: cuBLAS)"
+    )
     parser.add_argument("--json", help="write every row here")
     parser.add_argument("--tiny", action="store_true", help="toy shapes (a check of this script, runs on CPU)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -283,6 +290,7 @@ def main() -> None:
     passed += ["--new-tokens", str(args.new_tokens), "--peer-new-tokens", str(args.peer_new_tokens)]
     passed += ["--eager-new-tokens", str(args.eager_new_tokens), "--ttft", ",".join(map(str, args.ttft))]
     passed += ["--tiny"] if args.tiny else []
+    passed += [] if args.gemv_max_rows is None else ["--gemv-max-rows", str(args.gemv_max_rows)]
     rows, statuses = [], {}
     for impl in args.impls.split(","):
         timeout = args.timeout if impl.startswith("ours") else args.peer_timeout
