@@ -153,6 +153,11 @@ def worker(impl: str, args) -> None:
         from statex_hf.kernels import dispatch
 
         dispatch.GEMV_MAX_ROWS = args.gemv_max_rows
+    if args.separate_products:  # a baseline in the same run: each product of one input its own GEMV launch
+        from statex_hf.kernels import dispatch
+
+        dispatch.one_launch_products = lambda x, weights: None
+        dispatch.one_launch_swiglu = lambda x, gate_weight, up_weight: None
     ours = impl.startswith("ours")
     spec_bw, copy_bw = hbm_bandwidth()
     bandwidth = spec_bw or copy_bw
@@ -276,6 +281,9 @@ def main() -> None:
     parser.add_argument(
         "--gemv-max-rows", type=int, help="ours: rows up to which projections run as the Triton GEMV (0: cuBLAS)"
     )
+    parser.add_argument(
+        "--separate-products", action="store_true", help="ours: no grouped GEMV launches (each product its own)"
+    )
     parser.add_argument("--json", help="write every row here")
     parser.add_argument("--tiny", action="store_true", help="toy shapes (a check of this script, runs on CPU)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -291,6 +299,7 @@ def main() -> None:
     passed += ["--eager-new-tokens", str(args.eager_new_tokens), "--ttft", ",".join(map(str, args.ttft))]
     passed += ["--tiny"] if args.tiny else []
     passed += [] if args.gemv_max_rows is None else ["--gemv-max-rows", str(args.gemv_max_rows)]
+    passed += ["--separate-products"] if args.separate_products else []
     rows, statuses = [], {}
     for impl in args.impls.split(","):
         timeout = args.timeout if impl.startswith("ours") else args.peer_timeout

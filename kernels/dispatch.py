@@ -91,26 +91,57 @@ def gla(
     return o, ht
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``. CUDA, no gradient, at most ``GEMV_MAX_ROWS`` rows of x, bf16 or fp16 in one
-    dtype, a weight contiguous along K, outside ``torch.compile``: the Triton GEMV (fp32 sums, one rounding;
-    the same bits in a CUDA graph as eagerly). Otherwise (training, prefill, CPU, fp32, ``STATEX_FORCE_TORCH=1``,
-    a compiled graph, which picks its own kernel) ``F.linear``."""
-    if (
-        use_triton(*(t for t in (x, weight, bias) if t is not None))
+def _takes_gemv(x: torch.Tensor, *weights: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """Whether ``x``'s products with ``weights`` run as the Triton GEMV: CUDA, no gradient, at most
+    ``GEMV_MAX_ROWS`` rows of x, bf16 or fp16 in one dtype, weights contiguous along K, outside ``torch.compile``."""
+    tensors = [t for t in (x, *weights, bias) if t is not None]
+    return (
+        use_triton(*tensors)
         and not torch.compiler.is_compiling()
-        and not needs_grad(x, weight, bias)
+        and not needs_grad(*tensors)
         and x.dim() >= 1
         and math.prod(x.shape[:-1]) <= GEMV_MAX_ROWS
         and x.dtype in (torch.bfloat16, torch.float16)
-        and {t.dtype for t in (x, weight, bias) if t is not None} == {x.dtype}
-        and weight.dim() == 2
-        and weight.stride(-1) == 1
-    ):
+        and {t.dtype for t in tensors} == {x.dtype}
+        and all(w.dim() == 2 and w.stride(-1) == 1 for w in weights)
+    )
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``: the Triton GEMV where ``_takes_gemv`` (fp32 sums, one rounding; the same bits
+    in a CUDA graph as eagerly). Otherwise (training, prefill, CPU, fp32, ``STATEX_FORCE_TORCH=1``, a compiled
+    graph, which picks its own kernel) ``F.linear``."""
+    if _takes_gemv(x, weight, bias=bias):
         from statex_hf.kernels.linear.gemv import gemv
 
         return gemv(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+def one_launch_products(x: torch.Tensor, weights: list[torch.Tensor]) -> list[torch.Tensor] | None:
+    """``[F.linear(x, w) for w in weights]`` as one launch of the grouped GEMV (``kernels/linear/gemv_group.py``,
+    each product ``linear``'s GEMV bit for bit) where each product would take the GEMV and the weights are
+    contiguous (at most ``MAX_GROUP``); ``None`` otherwise, and the caller runs its modules."""
+    from statex_hf.kernels.linear.gemv_group import MAX_GROUP, gemv_group
+
+    if len(weights) <= MAX_GROUP and _takes_gemv(x, *weights) and all(w.is_contiguous() for w in weights):
+        return gemv_group(x, weights)
+    return None
+
+
+def one_launch_swiglu(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch.Tensor) -> torch.Tensor | None:
+    """``silu(F.linear(x, gate_weight)) * F.linear(x, up_weight)`` as one launch (``gemv_group.gemv_swiglu``: the
+    two GEMVs and the SwiGLU kernel bit for bit) where both products would take the GEMV; ``None`` otherwise."""
+    if (
+        gate_weight.shape == up_weight.shape
+        and _takes_gemv(x, gate_weight, up_weight)
+        and gate_weight.is_contiguous()
+        and up_weight.is_contiguous()
+    ):
+        from statex_hf.kernels.linear.gemv_group import gemv_swiglu
+
+        return gemv_swiglu(x, gate_weight, up_weight)
+    return None
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

@@ -80,6 +80,7 @@ def test_decode_linear_is_an_nn_linear_with_its_state_dict():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_bf16_decode_step_runs_every_projection_and_the_head_as_the_gemv(monkeypatch, on_cuda_dispatch, family):
     model = build(family, statex_layers=[1]).to(torch.bfloat16)
+    layers = model.config.num_hidden_layers
     ids = torch.randint(3, VOCAB, (1, 6))
 
     def step(m):
@@ -91,11 +92,27 @@ def test_a_bf16_decode_step_runs_every_projection_and_the_head_as_the_gemv(monke
                 logits = model(ids[:, -1:], cache=cache, use_cache=True, logits_to_keep=1).logits
         return seen, logits
 
-    seen, logits = step(monkeypatch)
+    with monkeypatch.context() as m:  # every product its own launch
+        m.setattr(dispatch, "one_launch_products", lambda x, weights: None)
+        m.setattr(dispatch, "one_launch_swiglu", lambda x, gate, up: None)
+        separate, separate_logits = step(m)
     projections = sum(isinstance(module, DecodeLinear) for module in model.modules())
-    assert projections > 2 * model.config.num_hidden_layers
-    assert seen.triton.count("linear.gemv") == projections, seen.triton
-    assert not {"mm", "addmm", "linear"} & set(seen.ops), seen.ops
+    assert projections > 2 * layers
+    assert separate.triton.count("linear.gemv") == projections, separate.triton
+    assert not {"mm", "addmm", "linear"} & set(separate.ops), separate.ops
+
+    # GLA: q, k, v, the gate's low-rank down and g in one launch, gate and up with their SwiGLU in another; the
+    # same products (gemv_group's sums are the GEMV's), so the same logits bit for bit.
+    seen, logits = step(monkeypatch)
+    if family == "gla":
+        group = 4 + int(model.config.use_output_gate)
+        assert seen.triton.count("linear.gemv_group") == seen.triton.count("linear.gemv_swiglu") == layers
+        assert seen.triton.count("linear.gemv") == projections - layers * (group + 2)
+        assert "activations.swiglu" not in seen.triton and "activations.swiglu" in separate.triton
+        assert len(seen.triton) == len(separate.triton) - layers * (group - 1 + 2)
+    else:
+        assert seen.triton == separate.triton
+    assert torch.equal(logits, separate_logits)
     with monkeypatch.context() as m:
         m.setattr(dispatch, "use_triton", lambda *tensors: False)
         _, on_torch = step(m)

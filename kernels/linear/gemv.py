@@ -40,20 +40,13 @@ from statex_hf.kernels.utils import needs_grad
 
 
 @triton.jit
-def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn,
-                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
-    pid_n, pid_s, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    rows_m = pid_m * BM + tl.arange(0, BM)
-    rows_n = pid_n * BN + tl.arange(0, BN)
+def _row_block_dot(x_tile, w_tile, m_mask, n_mask, k_start, k_end, split_len,
+                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """The fp32 sums ``x[rows_m, k_start:k_end] @ W[rows_n, k_start:k_end].T`` of one program, ``[BM, BN]``.
+
+    ``x_tile`` / ``w_tile`` point at the first ``BK`` columns of the program's rows. Shared with
+    ``gemv_group.py``, so that its products are this kernel's bit for bit."""
     cols = tl.arange(0, BK)
-    m_mask, n_mask = rows_m < M, rows_n < N
-    # This program's range of K: the split's share rounded up to whole steps, the last one cut at K.
-    split_len = tl.cdiv(tl.cdiv(K, SPLIT_K), BK) * BK
-    k_start = pid_s * split_len
-    k_end = tl.minimum(k_start + split_len, K)
-    x_tile = x + rows_m[:, None].to(tl.int64) * stride_xm + (k_start + cols)[None, :]
-    w_tile = w + rows_n[:, None].to(tl.int64) * stride_wn + (k_start + cols)[None, :]
     if BM >= 16:
         acc = tl.zeros([BM, BN], dtype=tl.float32)
     else:
@@ -70,6 +63,25 @@ def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn,
         total = acc
     else:
         total = tl.sum(acc, axis=2)
+    return total
+
+
+@triton.jit
+def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn,
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    pid_n, pid_s, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rows_m = pid_m * BM + tl.arange(0, BM)
+    rows_n = pid_n * BN + tl.arange(0, BN)
+    cols = tl.arange(0, BK)
+    m_mask, n_mask = rows_m < M, rows_n < N
+    # This program's range of K: the split's share rounded up to whole steps, the last one cut at K.
+    split_len = tl.cdiv(tl.cdiv(K, SPLIT_K), BK) * BK
+    k_start = pid_s * split_len
+    k_end = tl.minimum(k_start + split_len, K)
+    x_tile = x + rows_m[:, None].to(tl.int64) * stride_xm + (k_start + cols)[None, :]
+    w_tile = w + rows_n[:, None].to(tl.int64) * stride_wn + (k_start + cols)[None, :]
+    total = _row_block_dot(x_tile, w_tile, m_mask, n_mask, k_start, k_end, split_len, BM, BN, BK, PRECISION)
     block = rows_m[:, None].to(tl.int64) * N + rows_n[None, :]
     mask = m_mask[:, None] & n_mask[None, :]
     if SPLIT_K == 1:

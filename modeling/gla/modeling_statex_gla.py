@@ -13,7 +13,7 @@ import torch
 from statex_hf.kernels import dispatch
 from statex_hf.kernels.gla.naive import gla_log_decay
 from statex_hf.modeling.cache import conv_state, recurrent_state, store_conv_state, store_recurrent_state
-from statex_hf.modeling.decode_linear import DecodeLinear
+from statex_hf.modeling.decode_linear import DecodeLinear, hooked, one_launch, swiglu_of
 from statex_hf.modeling.gla.configuration_statex_gla import StateXGLAConfig
 from statex_hf.modeling.recurrent_model import StateXRecurrentForCausalLM, StateXRecurrentModel
 from torch import nn
@@ -67,8 +67,9 @@ class StateXGLAMLP(nn.Module):
         self.down_proj = DecodeLinear(intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        # silu(gate) * up: one kernel on CUDA without gradients (decode), torch's two ops otherwise.
-        return self.down_proj(dispatch.swiglu(self.gate_proj(hidden_states), self.up_proj(hidden_states)))
+        # silu(gate(x)) * up(x): at one row on CUDA without gradients (decode) one launch for both products and
+        # the SwiGLU, else the two products and dispatch.swiglu (one kernel without gradients on CUDA).
+        return self.down_proj(swiglu_of(hidden_states, self.gate_proj, self.up_proj))
 
 
 class StateXGLATokenMixer(nn.Module):
@@ -146,12 +147,24 @@ class StateXGLATokenMixer(nn.Module):
         if mask is not None:
             # A padding token must neither write nor decay the state (nor enter a convolution window).
             hidden_states = hidden_states * mask
-        q, k, v = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
+        # A one-row decode step takes q, k, v, the gate's low-rank down and g as one grouped GEMV launch.
+        group = [
+            self.q_proj,
+            self.k_proj,
+            self.v_proj,
+            self.gk_proj[0],
+            *([self.g_proj] if self.use_output_gate else []),
+        ]
+        fused = None if hooked(self.gk_proj) else one_launch(hidden_states, group)
+        if fused is None:
+            q, k, v = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
+        else:
+            q, k, v, gk_down, *fused_g = fused
         if self.use_short_conv:
             q = self._short_conv(0, "q", q, cache, cu_seqlens)
             k = self._short_conv(1, "k", k, cache, cu_seqlens)
             v = self._short_conv(2, "v", v, cache, cu_seqlens)
-        gk = self.gk_proj(hidden_states)
+        gk = self.gk_proj(hidden_states) if fused is None else self.gk_proj[1](gk_down)
 
         q = q.view(batch, seqlen, self.num_heads, self.head_k_dim)
         k = k.view(batch, seqlen, self.num_kv_heads, self.head_k_dim)
@@ -186,7 +199,8 @@ class StateXGLATokenMixer(nn.Module):
             store_recurrent_state(cache, self.layer_idx, final_state)
 
         if self.use_output_gate:
-            g = self.g_proj(hidden_states).view(batch, seqlen, self.num_heads, self.head_v_dim)
+            g = self.g_proj(hidden_states) if fused is None else fused_g[0]
+            g = g.view(batch, seqlen, self.num_heads, self.head_v_dim)
             if self.fuse_norm_and_gate:
                 o = self.g_norm_swish_gate(o, g)
             else:

@@ -1,0 +1,160 @@
+"""Several one-row products of the same x in one launch: ``[x @ W_i.T for each i]`` (a decode step's projections of
+one hidden state), and ``silu(x @ Wg.T) * (x @ Wu.T)`` (an MLP's gate and up products with its SwiGLU).
+
+In a CUDA-graph decode step every kernel costs the replay about as much again as a few-microsecond product
+takes itself (``benchmarks/README.md``, "generate"), and GLA's mixer takes five products of one input, its
+MLP two and a SwiGLU. Here one grid covers the row blocks of all the weights: the group's programs are laid
+end to end, program ``p`` serving weight ``i`` from its first block ``S_i`` on (a chain of comparisons against
+the ``S_i``, unrolled at compile time). Each program's sum is ``gemv.py``'s (``_row_block_dot``, the same tiles
+and order, no split of K), so every output is the separate GEMV's bit for bit; the SwiGLU epilogue rounds where
+torch and ``kernels/activations/swiglu.py`` round (each product to x's dtype, then ``silu``, then the product).
+
+One row of x, no bias, weights contiguous and of x's dtype; forward only (decode runs under ``torch.no_grad``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+from statex_hf.kernels import launch
+from statex_hf.kernels.activations.elementwise import silu
+from statex_hf.kernels.launch import LaunchConfig
+from statex_hf.kernels.linear.configs import SAFE, TABLES
+from statex_hf.kernels.linear.gemv import _row_block_dot
+from statex_hf.kernels.utils import needs_grad
+
+MAX_GROUP = 6  # the kernel's weight slots (GLA's mixer uses five: q, k, v, g and the gate's low-rank down)
+
+
+@triton.jit
+def _pick(pid, start, first, w, w_i, y, y_i, n, n_i):
+    """Weight ``i``'s pointers, size and first block where program ``pid`` is past that first block."""
+    past = pid >= first
+    return tl.where(past, first, start), tl.where(past, w_i, w), tl.where(past, y_i, y), tl.where(past, n_i, n)
+
+
+@triton.jit
+def _gemv_group_kernel(x, K, w0, w1, w2, w3, w4, w5, y0, y1, y2, y3, y4, y5, N0, N1, N2, N3, N4, N5,
+                       S1, S2, S3, S4, S5, G: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):  # fmt: skip
+    pid = tl.program_id(0)
+    start, w, y, n = 0, w0, y0, N0
+    if G > 1:
+        start, w, y, n = _pick(pid, start, S1, w, w1, y, y1, n, N1)
+    if G > 2:
+        start, w, y, n = _pick(pid, start, S2, w, w2, y, y2, n, N2)
+    if G > 3:
+        start, w, y, n = _pick(pid, start, S3, w, w3, y, y3, n, N3)
+    if G > 4:
+        start, w, y, n = _pick(pid, start, S4, w, w4, y, y4, n, N4)
+    if G > 5:
+        start, w, y, n = _pick(pid, start, S5, w, w5, y, y5, n, N5)
+    rows_m = tl.arange(0, 1)
+    rows_n = (pid - start) * BN + tl.arange(0, BN)
+    cols = tl.arange(0, BK)
+    n_mask = rows_n < n
+    w_tile = w + rows_n[:, None].to(tl.int64) * K + cols[None, :]
+    total = _row_block_dot(x + cols[None, :], w_tile, rows_m < 1, n_mask, 0, K, K, 1, BN, BK, "ieee")
+    tl.store(y + rows_n[None, :], total.to(y.dtype.element_ty), mask=n_mask[None, :])
+
+
+@triton.jit
+def _gemv_swiglu_kernel(x, wg, wu, out, N, K, BN: tl.constexpr, BK: tl.constexpr):
+    rows_m = tl.arange(0, 1)
+    rows_n = tl.program_id(0) * BN + tl.arange(0, BN)
+    cols = tl.arange(0, BK)
+    n_mask = rows_n < N
+    rows = rows_n[:, None].to(tl.int64) * K + cols[None, :]
+    gate = _row_block_dot(x + cols[None, :], wg + rows, rows_m < 1, n_mask, 0, K, K, 1, BN, BK, "ieee")
+    up = _row_block_dot(x + cols[None, :], wu + rows, rows_m < 1, n_mask, 0, K, K, 1, BN, BK, "ieee")
+    dtype = out.dtype.element_ty
+    s = silu(gate.to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+    tl.store(out + rows_n[None, :], (s * up.to(dtype).to(tl.float32)).to(dtype), mask=n_mask[None, :])
+
+
+def _config(device: torch.device) -> LaunchConfig:
+    """The GEMV table's one-row tiles (``configs.py``), K never split."""
+    return launch.device_table(TABLES, device)["m1"].with_(SPLIT_K=1)
+
+
+def _check(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    K = x.shape[-1]
+    if x.numel() != K:
+        raise ValueError(f"gemv_group: x {tuple(x.shape)} must be one row (a decode step at batch 1)")
+    for w in weights:
+        if w.dim() != 2 or w.shape[1] != K or w.dtype != x.dtype or not w.is_contiguous():
+            raise ValueError(
+                f"gemv_group: weight {tuple(w.shape)} {w.dtype} must be [N, {K}], contiguous, in x's dtype {x.dtype}"
+            )
+    if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise ValueError(f"gemv_group: x's dtype {x.dtype} is not one of bf16, fp16, fp32")
+    if needs_grad(x, *weights):
+        raise RuntimeError("gemv_group has no backward (a decode kernel): call it under torch.no_grad()")
+    return x.reshape(K).contiguous()
+
+
+def gemv_group(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``[F.linear(x, w) for w in weights]`` for one row of x, in one launch, equal to ``gemv``'s results.
+
+    Args:
+        x: one row, ``[..., K]`` with every leading dimension 1.
+        weights: 1 to ``MAX_GROUP`` weights ``[N_i, K]``, contiguous, in x's dtype (bf16, fp16 or fp32).
+
+    Returns:
+        One tensor ``[..., N_i]`` per weight, in x's dtype.
+    """
+    if not 1 <= len(weights) <= MAX_GROUP:
+        raise ValueError(f"gemv_group: {len(weights)} weights; give 1 to {MAX_GROUP}")
+    row = _check(x, weights)
+    lead, K = x.shape[:-1], x.shape[-1]
+    ys = [torch.empty(w.shape[0], device=x.device, dtype=x.dtype) for w in weights]
+    if K == 0:
+        return [y.zero_().reshape(*lead, -1) for y in ys]
+
+    def run(c: LaunchConfig) -> None:
+        blocks = [triton.cdiv(w.shape[0], c.BN) for w in weights]
+        firsts = [sum(blocks[:i]) for i in range(1, MAX_GROUP)]
+        slots = MAX_GROUP - len(weights)  # unused slots repeat the last weight: never selected (G guards them)
+        w_args = [*weights, *[weights[-1]] * slots]
+        y_args = [*ys, *[ys[-1]] * slots]
+        n_args = [w.shape[0] for w in w_args]
+        if sum(blocks):
+            _gemv_group_kernel[(sum(blocks),)](
+                row, K, *w_args, *y_args, *n_args, *firsts, G=len(weights), BN=c.BN, BK=c.BK,
+                num_warps=c.num_warps, num_stages=c.num_stages,
+            )  # fmt: skip
+
+    launch.launch("linear.gemv_group", run, launch.OVERRIDES.get("linear.gemv_group") or _config(x.device), SAFE, row)
+    return [y.reshape(*lead, -1) for y in ys]
+
+
+def gemv_swiglu(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch.Tensor) -> torch.Tensor:
+    """``silu(F.linear(x, gate_weight)) * F.linear(x, up_weight)`` for one row of x, in one launch: the GEMVs'
+    products and the SwiGLU kernel's roundings, bit for bit.
+
+    Args:
+        x: one row, ``[..., K]`` with every leading dimension 1.
+        gate_weight, up_weight: ``[N, K]`` each, contiguous, in x's dtype (bf16, fp16 or fp32).
+
+    Returns:
+        ``[..., N]`` in x's dtype.
+    """
+    if gate_weight.shape != up_weight.shape:
+        raise ValueError(f"gemv_swiglu: gate {tuple(gate_weight.shape)} and up {tuple(up_weight.shape)} differ")
+    row = _check(x, (gate_weight, up_weight))
+    lead, K, N = x.shape[:-1], x.shape[-1], gate_weight.shape[0]
+    out = torch.empty(N, device=x.device, dtype=x.dtype)
+
+    def run(c: LaunchConfig) -> None:
+        _gemv_swiglu_kernel[(triton.cdiv(N, c.BN),)](
+            row, gate_weight, up_weight, out, N, K, BN=c.BN, BK=c.BK, num_warps=c.num_warps, num_stages=c.num_stages
+        )
+
+    if N and K:
+        config = launch.OVERRIDES.get("linear.gemv_swiglu") or _config(x.device)
+        launch.launch("linear.gemv_swiglu", run, config, SAFE, row)
+    else:
+        out.zero_()  # K = 0: both products are 0, and silu(0) * 0 = 0
+    return out.reshape(*lead, N)

@@ -1,0 +1,47 @@
+"""The grouped GEMV and the SwiGLU GEMV on the GPU at StateX GLA-1.3B's decode shapes, bf16 (STATEX_GPU_TESTS=1):
+each output is the separate GEMV's bit for bit (the same summing code, ``gemv._row_block_dot``), the SwiGLU the
+GEMVs' products through the SwiGLU kernel, eagerly and as CUDA-graph replays on new inputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from statex_hf.kernels.activations.swiglu import swiglu
+from statex_hf.kernels.linear.gemv import gemv
+from statex_hf.kernels.linear.gemv_group import gemv_group, gemv_swiglu
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+DEV = "cuda"
+K = 2048
+GROUP = (1024, 1024, 2048, 16, 2048)  # q, k, v, the gate's low-rank down, g
+MLP = 5632
+
+
+def randn(*shape, seed=0):
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    return (torch.randn(*shape, device=DEV, generator=g) / math.sqrt(shape[-1])).to(torch.bfloat16)
+
+
+@torch.no_grad()
+def test_group_and_swiglu_equal_the_separate_kernels_eagerly_and_in_a_graph():
+    weights = [randn(n, K, seed=i + 1) for i, n in enumerate(GROUP)]
+    gate, up = randn(MLP, K, seed=10), randn(MLP, K, seed=11)
+    x = randn(1, 1, K)
+    for y, w in zip(gemv_group(x, weights), weights):
+        assert torch.equal(y, gemv(x, w))
+    assert torch.equal(gemv_swiglu(x, gate, up), swiglu(gemv(x, gate), gemv(x, up)))
+
+    static_x = x.clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_ys = gemv_group(static_x, weights)
+        static_s = gemv_swiglu(static_x, gate, up)
+    for seed in range(20, 23):
+        static_x.copy_(randn(1, 1, K, seed=seed))
+        graph.replay()
+        torch.cuda.synchronize()
+        for y, w in zip(static_ys, weights):
+            assert torch.equal(y, gemv(static_x, w))
+        assert torch.equal(static_s, swiglu(gemv(static_x, gate), gemv(static_x, up)))
