@@ -122,11 +122,11 @@ def one_launch_products(x: torch.Tensor, weights: list[torch.Tensor]) -> list[to
     """``[F.linear(x, w) for w in weights]`` as one launch of the grouped GEMV (``kernels/linear/gemv_group.py``,
     each product ``linear``'s GEMV bit for bit) where each product would take the GEMV and the weights are
     contiguous (at most ``MAX_GROUP``); ``None`` otherwise, and the caller runs its modules."""
+    if not (_takes_gemv(x, *weights) and all(w.is_contiguous() for w in weights)):
+        return None  # decided before the import: a compiled graph or a CPU run never reaches it
     from statex_hf.kernels.linear.gemv_group import MAX_GROUP, gemv_group
 
-    if len(weights) <= MAX_GROUP and _takes_gemv(x, *weights) and all(w.is_contiguous() for w in weights):
-        return gemv_group(x, weights)
-    return None
+    return gemv_group(x, weights) if len(weights) <= MAX_GROUP else None
 
 
 def one_launch_swiglu(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch.Tensor) -> torch.Tensor | None:
