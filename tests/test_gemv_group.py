@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from accelerate.hooks import ModelHook, add_hook_to_module
 from launched_ops import LaunchedOps
 from statex_hf.kernels import dispatch, launch
 from statex_hf.kernels.activations.swiglu import swiglu
@@ -139,7 +140,21 @@ class Scaled(nn.Module):
         return 2 * self.base(x)
 
 
-@pytest.mark.parametrize("case", ["hook-on-q", "hook-on-gate-sequential", "wrapped-k", "wrapped-up"])
+class Recorded(ModelHook):
+    """An accelerate hook (as ``device_map`` dispatch and offloading add): it replaces the module's ``forward``."""
+
+    def __init__(self, calls: list, case: str) -> None:
+        self.calls, self.case = calls, case
+
+    def post_forward(self, module, output):
+        self.calls.append(self.case)
+        return output
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["hook-on-q", "hook-on-gate-sequential", "wrapped-k", "wrapped-up", "accelerate-hook-v", "accelerate-hook-up"],
+)
 def test_a_gla_decode_step_keeps_hooks_and_wrappers(monkeypatch, on_cuda_dispatch, case):
     model = build("gla").to(torch.bfloat16)
     ids = torch.randint(3, VOCAB, (1, 6))
@@ -156,9 +171,11 @@ def test_a_gla_decode_step_keeps_hooks_and_wrappers(monkeypatch, on_cuda_dispatc
         mixer.k_proj = Scaled(mixer.k_proj)
     if case == "wrapped-up":
         mlp.up_proj = Scaled(mlp.up_proj)
+    if case.startswith("accelerate"):
+        add_hook_to_module(mixer.v_proj if case.endswith("-v") else mlp.up_proj, Recorded(calls, case))
     with torch.no_grad(), LaunchedOps(monkeypatch) as seen:
         model(ids[:, -1:], cache=cache, use_cache=True, logits_to_keep=1)
     layers = model.config.num_hidden_layers
-    fused = "linear.gemv_swiglu" if case == "wrapped-up" else "linear.gemv_group"
+    fused = "linear.gemv_swiglu" if case.endswith("-up") else "linear.gemv_group"
     assert seen.triton.count(fused) == layers - 1, seen.triton  # the other layers are still fused
-    assert calls == ([case] if case.startswith("hook") else [])
+    assert calls == ([] if case.startswith("wrapped") else [case])
