@@ -98,9 +98,9 @@ def _takes_gemv(x: torch.Tensor, *weights: torch.Tensor, bias: torch.Tensor | No
     computes its own ``F.linear``)."""
     tensors = [t for t in (x, *weights, bias) if t is not None]
     return (
-        all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)
+        not torch.compiler.is_compiling()
+        and all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)
         and use_triton(*tensors)
-        and not torch.compiler.is_compiling()
         and not needs_grad(*tensors)
         and x.dim() >= 1
         and math.prod(x.shape[:-1]) <= GEMV_MAX_ROWS
