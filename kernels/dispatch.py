@@ -35,7 +35,8 @@ GLA_RECURRENT_MAX_T = 64
 CONV_UPDATE_MAX_T = 64
 # Up to this many rows of x, a no-grad bf16 / fp16 linear on CUDA runs as the Triton GEMV
 # (``kernels/linear/gemv.py``): at one row (a B = 1 decode step) ``benchmarks/bench_gemv.py`` measured it ahead
-# of cuBLAS at every decode shape of the 1.3B models; at 16 and 64 rows cuBLAS was as fast or faster.
+# of cuBLAS at every decode shape of the 1.3B models; at 16 and 64 rows cuBLAS was as fast or faster at most
+# shapes (not the heads: ``benchmarks/README.md``), and the table's buckets above one row are untuned.
 GEMV_MAX_ROWS = 1
 
 
