@@ -35,7 +35,8 @@ GLA_RECURRENT_MAX_T = 64
 CONV_UPDATE_MAX_T = 64
 # Up to this many rows of x, a no-grad bf16 / fp16 linear on CUDA runs as the Triton GEMV
 # (``kernels/linear/gemv.py``): at one row (a B = 1 decode step) ``benchmarks/bench_gemv.py`` measured it ahead
-# of cuBLAS at every decode shape of the 1.3B models; at 16 and 64 rows cuBLAS was as fast or faster.
+# of cuBLAS at every decode shape of the 1.3B models; at 16 and 64 rows cuBLAS was as fast or faster at most
+# shapes (not the heads: ``benchmarks/README.md``), and the table's buckets above one row are untuned.
 GEMV_MAX_ROWS = 1
 
 
@@ -93,11 +94,14 @@ def gla(
 
 def _takes_gemv(x: torch.Tensor, *weights: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
     """Whether ``x``'s products with ``weights`` run as the Triton GEMV: CUDA, no gradient, at most
-    ``GEMV_MAX_ROWS`` rows of x, bf16 or fp16 in one dtype, weights contiguous along K, outside ``torch.compile``."""
+    ``GEMV_MAX_ROWS`` rows of x, bf16 or fp16 in one dtype, weights contiguous along K, outside ``torch.compile``,
+    plain tensors (the GEMV reads raw memory: a subclass such as torchao's quantized weights or a DTensor
+    computes its own ``F.linear``)."""
     tensors = [t for t in (x, *weights, bias) if t is not None]
     return (
-        use_triton(*tensors)
-        and not torch.compiler.is_compiling()
+        not torch.compiler.is_compiling()
+        and all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)
+        and use_triton(*tensors)
         and not needs_grad(*tensors)
         and x.dim() >= 1
         and math.prod(x.shape[:-1]) <= GEMV_MAX_ROWS
@@ -120,9 +124,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def one_launch_products(x: torch.Tensor, weights: list[torch.Tensor]) -> list[torch.Tensor] | None:
     """``[F.linear(x, w) for w in weights]`` as one launch of the grouped GEMV (``kernels/linear/gemv_group.py``,
-    each product ``linear``'s GEMV bit for bit) where each product would take the GEMV and the weights are
-    contiguous (at most ``MAX_GROUP``); ``None`` otherwise, and the caller runs its modules."""
-    if not (_takes_gemv(x, *weights) and all(w.is_contiguous() for w in weights)):
+    each product ``linear``'s GEMV bit for bit where that does not split K) where x is one row, each product
+    would take the GEMV and the weights are contiguous (at most ``MAX_GROUP``); ``None`` otherwise, and the caller
+    runs its modules."""
+    if not (
+        math.prod(x.shape[:-1]) == 1  # exactly one row: an empty batch is F.linear's
+        and _takes_gemv(x, *weights)
+        and all(w.is_contiguous() for w in weights)
+    ):
         return None  # decided before the import: a compiled graph or a CPU run never reaches it
     from statex_hf.kernels.linear.gemv_group import MAX_GROUP, gemv_group
 
@@ -131,9 +140,11 @@ def one_launch_products(x: torch.Tensor, weights: list[torch.Tensor]) -> list[to
 
 def one_launch_swiglu(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch.Tensor) -> torch.Tensor | None:
     """``silu(F.linear(x, gate_weight)) * F.linear(x, up_weight)`` as one launch (``gemv_group.gemv_swiglu``: the
-    two GEMVs and the SwiGLU kernel bit for bit) where both products would take the GEMV; ``None`` otherwise."""
+    two GEMVs and the SwiGLU kernel bit for bit where neither splits K) where x is one row and both products would
+    take the GEMV; ``None`` otherwise."""
     if (
         gate_weight.shape == up_weight.shape
+        and math.prod(x.shape[:-1]) == 1
         and _takes_gemv(x, gate_weight, up_weight)
         and gate_weight.is_contiguous()
         and up_weight.is_contiguous()

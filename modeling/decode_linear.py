@@ -18,8 +18,9 @@ class DecodeLinear(nn.Linear):
 
 
 def hooked(module: nn.Module) -> bool:
-    """Whether calling ``module`` runs hooks beside its forward."""
-    return bool(module._forward_hooks or module._forward_pre_hooks)
+    """Whether calling ``module`` runs more than its class's forward: torch's hooks, or a ``forward`` set on the
+    instance (accelerate's hooks, which ``device_map`` dispatch and offloading add, replace it there)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or "forward" in vars(module))
 
 
 def _bare(module: nn.Module) -> bool:

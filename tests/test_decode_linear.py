@@ -117,3 +117,41 @@ def test_a_bf16_decode_step_runs_every_projection_and_the_head_as_the_gemv(monke
         m.setattr(dispatch, "use_triton", lambda *tensors: False)
         _, on_torch = step(m)
     torch.testing.assert_close(logits, on_torch, rtol=2e-2, atol=2e-2)
+
+
+class Quantized(torch.Tensor):
+    """A weight as torchao's quantized weights and DTensor are: a tensor subclass that computes ``F.linear``
+    itself (here twice the plain product, so the test sees whose product it got)."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            x, weight, *rest = args
+            return 2 * F.linear(x, weight.as_subclass(torch.Tensor), *rest, **kwargs)
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def test_a_tensor_subclass_weight_keeps_its_own_linear(monkeypatch, on_cuda_dispatch):
+    # The GEMV reads raw memory: on a subclass weight it would bypass the subclass's own product (silently
+    # wrong for a quantized or sharded weight), so such a call stays F.linear, fused groups included.
+    x, weight, bias = operands((1,))
+    module = DecodeLinear(K, N, bias=True).to(torch.bfloat16).requires_grad_(False)
+    module.weight = nn.Parameter(weight.as_subclass(Quantized), requires_grad=False)
+    module.bias = nn.Parameter(bias, requires_grad=False)
+    with torch.no_grad(), LaunchedOps(monkeypatch) as seen:
+        y = module(x)
+    assert not seen.triton, seen.triton
+    assert torch.equal(y, 2 * F.linear(x, weight, bias))
+    with torch.no_grad():
+        assert dispatch.one_launch_products(x, [weight, module.weight]) is None
+        assert dispatch.one_launch_swiglu(x, module.weight, weight) is None
+
+
+def test_an_empty_batch_is_f_linear_shaped_in_every_path(on_cuda_dispatch):
+    # Zero rows of x are "at most one row": the fused launches, which take exactly one, must leave them.
+    x, weight, _ = operands((0, 1))
+    with torch.no_grad():
+        assert dispatch.linear(x, weight).shape == (0, 1, N)
+        assert dispatch.one_launch_products(x, [weight, weight]) is None
+        assert dispatch.one_launch_swiglu(x, weight, weight) is None

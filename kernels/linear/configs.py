@@ -14,7 +14,7 @@ short for that at the table's ``BN`` is split along K while each split keeps at 
 every one-row decode shape of the 1.3B models on the H100 (4-row strips of W, 1024-column steps: each warp
 streams long contiguous runs of a weight row; with it the rule never splits those shapes, as the
 measurement preferred). The other buckets are untuned, and the models send them to cuBLAS
-(``dispatch.GEMV_MAX_ROWS``), which was as fast or faster at 16 and 64 rows.
+(``dispatch.GEMV_MAX_ROWS``), which was as fast or faster at most shapes at 16 and 64 rows.
 """
 
 from __future__ import annotations

@@ -6,8 +6,11 @@ takes itself (``benchmarks/README.md``, "generate"), and GLA's mixer takes five 
 MLP two and a SwiGLU. Here one grid covers the row blocks of all the weights: the group's programs are laid
 end to end, program ``p`` serving weight ``i`` from its first block ``S_i`` on (a chain of comparisons against
 the ``S_i``, unrolled at compile time). Each program's sum is ``gemv.py``'s (``_row_block_dot``, the same tiles
-and order, no split of K), so every output is the separate GEMV's bit for bit; the SwiGLU epilogue rounds where
-torch and ``kernels/activations/swiglu.py`` round (each product to x's dtype, then ``silu``, then the product).
+and order, no split of K), so every output is the separate GEMV's bit for bit wherever that GEMV does not split
+K either (``configs.split_k``: every one-row product of the 1.3B models, whose group inputs have K = 2048; a weight
+of few rows at a longer K splits there and sums in another order, so the two agree to rounding, not bit for bit);
+the SwiGLU epilogue rounds where torch and ``kernels/activations/swiglu.py`` round (each product to x's dtype,
+then ``silu``, then the product).
 
 One row of x, no bias, weights contiguous and of x's dtype; forward only (decode runs under ``torch.no_grad``).
 """
@@ -96,7 +99,8 @@ def _check(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def gemv_group(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """``[F.linear(x, w) for w in weights]`` for one row of x, in one launch, equal to ``gemv``'s results.
+    """``[F.linear(x, w) for w in weights]`` for one row of x, in one launch, equal to ``gemv``'s results where
+    ``gemv`` does not split K (module docstring).
 
     Args:
         x: one row, ``[..., K]`` with every leading dimension 1.
@@ -132,7 +136,7 @@ def gemv_group(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> list[torch.T
 
 def gemv_swiglu(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch.Tensor) -> torch.Tensor:
     """``silu(F.linear(x, gate_weight)) * F.linear(x, up_weight)`` for one row of x, in one launch: the GEMVs'
-    products and the SwiGLU kernel's roundings, bit for bit.
+    products (bit for bit where ``gemv`` does not split K) and the SwiGLU kernel's roundings.
 
     Args:
         x: one row, ``[..., K]`` with every leading dimension 1.
