@@ -149,13 +149,11 @@ def worker(impl: str, args) -> None:
 
     torch.manual_seed(0)
     torch.set_grad_enabled(False)  # generate runs without autograd; the plain forward it is compared with too
-    if args.gemv_max_rows is not None:  # a baseline in the same run: 0 sends every projection to cuBLAS
+    if args.gemv_max_rows is not None or args.separate_products:  # ours only: a peer's process imports nothing of ours
         from statex_hf.kernels import dispatch
-
+    if args.gemv_max_rows is not None:  # a baseline in the same run: 0 sends every projection to cuBLAS
         dispatch.GEMV_MAX_ROWS = args.gemv_max_rows
     if args.separate_products:  # a baseline in the same run: each product of one input its own GEMV launch
-        from statex_hf.kernels import dispatch
-
         dispatch.one_launch_products = lambda x, weights: None
         dispatch.one_launch_swiglu = lambda x, gate_weight, up_weight: None
     ours = impl.startswith("ours")

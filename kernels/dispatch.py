@@ -122,16 +122,18 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
+def _one_launch_applies(x: torch.Tensor, *weights: torch.Tensor) -> bool:
+    """Whether the fused one-row kernels (``kernels/linear/gemv_group.py``) serve these products: each would take
+    the GEMV, x is exactly one row (an empty batch is ``F.linear``'s), every weight contiguous (rows indexed by K)."""
+    return _takes_gemv(x, *weights) and math.prod(x.shape[:-1]) == 1 and all(w.is_contiguous() for w in weights)
+
+
 def one_launch_products(x: torch.Tensor, weights: list[torch.Tensor]) -> list[torch.Tensor] | None:
     """``[F.linear(x, w) for w in weights]`` as one launch of the grouped GEMV (``kernels/linear/gemv_group.py``,
     each product ``linear``'s GEMV bit for bit where that does not split K) where x is one row, each product
     would take the GEMV and the weights are contiguous (at most ``MAX_GROUP``); ``None`` otherwise, and the caller
     runs its modules."""
-    if not (
-        math.prod(x.shape[:-1]) == 1  # exactly one row: an empty batch is F.linear's
-        and _takes_gemv(x, *weights)
-        and all(w.is_contiguous() for w in weights)
-    ):
+    if not _one_launch_applies(x, *weights):
         return None  # decided before the import: a compiled graph or a CPU run never reaches it
     from statex_hf.kernels.linear.gemv_group import MAX_GROUP, gemv_group
 
@@ -142,13 +144,7 @@ def one_launch_swiglu(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: tor
     """``silu(F.linear(x, gate_weight)) * F.linear(x, up_weight)`` as one launch (``gemv_group.gemv_swiglu``: the
     two GEMVs and the SwiGLU kernel bit for bit where neither splits K) where x is one row and both products would
     take the GEMV; ``None`` otherwise."""
-    if (
-        gate_weight.shape == up_weight.shape
-        and math.prod(x.shape[:-1]) == 1
-        and _takes_gemv(x, gate_weight, up_weight)
-        and gate_weight.is_contiguous()
-        and up_weight.is_contiguous()
-    ):
+    if gate_weight.shape == up_weight.shape and _one_launch_applies(x, gate_weight, up_weight):
         from statex_hf.kernels.linear.gemv_group import gemv_swiglu
 
         return gemv_swiglu(x, gate_weight, up_weight)
