@@ -27,15 +27,19 @@ TABLES: dict[str, dict[str, LaunchConfig]] = {
         "dc": LaunchConfig.of(4, 2, BT=64, BS=64, BN=64),
         "db": LaunchConfig.of(4, 2, BS=64, BT=64, BN=64),
         "state_update": LaunchConfig.of(4, 2, BP=16, BN=128),
+        # The state update with the conv step (conv_state_update.py): the state update's tiles, so that the two
+        # paths sum alike, and BW channels per block of the group's last program as it writes the B / C windows.
+        "conv_state_update": LaunchConfig.of(4, 2, BP=16, BN=128, BW=128),
     },
 }
-_SPANS = {"BT": "L", "BS": "L", "BM": "L", "BLK": "L", "BL": "L", "BP": "P", "BN": "N", "BK": "N"}
+_SPANS = {"BT": "L", "BS": "L", "BM": "L", "BLK": "L", "BL": "L", "BP": "P", "BN": "N", "BK": "N", "BW": "N"}
 # The scan kernels hold a [rows, P] fp32 accumulator: below 8K elements their table's warps would idle.
 _ACCUMULATOR = {"scan_fwd": "BT", "scan_bwd_dx": "BS"}
 # The state kernels run one program per (sequence, head, state tile) for the whole sequence: their
 # P tile halves (down to 16) until there are this many programs, about two per SM.
 MIN_STATE_PROGRAMS = 256
 _STATE_KERNELS = {"state_fwd", "state_bwd"}
+_DECODE_KERNELS = {"state_update", "conv_state_update"}
 # Small tiles in one stage: a few KiB of shared memory, which any GPU Triton supports has.
 _SAFE_TILE, _SAFE_WARPS = 32, 4
 
@@ -49,11 +53,12 @@ def ssd_config(
     if name in launch.OVERRIDES:
         return launch.OVERRIDES[name]
     config = launch.device_table(TABLES, device or torch.device("cpu"))[kernel]
-    if kernel == "state_update":
+    if kernel in _DECODE_KERNELS:
         # One token: a program streams [BP, N] rows of the state; P tiles go down to 4 rows, and
         # narrow ones take twice the N tile (the same registers).
         BP = min(pow2(P, lo=4), config.BP)
-        return config.with_(BP=BP, BN=min(pow2(N), config.BN * (2 if BP <= 8 else 1)))
+        config = config.with_(BP=BP, BN=min(pow2(N), config.BN * (2 if BP <= 8 else 1)))
+        return config.with_(BW=min(pow2(N), config.BW)) if "BW" in dict(config.tiles) else config
     dims = {"L": L, "P": pow2(P), "N": pow2(N)}
     config = config.with_(**{tile: min(size, dims[_SPANS[tile]]) for tile, size in config.tiles})
     if kernel in _STATE_KERNELS:

@@ -8,6 +8,10 @@
 Pure state traffic: each program streams its heads' ``[BP, N]`` rows of the state once in and once
 out, tiled over N so any state size fits. x, dt, B and C are read through their strides: the slices
 of the in_proj / conv outputs a model passes need no copies (one launch per step in all).
+
+Compiled without fused multiply-adds: each product rounds before it is added, as in the PyTorch path (separate
+ops), and as in ``conv_state_update.py``, which runs this kernel's code after the conv step in one launch and
+so gives this kernel's bits on the GPU too.
 """
 
 from __future__ import annotations
@@ -139,7 +143,7 @@ def ssd_state_update(
             state, x, dt, A_in, B, C, D if D is not None else A_in, dt_bias if dt_bias is not None else A_in, y,
             H, G, P, N, float(dt_limit[0]), float(dt_limit[1]), *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
             HAS_D=D is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, A_IS_LOG=A is None,
-            **c.kwargs(),
+            enable_fp_fusion=False, **c.kwargs(),
         )  # fmt: skip
 
     ssd_launch("state_update", run, ssd_config("state_update", 0, P, N, device=state.device), operand=x)

@@ -1,0 +1,261 @@
+"""Mamba2 decode in one launch: the conv window's step (``kernels/conv/causal_conv1d_update.py``) and the selective
+state update (``kernels/ssd/state_update.py``) for one token.
+
+Over the in_proj slice ``xBC = [x | B | C]`` (``H * P + 2 * G * N`` channels) and the cached window of the
+``K - 1`` inputs before it:
+
+    xBC'  = act(conv_bias + sum_j w_j s_j),  s = [window | xBC]     fp32, rounded to xBC's dtype
+    window <- s_1 .. s_{K-1}                                        in place, the window's dtype
+    state  = exp(dt A) state + dt x' B'^T,   y = state C' + D x'   (``state_update.py``, in place)
+
+Each op is the two kernels' own, in their order, rounded where they round (the conv output is stored in xBC's
+dtype between them, so it is rounded here too), and the kernel compiles without fused multiply-adds as the conv
+kernel does (``state_update.py`` too, so the two paths are one computation): the result is theirs bit for bit.
+
+Programs are tiled as the state update's, over (batch row, head, ``BP`` rows of P). A program convolves its own
+``BP`` x channels and, for each ``BN`` tile of the state, the B and C channels of its head's group: every program
+of a group computes the group's B and C again (a few hundred multiply-adds), so no program waits for another.
+
+The windows are updated in place, and every program of a group reads the group's B and C windows: the new
+window of such a channel may only be written once all of them have read the old one. Each program takes a
+ticket (an atomic count per batch row and group, the "last block" pattern) once its reads are done; the one that
+draws the last ticket writes the group's B and C windows and sets the count back to zero for the next launch.
+An x channel is read by its own program only, which writes its window itself, after its reads.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from statex_hf.kernels.activations.elementwise import exp, silu
+from statex_hf.kernels.launch import LaunchConfig
+from statex_hf.kernels.ssd.configs import ssd_config, ssd_launch
+from statex_hf.kernels.ssd.state_update import _softplus
+
+# Zeroed int32 tickets per device (entry ``batch row * G + group``), left at zero by every launch. A larger batch
+# takes a new, larger buffer; the older ones stay alive, since a captured CUDA graph may still replay them.
+_TICKETS: dict[torch.device, list[torch.Tensor]] = {}
+
+
+def _tickets(device: torch.device, count: int) -> torch.Tensor:
+    """At least ``count`` zeroed tickets on ``device`` (allocated, with one memset, on first need only)."""
+    held = _TICKETS.setdefault(device, [])
+    if not held or held[-1].numel() < count:
+        held.append(torch.zeros(max(1024, triton.next_power_of_2(count)), dtype=torch.int32, device=device))
+    return held[-1]
+
+
+@triton.jit
+def _conv_step(xBC_row, w, conv_bias, window_row, stride_wd, stride_wk, ch, mask, BLOCK: tl.constexpr,
+               K: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, SILU: tl.constexpr):  # fmt: skip
+    """Channels ``ch``'s conv output for the new input, as ``_conv_update_kernel`` computes and stores it (the sum
+    in fp32 from the window's first input on, then bias and activation, rounded to xBC's dtype), back in fp32."""
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for j in tl.static_range(K):
+        if j < K - 1:
+            s = tl.load(window_row + ch * stride_wd + j * stride_wk, mask=mask, other=0.0)
+            s = s.to(xBC_row.dtype.element_ty)  # the conv kernel reads the window in xBC's dtype
+        else:
+            s = tl.load(xBC_row + ch, mask=mask, other=0.0)
+        acc += s.to(tl.float32) * tl.load(w + ch * K + j, mask=mask, other=0.0).to(tl.float32)
+    if HAS_CONV_BIAS:
+        acc += tl.load(conv_bias + ch, mask=mask, other=0.0).to(tl.float32)
+    if SILU:
+        acc = silu(acc)
+    return acc.to(xBC_row.dtype.element_ty).to(tl.float32)
+
+
+@triton.jit
+def _next_window(xBC_row, window_row, stride_wd, stride_wk, ch, mask, K: tl.constexpr, KP: tl.constexpr):
+    """Channels ``ch``'s window after the new input, ``[BLOCK, KP]`` (slot ``k`` holds ``s_{k + 1}``), read in
+    xBC's dtype as the conv kernel reads it."""
+    ks = tl.arange(0, KP)
+    from_window = (ks + 1 < K - 1)[None, :]
+    tile = mask[:, None] & (ks < K - 1)[None, :]
+    cached = tl.load(window_row + ch[:, None] * stride_wd + (ks + 1)[None, :] * stride_wk, mask=tile & from_window,
+                     other=0.0)  # fmt: skip
+    new = tl.load(xBC_row + ch, mask=mask, other=0.0)
+    return tl.where(from_window, cached.to(xBC_row.dtype.element_ty), new[:, None])
+
+
+@triton.jit
+def _store_window(window_row, stride_wd, stride_wk, ch, mask, window, K: tl.constexpr, KP: tl.constexpr):
+    ks = tl.arange(0, KP)
+    tile = mask[:, None] & (ks < K - 1)[None, :]
+    ptrs = window_row + ch[:, None] * stride_wd + ks[None, :] * stride_wk
+    tl.store(ptrs, window.to(window_row.dtype.element_ty), mask=tile)
+
+
+@triton.jit
+def _conv_state_update_kernel(
+    xBC,
+    conv_w,
+    conv_bias,
+    conv_state,
+    state,
+    dt,
+    A,
+    D,
+    dt_bias,
+    y,
+    tickets,
+    H,
+    G,
+    P,
+    N,
+    dt_min,
+    dt_max,
+    stride_xBC_b,
+    stride_dt_b,
+    stride_dt_h,
+    stride_w_b,
+    stride_wd,
+    stride_wk,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    BP: tl.constexpr,
+    BN: tl.constexpr,
+    BW: tl.constexpr,
+    HAS_CONV_BIAS: tl.constexpr,
+    SILU: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    A_IS_LOG: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    h = pid % H
+    bi = pid // H
+    g = h // (H // G)
+    xBC_row = xBC + bi * stride_xBC_b
+    window_row = conv_state + bi * stride_w_b
+    b_channels = H * P + g * N  # the group's B channels in xBC; its C channels follow all G groups' B
+    c_channels = H * P + G * N + g * N
+
+    ps = tl.program_id(1) * BP + tl.arange(0, BP)
+    pmask = ps < P
+    x_channels = h * P + ps
+    xv = _conv_step(xBC_row, conv_w, conv_bias, window_row, stride_wd, stride_wk, x_channels, pmask, BP, K,
+                    HAS_CONV_BIAS, SILU)  # fmt: skip
+    x_window = _next_window(xBC_row, window_row, stride_wd, stride_wk, x_channels, pmask, K, KP)
+
+    # From here to the store of y: state_update.py's kernel, with x, B and C convolved above and in the loop.
+    d = tl.load(dt + bi * stride_dt_b + h * stride_dt_h).to(tl.float32)
+    if HAS_BIAS:
+        d += tl.load(dt_bias + h).to(tl.float32)
+    if SOFTPLUS:
+        d = _softplus(d)
+    d = tl.minimum(tl.maximum(d, dt_min), dt_max)
+    a = tl.load(A + h).to(tl.float32)
+    if A_IS_LOG:
+        a = -exp(a)
+    decay = tl.exp(d * a)
+    acc = tl.zeros([BP], dtype=tl.float32)
+    base = state + (bi * H + h) * P * N
+    for n0 in range(0, N, BN):
+        ns = n0 + tl.arange(0, BN)
+        nmask = ns < N
+        m = pmask[:, None] & nmask[None, :]
+        s = tl.load(base + ps[:, None] * N + ns[None, :], mask=m, other=0.0)
+        bv = _conv_step(xBC_row, conv_w, conv_bias, window_row, stride_wd, stride_wk, b_channels + ns, nmask, BN, K,
+                        HAS_CONV_BIAS, SILU)  # fmt: skip
+        cv = _conv_step(xBC_row, conv_w, conv_bias, window_row, stride_wd, stride_wk, c_channels + ns, nmask, BN, K,
+                        HAS_CONV_BIAS, SILU)  # fmt: skip
+        s = s * decay + (d * xv)[:, None] * bv[None, :]
+        tl.store(base + ps[:, None] * N + ns[None, :], s, mask=m)
+        acc += tl.sum(s * cv[None, :], axis=1)
+    if HAS_D:
+        acc += tl.load(D + h).to(tl.float32) * xv
+    tl.store(y + (bi * H + h) * P + ps, acc.to(y.dtype.element_ty), mask=pmask)
+
+    # Every read of a window by any thread of this program is done before the first write (threads may hold
+    # copies of one channel), and before the ticket tells the group's last program that this one has read.
+    tl.debug_barrier()
+    _store_window(window_row, stride_wd, stride_wk, x_channels, pmask, x_window, K, KP)
+    ticket = tl.atomic_add(tickets + bi * G + g, 1, sem="acq_rel", scope="gpu")
+    if ticket == (H // G) * tl.num_programs(1) - 1:
+        # Every program of the group has read the old B and C windows: write the new ones, then reset the count.
+        for n0 in range(0, N, BW):
+            ns = n0 + tl.arange(0, BW)
+            nmask = ns < N
+            b_window = _next_window(xBC_row, window_row, stride_wd, stride_wk, b_channels + ns, nmask, K, KP)
+            c_window = _next_window(xBC_row, window_row, stride_wd, stride_wk, c_channels + ns, nmask, K, KP)
+            tl.debug_barrier()
+            _store_window(window_row, stride_wd, stride_wk, b_channels + ns, nmask, b_window, K, KP)
+            _store_window(window_row, stride_wd, stride_wk, c_channels + ns, nmask, c_window, K, KP)
+        tl.atomic_xchg(tickets + bi * G + g, 0, sem="relaxed", scope="gpu")
+
+
+def conv_state_update(
+    xBC: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_state: torch.Tensor,
+    state: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor | None,
+    n_groups: int,
+    conv_bias: torch.Tensor | None = None,
+    activation: str | None = "silu",
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+    A_log: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One Mamba2 decode step, ``conv_state`` and ``state`` updated in place: ``causal_conv1d_update`` of the
+    token's ``[x | B | C]`` followed by ``ssd_state_update`` of its pieces, in one launch and bit for bit.
+
+    Args:
+        xBC: ``[b, H * P + 2 * G * N]``, the channels unit-stride (a slice of in_proj's output, not copied).
+        conv_weight: ``[H * P + 2 * G * N, K]`` (``nn.Conv1d.weight`` squeezed), contiguous.
+        conv_state: ``[b, H * P + 2 * G * N, K - 1]``, any float dtype and strides (updated in place).
+        state: ``[b, H, P, N]`` fp32, contiguous (updated in place).
+        dt: ``[b, H]`` raw (bias, softplus, ``dt_limit`` applied here), any strides.
+        A: ``[H]``, or ``None`` with ``A_log`` (``A = -exp(A_log)`` taken in the kernel).
+        n_groups: G, the groups of B and C.
+        conv_bias: ``[H * P + 2 * G * N]`` or ``None``; activation: ``"silu"``/``"swish"`` or ``None``.
+        D, dt_bias: ``[H]`` or ``None``.
+
+    Returns:
+        ``y`` ``[b, H, P]`` in xBC's dtype.
+    """
+    b, H, P, N = state.shape
+    G = n_groups
+    conv_dim, K = conv_weight.shape
+    if activation not in ("silu", "swish", None):
+        raise ValueError(f"conv_state_update: unsupported activation {activation!r}; use 'silu' or None")
+    if state.dtype != torch.float32 or not state.is_contiguous():
+        raise ValueError("conv_state_update: the state must be a contiguous fp32 tensor (it is updated in place)")
+    if H % G:
+        raise ValueError(f"conv_state_update: the {G} groups of B/C must divide the {H} heads")
+    if conv_dim != H * P + 2 * G * N or tuple(xBC.shape) != (b, conv_dim) or xBC.stride(-1) != 1:
+        raise ValueError(
+            f"conv_state_update: xBC must be [{b}, {H * P + 2 * G * N}] with unit-stride channels for a state "
+            f"{tuple(state.shape)} and {G} groups, and the conv weight [{H * P + 2 * G * N}, K]; got xBC "
+            f"{tuple(xBC.shape)} (strides {xBC.stride()}) and weight {tuple(conv_weight.shape)}"
+        )
+    if tuple(conv_state.shape) != (b, conv_dim, K - 1):
+        raise ValueError(
+            f"conv_state_update: the conv state must be {(b, conv_dim, K - 1)}, got {tuple(conv_state.shape)}"
+        )
+    if (A is None) == (A_log is None):
+        raise ValueError("conv_state_update: give exactly one of A and A_log")
+    A_in = A if A is not None else A_log
+    conv_weight = conv_weight.contiguous()
+    y = torch.empty(b, H, P, device=xBC.device, dtype=xBC.dtype)
+
+    def run(c: LaunchConfig) -> None:
+        tickets = _tickets(xBC.device, b * G)
+        unused = A_in  # a pointer for the absent optional tensors (their loads are compiled out)
+        _conv_state_update_kernel[(b * H, triton.cdiv(P, c.BP))](
+            xBC, conv_weight, conv_bias if conv_bias is not None else unused, conv_state, state, dt, A_in,
+            D if D is not None else unused, dt_bias if dt_bias is not None else unused, y, tickets, H, G, P, N,
+            float(dt_limit[0]), float(dt_limit[1]), xBC.stride(0), *dt.stride(), *conv_state.stride(), K=K,
+            KP=max(1, triton.next_power_of_2(K - 1)), HAS_CONV_BIAS=conv_bias is not None,
+            SILU=activation is not None, HAS_D=D is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
+            A_IS_LOG=A is None, enable_fp_fusion=False, **c.kwargs(),
+        )  # fmt: skip
+
+    ssd_launch("conv_state_update", run, ssd_config("conv_state_update", 0, P, N, device=state.device), operand=xBC)
+    return y
