@@ -252,6 +252,46 @@ def ssd_state_update(
     return y[:, 0]
 
 
+def one_launch_conv_ssd(
+    xBC: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    activation: str | None,
+    conv_state: torch.Tensor,
+    dt: torch.Tensor,
+    A_log: torch.Tensor,
+    n_groups: int,
+    state: torch.Tensor,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+) -> torch.Tensor | None:
+    """A Mamba2 layer's one-token step from its caches in one launch (``kernels/ssd/conv_state_update.py``):
+    ``causal_conv1d(xBC, ..., conv_state, True)`` then ``ssd`` of the convolved ``[x | B | C]`` from ``state`` with
+    ``state_in_place``, bit for bit (both caches updated in place). xBC ``[b, 1, H * P + 2 * G * N]`` (channels
+    unit-stride), dt ``[b, 1, H]``, state ``[b, H, P, N]`` fp32 contiguous; returns y ``[b, 1, H, P]``. Where the two
+    calls would run the conv update and state-update kernels (CUDA, one token, no gradient, the state fp32 and
+    contiguous); ``None`` otherwise, and the caller makes the two calls."""
+    if not (
+        xBC.shape[1] == 1
+        and activation in ("silu", "swish", None)
+        and use_triton(xBC, conv_weight, conv_state, state)
+        and not needs_grad(xBC, conv_weight, conv_bias, conv_state, dt, A_log, D, dt_bias, state)
+        and state.dtype == torch.float32
+        and state.is_contiguous()
+        and xBC.stride(-1) == 1
+    ):
+        return None  # decided before the import: a CPU run never imports Triton code on this path
+    from statex_hf.kernels.ssd.conv_state_update import conv_state_update
+
+    y = conv_state_update(
+        xBC[:, 0], conv_weight, conv_state, state, dt[:, 0], None, n_groups, conv_bias, activation, D, dt_bias,
+        dt_softplus, dt_limit, A_log=A_log,
+    )  # fmt: skip
+    return y[:, None]
+
+
 def causal_conv1d(
     x: torch.Tensor,
     weight: torch.Tensor,

@@ -116,6 +116,39 @@ class StateXMamba2Mixer(nn.Module):
         z, xBC, dt = self.in_proj(hidden_states).split([self.intermediate_size, self.conv_dim, self.num_heads], dim=-1)
         if mask is not None:  # padding enters no convolution window
             xBC = xBC * mask
+        y = self._one_launch_step(xBC, dt, cache) if mask is None and cu_seqlens is None else None
+        if y is None:
+            y = self._conv_and_scan(xBC, dt, mask, cache, cu_seqlens)
+        y = self.norm(y.reshape(batch, seqlen, self.intermediate_size), z)
+        return self.out_proj(y.to(dtype)).view(*shape[:-1], -1)
+
+    def _one_launch_step(self, xBC: torch.Tensor, dt: torch.Tensor, cache: Cache | None) -> torch.Tensor | None:
+        """y ``[b, 1, H, P]`` of a one-token step that continues the cache, its conv window and state updated in
+        one launch (``dispatch.one_launch_conv_ssd``); ``None`` where that does not apply."""
+        window = conv_state(cache, self.layer_idx) if cache is not None else None
+        state = recurrent_state(cache, self.layer_idx) if cache is not None else None
+        if window is None or state is None:
+            return None
+        y = dispatch.one_launch_conv_ssd(
+            xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.activation, window, dt, self.A_log,
+            self.n_groups, state, self.D, self.dt_bias, True, self.time_step_limit,
+        )  # fmt: skip
+        if y is not None:  # both updated in place: this only marks them as the layer's
+            store_conv_state(cache, self.layer_idx, window)
+            store_recurrent_state(cache, self.layer_idx, state)
+        return y
+
+    def _conv_and_scan(
+        self,
+        xBC: torch.Tensor,
+        dt: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: Cache | None,
+        cu_seqlens: torch.LongTensor | None,
+    ) -> torch.Tensor:
+        """y ``[b, T, H, P]``: the causal conv over ``[x | B | C]`` (continuing the cache's window), then the SSD scan
+        (from the cache's state), each through its own ``dispatch`` call."""
+        batch, seqlen, _ = xBC.shape
         window = conv_state(cache, self.layer_idx) if cache is not None else None
         xBC, window = dispatch.causal_conv1d(
             xBC,
@@ -162,8 +195,7 @@ class StateXMamba2Mixer(nn.Module):
         )
         if cache is not None:
             store_recurrent_state(cache, self.layer_idx, final_state)
-        y = self.norm(y.reshape(batch, seqlen, self.intermediate_size), z)
-        return self.out_proj(y.to(dtype)).view(*shape[:-1], -1)
+        return y
 
 
 class StateXMamba2Block(GradientCheckpointingLayer):
