@@ -1,0 +1,321 @@
+"""A Mamba2 decode step in one launch (``kernels/ssd/conv_state_update.py``, issue 20) == the conv update kernel then
+the state-update kernel, bit for bit, under the Triton interpreter (set in conftest): y, the conv window and the
+state, over several steps that continue both caches, whatever order the programs run in;
+``dispatch.one_launch_conv_ssd`` takes it only where the two kernels would run; a Mamba2 model's step launches it
+in place of the two and computes what it computed with them.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+
+import pytest
+import torch
+from launched_ops import LaunchedOps
+from statex_hf.kernels import dispatch, launch
+from statex_hf.kernels.conv.causal_conv1d_update import causal_conv1d_update
+from statex_hf.kernels.launch import LaunchConfig
+from statex_hf.kernels.ssd import conv_state_update as fused_module
+from statex_hf.kernels.ssd.conv_state_update import conv_state_update
+from statex_hf.kernels.ssd.state_update import ssd_state_update
+
+H, P, K = 4, 8, 4
+# The same tiles for both paths (the state update's sums are the fused kernel's only on the same tiles): several P
+# tiles per head and N tiles per state, and the window writes of a group in several blocks.
+SMALL_TILES = {"BP": 4, "BN": 8, "BW": 8}
+
+
+class Step:
+    """One layer's caches and parameters; ``run`` takes a step through the fused kernel or the two kernels."""
+
+    def __init__(self, b, G, N, dtype=torch.float32, window_dtype=None, conv_bias=True, D=True, dt_bias=True,
+                 dt_limit=(0.0, 4.0), softplus=True, A_log=True):  # fmt: skip
+        self.b, self.G, self.N, self.dtype = b, G, N, dtype
+        self.conv_dim = H * P + 2 * G * N
+        self.weight = (torch.randn(self.conv_dim, K) * 0.5).to(dtype)
+        self.conv_bias = (torch.randn(self.conv_dim) * 0.1).to(dtype) if conv_bias else None
+        self.window = torch.randn(b, self.conv_dim, K - 1).to(window_dtype or dtype)
+        self.state = torch.randn(b, H, P, N)
+        self.D = torch.randn(H).to(dtype) if D else None
+        self.dt_bias = (torch.randn(H) * 0.5).to(dtype) if dt_bias else None
+        self.dt_limit = dt_limit or (0.0, float("inf"))
+        self.softplus = softplus
+        self.A_log = (torch.rand(H) * 2).to(dtype) if A_log else None
+        self.A = None if A_log else -torch.rand(H) * 2
+
+    def copy(self):
+        other = object.__new__(Step)
+        other.__dict__ = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self.__dict__.items()}
+        return other
+
+    def token(self):
+        """xBC and dt as Mamba2 passes them: slices of one in_proj row per sequence (strided over the batch)."""
+        row = torch.randn(self.b, H * P + self.conv_dim + H + 3).to(self.dtype)
+        _, xBC, dt, _ = row.split([H * P, self.conv_dim, H, 3], dim=-1)
+        return xBC, dt
+
+    def fused(self, xBC, dt):
+        caches = (self.window, self.state)
+        return conv_state_update(xBC, self.weight, *caches, dt, self.A, self.G, self.conv_bias, "silu", self.D,
+                                 self.dt_bias, self.softplus, self.dt_limit, A_log=self.A_log)  # fmt: skip
+
+    def two_kernels(self, xBC, dt):
+        xBC = causal_conv1d_update(xBC[:, None], self.weight, self.window, self.conv_bias, "silu")[:, 0]
+        x, B, C = xBC.split([H * P, self.G * self.N, self.G * self.N], dim=-1)
+        B, C = B.view(self.b, self.G, self.N), C.view(self.b, self.G, self.N)
+        return ssd_state_update(self.state, x.view(self.b, H, P), dt, self.A, B, C, self.D, self.dt_bias,
+                                self.softplus, self.dt_limit, A_log=self.A_log)  # fmt: skip
+
+
+def assert_steps_equal(one, two, steps=3):
+    """``steps`` tokens through ``one`` (fused) and ``two`` (two kernels) from equal caches: equal bits throughout."""
+    for _ in range(steps):
+        xBC, dt = one.token()
+        y_fused = one.fused(xBC, dt)
+        y_two = two.two_kernels(xBC, dt)
+        assert y_fused.dtype == y_two.dtype == one.dtype and y_fused.shape == (one.b, H, P)
+        assert torch.equal(y_fused, y_two)
+        assert torch.equal(one.window, two.window)
+        assert torch.equal(one.state, two.state)
+    for tickets in fused_module._TICKETS[torch.device("cpu")]:
+        assert not tickets.any(), "a launch left a ticket count behind: the next launch would miscount"
+
+
+@pytest.fixture(params=["default-tiles", "small-tiles"])
+def tiles(request, monkeypatch):
+    if request.param == "small-tiles":
+        monkeypatch.setitem(launch.OVERRIDES, "ssd.conv_state_update", LaunchConfig.of(4, 1, **SMALL_TILES))
+        monkeypatch.setitem(launch.OVERRIDES, "ssd.state_update", LaunchConfig.of(4, 1, BP=4, BN=8))
+
+
+@pytest.mark.usefixtures("tiles")
+@pytest.mark.parametrize("b", [1, 3])
+@pytest.mark.parametrize("G, N", [(1, 16), (2, 64)], ids=["G1-N16", "G2-N64"])
+def test_the_one_launch_is_the_conv_and_state_update_kernels_bit_for_bit(b, G, N):
+    step = Step(b, G, N)
+    assert_steps_equal(step, step.copy())
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(D=False, dt_bias=False, dt_limit=None),
+        dict(softplus=False, conv_bias=False),
+        dict(A_log=False),
+        dict(dtype=torch.bfloat16),
+        dict(dtype=torch.bfloat16, window_dtype=torch.float32),
+    ],
+    ids=["no-D-bias-limit", "no-softplus-no-conv-bias", "A-given", "bf16", "bf16-fp32-window"],
+)
+def test_each_option_is_the_two_kernels_bit_for_bit(options):
+    step = Step(3, 2, 16, **options)
+    assert_steps_equal(step, step.copy(), steps=2)
+
+
+def test_no_activation_is_the_two_kernels_bit_for_bit():
+    step = Step(2, 1, 16)
+    two = step.copy()
+    for _ in range(2):
+        xBC, dt = step.token()
+        y_fused = conv_state_update(xBC, step.weight, step.window, step.state, dt, None, 1, step.conv_bias, None,
+                                    step.D, step.dt_bias, True, step.dt_limit, A_log=step.A_log)  # fmt: skip
+        xc = causal_conv1d_update(xBC[:, None], two.weight, two.window, two.conv_bias, None)[:, 0]
+        x, B, C = xc.split([H * P, 16, 16], dim=-1)
+        y_two = ssd_state_update(two.state, x.view(2, H, P), dt, None, B.view(2, 1, 16), C.view(2, 1, 16), two.D,
+                                 two.dt_bias, True, two.dt_limit, A_log=two.A_log)  # fmt: skip
+        assert torch.equal(y_fused, y_two) and torch.equal(step.window, two.window)
+        assert torch.equal(step.state, two.state)
+
+
+@pytest.fixture
+def program_order(monkeypatch):
+    """Runs the interpreter's programs in another order: ``program_order(order)``, ``order`` taking each grid
+    dimension's indices and returning them rearranged (the interpreter runs them in grid order)."""
+    from triton.runtime import interpreter
+
+    grid_loop = interpreter.GridExecutor.__call__.__code__
+
+    def set_order(order):
+        def ordered_range(*args):
+            indices = list(range(*args))
+            return order(indices) if sys._getframe(1).f_code is grid_loop else indices
+
+        monkeypatch.setattr(interpreter, "range", ordered_range, raising=False)
+
+    return set_order
+
+
+@pytest.mark.usefixtures("tiles")
+@pytest.mark.parametrize("order", ["reversed", "shuffled"])
+def test_the_result_does_not_depend_on_the_order_the_programs_run_in(program_order, order):
+    # Every program of a group reads the group's B and C windows, which are overwritten in place: were they
+    # written by a fixed program of the group (say its first), a program running after it would read the new
+    # window. The last program to take a ticket writes them, whichever it is.
+    shuffle = random.Random(0).sample
+    program_order(lambda indices: indices[::-1] if order == "reversed" else shuffle(indices, len(indices)))
+    step = Step(3, 2, 16)
+    assert_steps_equal(step, step.copy())
+
+
+def test_a_window_written_before_every_program_read_it_shows(monkeypatch):
+    # The hazard the tickets guard against is real, and these tests see it: with every group's count starting
+    # at its last ticket, a group's first program writes the B and C windows before the others read them.
+    step = Step(1, 1, 16)
+    monkeypatch.setitem(launch.OVERRIDES, "ssd.conv_state_update", LaunchConfig.of(4, 1, **SMALL_TILES))
+    monkeypatch.setitem(launch.OVERRIDES, "ssd.state_update", LaunchConfig.of(4, 1, BP=4, BN=8))  # the same sums
+    readers = H * (P // SMALL_TILES["BP"])
+    monkeypatch.setattr(fused_module, "_tickets", lambda device, count: torch.full((count,), readers - 1))
+    two = step.copy()
+    xBC, dt = step.token()
+    y_fused = step.fused(xBC, dt)
+    y_two = two.two_kernels(xBC, dt)
+    assert torch.equal(step.window, two.window), "the windows themselves are written right, once"
+    assert not torch.equal(y_fused, y_two)
+
+
+def test_bad_input_is_one_clear_error():
+    step = Step(2, 1, 16)
+    xBC, dt = step.token()
+    call = dict(xBC=xBC, conv_weight=step.weight, conv_state=step.window, state=step.state, dt=dt, A=None,
+                n_groups=1, A_log=step.A_log)  # fmt: skip
+    cases = [
+        (dict(state=step.state.double()), "contiguous fp32"),
+        (dict(state=step.state.transpose(2, 3)), "contiguous fp32"),
+        (dict(n_groups=3), "3 groups of B/C must divide the 4 heads"),
+        (dict(xBC=xBC[:, 1:]), r"xBC must be \[2, 64\]"),
+        (dict(xBC=torch.randn(64, 2).t()), "unit-stride"),
+        (dict(conv_state=step.window[:, :, 1:]), r"conv state must be \(2, 64, 3\)"),
+        (dict(A=-torch.ones(H)), "exactly one of A and A_log"),
+        (dict(activation="relu"), "unsupported activation 'relu'"),
+    ]
+    for change, message in cases:
+        with pytest.raises(ValueError, match=message):
+            conv_state_update(**{**call, **change})
+
+
+def test_small_tiles_on_a_gpu_the_tuned_config_does_not_fit(monkeypatch):
+    from launch_fakes import on_small_gpu
+
+    monkeypatch.setattr(launch, "_REPLACED", {})
+    fakes = on_small_gpu(monkeypatch, fused_module, "_conv_state_update_kernel")
+    step = Step(2, 1, 64)
+    two = step.copy()
+    xBC, dt = step.token()
+    with pytest.warns(UserWarning, match="conv_state_update.*does not fit"):
+        y = step.fused(xBC, dt)
+    assert fakes["_conv_state_update_kernel"].launches[-1]["BN"] == 32
+    torch.testing.assert_close(y, two.two_kernels(xBC, dt), rtol=1e-5, atol=1e-5)  # other tiles: other sums
+    assert torch.equal(step.window, two.window)
+    torch.testing.assert_close(step.state, two.state, rtol=1e-6, atol=1e-6)
+
+
+# ----- dispatch: the one launch where the two kernels would run, nowhere else -----
+
+
+def dispatch_args(step, xBC, dt):
+    return (xBC[:, None], step.weight, step.conv_bias, "silu", step.window, dt[:, None], step.A_log, step.G,
+            step.state, step.D, step.dt_bias, True, step.dt_limit)  # fmt: skip
+
+
+def test_dispatch_runs_a_no_grad_cuda_step_in_one_launch_on_the_caches_themselves(monkeypatch, on_cuda_dispatch):
+    step = Step(2, 1, 16)
+    two = step.copy()
+    window, state = step.window, step.state
+    xBC, dt = step.token()
+    with torch.no_grad(), LaunchedOps(monkeypatch) as seen:
+        y = dispatch.one_launch_conv_ssd(*dispatch_args(step, xBC, dt))
+    assert seen.triton == ["ssd.conv_state_update"] and seen.ops == [], (seen.triton, seen.ops)
+    assert y.shape == (2, 1, H, P) and torch.equal(y[:, 0], two.two_kernels(xBC, dt))
+    assert step.window is window and step.state is state
+    assert torch.equal(window, two.window) and torch.equal(state, two.state)
+
+
+@pytest.mark.parametrize("case", ["cpu", "xBC-grad", "D-grad", "dt_bias-grad", "A_log-grad", "two-tokens",
+                                  "bf16-state", "strided-state", "strided-channels", "relu"])  # fmt: skip
+def test_dispatch_leaves_everything_else_to_the_two_calls(monkeypatch, case):
+    # A step that trains D or dt_bias keeps its gradient: the kernel has no backward (the rule of dispatch.ssd).
+    if case != "cpu":
+        monkeypatch.setattr(dispatch, "use_triton", lambda *tensors: True)
+    step = Step(2, 1, 16)
+    xBC, dt = step.token()
+    args = list(dispatch_args(step, xBC, dt))
+    if case.endswith("-grad"):
+        index = {"xBC": 0, "D": 9, "dt_bias": 10, "A_log": 6}[case.split("-")[0]]
+        args[index] = args[index].clone().requires_grad_()
+    elif case == "two-tokens":
+        args[0], args[5] = torch.cat([args[0]] * 2, dim=1), torch.cat([args[5]] * 2, dim=1)
+    elif case == "bf16-state":
+        args[8] = step.state.bfloat16()
+    elif case == "strided-state":
+        args[8] = step.state.transpose(2, 3).contiguous().transpose(2, 3)
+    elif case == "strided-channels":
+        args[0] = torch.randn(2, 1, 2 * step.conv_dim)[..., ::2]
+    elif case == "relu":
+        args[3] = "relu"
+    before = [step.window.clone(), step.state.clone()]
+    with LaunchedOps(monkeypatch) as seen:
+        assert dispatch.one_launch_conv_ssd(*args) is None
+    assert seen.triton == [] and seen.ops == []
+    assert torch.equal(step.window, before[0]) and torch.equal(step.state, before[1])
+
+
+# ----- the model: one launch per layer in place of two, the same step -----
+
+
+def decode(model, ids, steps, monkeypatch, fused=True, attention_mask=None):
+    """Logits and caches of ``steps`` one-token steps (the kernels under the interpreter) after a prefill of
+    ``ids`` (on torch), and the Triton launches of the last step."""
+    from tiny_models import returned_cache
+
+    with torch.no_grad(), monkeypatch.context() as m:
+        m.setattr(dispatch, "use_triton", lambda *tensors: False)
+        mask = attention_mask
+        cache = returned_cache(model(ids, attention_mask=mask, use_cache=True))
+        m.setattr(dispatch, "use_triton", lambda *tensors: True)
+        if not fused:
+            m.setattr(dispatch, "one_launch_conv_ssd", lambda *args: None)
+        outs = []
+        for token in steps.unbind(1):
+            if mask is not None:
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            with LaunchedOps(m) as seen:
+                logits = model(token[:, None], attention_mask=mask, cache=cache, use_cache=True).logits
+            outs.append(logits)
+    layers = model.config.num_hidden_layers
+    outs += [cache.layers[i].recurrent_states[0] for i in range(layers)]
+    outs += [cache.layers[i].conv_states[0] for i in range(layers)]
+    return outs, seen.triton
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_a_mamba2_step_launches_one_kernel_for_conv_and_state_and_computes_what_the_two_did(monkeypatch, batch, dtype):
+    # Issue 20: a layer's step launched the conv update and the state update; now one kernel, the same bits.
+    from tiny_models import VOCAB, build
+
+    model = build("mamba2", statex_layers=[1], n_groups=2).to(dtype)  # layer 1 expanded (N 16), G = 2
+    ids, steps = torch.randint(3, VOCAB, (batch, 5)), torch.randint(3, VOCAB, (batch, 3))
+    got, launched = decode(model, ids, steps, monkeypatch)
+    want, launched_before = decode(model, ids, steps, monkeypatch, fused=False)
+    layers = model.config.num_hidden_layers
+    assert launched.count("ssd.conv_state_update") == layers and "conv.update" not in launched, launched
+    assert launched_before.count("conv.update") == launched_before.count("ssd.state_update") == layers
+    assert len(launched) == len(launched_before) - layers
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and torch.equal(g, w)
+
+
+def test_a_left_padded_batch_steps_in_one_launch_and_computes_what_the_two_did(monkeypatch):
+    # generate's mask after a left-padded prompt: the new tokens are no padding, so the step takes the one launch.
+    from tiny_models import VOCAB, build
+
+    model = build("mamba2", statex_layers=[1])
+    ids, steps = torch.randint(3, VOCAB, (2, 5)), torch.randint(3, VOCAB, (2, 2))
+    mask = torch.ones(2, 5, dtype=torch.long)
+    mask[0, :2] = 0
+    got, launched = decode(model, ids, steps, monkeypatch, attention_mask=mask)
+    want, _ = decode(model, ids, steps, monkeypatch, fused=False, attention_mask=mask)
+    assert launched.count("ssd.conv_state_update") == model.config.num_hidden_layers, launched
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
