@@ -1,0 +1,156 @@
+"""The one-launch Mamba2 decode step (``kernels/ssd/conv_state_update.py``) on the GPU (run with STATEX_GPU_TESTS=1).
+
+At Mamba2-1.3B's shapes (H 64, P 64, G 1; N 128 and the StateX layer's 512, conv_dim 4352 and 5120), bf16, x, B, C
+and dt slices of one in_proj row: the fused kernel == the conv update kernel then the state-update kernel, bit for
+bit (y, window, state), over three steps. Both compile without fused multiply-adds and sum the state on the same
+tiles, so no rounding differs; the B and C windows, which every program of a group reads, are written by the last
+program to take a ticket, so no program reads a window already overwritten (on the GPU the programs do run at once).
+Replayed as a CUDA graph the step equals the eager steps, in one kernel, and leaves the tickets at zero.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from statex_hf.kernels import dispatch
+from statex_hf.kernels.conv.causal_conv1d_update import causal_conv1d_update
+from statex_hf.kernels.ssd import conv_state_update as fused_module
+from statex_hf.kernels.ssd.conv_state_update import conv_state_update
+from statex_hf.kernels.ssd.state_update import ssd_state_update
+from statex_hf.modeling.cache import conv_state, recurrent_state
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+DEV = "cuda"
+K = 4
+
+
+class Layer:
+    """One Mamba2 layer's decode parameters and caches (bf16 parameters, a ``window_dtype`` conv window, fp32 state)."""
+
+    def __init__(self, b, H, P, G, N, window_dtype=torch.bfloat16, seed=0):
+        self.g = torch.Generator(device=DEV).manual_seed(seed)
+        self.b, self.H, self.P, self.G, self.N = b, H, P, G, N
+        self.conv_dim = H * P + 2 * G * N
+        self.weight = self.randn(self.conv_dim, K, scale=0.5).to(torch.bfloat16)
+        self.conv_bias = self.randn(self.conv_dim, scale=0.1).to(torch.bfloat16)
+        self.window = self.randn(b, self.conv_dim, K - 1).to(window_dtype)
+        self.state = self.randn(b, H, P, N, scale=0.1)
+        self.A_log = torch.log(torch.arange(1, H + 1, device=DEV, dtype=torch.float32)).to(torch.bfloat16)
+        self.D = torch.ones(H, device=DEV, dtype=torch.bfloat16)
+        self.dt_bias = (torch.rand(H, device=DEV, generator=self.g) - 2.0).to(torch.bfloat16)
+
+    def randn(self, *shape, scale=1.0):
+        return torch.randn(*shape, device=DEV, generator=self.g) * scale
+
+    def clone(self):
+        other = object.__new__(Layer)
+        other.__dict__ = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self.__dict__.items()}
+        return other
+
+    def token(self):
+        """xBC and dt as the mixer passes them: slices of one bf16 in_proj row ``[z | xBC | dt]`` per sequence."""
+        row = self.randn(self.b, self.H * self.P + self.conv_dim + self.H, scale=0.5).to(torch.bfloat16)
+        _, xBC, dt = row.split([self.H * self.P, self.conv_dim, self.H], dim=-1)
+        return xBC, dt
+
+    def fused(self, xBC, dt):
+        return conv_state_update(xBC, self.weight, self.window, self.state, dt, None, self.G, self.conv_bias, "silu",
+                                 self.D, self.dt_bias, True, (0.0, float("inf")), A_log=self.A_log)  # fmt: skip
+
+    def two_kernels(self, xBC, dt):
+        b, H, P, G, N = self.b, self.H, self.P, self.G, self.N
+        xBC = causal_conv1d_update(xBC[:, None], self.weight, self.window, self.conv_bias, "silu")[:, 0]
+        x, B, C = xBC.split([H * P, G * N, G * N], dim=-1)
+        return ssd_state_update(self.state, x.view(b, H, P), dt, None, B.view(b, G, N), C.view(b, G, N), self.D,
+                                self.dt_bias, True, A_log=self.A_log)  # fmt: skip
+
+
+def assert_tickets_at_zero():
+    for tickets in fused_module._TICKETS.get(torch.device(DEV, torch.cuda.current_device()), []):
+        assert not tickets.any(), "a launch left a ticket count behind"
+
+
+def assert_three_steps_equal(layer):
+    other = layer.clone()
+    for _ in range(3):
+        xBC, dt = layer.token()
+        y = layer.fused(xBC, dt)
+        y_two = other.two_kernels(xBC, dt)
+        assert torch.equal(y, y_two), (y.float() - y_two.float()).abs().max().item()
+        assert torch.equal(layer.window, other.window)
+        assert torch.equal(layer.state, other.state), (layer.state - other.state).abs().max().item()
+    torch.cuda.synchronize()
+    assert_tickets_at_zero()
+
+
+@pytest.mark.parametrize("b", [1, 64])
+@pytest.mark.parametrize("N", [128, 512])
+@torch.no_grad()
+def test_one_launch_is_the_two_kernels_bit_for_bit_at_1p3b_shapes(b, N):
+    assert_three_steps_equal(Layer(b, 64, 64, 1, N))
+
+
+@pytest.mark.parametrize("window_dtype", [torch.bfloat16, torch.float32], ids=["bf16-window", "fp32-window"])
+@torch.no_grad()
+def test_two_groups_and_either_window_dtype(window_dtype):
+    assert_three_steps_equal(Layer(3, 8, 64, 2, 128, window_dtype=window_dtype))
+
+
+@torch.no_grad()
+def test_a_cuda_graph_replays_the_eager_steps_in_one_kernel():
+    layer = Layer(1, 64, 64, 1, 512)
+    eager = layer.clone()
+    tokens = [layer.token() for _ in range(3)]
+    wants = [eager.fused(*token) for token in tokens]
+    static_xBC, static_dt = (t.clone() for t in tokens[0])
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # compile and allocate the tickets outside the capture
+        layer.clone().fused(static_xBC, static_dt)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    capture = layer.clone()  # its caches: the eager steps' starting point (a capture runs nothing)
+    with torch.cuda.graph(graph):
+        static_y = capture.fused(static_xBC, static_dt)
+    for (xBC, dt), want in zip(tokens, wants):
+        static_xBC.copy_(xBC)
+        static_dt.copy_(dt)
+        graph.replay()
+        assert torch.equal(static_y, want)
+    torch.cuda.synchronize()
+    assert torch.equal(capture.window, eager.window) and torch.equal(capture.state, eager.state)
+    assert_tickets_at_zero()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        layer.fused(*tokens[0])
+        torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert len(kernels) == 1 and "_conv_state_update_kernel" in kernels[0], kernels
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+@torch.no_grad()
+def test_a_model_decode_step_computes_what_the_two_kernels_did(monkeypatch, batch):
+    # Two layers of Mamba2-1.3B's mixer shapes, the second expanded (N 512), bf16: three greedy steps' logits and
+    # caches with the one launch equal those with the conv and state-update kernels.
+    from statex_hf import StateXMamba2Config, StateXMamba2ForCausalLM
+
+    config = StateXMamba2Config(
+        hidden_size=2048, num_heads=64, head_dim=64, state_size=128, n_groups=1, num_hidden_layers=2,
+        vocab_size=256, statex_layers=[1], statex_state_size=512,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = StateXMamba2ForCausalLM(config).to(DEV, torch.bfloat16).eval()
+    ids = torch.randint(3, 256, (batch, 9), device=DEV)
+
+    def decode(fused):
+        with monkeypatch.context() as m:
+            if not fused:
+                m.setattr(dispatch, "one_launch_conv_ssd", lambda *args: None)
+            out = model(ids[:, :-3], use_cache=True)
+            cache = out.cache if "cache" in out else out.cache_params  # `cache` from transformers 5.24 on
+            logits = [model(ids[:, i : i + 1], cache=cache, use_cache=True).logits for i in range(6, 9)]
+        layers = range(config.num_hidden_layers)
+        return logits + [recurrent_state(cache, i) for i in layers] + [conv_state(cache, i) for i in layers]
+
+    for got, want in zip(decode(True), decode(False), strict=True):
+        assert torch.equal(got, want)
