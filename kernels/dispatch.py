@@ -272,9 +272,11 @@ def one_launch_conv_ssd(
     ``state_in_place``, bit for bit (both caches updated in place). xBC ``[b, 1, H * P + 2 * G * N]`` (channels
     unit-stride), dt ``[b, 1, H]``, state ``[b, H, P, N]`` fp32 contiguous; returns y ``[b, 1, H, P]``. Where the two
     calls would run the conv update and state-update kernels (CUDA, one token, no gradient, the state fp32 and
-    contiguous); ``None`` otherwise, and the caller makes the two calls."""
+    contiguous), outside ``torch.compile`` (a compiled step keeps the two calls it had, as traced before); ``None``
+    otherwise, and the caller makes the two calls."""
     if not (
-        xBC.shape[1] == 1
+        not torch.compiler.is_compiling()
+        and xBC.shape[1] == 1
         and activation in ("silu", "swish", None)
         and use_triton(xBC, conv_weight, conv_state, state)
         and not needs_grad(xBC, conv_weight, conv_bias, conv_state, dt, A_log, D, dt_bias, state)

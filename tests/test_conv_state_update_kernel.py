@@ -210,6 +210,20 @@ def test_small_tiles_on_a_gpu_the_tuned_config_does_not_fit(monkeypatch):
     torch.testing.assert_close(step.state, two.state, rtol=1e-6, atol=1e-6)
 
 
+def test_the_tickets_are_allocated_once_and_a_larger_batch_keeps_the_smaller_buffer_alive():
+    # A captured CUDA graph replays the buffer it was captured with: a larger batch may not free it.
+    device = torch.device("meta")
+    try:
+        first = fused_module._tickets(device, 3)
+        assert fused_module._tickets(device, 1024) is first and first.numel() == 1024
+        larger = fused_module._tickets(device, 1025)
+        held = fused_module._TICKETS[device]
+        assert larger.numel() == 2048 and len(held) == 2 and held[0] is first and held[1] is larger
+        assert fused_module._tickets(device, 5) is larger
+    finally:
+        fused_module._TICKETS.pop(device, None)
+
+
 # ----- dispatch: the one launch where the two kernels would run, nowhere else -----
 
 
@@ -232,7 +246,7 @@ def test_dispatch_runs_a_no_grad_cuda_step_in_one_launch_on_the_caches_themselve
 
 
 @pytest.mark.parametrize("case", ["cpu", "xBC-grad", "D-grad", "dt_bias-grad", "A_log-grad", "two-tokens",
-                                  "bf16-state", "strided-state", "strided-channels", "relu"])  # fmt: skip
+                                  "bf16-state", "strided-state", "strided-channels", "relu", "compiling"])  # fmt: skip
 def test_dispatch_leaves_everything_else_to_the_two_calls(monkeypatch, case):
     # A step that trains D or dt_bias keeps its gradient: the kernel has no backward (the rule of dispatch.ssd).
     if case != "cpu":
@@ -253,6 +267,8 @@ def test_dispatch_leaves_everything_else_to_the_two_calls(monkeypatch, case):
         args[0] = torch.randn(2, 1, 2 * step.conv_dim)[..., ::2]
     elif case == "relu":
         args[3] = "relu"
+    elif case == "compiling":
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     before = [step.window.clone(), step.state.clone()]
     with LaunchedOps(monkeypatch) as seen:
         assert dispatch.one_launch_conv_ssd(*args) is None
