@@ -210,6 +210,22 @@ def test_small_tiles_on_a_gpu_the_tuned_config_does_not_fit(monkeypatch):
     torch.testing.assert_close(step.state, two.state, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("gpu", ["", "NVIDIA H100 80GB HBM3", "NVIDIA H200"])
+@pytest.mark.parametrize("P, N", [(64, 128), (64, 512), (8, 16)])
+def test_the_one_launch_takes_the_state_updates_tiles_on_every_gpu(monkeypatch, gpu, P, N):
+    # The same state tiles, warps and stages: its state sums are then the state update's (bit for bit), on any GPU
+    # a table has an entry for.
+    from statex_hf.kernels.ssd import configs
+
+    monkeypatch.setattr(launch, "device_name", lambda device: gpu)
+    fused = configs.ssd_config("conv_state_update", 0, P, N)
+    alone = configs.ssd_config("state_update", 0, P, N)
+    assert (fused.BP, fused.BN, fused.num_warps, fused.num_stages) == (
+        alone.BP, alone.BN, alone.num_warps, alone.num_stages,
+    )  # fmt: skip
+    assert fused.BW == min(N, 128)
+
+
 def test_the_tickets_are_allocated_once_and_a_larger_batch_keeps_the_smaller_buffer_alive():
     # A captured CUDA graph replays the buffer it was captured with: a larger batch may not free it.
     device = torch.device("meta")

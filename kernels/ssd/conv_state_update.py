@@ -20,7 +20,9 @@ The windows are updated in place, and every program of a group reads the group's
 window of such a channel may only be written once all of them have read the old one. Each program takes a
 ticket (an atomic count per batch row and group, the "last block" pattern) once its reads are done; the one that
 draws the last ticket writes the group's B and C windows and sets the count back to zero for the next launch.
-An x channel is read by its own program only, which writes its window itself, after its reads.
+An x channel is read by its own program only, which writes its window itself, after its reads. In the decode graphs
+the kernel takes programmatic dependent launch (``kernels/dependent_launch.py``): it waits for the kernel before it
+first, so every earlier launch, and the reset of its tickets, has finished.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 from statex_hf.kernels.activations.elementwise import exp, silu
+from statex_hf.kernels.dependent_launch import pdl_kwargs, wait_for_predecessor
 from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.kernels.ssd.configs import ssd_config, ssd_launch
 from statex_hf.kernels.ssd.state_update import _softplus
@@ -123,7 +126,9 @@ def _conv_state_update_kernel(
     HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr,
     A_IS_LOG: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    wait_for_predecessor(USE_PDL)  # under PDL: in_proj's output and the previous launch's tickets are complete
     pid = tl.program_id(0).to(tl.int64)
     h = pid % H
     bi = pid // H
@@ -254,7 +259,7 @@ def conv_state_update(
             float(dt_limit[0]), float(dt_limit[1]), xBC.stride(0), *dt.stride(), *conv_state.stride(), K=K,
             KP=max(1, triton.next_power_of_2(K - 1)), HAS_CONV_BIAS=conv_bias is not None,
             SILU=activation is not None, HAS_D=D is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
-            A_IS_LOG=A is None, enable_fp_fusion=False, **c.kwargs(),
+            A_IS_LOG=A is None, enable_fp_fusion=False, **c.kwargs(), **pdl_kwargs(),
         )  # fmt: skip
 
     ssd_launch("conv_state_update", run, ssd_config("conv_state_update", 0, P, N, device=state.device), operand=xBC)

@@ -154,3 +154,38 @@ def test_a_model_decode_step_computes_what_the_two_kernels_did(monkeypatch, batc
 
     for got, want in zip(decode(True), decode(False), strict=True):
         assert torch.equal(got, want)
+
+
+@torch.no_grad()
+def test_under_pdl_a_captured_step_gives_the_plain_launches_values_on_every_replay():
+    # The decode graphs launch with PDL: in_proj's GEMV, the one-launch step on its output, out_proj's GEMV; each
+    # replay equals the same kernels launched one after another without PDL (the tickets too are left at zero).
+    from statex_hf.kernels.dependent_launch import dependent_launches
+    from statex_hf.kernels.linear.gemv import gemv
+
+    hidden = 2048
+    plain = Layer(1, 64, 64, 1, 512)
+    width = plain.H * plain.P + plain.conv_dim + plain.H
+    w_in = (plain.randn(width, hidden) / hidden**0.5).to(torch.bfloat16)
+    w_out = (plain.randn(hidden, plain.H * plain.P) / 64).to(torch.bfloat16)
+    graphed = plain.clone()
+
+    def step(layer, x):
+        _, xBC, dt = gemv(x, w_in).split([layer.H * layer.P, layer.conv_dim, layer.H], dim=-1)
+        return gemv(layer.fused(xBC, dt).view(1, -1).to(torch.bfloat16), w_out)
+
+    static_x = plain.randn(1, hidden).to(torch.bfloat16)
+    with dependent_launches(torch.device(DEV)):
+        step(graphed.clone(), static_x)  # compiles the PDL variants first
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_y = step(graphed, static_x)
+    for replay in range(4):
+        x = plain.randn(1, hidden).to(torch.bfloat16)
+        want = step(plain, x)
+        static_x.copy_(x)
+        graph.replay()
+        assert torch.equal(static_y, want), f"replay {replay}"
+        assert torch.equal(graphed.window, plain.window) and torch.equal(graphed.state, plain.state), f"replay {replay}"
+    torch.cuda.synchronize()
+    assert_tickets_at_zero()
