@@ -136,7 +136,7 @@ def test_a_model_decode_step_computes_what_the_two_kernels_did(monkeypatch, batc
 
     config = StateXMamba2Config(
         hidden_size=2048, num_heads=64, head_dim=64, state_size=128, n_groups=1, num_hidden_layers=2,
-        vocab_size=256, statex_layers=[1], statex_state_size=512,
+        vocab_size=256, statex_layers=[1], statex_state_size=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )  # fmt: skip
     torch.manual_seed(0)
     model = StateXMamba2ForCausalLM(config).to(DEV, torch.bfloat16).eval()
