@@ -151,15 +151,15 @@ def worker(impl: str, args) -> None:
 
     torch.manual_seed(0)
     torch.set_grad_enabled(False)  # generate runs without autograd; the plain forward it is compared with too
-    if args.gemv_max_rows is not None or args.separate_products or args.separate_conv_ssd:
+    if args.gemv_max_rows is not None or args.separate_products or args.conv_ssd_max_rows is not None:
         from statex_hf.kernels import dispatch  # ours only: a peer's process imports nothing of ours
     if args.gemv_max_rows is not None:  # a baseline in the same run: 0 sends every projection to cuBLAS
         dispatch.GEMV_MAX_ROWS = args.gemv_max_rows
     if args.separate_products:  # a baseline in the same run: each product of one input its own GEMV launch
         dispatch.one_launch_products = lambda x, weights: None
         dispatch.one_launch_swiglu = lambda x, gate_weight, up_weight: None
-    if args.separate_conv_ssd:  # a baseline in the same run: a Mamba2 step's conv and state update, two launches
-        dispatch.one_launch_conv_ssd = lambda *args, **kwargs: None
+    if args.conv_ssd_max_rows is not None:  # 0: a baseline in the same run, a Mamba2 step's conv and state update
+        dispatch.ONE_LAUNCH_CONV_SSD_MAX_ROWS = args.conv_ssd_max_rows  # as two launches at every batch
     ours = impl.startswith("ours")
     spec_bw, copy_bw = hbm_bandwidth()
     bandwidth = spec_bw or copy_bw
@@ -299,7 +299,9 @@ def main() -> None:
         "--separate-products", action="store_true", help="ours: no grouped GEMV launches (each product its own)"
     )
     parser.add_argument(
-        "--separate-conv-ssd", action="store_true", help="ours: a Mamba2 step's conv and state update as two launches"
+        "--conv-ssd-max-rows",
+        type=int,
+        help="ours: sequences up to which a Mamba2 step's conv and state update run as one launch (0: two launches)",
     )
     parser.add_argument("--json", help="write every row here")
     parser.add_argument("--tiny", action="store_true", help="toy shapes (a check of this script, runs on CPU)")
@@ -317,7 +319,7 @@ def main() -> None:
     passed += ["--tiny"] if args.tiny else []
     passed += [] if args.gemv_max_rows is None else ["--gemv-max-rows", str(args.gemv_max_rows)]
     passed += ["--separate-products"] if args.separate_products else []
-    passed += ["--separate-conv-ssd"] if args.separate_conv_ssd else []
+    passed += [] if args.conv_ssd_max_rows is None else ["--conv-ssd-max-rows", str(args.conv_ssd_max_rows)]
     rows, statuses = [], {}
     for impl in args.impls.split(","):
         timeout = args.timeout if impl.startswith("ours") else args.peer_timeout

@@ -38,6 +38,11 @@ CONV_UPDATE_MAX_T = 64
 # of cuBLAS at every decode shape of the 1.3B models; at 16 and 64 rows cuBLAS was as fast or faster at most
 # shapes (not the heads: ``benchmarks/README.md``), and the table's buckets above one row are untuned.
 GEMV_MAX_ROWS = 1
+# Up to this many sequences a Mamba2 decode step runs its conv and state update as one kernel
+# (``one_launch_conv_ssd``). It saves a launch per layer, which is much of a B = 1 step; but each of its programs
+# convolves its group's whole B and C again (the two-kernel path convolves them once), work that grows with the
+# batch beside the state traffic. Not measured yet above one row (``bench_generate.py --conv-ssd-max-rows``).
+ONE_LAUNCH_CONV_SSD_MAX_ROWS = 1
 
 
 def gla(
@@ -272,11 +277,12 @@ def one_launch_conv_ssd(
     ``state_in_place``, bit for bit (both caches updated in place). xBC ``[b, 1, H * P + 2 * G * N]`` (channels
     unit-stride), dt ``[b, 1, H]``, state ``[b, H, P, N]`` fp32 contiguous; returns y ``[b, 1, H, P]``. Where the two
     calls would run the conv update and state-update kernels (CUDA, one token, no gradient, the state fp32 and
-    contiguous), outside ``torch.compile`` (a compiled step keeps the two calls it had, as traced before); ``None``
-    otherwise, and the caller makes the two calls."""
+    contiguous), for at most ``ONE_LAUNCH_CONV_SSD_MAX_ROWS`` sequences, outside ``torch.compile`` (a compiled step
+    keeps the two calls it had, as traced before); ``None`` otherwise, and the caller makes the two calls."""
     if not (
         not torch.compiler.is_compiling()
         and xBC.shape[1] == 1
+        and xBC.shape[0] <= ONE_LAUNCH_CONV_SSD_MAX_ROWS
         and activation in ("silu", "swish", None)
         and use_triton(xBC, conv_weight, conv_state, state)
         and not needs_grad(xBC, conv_weight, conv_bias, conv_state, dt, A_log, D, dt_bias, state)

@@ -249,6 +249,7 @@ def dispatch_args(step, xBC, dt):
 
 
 def test_dispatch_runs_a_no_grad_cuda_step_in_one_launch_on_the_caches_themselves(monkeypatch, on_cuda_dispatch):
+    monkeypatch.setattr(dispatch, "ONE_LAUNCH_CONV_SSD_MAX_ROWS", 2)
     step = Step(2, 1, 16)
     two = step.copy()
     window, state = step.window, step.state
@@ -262,11 +263,13 @@ def test_dispatch_runs_a_no_grad_cuda_step_in_one_launch_on_the_caches_themselve
 
 
 @pytest.mark.parametrize("case", ["cpu", "xBC-grad", "D-grad", "dt_bias-grad", "A_log-grad", "two-tokens",
-                                  "bf16-state", "strided-state", "strided-channels", "relu", "compiling"])  # fmt: skip
+                                  "bf16-state", "strided-state", "strided-channels", "relu", "compiling",
+                                  "more-rows"])  # fmt: skip
 def test_dispatch_leaves_everything_else_to_the_two_calls(monkeypatch, case):
     # A step that trains D or dt_bias keeps its gradient: the kernel has no backward (the rule of dispatch.ssd).
     if case != "cpu":
         monkeypatch.setattr(dispatch, "use_triton", lambda *tensors: True)
+    monkeypatch.setattr(dispatch, "ONE_LAUNCH_CONV_SSD_MAX_ROWS", 1 if case == "more-rows" else 64)
     step = Step(2, 1, 16)
     xBC, dt = step.token()
     args = list(dispatch_args(step, xBC, dt))
@@ -295,7 +298,7 @@ def test_dispatch_leaves_everything_else_to_the_two_calls(monkeypatch, case):
 # ----- the model: one launch per layer in place of two, the same step -----
 
 
-def decode(model, ids, steps, monkeypatch, fused=True, attention_mask=None):
+def decode(model, ids, steps, monkeypatch, fused=True, attention_mask=None, one_launch_rows=64):
     """Logits and caches of ``steps`` one-token steps (the kernels under the interpreter) after a prefill of
     ``ids`` (on torch), and the Triton launches of the last step."""
     from tiny_models import returned_cache
@@ -305,6 +308,7 @@ def decode(model, ids, steps, monkeypatch, fused=True, attention_mask=None):
         mask = attention_mask
         cache = returned_cache(model(ids, attention_mask=mask, use_cache=True))
         m.setattr(dispatch, "use_triton", lambda *tensors: True)
+        m.setattr(dispatch, "ONE_LAUNCH_CONV_SSD_MAX_ROWS", one_launch_rows)
         if not fused:
             m.setattr(dispatch, "one_launch_conv_ssd", lambda *args: None)
         outs = []
@@ -336,6 +340,9 @@ def test_a_mamba2_step_launches_one_kernel_for_conv_and_state_and_computes_what_
     assert len(launched) == len(launched_before) - layers
     for g, w in zip(got, want, strict=True):
         assert g.dtype == w.dtype and torch.equal(g, w)
+    if batch > dispatch.ONE_LAUNCH_CONV_SSD_MAX_ROWS:  # more sequences than the one launch takes by default
+        _, launched = decode(model, ids, steps, monkeypatch, one_launch_rows=dispatch.ONE_LAUNCH_CONV_SSD_MAX_ROWS)
+        assert launched == launched_before, launched
 
 
 def test_a_left_padded_batch_steps_in_one_launch_and_computes_what_the_two_did(monkeypatch):

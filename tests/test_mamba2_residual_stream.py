@@ -116,8 +116,8 @@ def test_a_decode_step_casts_nothing_for_its_norms_and_adds_each_residual_in_one
     # Issue 20: per layer, a bf16 model's step cast the fp32 residual stream to bf16 for the block's norm (a copy
     # kernel) and added the bf16 mixer output to the stream with torch's mixed-dtype add (not vectorized); the
     # first layer also cast the bf16 embeddings to fp32. Now a layer launches its two projections and four
-    # kernels (the conv and the state update in one: kernels/ssd/conv_state_update.py), and the step's logits and
-    # cache are the previous block's on the same kernels, bit for bit.
+    # kernels at one sequence (the conv and the state update in one: kernels/ssd/conv_state_update.py), five at
+    # three, and the step's logits and cache are the previous block's on the same kernels, bit for bit.
     from tiny_models import VOCAB, build, returned_cache
 
     model = build("mamba2", statex_layers=[1]).to(torch.bfloat16)
@@ -142,7 +142,9 @@ def test_a_decode_step_casts_nothing_for_its_norms_and_adds_each_residual_in_one
     assert seen.ops[: 1 + 2 * len(projection) * layers] == ["embedding"] + projection * 2 * layers, seen.ops
     assert "add" not in seen.ops, seen.ops
     product = ["linear.gemv"] if gemv else []  # in_proj, out_proj and the head
-    per_layer = ["norm.fwd", *product, "ssd.conv_state_update", "norm.fwd", *product]
+    one_launch = batch <= dispatch.ONE_LAUNCH_CONV_SSD_MAX_ROWS  # else the conv and the state update, two launches
+    mixer = ["ssd.conv_state_update"] if one_launch else ["conv.update", "ssd.state_update"]
+    per_layer = ["norm.fwd", *product, *mixer, "norm.fwd", *product]
     per_layer += ["activations.residual_add"]
     assert seen.triton == per_layer * layers + ["norm.fwd", *product], seen.triton
     with monkeypatch.context() as m:

@@ -367,12 +367,16 @@ def test_dispatch_with_A_log_on_cpu_is_the_A_path_bit_for_bit(T):
             assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("one_launch_rows", [2, 1], ids=["one-launch", "above-its-rows"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_a_mamba2_decode_step_launches_the_projections_and_two_kernels(monkeypatch, on_cuda_dispatch, dtype):
+def test_a_mamba2_decode_step_launches_the_projections_and_two_kernels(
+    monkeypatch, on_cuda_dispatch, dtype, one_launch_rows
+):
     # Issue 20: per layer per step, A = -exp(A_log.float()) took two or three kernels, and at B > 1 x, dt, B, C
     # and the norm's gate z (slices of in_proj's output) were each copied. Now the mixer's step is its two
-    # matmuls, one kernel for the conv and the state update (kernels/ssd/conv_state_update.py) and the gated
-    # norm, and computes what the torch path does.
+    # matmuls, one kernel for the conv and the state update (kernels/ssd/conv_state_update.py; two above
+    # dispatch.ONE_LAUNCH_CONV_SSD_MAX_ROWS sequences) and the gated norm, and computes what the torch path does.
+    monkeypatch.setattr(dispatch, "ONE_LAUNCH_CONV_SSD_MAX_ROWS", one_launch_rows)
     from tiny_models import build, returned_cache
 
     model = build("mamba2", statex_layers=[1]).to(dtype)
@@ -396,7 +400,8 @@ def test_a_mamba2_decode_step_launches_the_projections_and_two_kernels(monkeypat
         steps[path] = (outs, states, counted)
     per_layer = steps["kernels"][2]
     assert per_layer.ops == ["mm", "mm"] * len(mixers), per_layer.ops
-    assert per_layer.triton == ["ssd.conv_state_update", "norm.fwd"] * len(mixers), per_layer.triton
+    mixer = ["ssd.conv_state_update"] if one_launch_rows >= 2 else ["conv.update", "ssd.state_update"]
+    assert per_layer.triton == [*mixer, "norm.fwd"] * len(mixers), per_layer.triton
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
     for got, want in zip(steps["kernels"][0] + steps["kernels"][1], steps["torch"][0] + steps["torch"][1]):
         torch.testing.assert_close(got, want, **tol)

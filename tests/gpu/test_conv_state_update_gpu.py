@@ -144,6 +144,7 @@ def test_a_model_decode_step_computes_what_the_two_kernels_did(monkeypatch, batc
 
     def decode(fused):
         with monkeypatch.context() as m:
+            m.setattr(dispatch, "ONE_LAUNCH_CONV_SSD_MAX_ROWS", 64)  # the one launch at every batch here
             if not fused:
                 m.setattr(dispatch, "one_launch_conv_ssd", lambda *args: None)
             out = model(ids[:, :-3], use_cache=True)
