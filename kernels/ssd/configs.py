@@ -28,8 +28,8 @@ TABLES: dict[str, dict[str, LaunchConfig]] = {
         "dc": LaunchConfig.of(4, 2, BT=64, BS=64, BN=64),
         "db": LaunchConfig.of(4, 2, BS=64, BT=64, BN=64),
         "state_update": LaunchConfig.of(4, 2, BP=16, BN=128),
-        "cumsum": LaunchConfig.of(4, 1, BH=16),
-        "cumsum_bwd": LaunchConfig.of(4, 1, BH=8),
+        "cumsum": LaunchConfig.of(4, 1, BH=8),
+        "cumsum_bwd": LaunchConfig.of(8, 1, BH=8),
     },
 }
 _SPANS = {"BT": "L", "BS": "L", "BM": "L", "BLK": "L", "BL": "L", "BP": "P", "BN": "N", "BK": "N", "BH": "H"}
