@@ -159,8 +159,7 @@ def _chunk_cumsum_bwd_kernel(
     tl.store(ddt_raw + (bi * T + ts[None, :]) * H + hs[:, None], g.to(ddt_raw.dtype.element_ty), mask=mask)
     part = (bi * nc + c) * H + hs
     tl.store(sums + part, tl.sum(step * da, axis=1), mask=h_mask)
-    if HAS_BIAS:
-        tl.store(sums + n_parts * H + part, tl.sum(g, axis=1), mask=h_mask)
+    tl.store(sums + n_parts * H + part, tl.sum(g, axis=1), mask=h_mask)  # the bias's (dt's with no bias)
     if HAS_D:
         dD = tl.zeros([BH], dtype=tl.float32)
         for k in range(K_D):
@@ -238,8 +237,7 @@ def chunk_cumsum_bwd(
         )  # fmt: skip
 
     ssd_launch("cumsum_bwd", run, _config("cumsum_bwd", L, H, dt.device), operand=dt)
-    rows = 1 + (dt_bias is not None or dD_parts is not None) + (dD_parts is not None)
-    totals = sums[:rows].sum(1)
+    totals = sums[: 3 if dD_parts is not None else 2].sum(1)
     dA = totals[0]
     d_bias = totals[1] if dt_bias is not None else None
     dD = totals[2] if dD_parts is not None else None
