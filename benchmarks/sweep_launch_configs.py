@@ -71,8 +71,8 @@ def _decode_case(rows: list[dict], name: str, H: int, K: int, V: int, B: int) ->
 
         def step(BK=BK, BV=BV, warps=warps):
             fr.fused_recurrent_gla_step_kernel[(triton.cdiv(V, BV), B * H)](
-                q, k, v, g, o, h0, ht, K**-0.5, H=H, K=K, V=V, BK=BK, BV=BV,
-                USE_INITIAL_STATE=True, STORE_FINAL_STATE=True, num_warps=warps,
+                q, k, v, g, o, h0, ht, K**-0.5, 1.0, 0.0, H=H, K=K, V=V, BK=BK, BV=BV, USE_INITIAL_STATE=True,
+                STORE_FINAL_STATE=True, GATE_LOGITS=False, HAS_CLAMP=False, USE_PDL=False, num_warps=warps,
             )  # fmt: skip
 
         ms = _bench(step)
