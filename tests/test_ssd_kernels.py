@@ -342,12 +342,24 @@ def test_state_passes_in_sub_chunk_steps_match_naive(monkeypatch, with_states):
 def test_every_ssd_kernel_falls_back_to_small_tiles_on_a_gpu_they_do_not_fit(monkeypatch):
     # A GPU with room for 32-wide tiles in one stage only: each launcher retries its config with one
     # stage, then its small one, warns once per kernel, and the results stay exact. Chunk 128 and
-    # N = 80: every tuned tile is larger than 32.
+    # N = 80: every tuned tile is larger than 32. The dt kernels' configs (one stage, 8 heads) fit any GPU:
+    # given two stages here, they take the same fallback.
     from launch_fakes import on_small_gpu
-    from statex_hf.kernels.ssd import ssd_bmm, ssd_chunk_bc_bwd, ssd_chunk_scan, ssd_chunk_state, state_update
+    from statex_hf.kernels.ssd import (
+        configs,
+        ssd_bmm,
+        ssd_chunk_bc_bwd,
+        ssd_chunk_cumsum,
+        ssd_chunk_scan,
+        ssd_chunk_state,
+        state_update,
+    )
 
     monkeypatch.setattr(launch, "_REPLACED", {})
+    for kernel in ("cumsum", "cumsum_bwd"):
+        monkeypatch.setitem(configs.TABLES["default"], kernel, configs.TABLES["default"][kernel].with_(num_stages=2))
     fakes = {
+        **on_small_gpu(monkeypatch, ssd_chunk_cumsum, "_chunk_cumsum_fwd_kernel", "_chunk_cumsum_bwd_kernel"),
         **on_small_gpu(monkeypatch, ssd_bmm, "_bmm_chunk_kernel"),
         **on_small_gpu(monkeypatch, ssd_chunk_state, "_chunk_state_fwd_kernel", "_chunk_state_bwd_kernel"),
         **on_small_gpu(monkeypatch, ssd_chunk_scan, "_chunk_scan_fwd_kernel", "_chunk_scan_bwd_dx_kernel"),
