@@ -125,7 +125,8 @@ def chunk_ssd(
 
     Args:
         x: ``[b, T, H, P]`` (bf16, fp16 or fp32; P up to 128).
-        dt: ``[b, T, H]`` raw; ``dt_bias``, softplus and ``dt_limit`` are applied as transformers does.
+        dt: ``[b, T, H]`` raw, any float dtype and strides (a slice of the in_proj output is read where it
+            is); ``dt_bias``, softplus and ``dt_limit`` are applied in-kernel as transformers does.
         A: ``[H]``, negative.
         B, C: ``[b, T, G, N]``, shared by the ``H // G`` heads of each group (G divides H; N any size,
             the state is tiled over it).
