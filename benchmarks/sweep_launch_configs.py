@@ -293,7 +293,7 @@ def _ssd_calls(N: int, T: int) -> dict:
     i = make_inputs(T, N, torch.bfloat16)
     x, dt, A, B, C, D = i["x"], i["dt"], i["A"], i["B"], i["C"], i["D"]
     dt_args = (i["dt_bias"], True, (0.0, float("inf")))
-    dtp, Acs = ssd_chunk_cumsum.chunk_cumsum_fwd(dt, A, *dt_args, L)
+    dtp, Acs, _ = ssd_chunk_cumsum.chunk_cumsum_fwd(dt, A, *dt_args, L)
     dy = torch.randn_like(x)
     CB = ssd_bmm.bmm_chunk_fwd(C, B, None, L)
     hs, _ = ssd_chunk_state.chunk_state_fwd(x, B, dtp, Acs, None, None, L, False)
@@ -303,7 +303,7 @@ def _ssd_calls(N: int, T: int) -> dict:
     _, ddt, xdx_state, dD_parts = ssd_chunk_scan.chunk_scan_bwd_dx(x, B, CB, dtp, Acs, None, dhs, D, dy, L)
     decay_grads = (ddt, dyy_intra, xdx_intra, dyy_inter, xdx_state, r, dD_parts)
     return {
-        "cumsum": lambda: ssd_chunk_cumsum.chunk_cumsum_fwd(dt, A, *dt_args, L),
+        "cumsum": lambda: ssd_chunk_cumsum.chunk_cumsum_fwd(dt, A, *dt_args, L, keep_dt=True),
         "state_fwd": lambda: ssd_chunk_state.chunk_state_fwd(x, B, dtp, Acs, None, None, L, False),
         "scan_fwd": lambda: ssd_chunk_scan.chunk_scan_fwd(x, C, CB, dtp, Acs, None, hs, D, L),
         "dcb": lambda: ssd_chunk_bc_bwd.chunk_dcb(x, dy, dtp, Acs, None, CB, L),

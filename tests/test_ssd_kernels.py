@@ -185,10 +185,11 @@ def test_dt_kernel_gives_the_torch_glue_values(softplus, with_bias, limit, dtype
     dt, A, dt_bias = raw_dt_view(b, T, H, dtype), -torch.rand(H) - 0.5, torch.randn(H) if with_bias else None
     assert not dt.is_contiguous()
     assert_limits_clamp(dt, dt_bias, softplus, limit)
-    dtp, Acs = chunk_cumsum_fwd(dt, A, dt_bias, softplus, limit, L)
+    dtp, Acs, kept = chunk_cumsum_fwd(dt, A, dt_bias, softplus, limit, L, keep_dt=True)
     dtp_ref, Acs_ref = torch_dt_glue(dt, A, dt_bias, softplus, limit, L)
     torch.testing.assert_close(dtp, dtp_ref, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(Acs, Acs_ref, rtol=1e-5, atol=1e-5)
+    assert kept.dtype == dt.dtype and torch.equal(kept, dt)  # the backward's compact copy
     assert (dtp[..., T:] == 0).all() and (Acs[..., T:] == Acs[..., T - 1 : T]).all()  # padding adds nothing
 
 
@@ -268,6 +269,22 @@ def test_the_dt_glue_is_one_launch_each_way(monkeypatch):
     y_copy, _ = chunk_ssd(*[a.detach() if torch.is_tensor(a) else a for a in args[:1]], dt.detach().contiguous(),
                           *[a.detach() if torch.is_tensor(a) else a for a in args[2:]], chunk_size=16)  # fmt: skip
     torch.testing.assert_close(y.detach(), y_copy, rtol=0, atol=0)
+
+
+def test_the_backward_keeps_a_compact_dt_not_the_in_proj_row():
+    # dt is a slice of the in_proj output, whose row is over 100 times wider at Mamba2-1.3B and which nothing
+    # else keeps (the conv and the gated norm copy their slices): saving the slice would keep all of it.
+    b, T, H, P, G, N = 1, 40, 4, 8, 1, 16
+    row = torch.randn(b, T, 200).requires_grad_()
+    inputs = make_inputs(b, T, H, P, G, N)
+    args = [inputs[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")]
+    args[1] = row[..., 100 : 100 + H]
+    y, _ = chunk_ssd(*args, True, (0.0, 4.0), chunk_size=16)
+    saved = [t for t in y.grad_fn.saved_tensors if t is not None]
+    assert all(t.untyped_storage().data_ptr() != row.untyped_storage().data_ptr() for t in saved)
+    assert max(t.untyped_storage().nbytes() for t in saved if t.shape == (b, T, H)) <= b * H * 48 * 4  # [b, H, Tp]
+    y.sum().backward()
+    assert row.grad[..., 100 : 100 + H].abs().sum() > 0 and (row.grad[..., :100] == 0).all()
 
 
 @pytest.mark.parametrize("G", [1, 2, 8])

@@ -45,18 +45,19 @@ def _padded_seq_idx(seq_idx: torch.Tensor | None, chunk_size: int) -> torch.Tens
 
 
 def chunk_ssd_fwd(x, dt, A, B, C, D, dt_args, initial_state, seq, chunk_size, output_final_state):
-    """``dt`` raw; ``dt_args`` = ``(dt_bias, dt_softplus, dt_limit)``."""
-    dtp, Acs = chunk_cumsum_fwd(dt, A, *dt_args, chunk_size)
+    """``dt`` raw; ``dt_args`` = ``(dt_bias, dt_softplus, dt_limit)``. Also returns a compact copy of ``dt``
+    for the backward (``chunk_cumsum_fwd``'s ``keep_dt``)."""
+    dtp, Acs, dt_kept = chunk_cumsum_fwd(dt, A, *dt_args, chunk_size, keep_dt=True)
     CB = bmm_chunk_fwd(C, B, seq, chunk_size)
     hs, final = chunk_state_fwd(x, B, dtp, Acs, seq, initial_state, chunk_size, output_final_state)
     y = chunk_scan_fwd(x, C, CB, dtp, Acs, seq, hs, D, chunk_size)
-    return y, final, CB, hs
+    return y, final, CB, hs, dt_kept
 
 
 def chunk_ssd_bwd(x, dt, A, B, C, D, dt_args, initial_state, seq, chunk_size, CB, hs, dy, dfinal):
     """All gradients (``dt``'s and ``dt_bias``'s for the raw inputs); ``hs`` are the forward's chunk states,
     or ``None`` to recompute them."""
-    dtp, Acs = chunk_cumsum_fwd(dt, A, *dt_args, chunk_size)
+    dtp, Acs, _ = chunk_cumsum_fwd(dt, A, *dt_args, chunk_size)
     dCB, dyy_intra, xdx_intra = chunk_dcb(x, dy, dtp, Acs, seq, CB, chunk_size)
     if hs is None:
         hs, _ = chunk_state_fwd(x, B, dtp, Acs, seq, initial_state, chunk_size, False)
@@ -80,9 +81,10 @@ class ChunkSSDFunction(torch.autograd.Function):
         ctx, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, initial_state, seq, chunk_size, output_final_state
     ):
         dt_args = (dt_bias, dt_softplus, dt_limit)
-        y, final, CB, hs = chunk_ssd_fwd(x, dt, A, B, C, D, dt_args, initial_state, seq, chunk_size, output_final_state)
-        # The raw dt is kept as it came (a view of the in_proj output, which the gated norm keeps anyway).
-        ctx.save_for_backward(x, dt, A, B, C, D, dt_bias, initial_state, seq, CB, kept_for_backward(hs))
+        y, final, CB, hs, dt_kept = chunk_ssd_fwd(
+            x, dt, A, B, C, D, dt_args, initial_state, seq, chunk_size, output_final_state
+        )
+        ctx.save_for_backward(x, dt_kept, A, B, C, D, dt_bias, initial_state, seq, CB, kept_for_backward(hs))
         ctx.chunk_size, ctx.dt_softplus, ctx.dt_limit = chunk_size, dt_softplus, dt_limit
         if final is not None:
             return y, final

@@ -37,19 +37,23 @@ def _softplus(z):
 
 
 @triton.jit
-def _step_sizes(dt, dt_bias, bi, ts, hs, stride_b, stride_t, stride_h, T, H, dt_min, dt_max,
-                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):  # fmt: skip
-    """For tokens ``ts`` and heads ``hs``: ``dt + dt_bias``, its softplus (or itself) and the step size
-    (clamped; 0 outside ``T`` and ``H``), ``[BH, L]`` fp32."""
+def _load_dt(dt, bi, ts, hs, stride_b, stride_t, stride_h, T, H):
+    """The raw ``dt`` of tokens ``ts`` and heads ``hs``, ``[BH, L]`` in its own dtype (0 outside T and H)."""
     mask = (hs[:, None] < H) & (ts[None, :] < T)
-    z = tl.load(dt + bi * stride_b + ts[None, :] * stride_t + hs[:, None] * stride_h, mask=mask, other=0.0)
-    z = z.to(tl.float32)
+    return tl.load(dt + bi * stride_b + ts[None, :] * stride_t + hs[:, None] * stride_h, mask=mask, other=0.0)
+
+
+@triton.jit
+def _step_sizes(raw, dt_bias, ts, hs, T, H, dt_min, dt_max, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """From the raw ``dt`` ``[BH, L]``: ``dt + dt_bias``, its softplus (or itself) and the step size
+    (clamped; 0 outside ``T`` and ``H``), all fp32."""
+    z = raw.to(tl.float32)
     if HAS_BIAS:
         z += tl.load(dt_bias + hs, mask=hs < H, other=0.0).to(tl.float32)[:, None]
     s = _softplus(z) if SOFTPLUS else z
     # torch.clamp: the lower bound, then the upper (which wins if they cross); NaN stays NaN.
     step = tl.minimum(tl.maximum(s, dt_min, propagate_nan=tl.PropagateNan.ALL), dt_max, tl.PropagateNan.ALL)
-    return z, s, tl.where(mask, step, 0.0)
+    return z, s, tl.where((hs[:, None] < H) & (ts[None, :] < T), step, 0.0)
 
 
 @triton.jit
@@ -59,6 +63,7 @@ def _chunk_cumsum_fwd_kernel(
     A,
     dtp,
     Acs,
+    dt_kept,
     stride_b,
     stride_t,
     stride_h,
@@ -72,6 +77,7 @@ def _chunk_cumsum_fwd_kernel(
     BH: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr,
+    KEEP_DT: tl.constexpr,
 ):
     # A chunk's head blocks are consecutive programs: they read the same rows of the raw dt.
     pid = tl.program_id(0).to(tl.int64)
@@ -81,10 +87,12 @@ def _chunk_cumsum_fwd_kernel(
     bi = pid // (n_hb * nc)
     ts = c * L + tl.arange(0, L)
     h_mask = hs < H
-    _, _, step = _step_sizes(dt, dt_bias, bi, ts, hs, stride_b, stride_t, stride_h, T, H, dt_min, dt_max,
-                             HAS_BIAS, SOFTPLUS)  # fmt: skip
+    raw = _load_dt(dt, bi, ts, hs, stride_b, stride_t, stride_h, T, H)
+    _, _, step = _step_sizes(raw, dt_bias, ts, hs, T, H, dt_min, dt_max, HAS_BIAS, SOFTPLUS)
     a = tl.load(A + hs, mask=h_mask, other=0.0).to(tl.float32)
     rows = (bi * H + hs[:, None]) * Tp + ts[None, :]
+    if KEEP_DT:  # the raw dt as it came, compact, for the backward
+        tl.store(dt_kept + rows, raw, mask=h_mask[:, None])
     tl.store(dtp + rows, step, mask=h_mask[:, None])
     tl.store(Acs + rows, tl.cumsum(step * a[:, None], axis=1), mask=h_mask[:, None])
 
@@ -147,8 +155,8 @@ def _chunk_cumsum_bwd_kernel(
     # Suffix sum of the in-chunk terms, exclusive prefix sum of the state writes, and the carried state.
     da = tl.cumsum(dacs, axis=1, reverse=True) + (tl.cumsum(writes, axis=1) - writes) + r_c[:, None]
     # The step sizes again, as the forward made them.
-    z, s, step = _step_sizes(dt, dt_bias, bi, ts, hs, stride_b, stride_t, stride_h, T, H, dt_min, dt_max,
-                             HAS_BIAS, SOFTPLUS)  # fmt: skip
+    raw = _load_dt(dt, bi, ts, hs, stride_b, stride_t, stride_h, T, H)
+    z, s, step = _step_sizes(raw, dt_bias, ts, hs, T, H, dt_min, dt_max, HAS_BIAS, SOFTPLUS)
     a = tl.load(A + hs, mask=h_mask, other=0.0).to(tl.float32)
     g = tl.load(ddt + rows, mask=h_mask[:, None], other=0.0) + a[:, None] * da  # dL/d dtp
     g = tl.where((s >= dt_min) & (s <= dt_max) & mask, g, 0.0)
@@ -178,24 +186,31 @@ def chunk_cumsum_fwd(
     dt_softplus: bool,
     dt_limit: tuple[float, float],
     chunk_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    keep_dt: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Raw ``dt`` ``[b, T, H]`` (any strides and float dtype) -> the step sizes ``dtp`` and the in-chunk
-    cumulated ``dtp * A`` ``Acs``, both ``[b, H, Tp]`` fp32, zero-padded to whole chunks."""
+    cumulated ``dtp * A`` ``Acs``, both ``[b, H, Tp]`` fp32, zero-padded to whole chunks; with ``keep_dt``
+    also a compact copy of ``dt`` (its dtype, a ``[b, T, H]`` view of ``[b, H, Tp]``), else None.
+
+    The copy is what the backward keeps: ``dt`` itself is mostly a slice of the in_proj output, whose
+    whole row (over 100 times dt's width at Mamba2-1.3B) it would keep alive, the gated norm and the conv
+    having copied their slices."""
     b, T, H = dt.shape
     L = chunk_size
     nc = triton.cdiv(T, L)
     dtp = torch.empty(b, H, nc * L, device=dt.device, dtype=torch.float32)
     Acs = torch.empty_like(dtp)
+    kept = torch.empty(b, H, nc * L, device=dt.device, dtype=dt.dtype) if keep_dt else None
 
     def run(c: LaunchConfig) -> None:
         _chunk_cumsum_fwd_kernel[(b * nc * triton.cdiv(H, c.BH),)](
-            dt, dt_bias if dt_bias is not None else A, A, dtp, Acs, *dt.stride(), T, nc * L, H, nc,
-            float(dt_limit[0]), float(dt_limit[1]),
-            L=L, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, **c.kwargs(),
+            dt, dt_bias if dt_bias is not None else A, A, dtp, Acs, kept if kept is not None else dtp, *dt.stride(),
+            T, nc * L, H, nc, float(dt_limit[0]), float(dt_limit[1]),
+            L=L, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, KEEP_DT=keep_dt, **c.kwargs(),
         )  # fmt: skip
 
     ssd_launch("cumsum", run, _config("cumsum", L, H, dt.device), operand=dt)
-    return dtp, Acs
+    return dtp, Acs, (kept[..., :T].transpose(1, 2) if kept is not None else None)
 
 
 def chunk_cumsum_bwd(

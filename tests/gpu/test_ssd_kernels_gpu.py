@@ -179,7 +179,8 @@ def test_dt_kernels_match_the_torch_glue_on_the_gpu():
 
     dt = (rnd(b, T, H + 40) * 2).to(torch.bfloat16)[..., 8 : 8 + H]
     A, dt_bias = -torch.exp(rnd(H)), rnd(H) * 0.5
-    dtp, Acs = chunk_cumsum_fwd(dt, A, dt_bias, True, limit, L)
+    dtp, Acs, kept = chunk_cumsum_fwd(dt, A, dt_bias, True, limit, L, keep_dt=True)
+    assert torch.equal(kept, dt)  # the compact copy the backward keeps instead of in_proj's row
     leaf = dt.detach().clone().requires_grad_()
     bias_leaf = dt_bias.clone().requires_grad_()
     dtp_ref = F.pad(discretize_dt(leaf, bias_leaf, True, limit).transpose(1, 2), (0, nc * L - T))
