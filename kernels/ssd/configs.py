@@ -3,9 +3,11 @@
 Each entry gives a kernel's largest tiles, by the names of its ``tl.constexpr`` arguments, and its
 warps and pipeline stages; ``ssd_config`` shrinks the tiles to the problem. A tile spans one
 dimension (``_SPANS``): the chunk's tokens (``BT``, ``BS``, ``BM``, ``BLK``, ``BL``: at most the
-chunk size), the head dimension P (``BP``) or the state size N (``BN``, ``BK``). Tiles that must cover the
-whole head dimension are not tunable and not listed. ``"default"`` was tuned on an H100, ``"H200"`` on an
-H200 (benchmarks/README.md).
+chunk size), the head dimension P (``BP``), the state size N (``BN``, ``BK``; ``BW``, the B and C window block of
+``conv_state_update``) or the number of heads
+(``BH``, the dt kernels' block of heads). Tiles that must cover the whole head dimension are not tunable
+and not listed. ``"default"`` was tuned on an H100, ``"H200"`` on an H200 (benchmarks/README.md); the dt
+kernels' entries (``cumsum``, ``cumsum_bwd``) are not tuned yet.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ TABLES: dict[str, dict[str, LaunchConfig]] = {
         # The state update with the conv step (conv_state_update.py): the state update's tiles, so that the two
         # paths sum alike, and BW channels per block of the group's last program as it writes the B / C windows.
         "conv_state_update": LaunchConfig.of(4, 2, BP=16, BN=128, BW=128),
+        "cumsum": LaunchConfig.of(4, 1, BH=8),
+        "cumsum_bwd": LaunchConfig.of(8, 1, BH=8),
     },
     # From the sweep on an H200 (benchmarks/README.md): the fastest config of each kernel over N = 128 and 512
     # at T = 16K; the state kernels keep their whole P tile there (``_MIN_STATE_PROGRAMS``).
@@ -42,7 +46,7 @@ TABLES: dict[str, dict[str, LaunchConfig]] = {
         "state_bwd": LaunchConfig.of(4, 2, BL=256, BP=64, BN=64),
     },
 }
-_SPANS = {"BT": "L", "BS": "L", "BM": "L", "BLK": "L", "BL": "L", "BP": "P", "BN": "N", "BK": "N", "BW": "N"}
+_SPANS = {"BT": "L", "BS": "L", "BM": "L", "BLK": "L", "BL": "L", "BP": "P", "BN": "N", "BK": "N", "BW": "N", "BH": "H"}
 # The scan kernels hold a [rows, P] fp32 accumulator: below 8K elements their table's warps would idle.
 _ACCUMULATOR = {"scan_fwd": "BT", "scan_bwd_dx": "BS"}
 # The state kernels run one program per (sequence, head, state tile) for the whole sequence: their
@@ -56,10 +60,16 @@ _SAFE_TILE, _SAFE_WARPS = 32, 4
 
 
 def ssd_config(
-    kernel: str, L: int, P: int, N: int, batch_heads: int = 1, device: torch.device | None = None
+    kernel: str,
+    L: int,
+    P: int,
+    N: int,
+    batch_heads: int = 1,
+    device: torch.device | None = None,
+    heads: int = 1,
 ) -> LaunchConfig:
     """``kernel``'s config for chunks of ``L`` tokens, heads of ``P`` and a state of ``N``;
-    ``batch_heads`` (batch x heads) sizes the state kernels' grid."""
+    ``batch_heads`` (batch x heads) sizes the state kernels' grid, ``heads`` the dt kernels' head block."""
     name = f"ssd.{kernel}"
     if name in launch.OVERRIDES:
         return launch.OVERRIDES[name]
@@ -71,7 +81,7 @@ def ssd_config(
         BP = min(pow2(P, lo=4), config.BP)
         config = config.with_(BP=BP, BN=min(pow2(N), config.BN * (2 if BP <= 8 else 1)))
         return config.with_(BW=min(pow2(N), config.BW)) if "BW" in dict(config.tiles) else config
-    dims = {"L": L, "P": pow2(P), "N": pow2(N)}
+    dims = {"L": L, "P": pow2(P), "N": pow2(N), "H": pow2(heads, lo=1)}
     config = config.with_(**{tile: min(size, dims[_SPANS[tile]]) for tile, size in config.tiles})
     if kernel in _STATE_KERNELS:
         min_programs = launch.device_table(_MIN_STATE_PROGRAMS, device)["programs"]
