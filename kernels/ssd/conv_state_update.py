@@ -14,7 +14,8 @@ kernel does (``state_update.py`` too, so the two paths are one computation): the
 
 Programs are tiled as the state update's, over (batch row, head, ``BP`` rows of P). A program convolves its own
 ``BP`` x channels and, for each ``BN`` tile of the state, the B and C channels of its head's group: every program
-of a group computes the group's B and C again (a few hundred multiply-adds), so no program waits for another.
+of a group computes the group's B and C again (``2 N K`` products and ``2 N`` SiLUs each), so no program waits for
+another; that work grows with the batch beside the state traffic (``dispatch.ONE_LAUNCH_CONV_SSD_MAX_ROWS``).
 
 The windows are updated in place, and every program of a group reads the group's B and C windows: the new
 window of such a channel may only be written once all of them have read the old one. Each program takes a
@@ -36,8 +37,10 @@ from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.kernels.ssd.configs import ssd_config, ssd_launch
 from statex_hf.kernels.ssd.state_update import _softplus
 
-# Zeroed int32 tickets per device (entry ``batch row * G + group``), left at zero by every launch. A larger batch
-# takes a new, larger buffer; the older ones stay alive, since a captured CUDA graph may still replay them.
+# Zeroed int32 tickets per device (entry ``batch row * G + group``), left at zero by every launch, so launches on
+# one device must not overlap (as a model's steps, in order on a stream, do not; two streams stepping two models at
+# once would share the counts). A larger batch takes a new, larger buffer; the older ones stay alive, since a
+# captured CUDA graph may still replay them. Allocated inside the launch (``run``), before the first kernel.
 _TICKETS: dict[torch.device, list[torch.Tensor]] = {}
 
 
