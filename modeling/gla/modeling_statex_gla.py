@@ -67,9 +67,10 @@ class StateXGLARMSNorm(nn.Module):
         (bit for bit the norm it would compute) instead of launching the norm: one kernel for the add and the
         norm where torch runs two. Everywhere else (training, CPU, a hooked norm) torch's add.
         """
-        fused = None
-        if not (hooked(self) or torch.is_inference_mode_enabled() or _is_inference(self.weight)):
-            fused = dispatch.one_launch_add_rmsnorm(residual, update, self.weight, self.eps)
+        # A compiled graph is told first (the add is torch's there): dynamo cannot trace the inference-mode checks.
+        if torch.compiler.is_compiling() or hooked(self) or not _versions_tracked(self.weight):
+            return residual + update
+        fused = dispatch.one_launch_add_rmsnorm(residual, update, self.weight, self.eps)
         if fused is None:
             return residual + update
         summed, normed = fused
@@ -77,8 +78,9 @@ class StateXGLARMSNorm(nn.Module):
         return summed
 
 
-def _is_inference(weight: torch.Tensor | None) -> bool:
-    return weight is not None and weight.is_inference()
+def _versions_tracked(weight: torch.Tensor | None) -> bool:
+    """Whether the tensors of a call keep version counters: not those made in ``torch.inference_mode``."""
+    return not torch.is_inference_mode_enabled() and (weight is None or not weight.is_inference())
 
 
 def _versions(summed: torch.Tensor, weight: torch.Tensor | None) -> tuple[int, int]:
