@@ -15,7 +15,8 @@ Measured, per batch size B (a ``--prompt``-token random prompt, greedy, no EOS):
   which B rows are read; every recurrent and convolution state read and written once) over the HBM
   bandwidth of the device (from its memory clock and bus width, as the driver reports them; the
   bandwidth of a large on-device copy is printed beside it); "share" is roofline / measured;
-- ours: the one-time capture of the CUDA-graph decode step (``capture s``, warm-up calls included),
+- ours: the one-time capture of the CUDA-graph decode step (``capture s``, warm-up calls included), the
+  step's graph replayed back to back (``replay ms``: its GPU time, without generate's loop on the host),
   the eager decode (``disable_compile=True``) at B = 1, and whether graphs and eager give the same
   greedy tokens;
 - ours, B = 1: time to first token (``generate(max_new_tokens=1)``) at each ``--ttft`` prompt length
@@ -45,6 +46,7 @@ TINY_GLA = dict(hidden_size=64, num_hidden_layers=4, num_heads=4, vocab_size=128
 TINY_MAMBA2 = dict(MAMBA2_SHAPE, hidden_size=64, num_hidden_layers=4, num_heads=8, head_dim=16, state_size=16)
 TINY_MAMBA2["vocab_size"] = 128
 TTFT, TINY_TTFT = "4096,16384,65536", "256,1024"
+REPLAYS = 50  # back-to-back replays of a captured step, timed together
 
 
 def _device() -> str:
@@ -184,18 +186,26 @@ def worker(impl: str, args) -> None:
             _emit(dict(impl=impl, kind="decode", batch=batch, error="out of GPU memory in the prompt's forward"))
             torch.cuda.empty_cache()
             continue
-        capture_s = None
+        capture_s = replay_ms = None
         if ours:
             from statex_hf.modeling.decode_graphs import decode_graphs_for
 
-            capture_s = decode_graphs_for(model).last_capture_seconds
+            graphs = decode_graphs_for(model)
+            capture_s = graphs.last_capture_seconds
+            # The step's graph replayed back to back (the last one captured: this batch's): its GPU time alone,
+            # so that ms/token minus it is what generate's loop on the host adds.
+            steps = list(graphs._steps.values())  # none on CPU, or where the capture fell back to eager
+            if steps:
+                replay_ms = _timed(lambda graph=steps[-1].graph: [graph.replay() for _ in range(REPLAYS)])
+                replay_ms *= 1e3 / REPLAYS
         two = min(_timed(lambda ids=ids: generate(ids, 2)) for _ in range(2))
         many = _timed(lambda ids=ids: generate(ids, new_tokens))
         ms = (many - two) / (new_tokens - 2) * 1e3
         roofline_ms = (weights + 2 * state_per_sequence * batch) / bandwidth * 1e3
         _emit(
             dict(impl=impl, kind="decode", batch=batch, ms_per_token=ms, roofline_ms=roofline_ms,
-                 share=roofline_ms / ms, first_call_s=first_s, capture_s=capture_s, new_tokens=new_tokens)
+                 share=roofline_ms / ms, first_call_s=first_s, capture_s=capture_s, replay_ms=replay_ms,
+                 new_tokens=new_tokens)
         )  # fmt: skip
     if not ours:
         return
@@ -239,15 +249,19 @@ def print_table(rows: list[dict], statuses: dict) -> None:
     for impl, status in statuses.items():
         s = setup.get(impl, {})
         print(f"{impl:12} {s.get('weight_gb', 0):10.2f} {s.get('state_mb', 0):12.1f} {status:>14}")
-    print(f"\n{'impl':12} {'B':>3} {'ms/token':>9} {'roofline ms':>11} {'share':>6} {'capture s':>9} {'first s':>8}")
+    print(
+        f"\n{'impl':12} {'B':>3} {'ms/token':>9} {'roofline ms':>11} {'share':>6} {'capture s':>9} {'first s':>8} "
+        f"{'replay ms':>9}"
+    )
     for r in rows:
         if r["kind"] == "decode" and "error" in r:
             print(f"{r['impl']:12} {r['batch']:3d} {r['error']}")
         elif r["kind"] == "decode":
             capture = "-" if r["capture_s"] is None else f"{r['capture_s']:.2f}"
+            replay = "-" if r.get("replay_ms") is None else f"{r['replay_ms']:.2f}"
             print(
                 f"{r['impl']:12} {r['batch']:3d} {r['ms_per_token']:9.2f} {r['roofline_ms']:11.2f} "
-                f"{r['share']:6.0%} {capture:>9} {r['first_call_s']:8.1f}"
+                f"{r['share']:6.0%} {capture:>9} {r['first_call_s']:8.1f} {replay:>9}"
             )
     for r in rows:
         if r["kind"] == "eager":

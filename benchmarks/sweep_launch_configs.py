@@ -71,8 +71,8 @@ def _decode_case(rows: list[dict], name: str, H: int, K: int, V: int, B: int) ->
 
         def step(BK=BK, BV=BV, warps=warps):
             fr.fused_recurrent_gla_step_kernel[(triton.cdiv(V, BV), B * H)](
-                q, k, v, g, o, h0, ht, K**-0.5, H=H, K=K, V=V, BK=BK, BV=BV,
-                USE_INITIAL_STATE=True, STORE_FINAL_STATE=True, num_warps=warps,
+                q, k, v, g, o, h0, ht, K**-0.5, 1.0, 0.0, H=H, K=K, V=V, BK=BK, BV=BV, USE_INITIAL_STATE=True,
+                STORE_FINAL_STATE=True, GATE_LOGITS=False, HAS_CLAMP=False, USE_PDL=False, num_warps=warps,
             )  # fmt: skip
 
         ms = _bench(step)
@@ -262,6 +262,8 @@ def ssd_grid(kernel: str) -> list[LaunchConfig]:
         ]
     if kernel == "dcb":
         return [LaunchConfig.of(w, 2, BLK=blk) for blk in (32, 64, 128) for w in (4, 8)]
+    if kernel in ("cumsum", "cumsum_bwd"):  # no loop to pipeline: heads per program and warps
+        return [LaunchConfig.of(w, 1, BH=bh) for bh in (2, 4, 8, 16, 32) for w in (1, 2, 4, 8)]
     return []
 
 
@@ -286,19 +288,22 @@ def _ssd_calls(N: int, T: int) -> dict:
     """Each SSD kernel's launcher as a closure over the intermediates of one fwd+bwd (no documents)."""
     from bench_ssd import CHUNK as L
     from bench_ssd import make_inputs
-    from statex_hf.kernels.ssd import ssd_bmm, ssd_chunk_bc_bwd, ssd_chunk_scan, ssd_chunk_state
-    from statex_hf.kernels.ssd.chunk import _chunk_log_decay
-    from statex_hf.kernels.ssd.naive import discretize_dt
+    from statex_hf.kernels.ssd import ssd_bmm, ssd_chunk_bc_bwd, ssd_chunk_cumsum, ssd_chunk_scan, ssd_chunk_state
 
     i = make_inputs(T, N, torch.bfloat16)
-    x, A, B, C, D = i["x"], i["A"], i["B"], i["C"], i["D"]
-    dtp, Acs = _chunk_log_decay(discretize_dt(i["dt"], i["dt_bias"], True), A, L)
+    x, dt, A, B, C, D = i["x"], i["dt"], i["A"], i["B"], i["C"], i["D"]
+    dt_args = (i["dt_bias"], True, (0.0, float("inf")))
+    dtp, Acs, _ = ssd_chunk_cumsum.chunk_cumsum_fwd(dt, A, *dt_args, L)
     dy = torch.randn_like(x)
     CB = ssd_bmm.bmm_chunk_fwd(C, B, None, L)
     hs, _ = ssd_chunk_state.chunk_state_fwd(x, B, dtp, Acs, None, None, L, False)
-    dCB, _, _ = ssd_chunk_bc_bwd.chunk_dcb(x, dy, dtp, Acs, None, CB, L)
-    dhs, _, _ = ssd_chunk_state.chunk_state_bwd(dy, C, Acs, None, None, hs, L, False)
+    dCB, dyy_intra, xdx_intra = ssd_chunk_bc_bwd.chunk_dcb(x, dy, dtp, Acs, None, CB, L)
+    _, dyy_inter = ssd_chunk_bc_bwd.chunk_dc(dy, B, C, dCB, Acs, None, hs, L)
+    dhs, _, r = ssd_chunk_state.chunk_state_bwd(dy, C, Acs, None, None, hs, L, False)
+    _, ddt, xdx_state, dD_parts = ssd_chunk_scan.chunk_scan_bwd_dx(x, B, CB, dtp, Acs, None, dhs, D, dy, L)
+    decay_grads = (ddt, dyy_intra, xdx_intra, dyy_inter, xdx_state, r, dD_parts)
     return {
+        "cumsum": lambda: ssd_chunk_cumsum.chunk_cumsum_fwd(dt, A, *dt_args, L, keep_dt=True),
         "state_fwd": lambda: ssd_chunk_state.chunk_state_fwd(x, B, dtp, Acs, None, None, L, False),
         "scan_fwd": lambda: ssd_chunk_scan.chunk_scan_fwd(x, C, CB, dtp, Acs, None, hs, D, L),
         "dcb": lambda: ssd_chunk_bc_bwd.chunk_dcb(x, dy, dtp, Acs, None, CB, L),
@@ -306,6 +311,7 @@ def _ssd_calls(N: int, T: int) -> dict:
         "state_bwd": lambda: ssd_chunk_state.chunk_state_bwd(dy, C, Acs, None, None, hs, L, False),
         "db": lambda: ssd_chunk_bc_bwd.chunk_db(x, C, dCB, dtp, Acs, None, dhs, L),
         "scan_bwd_dx": lambda: ssd_chunk_scan.chunk_scan_bwd_dx(x, B, CB, dtp, Acs, None, dhs, D, dy, L),
+        "cumsum_bwd": lambda: ssd_chunk_cumsum.chunk_cumsum_bwd(dt, A, *dt_args, *decay_grads, L),
     }
 
 
@@ -316,7 +322,7 @@ def _ssd_shapes(T: int):
     from statex_hf.kernels.ssd.configs import ssd_config
 
     for N in SSD_SWEEP_NS:
-        yield f"N{N}", _ssd_calls(N, T), lambda kernel, N=N: ssd_config(kernel, L, P, N, H, DEVICE)
+        yield f"N{N}", _ssd_calls(N, T), lambda kernel, N=N: ssd_config(kernel, L, P, N, H, DEVICE, heads=H)
 
 
 SWEPT = {

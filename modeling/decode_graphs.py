@@ -26,6 +26,7 @@ import weakref
 from dataclasses import dataclass, field
 
 import torch
+from statex_hf.kernels.dependent_launch import dependent_launches
 from statex_hf.modeling.cache import StateXCache, copy_states, recurrent_state, share_states, unshare_states
 from torch import nn
 from transformers import GenerationConfig
@@ -166,7 +167,8 @@ class DecodeGraphs:
         device = inputs["input_ids"].device
         caller_stream = torch.cuda.current_stream(device)
         try:
-            with torch.no_grad():
+            # The warm-up too: it compiles the kernels' PDL variants outside the capture.
+            with torch.no_grad(), dependent_launches(device):
                 states = StateXCache(model.config)
                 copy_states(cache, states)
                 input_ids = inputs["input_ids"].clone()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from launched_ops import LaunchedOps
 from statex_hf.kernels import dispatch, launch, utils
 from statex_hf.kernels.ssd.chunk import chunk_ssd
 from statex_hf.kernels.ssd.chunk_torch import chunk_ssd_torch
-from statex_hf.kernels.ssd.naive import naive_ssd
+from statex_hf.kernels.ssd.naive import discretize_dt, naive_ssd
+from statex_hf.kernels.ssd.ssd_chunk_cumsum import chunk_cumsum_bwd, chunk_cumsum_fwd
 from statex_hf.kernels.ssd.state_update import ssd_state_update
 
 GRAD_NAMES = ["x", "dt", "A", "B", "C", "D", "dt_bias", "initial_state"]
@@ -32,18 +34,19 @@ def make_inputs(b, T, H, P, G, N, n_states=None):
     }
 
 
-def run_with_grads(fn, inputs, with_states, cu_seqlens=None, **kw):
-    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+def run_with_grads(fn, inputs, with_states, cu_seqlens=None, dt_args=(True, (0.0, 4.0)), **kw):
+    """``dt_args``: ``(dt_softplus, dt_limit)``; ``inputs["dt_bias"]`` may be None."""
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items() if v is not None}
     y, final = fn(
-        leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], leaves["D"], leaves["dt_bias"],
-        True, (0.0, 4.0), leaves["initial_state"] if with_states else None, with_states, cu_seqlens, **kw,
+        leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], leaves["D"], leaves.get("dt_bias"),
+        *dt_args, leaves["initial_state"] if with_states else None, with_states, cu_seqlens, **kw,
     )  # fmt: skip
     gen = torch.Generator().manual_seed(123)
     loss = (y * torch.randn(y.shape, generator=gen)).sum()
     if with_states:
         loss = loss + (final * torch.randn(final.shape, generator=gen)).sum()
     loss.backward()
-    grads = {k: leaves[k].grad for k in GRAD_NAMES if with_states or k != "initial_state"}
+    grads = {k: leaves[k].grad for k in GRAD_NAMES if k in leaves and (with_states or k != "initial_state")}
     return y, final, grads
 
 
@@ -54,9 +57,9 @@ def assert_close(name, got, want, rtol):
     assert err <= rtol * scale, f"{name}: max abs err {err:.3e} vs max |ref| {scale:.3e}"
 
 
-def check_against_naive(fn, inputs, with_states, cu_seqlens=None, rtol=2e-4, **kw):
-    y_ref, f_ref, g_ref = run_with_grads(naive_ssd, inputs, with_states, cu_seqlens)
-    y, f, g = run_with_grads(fn, inputs, with_states, cu_seqlens, **kw)
+def check_against_naive(fn, inputs, with_states, cu_seqlens=None, rtol=2e-4, dt_args=(True, (0.0, 4.0)), **kw):
+    y_ref, f_ref, g_ref = run_with_grads(naive_ssd, inputs, with_states, cu_seqlens, dt_args)
+    y, f, g = run_with_grads(fn, inputs, with_states, cu_seqlens, dt_args, **kw)
     assert_close("y", y, y_ref, rtol)
     if with_states:
         assert_close("final_state", f, f_ref, rtol)
@@ -146,6 +149,144 @@ def test_triton_chunk_of_128_spans_several_inner_blocks():
     check_against_naive(chunk_ssd, make_inputs(2, 150, 2, 8, 2, 80), True, chunk_size=128)
 
 
+# ----- The step sizes: the raw dt to dtp and the in-chunk log-decay, and back, one kernel each way -----
+
+# (dt_softplus, with dt_bias, dt_limit): both clamps active, each activation alone, and the defaults.
+DT_CASES = [(True, True, (0.5, 1.5)), (False, True, (0.2, 1.0)), (True, False, (0.0, float("inf"))),
+            (False, False, (0.0, float("inf")))]  # fmt: skip
+DT_IDS = ["softplus-bias-clamped", "bias-clamped", "softplus", "raw"]
+
+
+def raw_dt_view(b, T, H, dtype=torch.float32):
+    """``dt`` ``[b, T, H]`` as the model's in_proj split leaves it: a strided slice of a wider row."""
+    return (torch.randn(b, T, H + 9) * 2).to(dtype)[..., 4 : 4 + H]
+
+
+def torch_dt_glue(dt, A, dt_bias, softplus, limit, L):
+    """The PyTorch ops the kernel replaces: discretize, transpose and pad to ``[b, H, Tp]``, cumsum of dt*A."""
+    b, T, H = dt.shape
+    nc = -(-T // L)
+    dtp = F.pad(discretize_dt(dt, dt_bias, softplus, limit).transpose(1, 2), (0, nc * L - T))
+    return dtp, (dtp * A.float()[None, :, None]).view(b, H, nc, L).cumsum(-1).view(b, H, nc * L)
+
+
+def assert_limits_clamp(dt, dt_bias, softplus, limit):
+    """The case's finite dt_limit does clamp some steps at each end (else it would test nothing)."""
+    if limit[1] == float("inf"):
+        return
+    s = discretize_dt(dt, dt_bias, softplus, (-float("inf"), float("inf")))
+    assert (s < limit[0]).any() and (s > limit[1]).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("softplus,with_bias,limit", DT_CASES, ids=DT_IDS)
+def test_dt_kernel_gives_the_torch_glue_values(softplus, with_bias, limit, dtype):
+    b, T, H, L = 2, 37, 5, 16  # T not a multiple of the chunk; heads not a power of two
+    dt, A, dt_bias = raw_dt_view(b, T, H, dtype), -torch.rand(H) - 0.5, torch.randn(H) if with_bias else None
+    assert not dt.is_contiguous()
+    assert_limits_clamp(dt, dt_bias, softplus, limit)
+    dtp, Acs, kept = chunk_cumsum_fwd(dt, A, dt_bias, softplus, limit, L, keep_dt=True)
+    dtp_ref, Acs_ref = torch_dt_glue(dt, A, dt_bias, softplus, limit, L)
+    torch.testing.assert_close(dtp, dtp_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(Acs, Acs_ref, rtol=1e-5, atol=1e-5)
+    assert kept.dtype == dt.dtype and torch.equal(kept, dt)  # the backward's compact copy
+    assert (dtp[..., T:] == 0).all() and (Acs[..., T:] == Acs[..., T - 1 : T]).all()  # padding adds nothing
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("softplus,with_bias,limit", DT_CASES, ids=DT_IDS)
+def test_dt_kernel_backward_is_autograd_of_the_torch_glue(softplus, with_bias, limit, dtype):
+    # The decay gradient's pieces as the stage kernels leave them, several parts each (K = 3, 2, 4, 2):
+    # summed, scanned and taken back through clamp, softplus and bias in one kernel.
+    b, T, H, L = 2, 37, 5, 16
+    nc = -(-T // L)
+    dt, A, dt_bias = raw_dt_view(b, T, H, dtype), -torch.rand(H) - 0.5, torch.randn(H) if with_bias else None
+    ddt, xdx_state = torch.randn(b, H, nc * L), torch.randn(b, H, nc * L)
+    dyy_intra, xdx_intra, dyy_inter = (
+        torch.randn(b, H, nc * L, 3),
+        torch.randn(b, H, nc * L, 3),
+        torch.randn(b, H, nc * L, 2),
+    )
+    r, dD_parts = torch.randn(b, H, nc, 4), torch.randn(b, nc, H, 2)
+    got = chunk_cumsum_bwd(dt, A, dt_bias, softplus, limit, ddt, dyy_intra, xdx_intra, dyy_inter, xdx_state, r,
+                           dD_parts, L)  # fmt: skip
+    # The reference: the old glue in PyTorch, its autograd for the raw dt and the bias.
+    dacs = (dyy_intra.sum(-1) - xdx_intra.sum(-1) + dyy_inter.sum(-1)).view(b, H, nc, L)
+    writes = xdx_state.view(b, H, nc, L)
+    da = dacs.flip(-1).cumsum(-1).flip(-1) + (writes.cumsum(-1) - writes) + r.sum(-1)[..., None]
+    da = da.view(b, H, nc * L)
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (dt, dt_bias)]
+    dtp, _ = torch_dt_glue(leaves[0], A, leaves[1], softplus, limit, L)
+    (dtp * (ddt + A[None, :, None] * da)).sum().backward()
+    want = [leaves[0].grad, (dtp.detach() * da).sum((0, 2)), leaves[1].grad if with_bias else None,
+            dD_parts.sum((0, 1, 3))]  # fmt: skip
+    for name, g, w in zip(["ddt", "dA", "ddt_bias", "dD"], got, want, strict=True):
+        if w is None:
+            assert g is None, name
+            continue
+        assert g.dtype == w.dtype, name
+        tol = {"rtol": 1e-5, "atol": 1e-5} if g.dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
+        torch.testing.assert_close(g, w, **tol, msg=name)
+    assert (got[0] == 0).any() == (limit[1] != float("inf") or not softplus)  # clamped steps take no gradient
+
+
+@pytest.mark.parametrize("softplus,with_bias,limit", DT_CASES, ids=DT_IDS)
+def test_triton_chunk_takes_every_dt_discretization(softplus, with_bias, limit):
+    # Gradients of dt, dt_bias and A (and the rest) through the whole chunk_ssd against the token loop.
+    inputs = make_inputs(2, 37, 4, 8, 2, 16)
+    inputs["dt_bias"] = inputs["dt_bias"] if with_bias else None
+    assert_limits_clamp(inputs["dt"], inputs["dt_bias"], softplus, limit)
+    check_against_naive(chunk_ssd, inputs, True, dt_args=(softplus, limit), chunk_size=16)
+
+
+def test_triton_chunk_packed_documents_with_clamped_steps():
+    cu = [0, 5, 23, 40]
+    inputs = make_inputs(1, 40, 4, 8, 1, 32, n_states=len(cu) - 1)
+    assert_limits_clamp(inputs["dt"], inputs["dt_bias"], True, (0.5, 1.5))
+    for with_states in (False, True):  # seq_idx in the kernels; one document at a time
+        check_against_naive(chunk_ssd, inputs, with_states, torch.tensor(cu), dt_args=(True, (0.5, 1.5)), chunk_size=16)
+
+
+def test_the_dt_glue_is_one_launch_each_way(monkeypatch):
+    # Issue 21: before, the forward ran discretize_dt, the transpose and pad, and the cumsum of dt*A as
+    # 6 PyTorch kernels (add, softplus, clamp, constant_pad_nd, mul, cumsum) beside its 3 Triton ones,
+    # and the backward 28 (the decay gradient's partial sums and scans, dA, and discretize_dt's autograd).
+    b, T, H, P, G, N = 1, 40, 4, 8, 1, 16
+    dt = raw_dt_view(b, T, H).requires_grad_()  # a slice of in_proj's output, read where it is
+    inputs = {k: v.requires_grad_() for k, v in make_inputs(b, T, H, P, G, N).items() if k != "initial_state"}
+    args = [inputs["x"], dt, inputs["A"], inputs["B"], inputs["C"], inputs["D"], inputs["dt_bias"], True, (0.0, 4.0)]
+    with LaunchedOps(monkeypatch) as forward:
+        y, _ = chunk_ssd(*args, chunk_size=16)
+    assert forward.triton == ["ssd.cumsum", "ssd.bmm", "ssd.state_fwd", "ssd.scan_fwd"]
+    assert forward.ops == []
+    dy = torch.randn_like(y)
+    with LaunchedOps(monkeypatch) as backward:
+        y.backward(dy)
+    stages = ["ssd.dcb", "ssd.dc", "ssd.state_bwd", "ssd.db", "ssd.scan_bwd_dx"]
+    assert backward.triton == ["ssd.cumsum", *stages, "ssd.cumsum_bwd"]
+    assert backward.ops == ["sum"]  # dA, d dt_bias and dD: their per-chunk parts, in one reduction
+    # The strided raw dt gives what a contiguous copy does.
+    y_copy, _ = chunk_ssd(*[a.detach() if torch.is_tensor(a) else a for a in args[:1]], dt.detach().contiguous(),
+                          *[a.detach() if torch.is_tensor(a) else a for a in args[2:]], chunk_size=16)  # fmt: skip
+    torch.testing.assert_close(y.detach(), y_copy, rtol=0, atol=0)
+
+
+def test_the_backward_keeps_a_compact_dt_not_the_in_proj_row():
+    # dt is a slice of the in_proj output, whose row is over 100 times wider at Mamba2-1.3B and which nothing
+    # else keeps (the conv and the gated norm copy their slices): saving the slice would keep all of it.
+    b, T, H, P, G, N = 1, 40, 4, 8, 1, 16
+    row = torch.randn(b, T, 200).requires_grad_()
+    inputs = make_inputs(b, T, H, P, G, N)
+    args = [inputs[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")]
+    args[1] = row[..., 100 : 100 + H]
+    y, _ = chunk_ssd(*args, True, (0.0, 4.0), chunk_size=16)
+    saved = [t for t in y.grad_fn.saved_tensors if t is not None]
+    assert all(t.untyped_storage().data_ptr() != row.untyped_storage().data_ptr() for t in saved)
+    assert max(t.untyped_storage().nbytes() for t in saved if t.shape == (b, T, H)) <= b * H * 48 * 4  # [b, H, Tp]
+    y.sum().backward()
+    assert row.grad[..., 100 : 100 + H].abs().sum() > 0 and (row.grad[..., :100] == 0).all()
+
+
 @pytest.mark.parametrize("G", [1, 2, 8])
 def test_triton_state_update_matches_one_naive_step(G):
     b, H, P, N = 3, 16, 8, 40
@@ -218,12 +359,24 @@ def test_state_passes_in_sub_chunk_steps_match_naive(monkeypatch, with_states):
 def test_every_ssd_kernel_falls_back_to_small_tiles_on_a_gpu_they_do_not_fit(monkeypatch):
     # A GPU with room for 32-wide tiles in one stage only: each launcher retries its config with one
     # stage, then its small one, warns once per kernel, and the results stay exact. Chunk 128 and
-    # N = 80: every tuned tile is larger than 32.
+    # N = 80: every tuned tile is larger than 32. The dt kernels' configs (one stage, 8 heads) fit any GPU:
+    # given two stages here, they take the same fallback.
     from launch_fakes import on_small_gpu
-    from statex_hf.kernels.ssd import ssd_bmm, ssd_chunk_bc_bwd, ssd_chunk_scan, ssd_chunk_state, state_update
+    from statex_hf.kernels.ssd import (
+        configs,
+        ssd_bmm,
+        ssd_chunk_bc_bwd,
+        ssd_chunk_cumsum,
+        ssd_chunk_scan,
+        ssd_chunk_state,
+        state_update,
+    )
 
     monkeypatch.setattr(launch, "_REPLACED", {})
+    for kernel in ("cumsum", "cumsum_bwd"):
+        monkeypatch.setitem(configs.TABLES["default"], kernel, configs.TABLES["default"][kernel].with_(num_stages=2))
     fakes = {
+        **on_small_gpu(monkeypatch, ssd_chunk_cumsum, "_chunk_cumsum_fwd_kernel", "_chunk_cumsum_bwd_kernel"),
         **on_small_gpu(monkeypatch, ssd_bmm, "_bmm_chunk_kernel"),
         **on_small_gpu(monkeypatch, ssd_chunk_state, "_chunk_state_fwd_kernel", "_chunk_state_bwd_kernel"),
         **on_small_gpu(monkeypatch, ssd_chunk_scan, "_chunk_scan_fwd_kernel", "_chunk_scan_bwd_dx_kernel"),
@@ -278,6 +431,19 @@ def test_a_gpu_with_its_own_table_entry_gets_it_and_others_the_default(monkeypat
     assert on["NVIDIA H100 80GB HBM3"] == configs.TABLES["default"]["scan_fwd"]
     # Entries it does not name come from the default table.
     assert configs.ssd_config("dc", 256, 64, 512) == configs.TABLES["default"]["dc"]
+
+
+def test_the_h200_keeps_the_state_kernels_whole_p_tile_where_the_h100_halves_it(monkeypatch):
+    # One Mamba2-1.3B layer at N = 128, B = 1: 64 heads x 2 state tiles = 128 programs at the full P tile.
+    from statex_hf.kernels.ssd import configs
+
+    tiles = {}
+    for name in ("NVIDIA H200", "NVIDIA H100 80GB HBM3"):
+        monkeypatch.setattr(launch, "device_name", lambda device, name=name: name)
+        tiles[name] = configs.ssd_config("state_bwd", 256, 64, 128, batch_heads=64, device=torch.device("cpu"))
+    assert tiles["NVIDIA H200"] == configs.TABLES["H200"]["state_bwd"]
+    assert tiles["NVIDIA H100 80GB HBM3"].BP == 32
+    assert tiles["NVIDIA H100 80GB HBM3"].BL == configs.TABLES["default"]["state_bwd"].BL
 
 
 # ----- The decode step as a model takes it: A_log, and slices of the in_proj / conv outputs -----

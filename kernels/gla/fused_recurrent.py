@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 from statex_hf.kernels.activations.elementwise import logsigmoid
+from statex_hf.kernels.dependent_launch import pdl_kwargs, wait_for_predecessor
 from statex_hf.kernels.utils import needs_grad, num_sms
 
 
@@ -119,8 +120,10 @@ def fused_recurrent_gla_step_kernel(
     STORE_FINAL_STATE: tl.constexpr,
     GATE_LOGITS: tl.constexpr,
     HAS_CLAMP: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """One token per sequence: walk the key dimension in ``[BK, BV]`` tiles, each read and written once."""
+    wait_for_predecessor(USE_PDL)
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
@@ -247,6 +250,7 @@ def fused_recurrent_gla(
             STORE_FINAL_STATE=output_final_state,
             num_warps=num_warps,
             **gate_args,
+            **pdl_kwargs(),
         )
         return o, ht
     BK = max(16, triton.next_power_of_2(K))

@@ -34,6 +34,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+from statex_hf.kernels.dependent_launch import pdl_kwargs, wait_for_predecessor
 from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.kernels.linear.configs import gemv_launch
 from statex_hf.kernels.utils import needs_grad
@@ -69,7 +70,8 @@ def _row_block_dot(x_tile, w_tile, m_mask, n_mask, k_start, k_end, split_len,
 @triton.jit
 def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+                 HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, USE_PDL: tl.constexpr):  # fmt: skip
+    wait_for_predecessor(USE_PDL)
     pid_n, pid_s, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rows_m = pid_m * BM + tl.arange(0, BM)
     rows_n = pid_n * BN + tl.arange(0, BN)
@@ -94,7 +96,8 @@ def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn,
 
 @triton.jit
 def _split_k_sum_kernel(partials, bias, y, MN, N, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                        BLOCK: tl.constexpr):  # fmt: skip
+                        BLOCK: tl.constexpr, USE_PDL: tl.constexpr):  # fmt: skip
+    wait_for_predecessor(USE_PDL)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < MN
     total = tl.zeros([BLOCK], dtype=tl.float32)
@@ -154,11 +157,12 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         grid = (triton.cdiv(N, c.BN), c.SPLIT_K, triton.cdiv(M, c.BM))
         _gemv_kernel[grid](
             x2, weight, bias if has_bias else weight, out, M, N, K, x2.stride(0), weight.stride(0),
-            HAS_BIAS=has_bias, PRECISION=precision, **c.kwargs(),
+            HAS_BIAS=has_bias, PRECISION=precision, **c.kwargs(), **pdl_kwargs(),
         )  # fmt: skip
         if c.SPLIT_K > 1:
             _split_k_sum_kernel[(triton.cdiv(M * N, SUM_BLOCK),)](
                 out, bias if has_bias else weight, y, M * N, N, SPLIT_K=c.SPLIT_K, HAS_BIAS=has_bias, BLOCK=SUM_BLOCK,
+                **pdl_kwargs(),
             )  # fmt: skip
 
     gemv_launch(run, M, N, K, operand=x2)

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 from statex_hf.kernels import launch
 from statex_hf.kernels.activations.elementwise import silu
+from statex_hf.kernels.dependent_launch import pdl_kwargs, wait_for_predecessor
 from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.kernels.linear.configs import SAFE, TABLES
 from statex_hf.kernels.linear.gemv import _row_block_dot
@@ -41,7 +42,9 @@ def _pick(pid, start, first, w, w_i, y, y_i, n, n_i):
 
 @triton.jit
 def _gemv_group_kernel(x, K, w0, w1, w2, w3, w4, w5, y0, y1, y2, y3, y4, y5, N0, N1, N2, N3, N4, N5,
-                       S1, S2, S3, S4, S5, G: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):  # fmt: skip
+                       S1, S2, S3, S4, S5, G: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                       USE_PDL: tl.constexpr):  # fmt: skip
+    wait_for_predecessor(USE_PDL)
     pid = tl.program_id(0)
     start, w, y, n = 0, w0, y0, N0
     if G > 1:
@@ -64,7 +67,8 @@ def _gemv_group_kernel(x, K, w0, w1, w2, w3, w4, w5, y0, y1, y2, y3, y4, y5, N0,
 
 
 @triton.jit
-def _gemv_swiglu_kernel(x, wg, wu, out, N, K, BN: tl.constexpr, BK: tl.constexpr):
+def _gemv_swiglu_kernel(x, wg, wu, out, N, K, BN: tl.constexpr, BK: tl.constexpr, USE_PDL: tl.constexpr):
+    wait_for_predecessor(USE_PDL)
     rows_m = tl.arange(0, 1)
     rows_n = tl.program_id(0) * BN + tl.arange(0, BN)
     cols = tl.arange(0, BK)
@@ -127,7 +131,7 @@ def gemv_group(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> list[torch.T
         if sum(blocks):
             _gemv_group_kernel[(sum(blocks),)](
                 row, K, *w_args, *y_args, *n_args, *firsts, G=len(weights), BN=c.BN, BK=c.BK,
-                num_warps=c.num_warps, num_stages=c.num_stages,
+                num_warps=c.num_warps, num_stages=c.num_stages, **pdl_kwargs(),
             )  # fmt: skip
 
     launch.launch("linear.gemv_group", run, launch.OVERRIDES.get("linear.gemv_group") or _config(x.device), SAFE, row)
@@ -153,7 +157,17 @@ def gemv_swiglu(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch.Ten
 
     def run(c: LaunchConfig) -> None:
         _gemv_swiglu_kernel[(triton.cdiv(N, c.BN),)](
-            row, gate_weight, up_weight, out, N, K, BN=c.BN, BK=c.BK, num_warps=c.num_warps, num_stages=c.num_stages
+            row,
+            gate_weight,
+            up_weight,
+            out,
+            N,
+            K,
+            BN=c.BN,
+            BK=c.BK,
+            num_warps=c.num_warps,
+            num_stages=c.num_stages,
+            **pdl_kwargs(),
         )
 
     if N and K:

@@ -1,5 +1,7 @@
 """Mamba2 SSD, chunked, in Triton: forward and backward composed from the stage files.
 
+    ssd_chunk_cumsum.py      step sizes from the raw dt and their in-chunk log-decay (forward),
+                             the decay gradient's sums and dt's, dt_bias's and A's gradients (backward)
     ssd_bmm.py               CB = C B^T per chunk and group
     ssd_chunk_state.py       chunk states + state passing (forward), state gradients (backward)
     ssd_chunk_scan.py        outputs (forward), dx and the direct ddt (backward)
@@ -10,7 +12,9 @@ every term pairs a target t with a source s through ``exp(a_t - a_s)``, so insid
 ``dL/da_k = dy_k . y_k - x_k . dx_k`` (SSD parts only), plus, at the chunk's last token,
 ``<g_c, h_c>`` for what crosses the chunk end; ``dL/d(dt_k A)`` is the reverse cumulative sum of
 that within the chunk. (Summing over the whole sequence instead would be exact too, but in bf16 its
-rounding errors pile up over T: sums stay chunk-local, as in mamba_ssm.)
+rounding errors pile up over T: sums stay chunk-local, as in mamba_ssm.) ``ssd_chunk_cumsum.py``
+takes these sums, and the step sizes' own discretization (bias, softplus, clamp), in one kernel each
+way: the raw ``dt`` goes in and its gradient comes out, with no PyTorch ops on the way.
 
 Memory: the forward keeps the chunk-entry states ``[b, T / L, H, P, N]`` (input dtype) for the
 backward only while they take at most ``kernels.utils.KEEP_STATES_MAX_BYTES``; larger ones (T = 64K
@@ -23,21 +27,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 import triton
-from statex_hf.kernels.ssd.naive import discretize_dt
 from statex_hf.kernels.ssd.ssd_bmm import bmm_chunk_fwd
 from statex_hf.kernels.ssd.ssd_chunk_bc_bwd import chunk_db, chunk_dc, chunk_dcb
+from statex_hf.kernels.ssd.ssd_chunk_cumsum import chunk_cumsum_bwd, chunk_cumsum_fwd
 from statex_hf.kernels.ssd.ssd_chunk_scan import chunk_scan_bwd_dx, chunk_scan_fwd
 from statex_hf.kernels.ssd.ssd_chunk_state import chunk_state_bwd, chunk_state_fwd
 from statex_hf.kernels.utils import kept_for_backward, per_document
-
-
-def _chunk_log_decay(dt: torch.Tensor, A: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``dt`` ``[b, T, H]`` fp32 -> padded ``dt`` and the in-chunk cumulated ``dt * A``, both ``[b, H, Tp]``."""
-    b, T, H = dt.shape
-    nc = triton.cdiv(T, chunk_size)
-    dtp = F.pad(dt.transpose(1, 2), (0, nc * chunk_size - T)).contiguous()
-    Acs = (dtp * A.float()[None, :, None]).view(b, H, nc, chunk_size).cumsum(-1).view(b, H, nc * chunk_size)
-    return dtp, Acs.contiguous()
 
 
 def _padded_seq_idx(seq_idx: torch.Tensor | None, chunk_size: int) -> torch.Tensor | None:
@@ -49,19 +44,20 @@ def _padded_seq_idx(seq_idx: torch.Tensor | None, chunk_size: int) -> torch.Tens
     return F.pad(seq_idx.to(torch.int32), (0, pad), mode="replicate" if pad else "constant").contiguous()
 
 
-def chunk_ssd_fwd(x, dt, A, B, C, D, initial_state, seq, chunk_size, output_final_state):
-    dtp, Acs = _chunk_log_decay(dt, A, chunk_size)
+def chunk_ssd_fwd(x, dt, A, B, C, D, dt_args, initial_state, seq, chunk_size, output_final_state):
+    """``dt`` raw; ``dt_args`` = ``(dt_bias, dt_softplus, dt_limit)``. Also returns a compact copy of ``dt``
+    for the backward (``chunk_cumsum_fwd``'s ``keep_dt``)."""
+    dtp, Acs, dt_kept = chunk_cumsum_fwd(dt, A, *dt_args, chunk_size, keep_dt=True)
     CB = bmm_chunk_fwd(C, B, seq, chunk_size)
     hs, final = chunk_state_fwd(x, B, dtp, Acs, seq, initial_state, chunk_size, output_final_state)
     y = chunk_scan_fwd(x, C, CB, dtp, Acs, seq, hs, D, chunk_size)
-    return y, final, CB, hs
+    return y, final, CB, hs, dt_kept
 
 
-def chunk_ssd_bwd(x, dt, A, B, C, D, initial_state, seq, chunk_size, CB, hs, dy, dfinal):
-    """All gradients; ``hs`` are the forward's chunk states, or ``None`` to recompute them."""
-    b, T, H, _ = x.shape
-    dtp, Acs = _chunk_log_decay(dt, A, chunk_size)
-    nc = dtp.shape[-1] // chunk_size
+def chunk_ssd_bwd(x, dt, A, B, C, D, dt_args, initial_state, seq, chunk_size, CB, hs, dy, dfinal):
+    """All gradients (``dt``'s and ``dt_bias``'s for the raw inputs); ``hs`` are the forward's chunk states,
+    or ``None`` to recompute them."""
+    dtp, Acs, _ = chunk_cumsum_fwd(dt, A, *dt_args, chunk_size)
     dCB, dyy_intra, xdx_intra = chunk_dcb(x, dy, dtp, Acs, seq, CB, chunk_size)
     if hs is None:
         hs, _ = chunk_state_fwd(x, B, dtp, Acs, seq, initial_state, chunk_size, False)
@@ -69,40 +65,43 @@ def chunk_ssd_bwd(x, dt, A, B, C, D, initial_state, seq, chunk_size, CB, hs, dy,
     dhs, dh0, r = chunk_state_bwd(dy, C, Acs, seq, dfinal, hs, chunk_size, initial_state is not None)
     del hs
     dB = chunk_db(x, C, dCB, dtp, Acs, seq, dhs, chunk_size)
-    dx, ddt, xdx_state, dD = chunk_scan_bwd_dx(x, B, CB, dtp, Acs, seq, dhs, D, dy, chunk_size)
+    dx, ddt, xdx_state, dD_parts = chunk_scan_bwd_dx(x, B, CB, dtp, Acs, seq, dhs, D, dy, chunk_size)
     del dhs
-    # Gradient of d(dt_k A), per chunk: the in-chunk terms as a suffix sum over j >= k of the
-    # cumulated log-decay's gradient; the chunk's state writes x_s . dx_s (s < k, whose path to the
-    # chunk end crosses k) as a prefix sum; r for the state carried across the chunk.
-    dacs = (dyy_intra - xdx_intra + dyy_inter).view(b, H, nc, chunk_size)
-    xdx_state = xdx_state.view(b, H, nc, chunk_size)
-    da = dacs.flip(-1).cumsum(-1).flip(-1) + (xdx_state.cumsum(-1) - xdx_state) + r[..., None]
-    da = da.view(b, H, nc * chunk_size)
-    ddt_total = (ddt + A.float()[None, :, None] * da)[..., :T].transpose(1, 2)
-    dA = (dtp * da).sum(dim=(0, 2))
-    return dx, ddt_total, dA, dB, dC, dD, dh0
+    # The decay gradient (its in-chunk suffix sums, the state writes' prefix sums, r for the carried
+    # state), then back through the discretization to the raw dt; dA, d dt_bias and dD summed over chunks.
+    ddt_raw, dA, d_bias, dD = chunk_cumsum_bwd(
+        dt, A, *dt_args, ddt, dyy_intra, xdx_intra, dyy_inter, xdx_state, r, dD_parts, chunk_size
+    )
+    return dx, ddt_raw, dA, dB, dC, dD, d_bias, dh0
 
 
 class ChunkSSDFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, initial_state, seq, chunk_size, output_final_state):
-        y, final, CB, hs = chunk_ssd_fwd(x, dt, A, B, C, D, initial_state, seq, chunk_size, output_final_state)
-        ctx.save_for_backward(x, dt, A, B, C, D, initial_state, seq, CB, kept_for_backward(hs))
-        ctx.chunk_size = chunk_size
+    def forward(
+        ctx, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, initial_state, seq, chunk_size, output_final_state
+    ):
+        dt_args = (dt_bias, dt_softplus, dt_limit)
+        y, final, CB, hs, dt_kept = chunk_ssd_fwd(
+            x, dt, A, B, C, D, dt_args, initial_state, seq, chunk_size, output_final_state
+        )
+        ctx.save_for_backward(x, dt_kept, A, B, C, D, dt_bias, initial_state, seq, CB, kept_for_backward(hs))
+        ctx.chunk_size, ctx.dt_softplus, ctx.dt_limit = chunk_size, dt_softplus, dt_limit
         if final is not None:
             return y, final
         return y
 
     @staticmethod
     def backward(ctx, dy, dfinal=None):
-        x, dt, A, B, C, D, initial_state, seq, CB, hs = ctx.saved_tensors
-        dx, ddt, dA, dB, dC, dD, dh0 = chunk_ssd_bwd(
-            x, dt, A, B, C, D, initial_state, seq, ctx.chunk_size, CB, hs, dy.contiguous(), dfinal
+        x, dt, A, B, C, D, dt_bias, initial_state, seq, CB, hs = ctx.saved_tensors
+        dt_args = (dt_bias, ctx.dt_softplus, ctx.dt_limit)
+        dx, ddt, dA, dB, dC, dD, d_bias, dh0 = chunk_ssd_bwd(
+            x, dt, A, B, C, D, dt_args, initial_state, seq, ctx.chunk_size, CB, hs, dy.contiguous(), dfinal
         )
         dA = dA.to(A.dtype)
         dD = dD.to(D.dtype) if D is not None else None
+        d_bias = d_bias.to(dt_bias.dtype) if dt_bias is not None else None
         dh0 = dh0.to(initial_state.dtype) if initial_state is not None else None
-        return dx, ddt, dA, dB, dC, dD, dh0, None, None, None
+        return dx, ddt, dA, dB, dC, dD, d_bias, None, None, dh0, None, None, None
 
 
 def chunk_ssd(
@@ -128,7 +127,8 @@ def chunk_ssd(
 
     Args:
         x: ``[b, T, H, P]`` (bf16, fp16 or fp32; P up to 128).
-        dt: ``[b, T, H]`` raw; ``dt_bias``, softplus and ``dt_limit`` are applied as transformers does.
+        dt: ``[b, T, H]`` raw, any float dtype and strides (a slice of the in_proj output is read where it
+            is); ``dt_bias``, softplus and ``dt_limit`` are applied in-kernel as transformers does.
         A: ``[H]``, negative.
         B, C: ``[b, T, G, N]``, shared by the ``H // G`` heads of each group (G divides H; N any size,
             the state is tiled over it).
@@ -165,10 +165,10 @@ def chunk_ssd(
         seq_idx = torch.repeat_interleave(torch.arange(len(lengths), device=x.device), lengths, output_size=T)[None]
     elif seq_idx is not None and (initial_state is not None or output_final_state):
         raise ValueError("chunk_ssd: seq_idx with initial/final states is not supported; pass cu_seqlens instead")
-    dtd = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)
     seq = _padded_seq_idx(seq_idx, chunk_size)
+    # dt goes in raw, with any strides (a slice of the in_proj output): the dt kernels read it as it is.
     out = ChunkSSDFunction.apply(
-        x.contiguous(), dtd.contiguous(), A, B.contiguous(), C.contiguous(), D,
+        x.contiguous(), dt, A, B.contiguous(), C.contiguous(), D, dt_bias, dt_softplus, tuple(dt_limit),
         initial_state.contiguous() if initial_state is not None else None, seq, chunk_size, output_final_state,
     )  # fmt: skip
     if output_final_state:

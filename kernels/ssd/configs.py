@@ -3,8 +3,10 @@
 Each entry gives a kernel's largest tiles, by the names of its ``tl.constexpr`` arguments, and its
 warps and pipeline stages; ``ssd_config`` shrinks the tiles to the problem. A tile spans one
 dimension (``_SPANS``): the chunk's tokens (``BT``, ``BS``, ``BM``, ``BLK``, ``BL``: at most the
-chunk size), the head dimension P (``BP``) or the state size N (``BN``, ``BK``). Tiles that must cover the
-whole head dimension are not tunable and not listed. Tuned on an H100 (benchmarks/README.md).
+chunk size), the head dimension P (``BP``), the state size N (``BN``, ``BK``) or the number of heads
+(``BH``, the dt kernels' block of heads). Tiles that must cover the whole head dimension are not tunable
+and not listed. ``"default"`` was tuned on an H100, ``"H200"`` on an H200 (benchmarks/README.md); the dt
+kernels' entries (``cumsum``, ``cumsum_bwd``) are not tuned yet.
 """
 
 from __future__ import annotations
@@ -27,37 +29,57 @@ TABLES: dict[str, dict[str, LaunchConfig]] = {
         "dc": LaunchConfig.of(4, 2, BT=64, BS=64, BN=64),
         "db": LaunchConfig.of(4, 2, BS=64, BT=64, BN=64),
         "state_update": LaunchConfig.of(4, 2, BP=16, BN=128),
+        "cumsum": LaunchConfig.of(4, 1, BH=8),
+        "cumsum_bwd": LaunchConfig.of(8, 1, BH=8),
+    },
+    # From the sweep on an H200 (benchmarks/README.md): the fastest config of each kernel over N = 128 and 512
+    # at T = 16K; the state kernels keep their whole P tile there (``_MIN_STATE_PROGRAMS``).
+    "H200": {
+        "scan_fwd": LaunchConfig.of(8, 3, BT=128, BS=32, BP=64, BN=64),
+        "scan_bwd_dx": LaunchConfig.of(4, 3, BS=64, BT=64, BN=64),
+        "dcb": LaunchConfig.of(4, 2, BLK=32),
+        "dc": LaunchConfig.of(4, 2, BT=128, BS=64, BN=64),
+        "state_bwd": LaunchConfig.of(4, 2, BL=256, BP=64, BN=64),
     },
 }
-_SPANS = {"BT": "L", "BS": "L", "BM": "L", "BLK": "L", "BL": "L", "BP": "P", "BN": "N", "BK": "N"}
+_SPANS = {"BT": "L", "BS": "L", "BM": "L", "BLK": "L", "BL": "L", "BP": "P", "BN": "N", "BK": "N", "BH": "H"}
 # The scan kernels hold a [rows, P] fp32 accumulator: below 8K elements their table's warps would idle.
 _ACCUMULATOR = {"scan_fwd": "BT", "scan_bwd_dx": "BS"}
 # The state kernels run one program per (sequence, head, state tile) for the whole sequence: their
-# P tile halves (down to 16) until there are this many programs, about two per SM.
-MIN_STATE_PROGRAMS = 256
+# P tile halves (down to 16) until there are this many programs, about two per SM on the H100; on the
+# H200 the sweep found the whole tile faster at 128 programs (one Mamba2-1.3B layer, N = 128, B = 1).
+_MIN_STATE_PROGRAMS = {"default": {"programs": 256}, "H200": {"programs": 128}}
 _STATE_KERNELS = {"state_fwd", "state_bwd"}
 # Small tiles in one stage: a few KiB of shared memory, which any GPU Triton supports has.
 _SAFE_TILE, _SAFE_WARPS = 32, 4
 
 
 def ssd_config(
-    kernel: str, L: int, P: int, N: int, batch_heads: int = 1, device: torch.device | None = None
+    kernel: str,
+    L: int,
+    P: int,
+    N: int,
+    batch_heads: int = 1,
+    device: torch.device | None = None,
+    heads: int = 1,
 ) -> LaunchConfig:
     """``kernel``'s config for chunks of ``L`` tokens, heads of ``P`` and a state of ``N``;
-    ``batch_heads`` (batch x heads) sizes the state kernels' grid."""
+    ``batch_heads`` (batch x heads) sizes the state kernels' grid, ``heads`` the dt kernels' head block."""
     name = f"ssd.{kernel}"
     if name in launch.OVERRIDES:
         return launch.OVERRIDES[name]
-    config = launch.device_table(TABLES, device or torch.device("cpu"))[kernel]
+    device = device or torch.device("cpu")
+    config = launch.device_table(TABLES, device)[kernel]
     if kernel == "state_update":
         # One token: a program streams [BP, N] rows of the state; P tiles go down to 4 rows, and
         # narrow ones take twice the N tile (the same registers).
         BP = min(pow2(P, lo=4), config.BP)
         return config.with_(BP=BP, BN=min(pow2(N), config.BN * (2 if BP <= 8 else 1)))
-    dims = {"L": L, "P": pow2(P), "N": pow2(N)}
+    dims = {"L": L, "P": pow2(P), "N": pow2(N), "H": pow2(heads, lo=1)}
     config = config.with_(**{tile: min(size, dims[_SPANS[tile]]) for tile, size in config.tiles})
     if kernel in _STATE_KERNELS:
-        while config.BP > 16 and batch_heads * -(-P // config.BP) * -(-N // config.BN) < MIN_STATE_PROGRAMS:
+        min_programs = launch.device_table(_MIN_STATE_PROGRAMS, device)["programs"]
+        while config.BP > 16 and batch_heads * -(-P // config.BP) * -(-N // config.BN) < min_programs:
             config = config.with_(BP=config.BP // 2)
     if kernel in _ACCUMULATOR and getattr(config, _ACCUMULATOR[kernel]) * dict(config.tiles).get("BP", pow2(P)) < 8192:
         config = config.with_(num_warps=4)

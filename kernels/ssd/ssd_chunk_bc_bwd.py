@@ -257,7 +257,8 @@ def chunk_dcb(
     CB: torch.Tensor,
     chunk_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``dCB`` ``[b, nc, G, L, L]`` fp32 and the intra parts of ``dy . y`` and ``x . dx`` per head, ``[b, H, Tp]``."""
+    """``dCB`` ``[b, nc, G, L, L]`` fp32 and the intra parts of ``dy . y`` and ``x . dx`` per head,
+    ``[b, H, Tp, K]`` (K parts each, summed by ``chunk_cumsum_bwd``)."""
     b, T, H, P = x.shape
     G = CB.shape[2]
     L = chunk_size
@@ -266,7 +267,7 @@ def chunk_dcb(
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def run(c: LaunchConfig) -> None:
-        # dy . y and x . dx: one part per block of the other index, summed below.
+        # dy . y and x . dx: one part per block of the other index.
         dyy = torch.zeros(b, H, nc * L, L // c.BLK, device=x.device, dtype=torch.float32)
         xdx = torch.zeros_like(dyy)
         _chunk_dcb_kernel[(b * nc * G * (L // c.BLK) ** 2,)](
@@ -276,8 +277,7 @@ def chunk_dcb(
         parts.append((dyy, xdx))
 
     ssd_launch("dcb", run, ssd_config("dcb", L, P, 0, device=x.device), operand=x)
-    dyy, xdx = parts[-1]
-    return dCB, dyy.sum(-1), xdx.sum(-1)
+    return dCB, *parts[-1]
 
 
 def chunk_dc(
@@ -290,7 +290,8 @@ def chunk_dc(
     hs: torch.Tensor,
     chunk_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``dC`` ``[b, T, G, N]`` (C's dtype) and the inter part of ``dy . y`` per head, ``[b, H, Tp]`` fp32."""
+    """``dC`` ``[b, T, G, N]`` (C's dtype) and the inter part of ``dy . y`` per head, ``[b, H, Tp, K]`` fp32
+    (one part per N block)."""
     b, T, H, P = dy.shape
     G, N = C.shape[-2:]
     L = chunk_size
@@ -308,7 +309,7 @@ def chunk_dc(
         parts.append(dyy)
 
     ssd_launch("dc", run, ssd_config("dc", L, P, N, device=dy.device), operand=dy)
-    return dC, parts[-1].sum(-1)
+    return dC, parts[-1]
 
 
 def chunk_db(

@@ -227,7 +227,8 @@ def chunk_scan_bwd_dx(
     chunk_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``dx`` (x's dtype), the direct ``ddt`` ``[b, H, Tp]`` (fp32), ``x . dx`` through the state write
-    ``[b, H, Tp]`` (fp32) and ``dD`` ``[H]`` (fp32) or None."""
+    ``[b, H, Tp]`` (fp32) and the parts of ``dD`` ``[b, nc, H, K]`` (fp32; one per program, summed by
+    ``chunk_cumsum_bwd``) or None."""
     b, T, H, P = x.shape
     G, N = B.shape[-2:]
     L = chunk_size
@@ -238,7 +239,7 @@ def chunk_scan_bwd_dx(
     dD_parts: list[torch.Tensor] = []
 
     def run(c: LaunchConfig) -> None:
-        # dD: one part per program, summed below.
+        # dD: one part per program.
         dD = torch.empty(b, nc, H, L // c.BS, device=x.device, dtype=torch.float32) if D is not None else ddt
         _chunk_scan_bwd_dx_kernel[(b * nc * H * (L // c.BS),)](
             x, B, CB, dt, Acs, seq if seq is not None else dt, dhs, D if D is not None else dt, dy, dx, ddt, xdx,
@@ -249,4 +250,4 @@ def chunk_scan_bwd_dx(
         dD_parts.append(dD)
 
     ssd_launch("scan_bwd_dx", run, ssd_config("scan_bwd_dx", L, P, N, device=x.device), operand=x)
-    return dx, ddt, xdx, (dD_parts[-1].sum(dim=(0, 1, 3)) if D is not None else None)
+    return dx, ddt, xdx, (dD_parts[-1] if D is not None else None)

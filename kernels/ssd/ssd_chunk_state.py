@@ -240,7 +240,8 @@ def chunk_state_bwd(
     need_dh0: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """State gradients after each chunk ``dhs`` ``[b, nc, H, P, N]`` (dy's dtype), ``dh0`` (fp32), and
-    ``r`` ``[b, H, nc]`` = ``<g_c, exp(a_last) h_{c-1}>`` from the chunk states ``hs``."""
+    ``r`` = ``<g_c, exp(a_last) h_{c-1}>`` from the chunk states ``hs``, ``[b, H, nc, K]`` fp32 (one part
+    per state tile, summed by ``chunk_cumsum_bwd``)."""
     b, T, H, P = dy.shape
     G, N = C.shape[-2:]
     L = chunk_size
@@ -261,4 +262,4 @@ def chunk_state_bwd(
         r_parts.append(r)
 
     ssd_launch("state_bwd", run, ssd_config("state_bwd", L, P, N, b * H, dy.device), operand=dy)
-    return dhs, dh0, r_parts[-1].sum(-1)
+    return dhs, dh0, r_parts[-1]

@@ -129,6 +129,78 @@ def test_bf16_kernels_match_fp32_reference(shape):
     assert not bad, f"relative errors over the limits {limits} (else 2e-2): {bad}"
 
 
+@pytest.mark.parametrize("limit", [(0.0, float("inf")), (0.2, 0.5)], ids=["default-limit", "clamping-limit"])
+def test_bf16_raw_dt_slice_through_the_dt_kernels_matches_fp32_reference(limit):
+    # Issue 21: the dt kernels take the raw dt where the model leaves it, a bf16 slice of in_proj's output
+    # row (strided), and apply bias, softplus and the limit themselves; gradients reach the row's slice.
+    b, T, H, P, G, N = 1, 3000, 64, 64, 1, 128
+    inputs = layer_inputs(b, T, H, P, G, N, torch.bfloat16)
+    g = torch.Generator(device=DEV).manual_seed(2)
+    row = torch.randn(b, T, H + 96, device=DEV, generator=g).to(torch.bfloat16)
+    row[..., 32 : 32 + H] = inputs["dt"]
+    names = ["x", "A", "B", "C", "D", "dt_bias"]
+    results = {}
+    for path, fn in (("ref", chunk_ssd_torch), ("ours", chunk_ssd)):
+        cast = (lambda t: t.float()) if path == "ref" else (lambda t: t)
+        leaves = {k: cast(inputs[k]).detach().clone().requires_grad_() for k in names}
+        row_leaf = cast(row).detach().clone().requires_grad_()
+        dt = row_leaf[..., 32 : 32 + H]
+        assert path == "ref" or not dt.is_contiguous()
+        x, A, B, C, D, bias = (leaves[k] for k in names)
+        y, _ = fn(x, dt, A, B, C, D, bias, True, limit, chunk_size=64 if path == "ref" else 256)
+        dy = torch.randn(y.shape, device=DEV, generator=torch.Generator(device=DEV).manual_seed(1))
+        (y.float() * dy).sum().backward()
+        results[path] = {"y": y, "drow": row_leaf.grad, **{f"d{k}": v.grad for k, v in leaves.items()}}
+    if limit[1] != float("inf"):  # the limit clamps at both ends
+        s = torch.nn.functional.softplus(inputs["dt"].float() + inputs["dt_bias"])
+        assert (s < limit[0]).any() and (s > limit[1]).any()
+    ref, got = results["ref"], results["ours"]
+    assert (got["drow"][..., :32] == 0).all() and (got["drow"][..., 32 + H :] == 0).all()
+    errors = {k: rel_err(got[k], ref[k]) for k in ref}
+    limits = {"dA": 1e-1, "dD": 5e-2, "ddt_bias": 1e-1}  # sums over tokens: see the bf16 test above
+    print(limit, {k: f"{v:.1e}" for k, v in errors.items()})
+    bad = {k: v for k, v in errors.items() if not v < limits.get(k, 2e-2)}
+    assert not bad, f"relative errors over the limits {limits} (else 2e-2): {bad}"
+
+
+def test_dt_kernels_match_the_torch_glue_on_the_gpu():
+    # The dt kernels alone against the PyTorch ops they replace, at Mamba2-1.3B's 64 heads: libdevice's
+    # exp/log1p give torch's softplus to an ulp; the backward is autograd of the same ops.
+    import torch.nn.functional as F
+    from statex_hf.kernels.ssd.naive import discretize_dt
+    from statex_hf.kernels.ssd.ssd_chunk_cumsum import chunk_cumsum_bwd, chunk_cumsum_fwd
+
+    b, T, H, L, limit = 2, 5000, 64, 256, (0.05, 2.0)
+    nc = -(-T // L)
+    g = torch.Generator(device=DEV).manual_seed(0)
+
+    def rnd(*shape):
+        return torch.randn(*shape, device=DEV, generator=g)
+
+    dt = (rnd(b, T, H + 40) * 2).to(torch.bfloat16)[..., 8 : 8 + H]
+    A, dt_bias = -torch.exp(rnd(H)), rnd(H) * 0.5
+    dtp, Acs, kept = chunk_cumsum_fwd(dt, A, dt_bias, True, limit, L, keep_dt=True)
+    assert torch.equal(kept, dt)  # the compact copy the backward keeps instead of in_proj's row
+    leaf = dt.detach().clone().requires_grad_()
+    bias_leaf = dt_bias.clone().requires_grad_()
+    dtp_ref = F.pad(discretize_dt(leaf, bias_leaf, True, limit).transpose(1, 2), (0, nc * L - T))
+    Acs_ref = (dtp_ref * A[None, :, None]).view(b, H, nc, L).cumsum(-1).view(b, H, nc * L)
+    torch.testing.assert_close(dtp, dtp_ref.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(Acs, Acs_ref.detach(), rtol=1e-5, atol=1e-4)
+    ddt, writes = rnd(b, H, nc * L), rnd(b, H, nc * L)
+    dyy_intra, xdx_intra, dyy_inter = rnd(b, H, nc * L, 4), rnd(b, H, nc * L, 4), rnd(b, H, nc * L, 2)
+    r, dD_parts = rnd(b, H, nc, 8), rnd(b, nc, H, 2)
+    got = chunk_cumsum_bwd(dt, A, dt_bias, True, limit, ddt, dyy_intra, xdx_intra, dyy_inter, writes, r, dD_parts, L)
+    dacs = (dyy_intra.sum(-1) - xdx_intra.sum(-1) + dyy_inter.sum(-1)).view(b, H, nc, L)
+    w = writes.view(b, H, nc, L)
+    da = (dacs.flip(-1).cumsum(-1).flip(-1) + (w.cumsum(-1) - w) + r.sum(-1)[..., None]).view(b, H, nc * L)
+    (dtp_ref * (ddt + A[None, :, None] * da)).sum().backward()
+    want = [leaf.grad, (dtp_ref.detach() * da).sum((0, 2)), bias_leaf.grad, dD_parts.sum((0, 1, 3))]
+    for name, got_, want_ in zip(["ddt", "dA", "ddt_bias", "dD"], got, want):
+        assert got_.dtype == want_.dtype, name
+        assert rel_err(got_, want_) < (1e-2 if got_.dtype == torch.bfloat16 else 1e-5), name
+
+
 def test_fp32_kernels_match_fp32_reference_tightly():
     inputs = layer_inputs(2, 600, 8, 64, 2, 256, torch.float32, states=True)
     ref = forward_backward(chunk_ssd_torch, inputs, True, chunk_size=64)
