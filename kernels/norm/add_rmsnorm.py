@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import triton
+from statex_hf.kernels.dependent_launch import pdl_kwargs
 from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.kernels.norm.configs import norm_launch
 from statex_hf.kernels.norm.gated_rmsnorm import TRITON_DTYPES, _norm_fwd_kernel, output_dtype
@@ -62,7 +63,7 @@ def add_rmsnorm(
             M, D, D, D, 0, eps,
             NCHUNK=triton.cdiv(D, c.BS), HAS_GATE=False, HAS_WEIGHT=weight is not None,
             NORM_BEFORE_GATE=norm_before_gate, ROUND_X=input_dtype != sum_dtype, X_DTYPE=TRITON_DTYPES[input_dtype],
-            HAS_UPDATE=True, SUM_DTYPE=TRITON_DTYPES[sum_dtype], **c.kwargs(),
+            HAS_UPDATE=True, SUM_DTYPE=TRITON_DTYPES[sum_dtype], **c.kwargs(), **pdl_kwargs(),
         )  # fmt: skip
 
     if M > 0 and D > 0:

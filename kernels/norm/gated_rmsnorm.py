@@ -42,6 +42,7 @@ import torch
 import triton
 import triton.language as tl
 from statex_hf.kernels.activations.elementwise import INTERPRETED
+from statex_hf.kernels.dependent_launch import pdl_kwargs, wait_for_predecessor
 from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.kernels.norm.configs import norm_launch, row_programs
 from statex_hf.kernels.utils import needs_grad
@@ -135,7 +136,8 @@ def _norm_fwd_kernel(x_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr, r_ptr, h_ptr, M, D,
                      BM: tl.constexpr, BS: tl.constexpr, NCHUNK: tl.constexpr, HAS_GATE: tl.constexpr,
                      HAS_WEIGHT: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, ROUND_X: tl.constexpr,
                      X_DTYPE: tl.constexpr, HAS_UPDATE: tl.constexpr = False,
-                     SUM_DTYPE: tl.constexpr = tl.float32):  # fmt: skip
+                     SUM_DTYPE: tl.constexpr = tl.float32, USE_PDL: tl.constexpr = False):  # fmt: skip
+    wait_for_predecessor(USE_PDL)  # a decode graph's launch (kernels/dependent_launch.py): before any load
     # x and z rows are read through their own strides (a slice of a wider projection needs no copy); the
     # output is written contiguous. HAS_UPDATE (``add_rmsnorm.py``): the row normalized is the residual sum
     # round(x + r) (r contiguous), which is written to h as well: the add before a norm in the same pass.
@@ -326,7 +328,7 @@ class GatedRMSNormFunction(torch.autograd.Function):
                 M, D, group_size, x2.stride(0), gate2.stride(0) if gate2 is not None else 0, eps,
                 NCHUNK=triton.cdiv(group_size, c.BS), HAS_GATE=gate2 is not None, HAS_WEIGHT=weight is not None,
                 NORM_BEFORE_GATE=norm_before_gate, ROUND_X=input_dtype != x.dtype, X_DTYPE=TRITON_DTYPES[input_dtype],
-                **c.kwargs(),
+                **c.kwargs(), **pdl_kwargs(),
             )  # fmt: skip
 
         if M > 0:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 from statex_hf.kernels import dispatch
+from statex_hf.kernels.dependent_launch import dependent_launches
+from statex_hf.kernels.linear.gemv import gemv
 from statex_hf.kernels.norm.add_rmsnorm import add_rmsnorm
 from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
 from statex_hf.modeling.cache import recurrent_state
@@ -67,6 +69,30 @@ def test_the_kernel_replayed_in_a_cuda_graph_on_new_inputs():
         graph.replay()
         for g, w in zip(static_out, unfused(new_residual, new_update, weight), strict=True):
             assert torch.equal(g, w)
+
+
+@torch.no_grad()
+def test_with_dependent_launches_a_captured_chain_of_norms_gives_the_plain_launches_values():
+    # gemv -> add + norm -> gemv -> norm: each kernel reads what the one before wrote (PDL where the GPU has it).
+    residual, update, weight = inputs((1, 1, HIDDEN), torch.bfloat16)
+    w = (torch.randn(HIDDEN, HIDDEN, device=DEVICE) / HIDDEN**0.5).to(torch.bfloat16)
+
+    def chain(x):
+        h, n = add_rmsnorm(residual, gemv(x, w), weight, EPS)
+        return h, gated_rmsnorm(gemv(n, w), None, weight, EPS, HIDDEN, norm_before_gate=True)
+
+    static_x = update.clone()
+    with dependent_launches(torch.device(DEVICE)):
+        chain(static_x)  # compiles the PDL variants first
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = chain(static_x)
+    for seed in (1, 2, 3):
+        x = inputs((1, 1, HIDDEN), torch.bfloat16, seed=seed)[1]
+        want = chain(x)
+        static_x.copy_(x)
+        graph.replay()
+        assert all(torch.equal(g, w) for g, w in zip(static_out, want, strict=True)), f"replay {seed}"
 
 
 def build(dtype):
