@@ -151,13 +151,16 @@ def worker(impl: str, args) -> None:
 
     torch.manual_seed(0)
     torch.set_grad_enabled(False)  # generate runs without autograd; the plain forward it is compared with too
-    if args.gemv_max_rows is not None or args.separate_products:  # ours only: a peer's process imports nothing of ours
+    same_run_baseline = args.gemv_max_rows is not None or args.separate_products or args.unfused_residual_norm
+    if same_run_baseline:  # ours only: a peer's process imports nothing of ours
         from statex_hf.kernels import dispatch
     if args.gemv_max_rows is not None:  # a baseline in the same run: 0 sends every projection to cuBLAS
         dispatch.GEMV_MAX_ROWS = args.gemv_max_rows
     if args.separate_products:  # a baseline in the same run: each product of one input its own GEMV launch
         dispatch.one_launch_products = lambda x, weights: None
         dispatch.one_launch_swiglu = lambda x, gate_weight, up_weight: None
+    if args.unfused_residual_norm:  # a baseline in the same run: GLA's residual adds by torch, each norm its own kernel
+        dispatch.one_launch_add_rmsnorm = lambda residual, update, weight, eps: None
     ours = impl.startswith("ours")
     spec_bw, copy_bw = hbm_bandwidth()
     bandwidth = spec_bw or copy_bw
@@ -296,6 +299,11 @@ def main() -> None:
     parser.add_argument(
         "--separate-products", action="store_true", help="ours: no grouped GEMV launches (each product its own)"
     )
+    parser.add_argument(
+        "--unfused-residual-norm",
+        action="store_true",
+        help="ours: GLA's residual adds by torch and each norm its own kernel (not one add + norm kernel)",
+    )
     parser.add_argument("--json", help="write every row here")
     parser.add_argument("--tiny", action="store_true", help="toy shapes (a check of this script, runs on CPU)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -312,6 +320,7 @@ def main() -> None:
     passed += ["--tiny"] if args.tiny else []
     passed += [] if args.gemv_max_rows is None else ["--gemv-max-rows", str(args.gemv_max_rows)]
     passed += ["--separate-products"] if args.separate_products else []
+    passed += ["--unfused-residual-norm"] if args.unfused_residual_norm else []
     rows, statuses = [], {}
     for impl in args.impls.split(","):
         timeout = args.timeout if impl.startswith("ours") else args.peer_timeout
