@@ -7,6 +7,8 @@ layer where it launched eleven, and computes the same logits and cache bit for b
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from launched_ops import LaunchedOps
@@ -278,3 +280,14 @@ def test_a_norm_drops_what_its_add_computed_at_its_next_call(monkeypatch, on_cud
             normed = norm(summed)
     assert seen.triton == ["norm.fwd"] and norm._normed_sum is None
     assert torch.equal(normed, gated_rmsnorm(summed, None, norm.weight, norm.eps, 32, norm_before_gate=True))
+
+
+def test_each_block_knows_the_norm_that_reads_its_output_without_holding_it_as_a_submodule():
+    model = build("gla", num_hidden_layers=3)
+    for copy_of in (lambda m: m, copy.deepcopy):
+        decoder = copy_of(model).model
+        readers = [block.next_norm for block in decoder.layers]
+        assert readers[0] is decoder.layers[1].attn_norm and readers[1] is decoder.layers[2].attn_norm
+        assert readers[2] is decoder.norm
+    assert not any("next_norm" in name for name in model.state_dict())
+    assert not any("next_norm" in name for name, _ in model.named_modules())
