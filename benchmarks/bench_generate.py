@@ -151,13 +151,16 @@ def worker(impl: str, args) -> None:
 
     torch.manual_seed(0)
     torch.set_grad_enabled(False)  # generate runs without autograd; the plain forward it is compared with too
-    if args.gemv_max_rows is not None or args.separate_products or args.conv_ssd_max_rows is not None:
-        from statex_hf.kernels import dispatch  # ours only: a peer's process imports nothing of ours
+    same_run_baseline = args.gemv_max_rows is not None or args.separate_products or args.unfused_residual_norm
+    if same_run_baseline or args.conv_ssd_max_rows is not None:  # ours only: a peer's process imports nothing of ours
+        from statex_hf.kernels import dispatch
     if args.gemv_max_rows is not None:  # a baseline in the same run: 0 sends every projection to cuBLAS
         dispatch.GEMV_MAX_ROWS = args.gemv_max_rows
     if args.separate_products:  # a baseline in the same run: each product of one input its own GEMV launch
         dispatch.one_launch_products = lambda x, weights: None
         dispatch.one_launch_swiglu = lambda x, gate_weight, up_weight: None
+    if args.unfused_residual_norm:  # a baseline in the same run: GLA's residual adds by torch, each norm its own kernel
+        dispatch.one_launch_add_rmsnorm = lambda residual, update, weight, eps: None
     if args.conv_ssd_max_rows is not None:  # 0: a baseline in the same run, a Mamba2 step's conv and state update
         dispatch.ONE_LAUNCH_CONV_SSD_MAX_ROWS = args.conv_ssd_max_rows  # as two launches at every batch
     ours = impl.startswith("ours")
@@ -299,6 +302,11 @@ def main() -> None:
         "--separate-products", action="store_true", help="ours: no grouped GEMV launches (each product its own)"
     )
     parser.add_argument(
+        "--unfused-residual-norm",
+        action="store_true",
+        help="ours: GLA's residual adds by torch and each norm its own kernel (not one add + norm kernel)",
+    )
+    parser.add_argument(
         "--conv-ssd-max-rows",
         type=int,
         help="ours: sequences up to which a Mamba2 step's conv and state update run as one launch (0: two launches)",
@@ -319,6 +327,7 @@ def main() -> None:
     passed += ["--tiny"] if args.tiny else []
     passed += [] if args.gemv_max_rows is None else ["--gemv-max-rows", str(args.gemv_max_rows)]
     passed += ["--separate-products"] if args.separate_products else []
+    passed += ["--unfused-residual-norm"] if args.unfused_residual_norm else []
     passed += [] if args.conv_ssd_max_rows is None else ["--conv-ssd-max-rows", str(args.conv_ssd_max_rows)]
     rows, statuses = [], {}
     for impl in args.impls.split(","):

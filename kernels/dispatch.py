@@ -361,6 +361,32 @@ def gated_rmsnorm(
     return naive_gated_rmsnorm(x, gate, weight, eps, group_size, norm_before_gate)
 
 
+def one_launch_add_rmsnorm(
+    residual: torch.Tensor, update: torch.Tensor, weight: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``h = residual + update`` and GLA's norm of it, ``gated_rmsnorm(h, None, weight, eps, D, True)``, as one
+    Triton pass (``kernels/norm/add_rmsnorm.py``: torch's sum and the norm kernel's output on it, bit for bit) on
+    the no-grad CUDA path: no gradient, outside ``torch.compile``, plain contiguous tensors of one shape and device
+    (no copy kernel first). ``None`` otherwise, and the caller adds with torch."""
+    tensors = [t for t in (residual, update, weight) if t is not None]
+    if not (
+        not torch.compiler.is_compiling()
+        and all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)
+        and use_triton(*tensors)
+        and not needs_grad(*tensors)
+        and residual.shape == update.shape
+        and residual.dim() >= 1
+        and all(t.is_contiguous() for t in tensors)
+        and len({t.device for t in tensors}) == 1
+        and {residual.dtype, update.dtype} <= {torch.float32, torch.bfloat16, torch.float16}
+        and (weight is None or weight.shape == residual.shape[-1:])
+    ):
+        return None  # decided before the import: a compiled graph or a CPU run never reaches it
+    from statex_hf.kernels.norm.add_rmsnorm import add_rmsnorm
+
+    return add_rmsnorm(residual, update, weight, eps, norm_before_gate=True)
+
+
 def residual_add(residual: torch.Tensor, update: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``residual.to(dtype) + update`` (a block's residual connection; ``dtype`` None keeps residual's).
 

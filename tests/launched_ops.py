@@ -6,11 +6,14 @@ from __future__ import annotations
 import torch
 from statex_hf.kernels import launch
 from torch.utils._python_dispatch import TorchDispatchMode
+from triton.runtime.interpreter import InterpretedFunction
 
 
 class LaunchedOps(TorchDispatchMode):
     """``ops``: the aten ops run inside it that may launch a kernel (not views, not allocations), outside
-    Triton launches; ``triton``: the Triton kernels launched (by their ``kernels/launch.py`` names)."""
+    Triton launches; ``triton``: the Triton kernels launched through ``kernels/launch.py`` (by their names there);
+    ``kernels``: everything launched, in order: those ops and names, and the Triton kernels launched directly
+    (by their function's name)."""
 
     NO_KERNEL = {"empty", "empty_like", "empty_strided", "detach", "alias", "promote_types", "_unsafe_view"}
     COPIES = {"clone", "copy_", "_to_copy"}
@@ -19,18 +22,31 @@ class LaunchedOps(TorchDispatchMode):
         super().__init__()
         self.ops: list[str] = []
         self.triton: list[str] = []
+        self.kernels: list[str] = []
         self.paused = False
-        real = launch.launch
+        real, real_run = launch.launch, InterpretedFunction.run
 
         def counted(kernel, *args):
             self.triton.append(kernel)
+            self.kernels.append(kernel)
             self.paused = True
             try:
                 real(kernel, *args)
             finally:
                 self.paused = False
 
+        def run(interpreted, *args, **kwargs):
+            if self.paused or kwargs.get("warmup"):
+                return real_run(interpreted, *args, **kwargs)
+            self.kernels.append(interpreted.fn.__name__)
+            self.paused = True
+            try:
+                return real_run(interpreted, *args, **kwargs)
+            finally:
+                self.paused = False
+
         monkeypatch.setattr(launch, "launch", counted)
+        monkeypatch.setattr(InterpretedFunction, "run", run)
 
     @property
     def copies(self) -> list[str]:
@@ -40,6 +56,7 @@ class LaunchedOps(TorchDispatchMode):
         name = func.overloadpacket.__name__
         if not self.paused and not func.is_view and name not in self.NO_KERNEL:
             self.ops.append(name)
+            self.kernels.append(name)
         return func(*args, **(kwargs or {}))
 
 

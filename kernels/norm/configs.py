@@ -50,7 +50,11 @@ def row_programs(M: int, BM: int, n_groups: int, device: torch.device) -> tuple[
     return -(-M // rows_per_program), rows_per_program
 
 
-def norm_launch(kernel: str, run: Callable[[LaunchConfig], None], M: int, S: int, operand: torch.Tensor) -> None:
-    """Launches ``run(config)``, falling back to ``SAFE`` (``launch.launch``) on a GPU it does not fit."""
+def norm_launch(
+    kernel: str, run: Callable[[LaunchConfig], None], M: int, S: int, operand: torch.Tensor, name: str | None = None
+) -> None:
+    """Launches ``run(config)``, falling back to ``SAFE`` (``launch.launch``) on a GPU it does not fit. ``name``:
+    the launch's name where it is not ``norm.{kernel}`` (the residual add + norm takes the forward's config, so
+    that its rows are summed in the same order, under a name of its own)."""
     config = norm_config(kernel, M, S, operand.device)
-    launch.launch(f"norm.{kernel}", run, config, SAFE.with_(BS=min(SAFE.BS, config.BS)), operand)
+    launch.launch(name or f"norm.{kernel}", run, config, SAFE.with_(BS=min(SAFE.BS, config.BS)), operand)

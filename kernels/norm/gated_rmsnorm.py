@@ -42,6 +42,7 @@ import torch
 import triton
 import triton.language as tl
 from statex_hf.kernels.activations.elementwise import INTERPRETED
+from statex_hf.kernels.dependent_launch import pdl_kwargs, wait_for_predecessor
 from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.kernels.norm.configs import norm_launch, row_programs
 from statex_hf.kernels.utils import needs_grad
@@ -68,12 +69,28 @@ else:
 
 
 @triton.jit
-def _load(x_ptr, z_ptr, x_offs, z_offs, mask, HAS_GATE: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
-          ROUND_X: tl.constexpr = False, X_DTYPE: tl.constexpr = tl.float32):  # fmt: skip
+def _load(x_ptr, z_ptr, x_offs, z_offs, mask, HAS_GATE: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr):
     """fp32 ``u`` (the values normalized: ``x * silu(z)`` gate first, ``x`` norm first), ``x``, ``z`` and
-    ``sigmoid(z)`` at ``x_offs`` / ``z_offs`` (z and sigmoid are 0 without a gate). ``ROUND_X``: x is first
-    rounded to ``X_DTYPE`` (``x.to(X_DTYPE)`` in torch), as it is loaded."""
+    ``sigmoid(z)`` at ``x_offs`` / ``z_offs`` (z and sigmoid are 0 without a gate)."""
     x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
+    return _gate(x, z_ptr, z_offs, mask, HAS_GATE, NORM_BEFORE_GATE, False, tl.float32)
+
+
+@triton.jit
+def _residual_sum(x_ptr, r_ptr, x_offs, r_offs, mask, HAS_UPDATE: tl.constexpr, SUM_DTYPE: tl.constexpr):
+    """fp32 ``x`` at ``x_offs``; with ``HAS_UPDATE`` the residual sum ``round(x + r)`` instead, r loaded at
+    ``r_offs`` and ``round`` the cast to ``SUM_DTYPE`` (torch's add of the two tensors: fp32 sum, one rounding)."""
+    x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_UPDATE:
+        x = _round_to(x + tl.load(r_ptr + r_offs, mask=mask, other=0.0).to(tl.float32), SUM_DTYPE)
+    return x
+
+
+@triton.jit
+def _gate(x, z_ptr, z_offs, mask, HAS_GATE: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, ROUND_X: tl.constexpr,
+          X_DTYPE: tl.constexpr):  # fmt: skip
+    """``_load``'s values from an fp32 ``x`` already loaded. ``ROUND_X``: x is first rounded to ``X_DTYPE``
+    (``x.to(X_DTYPE)`` in torch)."""
     if ROUND_X:
         x = _round_to(x, X_DTYPE)
     if HAS_GATE:
@@ -115,11 +132,15 @@ def _output(n, w, z, sig, X_DTYPE: tl.constexpr, HAS_GATE: tl.constexpr, NORM_BE
 
 
 @triton.jit
-def _norm_fwd_kernel(x_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr, M, D, S, stride_x, stride_z, eps, BM: tl.constexpr,
-                     BS: tl.constexpr, NCHUNK: tl.constexpr, HAS_GATE: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-                     NORM_BEFORE_GATE: tl.constexpr, ROUND_X: tl.constexpr, X_DTYPE: tl.constexpr):  # fmt: skip
+def _norm_fwd_kernel(x_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr, r_ptr, h_ptr, M, D, S, stride_x, stride_z, eps,
+                     BM: tl.constexpr, BS: tl.constexpr, NCHUNK: tl.constexpr, HAS_GATE: tl.constexpr,
+                     HAS_WEIGHT: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, ROUND_X: tl.constexpr,
+                     X_DTYPE: tl.constexpr, HAS_UPDATE: tl.constexpr = False,
+                     SUM_DTYPE: tl.constexpr = tl.float32, USE_PDL: tl.constexpr = False):  # fmt: skip
+    wait_for_predecessor(USE_PDL)  # a decode graph's launch (kernels/dependent_launch.py): before any load
     # x and z rows are read through their own strides (a slice of a wider projection needs no copy); the
-    # output is written contiguous.
+    # output is written contiguous. HAS_UPDATE (``add_rmsnorm.py``): the row normalized is the residual sum
+    # round(x + r) (r contiguous), which is written to h as well: the add before a norm in the same pass.
     g = tl.program_id(1)
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     rmask = rows < M
@@ -131,28 +152,34 @@ def _norm_fwd_kernel(x_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr, M, D, S, stride_x, 
         cols = tl.arange(0, BS)
         cmask = cols < S
         mask = rmask[:, None] & cmask[None, :]
-        u, x, z, sig = _load(x_ptr, z_ptr, x_base + cols[None, :], z_base + cols[None, :], mask, HAS_GATE,
-                             NORM_BEFORE_GATE, ROUND_X, X_DTYPE)  # fmt: skip
+        x = _residual_sum(x_ptr, r_ptr, x_base + cols[None, :], base + cols[None, :], mask, HAS_UPDATE, SUM_DTYPE)
+        if HAS_UPDATE:
+            tl.store(h_ptr + base + cols[None, :], x.to(h_ptr.dtype.element_ty), mask=mask)
+        u, x, z, sig = _gate(x, z_ptr, z_base + cols[None, :], mask, HAS_GATE, NORM_BEFORE_GATE, ROUND_X, X_DTYPE)
         rstd = 1.0 / tl.sqrt(tl.sum(u * u, axis=1) / S + eps)
         w = _weight(w_ptr, g, S, cols, cmask, HAS_WEIGHT)
         out = _output(u * rstd[:, None], w, z, sig, X_DTYPE, HAS_GATE, NORM_BEFORE_GATE)
         tl.store(out_ptr + base + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
     else:
-        # Wider than a block: one pass for the sum of squares, one to normalize (x and z read twice).
+        # Wider than a block: one pass for the sum of squares (and h), one to normalize (x, r and z read twice).
         ss = tl.zeros([BM], dtype=tl.float32)
         for c in range(NCHUNK):
             cols = c * BS + tl.arange(0, BS)
             mask = rmask[:, None] & (cols < S)[None, :]
-            u, x, z, sig = _load(x_ptr, z_ptr, x_base + cols[None, :], z_base + cols[None, :], mask, HAS_GATE,
-                                 NORM_BEFORE_GATE, ROUND_X, X_DTYPE)  # fmt: skip
+            x = _residual_sum(x_ptr, r_ptr, x_base + cols[None, :], base + cols[None, :], mask, HAS_UPDATE, SUM_DTYPE)
+            if HAS_UPDATE:
+                tl.store(h_ptr + base + cols[None, :], x.to(h_ptr.dtype.element_ty), mask=mask)
+            u, x, z, sig = _gate(x, z_ptr, z_base + cols[None, :], mask, HAS_GATE, NORM_BEFORE_GATE, ROUND_X,
+                                 X_DTYPE)  # fmt: skip
             ss += tl.sum(u * u, axis=1)
         rstd = 1.0 / tl.sqrt(ss / S + eps)
         for c in range(NCHUNK):
             cols = c * BS + tl.arange(0, BS)
             cmask = cols < S
             mask = rmask[:, None] & cmask[None, :]
-            u, x, z, sig = _load(x_ptr, z_ptr, x_base + cols[None, :], z_base + cols[None, :], mask, HAS_GATE,
-                                 NORM_BEFORE_GATE, ROUND_X, X_DTYPE)  # fmt: skip
+            x = _residual_sum(x_ptr, r_ptr, x_base + cols[None, :], base + cols[None, :], mask, HAS_UPDATE, SUM_DTYPE)
+            u, x, z, sig = _gate(x, z_ptr, z_base + cols[None, :], mask, HAS_GATE, NORM_BEFORE_GATE, ROUND_X,
+                                 X_DTYPE)  # fmt: skip
             w = _weight(w_ptr, g, S, cols, cmask, HAS_WEIGHT)
             out = _output(u * rstd[:, None], w, z, sig, X_DTYPE, HAS_GATE, NORM_BEFORE_GATE)
             tl.store(out_ptr + base + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
@@ -297,11 +324,11 @@ class GatedRMSNormFunction(torch.autograd.Function):
 
         def run(c: LaunchConfig) -> None:
             _norm_fwd_kernel[(triton.cdiv(M, c.BM), G)](
-                x2, gate2 if gate2 is not None else x2, weight if weight is not None else x2, out, rstd,
+                x2, gate2 if gate2 is not None else x2, weight if weight is not None else x2, out, rstd, x2, x2,
                 M, D, group_size, x2.stride(0), gate2.stride(0) if gate2 is not None else 0, eps,
                 NCHUNK=triton.cdiv(group_size, c.BS), HAS_GATE=gate2 is not None, HAS_WEIGHT=weight is not None,
                 NORM_BEFORE_GATE=norm_before_gate, ROUND_X=input_dtype != x.dtype, X_DTYPE=TRITON_DTYPES[input_dtype],
-                **c.kwargs(),
+                **c.kwargs(), **pdl_kwargs(),
             )  # fmt: skip
 
         if M > 0:

@@ -6,7 +6,9 @@ dimension (``_SPANS``): the chunk's tokens (``BT``, ``BS``, ``BM``, ``BLK``, ``B
 chunk size), the head dimension P (``BP``), the state size N (``BN``, ``BK``; ``BW``, the B and C window block of
 ``conv_state_update``) or the number of heads
 (``BH``, the dt kernels' block of heads). Tiles that must cover the whole head dimension are not tunable
-and not listed. ``"default"`` was tuned on an H100, ``"H200"`` on an H200 (benchmarks/README.md); the dt
+and not listed. The table comes from the sweep on an H200 and was measured faster than the previous
+(H100-swept) one on an H100 as well, at 16K and 64K for both N (benchmarks/README.md): both GPUs run it
+(Hopper, 132 SMs, the same shared memory); ``TABLES`` takes a per-GPU entry where they part. The dt
 kernels' entries (``cumsum``, ``cumsum_bwd``) are not tuned yet.
 """
 
@@ -23,11 +25,11 @@ TABLES: dict[str, dict[str, LaunchConfig]] = {
     "default": {
         "bmm": LaunchConfig.of(4, 2, BM=64, BK=64),
         "state_fwd": LaunchConfig.of(8, 3, BL=64, BP=64, BN=64),
-        "state_bwd": LaunchConfig.of(8, 3, BL=64, BP=64, BN=64),
-        "scan_fwd": LaunchConfig.of(8, 2, BT=128, BS=64, BP=64, BN=64),
-        "scan_bwd_dx": LaunchConfig.of(8, 2, BS=128, BT=64, BN=64),
-        "dcb": LaunchConfig.of(4, 2, BLK=64),
-        "dc": LaunchConfig.of(4, 2, BT=64, BS=64, BN=64),
+        "state_bwd": LaunchConfig.of(4, 2, BL=256, BP=64, BN=64),
+        "scan_fwd": LaunchConfig.of(8, 3, BT=128, BS=32, BP=64, BN=64),
+        "scan_bwd_dx": LaunchConfig.of(4, 3, BS=64, BT=64, BN=64),
+        "dcb": LaunchConfig.of(4, 2, BLK=32),
+        "dc": LaunchConfig.of(4, 2, BT=128, BS=64, BN=64),
         "db": LaunchConfig.of(4, 2, BS=64, BT=64, BN=64),
         "state_update": LaunchConfig.of(4, 2, BP=16, BN=128),
         # The state update with the conv step (conv_state_update.py): the state update's tiles, so that the two
@@ -36,23 +38,14 @@ TABLES: dict[str, dict[str, LaunchConfig]] = {
         "cumsum": LaunchConfig.of(4, 1, BH=8),
         "cumsum_bwd": LaunchConfig.of(8, 1, BH=8),
     },
-    # From the sweep on an H200 (benchmarks/README.md): the fastest config of each kernel over N = 128 and 512
-    # at T = 16K; the state kernels keep their whole P tile there (``_MIN_STATE_PROGRAMS``).
-    "H200": {
-        "scan_fwd": LaunchConfig.of(8, 3, BT=128, BS=32, BP=64, BN=64),
-        "scan_bwd_dx": LaunchConfig.of(4, 3, BS=64, BT=64, BN=64),
-        "dcb": LaunchConfig.of(4, 2, BLK=32),
-        "dc": LaunchConfig.of(4, 2, BT=128, BS=64, BN=64),
-        "state_bwd": LaunchConfig.of(4, 2, BL=256, BP=64, BN=64),
-    },
 }
 _SPANS = {"BT": "L", "BS": "L", "BM": "L", "BLK": "L", "BL": "L", "BP": "P", "BN": "N", "BK": "N", "BW": "N", "BH": "H"}
 # The scan kernels hold a [rows, P] fp32 accumulator: below 8K elements their table's warps would idle.
 _ACCUMULATOR = {"scan_fwd": "BT", "scan_bwd_dx": "BS"}
 # The state kernels run one program per (sequence, head, state tile) for the whole sequence: their
-# P tile halves (down to 16) until there are this many programs, about two per SM on the H100; on the
-# H200 the sweep found the whole tile faster at 128 programs (one Mamba2-1.3B layer, N = 128, B = 1).
-_MIN_STATE_PROGRAMS = {"default": {"programs": 256}, "H200": {"programs": 128}}
+# P tile halves (down to 16) until there are this many programs, about one per SM: the sweep found the
+# whole tile faster at 128 programs (one Mamba2-1.3B layer, N = 128, B = 1) than half of it at 256.
+MIN_STATE_PROGRAMS = 128
 _STATE_KERNELS = {"state_fwd", "state_bwd"}
 _DECODE_KERNELS = {"state_update", "conv_state_update"}
 # Small tiles in one stage: a few KiB of shared memory, which any GPU Triton supports has.
@@ -84,8 +77,7 @@ def ssd_config(
     dims = {"L": L, "P": pow2(P), "N": pow2(N), "H": pow2(heads, lo=1)}
     config = config.with_(**{tile: min(size, dims[_SPANS[tile]]) for tile, size in config.tiles})
     if kernel in _STATE_KERNELS:
-        min_programs = launch.device_table(_MIN_STATE_PROGRAMS, device)["programs"]
-        while config.BP > 16 and batch_heads * -(-P // config.BP) * -(-N // config.BN) < min_programs:
+        while config.BP > 16 and batch_heads * -(-P // config.BP) * -(-N // config.BN) < MIN_STATE_PROGRAMS:
             config = config.with_(BP=config.BP // 2)
     if kernel in _ACCUMULATOR and getattr(config, _ACCUMULATOR[kernel]) * dict(config.tiles).get("BP", pow2(P)) < 8192:
         config = config.with_(num_warps=4)

@@ -41,13 +41,51 @@ class StateXGLARMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size)) if elementwise_affine else None
+        # (sum, versions of it and the weight, this norm of the sum): computed by `residual_add` in the kernel that
+        # wrote the sum, returned by the next call with that very tensor, unchanged. Not state: any call drops it.
+        self._normed_sum: tuple[torch.Tensor, tuple[int, int], torch.Tensor] | None = None
 
     def forward(self, hidden_states: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        normed_sum = self._normed_sum
+        if normed_sum is not None:  # never under torch.compile, which `residual_add` leaves to torch's add
+            self._normed_sum = None
+            summed, versions, normed = normed_sum
+            if gate is None and summed is hidden_states and _versions(summed, self.weight) == versions:
+                return normed
         # (rms_norm(x) * weight * silu(gate)) in fp32, cast to x's dtype once: one Triton kernel each way on
         # CUDA (a decode step runs three of these per layer), torch's ops on CPU.
         return dispatch.gated_rmsnorm(
             hidden_states, gate, self.weight, self.eps, hidden_states.shape[-1], norm_before_gate=True
         )
+
+    def residual_add(self, residual: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+        """``residual + update``, a block's residual connection that this norm reads next.
+
+        Where one kernel can also normalize the sum (``dispatch.one_launch_add_rmsnorm``: CUDA, no gradient; this
+        norm without hooks; outside ``torch.inference_mode``, whose tensors keep no version to tell an in-place
+        change by), it does, and this norm's next call with the returned tensor, unchanged, returns that result
+        (bit for bit the norm it would compute) instead of launching the norm: one kernel for the add and the
+        norm where torch runs two. Everywhere else (training, CPU, a hooked norm) torch's add.
+        """
+        # A compiled graph is told first (the add is torch's there): dynamo cannot trace the inference-mode checks.
+        if torch.compiler.is_compiling() or hooked(self) or not _versions_tracked(self.weight):
+            return residual + update
+        fused = dispatch.one_launch_add_rmsnorm(residual, update, self.weight, self.eps)
+        if fused is None:
+            return residual + update
+        summed, normed = fused
+        self._normed_sum = (summed, _versions(summed, self.weight), normed)
+        return summed
+
+
+def _versions_tracked(weight: torch.Tensor | None) -> bool:
+    """Whether the tensors of a call keep version counters: not those made in ``torch.inference_mode``."""
+    return not torch.is_inference_mode_enabled() and (weight is None or not weight.is_inference())
+
+
+def _versions(summed: torch.Tensor, weight: torch.Tensor | None) -> tuple[int, int]:
+    """The version counters of a residual sum and a norm's weight: an in-place change of either bumps one."""
+    return summed._version, -1 if weight is None else weight._version
 
 
 class StateXGLAMLP(nn.Module):
@@ -228,8 +266,13 @@ class StateXGLABlock(GradientCheckpointingLayer):
         cache: Cache | None = None,
         cu_seqlens: torch.LongTensor | None = None,
     ) -> torch.Tensor:
-        hidden_states = hidden_states + self.attn(self.attn_norm(hidden_states), attention_mask, cache, cu_seqlens)
-        return hidden_states + self.mlp(self.mlp_norm(hidden_states))
+        # Each residual add is handed to the norm that reads the sum next (this block's mlp_norm, then the next
+        # block's attn_norm or the model's final norm): on the decode path one kernel adds and normalizes.
+        update = self.attn(self.attn_norm(hidden_states), attention_mask, cache, cu_seqlens)
+        hidden_states = self.mlp_norm.residual_add(hidden_states, update)
+        update = self.mlp(self.mlp_norm(hidden_states))
+        next_norm = self.__dict__.get("next_norm")
+        return hidden_states + update if next_norm is None else next_norm.residual_add(hidden_states, update)
 
 
 class StateXGLAPreTrainedModel(PreTrainedModel):
@@ -276,6 +319,11 @@ class StateXGLAModel(StateXGLAPreTrainedModel, StateXRecurrentModel):
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         self.layers = nn.ModuleList([StateXGLABlock(config, i) for i in range(config.num_hidden_layers)])
         self.norm = StateXGLARMSNorm(config.hidden_size, eps=config.norm_eps)
+        # The norm that reads each block's output (``StateXGLABlock.forward``): kept in the block's __dict__, not
+        # as a submodule (no second copy of its weight in the state dict). Should the layers be rearranged later,
+        # a block hands its sum to a norm that is not called with it, and the norm that is computes its own.
+        for block, next_norm in zip(self.layers, [*(b.attn_norm for b in self.layers[1:]), self.norm]):
+            block.__dict__["next_norm"] = next_norm
         self.gradient_checkpointing = False
         self.post_init()
 

@@ -1,0 +1,293 @@
+"""A GLA block's residual add fused into the norm that reads its sum (issue 20), under the Triton interpreter:
+the add + norm kernel (``kernels/norm/add_rmsnorm.py``) is torch's add and the norm kernel on it, bit for bit;
+``dispatch.one_launch_add_rmsnorm`` takes it only on the no-grad CUDA path; a decode step launches nine kernels per
+layer where it launched eleven, and computes the same logits and cache bit for bit; and every other path
+(training, CPU, hooks, a residual changed in place, inference mode, layers rearranged) computes what it did.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from launched_ops import LaunchedOps
+from statex_hf.kernels import dispatch, launch
+from statex_hf.kernels.launch import LaunchConfig
+from statex_hf.kernels.norm.add_rmsnorm import add_rmsnorm
+from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
+from statex_hf.kernels.norm.naive import naive_gated_rmsnorm
+from statex_hf.modeling.cache import recurrent_state
+from statex_hf.modeling.gla.modeling_statex_gla import StateXGLABlock
+from tiny_models import VOCAB, build, returned_cache
+from torch import nn
+
+EPS = 1e-6
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@pytest.fixture(params=["table", "small-tiles"])
+def tiles(request, monkeypatch):
+    """The norm's tiles (which the add + norm takes too), or small ones: 2 rows a block (the last one masked) and
+    a row walked in chunks of 16 channels (the wide-row path)."""
+    if request.param == "small-tiles":
+        monkeypatch.setitem(launch.OVERRIDES, "norm.fwd", LaunchConfig.of(1, 1, BM=2, BS=16))
+
+
+@pytest.mark.usefixtures("tiles")
+@pytest.mark.parametrize("shape", [(1, 1, 32), (3, 5, 100)], ids=["decode-32", "3x5x100"])
+@pytest.mark.parametrize(
+    "residual_dtype, update_dtype",
+    [("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"), ("fp32", "bf16")],
+    ids=["fp32", "bf16", "fp16", "fp32+bf16"],
+)
+def test_the_kernel_is_torchs_add_and_the_norm_kernel_bit_for_bit(shape, residual_dtype, update_dtype):
+    residual = (10 * torch.randn(*shape)).to(DTYPES[residual_dtype])  # magnitudes apart: the sum rounds
+    update = torch.randn(*shape).to(DTYPES[update_dtype])
+    weight = 1.0 + 0.1 * torch.randn(shape[-1])
+    h, n = add_rmsnorm(residual, update, weight, EPS)
+    want_h = residual + update
+    want_n = gated_rmsnorm(want_h, None, weight, EPS, shape[-1], norm_before_gate=True)
+    assert h.dtype == want_h.dtype and h.shape == shape and torch.equal(h, want_h)
+    assert n.dtype == want_n.dtype and torch.equal(n, want_n)
+    reference = naive_gated_rmsnorm(want_h, None, weight, EPS, shape[-1], norm_before_gate=True)
+    torch.testing.assert_close(n, reference)
+
+
+@pytest.mark.usefixtures("tiles")
+def test_the_kernel_in_mamba2s_form_normalizes_the_fp32_stream_rounded_to_bf16():
+    # Gate first (the weight after the rounding) and the fp32 sum rounded to bf16 as the norm loads it: what a
+    # Mamba2 block's add and the next norm would take.
+    residual, update = 10 * torch.randn(2, 3, 40), torch.randn(2, 3, 40).to(torch.bfloat16)
+    weight = (1.0 + 0.1 * torch.randn(40)).to(torch.bfloat16)
+    h, n = add_rmsnorm(residual, update, weight, EPS, norm_before_gate=False, input_dtype=torch.bfloat16)
+    assert torch.equal(h, residual + update)
+    want = gated_rmsnorm(residual + update, None, weight, EPS, 40, input_dtype=torch.bfloat16)
+    assert n.dtype == want.dtype == torch.bfloat16 and torch.equal(n, want)
+
+
+@pytest.mark.parametrize(
+    "case,error,match",
+    [
+        ("shapes", ValueError, r"add_rmsnorm: residual \(2, 8\) and update \(2, 7\) differ"),
+        ("dtype", ValueError, r"must be bf16, fp16 or fp32"),
+        ("weight", ValueError, r"weight \(7,\) must be \[8\]"),
+        ("grad", RuntimeError, r"no backward"),
+    ],
+)
+def test_bad_calls_are_one_clear_error(case, error, match):
+    residual, update, weight = torch.randn(2, 8), torch.randn(2, 7 if case == "shapes" else 8), torch.ones(8)
+    if case == "dtype":
+        update = update.double()
+    if case == "weight":
+        weight = torch.ones(7)
+    if case == "grad":
+        weight.requires_grad_()
+    with pytest.raises(error, match=match):
+        add_rmsnorm(residual, update, weight, EPS)
+
+
+@pytest.mark.parametrize(
+    "case", ["applies", "needs-grad", "off-cuda", "not-contiguous", "shapes", "compiling", "float64"]
+)
+def test_dispatch_fuses_only_on_the_no_grad_cuda_path(monkeypatch, on_cuda_dispatch, case):
+    residual, update, weight = torch.randn(1, 1, 24), torch.randn(1, 1, 24), torch.randn(24)
+    if case == "needs-grad":
+        update.requires_grad_()
+    if case == "off-cuda":
+        monkeypatch.setattr(dispatch, "use_triton", lambda *tensors: False)
+    if case == "not-contiguous":
+        residual = torch.randn(1, 24, 2)[..., 0].view(1, 1, 24)
+    if case == "shapes":
+        update = torch.randn(24)
+    if case == "compiling":
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    if case == "float64":
+        residual, update = residual.double(), update.double()
+    with LaunchedOps(monkeypatch) as seen:
+        fused = dispatch.one_launch_add_rmsnorm(residual, update, weight, EPS)
+    if case != "applies":
+        assert fused is None and seen.kernels == [], seen.kernels
+        return
+    assert seen.kernels == ["norm.add_fwd"]
+    assert torch.equal(fused[0], residual + update)
+    assert torch.equal(fused[1], gated_rmsnorm(residual + update, None, weight, EPS, 24, norm_before_gate=True))
+
+
+def prefilled(model, ids, monkeypatch):
+    """The cache after ``ids[:, :-1]``, run on torch (the interpreter's ``tl.dot`` misreads bf16)."""
+    with torch.no_grad(), monkeypatch.context() as m:
+        m.setattr(dispatch, "use_triton", lambda *tensors: False)
+        return returned_cache(model(ids[:, :-1], use_cache=True))
+
+
+def decode(model, ids, monkeypatch, steps=2, unfused=False):
+    """Logits and every layer's state after ``steps`` decode steps after the prompt, and the ops of the last step
+    (``unfused``: each add by torch and each norm its own kernel, as before the fusion)."""
+    cache = prefilled(model, ids, monkeypatch)
+    logits = []
+    with torch.no_grad(), monkeypatch.context() as m:
+        if unfused:
+            m.setattr(dispatch, "one_launch_add_rmsnorm", lambda *args: None)
+        for step in range(steps):
+            token = ids[:, -1:] + step
+            with LaunchedOps(m) as seen:
+                out = model(token, cache=cache, use_cache=True, logits_to_keep=1)
+            logits.append(out.logits)
+    states = [recurrent_state(cache, i).clone() for i in range(model.config.num_hidden_layers)]
+    return seen, [*logits, *states]
+
+
+def assert_all_equal(got, want):
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and torch.equal(g, w)
+
+
+@pytest.mark.usefixtures("on_cuda_dispatch")
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("fields", [{}, {"statex_layers": [1], "use_short_conv": True}], ids=["plain", "expanded"])
+def test_a_decode_step_computes_what_the_unfused_step_did_bit_for_bit(monkeypatch, dtype, batch, fields):
+    model = build("gla", **fields).to(DTYPES[dtype])
+    ids = torch.randint(3, VOCAB - 2, (batch, 6))
+    seen, got = decode(model, ids, monkeypatch)
+    unfused_seen, want = decode(model, ids, monkeypatch, unfused=True)
+    layers = model.config.num_hidden_layers
+    assert seen.triton.count("norm.add_fwd") == 2 * layers and "add" not in seen.ops, seen.kernels
+    assert "norm.add_fwd" not in unfused_seen.triton and unfused_seen.ops.count("add") == 2 * layers
+    assert_all_equal(got, want)
+    with monkeypatch.context() as m:
+        m.setattr(dispatch, "use_triton", lambda *tensors: False)
+        _, on_torch = decode(model, ids, m)
+    tolerance = {"rtol": 1e-4, "atol": 1e-4} if dtype == "fp32" else {"rtol": 2e-2, "atol": 2e-2}
+    for g, t in zip(got, on_torch):
+        torch.testing.assert_close(g, t, **tolerance)
+
+
+def test_a_bf16_decode_step_launches_nine_kernels_per_layer(monkeypatch, on_cuda_dispatch):
+    # Issue 20: a GLA layer's one-row step launched 11 kernels: the attention norm, the grouped GEMV (q, k, v, the
+    # gate's low-rank down, g), the gate's up GEMV, the recurrent step, the output gate's norm, o_proj, torch's
+    # residual add, the MLP norm, the MLP's GEMV + SwiGLU, down_proj, torch's residual add; then the final norm,
+    # the head and the logits' cast to fp32. Now each add is the prologue of the norm that reads its sum (the
+    # next block's attention norm, the final norm): only the first layer's attention norm is left on its own.
+    model = build("gla", num_hidden_layers=3, statex_layers=[1]).to(torch.bfloat16)
+    ids = torch.randint(3, VOCAB - 2, (1, 6))
+    seen, _ = decode(model, ids, monkeypatch)  # the last of two steps: the first computed the gate's constant
+    per_layer = [
+        "linear.gemv_group", "linear.gemv", "fused_recurrent_gla_step_kernel", "norm.fwd", "linear.gemv",
+        "norm.add_fwd", "linear.gemv_swiglu", "linear.gemv", "norm.add_fwd",
+    ]  # fmt: skip
+    assert seen.kernels == ["embedding", "norm.fwd", *per_layer * 3, "linear.gemv", "_to_copy"], seen.kernels
+
+
+def previous_block_forward(self, hidden_states, attention_mask=None, cache=None, cu_seqlens=None):
+    """``StateXGLABlock.forward`` before issue 20's change: torch's adds, each norm on its own."""
+    hidden_states = hidden_states + self.attn(self.attn_norm(hidden_states), attention_mask, cache, cu_seqlens)
+    return hidden_states + self.mlp(self.mlp_norm(hidden_states))
+
+
+def train_step(model, ids):
+    """Logits and every parameter's gradient of one forward and backward."""
+    model.zero_grad()
+    logits = model(ids).logits
+    logits.float().pow(2).mean().backward()
+    return [logits] + [p.grad for p in model.parameters()]
+
+
+@pytest.mark.parametrize("path", ["cpu", "as-on-cuda"])
+def test_training_computes_what_the_previous_block_did(monkeypatch, request, path):
+    if path == "as-on-cuda":
+        request.getfixturevalue("on_cuda_dispatch")
+    model = build("gla", statex_layers=[1]).train()
+    ids = torch.randint(3, VOCAB, (2, 6))
+    with LaunchedOps(monkeypatch) as seen:
+        got = train_step(model, ids)
+    assert "norm.add_fwd" not in seen.triton
+    monkeypatch.setattr(StateXGLABlock, "forward", previous_block_forward)
+    want = train_step(model, ids)
+    for g, w in zip(got, want, strict=True):
+        assert g is not None and torch.equal(g, w)
+
+
+def test_a_cpu_decode_step_adds_with_torch(monkeypatch):
+    model = build("gla").to(torch.bfloat16)
+    ids = torch.randint(3, VOCAB - 2, (1, 6))
+    seen, got = decode(model, ids, monkeypatch)
+    assert seen.triton == [] and seen.ops.count("add") >= 2 * model.config.num_hidden_layers
+    monkeypatch.setattr(StateXGLABlock, "forward", previous_block_forward)
+    assert_all_equal(got, decode(model, ids, monkeypatch)[1])
+
+
+def double_in_place(module, args, output):
+    output.mul_(2)  # a forward hook that changes the block's output in place (same tensor, new version)
+
+
+def double_new(module, args):
+    return (2 * args[0], *args[1:])  # a pre-hook that hands the block a new tensor
+
+
+@pytest.mark.usefixtures("on_cuda_dispatch")
+@pytest.mark.parametrize(
+    "case", ["hook-on-mlp-norm", "in-place-on-block-output", "new-block-input", "inference-mode", "layers-reversed"]
+)
+def test_whatever_changes_the_sum_or_hooks_the_norm_gets_the_norm_of_what_it_is_called_with(monkeypatch, case):
+    # A norm returns the norm its add computed only when called with that very sum, unchanged, and without hooks;
+    # otherwise it normalizes its input itself: the results are those of the unfused step with the same change.
+    model = build("gla", num_hidden_layers=3).to(torch.bfloat16)
+    blocks = model.model.layers
+    calls = []
+    if case == "hook-on-mlp-norm":
+        blocks[1].mlp_norm.register_forward_hook(lambda module, args, out: calls.append(case))
+    if case == "in-place-on-block-output":
+        blocks[0].register_forward_hook(double_in_place)
+    if case == "new-block-input":
+        blocks[1].register_forward_pre_hook(double_new)
+    if case == "layers-reversed":
+        model.model.layers = nn.ModuleList(list(blocks)[::-1])
+    ids = torch.randint(3, VOCAB - 2, (1, 6))
+
+    def run(**kwargs):
+        if case != "inference-mode":
+            return decode(model, ids, monkeypatch, **kwargs)
+        with torch.inference_mode():
+            return decode(model, ids, monkeypatch, **kwargs)
+
+    seen, got = run()
+    _, want = run(unfused=True)
+    assert_all_equal(got, want)
+    # Unchanged, a step of 3 layers runs its 6 adds as add + norm and 4 norms alone (the first attention norm and
+    # the output gate's 3). Where a sum is changed, or handed to a norm that is not called with it, the norm that
+    # is launches its own; the hooked norm's add is torch's; inference mode adds with torch.
+    fused, alone = {
+        "hook-on-mlp-norm": (5, 5),
+        "in-place-on-block-output": (6, 5),
+        "new-block-input": (6, 5),
+        "inference-mode": (0, 10),
+        "layers-reversed": (6, 7),  # each attention norm and the final one: called with another block's sum
+    }[case]
+    assert (seen.triton.count("norm.add_fwd"), seen.triton.count("norm.fwd")) == (fused, alone), seen.kernels
+    assert len(calls) == (6 if case == "hook-on-mlp-norm" else 0)  # the prompt and two steps, fused and unfused
+
+
+def test_a_norm_drops_what_its_add_computed_at_its_next_call(monkeypatch, on_cuda_dispatch):
+    norm = build("gla").model.norm
+    residual, update = torch.randn(1, 1, 32), torch.randn(1, 1, 32)
+    with torch.no_grad():
+        summed = norm.residual_add(residual, update)
+        other = summed.clone()
+        norm(other)  # another tensor: normalized by the kernel, and the pending result dropped
+        with LaunchedOps(monkeypatch) as seen:
+            normed = norm(summed)
+    assert seen.triton == ["norm.fwd"] and norm._normed_sum is None
+    assert torch.equal(normed, gated_rmsnorm(summed, None, norm.weight, norm.eps, 32, norm_before_gate=True))
+
+
+def test_each_block_knows_the_norm_that_reads_its_output_without_holding_it_as_a_submodule():
+    model = build("gla", num_hidden_layers=3)
+    for copy_of in (lambda m: m, copy.deepcopy):
+        decoder = copy_of(model).model
+        readers = [block.next_norm for block in decoder.layers]
+        assert readers[0] is decoder.layers[1].attn_norm and readers[1] is decoder.layers[2].attn_norm
+        assert readers[2] is decoder.norm
+    assert not any("next_norm" in name for name in model.state_dict())
+    assert not any("next_norm" in name for name, _ in model.named_modules())
