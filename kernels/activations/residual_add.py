@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 from statex_hf.kernels.activations.configs import activation_launch
+from statex_hf.kernels.dependent_launch import pdl_kwargs, wait_for_predecessor
 from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.kernels.utils import needs_grad
 
@@ -24,7 +25,8 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @triton.jit
-def _residual_add_kernel(residual, update, out, n, BLOCK: tl.constexpr):
+def _residual_add_kernel(residual, update, out, n, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    wait_for_predecessor(USE_PDL)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     r = tl.load(residual + offs, mask=mask, other=0.0).to(tl.float32)
@@ -55,7 +57,7 @@ def residual_add(residual: torch.Tensor, update: torch.Tensor, dtype: torch.dtyp
     n = out.numel()
 
     def run(c: LaunchConfig) -> None:
-        _residual_add_kernel[(triton.cdiv(n, c.BLOCK),)](residual, update, out, n, **c.kwargs())
+        _residual_add_kernel[(triton.cdiv(n, c.BLOCK),)](residual, update, out, n, **c.kwargs(), **pdl_kwargs())
 
     if n > 0:
         activation_launch("residual_add", run, operand=out)
