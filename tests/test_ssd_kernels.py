@@ -264,7 +264,9 @@ def test_the_dt_glue_is_one_launch_each_way(monkeypatch):
         y.backward(dy)
     stages = ["ssd.dcb", "ssd.dc", "ssd.state_bwd", "ssd.db", "ssd.scan_bwd_dx"]
     assert backward.triton == ["ssd.cumsum", *stages, "ssd.cumsum_bwd"]
-    assert backward.ops == ["sum"]  # dA, d dt_bias and dD: their per-chunk parts, in one reduction
+    # dcb's two kinds of per-tile parts and dc's, each summed as soon as it is made (memory: chunk.py), then
+    # dA, d dt_bias and dD from their per-chunk parts in one reduction.
+    assert backward.ops == ["sum", "sum", "sum", "sum"]
     # The strided raw dt gives what a contiguous copy does.
     y_copy, _ = chunk_ssd(*[a.detach() if torch.is_tensor(a) else a for a in args[:1]], dt.detach().contiguous(),
                           *[a.detach() if torch.is_tensor(a) else a for a in args[2:]], chunk_size=16)  # fmt: skip
