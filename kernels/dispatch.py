@@ -41,7 +41,7 @@ GEMV_MAX_ROWS = 1
 # Up to this many sequences a Mamba2 decode step runs its conv and state update as one kernel
 # (``one_launch_conv_ssd``). It saves a launch per layer, which is much of a B = 1 step; but each of its programs
 # convolves its group's whole B and C again (the two-kernel path convolves them once), work that grows with the
-# batch beside the state traffic. Not measured yet above one row (``bench_generate.py --conv-ssd-max-rows``).
+# batch beside the state traffic: at B = 64 the one launch was slower than the two (benchmarks/README.md, generate).
 ONE_LAUNCH_CONV_SSD_MAX_ROWS = 1
 
 
