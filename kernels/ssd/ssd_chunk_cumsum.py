@@ -13,7 +13,8 @@ Backward, the reverse in one pass: the decay gradient per token (see chunk.py)
 
     da_t = sum_{j >= t} dacs_j + sum_{s < t} xdx_s + r_c       (all in chunk c)
 
-from the stage kernels' per-tile parts (summed here, so no partial sum is a launch of its own), then
+from the stage kernels' per-tile parts (any number a token or chunk, summed here: ``chunk.py`` passes the
+``dy . y`` and ``x . dx`` terms already summed, one part each, and ``r``'s parts as they come), then
 ``dL/d dtp_t = ddt_t + A da_t``, through the clamp (``torch.clamp``'s gradient: 1 inside the closed
 interval), the softplus (``sigmoid``, 1 above the threshold) and the bias to the raw ``dt``. The sums
 over tokens (``dA = sum_t dtp_t da_t``, the bias gradient, and ``dD`` from the dx kernel's parts) are
