@@ -3,6 +3,9 @@ GPU that has it (compute capability 9+), outside Triton's interpreter, and not u
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import torch
 from statex_hf.kernels import dependent_launch
 from statex_hf.kernels.dependent_launch import dependent_launches, pdl_kwargs
@@ -43,3 +46,33 @@ def test_older_gpus_the_interpreter_and_the_switch_keep_it_off(monkeypatch):
     monkeypatch.delenv("STATEX_PDL")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert not dependent_launch.supported(HOPPER)
+
+
+def _kernels_and_pdl_launches() -> tuple[dict[str, ast.FunctionDef], list[tuple[str, str]]]:
+    """Every ``@triton.jit`` function of ``kernels/`` by name, and each launch ``kernel[grid](..., **pdl_kwargs())``
+    as (file, kernel name)."""
+    jitted, launches = {}, []
+    for path in sorted((Path(__file__).parents[1] / "kernels").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and any("jit" in ast.unparse(d) for d in node.decorator_list):
+                jitted[node.name] = node
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript):
+                if any(k.arg is None and "pdl_kwargs" in ast.unparse(k.value) for k in node.keywords):
+                    launches.append((path.name, ast.unparse(node.func.value).split(".")[-1]))
+    return jitted, launches
+
+
+def test_every_kernel_with_pdl_waits_before_anything_else_and_only_those_launch_with_it():
+    # The rule of kernels/dependent_launch.py, which no CPU test can see break (the interpreter has no PDL): a
+    # kernel launched with launch_pdl must wait for its predecessor before its first global load or store.
+    jitted, launches = _kernels_and_pdl_launches()
+    with_switch = {name: fn for name, fn in jitted.items() if "USE_PDL" in [a.arg for a in fn.args.args]}
+    with_switch.pop("wait_for_predecessor")  # the wait itself
+    assert len(launches) >= 8 and len(with_switch) >= 7
+    for file, kernel in launches:
+        assert kernel in with_switch, f"{file}: {kernel} is launched with pdl_kwargs() but has no USE_PDL switch"
+    for name, fn in with_switch.items():
+        body = [s for s in fn.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+        first = ast.unparse(body[0])
+        assert first == "wait_for_predecessor(USE_PDL)", f"{name} starts with {first!r}, not the wait"
