@@ -49,7 +49,8 @@ class StateXGLARMSNorm(nn.Module):
             if pending is not None and pending[0] is self and _versions(hidden_states, self.weight) == pending[1]:
                 return pending[2]
         # (rms_norm(x) * weight * silu(gate)) in fp32, cast to x's dtype once: one Triton kernel each way on
-        # CUDA (a decode step runs three of these per layer), torch's ops on CPU.
+        # CUDA, torch's ops on CPU. (A layer's decode step normalizes three times; the two norms after a residual
+        # add run inside the add's kernel, ``residual_add``, so this launches only the output gate's.)
         return dispatch.gated_rmsnorm(
             hidden_states, gate, self.weight, self.eps, hidden_states.shape[-1], norm_before_gate=True
         )
