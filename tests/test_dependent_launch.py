@@ -4,6 +4,9 @@ GPU that has it (compute capability 9+), outside Triton's interpreter, and not u
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -76,3 +79,24 @@ def test_every_kernel_with_pdl_waits_before_anything_else_and_only_those_launch_
         body = [s for s in fn.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
         first = ast.unparse(body[0])
         assert first == "wait_for_predecessor(USE_PDL)", f"{name} starts with {first!r}, not the wait"
+
+
+WITHOUT_PDL = """
+import inspect
+import torch
+import triton.language as tl
+del tl.extra.cuda.gdc_wait, tl.extra.cuda.gdc_launch_dependents  # as in Triton 3.2, which pyproject.toml allows
+from statex_hf.kernels import dependent_launch
+torch.cuda.get_device_capability = lambda device=None: (9, 0)
+assert not dependent_launch.TRITON_HAS_PDL and not dependent_launch.supported(torch.device("cuda", 0))
+assert "gdc_" not in inspect.getsource(dependent_launch.wait_for_predecessor.fn)
+"""
+
+
+def test_a_triton_without_pdl_keeps_it_off_and_its_kernels_name_no_missing_intrinsic():
+    # Triton 3.2 computes a kernel's cache key by looking up every attribute its code names, in a branch not
+    # taken too: a wait naming tl.extra.cuda.gdc_wait failed every kernel that calls it, on any GPU, PDL or not
+    # (checked against the triton 3.2.0 wheel: the GEMVs, norms, residual add, GLA step, one-launch Mamba2 step).
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-P", "-c", WITHOUT_PDL], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
