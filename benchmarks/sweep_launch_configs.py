@@ -301,6 +301,8 @@ def _ssd_calls(N: int, T: int) -> dict:
     _, dyy_inter = ssd_chunk_bc_bwd.chunk_dc(dy, B, C, dCB, Acs, None, hs, L)
     dhs, _, r = ssd_chunk_state.chunk_state_bwd(dy, C, Acs, None, None, hs, L, False)
     _, ddt, xdx_state, dD_parts = ssd_chunk_scan.chunk_scan_bwd_dx(x, B, CB, dtp, Acs, None, dhs, D, dy, L)
+    # As chunk.py passes them: the dy . y and x . dx parts summed as soon as they are made (one part each).
+    dyy_intra, xdx_intra, dyy_inter = (t.sum(-1, keepdim=True) for t in (dyy_intra, xdx_intra, dyy_inter))
     decay_grads = (ddt, dyy_intra, xdx_intra, dyy_inter, xdx_state, r, dD_parts)
     return {
         "cumsum": lambda: ssd_chunk_cumsum.chunk_cumsum_fwd(dt, A, *dt_args, L, keep_dt=True),

@@ -13,8 +13,9 @@ store, so it reads nothing a predecessor is still writing and overwrites nothing
 weight an in-place update just before the step might still be writing.)
 
 PDL is on only inside ``dependent_launches`` (the decode graphs' warm-up and capture), on a GPU of compute
-capability 9 or more, outside Triton's interpreter, and unless ``STATEX_PDL=0`` (a same-run baseline for
-the benchmarks). Everywhere else the kernels take ``USE_PDL=False``: the very same code as before.
+capability 9 or more, with a Triton that has it (3.3 on), outside Triton's interpreter, and unless
+``STATEX_PDL=0`` (a same-run baseline for the benchmarks). Everywhere else the kernels take ``USE_PDL=False``:
+the very same code as before.
 """
 
 from __future__ import annotations
@@ -31,10 +32,27 @@ import triton.language as tl
 _state = threading.local()
 
 
+def _triton_has_pdl() -> bool:
+    """Whether this Triton has PDL: the ``gdc_*`` intrinsics and the ``launch_pdl`` launch option (Triton 3.3 on;
+    not 3.2, which ``pyproject.toml`` allows)."""
+    if not hasattr(getattr(tl.extra, "cuda", None), "gdc_wait"):
+        return False
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except Exception:  # a Triton without the NVIDIA backend
+        return False
+    return "launch_pdl" in getattr(CUDAOptions, "__dataclass_fields__", {})
+
+
+TRITON_HAS_PDL = _triton_has_pdl()
+
+
 def supported(device: torch.device) -> bool:
-    """Whether kernels on ``device`` can be launched with PDL (CUDA, compute capability 9+, compiled)."""
+    """Whether kernels on ``device`` can be launched with PDL (CUDA, compute capability 9+, compiled, a Triton
+    that has it)."""
     return (
-        device.type == "cuda"
+        TRITON_HAS_PDL
+        and device.type == "cuda"
         and os.environ.get("TRITON_INTERPRET", "0") != "1"
         and os.environ.get("STATEX_PDL", "1") != "0"
         and torch.cuda.get_device_capability(device)[0] >= 9
@@ -61,10 +79,20 @@ def pdl_kwargs() -> dict[str, bool]:
     return {"USE_PDL": False}
 
 
-@triton.jit
-def wait_for_predecessor(USE_PDL: tl.constexpr):
-    """A kernel's first step under PDL (the module's rule): wait until the kernel before it has finished,
-    then let the next one be scheduled. Nothing when ``USE_PDL`` is off."""
-    if USE_PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+if TRITON_HAS_PDL:
+
+    @triton.jit
+    def wait_for_predecessor(USE_PDL: tl.constexpr):
+        """A kernel's first step under PDL (the module's rule): wait until the kernel before it has finished,
+        then let the next one be scheduled. Nothing when ``USE_PDL`` is off."""
+        if USE_PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+
+else:  # Triton 3.2: its cache key looks up every name a kernel's code uses, taken branch or not, so naming the
+    # missing intrinsics would fail every kernel that waits (PDL stays off there: ``supported``).
+
+    @triton.jit
+    def wait_for_predecessor(USE_PDL: tl.constexpr):
+        """Nothing: this Triton has no PDL."""
+        pass

@@ -5,7 +5,8 @@ Each op keeps its launch configurations (tiles, warps, pipeline stages) in one t
 ``benchmarks/sweep_launch_configs.py`` can try a grid of configs per kernel (through ``OVERRIDES``)
 and the tuned values land in one place. No autotuning at run time: the first call compiles one
 config per kernel. A table may hold entries per GPU (``device_table``); the rest comes from its
-``"default"`` entry, tuned on an H100.
+``"default"`` entry, tuned on a Hopper GPU (an H100, or for the SSD kernels an H200; each table's
+docstring says which).
 
 On a GPU with less shared memory than the tuned one, a config may not fit: Triton raises
 ``OutOfResources`` before the kernel runs, and ``launch`` retries it with one pipeline stage, then

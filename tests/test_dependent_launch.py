@@ -3,6 +3,12 @@ GPU that has it (compute capability 9+), outside Triton's interpreter, and not u
 
 from __future__ import annotations
 
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 from statex_hf.kernels import dependent_launch
 from statex_hf.kernels.dependent_launch import dependent_launches, pdl_kwargs
@@ -43,3 +49,54 @@ def test_older_gpus_the_interpreter_and_the_switch_keep_it_off(monkeypatch):
     monkeypatch.delenv("STATEX_PDL")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert not dependent_launch.supported(HOPPER)
+
+
+def _kernels_and_pdl_launches() -> tuple[dict[str, ast.FunctionDef], list[tuple[str, str]]]:
+    """Every ``@triton.jit`` function of ``kernels/`` by name, and each launch ``kernel[grid](..., **pdl_kwargs())``
+    as (file, kernel name)."""
+    jitted, launches = {}, []
+    for path in sorted((Path(__file__).parents[1] / "kernels").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and any("jit" in ast.unparse(d) for d in node.decorator_list):
+                jitted[node.name] = node
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript):
+                if any(k.arg is None and "pdl_kwargs" in ast.unparse(k.value) for k in node.keywords):
+                    launches.append((path.name, ast.unparse(node.func.value).split(".")[-1]))
+    return jitted, launches
+
+
+def test_every_kernel_with_pdl_waits_before_anything_else_and_only_those_launch_with_it():
+    # The rule of kernels/dependent_launch.py, which no CPU test can see break (the interpreter has no PDL): a
+    # kernel launched with launch_pdl must wait for its predecessor before its first global load or store.
+    jitted, launches = _kernels_and_pdl_launches()
+    with_switch = {name: fn for name, fn in jitted.items() if "USE_PDL" in [a.arg for a in fn.args.args]}
+    with_switch.pop("wait_for_predecessor")  # the wait itself
+    assert len(launches) >= 8 and len(with_switch) >= 7
+    for file, kernel in launches:
+        assert kernel in with_switch, f"{file}: {kernel} is launched with pdl_kwargs() but has no USE_PDL switch"
+    for name, fn in with_switch.items():
+        body = [s for s in fn.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+        first = ast.unparse(body[0])
+        assert first == "wait_for_predecessor(USE_PDL)", f"{name} starts with {first!r}, not the wait"
+
+
+WITHOUT_PDL = """
+import inspect
+import torch
+import triton.language as tl
+del tl.extra.cuda.gdc_wait, tl.extra.cuda.gdc_launch_dependents  # as in Triton 3.2, which pyproject.toml allows
+from statex_hf.kernels import dependent_launch
+torch.cuda.get_device_capability = lambda device=None: (9, 0)
+assert not dependent_launch.TRITON_HAS_PDL and not dependent_launch.supported(torch.device("cuda", 0))
+assert "gdc_" not in inspect.getsource(dependent_launch.wait_for_predecessor.fn)
+"""
+
+
+def test_a_triton_without_pdl_keeps_it_off_and_its_kernels_name_no_missing_intrinsic():
+    # Triton 3.2 computes a kernel's cache key by looking up every attribute its code names, in a branch not
+    # taken too: a wait naming tl.extra.cuda.gdc_wait failed every kernel that calls it, on any GPU, PDL or not
+    # (checked against the triton 3.2.0 wheel: the GEMVs, norms, residual add, GLA step, one-launch Mamba2 step).
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-P", "-c", WITHOUT_PDL], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]

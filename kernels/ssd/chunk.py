@@ -14,7 +14,8 @@ every term pairs a target t with a source s through ``exp(a_t - a_s)``, so insid
 that within the chunk. (Summing over the whole sequence instead would be exact too, but in bf16 its
 rounding errors pile up over T: sums stay chunk-local, as in mamba_ssm.) ``ssd_chunk_cumsum.py``
 takes these sums, and the step sizes' own discretization (bias, softplus, clamp), in one kernel each
-way: the raw ``dt`` goes in and its gradient comes out, with no PyTorch ops on the way.
+way: the raw ``dt`` goes in and its gradient comes out (in the backward after three small reductions of
+the ``dy . y`` / ``x . dx`` parts, made as soon as the parts are, to keep them out of the backward's peak).
 
 Memory: the forward keeps the chunk-entry states ``[b, T / L, H, P, N]`` (input dtype) for the
 backward only while they take at most ``kernels.utils.KEEP_STATES_MAX_BYTES``; larger ones (T = 64K

@@ -258,7 +258,7 @@ def chunk_dcb(
     chunk_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``dCB`` ``[b, nc, G, L, L]`` fp32 and the intra parts of ``dy . y`` and ``x . dx`` per head,
-    ``[b, H, Tp, K]`` (K parts each, summed by ``chunk_cumsum_bwd``)."""
+    ``[b, H, Tp, K]`` (K parts each, one per block of the other index, to be summed over the last axis)."""
     b, T, H, P = x.shape
     G = CB.shape[2]
     L = chunk_size

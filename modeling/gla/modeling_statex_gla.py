@@ -17,6 +17,7 @@ from statex_hf.modeling.decode_linear import DecodeLinear, hooked, one_launch, s
 from statex_hf.modeling.gla.configuration_statex_gla import StateXGLAConfig
 from statex_hf.modeling.recurrent_model import StateXRecurrentForCausalLM, StateXRecurrentModel
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
@@ -41,19 +42,15 @@ class StateXGLARMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size)) if elementwise_affine else None
-        # (sum, versions of it and the weight, this norm of the sum): computed by `residual_add` in the kernel that
-        # wrote the sum, returned by the next call with that very tensor, unchanged. Not state: any call drops it.
-        self._normed_sum: tuple[torch.Tensor, tuple[int, int], torch.Tensor] | None = None
 
     def forward(self, hidden_states: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
-        normed_sum = self._normed_sum
-        if normed_sum is not None:  # never under torch.compile, which `residual_add` leaves to torch's add
-            self._normed_sum = None
-            summed, versions, normed = normed_sum
-            if gate is None and summed is hidden_states and _versions(summed, self.weight) == versions:
-                return normed
+        if gate is None and not torch.compiler.is_compiling():  # `residual_add` leaves a compiled graph to torch
+            pending = _NORMED_SUMS.pop(hidden_states, None)
+            if pending is not None and pending[0] is self and _versions(hidden_states, self.weight) == pending[1]:
+                return pending[2]
         # (rms_norm(x) * weight * silu(gate)) in fp32, cast to x's dtype once: one Triton kernel each way on
-        # CUDA (a decode step runs three of these per layer), torch's ops on CPU.
+        # CUDA, torch's ops on CPU. (A layer's decode step normalizes three times; the two norms after a residual
+        # add run inside the add's kernel, ``residual_add``, so this launches only the output gate's.)
         return dispatch.gated_rmsnorm(
             hidden_states, gate, self.weight, self.eps, hidden_states.shape[-1], norm_before_gate=True
         )
@@ -65,7 +62,9 @@ class StateXGLARMSNorm(nn.Module):
         norm without hooks; outside ``torch.inference_mode``, whose tensors keep no version to tell an in-place
         change by), it does, and this norm's next call with the returned tensor, unchanged, returns that result
         (bit for bit the norm it would compute) instead of launching the norm: one kernel for the add and the
-        norm where torch runs two. Everywhere else (training, CPU, a hooked norm) torch's add.
+        norm where torch runs two. The result is kept beside the sum (``_NORMED_SUMS``) and goes with it: a norm
+        never called with it (layers sliced, a norm replaced) keeps nothing alive. Everywhere else (training, CPU,
+        a hooked norm) torch's add.
         """
         # A compiled graph is told first (the add is torch's there): dynamo cannot trace the inference-mode checks.
         if torch.compiler.is_compiling() or hooked(self) or not _versions_tracked(self.weight):
@@ -74,8 +73,14 @@ class StateXGLARMSNorm(nn.Module):
         if fused is None:
             return residual + update
         summed, normed = fused
-        self._normed_sum = (summed, _versions(summed, self.weight), normed)
+        _NORMED_SUMS[summed] = (self, _versions(summed, self.weight), normed)
         return summed
+
+
+# A residual sum -> (the norm whose `residual_add` normalized it, the versions of the sum and of that norm's weight,
+# the normed sum), for that norm's next call with this very sum, which takes the entry. Keyed weakly by identity:
+# an entry is dropped with its sum, so no result outlives the tensor it was computed from.
+_NORMED_SUMS = WeakIdKeyDictionary()
 
 
 def _versions_tracked(weight: torch.Tensor | None) -> bool:
