@@ -31,11 +31,11 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from statex_hf.kernels.activations.elementwise import silu
+from statex_hf.kernels.activations.elementwise import exp, silu
 from statex_hf.kernels.dependent_launch import pdl_kwargs, wait_for_predecessor
 from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.kernels.ssd.configs import ssd_config, ssd_launch
-from statex_hf.kernels.ssd.state_update import _state_tile, _step_size
+from statex_hf.kernels.ssd.state_update import _softplus
 
 # Zeroed int32 tickets per device (entry ``batch row * G + group``), left at zero by every launch, so launches on
 # one device must not overlap (as a model's steps, in order on a stream, do not; two streams stepping two models at
@@ -148,20 +148,31 @@ def _conv_state_update_kernel(
                     HAS_CONV_BIAS, SILU)  # fmt: skip
     x_window = _next_window(xBC_row, window_row, stride_wd, stride_wk, x_channels, pmask, K, KP)
 
-    # From here to the store of y: state_update.py's kernel (its helpers), with x, B and C convolved above and in
-    # the loop.
-    d, decay = _step_size(dt, dt_bias, A, bi, h, stride_dt_b, stride_dt_h, dt_min, dt_max, HAS_BIAS, SOFTPLUS,
-                          A_IS_LOG)  # fmt: skip
+    # From here to the store of y: state_update.py's kernel, with x, B and C convolved above and in the loop.
+    d = tl.load(dt + bi * stride_dt_b + h * stride_dt_h).to(tl.float32)
+    if HAS_BIAS:
+        d += tl.load(dt_bias + h).to(tl.float32)
+    if SOFTPLUS:
+        d = _softplus(d)
+    d = tl.minimum(tl.maximum(d, dt_min), dt_max)
+    a = tl.load(A + h).to(tl.float32)
+    if A_IS_LOG:
+        a = -exp(a)
+    decay = tl.exp(d * a)
     acc = tl.zeros([BP], dtype=tl.float32)
     base = state + (bi * H + h) * P * N
     for n0 in range(0, N, BN):
         ns = n0 + tl.arange(0, BN)
         nmask = ns < N
+        m = pmask[:, None] & nmask[None, :]
+        s = tl.load(base + ps[:, None] * N + ns[None, :], mask=m, other=0.0)
         bv = _conv_step(xBC_row, conv_w, conv_bias, window_row, stride_wd, stride_wk, b_channels + ns, nmask, BN, K,
                         HAS_CONV_BIAS, SILU)  # fmt: skip
         cv = _conv_step(xBC_row, conv_w, conv_bias, window_row, stride_wd, stride_wk, c_channels + ns, nmask, BN, K,
                         HAS_CONV_BIAS, SILU)  # fmt: skip
-        acc += _state_tile(base, ps, ns, pmask[:, None] & nmask[None, :], N, decay, d * xv, bv, cv)
+        s = s * decay + (d * xv)[:, None] * bv[None, :]
+        tl.store(base + ps[:, None] * N + ns[None, :], s, mask=m)
+        acc += tl.sum(s * cv[None, :], axis=1)
     if HAS_D:
         acc += tl.load(D + h).to(tl.float32) * xv
     tl.store(y + (bi * H + h) * P + ps, acc.to(y.dtype.element_ty), mask=pmask)

@@ -31,33 +31,6 @@ def _softplus(v):
 
 
 @triton.jit
-def _step_size(dt, dt_bias, A, bi, h, stride_dt_b, stride_dt_h, dt_min, dt_max, HAS_BIAS: tl.constexpr,
-               SOFTPLUS: tl.constexpr, A_IS_LOG: tl.constexpr):  # fmt: skip
-    """Head ``h``'s step size in batch row ``bi`` (``dt + dt_bias``, softplus, clamped to the limits) and its decay
-    ``exp(dt A)``, fp32."""
-    d = tl.load(dt + bi * stride_dt_b + h * stride_dt_h).to(tl.float32)
-    if HAS_BIAS:
-        d += tl.load(dt_bias + h).to(tl.float32)
-    if SOFTPLUS:
-        d = _softplus(d)
-    d = tl.minimum(tl.maximum(d, dt_min), dt_max)
-    a = tl.load(A + h).to(tl.float32)
-    if A_IS_LOG:
-        a = -exp(a)  # the model's -exp(A_log.float()), with torch's expf (libdevice)
-    return d, tl.exp(d * a)
-
-
-@triton.jit
-def _state_tile(base, ps, ns, mask, N, decay, dx, bv, cv):
-    """One ``[BP, BN]`` tile of a head's state (rows ``ps``, columns ``ns``): decayed, the token's ``dx B^T`` added
-    (``dx = dt x``), stored in place; returns the tile's part of ``y = state C``."""
-    s = tl.load(base + ps[:, None] * N + ns[None, :], mask=mask, other=0.0)
-    s = s * decay + dx[:, None] * bv[None, :]
-    tl.store(base + ps[:, None] * N + ns[None, :], s, mask=mask)
-    return tl.sum(s * cv[None, :], axis=1)
-
-
-@triton.jit
 def _state_update_kernel(
     state,
     x,
@@ -98,17 +71,29 @@ def _state_update_kernel(
     g = h // (H // G)
     ps = tl.program_id(1) * BP + tl.arange(0, BP)
     pmask = ps < P
-    d, decay = _step_size(dt, dt_bias, A, bi, h, stride_dt_b, stride_dt_h, dt_min, dt_max, HAS_BIAS, SOFTPLUS,
-                          A_IS_LOG)  # fmt: skip
+    d = tl.load(dt + bi * stride_dt_b + h * stride_dt_h).to(tl.float32)
+    if HAS_BIAS:
+        d += tl.load(dt_bias + h).to(tl.float32)
+    if SOFTPLUS:
+        d = _softplus(d)
+    d = tl.minimum(tl.maximum(d, dt_min), dt_max)
+    a = tl.load(A + h).to(tl.float32)
+    if A_IS_LOG:
+        a = -exp(a)  # the model's -exp(A_log.float()), with torch's expf (libdevice)
+    decay = tl.exp(d * a)
     xv = tl.load(x + bi * stride_x_b + h * stride_x_h + ps * stride_x_p, mask=pmask, other=0.0).to(tl.float32)
     acc = tl.zeros([BP], dtype=tl.float32)
     base = state + (bi * H + h) * P * N
     for n0 in range(0, N, BN):
         ns = n0 + tl.arange(0, BN)
         nmask = ns < N
+        m = pmask[:, None] & nmask[None, :]
+        s = tl.load(base + ps[:, None] * N + ns[None, :], mask=m, other=0.0)
         bv = tl.load(B + bi * stride_B_b + g * stride_B_g + ns * stride_B_n, mask=nmask, other=0.0).to(tl.float32)
         cv = tl.load(C + bi * stride_C_b + g * stride_C_g + ns * stride_C_n, mask=nmask, other=0.0).to(tl.float32)
-        acc += _state_tile(base, ps, ns, pmask[:, None] & nmask[None, :], N, decay, d * xv, bv, cv)
+        s = s * decay + (d * xv)[:, None] * bv[None, :]
+        tl.store(base + ps[:, None] * N + ns[None, :], s, mask=m)
+        acc += tl.sum(s * cv[None, :], axis=1)
     if HAS_D:
         acc += tl.load(D + h).to(tl.float32) * xv
     tl.store(y + (bi * H + h) * P + ps, acc.to(y.dtype.element_ty), mask=pmask)
