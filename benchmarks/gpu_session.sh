@@ -5,7 +5,8 @@
 #               pip download --no-deps -d .device/wheels pytest pluggy iniconfig pytest-timeout pytest-xdist execnet
 #               (pyproject's pytest options need pytest-timeout)
 # Device calls: bash benchmarks/gpu_session.sh STEP...   (carry: [".device"]; a log per step in $OUT)
-#   STEP: tests | gla | ssd | sweep | profile | decode-profile | train | generate | gemv | fsdp | multigpu | repro. Several steps
+#   STEP: install | tests | gla | ssd | sweep | profile | decode-profile | train | generate | gemv | fsdp | multigpu | repro
+#   (install: only the setup every call does, for commands of your own after it). Several steps
 #   share one call (one machine start), e.g. `gla profile`; `tests` needs a call of its own (the whole
 #   suite takes most of one; benchmarks/README.md has its time).
 #   Knobs: TESTS_PATHS (test files, run in that order), TESTS_ARGS (e.g. "-n 4": pytest-xdist, carried in
@@ -33,6 +34,7 @@ export MAMBA_SSM_SRC=$(ls -d /tmp/mamba_ssm_src/mamba_ssm-*)
 
 run_step() {
     case "$1" in
+    install) ;;  # the installs above are the whole step
     tests)
         # A test that breaks a capture on purpose runs in a process of its own: torch does not promise a
         # process whose capture failed is whole, and the tests that would share it should not pay for that.
@@ -89,7 +91,7 @@ run_step() {
         for family in gla mamba2; do
             (cd /tmp/repro && find . -path "*/units/$family-seed*/source/*.safetensors" | tar -czf "$OUT/repro-$family.tgz" -T -)
         done ;;
-    *) echo "usage: $0 STEP... (tests | gla | ssd | sweep | profile | decode-profile | train | generate | gemv | fsdp | multigpu | repro)" >&2; return 2 ;;
+    *) echo "usage: $0 STEP... (install | tests | gla | ssd | sweep | profile | decode-profile | train | generate | gemv | fsdp | multigpu | repro)" >&2; return 2 ;;
     esac
 }
 
