@@ -58,6 +58,17 @@ def _step_sizes(raw, dt_bias, ts, hs, T, H, dt_min, dt_max, HAS_BIAS: tl.constex
 
 
 @triton.jit
+def _program_block(H, nc, L: tl.constexpr, BH: tl.constexpr):
+    """This program's batch row, chunk, ``BH`` heads and ``L`` tokens. A chunk's head blocks are consecutive
+    programs: they read the same rows of the raw dt."""
+    pid = tl.program_id(0).to(tl.int64)
+    n_hb = tl.cdiv(H, BH)
+    hs = (pid % n_hb) * BH + tl.arange(0, BH)
+    c = (pid // n_hb) % nc
+    return pid // (n_hb * nc), c, hs, c * L + tl.arange(0, L)
+
+
+@triton.jit
 def _chunk_cumsum_fwd_kernel(
     dt,
     dt_bias,
@@ -80,13 +91,7 @@ def _chunk_cumsum_fwd_kernel(
     SOFTPLUS: tl.constexpr,
     KEEP_DT: tl.constexpr,
 ):
-    # A chunk's head blocks are consecutive programs: they read the same rows of the raw dt.
-    pid = tl.program_id(0).to(tl.int64)
-    n_hb = tl.cdiv(H, BH)
-    hs = (pid % n_hb) * BH + tl.arange(0, BH)
-    c = (pid // n_hb) % nc
-    bi = pid // (n_hb * nc)
-    ts = c * L + tl.arange(0, L)
+    bi, c, hs, ts = _program_block(H, nc, L, BH)
     h_mask = hs < H
     raw = _load_dt(dt, bi, ts, hs, stride_b, stride_t, stride_h, T, H)
     _, _, step = _step_sizes(raw, dt_bias, ts, hs, T, H, dt_min, dt_max, HAS_BIAS, SOFTPLUS)
@@ -132,12 +137,7 @@ def _chunk_cumsum_bwd_kernel(
     SOFTPLUS: tl.constexpr,
     HAS_D: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    n_hb = tl.cdiv(H, BH)
-    hs = (pid % n_hb) * BH + tl.arange(0, BH)
-    c = (pid // n_hb) % nc
-    bi = pid // (n_hb * nc)
-    ts = c * L + tl.arange(0, L)
+    bi, c, hs, ts = _program_block(H, nc, L, BH)
     h_mask = hs < H
     mask = h_mask[:, None] & (ts[None, :] < T)
     rows = (bi * H + hs[:, None]) * Tp + ts[None, :]  # [BH, L], inside the padded rows
