@@ -31,11 +31,11 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from statex_hf.kernels.activations.elementwise import exp, silu
+from statex_hf.kernels.activations.elementwise import silu
 from statex_hf.kernels.dependent_launch import pdl_kwargs, wait_for_predecessor
 from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.kernels.ssd.configs import ssd_config, ssd_launch
-from statex_hf.kernels.ssd.state_update import _softplus
+from statex_hf.kernels.ssd.state_update import _step_and_decay
 
 # Zeroed int32 tickets per device (entry ``batch row * G + group``), left at zero by every launch, so launches on
 # one device must not overlap (as a model's steps, in order on a stream, do not; two streams stepping two models at
@@ -149,16 +149,8 @@ def _conv_state_update_kernel(
     x_window = _next_window(xBC_row, window_row, stride_wd, stride_wk, x_channels, pmask, K, KP)
 
     # From here to the store of y: state_update.py's kernel, with x, B and C convolved above and in the loop.
-    d = tl.load(dt + bi * stride_dt_b + h * stride_dt_h).to(tl.float32)
-    if HAS_BIAS:
-        d += tl.load(dt_bias + h).to(tl.float32)
-    if SOFTPLUS:
-        d = _softplus(d)
-    d = tl.minimum(tl.maximum(d, dt_min), dt_max)
-    a = tl.load(A + h).to(tl.float32)
-    if A_IS_LOG:
-        a = -exp(a)
-    decay = tl.exp(d * a)
+    d, decay = _step_and_decay(dt + bi * stride_dt_b + h * stride_dt_h, dt_bias + h, A + h, dt_min, dt_max,
+                               HAS_BIAS, SOFTPLUS, A_IS_LOG)  # fmt: skip
     acc = tl.zeros([BP], dtype=tl.float32)
     base = state + (bi * H + h) * P * N
     for n0 in range(0, N, BN):

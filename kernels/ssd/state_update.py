@@ -31,6 +31,23 @@ def _softplus(v):
 
 
 @triton.jit
+def _step_and_decay(dt_at, dt_bias_at, A_at, dt_min, dt_max, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                    A_IS_LOG: tl.constexpr):  # fmt: skip
+    """A head's step size ``d`` (bias, softplus, clamp to ``[dt_min, dt_max]``, as transformers) and its decay
+    ``exp(d A)``, in fp32; shared with ``conv_state_update.py``'s kernel, so the two are one computation."""
+    d = tl.load(dt_at).to(tl.float32)
+    if HAS_BIAS:
+        d += tl.load(dt_bias_at).to(tl.float32)
+    if SOFTPLUS:
+        d = _softplus(d)
+    d = tl.minimum(tl.maximum(d, dt_min), dt_max)
+    a = tl.load(A_at).to(tl.float32)
+    if A_IS_LOG:
+        a = -exp(a)  # the model's -exp(A_log.float()), with torch's expf (libdevice)
+    return d, tl.exp(d * a)
+
+
+@triton.jit
 def _state_update_kernel(
     state,
     x,
@@ -71,16 +88,8 @@ def _state_update_kernel(
     g = h // (H // G)
     ps = tl.program_id(1) * BP + tl.arange(0, BP)
     pmask = ps < P
-    d = tl.load(dt + bi * stride_dt_b + h * stride_dt_h).to(tl.float32)
-    if HAS_BIAS:
-        d += tl.load(dt_bias + h).to(tl.float32)
-    if SOFTPLUS:
-        d = _softplus(d)
-    d = tl.minimum(tl.maximum(d, dt_min), dt_max)
-    a = tl.load(A + h).to(tl.float32)
-    if A_IS_LOG:
-        a = -exp(a)  # the model's -exp(A_log.float()), with torch's expf (libdevice)
-    decay = tl.exp(d * a)
+    d, decay = _step_and_decay(dt + bi * stride_dt_b + h * stride_dt_h, dt_bias + h, A + h, dt_min, dt_max,
+                               HAS_BIAS, SOFTPLUS, A_IS_LOG)  # fmt: skip
     xv = tl.load(x + bi * stride_x_b + h * stride_x_h + ps * stride_x_p, mask=pmask, other=0.0).to(tl.float32)
     acc = tl.zeros([BP], dtype=tl.float32)
     base = state + (bi * H + h) * P * N
