@@ -97,6 +97,12 @@ def gla(
     return o, ht
 
 
+def _plain_tensors(tensors: list[torch.Tensor]) -> bool:
+    """No tensor subclass among ``tensors`` (torchao's quantized weights, a DTensor): a kernel that reads their raw
+    memory would read something else than the values they stand for."""
+    return all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)
+
+
 def _takes_gemv(x: torch.Tensor, *weights: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
     """Whether ``x``'s products with ``weights`` run as the Triton GEMV: CUDA, no gradient, at most
     ``GEMV_MAX_ROWS`` rows of x, bf16 or fp16 in one dtype, weights contiguous along K, outside ``torch.compile``,
@@ -105,7 +111,7 @@ def _takes_gemv(x: torch.Tensor, *weights: torch.Tensor, bias: torch.Tensor | No
     tensors = [t for t in (x, *weights, bias) if t is not None]
     return (
         not torch.compiler.is_compiling()
-        and all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)
+        and _plain_tensors(tensors)
         and use_triton(*tensors)
         and not needs_grad(*tensors)
         and x.dim() >= 1
@@ -371,7 +377,7 @@ def one_launch_add_rmsnorm(
     tensors = [t for t in (residual, update, weight) if t is not None]
     if not (
         not torch.compiler.is_compiling()
-        and all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)
+        and _plain_tensors(tensors)
         and use_triton(*tensors)
         and not needs_grad(*tensors)
         and residual.shape == update.shape
