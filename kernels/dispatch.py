@@ -368,13 +368,23 @@ def gated_rmsnorm(
 
 
 def one_launch_add_rmsnorm(
-    residual: torch.Tensor, update: torch.Tensor, weight: torch.Tensor | None, eps: float
+    residual: torch.Tensor,
+    update: torch.Tensor,
+    weight: torch.Tensor | None,
+    eps: float,
+    norm_before_gate: bool = True,
+    input_dtype: torch.dtype | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``h = residual + update`` and GLA's norm of it, ``gated_rmsnorm(h, None, weight, eps, D, True)``, as one
-    Triton pass (``kernels/norm/add_rmsnorm.py``: torch's sum and the norm kernel's output on it, bit for bit) on
-    the no-grad CUDA path: no gradient, outside ``torch.compile``, plain contiguous tensors of one shape and device
-    (no copy kernel first). ``None`` otherwise, and the caller adds with torch."""
+    """``h = residual.to(dtype) + update`` and the norm of it, ``gated_rmsnorm(h, None, weight, eps, D,
+    norm_before_gate, input_dtype)`` (GLA's: the defaults; Mamba2's: gate first, an fp32 ``dtype`` and the next
+    block's ``input_dtype``), as one Triton pass (``kernels/norm/add_rmsnorm.py``: torch's sum and the norm kernel's
+    output on it, bit for bit) on the no-grad CUDA path: no gradient, outside ``torch.compile``, plain contiguous
+    tensors of one shape and device (no copy kernel first), a ``dtype`` that holds the residual exactly. ``None``
+    otherwise, and the caller adds with torch."""
     tensors = [t for t in (residual, update, weight) if t is not None]
+    floats = {torch.float32, torch.bfloat16, torch.float16}
+    dtype = residual.dtype if dtype is None else dtype
     if not (
         not torch.compiler.is_compiling()
         and _plain_tensors(tensors)
@@ -384,13 +394,14 @@ def one_launch_add_rmsnorm(
         and residual.dim() >= 1
         and all(t.is_contiguous() for t in tensors)
         and len({t.device for t in tensors}) == 1
-        and {residual.dtype, update.dtype} <= {torch.float32, torch.bfloat16, torch.float16}
+        and {residual.dtype, update.dtype, dtype, input_dtype or dtype} <= floats
+        and torch.promote_types(residual.dtype, dtype) == dtype  # residual.to(dtype) is exact
         and (weight is None or weight.shape == residual.shape[-1:])
     ):
         return None  # decided before the import: a compiled graph or a CPU run never reaches it
     from statex_hf.kernels.norm.add_rmsnorm import add_rmsnorm
 
-    return add_rmsnorm(residual, update, weight, eps, norm_before_gate=True)
+    return add_rmsnorm(residual, update, weight, eps, norm_before_gate, input_dtype, dtype)
 
 
 def residual_add(residual: torch.Tensor, update: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:

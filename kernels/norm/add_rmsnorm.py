@@ -4,6 +4,10 @@ model's blocks, where a pre-norm block's ``h = h + out`` is followed by the next
     h = round(fp32(residual) + fp32(update))          round: the cast to torch's result dtype of the add
     n = gated_rmsnorm(h, None, weight, ...)           the norm kernel's own code on the h just computed
 
+Both families' blocks take it: GLA's (one dtype, the norm first, ``norm_before_gate``) and Mamba2's (an fp32
+residual stream plus a bf16 mixer output, the first block's bf16 embeddings cast to fp32 as ``dtype``; the next
+block's norm of ``h.to(weight dtype)`` as ``input_dtype``, gate first; or the model's final norm of the fp32 ``h``).
+
 It is the norm's forward kernel (``gated_rmsnorm.py``) with the add as its prologue, launched with the norm's
 config: each row is normalized in the same tiles and summed in the same order as the separate norm, so ``n`` is
 that kernel's output on torch's ``residual + update`` bit for bit, and ``h`` is torch's sum (one rounding of an
@@ -29,12 +33,16 @@ def add_rmsnorm(
     eps: float,
     norm_before_gate: bool = True,
     input_dtype: torch.dtype | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``h = residual + update`` and ``gated_rmsnorm(h, None, weight, eps, D, norm_before_gate, input_dtype)``.
+    """``h = residual.to(dtype) + update`` and ``gated_rmsnorm(h, None, weight, eps, D, norm_before_gate,
+    input_dtype)``.
 
     residual, update ``[..., D]`` of one shape (bf16, fp16 or fp32 each), weight ``[D]``; one group (the whole
-    row) and no gate: a block's norm. ``h`` has torch's dtype for the add (``promote_types``), ``n`` the norm's.
-    Both are new contiguous tensors, equal to torch's add and to the norm kernel on it. No gradient.
+    row) and no gate: a block's norm. ``dtype`` (default residual's) must hold residual exactly, as
+    ``residual_add``'s: the cast is exact, and the kernel loads residual in its own dtype. ``h`` has torch's dtype
+    for the add (``promote_types(dtype, update.dtype)``), ``n`` the norm's. Both are new contiguous tensors, equal
+    to torch's add and to the norm kernel on it. No gradient.
     """
     if residual.shape != update.shape:
         raise ValueError(f"add_rmsnorm: residual {tuple(residual.shape)} and update {tuple(update.shape)} differ")
@@ -45,9 +53,12 @@ def add_rmsnorm(
         raise ValueError(f"add_rmsnorm: weight {tuple(weight.shape)} must be [{D}]")
     if input_dtype is not None and input_dtype not in TRITON_DTYPES:
         raise ValueError(f"add_rmsnorm: input_dtype {input_dtype} is not one of bf16, fp16, fp32")
+    dtype = residual.dtype if dtype is None else dtype
+    if dtype not in TRITON_DTYPES or torch.promote_types(residual.dtype, dtype) != dtype:
+        raise ValueError(f"add_rmsnorm: dtype {dtype} does not hold the residual's {residual.dtype}; cast it first")
     if needs_grad(residual, update, weight):
         raise RuntimeError("add_rmsnorm has no backward (a decode kernel): use residual + update and the norm to train")
-    sum_dtype = torch.promote_types(residual.dtype, update.dtype)
+    sum_dtype = torch.promote_types(dtype, update.dtype)
     input_dtype = sum_dtype if input_dtype is None else input_dtype
     shape = residual.shape
     residual, update = residual.reshape(-1, D).contiguous(), update.reshape(-1, D).contiguous()

@@ -15,9 +15,9 @@ from statex_hf.kernels.gla.naive import gla_log_decay
 from statex_hf.modeling.cache import conv_state, recurrent_state, store_conv_state, store_recurrent_state
 from statex_hf.modeling.decode_linear import DecodeLinear, hooked, one_launch, swiglu_of
 from statex_hf.modeling.gla.configuration_statex_gla import StateXGLAConfig
+from statex_hf.modeling.normed_sums import add_and_normalize, link_next_norms, take_normed_sum
 from statex_hf.modeling.recurrent_model import StateXRecurrentForCausalLM, StateXRecurrentModel
 from torch import nn
-from torch.utils.weak import WeakIdKeyDictionary
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
@@ -44,10 +44,9 @@ class StateXGLARMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size)) if elementwise_affine else None
 
     def forward(self, hidden_states: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
-        if gate is None and not torch.compiler.is_compiling():  # `residual_add` leaves a compiled graph to torch
-            pending = _NORMED_SUMS.pop(hidden_states, None)
-            if pending is not None and pending[0] is self and _versions(hidden_states, self.weight) == pending[1]:
-                return pending[2]
+        normed = take_normed_sum(self, hidden_states) if gate is None else None
+        if normed is not None:  # `residual_add` normalized this very sum
+            return normed
         # (rms_norm(x) * weight * silu(gate)) in fp32, cast to x's dtype once: one Triton kernel each way on
         # CUDA, torch's ops on CPU. (A layer's decode step normalizes three times; the two norms after a residual
         # add run inside the add's kernel, ``residual_add``, so this launches only the output gate's.)
@@ -59,38 +58,15 @@ class StateXGLARMSNorm(nn.Module):
         """``residual + update``, a block's residual connection that this norm reads next.
 
         Where one kernel can also normalize the sum (``dispatch.one_launch_add_rmsnorm``: CUDA, no gradient; this
-        norm without hooks; outside ``torch.inference_mode``, whose tensors keep no version to tell an in-place
-        change by), it does, and this norm's next call with the returned tensor, unchanged, returns that result
-        (bit for bit the norm it would compute) instead of launching the norm: one kernel for the add and the
-        norm where torch runs two. The result is kept beside the sum (``_NORMED_SUMS``) and goes with it: a norm
-        never called with it (layers sliced, a norm replaced) keeps nothing alive. Everywhere else (training, CPU,
-        a hooked norm) torch's add.
+        norm without hooks; outside ``torch.inference_mode``), it does, and this norm's next call with the returned
+        tensor, unchanged, returns that result (bit for bit the norm it would compute) instead of launching the
+        norm (``modeling/normed_sums.py``): one kernel for the add and the norm where torch runs two. Everywhere
+        else (training, CPU, a hooked norm) torch's add.
         """
-        # A compiled graph is told first (the add is torch's there): dynamo cannot trace the inference-mode checks.
-        if torch.compiler.is_compiling() or hooked(self) or not _versions_tracked(self.weight):
-            return residual + update
-        fused = dispatch.one_launch_add_rmsnorm(residual, update, self.weight, self.eps)
-        if fused is None:
-            return residual + update
-        summed, normed = fused
-        _NORMED_SUMS[summed] = (self, _versions(summed, self.weight), normed)
-        return summed
-
-
-# A residual sum -> (the norm whose `residual_add` normalized it, the versions of the sum and of that norm's weight,
-# the normed sum), for that norm's next call with this very sum, which takes the entry. Keyed weakly by identity:
-# an entry is dropped with its sum, so no result outlives the tensor it was computed from.
-_NORMED_SUMS = WeakIdKeyDictionary()
-
-
-def _versions_tracked(weight: torch.Tensor | None) -> bool:
-    """Whether the tensors of a call keep version counters: not those made in ``torch.inference_mode``."""
-    return not torch.is_inference_mode_enabled() and (weight is None or not weight.is_inference())
-
-
-def _versions(summed: torch.Tensor, weight: torch.Tensor | None) -> tuple[int, int]:
-    """The version counters of a residual sum and a norm's weight: an in-place change of either bumps one."""
-    return summed._version, -1 if weight is None else weight._version
+        summed = add_and_normalize(
+            self, lambda: dispatch.one_launch_add_rmsnorm(residual, update, self.weight, self.eps)
+        )
+        return residual + update if summed is None else summed
 
 
 class StateXGLAMLP(nn.Module):
@@ -324,11 +300,8 @@ class StateXGLAModel(StateXGLAPreTrainedModel, StateXRecurrentModel):
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         self.layers = nn.ModuleList([StateXGLABlock(config, i) for i in range(config.num_hidden_layers)])
         self.norm = StateXGLARMSNorm(config.hidden_size, eps=config.norm_eps)
-        # The norm that reads each block's output (``StateXGLABlock.forward``): kept in the block's __dict__, not
-        # as a submodule (no second copy of its weight in the state dict). Should the layers be rearranged later,
-        # a block hands its sum to a norm that is not called with it, and the norm that is computes its own.
-        for block, next_norm in zip(self.layers, [*(b.attn_norm for b in self.layers[1:]), self.norm]):
-            block.__dict__["next_norm"] = next_norm
+        # The norm that reads each block's output (``StateXGLABlock.forward``; ``modeling/normed_sums.py``).
+        link_next_norms(self.layers, [block.attn_norm for block in self.layers], self.norm)
         self.gradient_checkpointing = False
         self.post_init()
 

@@ -15,6 +15,7 @@ from statex_hf.kernels.ssd.naive import discretize_dt
 from statex_hf.modeling.cache import conv_state, recurrent_state, store_conv_state, store_recurrent_state
 from statex_hf.modeling.decode_linear import DecodeLinear
 from statex_hf.modeling.mamba2.configuration_statex_mamba2 import StateXMamba2Config
+from statex_hf.modeling.normed_sums import add_and_normalize, link_next_norms, take_normed_sum
 from statex_hf.modeling.recurrent_model import StateXRecurrentForCausalLM, StateXRecurrentModel
 from torch import nn
 from transformers import PreTrainedModel
@@ -41,9 +42,34 @@ class StateXMamba2RMSNorm(nn.Module):
         self, hidden_states: torch.Tensor, gate: torch.Tensor | None = None, input_dtype: torch.dtype | None = None
     ) -> torch.Tensor:
         """``input_dtype``: normalize ``hidden_states.to(input_dtype)`` (the kernel casts as it loads, where it can)."""
+        normed = take_normed_sum(self, hidden_states, input_dtype) if gate is None else None
+        if normed is not None:  # `residual_add` normalized this very sum, for a call with this input_dtype
+            return normed
         return dispatch.gated_rmsnorm(
             hidden_states, gate, self.weight, self.variance_epsilon, self.group_size, input_dtype=input_dtype
         )
+
+    def residual_add(
+        self, residual: torch.Tensor, update: torch.Tensor, dtype: torch.dtype, input_dtype: torch.dtype | None
+    ) -> torch.Tensor:
+        """``residual.to(dtype) + update`` (``dispatch.residual_add``), a block's residual connection that this norm
+        (one group, no gate: a block's norm or the final one) reads next, called with ``input_dtype``.
+
+        Where one kernel can also normalize the sum (``dispatch.one_launch_add_rmsnorm``: CUDA, no gradient; this
+        norm without hooks; outside ``torch.inference_mode``), it does, and this norm's next call with the returned
+        tensor, unchanged, and that ``input_dtype`` returns that result (bit for bit the norm it would compute)
+        instead of launching the norm (``modeling/normed_sums.py``). Everywhere else ``dispatch.residual_add``.
+        """
+        summed = None
+        if self.group_size == residual.shape[-1]:
+            summed = add_and_normalize(
+                self,
+                lambda: dispatch.one_launch_add_rmsnorm(
+                    residual, update, self.weight, self.variance_epsilon, False, input_dtype, dtype
+                ),
+                input_dtype,
+            )
+        return dispatch.residual_add(residual, update, dtype) if summed is None else summed
 
 
 class StateXMamba2Mixer(nn.Module):
@@ -215,12 +241,17 @@ class StateXMamba2Block(GradientCheckpointingLayer):
     ) -> torch.Tensor:
         # `hidden_states.float() + mixer(norm(hidden_states.to(weight dtype)))`. The casts are handed to the norm and
         # the add, which on a CUDA step without gradients fold them into their kernels (dispatch.py); elsewhere
-        # they run as these torch ops.
+        # they run as these torch ops. The add is handed to the norm that reads the sum next (the next block's,
+        # called with its weight's dtype, or the model's final norm, with none): on the decode path one kernel adds
+        # and normalizes.
         normed = self.norm(hidden_states, input_dtype=self.norm.weight.dtype)
         residual_dtype = torch.float32 if self.residual_in_fp32 else hidden_states.dtype
-        return dispatch.residual_add(
-            hidden_states, self.mixer(normed, attention_mask, cache, cu_seqlens), residual_dtype
-        )
+        update = self.mixer(normed, attention_mask, cache, cu_seqlens)
+        next_norm = self.__dict__.get("next_norm")
+        if next_norm is None:
+            return dispatch.residual_add(hidden_states, update, residual_dtype)
+        input_dtype = None if self.__dict__.get("next_norm_is_final") else next_norm.weight.dtype
+        return next_norm.residual_add(hidden_states, update, residual_dtype, input_dtype)
 
 
 class StateXMamba2PreTrainedModel(PreTrainedModel):
@@ -263,6 +294,10 @@ class StateXMamba2Model(StateXMamba2PreTrainedModel, StateXRecurrentModel):
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList([StateXMamba2Block(config, i) for i in range(config.num_hidden_layers)])
         self.norm_f = StateXMamba2RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        # The norm that reads each block's output (``StateXMamba2Block.forward``; ``modeling/normed_sums.py``).
+        link_next_norms(self.layers, [block.norm for block in self.layers], self.norm_f)
+        if len(self.layers):
+            self.layers[-1].__dict__["next_norm_is_final"] = True  # norm_f reads the stream as it is (no cast)
         self.gradient_checkpointing = False
         # mamba_ssm checkpoints name the embedding "embedding"; transformers' Mamba2 renames it on load.
         self._register_load_state_dict_pre_hook(self._rename_mamba_ssm_embedding)
