@@ -153,8 +153,8 @@ def test_a_decode_step_computes_what_the_unfused_step_did_bit_for_bit(monkeypatc
 def test_a_bf16_decode_step_launches_five_kernels_per_layer(monkeypatch, on_cuda_dispatch):
     # Issue 20: a Mamba2 layer's one-row step launched 6 kernels: the block's norm, in_proj's GEMV, the conv and
     # state update (one launch), the gated norm, out_proj's GEMV and the residual add; then the final norm, its fp32
-    # output's cast to the head's bf16, the head and the logits' cast to fp32. Now each add is the prologue of the norm that reads its sum (the next
-    # block's norm, the final norm): only the first layer's norm is left on its own.
+    # output's cast to the head's bf16, the head and the logits' cast to fp32. Now each add is the prologue of the
+    # norm that reads its sum (the next block's norm, the final norm): only the first layer's norm is left alone.
     model = build("mamba2", num_hidden_layers=3, statex_layers=[1]).to(BF16)
     seen, _ = decode(model, torch.randint(3, VOCAB - 2, (1, 6)), monkeypatch)
     per_layer = ["linear.gemv", "ssd.conv_state_update", "norm.fwd", "linear.gemv", "norm.add_fwd"]
