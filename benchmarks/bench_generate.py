@@ -159,8 +159,8 @@ def worker(impl: str, args) -> None:
     if args.separate_products:  # a baseline in the same run: each product of one input its own GEMV launch
         dispatch.one_launch_products = lambda x, weights: None
         dispatch.one_launch_swiglu = lambda x, gate_weight, up_weight: None
-    if args.unfused_residual_norm:  # a baseline in the same run: GLA's residual adds by torch, each norm its own kernel
-        dispatch.one_launch_add_rmsnorm = lambda residual, update, weight, eps: None
+    if args.unfused_residual_norm:  # a baseline in the same run: each residual add (GLA's by torch, Mamba2's by the
+        dispatch.one_launch_add_rmsnorm = lambda *args, **kwargs: None  # residual-add kernel) and each norm apart
     if args.conv_ssd_max_rows is not None:  # 0: a baseline in the same run, a Mamba2 step's conv and state update
         dispatch.ONE_LAUNCH_CONV_SSD_MAX_ROWS = args.conv_ssd_max_rows  # as two launches at every batch
     ours = impl.startswith("ours")
@@ -304,7 +304,8 @@ def main() -> None:
     parser.add_argument(
         "--unfused-residual-norm",
         action="store_true",
-        help="ours: GLA's residual adds by torch and each norm its own kernel (not one add + norm kernel)",
+        help="ours: each residual add (GLA's by torch, Mamba2's by its kernel) and each norm its own kernel "
+        "(not one add + norm kernel)",
     )
     parser.add_argument(
         "--conv-ssd-max-rows",

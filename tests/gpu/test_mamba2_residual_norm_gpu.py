@@ -1,0 +1,141 @@
+"""A Mamba2 block's residual add fused into the norm that reads its sum, on the GPU at Mamba2-1.3B's hidden size (run
+with STATEX_GPU_TESTS=1 on a CUDA machine): the add + norm kernel in each form a Mamba2 model hands over is the
+residual add (its kernel, or torch's) and the separate norm kernel on the sum, bit for bit, eagerly and replayed in a
+CUDA graph; and a decode step of a model with 1.3B shapes computes the logits and caches of the unfused step bit for
+bit, eagerly and as generate's CUDA graphs (the same greedy tokens and scores, and eager decoding the graphs' tokens).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from statex_hf.kernels import dispatch
+from statex_hf.kernels.norm.add_rmsnorm import add_rmsnorm
+from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
+from statex_hf.modeling.cache import conv_state, recurrent_state
+from statex_hf.modeling.decode_graphs import decode_graphs_for
+
+from statex_hf import StateXMamba2Config, StateXMamba2ForCausalLM
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+DEVICE = "cuda"
+HIDDEN = 2048  # Mamba2-1.3B
+EPS = 1e-5
+SHAPES = [(1, 1, HIDDEN), (16, 1, HIDDEN), (64, 1, HIDDEN), (2, 1000, HIDDEN)]
+SHAPE_IDS = ["decode-1", "decode-16", "decode-64", "prefill-2x1000"]
+F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
+# (residual, update, the add's dtype, the norm's input_dtype, the weight's dtype): what a Mamba2 model hands over.
+FORMS = {
+    "stream->next-norm": (F32, BF16, F32, BF16, BF16),
+    "embeddings->next-norm": (BF16, BF16, F32, BF16, BF16),
+    "stream->final-norm": (F32, BF16, F32, None, BF16),
+    "fp16-stream": (F32, F16, F32, F16, F16),
+    "bf16-stream": (BF16, BF16, BF16, BF16, BF16),
+    "fp32-model": (F32, F32, F32, F32, F32),
+}
+
+
+def inputs(shape, form, seed=0):
+    residual_dtype, update_dtype, _, _, weight_dtype = FORMS[form]
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    residual = (8 * torch.randn(*shape, device=DEVICE, generator=g)).to(residual_dtype)  # magnitudes apart: sums round
+    update = torch.randn(*shape, device=DEVICE, generator=g).to(update_dtype)
+    weight = (1.0 + 0.1 * torch.randn(shape[-1], device=DEVICE, generator=g)).to(weight_dtype)
+    return residual, update, weight
+
+
+def unfused(residual, update, weight, form):
+    _, _, dtype, input_dtype, _ = FORMS[form]
+    summed = dispatch.residual_add(residual, update, dtype)  # the residual-add kernel where the dtypes differ
+    return summed, gated_rmsnorm(summed, None, weight, EPS, HIDDEN, input_dtype=input_dtype)
+
+
+def fused(residual, update, weight, form):
+    _, _, dtype, input_dtype, _ = FORMS[form]
+    return add_rmsnorm(residual, update, weight, EPS, norm_before_gate=False, input_dtype=input_dtype, dtype=dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("form", list(FORMS))
+@torch.no_grad()
+def test_the_kernel_is_the_residual_add_and_the_norm_kernel_bit_for_bit(shape, form):
+    residual, update, weight = inputs(shape, form)
+    _, _, dtype, input_dtype, _ = FORMS[form]
+    want = unfused(residual, update, weight, form)
+    assert torch.equal(want[0], residual.to(dtype) + update)  # torch's add
+    for got in (
+        fused(residual, update, weight, form),
+        dispatch.one_launch_add_rmsnorm(residual, update, weight, EPS, False, input_dtype, dtype),
+    ):
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == w.dtype and torch.equal(g, w)
+
+
+@torch.no_grad()
+def test_the_kernel_replayed_in_a_cuda_graph_on_new_inputs():
+    form = "stream->next-norm"
+    residual, update, weight = inputs((1, 1, HIDDEN), form)
+    static_residual, static_update = residual.clone(), update.clone()
+    fused(static_residual, static_update, weight, form)  # compiled before the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = fused(static_residual, static_update, weight, form)
+    for seed in (1, 2):
+        new_residual, new_update, _ = inputs((1, 1, HIDDEN), form, seed=seed)
+        static_residual.copy_(new_residual)
+        static_update.copy_(new_update)
+        graph.replay()
+        for g, w in zip(static_out, unfused(new_residual, new_update, weight, form), strict=True):
+            assert torch.equal(g, w)
+
+
+def build(dtype, layers=2):
+    # Mamba2-1.3B's layer shapes, the second layer expanded (N 512), and a small vocabulary.
+    config = StateXMamba2Config(
+        hidden_size=HIDDEN, num_heads=64, head_dim=64, state_size=128, n_groups=1, num_hidden_layers=layers,
+        vocab_size=512, statex_layers=[1], statex_state_size=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return StateXMamba2ForCausalLM(config).to(DEVICE, dtype).eval()
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_a_decode_step_is_the_unfused_steps_bit_for_bit(monkeypatch, dtype, batch):
+    model = build(dtype)
+    ids = torch.randint(3, 512, (batch, 12), device=DEVICE)
+
+    def step():
+        with torch.no_grad():
+            out = model(ids[:, :-1], use_cache=True)
+            cache = out.cache if "cache" in out else out.cache_params
+            logits = model(ids[:, -1:], cache=cache, use_cache=True, logits_to_keep=1).logits
+        layers = range(model.config.num_hidden_layers)
+        return [logits] + [recurrent_state(cache, i) for i in layers] + [conv_state(cache, i) for i in layers]
+
+    got = step()
+    monkeypatch.setattr(dispatch, "one_launch_add_rmsnorm", lambda *args, **kwargs: None)
+    want = step()
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and torch.equal(g, w)
+
+
+def test_generate_as_cuda_graphs_gives_the_unfused_and_the_eager_tokens_and_scores(monkeypatch):
+    model = build(torch.bfloat16, layers=3)
+    ids = torch.randint(3, 512, (1, 16), device=DEVICE)
+
+    def generate(**kwargs):
+        decode_graphs_for(model).clear()
+        out = model.generate(
+            ids, max_new_tokens=12, do_sample=False, eos_token_id=None, return_dict_in_generate=True,
+            output_logits=True, **kwargs,
+        )  # fmt: skip
+        return out.sequences, torch.stack(out.logits)
+
+    got = generate()
+    assert decode_graphs_for(model).last_capture_seconds is not None, "no decode step was captured"
+    eager = generate(disable_compile=True)
+    assert torch.equal(got[0], eager[0]) and torch.equal(got[1], eager[1])
+    monkeypatch.setattr(dispatch, "one_launch_add_rmsnorm", lambda *args, **kwargs: None)
+    want = generate()
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
