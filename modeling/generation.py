@@ -11,10 +11,18 @@ from __future__ import annotations
 import torch
 from statex_hf.modeling.cache import tokens_seen
 from transformers import GenerationMixin
+from transformers.generation import utils as generation_utils
 
 # The cache's older names: `past_key_values` (fla, most of transformers) and `cache_params` (Mamba); both became
 # `cache` in transformers 5.24, and `generate` before 5.24 passes them under the old names.
 LEGACY_CACHE_NAMES = ("past_key_values", "cache_params")
+# What transformers' input preparation never forwards to a decode step's forward (``position_ids`` too, here).
+_NOT_FORWARDED = frozenset(
+    ("labels", "next_sequence_length", "position_ids")
+    + tuple(getattr(generation_utils, "MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL", ()))
+)
+# Inputs transformers' preparation slices to the step's tokens: a decode step with any of them takes that path.
+_SLICED_INPUTS = ("token_type_ids", "mm_token_type_ids", "moe_mm_token_type_ids", "decoder_attention_mask")
 
 
 def _tokens_not_in_cache(
@@ -64,6 +72,8 @@ class StateXGenerationMixin(GenerationMixin):
         for name in LEGACY_CACHE_NAMES:  # generate before transformers 5.24 hands the cache back under these
             legacy = kwargs.pop(name, None)
             cache = cache if cache is not None else legacy
+        if not is_first_iteration and self._is_plain_decode_step(input_ids, next_sequence_length, cache, kwargs):
+            return self._decode_step_inputs(input_ids, next_sequence_length, cache, kwargs)
         if is_first_iteration and cache is not None:
             # Continuing from a cache (transformers 5.17 slices only caches it calls `past_key_values`).
             if next_sequence_length is None:
@@ -87,4 +97,29 @@ class StateXGenerationMixin(GenerationMixin):
         if kwargs.get("use_cache", True) and not is_first_iteration:
             # A decode step's one token is never padding (as transformers' Mamba2 decides).
             model_inputs.pop("attention_mask", None)
+        return model_inputs
+
+    def _is_plain_decode_step(self, input_ids, next_sequence_length: int | None, cache, kwargs: dict) -> bool:
+        """Whether this is a decode step from ids that :meth:`_decode_step_inputs` prepares as transformers would."""
+        return (
+            next_sequence_length is not None
+            and cache is not None
+            and kwargs.get("use_cache", True)
+            and isinstance(input_ids, torch.Tensor)
+            and input_ids.device == self.get_input_embeddings().weight.device
+            and not any(kwargs.get(name) is not None for name in _SLICED_INPUTS)
+        )
+
+    def _decode_step_inputs(self, input_ids: torch.LongTensor, next_sequence_length: int, cache, kwargs: dict) -> dict:
+        """A decode step's inputs, as transformers' ``prepare_inputs_for_generation`` and the rules above make them.
+
+        The same keys and values, made in a few microseconds: ``generate`` waits for the GPU once a token (its stop
+        check), and everything between that wait and the next step's launch leaves the GPU idle, which at one
+        sequence is a measurable share of each token (benchmarks/profile_generate_loop.py). transformers walks the
+        model's parameters and the cache's layers there and copies the ids; the last ids are passed as a view here
+        (the forward only reads them, and ``generate`` makes a new ``input_ids`` each step)."""
+        model_inputs = {"input_ids": input_ids[:, -next_sequence_length:], "cache": cache}
+        for key, value in kwargs.items():
+            if key not in _NOT_FORWARDED:
+                model_inputs.setdefault(key, value)
         return model_inputs

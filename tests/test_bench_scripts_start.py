@@ -39,3 +39,12 @@ def test_bench_gemv_tiny_times_every_path_on_cpu(tmp_path):
     assert {r["impl"] for r in rows} == {"torch", "ours pick", "ours"}
     assert any(" S2 " in r["config"] for r in rows)
     assert all(r["err"] < 1e-5 for r in rows) and sum(r["best"] for r in rows) == 1
+
+
+def test_profile_generate_loop_tiny_times_each_stage_on_cpu():
+    # Toy shapes on CPU: every stage that runs without a GPU gets a median (a check of the script's bookkeeping).
+    command = [sys.executable, "-P", str(BENCHMARKS / "profile_generate_loop.py"), "--tiny", "--tokens", "6"]
+    result = subprocess.run([*command, "--impls", "ours_gla"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for stage in ("wait", "loop", "prepare", "to forward", "to replay", "post"):
+        assert f"{stage}: median" in result.stdout, result.stdout

@@ -53,3 +53,38 @@ def test_a_cache_bound_by_another_models_graphs_is_bound_to_this_ones(family, se
     our_step = captured(ours, model, cache, ids)
     assert ours._step_for(model, {"input_ids": ids, "cache": cache}) is our_step
     assert cache.graph_binding is our_step
+
+
+def _replace_layer(cache):
+    old = cache.layers[1]
+    fresh = type(old)(number_of_states=old.number_of_states)
+    fresh.__dict__.update({k: (dict(v) if isinstance(v, dict) else v) for k, v in old.__dict__.items()})
+    cache.layers[1] = fresh
+
+
+def _replace_state_dict(cache):
+    cache.layers[1].recurrent_states = dict(cache.layers[1].recurrent_states)
+    cache.layers[1].recurrent_states[0] = cache.layers[1].recurrent_states[0].clone()
+
+
+def _replace_conv_window(cache):
+    cache.layers[0].conv_states[0] = cache.layers[0].conv_states[0].clone()
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+@pytest.mark.parametrize("replace", [_replace_layer, _replace_state_dict, _replace_conv_window])
+def test_a_cache_whose_layers_or_state_dicts_were_replaced_is_bound_afresh(family, replace, served_on_cpu):
+    """The quick binding check sees a replaced layer, a replaced state dict and a replaced tensor in any slot: after
+    each, the next step copies the cache's values into the graph's tensors and the cache holds those again."""
+    model = build(family, use_short_conv=True) if family == "gla" else build(family)
+    decoder, cache, ids = DecodeGraphs(model), prefilled(model), torch.ones(2, 1, dtype=torch.long)
+    step = captured(decoder, model, cache, ids)
+    assert decoder._step_for(model, {"input_ids": ids, "cache": cache}) is step
+    assert step.binding.holds(cache)
+    replace(cache)
+    assert not step.binding.holds(cache)
+    values = [t.clone() for t in cache.state_tensors()]
+    assert decoder._step_for(model, {"input_ids": ids, "cache": cache}) is step
+    assert step.binding.holds(cache)
+    assert all(a is b for a, b in zip(cache.state_tensors(), step.states.state_tensors()))
+    assert all(torch.equal(a, b) for a, b in zip(cache.state_tensors(), values))

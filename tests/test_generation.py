@@ -176,3 +176,52 @@ def test_continuing_from_a_cache_with_too_short_an_input_names_the_fix(family):
     first = model.generate(prompt, max_new_tokens=2, do_sample=False, eos_token_id=None, return_dict_in_generate=True)
     with pytest.raises(ValueError, match="pass the whole sequence"):
         model.generate(prompt[:, :3], cache=returned_cache(first), max_new_tokens=2, do_sample=False, eos_token_id=None)
+
+
+def _same_inputs(fast: dict, general: dict) -> bool:
+    if fast.keys() != general.keys():
+        return False
+    for key, value in fast.items():
+        other = general[key]
+        if isinstance(value, torch.Tensor):
+            if not (isinstance(other, torch.Tensor) and torch.equal(value, other)):
+                return False
+        elif value is not other and value != other:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"output_hidden_states": True, "return_dict_in_generate": True, "output_scores": True},
+        {"num_beams": 2, "do_sample": False},
+        {"do_sample": True, "top_k": 5, "num_return_sequences": 2},
+    ],
+)
+def test_decode_steps_get_the_inputs_transformers_prepares(family, settings, monkeypatch):
+    """The quick preparation of a decode step (made while the GPU waits) gives the forward exactly the inputs
+    transformers' own preparation and this model's rules give it, at every step, whatever generate passes."""
+    model = build(family, statex_layers=[0])
+    cls = type(model)
+    prepare, plain_step = cls.prepare_inputs_for_generation, cls._is_plain_decode_step
+    quick_steps, same = [], []
+
+    def both_ways(self, *args, **kwargs):
+        with monkeypatch.context() as patch:
+            patch.setattr(cls, "_is_plain_decode_step", lambda *a: False)
+            general = prepare(self, *args, **dict(kwargs))
+        quick_steps.append(plain_step(self, args[0], kwargs.get("next_sequence_length"), kwargs.get("cache"), {}))
+        prepared = prepare(self, *args, **kwargs)
+        same.append(_same_inputs(prepared, general))
+        return prepared
+
+    monkeypatch.setattr(cls, "prepare_inputs_for_generation", both_ways)
+    prompt = torch.randint(3, VOCAB, (2, 6))
+    mask = torch.ones_like(prompt)
+    mask[0, :2] = 0  # left padding: generate carries a mask through every step
+    model.generate(prompt, attention_mask=mask, max_new_tokens=4, eos_token_id=None, pad_token_id=0, **settings)
+    assert quick_steps.count(True) >= 3  # every decode step took the quick path
+    assert same and all(same)
