@@ -55,3 +55,14 @@ def on_cuda_dispatch(monkeypatch):
     from statex_hf.kernels import dispatch
 
     monkeypatch.setattr(dispatch, "use_triton", lambda *tensors: True)
+
+
+@pytest.fixture(params=["table", "small-tiles"])
+def norm_tiles(request, monkeypatch):
+    """The norm kernels' tiles from their table, or small ones: 2 rows a block (the last one masked) and a row
+    walked in chunks of 16 channels (the wide-row path). The add + norm kernel takes the norm's."""
+    if request.param == "small-tiles":
+        from statex_hf.kernels import launch
+        from statex_hf.kernels.launch import LaunchConfig
+
+        monkeypatch.setitem(launch.OVERRIDES, "norm.fwd", LaunchConfig.of(1, 1, BM=2, BS=16))

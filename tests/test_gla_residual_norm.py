@@ -14,29 +14,20 @@ import weakref
 import pytest
 import torch
 from launched_ops import LaunchedOps
-from statex_hf.kernels import dispatch, launch
-from statex_hf.kernels.launch import LaunchConfig
+from residual_norm_checks import assert_all_equal, decode, double_in_place, double_new, train_step
+from statex_hf.kernels import dispatch
 from statex_hf.kernels.norm.add_rmsnorm import add_rmsnorm
 from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
 from statex_hf.kernels.norm.naive import naive_gated_rmsnorm
-from statex_hf.modeling.cache import recurrent_state
 from statex_hf.modeling.gla.modeling_statex_gla import StateXGLABlock
-from tiny_models import VOCAB, build, returned_cache
+from tiny_models import VOCAB, build
 from torch import nn
 
 EPS = 1e-6
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-@pytest.fixture(params=["table", "small-tiles"])
-def tiles(request, monkeypatch):
-    """The norm's tiles (which the add + norm takes too), or small ones: 2 rows a block (the last one masked) and
-    a row walked in chunks of 16 channels (the wide-row path)."""
-    if request.param == "small-tiles":
-        monkeypatch.setitem(launch.OVERRIDES, "norm.fwd", LaunchConfig.of(1, 1, BM=2, BS=16))
-
-
-@pytest.mark.usefixtures("tiles")
+@pytest.mark.usefixtures("norm_tiles")
 @pytest.mark.parametrize("shape", [(1, 1, 32), (3, 5, 100)], ids=["decode-32", "3x5x100"])
 @pytest.mark.parametrize(
     "residual_dtype, update_dtype",
@@ -56,7 +47,7 @@ def test_the_kernel_is_torchs_add_and_the_norm_kernel_bit_for_bit(shape, residua
     torch.testing.assert_close(n, reference)
 
 
-@pytest.mark.usefixtures("tiles")
+@pytest.mark.usefixtures("norm_tiles")
 def test_the_kernel_in_mamba2s_form_normalizes_the_fp32_stream_rounded_to_bf16():
     # Gate first (the weight after the rounding) and the fp32 sum rounded to bf16 as the norm loads it: what a
     # Mamba2 block's add and the next norm would take.
@@ -116,35 +107,6 @@ def test_dispatch_fuses_only_on_the_no_grad_cuda_path(monkeypatch, on_cuda_dispa
     assert torch.equal(fused[1], gated_rmsnorm(residual + update, None, weight, EPS, 24, norm_before_gate=True))
 
 
-def prefilled(model, ids, monkeypatch):
-    """The cache after ``ids[:, :-1]``, run on torch (the interpreter's ``tl.dot`` misreads bf16)."""
-    with torch.no_grad(), monkeypatch.context() as m:
-        m.setattr(dispatch, "use_triton", lambda *tensors: False)
-        return returned_cache(model(ids[:, :-1], use_cache=True))
-
-
-def decode(model, ids, monkeypatch, steps=2, unfused=False):
-    """Logits and every layer's state after ``steps`` decode steps after the prompt, and the ops of the last step
-    (``unfused``: each add by torch and each norm its own kernel, as before the fusion)."""
-    cache = prefilled(model, ids, monkeypatch)
-    logits = []
-    with torch.no_grad(), monkeypatch.context() as m:
-        if unfused:
-            m.setattr(dispatch, "one_launch_add_rmsnorm", lambda *args: None)
-        for step in range(steps):
-            token = ids[:, -1:] + step
-            with LaunchedOps(m) as seen:
-                out = model(token, cache=cache, use_cache=True, logits_to_keep=1)
-            logits.append(out.logits)
-    states = [recurrent_state(cache, i).clone() for i in range(model.config.num_hidden_layers)]
-    return seen, [*logits, *states]
-
-
-def assert_all_equal(got, want):
-    for g, w in zip(got, want, strict=True):
-        assert g.dtype == w.dtype and torch.equal(g, w)
-
-
 @pytest.mark.usefixtures("on_cuda_dispatch")
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("batch", [1, 2])
@@ -188,14 +150,6 @@ def previous_block_forward(self, hidden_states, attention_mask=None, cache=None,
     return hidden_states + self.mlp(self.mlp_norm(hidden_states))
 
 
-def train_step(model, ids):
-    """Logits and every parameter's gradient of one forward and backward."""
-    model.zero_grad()
-    logits = model(ids).logits
-    logits.float().pow(2).mean().backward()
-    return [logits] + [p.grad for p in model.parameters()]
-
-
 @pytest.mark.parametrize("path", ["cpu", "as-on-cuda"])
 def test_training_computes_what_the_previous_block_did(monkeypatch, request, path):
     if path == "as-on-cuda":
@@ -218,14 +172,6 @@ def test_a_cpu_decode_step_adds_with_torch(monkeypatch):
     assert seen.triton == [] and seen.ops.count("add") >= 2 * model.config.num_hidden_layers
     monkeypatch.setattr(StateXGLABlock, "forward", previous_block_forward)
     assert_all_equal(got, decode(model, ids, monkeypatch)[1])
-
-
-def double_in_place(module, args, output):
-    output.mul_(2)  # a forward hook that changes the block's output in place (same tensor, new version)
-
-
-def double_new(module, args):
-    return (2 * args[0], *args[1:])  # a pre-hook that hands the block a new tensor
 
 
 @pytest.mark.usefixtures("on_cuda_dispatch")

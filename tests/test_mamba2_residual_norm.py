@@ -12,27 +12,25 @@ from __future__ import annotations
 import pytest
 import torch
 from launched_ops import LaunchedOps
-from statex_hf.kernels import dispatch, launch
+from residual_norm_checks import (
+    assert_all_equal,
+    decode,
+    double_in_place,
+    double_new,
+    previous_mamba2_block_forward,
+    train_step,
+)
+from statex_hf.kernels import dispatch
 from statex_hf.kernels.activations.residual_add import residual_add
-from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.kernels.norm.add_rmsnorm import add_rmsnorm
 from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
 from statex_hf.kernels.norm.naive import naive_gated_rmsnorm
-from statex_hf.modeling.cache import conv_state, recurrent_state
 from statex_hf.modeling.mamba2.modeling_statex_mamba2 import StateXMamba2Block
-from tiny_models import VOCAB, build, returned_cache
+from tiny_models import VOCAB, build
 from torch import nn
 
 EPS = 1e-5
 F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
-
-
-@pytest.fixture(params=["table", "small-tiles"])
-def tiles(request, monkeypatch):
-    """The norm's tiles (which the add + norm takes too), or small ones: 2 rows a block (the last one masked) and
-    a row walked in chunks of 16 channels (the wide-row path)."""
-    if request.param == "small-tiles":
-        monkeypatch.setitem(launch.OVERRIDES, "norm.fwd", LaunchConfig.of(1, 1, BM=2, BS=16))
 
 
 # (residual, update, the add's dtype, the norm's input_dtype, the weight's dtype): what a Mamba2 model hands over.
@@ -46,7 +44,7 @@ FORMS = {
 }
 
 
-@pytest.mark.usefixtures("tiles")
+@pytest.mark.usefixtures("norm_tiles")
 @pytest.mark.parametrize("shape", [(1, 1, 32), (3, 5, 100)], ids=["decode-32", "3x5x100"])
 @pytest.mark.parametrize("form", list(FORMS))
 def test_the_kernel_is_the_residual_add_and_the_norm_kernel_bit_for_bit(shape, form):
@@ -94,36 +92,6 @@ def test_dispatch_fuses_mamba2s_form_only_on_the_no_grad_cuda_path(monkeypatch, 
     assert torch.equal(fused[1], gated_rmsnorm(summed, None, weight, EPS, 24, input_dtype=BF16))
 
 
-def prefilled(model, ids, monkeypatch):
-    """The cache after ``ids[:, :-1]``, run on torch (the interpreter's ``tl.dot`` misreads bf16)."""
-    with torch.no_grad(), monkeypatch.context() as m:
-        m.setattr(dispatch, "use_triton", lambda *tensors: False)
-        return returned_cache(model(ids[:, :-1], use_cache=True))
-
-
-def decode(model, ids, monkeypatch, steps=2, unfused=False):
-    """Logits and every layer's caches after ``steps`` decode steps after the prompt, and the ops of the last step
-    (``unfused``: each add its own kernel and each norm its own, as before the fusion)."""
-    cache = prefilled(model, ids, monkeypatch)
-    logits = []
-    with torch.no_grad(), monkeypatch.context() as m:
-        if unfused:
-            m.setattr(dispatch, "one_launch_add_rmsnorm", lambda *args: None)
-        for step in range(steps):
-            token = ids[:, -1:] + step
-            with LaunchedOps(m) as seen:
-                out = model(token, cache=cache, use_cache=True, logits_to_keep=1)
-            logits.append(out.logits)
-    layers = range(model.config.num_hidden_layers)
-    states = [recurrent_state(cache, i).clone() for i in layers] + [conv_state(cache, i).clone() for i in layers]
-    return seen, [*logits, *states]
-
-
-def assert_all_equal(got, want):
-    for g, w in zip(got, want, strict=True):
-        assert g.dtype == w.dtype and torch.equal(g, w)
-
-
 @pytest.mark.usefixtures("on_cuda_dispatch")
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("batch", [1, 2])
@@ -162,21 +130,6 @@ def test_a_bf16_decode_step_launches_five_kernels_per_layer(monkeypatch, on_cuda
     assert seen.kernels == ["embedding", "norm.fwd", *per_layer * 3, *head], seen.kernels
 
 
-def previous_block_forward(self, hidden_states, attention_mask=None, cache=None, cu_seqlens=None):
-    """``StateXMamba2Block.forward`` before issue 20's change: a cast for the norm, torch's add."""
-    residual = hidden_states.float() if self.residual_in_fp32 else hidden_states
-    normed = self.norm(hidden_states.to(self.norm.weight.dtype))
-    return residual + self.mixer(normed, attention_mask, cache, cu_seqlens)
-
-
-def train_step(model, ids):
-    """Logits and every parameter's gradient of one forward and backward."""
-    model.zero_grad()
-    logits = model(ids).logits
-    logits.float().pow(2).mean().backward()
-    return [logits] + [p.grad for p in model.parameters()]
-
-
 @pytest.mark.parametrize("path", ["cpu", "as-on-cuda"])
 def test_training_computes_what_the_previous_block_did(monkeypatch, request, path):
     if path == "as-on-cuda":
@@ -186,7 +139,7 @@ def test_training_computes_what_the_previous_block_did(monkeypatch, request, pat
     with LaunchedOps(monkeypatch) as seen:
         got = train_step(model, ids)
     assert "norm.add_fwd" not in seen.triton
-    monkeypatch.setattr(StateXMamba2Block, "forward", previous_block_forward)
+    monkeypatch.setattr(StateXMamba2Block, "forward", previous_mamba2_block_forward)
     want = train_step(model, ids)
     for g, w in zip(got, want, strict=True):
         assert g is not None and torch.equal(g, w)
@@ -197,16 +150,8 @@ def test_a_cpu_decode_step_adds_with_torch(monkeypatch):
     ids = torch.randint(3, VOCAB - 2, (1, 6))
     seen, got = decode(model, ids, monkeypatch)
     assert seen.triton == [] and seen.ops.count("add") >= model.config.num_hidden_layers
-    monkeypatch.setattr(StateXMamba2Block, "forward", previous_block_forward)
+    monkeypatch.setattr(StateXMamba2Block, "forward", previous_mamba2_block_forward)
     assert_all_equal(got, decode(model, ids, monkeypatch)[1])
-
-
-def double_in_place(module, args, output):
-    output.mul_(2)  # a forward hook that changes the block's output in place (same tensor, new version)
-
-
-def double_new(module, args):
-    return (2 * args[0], *args[1:])  # a pre-hook that hands the block a new tensor
 
 
 @pytest.mark.usefixtures("on_cuda_dispatch")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from launched_ops import LaunchedOps
+from residual_norm_checks import previous_mamba2_block_forward, train_step
 from statex_hf.kernels import dispatch, launch
 from statex_hf.kernels.activations.residual_add import residual_add
 from statex_hf.kernels.launch import LaunchConfig
@@ -78,21 +79,6 @@ def test_dispatch_takes_the_kernel_only_for_a_no_grad_mixed_dtype_add(monkeypatc
     assert up.grad.dtype == torch.bfloat16 and torch.equal(up.grad, torch.ones_like(update))
 
 
-def previous_block_forward(self, hidden_states, attention_mask=None, cache=None, cu_seqlens=None):
-    """``StateXMamba2Block.forward`` before issue 20's change: a cast for the norm, torch's add."""
-    residual = hidden_states.float() if self.residual_in_fp32 else hidden_states
-    normed = self.norm(hidden_states.to(self.norm.weight.dtype))
-    return residual + self.mixer(normed, attention_mask, cache, cu_seqlens)
-
-
-def train_step(model, ids):
-    """Logits and every parameter's gradient of one forward and backward."""
-    model.zero_grad()
-    logits = model(ids).logits
-    logits.float().pow(2).mean().backward()
-    return [logits] + [p.grad for p in model.parameters()]
-
-
 @pytest.mark.parametrize("residual_in_fp32", [True, False], ids=["fp32-stream", "bf16-stream"])
 @pytest.mark.parametrize("path", ["cpu", "as-on-cuda"])
 def test_training_computes_what_the_previous_block_did(monkeypatch, request, path, residual_in_fp32):
@@ -103,7 +89,7 @@ def test_training_computes_what_the_previous_block_did(monkeypatch, request, pat
     model = build("mamba2", statex_layers=[1], residual_in_fp32=residual_in_fp32).to(torch.bfloat16).train()
     ids = torch.randint(3, VOCAB, (2, 6))
     got = train_step(model, ids)
-    monkeypatch.setattr(StateXMamba2Block, "forward", previous_block_forward)
+    monkeypatch.setattr(StateXMamba2Block, "forward", previous_mamba2_block_forward)
     want = train_step(model, ids)
     for g, w in zip(got, want):
         assert g is not None and g.dtype == w.dtype and torch.equal(g, w)
@@ -152,7 +138,7 @@ def test_a_decode_step_casts_nothing_for_its_norms_and_adds_each_residual_in_one
     per_layer += ["activations.residual_add"]
     assert seen.triton == per_layer * layers + ["norm.fwd", *product], seen.triton
     with monkeypatch.context() as m:
-        m.setattr(StateXMamba2Block, "forward", previous_block_forward)
+        m.setattr(StateXMamba2Block, "forward", previous_mamba2_block_forward)
         _, previous = step(m)
     with monkeypatch.context() as m:
         m.setattr(dispatch, "use_triton", lambda *tensors: False)

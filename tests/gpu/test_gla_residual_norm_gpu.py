@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from residual_norm_checks import assert_all_equal, decode_step
 from statex_hf.kernels import dispatch
 from statex_hf.kernels.dependent_launch import dependent_launches
 from statex_hf.kernels.linear.gemv import gemv
 from statex_hf.kernels.norm.add_rmsnorm import add_rmsnorm
 from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
-from statex_hf.modeling.cache import recurrent_state
 from statex_hf.modeling.decode_graphs import decode_graphs_for
 
 from statex_hf import StateXGLAConfig, StateXGLAForCausalLM
@@ -111,18 +111,9 @@ def test_a_decode_step_is_the_unfused_steps_bit_for_bit(monkeypatch, dtype, batc
     model = build(dtype)
     ids = torch.randint(3, 512, (batch, 12), device=DEVICE)
 
-    def step():
-        with torch.no_grad():
-            out = model(ids[:, :-1], use_cache=True)
-            cache = out.cache if "cache" in out else out.past_key_values
-            logits = model(ids[:, -1:], cache=cache, use_cache=True, logits_to_keep=1).logits
-        return [logits] + [recurrent_state(cache, i) for i in range(model.config.num_hidden_layers)]
-
-    got = step()
+    got = decode_step(model, ids)
     monkeypatch.setattr(dispatch, "one_launch_add_rmsnorm", lambda *args: None)
-    want = step()
-    for g, w in zip(got, want, strict=True):
-        assert g.dtype == w.dtype and torch.equal(g, w)
+    assert_all_equal(got, decode_step(model, ids))
 
 
 def test_generate_as_cuda_graphs_gives_the_unfused_tokens_and_scores(monkeypatch):

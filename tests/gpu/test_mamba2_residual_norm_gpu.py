@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from residual_norm_checks import assert_all_equal, decode_step, mamba2_of_1_3b_shapes
 from statex_hf.kernels import dispatch
 from statex_hf.kernels.norm.add_rmsnorm import add_rmsnorm
 from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
-from statex_hf.modeling.cache import conv_state, recurrent_state
 from statex_hf.modeling.decode_graphs import decode_graphs_for
-
-from statex_hf import StateXMamba2Config, StateXMamba2ForCausalLM
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 DEVICE = "cuda"
@@ -89,39 +87,19 @@ def test_the_kernel_replayed_in_a_cuda_graph_on_new_inputs():
             assert torch.equal(g, w)
 
 
-def build(dtype, layers=2):
-    # Mamba2-1.3B's layer shapes, the second layer expanded (N 512), and a small vocabulary.
-    config = StateXMamba2Config(
-        hidden_size=HIDDEN, num_heads=64, head_dim=64, state_size=128, n_groups=1, num_hidden_layers=layers,
-        vocab_size=512, statex_layers=[1], statex_state_size=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return StateXMamba2ForCausalLM(config).to(DEVICE, dtype).eval()
-
-
 @pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_a_decode_step_is_the_unfused_steps_bit_for_bit(monkeypatch, dtype, batch):
-    model = build(dtype)
+    model = mamba2_of_1_3b_shapes(DEVICE, dtype)
     ids = torch.randint(3, 512, (batch, 12), device=DEVICE)
 
-    def step():
-        with torch.no_grad():
-            out = model(ids[:, :-1], use_cache=True)
-            cache = out.cache if "cache" in out else out.cache_params
-            logits = model(ids[:, -1:], cache=cache, use_cache=True, logits_to_keep=1).logits
-        layers = range(model.config.num_hidden_layers)
-        return [logits] + [recurrent_state(cache, i) for i in layers] + [conv_state(cache, i) for i in layers]
-
-    got = step()
+    got = decode_step(model, ids)
     monkeypatch.setattr(dispatch, "one_launch_add_rmsnorm", lambda *args, **kwargs: None)
-    want = step()
-    for g, w in zip(got, want, strict=True):
-        assert g.dtype == w.dtype and torch.equal(g, w)
+    assert_all_equal(got, decode_step(model, ids))
 
 
 def test_generate_as_cuda_graphs_gives_the_unfused_and_the_eager_tokens_and_scores(monkeypatch):
-    model = build(torch.bfloat16, layers=3)
+    model = mamba2_of_1_3b_shapes(DEVICE, torch.bfloat16, layers=3)
     ids = torch.randint(3, 512, (1, 16), device=DEVICE)
 
     def generate(**kwargs):

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from residual_norm_checks import assert_all_equal, decode_step, mamba2_of_1_3b_shapes, previous_mamba2_block_forward
 from statex_hf.kernels import dispatch
 from statex_hf.kernels.activations.residual_add import residual_add
 from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
-from statex_hf.modeling.cache import conv_state, recurrent_state
 from statex_hf.modeling.mamba2.modeling_statex_mamba2 import StateXMamba2Block
-
-from statex_hf import StateXMamba2Config, StateXMamba2ForCausalLM
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 DEVICE = "cuda"
@@ -66,35 +64,10 @@ def test_the_norm_rounds_an_fp32_stream_as_torchs_cast(shape, dtype):
         assert got.dtype == want.dtype == dtype and torch.equal(got, want)
 
 
-def previous_block_forward(self, hidden_states, attention_mask=None, cache=None, cu_seqlens=None):
-    """``StateXMamba2Block.forward`` before issue 20's change: a cast for the norm, torch's add."""
-    residual = hidden_states.float() if self.residual_in_fp32 else hidden_states
-    normed = self.norm(hidden_states.to(self.norm.weight.dtype))
-    return residual + self.mixer(normed, attention_mask, cache, cu_seqlens)
-
-
 @pytest.mark.parametrize("batch", [1, 4])
 def test_a_bf16_decode_step_is_the_previous_blocks_bit_for_bit(monkeypatch, batch):
-    # Two layers of Mamba2-1.3B's shapes, the second expanded (N 512).
-    config = StateXMamba2Config(
-        hidden_size=HIDDEN, num_heads=64, head_dim=64, state_size=128, n_groups=1, num_hidden_layers=2,
-        vocab_size=512, statex_layers=[1], statex_state_size=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = StateXMamba2ForCausalLM(config).to(DEVICE, torch.bfloat16).eval()
+    model = mamba2_of_1_3b_shapes(DEVICE, torch.bfloat16)  # two layers, the second expanded (N 512)
     ids = torch.randint(3, 512, (batch, 12), device=DEVICE)
-
-    def step():
-        with torch.no_grad():
-            out = model(ids[:, :-1], use_cache=True)
-            # `cache` from transformers 5.24 on, `cache_params` before.
-            cache = out.cache if "cache" in out else out.cache_params
-            logits = model(ids[:, -1:], cache=cache, use_cache=True, logits_to_keep=1).logits
-        layers = range(config.num_hidden_layers)
-        return [logits] + [recurrent_state(cache, i) for i in layers] + [conv_state(cache, i) for i in layers]
-
-    got = step()
-    monkeypatch.setattr(StateXMamba2Block, "forward", previous_block_forward)
-    want = step()
-    for g, w in zip(got, want):
-        assert g.dtype == w.dtype and torch.equal(g, w)
+    got = decode_step(model, ids)
+    monkeypatch.setattr(StateXMamba2Block, "forward", previous_mamba2_block_forward)
+    assert_all_equal(got, decode_step(model, ids))

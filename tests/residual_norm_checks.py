@@ -1,0 +1,91 @@
+"""What the tests of a block's residual add fused into the next norm share, for both families
+(``test_gla_residual_norm.py``, ``test_mamba2_residual_norm.py``, ``test_mamba2_residual_stream.py`` and their GPU
+twins): decode steps after a prompt, fused or not, and what they leave; a training step; hooks that change a block's
+input or output; Mamba2's block as it was before issue 20."""
+
+from __future__ import annotations
+
+import torch
+from launched_ops import LaunchedOps
+from statex_hf.kernels import dispatch
+from statex_hf.modeling.cache import conv_state, recurrent_state
+from tiny_models import returned_cache
+
+
+def cache_states(model, cache) -> list[torch.Tensor]:
+    """Copies of every layer's recurrent state and first convolution window (where the layer has one)."""
+    layers = range(model.config.num_hidden_layers)
+    windows = [conv_state(cache, i) for i in layers]
+    return [recurrent_state(cache, i).clone() for i in layers] + [w.clone() for w in windows if w is not None]
+
+
+def prefilled(model, ids, monkeypatch):
+    """The cache after ``ids[:, :-1]``, run on torch (the interpreter's ``tl.dot`` misreads bf16)."""
+    with torch.no_grad(), monkeypatch.context() as m:
+        m.setattr(dispatch, "use_triton", lambda *tensors: False)
+        return returned_cache(model(ids[:, :-1], use_cache=True))
+
+
+def decode(model, ids, monkeypatch, steps=2, unfused=False):
+    """Logits and every layer's caches after ``steps`` decode steps after the prompt, and the ops of the last step
+    (``unfused``: each add and each norm its own kernel, as before the fusion)."""
+    cache = prefilled(model, ids, monkeypatch)
+    logits = []
+    with torch.no_grad(), monkeypatch.context() as m:
+        if unfused:
+            m.setattr(dispatch, "one_launch_add_rmsnorm", lambda *args, **kwargs: None)
+        for step in range(steps):
+            token = ids[:, -1:] + step
+            with LaunchedOps(m) as seen:
+                out = model(token, cache=cache, use_cache=True, logits_to_keep=1)
+            logits.append(out.logits)
+    return seen, [*logits, *cache_states(model, cache)]
+
+
+def decode_step(model, ids) -> list[torch.Tensor]:
+    """The logits and caches of one decode step after the prompt ``ids[:, :-1]``, on whatever device ``model`` is."""
+    with torch.no_grad():
+        cache = returned_cache(model(ids[:, :-1], use_cache=True))
+        logits = model(ids[:, -1:], cache=cache, use_cache=True, logits_to_keep=1).logits
+    return [logits, *cache_states(model, cache)]
+
+
+def assert_all_equal(got, want):
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and torch.equal(g, w)
+
+
+def train_step(model, ids):
+    """Logits and every parameter's gradient of one forward and backward."""
+    model.zero_grad()
+    logits = model(ids).logits
+    logits.float().pow(2).mean().backward()
+    return [logits] + [p.grad for p in model.parameters()]
+
+
+def double_in_place(module, args, output):
+    output.mul_(2)  # a forward hook that changes the block's output in place (same tensor, new version)
+
+
+def double_new(module, args):
+    return (2 * args[0], *args[1:])  # a pre-hook that hands the block a new tensor
+
+
+def previous_mamba2_block_forward(self, hidden_states, attention_mask=None, cache=None, cu_seqlens=None):
+    """``StateXMamba2Block.forward`` before issue 20's changes: a cast for the norm, torch's add."""
+    residual = hidden_states.float() if self.residual_in_fp32 else hidden_states
+    normed = self.norm(hidden_states.to(self.norm.weight.dtype))
+    return residual + self.mixer(normed, attention_mask, cache, cu_seqlens)
+
+
+def mamba2_of_1_3b_shapes(device, dtype, layers=2):
+    """Mamba2-1.3B's layer shapes (hidden 2048, 64 heads of 64), the second layer expanded (N 512), and a small
+    vocabulary, seeded."""
+    from statex_hf import StateXMamba2Config, StateXMamba2ForCausalLM
+
+    config = StateXMamba2Config(
+        hidden_size=2048, num_heads=64, head_dim=64, state_size=128, n_groups=1, num_hidden_layers=layers,
+        vocab_size=512, statex_layers=[1], statex_state_size=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return StateXMamba2ForCausalLM(config).to(device, dtype).eval()
