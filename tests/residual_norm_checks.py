@@ -89,3 +89,31 @@ def mamba2_of_1_3b_shapes(device, dtype, layers=2):
     )  # fmt: skip
     torch.manual_seed(0)
     return StateXMamba2ForCausalLM(config).to(device, dtype).eval()
+
+
+def decode_after_change(model, decoder, case: str, monkeypatch, hooked_norm=None):
+    """``decode`` fused and unfused (the ops of the fused one's last step, both results) after ``case``'s change to
+    ``decoder``: "hook-on-…" a forward hook on ``hooked_norm`` (it counts its calls in the returned list),
+    "in-place-on-block-output" the first block's output doubled in place, "new-block-input" the second block handed a
+    new tensor, "inference-mode" the steps in ``torch.inference_mode``, "layers-reversed" the blocks run backwards."""
+    from torch import nn
+
+    blocks, calls = decoder.layers, []
+    if case.startswith("hook-on"):
+        hooked_norm.register_forward_hook(lambda module, args, out: calls.append(case))
+    if case == "in-place-on-block-output":
+        blocks[0].register_forward_hook(double_in_place)
+    if case == "new-block-input":
+        blocks[1].register_forward_pre_hook(double_new)
+    if case == "layers-reversed":
+        decoder.layers = nn.ModuleList(list(blocks)[::-1])
+    ids = torch.randint(3, model.config.vocab_size - 2, (1, 6))
+
+    def run(**kwargs):
+        if case != "inference-mode":
+            return decode(model, ids, monkeypatch, **kwargs)
+        with torch.inference_mode():
+            return decode(model, ids, monkeypatch, **kwargs)
+
+    seen, got = run()
+    return seen, got, run(unfused=True)[1], calls

@@ -14,14 +14,13 @@ import weakref
 import pytest
 import torch
 from launched_ops import LaunchedOps
-from residual_norm_checks import assert_all_equal, decode, double_in_place, double_new, train_step
+from residual_norm_checks import assert_all_equal, decode, decode_after_change, train_step
 from statex_hf.kernels import dispatch
 from statex_hf.kernels.norm.add_rmsnorm import add_rmsnorm
 from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
 from statex_hf.kernels.norm.naive import naive_gated_rmsnorm
 from statex_hf.modeling.gla.modeling_statex_gla import StateXGLABlock
 from tiny_models import VOCAB, build
-from torch import nn
 
 EPS = 1e-6
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -182,26 +181,7 @@ def test_whatever_changes_the_sum_or_hooks_the_norm_gets_the_norm_of_what_it_is_
     # A norm returns the norm its add computed only when called with that very sum, unchanged, and without hooks;
     # otherwise it normalizes its input itself: the results are those of the unfused step with the same change.
     model = build("gla", num_hidden_layers=3).to(torch.bfloat16)
-    blocks = model.model.layers
-    calls = []
-    if case == "hook-on-mlp-norm":
-        blocks[1].mlp_norm.register_forward_hook(lambda module, args, out: calls.append(case))
-    if case == "in-place-on-block-output":
-        blocks[0].register_forward_hook(double_in_place)
-    if case == "new-block-input":
-        blocks[1].register_forward_pre_hook(double_new)
-    if case == "layers-reversed":
-        model.model.layers = nn.ModuleList(list(blocks)[::-1])
-    ids = torch.randint(3, VOCAB - 2, (1, 6))
-
-    def run(**kwargs):
-        if case != "inference-mode":
-            return decode(model, ids, monkeypatch, **kwargs)
-        with torch.inference_mode():
-            return decode(model, ids, monkeypatch, **kwargs)
-
-    seen, got = run()
-    _, want = run(unfused=True)
+    seen, got, want, calls = decode_after_change(model, model.model, case, monkeypatch, model.model.layers[1].mlp_norm)
     assert_all_equal(got, want)
     # Unchanged, a step of 3 layers runs its 6 adds as add + norm and 4 norms alone (the first attention norm and
     # the output gate's 3). Where a sum is changed, or handed to a norm that is not called with it, the norm that

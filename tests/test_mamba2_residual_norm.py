@@ -15,8 +15,7 @@ from launched_ops import LaunchedOps
 from residual_norm_checks import (
     assert_all_equal,
     decode,
-    double_in_place,
-    double_new,
+    decode_after_change,
     previous_mamba2_block_forward,
     train_step,
 )
@@ -27,7 +26,6 @@ from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
 from statex_hf.kernels.norm.naive import naive_gated_rmsnorm
 from statex_hf.modeling.mamba2.modeling_statex_mamba2 import StateXMamba2Block
 from tiny_models import VOCAB, build
-from torch import nn
 
 EPS = 1e-5
 F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
@@ -163,26 +161,7 @@ def test_whatever_changes_the_sum_or_hooks_the_norm_gets_the_norm_of_what_it_is_
     # (the input dtype) and without hooks; otherwise it normalizes its input itself: the results are those of the
     # unfused step with the same change.
     model = build("mamba2", num_hidden_layers=3).to(BF16)
-    blocks = model.backbone.layers
-    calls = []
-    if case == "hook-on-final-norm":
-        model.backbone.norm_f.register_forward_hook(lambda module, args, out: calls.append(case))
-    if case == "in-place-on-block-output":
-        blocks[0].register_forward_hook(double_in_place)
-    if case == "new-block-input":
-        blocks[1].register_forward_pre_hook(double_new)
-    if case == "layers-reversed":
-        model.backbone.layers = nn.ModuleList(list(blocks)[::-1])
-    ids = torch.randint(3, VOCAB - 2, (1, 6))
-
-    def run(**kwargs):
-        if case != "inference-mode":
-            return decode(model, ids, monkeypatch, **kwargs)
-        with torch.inference_mode():
-            return decode(model, ids, monkeypatch, **kwargs)
-
-    seen, got = run()
-    _, want = run(unfused=True)
+    seen, got, want, calls = decode_after_change(model, model.backbone, case, monkeypatch, model.backbone.norm_f)
     assert_all_equal(got, want)
     # Unchanged, a step of 3 layers runs its 3 adds as add + norm and 4 norms alone (the first block's norm and the
     # gated norms of the 3 mixers). Where a sum is changed, or handed to a norm that is not called with it (or not as
