@@ -117,3 +117,27 @@ def decode_after_change(model, decoder, case: str, monkeypatch, hooked_norm=None
 
     seen, got = run()
     return seen, got, run(unfused=True)[1], calls
+
+
+def assert_trains_as_before(model, block_class, previous_forward, monkeypatch):
+    """One training step of ``model`` (logits and every gradient) equals that of its blocks with ``previous_forward``
+    (``block_class.forward`` before the fusion), and launches no add + norm kernel."""
+    ids = torch.randint(3, model.config.vocab_size, (2, 6))
+    with LaunchedOps(monkeypatch) as seen:
+        got = train_step(model, ids)
+    assert "norm.add_fwd" not in seen.triton
+    monkeypatch.setattr(block_class, "forward", previous_forward)
+    want = train_step(model, ids)
+    for g, w in zip(got, want, strict=True):
+        assert g is not None and torch.equal(g, w)
+
+
+def assert_close_to_torch(model, ids, monkeypatch, got):
+    """``got`` (``decode``'s results on the kernels) close to the same steps on torch's ops (the reference)."""
+    with monkeypatch.context() as m:
+        m.setattr(dispatch, "use_triton", lambda *tensors: False)
+        _, on_torch = decode(model, ids, m)
+    fp32 = model.dtype == torch.float32
+    tolerance = {"rtol": 1e-4, "atol": 1e-4} if fp32 else {"rtol": 2e-2, "atol": 2e-2}
+    for g, t in zip(got, on_torch, strict=True):
+        torch.testing.assert_close(g, t, **tolerance)

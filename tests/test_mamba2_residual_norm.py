@@ -14,10 +14,11 @@ import torch
 from launched_ops import LaunchedOps
 from residual_norm_checks import (
     assert_all_equal,
+    assert_close_to_torch,
+    assert_trains_as_before,
     decode,
     decode_after_change,
     previous_mamba2_block_forward,
-    train_step,
 )
 from statex_hf.kernels import dispatch
 from statex_hf.kernels.activations.residual_add import residual_add
@@ -108,12 +109,7 @@ def test_a_decode_step_computes_what_the_unfused_step_did_bit_for_bit(monkeypatc
     assert "activations.residual_add" not in seen.triton and "add" not in seen.ops, seen.kernels
     assert "norm.add_fwd" not in unfused_seen.triton
     assert_all_equal(got, want)
-    with monkeypatch.context() as m:
-        m.setattr(dispatch, "use_triton", lambda *tensors: False)
-        _, on_torch = decode(model, ids, m)
-    tolerance = {"rtol": 1e-4, "atol": 1e-4} if dtype == "fp32" else {"rtol": 2e-2, "atol": 2e-2}
-    for g, t in zip(got, on_torch):
-        torch.testing.assert_close(g, t, **tolerance)
+    assert_close_to_torch(model, ids, monkeypatch, got)
 
 
 def test_a_bf16_decode_step_launches_five_kernels_per_layer(monkeypatch, on_cuda_dispatch):
@@ -133,14 +129,7 @@ def test_training_computes_what_the_previous_block_did(monkeypatch, request, pat
     if path == "as-on-cuda":
         request.getfixturevalue("on_cuda_dispatch")
     model = build("mamba2", statex_layers=[1]).train()
-    ids = torch.randint(3, VOCAB, (2, 6))
-    with LaunchedOps(monkeypatch) as seen:
-        got = train_step(model, ids)
-    assert "norm.add_fwd" not in seen.triton
-    monkeypatch.setattr(StateXMamba2Block, "forward", previous_mamba2_block_forward)
-    want = train_step(model, ids)
-    for g, w in zip(got, want, strict=True):
-        assert g is not None and torch.equal(g, w)
+    assert_trains_as_before(model, StateXMamba2Block, previous_mamba2_block_forward, monkeypatch)
 
 
 def test_a_cpu_decode_step_adds_with_torch(monkeypatch):
