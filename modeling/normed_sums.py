@@ -67,5 +67,5 @@ def link_next_norms(blocks: Sequence[nn.Module], first_norms: Sequence[nn.Module
     """Each block's ``next_norm``: the next block's first norm (``first_norms[i + 1]``), the last block's the model's
     ``final_norm``. Kept in the block's ``__dict__``, not as a submodule (no second copy of its weight in the state
     dict, nothing in ``named_modules``)."""
-    for block, next_norm in zip(blocks, [*first_norms[1:], final_norm], strict=True):
+    for block, next_norm in zip(blocks, [*first_norms[1:], final_norm]):  # no blocks: nothing to link
         block.__dict__["next_norm"] = next_norm
