@@ -9,6 +9,8 @@ it did. The hand-off itself (``modeling/normed_sums.py``) is GLA's too: ``test_g
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from launched_ops import LaunchedOps
@@ -169,8 +171,11 @@ def test_whatever_changes_the_sum_or_hooks_the_norm_gets_the_norm_of_what_it_is_
 
 
 def test_each_block_knows_the_norm_that_reads_its_output_and_how_it_reads_it():
-    decoder = build("mamba2", num_hidden_layers=3).backbone
-    assert [block.next_norm for block in decoder.layers] == [*(b.norm for b in decoder.layers[1:]), decoder.norm_f]
-    assert [block.__dict__.get("next_norm_is_final", False) for block in decoder.layers] == [False, False, True]
-    assert not any("next_norm" in name for name in decoder.state_dict())
-    assert not any("next_norm" in name for name, _ in decoder.named_modules())
+    model = build("mamba2", num_hidden_layers=3)
+    for copy_of in (lambda m: m, copy.deepcopy):
+        decoder = copy_of(model).backbone
+        readers = [block.next_norm for block in decoder.layers]
+        assert all(r is w for r, w in zip(readers, [*(b.norm for b in decoder.layers[1:]), decoder.norm_f]))
+        assert [block.__dict__.get("next_norm_is_final", False) for block in decoder.layers] == [False, False, True]
+    assert not any("next_norm" in name for name in model.state_dict())
+    assert not any("next_norm" in name for name, _ in model.named_modules())
