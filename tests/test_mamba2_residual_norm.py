@@ -126,6 +126,16 @@ def test_a_bf16_decode_step_launches_five_kernels_per_layer(monkeypatch, on_cuda
     assert seen.kernels == ["embedding", "norm.fwd", *per_layer * 3, *head], seen.kernels
 
 
+def test_at_two_sequences_the_last_add_and_the_final_norm_stay_two_kernels(monkeypatch, on_cuda_dispatch):
+    # The final norm's form (the fp32 stream normalized without a cast) was the two kernels bit for bit on an H100
+    # at one row only (tests/gpu/test_mamba2_residual_norm_gpu.py): at more rows the last block's add is the
+    # residual-add kernel and the final norm its own launch; every other add is still fused.
+    model = build("mamba2", num_hidden_layers=3, statex_layers=[1]).to(BF16)
+    seen, _ = decode(model, torch.randint(3, VOCAB - 2, (2, 6)), monkeypatch)
+    assert seen.triton.count("norm.add_fwd") == 2, seen.triton
+    assert seen.triton[-2:] == ["activations.residual_add", "norm.fwd"], seen.triton
+
+
 @pytest.mark.parametrize("path", ["cpu", "as-on-cuda"])
 def test_training_computes_what_the_previous_block_did(monkeypatch, request, path):
     if path == "as-on-cuda":
