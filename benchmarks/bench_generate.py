@@ -146,14 +146,14 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def worker(impl: str, args) -> None:
-    import torch
+def apply_same_run_baselines(args) -> None:
+    """Patch this process's dispatch as ``add_baseline_arguments``' flags ask (ours only: a peer's process imports
+    nothing of ours)."""
+    numbers = (args.gemv_max_rows, args.conv_ssd_max_rows)
+    if not (args.separate_products or args.unfused_residual_norm) and numbers == (None, None):
+        return
+    from statex_hf.kernels import dispatch
 
-    torch.manual_seed(0)
-    torch.set_grad_enabled(False)  # generate runs without autograd; the plain forward it is compared with too
-    same_run_baseline = args.gemv_max_rows is not None or args.separate_products or args.unfused_residual_norm
-    if same_run_baseline or args.conv_ssd_max_rows is not None:  # ours only: a peer's process imports nothing of ours
-        from statex_hf.kernels import dispatch
     if args.gemv_max_rows is not None:  # a baseline in the same run: 0 sends every projection to cuBLAS
         dispatch.GEMV_MAX_ROWS = args.gemv_max_rows
     if args.separate_products:  # a baseline in the same run: each product of one input its own GEMV launch
@@ -163,6 +163,14 @@ def worker(impl: str, args) -> None:
         dispatch.one_launch_add_rmsnorm = lambda *args, **kwargs: None  # residual-add kernel) and each norm apart
     if args.conv_ssd_max_rows is not None:  # 0: a baseline in the same run, a Mamba2 step's conv and state update
         dispatch.ONE_LAUNCH_CONV_SSD_MAX_ROWS = args.conv_ssd_max_rows  # as two launches at every batch
+
+
+def worker(impl: str, args) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    torch.set_grad_enabled(False)  # generate runs without autograd; the plain forward it is compared with too
+    apply_same_run_baselines(args)
     ours = impl.startswith("ours")
     spec_bw, copy_bw = hbm_bandwidth()
     bandwidth = spec_bw or copy_bw
@@ -282,19 +290,8 @@ def print_table(rows: list[dict], statuses: dict) -> None:
             )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated, from {IMPLS}")
-    parser.add_argument("--batches", default="1,16,64")
-    parser.add_argument("--prompt", type=int, default=512, help="prompt tokens of the decode runs")
-    parser.add_argument("--new-tokens", type=int, default=128, help="new tokens per timed generate (ours)")
-    parser.add_argument("--peer-new-tokens", type=int, default=32, help="new tokens per timed generate (peers)")
-    parser.add_argument("--eager-new-tokens", type=int, default=32, help="new tokens of ours without graphs")
-    parser.add_argument(
-        "--ttft", help=f"prompt lengths of the time to first token (default {TTFT}; with --tiny {TINY_TTFT})"
-    )
-    parser.add_argument("--timeout", type=float, default=240, help="seconds for each of our processes")
-    parser.add_argument("--peer-timeout", type=float, default=150, help="seconds for each peer process")
+def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ours' same-run baselines: each turns one fusion or kernel choice of the decode step off."""
     parser.add_argument(
         "--gemv-max-rows", type=int, help="ours: rows up to which projections run as the Triton GEMV (0: cuBLAS)"
     )
@@ -312,6 +309,22 @@ def main() -> None:
         type=int,
         help="ours: sequences up to which a Mamba2 step's conv and state update run as one launch (0: two launches)",
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated, from {IMPLS}")
+    parser.add_argument("--batches", default="1,16,64")
+    parser.add_argument("--prompt", type=int, default=512, help="prompt tokens of the decode runs")
+    parser.add_argument("--new-tokens", type=int, default=128, help="new tokens per timed generate (ours)")
+    parser.add_argument("--peer-new-tokens", type=int, default=32, help="new tokens per timed generate (peers)")
+    parser.add_argument("--eager-new-tokens", type=int, default=32, help="new tokens of ours without graphs")
+    parser.add_argument(
+        "--ttft", help=f"prompt lengths of the time to first token (default {TTFT}; with --tiny {TINY_TTFT})"
+    )
+    parser.add_argument("--timeout", type=float, default=240, help="seconds for each of our processes")
+    parser.add_argument("--peer-timeout", type=float, default=150, help="seconds for each peer process")
+    add_baseline_arguments(parser)
     parser.add_argument("--json", help="write every row here")
     parser.add_argument("--tiny", action="store_true", help="toy shapes (a check of this script, runs on CPU)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

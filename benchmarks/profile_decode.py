@@ -1,6 +1,6 @@
 """Where one decode step of the 1.3B StateX models spends its GPU time, kernel by kernel.
 
-    python benchmarks/profile_decode.py [--impls ours_gla,ours_mamba2] [--batch 1]
+    python benchmarks/profile_decode.py [--impls ours_gla,ours_mamba2] [--batch 1] [bench_generate's baseline flags]
 
 For each model (``bench_generate.py``'s: random weights, bf16, 1.3B shapes): one eager one-token
 step after a 64-token prompt, profiled with ``torch.profiler``: how many kernels it launches, their
@@ -18,7 +18,13 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its siblings, under python -P too
-from bench_generate import build, hbm_bandwidth, weight_bytes  # noqa: E402
+from bench_generate import (  # noqa: E402
+    add_baseline_arguments,
+    apply_same_run_baselines,
+    build,
+    hbm_bandwidth,
+    weight_bytes,
+)
 
 
 def profile_step(impl: str, batch: int, top: int) -> None:
@@ -53,7 +59,9 @@ def main() -> None:
     parser.add_argument("--impls", default="ours_gla,ours_mamba2")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--top", type=int, default=25, help="kernels listed per model")
+    add_baseline_arguments(parser)
     args = parser.parse_args()
+    apply_same_run_baselines(args)
     print(f"one decode step by kernel, bf16, {torch.cuda.get_device_name()}")
     for impl in args.impls.split(","):
         profile_step(impl, args.batch, args.top)
