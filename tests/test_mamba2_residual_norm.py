@@ -107,8 +107,11 @@ def test_a_decode_step_computes_what_the_unfused_step_did_bit_for_bit(monkeypatc
     seen, got = decode(model, ids, monkeypatch)
     unfused_seen, want = decode(model, ids, monkeypatch, unfused=True)
     layers = model.config.num_hidden_layers
-    assert seen.triton.count("norm.add_fwd") == layers and seen.triton.count("norm.fwd") == 1 + layers, seen.kernels
-    assert "activations.residual_add" not in seen.triton and "add" not in seen.ops, seen.kernels
+    last = 1 if batch > 1 else 0  # the last add and the final norm apart at more than one row (the test below)
+    fused_adds, norms = seen.triton.count("norm.add_fwd"), seen.triton.count("norm.fwd")
+    assert (fused_adds, norms) == (layers - last, 1 + layers + last), seen.kernels
+    # The add left apart: the residual-add kernel where the dtypes differ, else torch's (dispatch.residual_add).
+    assert seen.triton.count("activations.residual_add") + seen.ops.count("add") == last, seen.kernels
     assert "norm.add_fwd" not in unfused_seen.triton
     assert_all_equal(got, want)
     assert_close_to_torch(model, ids, monkeypatch, got)
