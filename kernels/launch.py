@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+from statex_hf.kernels.utils import on_device_of
 from triton.runtime.errors import OutOfResources
 
 
@@ -104,7 +105,15 @@ def launch(
     """Calls ``run(config)``. When ``config`` needs more shared memory than the GPU has, retries with one
     pipeline stage, then with ``safe``, warns, and launches the first that fits from then on for that
     config on that device and dtype (``operand``, an input of the kernel, gives them). A config in
-    ``OVERRIDES`` (the caller's table already returned it) runs as it is."""
+    ``OVERRIDES`` (the caller's table already returned it) runs as it is. It runs on ``operand``'s GPU
+    (``utils.on_device_of``), whichever is current."""
+    with on_device_of(operand):
+        _launch(kernel, run, config, safe, operand)
+
+
+def _launch(
+    kernel: str, run: Callable[[LaunchConfig], None], config: LaunchConfig, safe: LaunchConfig, operand: torch.Tensor
+) -> None:
     if kernel in OVERRIDES:
         run(config)
         return

@@ -6,6 +6,7 @@ they run where Triton does not.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -22,6 +23,15 @@ def needs_grad(*tensors: torch.Tensor | None) -> bool:
     """Whether autograd would record a call on ``tensors`` (``None`` entries ignored): the decode kernels have
     no backward, so such a call takes the differentiable path."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def on_device_of(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """A Triton kernel runs on the current CUDA device (and its current stream), not on its tensors' device: for a
+    tensor on another GPU than the current one (a model split over GPUs by ``device_map``), the block makes that
+    GPU current, as torch's own ops on the tensor would run there; otherwise it changes nothing."""
+    if tensor.is_cuda and tensor.device.index is not None and tensor.device.index != torch.cuda.current_device():
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
 
 
 def kept_for_backward(states: torch.Tensor) -> torch.Tensor | None:

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from statex_hf.kernels.activations.elementwise import logsigmoid
 from statex_hf.kernels.dependent_launch import pdl_kwargs, wait_for_predecessor
-from statex_hf.kernels.utils import needs_grad, num_sms
+from statex_hf.kernels.utils import needs_grad, num_sms, on_device_of
 
 
 @triton.jit
@@ -228,9 +228,36 @@ def fused_recurrent_gla(
     ht = final_state if final_state is not None else None
     if ht is None and output_final_state:
         ht = q.new_empty(N, H, K, V, dtype=torch.float32)
-    if T == 1 and cu_seqlens is None:
-        BK, BV, num_warps = step_config(N, H, K, V, q.device)
-        fused_recurrent_gla_step_kernel[(triton.cdiv(V, BV), N * H)](
+    with on_device_of(q):  # Triton launches on the current GPU: make it q's
+        if T == 1 and cu_seqlens is None:
+            BK, BV, num_warps = step_config(N, H, K, V, q.device)
+            fused_recurrent_gla_step_kernel[(triton.cdiv(V, BV), N * H)](
+                q,
+                k,
+                v,
+                gk,
+                o,
+                initial_state,
+                ht,
+                scale,
+                gate_scale,
+                0.0 if gate_clamp_min is None else gate_clamp_min,
+                H=H,
+                K=K,
+                V=V,
+                BK=BK,
+                BV=BV,
+                USE_INITIAL_STATE=initial_state is not None,
+                STORE_FINAL_STATE=output_final_state,
+                num_warps=num_warps,
+                **gate_args,
+                **pdl_kwargs(),
+            )
+            return o, ht
+        BK = max(16, triton.next_power_of_2(K))
+        BV = min(max(8192 // BK, 8), max(8, triton.next_power_of_2(V)))
+        grid = (triton.cdiv(V, BV), N * H)
+        fused_recurrent_gla_fwd_kernel[grid](
             q,
             k,
             v,
@@ -238,9 +265,11 @@ def fused_recurrent_gla(
             o,
             initial_state,
             ht,
+            cu_seqlens,
             scale,
             gate_scale,
             0.0 if gate_clamp_min is None else gate_clamp_min,
+            T,
             H=H,
             K=K,
             V=V,
@@ -248,36 +277,8 @@ def fused_recurrent_gla(
             BV=BV,
             USE_INITIAL_STATE=initial_state is not None,
             STORE_FINAL_STATE=output_final_state,
-            num_warps=num_warps,
+            IS_VARLEN=cu_seqlens is not None,
+            num_warps=4 if BK * BV <= 4096 else 8,
             **gate_args,
-            **pdl_kwargs(),
         )
         return o, ht
-    BK = max(16, triton.next_power_of_2(K))
-    BV = min(max(8192 // BK, 8), max(8, triton.next_power_of_2(V)))
-    grid = (triton.cdiv(V, BV), N * H)
-    fused_recurrent_gla_fwd_kernel[grid](
-        q,
-        k,
-        v,
-        gk,
-        o,
-        initial_state,
-        ht,
-        cu_seqlens,
-        scale,
-        gate_scale,
-        0.0 if gate_clamp_min is None else gate_clamp_min,
-        T,
-        H=H,
-        K=K,
-        V=V,
-        BK=BK,
-        BV=BV,
-        USE_INITIAL_STATE=initial_state is not None,
-        STORE_FINAL_STATE=output_final_state,
-        IS_VARLEN=cu_seqlens is not None,
-        num_warps=4 if BK * BV <= 4096 else 8,
-        **gate_args,
-    )
-    return o, ht
