@@ -260,8 +260,21 @@ class DecodeGraphs:
         copy_states(cache, step.states)
         share_states(step.states, cache)
         cache.graph_binding = step
-        step.owner = weakref.ref(cache)
+        step.owner = weakref.ref(cache, _binding_release(step))
         step.binding = _Binding(cache, step.tensors)
+
+
+def _binding_release(step: _CapturedStep):
+    """The callback of ``step.owner``: when the bound cache is dropped, so is the binding, which holds the cache's
+    layers (and whatever states they were handed since); weak to ``step`` too, so that no cycle keeps a graph."""
+    step_ref = weakref.ref(step)
+
+    def release(owner: weakref.ref) -> None:
+        bound = step_ref()
+        if bound is not None and bound.owner is owner:
+            bound.binding = None
+
+    return release
 
 
 def _end_failed_capture(device: torch.device) -> None:

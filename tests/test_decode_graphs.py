@@ -1,6 +1,9 @@
 """The CUDA-graph decoder's bookkeeping, on CPU: which captured step a cache is bound to (no graph is replayed here;
 tests/gpu/test_decode_graphs_gpu.py runs the graphs)."""
 
+import gc
+import weakref
+
 import pytest
 import torch
 from statex_hf.modeling import decode_graphs
@@ -88,3 +91,20 @@ def test_a_cache_whose_layers_or_state_dicts_were_replaced_is_bound_afresh(famil
     assert step.binding.holds(cache)
     assert all(a is b for a, b in zip(cache.state_tensors(), step.states.state_tensors()))
     assert all(torch.equal(a, b) for a, b in zip(cache.state_tensors(), values))
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_a_dropped_cache_leaves_nothing_of_its_own_alive_in_the_graphs(family, served_on_cpu):
+    """A captured step keeps only a weak reference to the cache bound to it: once that cache is dropped, what it
+    held beside the graph's tensors (here a state it was handed after binding) is freed with it."""
+    model = build(family)
+    decoder, cache, ids = DecodeGraphs(model), prefilled(model), torch.ones(2, 1, dtype=torch.long)
+    step = captured(decoder, model, cache, ids)
+    assert decoder._step_for(model, {"input_ids": ids, "cache": cache}) is step
+    fresh = cache.layers[0].recurrent_states[0].clone()
+    cache.layers[0].recurrent_states[0] = fresh  # say, moved by an offload or a reordering
+    fresh_alive, cache_alive = weakref.ref(fresh), weakref.ref(cache)
+    del cache, fresh
+    gc.collect()
+    assert cache_alive() is None and fresh_alive() is None
+    assert step.binding is None
