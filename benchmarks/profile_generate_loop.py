@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # its siblings, under 
 from bench_generate import build  # noqa: E402
 
 REPLAYS = 50
+_ABSENT = object()  # an attribute a class inherits: unwrapping deletes the wrap
 STAGES = ["wait", "loop", "prepare", "to forward", "to replay", "replay", "after replay", "post"]
 
 
@@ -43,12 +44,14 @@ class StageClock:
 
     def __init__(self) -> None:
         self.events: list[tuple[str, float]] = []
+        self._wrapped: list[tuple[object, str, object]] = []  # (owner, attribute, its own entry or _ABSENT)
 
     def mark(self, name: str) -> None:
         self.events.append((name, time.perf_counter()))
 
     def wrap(self, owner, attribute: str, before: str, after: str) -> None:
         original = getattr(owner, attribute)
+        self._wrapped.append((owner, attribute, vars(owner).get(attribute, _ABSENT)))
 
         def timed(*args, **kwargs):
             self.mark(before)
@@ -58,6 +61,15 @@ class StageClock:
                 self.mark(after)
 
         setattr(owner, attribute, timed)
+
+    def unwrap(self) -> None:
+        """Put every wrapped attribute back as it was (an inherited one inherited again), the last wrap first."""
+        for owner, attribute, own in reversed(self._wrapped):
+            if own is _ABSENT:
+                delattr(owner, attribute)
+            else:
+                setattr(owner, attribute, own)
+        self._wrapped.clear()
 
     def stages(self) -> dict[str, list[float]]:
         """Each stage's duration (us) per decode step: the time from one event to the next, by event pair."""
@@ -92,17 +104,21 @@ def profile_loop(impl: str, batch: int, tokens: int, tiny: bool) -> None:
     clock = StageClock()
     forward_call = model.get_compiled_call() if device.type == "cuda" else model
     compiled_type = type(forward_call)
-    # Class-level wraps (generate looks the methods up on the instance's class or the instance).
+    # Class-level wraps (generate looks the methods up on the instance's class or the instance), undone after the
+    # timed generate: the next model's clock must not time this one's wraps too.
     clock.wrap(compiled_type, "__call__", "forward_start", "forward_end")
     clock.wrap(type(model), "prepare_inputs_for_generation", "prepare_start", "prepare_end")
     clock.wrap(generation_utils.StopCheck, "__call__", "stop_start", "stop_end")
     clock.wrap(torch.cuda.CUDAGraph, "replay", "replay_start", "replay_end")
-    with torch.no_grad():
-        start = time.perf_counter()
-        model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, **settings)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        total_ms = (time.perf_counter() - start) * 1e3
+    try:
+        with torch.no_grad():
+            start = time.perf_counter()
+            model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, **settings)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            total_ms = (time.perf_counter() - start) * 1e3
+    finally:
+        clock.unwrap()
     stages = clock.stages()
     if not stages["replay"]:  # eager steps (CPU): the whole forward is one stage
         stages["to replay"] = [(b - a) * 1e6 for (_, a), (_, b) in _pairs(clock.events, "forward_start", "forward_end")]

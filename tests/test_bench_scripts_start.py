@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 MODULES = ("gpu_specs.py", "worker_process.py")  # imported by the scripts, not run
@@ -48,3 +49,26 @@ def test_profile_generate_loop_tiny_times_each_stage_on_cpu():
     assert result.returncode == 0, result.stderr[-2000:]
     for stage in ("wait", "loop", "prepare", "to forward", "to replay", "post"):
         assert f"{stage}: median" in result.stdout, result.stdout
+
+
+def test_profile_generate_loop_leaves_the_wrapped_methods_as_they_were(monkeypatch):
+    # Its stage clocks wrap classes' methods (the model's class, transformers' stop check, CUDAGraph.replay): a second
+    # model profiled in the same process must not run under the first one's wraps, nor a caller under any.
+    import importlib
+
+    from transformers.generation import utils as generation_utils
+
+    from statex_hf import StateXGLAForCausalLM
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    profile = importlib.import_module("profile_generate_loop")
+    wrapped = [
+        (StateXGLAForCausalLM, "prepare_inputs_for_generation"),
+        (generation_utils.StopCheck, "__call__"),
+        (torch.cuda.CUDAGraph, "replay"),
+    ]
+    for owner, name in wrapped:  # put back whatever the run leaves, for the tests after this one
+        monkeypatch.setattr(owner, name, getattr(owner, name))
+    before = [getattr(owner, name) for owner, name in wrapped]
+    profile.profile_loop("ours_gla", batch=1, tokens=3, tiny=True)
+    assert [getattr(owner, name) for owner, name in wrapped] == before
