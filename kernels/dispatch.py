@@ -379,9 +379,9 @@ def one_launch_add_rmsnorm(
     """``h = residual.to(dtype) + update`` and the norm of it, ``gated_rmsnorm(h, None, weight, eps, D,
     norm_before_gate, input_dtype)`` (GLA's: the defaults; Mamba2's: gate first, an fp32 ``dtype`` and the next
     block's ``input_dtype``), as one Triton pass (``kernels/norm/add_rmsnorm.py``: torch's sum and the norm kernel's
-    output on it, bit for bit) on the no-grad CUDA path: no gradient, outside ``torch.compile``, plain contiguous
-    tensors of one shape and device (no copy kernel first), a ``dtype`` that holds the residual exactly. ``None``
-    otherwise, and the caller adds with torch."""
+    output on it, bit for bit but for the one form its docstring names) on the no-grad CUDA path: no gradient,
+    outside ``torch.compile``, plain contiguous tensors of one shape and device (no copy kernel first), a ``dtype``
+    that holds the residual exactly. ``None`` otherwise, and the caller adds with torch."""
     tensors = [t for t in (residual, update, weight) if t is not None]
     floats = {torch.float32, torch.bfloat16, torch.float16}
     dtype = residual.dtype if dtype is None else dtype
