@@ -121,8 +121,8 @@ def profile_loop(impl: str, batch: int, tokens: int, tiny: bool) -> None:
         clock.unwrap()
     stages = clock.stages()
     if not stages["replay"]:  # eager steps (CPU): the whole forward is one stage
-        stages["to replay"] = [(b - a) * 1e6 for (_, a), (_, b) in _pairs(clock.events, "forward_start", "forward_end")]
-    step_us = [(b - a) * 1e6 for (_, a), (_, b) in _pairs(clock.events, "stop_end", "stop_end")]
+        stages["to replay"] = _spans(clock.events, "forward_start", "forward_end")
+    step_us = _spans(clock.events, "stop_end", "stop_end")
     print(f"\n{impl}, B = {batch}, {tokens} new tokens: generate {total_ms:.1f} ms, "
           f"median step {statistics.median(step_us):.0f} us (stop check to stop check)")  # fmt: skip
     if device.type == "cuda" and forward_call._steps:
@@ -139,15 +139,17 @@ def profile_loop(impl: str, batch: int, tokens: int, tiny: bool) -> None:
             print(f"  {stage:>13}: median {statistics.median(values):7.1f} us   (n = {len(values)})")
 
 
-def _pairs(events: list[tuple[str, float]], first: str, then: str) -> list:
-    """Each ``first`` event with the next ``then`` event after it (the next ``first`` when both are one name)."""
-    pairs = []
-    for i, (name, stamp) in enumerate(events):
+def _spans(events: list[tuple[str, float]], first: str, then: str) -> list[float]:
+    """Microseconds from each ``first`` event to the next ``then`` event (from one ``first`` to the next when both
+    are one name), in one pass."""
+    spans, opened = [], None
+    for name, stamp in events:
+        if name == then and opened is not None:
+            spans.append((stamp - opened) * 1e6)
+            opened = None
         if name == first:
-            following = next((e for e in events[i + 1 :] if e[0] == then), None)
-            if following is not None:
-                pairs.append(((name, stamp), following))
-    return pairs
+            opened = stamp
+    return spans
 
 
 def main() -> None:
