@@ -3,11 +3,14 @@
     python benchmarks/sweep_launch_configs.py [--ops decode,norm,gla,ssd] [--json out.json]
 
 Each kernel runs every config of a small grid at the shapes that matter: the decode step at GLA-1.3B's
-layer (H4 256x512) and its StateX layer (H1 1024x2048), B = 16 / 64; the norm at Mamba2-1.3B's width
-(D = 4096, one group), T = 16K / 64K. GB/s counts the bytes a kernel must move once (decode: the fp32
-state read and written; norm forward: x, z read and out written; backward: x, z, dy read and dx, dz
-written), beside a device copy of the same bytes (read + write), the ceiling. Times are
-``triton.testing.do_bench`` medians (L2 flushed between runs), kernel time without the host's launch.
+layer (H4 256x512) and its StateX layer (H1 1024x2048), B = 1 / 16 / 64 (``--decode-batches``), and at
+B = 1 the whole model's 24 decode kernels as one CUDA graph (``do_bench_cudagraph``, each layer its own
+state, so they do not sit in L2), main's config beside the default and the fastest single-layer ones;
+the norm at Mamba2-1.3B's width (D = 4096, one group), T = 16K / 64K. GB/s counts the bytes a kernel
+must move once (decode: the fp32 state read and written; norm forward: x, z read and out written;
+backward: x, z, dy read and dx, dz written), beside a device copy of the same bytes (read + write), the
+ceiling. Times are ``triton.testing.do_bench`` medians (L2 flushed between runs), kernel time without the
+host's launch.
 The launchers' defaults (``step_config`` in ``kernels/gla/fused_recurrent.py``, the ``configs.py``
 tables of ``kernels/norm``, ``kernels/gla`` and ``kernels/ssd``) are marked ``*``.
 
@@ -50,34 +53,110 @@ def _copy_gbps(nbytes: int) -> float:
     return 2 * nbytes / (_bench(lambda: dst.copy_(src)) * 1e-3) / 1e9
 
 
-def sweep_decode(rows: list[dict]) -> None:
-    for (name, (H, K, V)), B in itertools.product(SHAPES.items(), (16, 64)):
-        _decode_case(rows, name, H, K, V, B)
+def sweep_decode(rows: list[dict], batches: tuple[int, ...] = (1, 16, 64), warm_procs: int = 8) -> None:
+    _warm_in_processes("decode", warm_procs)
+    for B in sorted(batches):
+        for name, (H, K, V) in SHAPES.items():
+            _decode_case(rows, name, H, K, V, B)
+        if B == 1:
+            _decode_layers(rows)
+
+
+def _step_grid(B: int, K: int, V: int) -> list[tuple[int, int, int, bool, int]]:
+    """(BK, BV, warps, prefetch, stages) of the one-token kernel swept at batch B: 16 and 64 the 64 x 64
+    neighbourhood, B = 1 narrow slices with tiles up to the whole key dimension and, where a slice takes
+    several, the next tile prefetched into registers or 3 pipeline stages."""
+    if B > 1:
+        grid = itertools.product((32, 64, 128), (32, 64, 128), (2, 4, 8))
+        return [(bk, bv, w, False, 1) for bk, bv, w in grid if bk * bv <= 8192 and bk <= K and bv <= V]
+    ahead = ((False, 1), (True, 1), (False, 3))
+    grid = itertools.product((64, 256, 1024), (8, 16, 32), (4, 8, 16), ahead)
+    return [(bk, bv, w, *a) for bk, bv, w, a in grid if bk * bv <= 16384 and bk <= K and (K > bk or a == ahead[0])]
+
+
+def _warm_decode(part: int, parts: int) -> None:
+    """Compiles this process's share of the one-token kernel's configs (both grids, both shapes)."""
+    n = 0
+    for H, K, V in SHAPES.values():
+        q, k, v, g, o, h0 = _step_inputs(1, H, K, V)
+        for config in dict.fromkeys(_step_grid(1, K, V) + _step_grid(16, K, V)):
+            if n % parts == part:
+                _step(q, k, v, g, o, h0, h0, config)
+            n += 1
+    torch.cuda.synchronize()
+
+
+def _step(q, k, v, g, o, h0, ht, config: tuple[int, int, int, bool, int]):
+    """One launch of the one-token kernel with ``config`` (PDL as ``dependent_launch`` says)."""
+    from statex_hf.kernels.dependent_launch import pdl_kwargs
+    from statex_hf.kernels.gla import fused_recurrent as fr
+
+    (N, _, H, K), V = q.shape, v.shape[-1]
+    BK, BV, warps, prefetch, stages = config
+    fr.fused_recurrent_gla_step_kernel[(triton.cdiv(V, BV), N * H)](
+        q, k, v, g, o, h0, ht, K**-0.5, 1.0, 0.0, H=H, K=K, V=V, BK=BK, BV=BV, PREFETCH=prefetch, STAGES=stages,
+        USE_INITIAL_STATE=True, STORE_FINAL_STATE=True, GATE_LOGITS=False, HAS_CLAMP=False, num_warps=warps,
+        **pdl_kwargs(),
+    )  # fmt: skip
+
+
+def _step_inputs(B: int, H: int, K: int, V: int):
+    q, k, g = (torch.randn(B, 1, H, K, device="cuda", dtype=torch.bfloat16) * 0.1 for _ in range(3))
+    v = torch.randn(B, 1, H, V, device="cuda", dtype=torch.bfloat16)
+    return q, k, v, g.float().sigmoid().log().bfloat16(), torch.empty_like(v), torch.randn(B, H, K, V, device="cuda")
+
+
+def _config_name(config: tuple[int, int, int, bool, int]) -> str:
+    BK, BV, warps, prefetch, stages = config
+    return f"BK={BK} BV={BV} warps={warps}" + (" prefetch" if prefetch else "") + (f" stages={stages}" * (stages > 1))
 
 
 def _decode_case(rows: list[dict], name: str, H: int, K: int, V: int, B: int) -> None:
     from statex_hf.kernels.gla import fused_recurrent as fr
 
-    q, k, g = (torch.randn(B, 1, H, K, device="cuda", dtype=torch.bfloat16) * 0.1 for _ in range(3))
-    v = torch.randn(B, 1, H, V, device="cuda", dtype=torch.bfloat16)
-    h0 = torch.randn(B, H, K, V, device="cuda") * 0.1
-    ht, o = torch.empty_like(h0), torch.empty_like(v)
+    q, k, v, g, o, h0 = _step_inputs(B, H, K, V)
+    ht = torch.empty_like(h0)
     nbytes = 2 * h0.numel() * 4
     case = {"op": "decode", "shape": name, "B": B, "copy_gbps": _copy_gbps(nbytes // 2)}
-    default = fr.step_config(B, H, K, V, h0.device)
-    for BK, BV, warps in itertools.product((32, 64, 128), (32, 64, 128), (2, 4, 8)):
-        if BK * BV > 8192 or BK > K or BV > V:
-            continue
+    default = tuple(fr.step_config(B, H, K, V, h0.device))
+    for config in sorted(_step_grid(B, K, V), key=lambda config: config != default):  # the default first
+        ms = _bench(lambda config=config: _step(q, k, v, g, o, h0, ht, config))
+        rows.append({**case, "config": _config_name(config), "default": config == default, "us": ms * 1e3,
+                     "gbps": nbytes / (ms * 1e-3) / 1e9, "step_config": config})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
 
-        def step(BK=BK, BV=BV, warps=warps):
-            fr.fused_recurrent_gla_step_kernel[(triton.cdiv(V, BV), B * H)](
-                q, k, v, g, o, h0, ht, K**-0.5, 1.0, 0.0, H=H, K=K, V=V, BK=BK, BV=BV, USE_INITIAL_STATE=True,
-                STORE_FINAL_STATE=True, GATE_LOGITS=False, HAS_CLAMP=False, USE_PDL=False, num_warps=warps,
-            )  # fmt: skip
 
-        ms = _bench(step)
-        rows.append({**case, "config": f"BK={BK} BV={BV} warps={warps}", "default": (BK, BV, warps) == default,
-                     "us": ms * 1e3, "gbps": nbytes / (ms * 1e-3) / 1e9})  # fmt: skip
+# main's one-token config at B = 1 before the small-batch rule: 64 x 16 tiles, 4 warps, one tile in flight.
+MAIN_B1_STEP = (64, 16, 4, False, 1)
+
+
+def _decode_layers(rows: list[dict], top: int = 3) -> None:
+    """StateX GLA-1.3B's 24 one-token kernels at B = 1 (20 H4 layers, 4 H1, each its own state, updated in
+    place) as one CUDA graph, ``do_bench_cudagraph``: main's config, the default, and each pair of the
+    ``top`` fastest single-layer configs of each shape, with and without PDL."""
+    from statex_hf.kernels.dependent_launch import dependent_launches
+    from statex_hf.kernels.gla import fused_recurrent as fr
+
+    shapes = [SHAPES["H1 1024x2048"] if i % 6 == 0 else SHAPES["H4 256x512"] for i in range(24)]
+    layers = [_step_inputs(1, H, K, V) for H, K, V in shapes]
+    nbytes = sum(2 * layer[-1].numel() * 4 for layer in layers)
+    b1 = sorted((r for r in rows if r["op"] == "decode" and r["B"] == 1), key=lambda r: r["us"])
+    fastest = {name: [r["step_config"] for r in b1 if r["shape"] == name][:top] for name in SHAPES}
+    rules = {"main (64x16, 4 warps)": {name: MAIN_B1_STEP for name in SHAPES}}
+    rules["default *"] = {name: tuple(fr.step_config(1, *SHAPES[name], DEVICE)) for name in SHAPES}
+    for h4, h1 in itertools.product(fastest["H4 256x512"], fastest["H1 1024x2048"]):
+        rules.setdefault(f"H4 {_config_name(h4)}; H1 {_config_name(h1)}", {"H4 256x512": h4, "H1 1024x2048": h1})
+    names = {shape: name for name, shape in SHAPES.items()}
+    for (label, rule), pdl in itertools.product(rules.items(), (False, True)):
+
+        def step(rule=rule):
+            for (q, k, v, g, o, h), shape in zip(layers, shapes):
+                _step(q, k, v, g, o, h, h, rule[names[shape]])
+
+        with dependent_launches(DEVICE if pdl else torch.device("cpu")):
+            ms = triton.testing.do_bench_cudagraph(step, return_mode="median")
+        rows.append({"op": "decode_layers", "rule": label, "pdl": pdl, "us": ms * 1e3,
+                     "gbps": nbytes / (ms * 1e-3) / 1e9})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
 
 
@@ -203,6 +282,8 @@ def _cases(op: str, shapes, grid, part: int = 0, parts: int = 1):
 
 def warm(op: str, part: int, parts: int) -> None:
     """Compiles this process's share of ``op``'s configs (Triton keeps them on disk for the timing run)."""
+    if op == "decode":
+        return _warm_decode(part, parts)
     for *_, call in SWEPT[op](WARM_T[op], part, parts):
         try:
             call()
@@ -211,12 +292,17 @@ def warm(op: str, part: int, parts: int) -> None:
     torch.cuda.synchronize()
 
 
-def sweep_kernels(rows: list[dict], op: str, warm_procs: int) -> None:
-    """Compiles ``op``'s configs in ``warm_procs`` processes at once, then times each config alone."""
+def _warm_in_processes(op: str, warm_procs: int) -> None:
+    """Compiles ``op``'s configs in ``warm_procs`` processes at once (into Triton's on-disk cache)."""
     cmd = [sys.executable, __file__, "--warm", op]
     procs = [subprocess.Popen([*cmd, str(i), str(warm_procs)]) for i in range(warm_procs)]
     if any([p.wait() for p in procs]):  # a list: wait for every process before raising
         raise RuntimeError(f"sweep_launch_configs: a {op} warm-up process failed (its traceback is above)")
+
+
+def sweep_kernels(rows: list[dict], op: str, warm_procs: int) -> None:
+    """Compiles ``op``'s configs in ``warm_procs`` processes at once, then times each config alone."""
+    _warm_in_processes(op, warm_procs)
     for shape, kernel, config, is_default, call in SWEPT[op](SWEEP_T[op]):
         try:
             us = triton.testing.do_bench(call, warmup=10, rep=REP_MS[op], return_mode="median") * 1e3
@@ -341,11 +427,17 @@ def print_tables(rows: list[dict]) -> None:
     decode = sorted((r for r in rows if r["op"] == "decode"), key=lambda r: (r["shape"], r["B"], r["us"]))
     if decode:
         print("\nGLA decode step, one token, fp32 state in and out")
-        print(f"{'shape':<14} {'B':>3} {'config':<24} {'us':>8} {'GB/s':>6} {'copy GB/s':>9}")
+        print(f"{'shape':<14} {'B':>3} {'config':<33} {'us':>8} {'GB/s':>6} {'copy GB/s':>9}")
     for r in decode:
         mark = "*" if r["default"] else " "
-        print(f"{r['shape']:<14} {r['B']:>3} {mark}{r['config']:<23} {r['us']:>8.1f} {r['gbps']:>6.0f} "
+        print(f"{r['shape']:<14} {r['B']:>3} {mark}{r['config']:<32} {r['us']:>8.1f} {r['gbps']:>6.0f} "
               f"{r['copy_gbps']:>9.0f}")  # fmt: skip
+    layers = sorted((r for r in rows if r["op"] == "decode_layers"), key=lambda r: (r["pdl"], r["us"]))
+    if layers:
+        print("\nStateX GLA-1.3B's 24 one-token kernels at B = 1 as one CUDA graph (fp32 state in place)")
+        print(f"{'PDL':<4} {'rule':<64} {'us':>8} {'GB/s':>6}")
+    for r in layers:
+        print(f"{'on' if r['pdl'] else 'off':<4} {r['rule']:<64} {r['us']:>8.1f} {r['gbps']:>6.0f}")
     norm = sorted((r for r in rows if r["op"] == "norm"), key=lambda r: (r["T"], r["fwd_us"] + r["bwd_us"]))
     if norm:
         print(f"\nGated RMSNorm, D = {NORM_D}, one group, bf16")
@@ -379,7 +471,8 @@ def print_kernel_table(rows: list[dict], title: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", default="decode,norm,gla", help="which sweeps: decode, norm, gla, ssd")
-    parser.add_argument("--warm-procs", type=int, default=8, help="processes compiling the GLA / SSD configs")
+    parser.add_argument("--decode-batches", default="1,16,64", help="batch sizes of the decode sweep")
+    parser.add_argument("--warm-procs", type=int, default=8, help="processes compiling the configs first")
     parser.add_argument("--json", help="also write every row here")
     parser.add_argument("--pick-ssd", help="write the fastest SSD config of each kernel here (JSON)")
     parser.add_argument("--warm", nargs=3, metavar=("OP", "PART", "PARTS"), help=argparse.SUPPRESS)
@@ -388,7 +481,9 @@ def main() -> None:
         return warm(args.warm[0], int(args.warm[1]), int(args.warm[2]))
     rows: list[dict] = []
     sweeps = {
-        "decode": sweep_decode,
+        "decode": lambda rows: sweep_decode(
+            rows, tuple(int(b) for b in args.decode_batches.split(",")), args.warm_procs
+        ),
         "norm": sweep_norm,
         "gla": lambda rows: sweep_kernels(rows, "gla", args.warm_procs),
         "ssd": lambda rows: sweep_kernels(rows, "ssd", args.warm_procs),

@@ -139,6 +139,30 @@ def test_decode_equals_naive_and_fla(shape, B, T):
         assert rel_err(o, o_fla) < BF16_TOL and rel_err(ht, ht_fla) < 1e-3
 
 
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_one_token_configs_of_a_batch_of_one_agree_and_update_in_place(shape, monkeypatch):
+    # The small-batch configs as the sweep compares them, state updated in place (a decode step's cache):
+    # each equals the reference, and loading later tiles ahead (prefetch, pipeline stages) leaves o and the
+    # state bit for bit as they are without it (it moves loads, not arithmetic).
+    from statex_hf.kernels.gla import fused_recurrent
+    from statex_hf.kernels.gla.fused_recurrent import StepConfig
+
+    H, K, V = shape
+    q, k, v, gk, h0 = make_inputs(1, 1, H, K, V)
+    o_ref, ht_ref = naive_recurrent_gla(q.float(), k.float(), v.float(), gk.float(), None, h0, True)
+    with torch.no_grad():
+        for BK in (64, 256, 1024)[: 1 + (K >= 256) + (K >= 1024)]:
+            runs = []
+            for prefetch, stages in ((False, 1), (True, 1), (False, 3))[: 1 + 2 * (K > BK)]:
+                config = StepConfig(BK, 16, 8, prefetch, stages)
+                monkeypatch.setattr(fused_recurrent, "step_config", lambda *args, config=config: config)
+                state = h0.clone()
+                o, _ = fused_recurrent_gla(q, k, v, gk, None, state, final_state=state)
+                assert rel_err(o, o_ref) < BF16_TOL and rel_err(state, ht_ref) < 1e-4, config
+                runs.append((o, state))
+            assert all(torch.equal(o, runs[0][0]) and torch.equal(s, runs[0][1]) for o, s in runs), BK
+
+
 def test_dispatch_picks_recurrent_for_decode_and_chunk_for_training():
     q, k, v, gk, h0 = make_inputs(2, 5, 1, 64, 64)
     with torch.no_grad():

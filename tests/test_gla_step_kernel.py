@@ -1,0 +1,117 @@
+"""The one-token GLA kernel: its launch rule by batch, and every code path it chooses between.
+
+Runs the kernel under ``TRITON_INTERPRET=1`` (set by conftest) on tiny fp32 shapes whose key and
+value dimensions are not multiples of the tiles (tails, masked lanes, several tiles a program).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from statex_hf.kernels.gla import fused_recurrent
+from statex_hf.kernels.gla.fused_recurrent import StepConfig, fused_recurrent_gla, step_config
+from statex_hf.kernels.gla.naive import gla_log_decay, naive_recurrent_gla
+from test_gla_kernels import gate_logits, make_inputs
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:overflow encountered:RuntimeWarning", "ignore:invalid value:RuntimeWarning"
+)
+
+H100_SMS = 132
+CPU = torch.device("cpu")
+GLA_13B = {"H4": (4, 256, 512), "H1": (1, 1024, 2048)}  # GLA-1.3B's heads and its StateX layer's
+
+
+@pytest.fixture
+def h100_sms(monkeypatch):
+    monkeypatch.setattr(fused_recurrent, "num_sms", lambda device: H100_SMS)
+
+
+@pytest.mark.parametrize("B", [16, 64])
+@pytest.mark.parametrize("head", GLA_13B.values(), ids=GLA_13B.keys())
+def test_large_batches_keep_64x64_tiles_of_4_warps_one_tile_in_flight(h100_sms, head, B):
+    assert step_config(B, *head, CPU) == StepConfig(64, 64, 4, prefetch=False)
+
+
+def test_a_batch_of_one_walks_gla_13b_states_in_few_large_tiles(h100_sms):
+    # 128 programs at both heads (a 16-wide value slice each); the H4 slice in one 256-row tile, the
+    # StateX one in 1024 // BK tiles with the next one's loads in flight.
+    assert step_config(1, *GLA_13B["H4"], CPU) == StepConfig(256, 16, 8, prefetch=False)
+    assert step_config(1, *GLA_13B["H1"], CPU) == StepConfig(1024, 16, 8, prefetch=False)
+
+
+def test_small_batch_tiles_stay_within_the_register_budget(h100_sms):
+    # Small batches: fewer than two programs an SM even with 16-wide slices (GLA-1.3B: B = 1 and 2).
+    for B in (1, 2, 4, 8):
+        for H, K, V in [*GLA_13B.values(), (2, 4096, 128), (1, 64, 32)]:
+            c = step_config(B, H, K, V, CPU)
+            if B * H * -(-V // 16) >= 2 * H100_SMS:
+                assert (c.BK, c.num_warps, c.prefetch) == (64, 4, False), (B, H, K, V, c)
+                continue
+            assert c.BK * c.BV <= fused_recurrent.SMALL_BATCH_TILE and c.BV == 16, (B, H, K, V, c)
+            assert c.prefetch == (K > c.BK), (B, H, K, V, c)
+    assert step_config(2, *GLA_13B["H4"], CPU).num_warps == 8 and step_config(4, *GLA_13B["H4"], CPU).num_warps == 4
+
+
+# One tile a slice; several, plain, prefetched into registers or pipelined (the interpreter runs the
+# pipelined loop as a plain one: the GPU test compares it); narrow slices.
+CONFIGS = [
+    StepConfig(64, 16, 4),
+    StepConfig(16, 16, 4),
+    StepConfig(16, 16, 4, prefetch=True),
+    StepConfig(32, 8, 2, prefetch=True),
+    StepConfig(16, 16, 4, stages=3),
+]
+# K = 40 and V = 24: a partial last key tile and masked value lanes at every config above.
+STEP_SHAPE = (2, 1, 2, 40, 24)
+
+
+@pytest.fixture
+def forced_config(monkeypatch):
+    def force(config: StepConfig):
+        monkeypatch.setattr(fused_recurrent, "step_config", lambda *args: config)
+
+    return force
+
+
+@pytest.mark.parametrize("with_state", [True, False], ids=["state", "no_state"])
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_every_step_config_equals_naive(forced_config, config, with_state):
+    forced_config(config)
+    q, k, v, gk, h0 = make_inputs(*STEP_SHAPE, with_state=with_state)
+    with torch.no_grad():
+        o, ht = fused_recurrent_gla(q, k, v, gk, None, h0, True)
+    o_ref, ht_ref = naive_recurrent_gla(q, k, v, gk, None, h0, True)
+    torch.testing.assert_close(o, o_ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ht, ht_ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("config", CONFIGS[2:], ids=str)
+def test_loading_ahead_updates_the_state_in_place_from_gate_logits_as_without(forced_config, config):
+    # h0 is ht (a decode step's cache): the next tile's loads come before this tile's store, of other rows.
+    # Loading ahead only moves loads: o and the state are bit for bit those of the same tiles without it.
+    B, T, H, K, V = STEP_SHAPE
+    q, k, v, _, h0 = make_inputs(*STEP_SHAPE)
+    raw = gate_logits(B, T, H, K)
+    forced_config(config._replace(prefetch=False, stages=1))
+    with torch.no_grad():
+        o_plain, ht_plain = fused_recurrent_gla(q, k, v, raw, None, h0, True, gate_logit_normalizer=16)
+        forced_config(config)
+        state = h0.clone()
+        o, ht = fused_recurrent_gla(q, k, v, raw, None, state, final_state=state, gate_logit_normalizer=16)
+    assert ht is state
+    assert torch.equal(o, o_plain) and torch.equal(state, ht_plain)
+    o_ref, ht_ref = naive_recurrent_gla(q, k, v, gla_log_decay(raw, 16), None, h0, True)
+    torch.testing.assert_close(o, o_ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(state, ht_ref, atol=1e-4, rtol=1e-4)
+
+
+def test_the_small_batch_rule_runs_and_equals_naive(h100_sms):
+    # Tiny heads at B = 1 under the H100's SM count: the small-batch branch, as the launcher picks it.
+    q, k, v, gk, h0 = make_inputs(*STEP_SHAPE)
+    assert step_config(2, 2, 40, 24, CPU).num_warps == 8
+    with torch.no_grad():
+        o, ht = fused_recurrent_gla(q, k, v, gk, None, h0, True)
+    o_ref, ht_ref = naive_recurrent_gla(q, k, v, gk, None, h0, True)
+    torch.testing.assert_close(o, o_ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ht, ht_ref, atol=1e-4, rtol=1e-4)
