@@ -150,6 +150,8 @@ def apply_same_run_baselines(args) -> None:
     """Patch this process's dispatch as ``add_baseline_arguments``' flags ask (ours only: a peer's process imports
     nothing of ours)."""
     numbers = (args.gemv_max_rows, args.conv_ssd_max_rows)
+    if args.sync_stop_check:  # a baseline in the same run: the stop flag read on the host after every step
+        os.environ["STATEX_DEFER_STOP_CHECK"] = "0"
     if not (args.separate_products or args.unfused_residual_norm) and numbers == (None, None):
         return
     from statex_hf.kernels import dispatch
@@ -303,6 +305,12 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="ours: each residual add (GLA's by torch, Mamba2's by its kernel) and each norm its own kernel "
         "(not one add + norm kernel)",
+    )
+    parser.add_argument(
+        "--sync-stop-check",
+        action="store_true",
+        help="ours: generate's loop waits for the GPU after every token (transformers' stop check on CUDA), not a "
+        "step later",
     )
     parser.add_argument(
         "--conv-ssd-max-rows",

@@ -6,7 +6,8 @@ For each model (``bench_generate.py``'s: random weights, bf16, 1.3B shapes), one
 after warm-up, with the loop's stages timed on the host by wrapping them (nothing is synchronized that
 ``generate`` does not synchronize itself). Per decode step, the median of each stage in microseconds:
 
-- ``wait``: inside transformers' stop check, which reads a flag from the GPU and so waits for the step;
+- ``wait``: inside transformers' stop check, which reads a flag from the GPU and so waits for the step (on
+  CUDA ours reads it a step late, ``modeling/stop_check.py``: it waits for the step before, while this one runs);
 - ``loop``: from the stop check's return to the next step's input preparation (the loop's own code);
 - ``prepare``: ``prepare_inputs_for_generation``;
 - ``to forward``: from the prepared inputs to the forward's call;
@@ -109,6 +110,8 @@ def profile_loop(impl: str, batch: int, tokens: int, tiny: bool) -> None:
     clock.wrap(compiled_type, "__call__", "forward_start", "forward_end")
     clock.wrap(type(model), "prepare_inputs_for_generation", "prepare_start", "prepare_end")
     clock.wrap(generation_utils.StopCheck, "__call__", "stop_start", "stop_end")
+    if hasattr(generation_utils, "DeferredStopCheck"):  # the stop check on CUDA (modeling/stop_check.py)
+        clock.wrap(generation_utils.DeferredStopCheck, "__call__", "stop_start", "stop_end")
     clock.wrap(torch.cuda.CUDAGraph, "replay", "replay_start", "replay_end")
     try:
         with torch.no_grad():

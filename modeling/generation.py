@@ -3,13 +3,15 @@
 The prompt is fed once, then one token per step; the cache (a :class:`StateXCache`, made by the first
 forward) carries the rest. Everything else ``generate`` passes (``output_hidden_states``,
 ``output_attentions``, ``use_cache``, ``logits_to_keep``, ...) reaches the forward, as for transformers'
-own models. On CUDA the one-token steps run as captured CUDA graphs (``modeling/decode_graphs.py``).
+own models. On CUDA the one-token steps run as captured CUDA graphs (``modeling/decode_graphs.py``), and the
+loop checks for its end one step late, so the host never waits for the GPU (``modeling/stop_check.py``).
 """
 
 from __future__ import annotations
 
 import torch
 from statex_hf.modeling.cache import tokens_seen
+from statex_hf.modeling.stop_check import deferred_stop_checks
 from transformers import GenerationMixin
 from transformers.generation import utils as generation_utils
 
@@ -53,6 +55,14 @@ def _check_new_tokens(cache, new_tokens: int) -> None:
 
 
 class StateXGenerationMixin(GenerationMixin):
+    def _sample(self, *args, **kwargs):
+        """transformers' greedy / sampling loop, its stop check deferred by a step on CUDA (``modeling/stop_check.py``;
+        not with ``synced_gpus``, whose peers must agree on every step)."""
+        if kwargs.get("synced_gpus"):
+            return super()._sample(*args, **kwargs)
+        with deferred_stop_checks():
+            return super()._sample(*args, **kwargs)
+
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         # The forward makes its own StateXCache on the first call, on every transformers version (a

@@ -44,3 +44,22 @@ def test_a_batch_that_ran_out_of_memory_is_a_row_of_the_table(capsys):
     out = capsys.readouterr().out
     assert "hf_mamba2     64 out of GPU memory in the prompt's forward" in out
     assert "hf_mamba2      1     53.20" in out
+
+
+def test_the_sync_stop_check_baseline_turns_the_deferred_check_off(monkeypatch):
+    sys.path.insert(0, os.path.dirname(BENCH))
+    import argparse
+
+    import torch
+    from bench_generate import add_baseline_arguments, apply_same_run_baselines
+    from statex_hf.modeling import stop_check
+
+    monkeypatch.delenv("STATEX_DEFER_STOP_CHECK", raising=False)
+    parser = argparse.ArgumentParser()
+    add_baseline_arguments(parser)
+    assert stop_check.defers_on(torch.device("cuda"))
+    apply_same_run_baselines(parser.parse_args([]))
+    assert stop_check.defers_on(torch.device("cuda"))
+    monkeypatch.setenv("STATEX_DEFER_STOP_CHECK", "1")  # so that monkeypatch restores the variable afterwards
+    apply_same_run_baselines(parser.parse_args(["--sync-stop-check"]))
+    assert not stop_check.defers_on(torch.device("cuda"))

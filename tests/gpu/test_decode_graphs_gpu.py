@@ -149,6 +149,33 @@ def test_stopping_criteria_eos_and_streamers_work(family):
 
 
 @pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_the_stop_check_is_deferred_on_cuda_with_the_tokens_of_a_check_at_every_step(family, monkeypatch):
+    """modeling/stop_check.py: the loop reads its stop flag a step late (never waiting for the GPU); an end token
+    or a stopping criterion costs one more step, which generate drops, and a streamer still gets every token."""
+    from transformers.generation import utils as generation_utils
+
+    model = build(family)
+    ids = prompt(1)
+    kinds = []  # the class of each loop's stop check
+    init = generation_utils.StopCheck.__init__
+    monkeypatch.setattr(generation_utils.StopCheck, "__init__", lambda self, streamer=None: (
+        kinds.append(type(self)), init(self, streamer))[1])  # fmt: skip
+    free = model.generate(ids, max_new_tokens=20, do_sample=False, eos_token_id=None)
+    assert kinds[-1].__name__ == "StateXDeferredStopCheck"
+    cases = [dict(eos_token_id=int(free[0, 15]), pad_token_id=0),
+             dict(eos_token_id=None, stopping_criteria=StoppingCriteriaList([StopAfter(14)]))]  # fmt: skip
+    for kwargs in cases:
+        streamer = Collect()
+        deferred = model.generate(ids, max_new_tokens=20, do_sample=False, streamer=streamer, **kwargs)
+        monkeypatch.setenv("STATEX_DEFER_STOP_CHECK", "0")
+        every_step = model.generate(ids, max_new_tokens=20, do_sample=False, **kwargs)
+        monkeypatch.delenv("STATEX_DEFER_STOP_CHECK")
+        assert kinds[-1] is generation_utils.StopCheck
+        assert torch.equal(deferred, every_step) and deferred.shape[1] < ids.shape[1] + 20
+        assert torch.equal(torch.cat(streamer.tokens), deferred[0].cpu())
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
 def test_a_second_generate_leaves_a_kept_cache_as_it_was(family):
     """Two caches of one batch size take turns on the same graph: the first keeps its own state."""
     model = build(family, torch.float32)

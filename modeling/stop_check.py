@@ -1,0 +1,66 @@
+"""``generate``'s stop check, deferred by one step on CUDA while a StateX model samples.
+
+After every token transformers' decoding loop reads ``unfinished_sequences.max() == 0`` on the host
+(``StopCheck``): the host waits for the step to end before it prepares and launches the next one, and the GPU
+idles meanwhile. At one sequence that idle time is a measurable share of a captured decode step
+(benchmarks/README.md). transformers has the remedy, ``DeferredStopCheck``: the flag is copied asynchronously and
+read one step late, so the host never waits; a sequence that stops on an end token costs one more step, whose
+token ``generate`` drops. transformers uses it on ``mps`` only ("we should enable it for cuda if we observe perf
+gains"). For these models the gain was measured, so inside :func:`deferred_stop_checks` (a StateX model's
+``_sample``) it is used on CUDA too, unless the cache outlives ``generate`` (returned, or passed in): the extra
+step would then have to be undone in the cache, and a recurrent state cannot be put back a step
+(``LinearAttentionLayer.is_croppable`` is False once a layer holds one).
+
+The switch is transformers' own class, replaced once in ``transformers.generation.utils`` by a subclass that
+answers as transformers does outside the block (another model, another thread, or ``STATEX_DEFER_STOP_CHECK=0``:
+a same-run baseline for the benchmarks).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from transformers.generation import utils as generation_utils
+
+_state = threading.local()
+# transformers' class (there from 5.1x on: before it, the loop always checks on the host and this does nothing).
+_TRANSFORMERS_DEFERRED = getattr(generation_utils, "DeferredStopCheck", None)
+
+
+def defers_on(device: torch.device) -> bool:
+    """Whether a StateX model's decoding loop on ``device`` defers its stop check (when its cache is not returned)."""
+    return device.type == "cuda" and os.environ.get("STATEX_DEFER_STOP_CHECK", "1") != "0"
+
+
+if _TRANSFORMERS_DEFERRED is not None:
+
+    class StateXDeferredStopCheck(_TRANSFORMERS_DEFERRED):
+        """transformers' ``DeferredStopCheck``, also supported on CUDA inside :func:`deferred_stop_checks`."""
+
+        @staticmethod
+        def is_supported(device: torch.device, cache, cache_is_returned: bool, is_assistant: bool) -> bool:
+            if getattr(_state, "on", False) and defers_on(device) and not cache_is_returned and not is_assistant:
+                return True
+            return _TRANSFORMERS_DEFERRED.is_supported(device, cache, cache_is_returned, is_assistant)
+
+
+def _install() -> None:
+    """Put the subclass where ``_sample`` looks the class up (once; it answers as transformers' outside the block)."""
+    if _TRANSFORMERS_DEFERRED is not None and generation_utils.DeferredStopCheck is _TRANSFORMERS_DEFERRED:
+        generation_utils.DeferredStopCheck = StateXDeferredStopCheck
+
+
+@contextmanager
+def deferred_stop_checks() -> Iterator[None]:
+    """Inside the block, this thread's decoding loops on CUDA defer their stop check (see the module's docstring)."""
+    _install()
+    previous = getattr(_state, "on", False)
+    _state.on = True
+    try:
+        yield
+    finally:
+        _state.on = previous
