@@ -62,16 +62,15 @@ def sweep_decode(rows: list[dict], batches: tuple[int, ...] = (1, 16, 64), warm_
             _decode_layers(rows)
 
 
-def _step_grid(B: int, K: int, V: int) -> list[tuple[int, int, int, bool, int]]:
-    """(BK, BV, warps, prefetch, stages) of the one-token kernel swept at batch B: 16 and 64 the 64 x 64
-    neighbourhood, B = 1 narrow slices with tiles up to the whole key dimension and, where a slice takes
-    several, the next tile prefetched into registers or 3 pipeline stages."""
+def _step_grid(B: int, K: int, V: int) -> list[tuple[int, int, int, int]]:
+    """(BK, BV, warps, stages) of the one-token kernel swept at batch B: 16 and 64 the 64 x 64 neighbourhood,
+    B = 1 narrow slices with tiles up to the whole key dimension, pipelined (3 stages) where a slice takes
+    several."""
     if B > 1:
         grid = itertools.product((32, 64, 128), (32, 64, 128), (2, 4, 8))
-        return [(bk, bv, w, False, 1) for bk, bv, w in grid if bk * bv <= 8192 and bk <= K and bv <= V]
-    ahead = ((False, 1), (True, 1), (False, 3))
-    grid = itertools.product((64, 256, 1024), (8, 16, 32), (4, 8, 16), ahead)
-    return [(bk, bv, w, *a) for bk, bv, w, a in grid if bk * bv <= 16384 and bk <= K and (K > bk or a == ahead[0])]
+        return [(bk, bv, w, 1) for bk, bv, w in grid if bk * bv <= 8192 and bk <= K and bv <= V]
+    grid = itertools.product((64, 256, 1024), (8, 16, 32), (4, 8, 16), (1, 3))
+    return [(bk, bv, w, st) for bk, bv, w, st in grid if bk * bv <= 16384 and bk <= K and (K > bk or st == 1)]
 
 
 def _warm_decode(part: int, parts: int) -> None:
@@ -86,15 +85,15 @@ def _warm_decode(part: int, parts: int) -> None:
     torch.cuda.synchronize()
 
 
-def _step(q, k, v, g, o, h0, ht, config: tuple[int, int, int, bool, int]):
+def _step(q, k, v, g, o, h0, ht, config: tuple[int, int, int, int]):
     """One launch of the one-token kernel with ``config`` (PDL as ``dependent_launch`` says)."""
     from statex_hf.kernels.dependent_launch import pdl_kwargs
     from statex_hf.kernels.gla import fused_recurrent as fr
 
     (N, _, H, K), V = q.shape, v.shape[-1]
-    BK, BV, warps, prefetch, stages = config
+    BK, BV, warps, stages = config
     fr.fused_recurrent_gla_step_kernel[(triton.cdiv(V, BV), N * H)](
-        q, k, v, g, o, h0, ht, K**-0.5, 1.0, 0.0, H=H, K=K, V=V, BK=BK, BV=BV, PREFETCH=prefetch, STAGES=stages,
+        q, k, v, g, o, h0, ht, K**-0.5, 1.0, 0.0, H=H, K=K, V=V, BK=BK, BV=BV, STAGES=stages,
         USE_INITIAL_STATE=True, STORE_FINAL_STATE=True, GATE_LOGITS=False, HAS_CLAMP=False, num_warps=warps,
         **pdl_kwargs(),
     )  # fmt: skip
@@ -106,9 +105,9 @@ def _step_inputs(B: int, H: int, K: int, V: int):
     return q, k, v, g.float().sigmoid().log().bfloat16(), torch.empty_like(v), torch.randn(B, H, K, V, device="cuda")
 
 
-def _config_name(config: tuple[int, int, int, bool, int]) -> str:
-    BK, BV, warps, prefetch, stages = config
-    return f"BK={BK} BV={BV} warps={warps}" + (" prefetch" if prefetch else "") + (f" stages={stages}" * (stages > 1))
+def _config_name(config: tuple[int, int, int, int]) -> str:
+    BK, BV, warps, stages = config
+    return f"BK={BK} BV={BV} warps={warps}" + (f" stages={stages}" if stages > 1 else "")
 
 
 def _decode_case(rows: list[dict], name: str, H: int, K: int, V: int, B: int) -> None:
@@ -127,7 +126,7 @@ def _decode_case(rows: list[dict], name: str, H: int, K: int, V: int, B: int) ->
 
 
 # main's one-token config at B = 1 before the small-batch rule: 64 x 16 tiles, 4 warps, one tile in flight.
-MAIN_B1_STEP = (64, 16, 4, False, 1)
+MAIN_B1_STEP = (64, 16, 4, 1)
 
 
 def _decode_layers(rows: list[dict], top: int = 3) -> None:

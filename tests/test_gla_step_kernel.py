@@ -29,38 +29,40 @@ def h100_sms(monkeypatch):
 
 @pytest.mark.parametrize("B", [16, 64])
 @pytest.mark.parametrize("head", GLA_13B.values(), ids=GLA_13B.keys())
-def test_large_batches_keep_64x64_tiles_of_4_warps_one_tile_in_flight(h100_sms, head, B):
-    assert step_config(B, *head, CPU) == StepConfig(64, 64, 4, prefetch=False)
+def test_large_batches_keep_64x64_tiles_of_4_warps_unpipelined(h100_sms, head, B):
+    assert step_config(B, *head, CPU) == StepConfig(64, 64, 4, stages=1)
 
 
 def test_a_batch_of_one_walks_gla_13b_states_in_few_large_tiles(h100_sms):
-    # 128 programs at both heads (a 16-wide value slice each); the H4 slice in one 256-row tile, the
-    # StateX one in 1024 // BK tiles with the next one's loads in flight.
-    assert step_config(1, *GLA_13B["H4"], CPU) == StepConfig(256, 16, 8, prefetch=False)
-    assert step_config(1, *GLA_13B["H1"], CPU) == StepConfig(1024, 16, 8, prefetch=False)
+    # 128 programs at both heads (a 16-wide value slice each); the H4 slice in one 256-row tile of 16 warps,
+    # the StateX one in four such tiles, pipelined.
+    assert step_config(1, *GLA_13B["H4"], CPU) == StepConfig(256, 16, 16)
+    assert step_config(1, *GLA_13B["H1"], CPU) == StepConfig(256, 16, 4, stages=3)
 
 
-def test_small_batch_tiles_stay_within_the_register_budget(h100_sms):
+def test_small_batch_configs_at_other_shapes_follow_the_same_rule(h100_sms):
     # Small batches: fewer than two programs an SM even with 16-wide slices (GLA-1.3B: B = 1 and 2).
     for B in (1, 2, 4, 8):
-        for H, K, V in [*GLA_13B.values(), (2, 4096, 128), (1, 64, 32)]:
+        for H, K, V in [*GLA_13B.values(), (2, 4096, 128), (1, 64, 32), (3, 20, 40)]:
             c = step_config(B, H, K, V, CPU)
             if B * H * -(-V // 16) >= 2 * H100_SMS:
-                assert (c.BK, c.num_warps, c.prefetch) == (64, 4, False), (B, H, K, V, c)
+                assert c == StepConfig(64, min(64, c.BV), 4), (B, H, K, V, c)
                 continue
-            assert c.BK * c.BV <= fused_recurrent.SMALL_BATCH_TILE and c.BV == 16, (B, H, K, V, c)
-            assert c.prefetch == (K > c.BK), (B, H, K, V, c)
-    assert step_config(2, *GLA_13B["H4"], CPU).num_warps == 8 and step_config(4, *GLA_13B["H4"], CPU).num_warps == 4
+            assert c.BK <= fused_recurrent.SMALL_BATCH_BK and c.BV == 16, (B, H, K, V, c)
+            one_tile = c.BK >= K
+            assert c.stages == (1 if one_tile else 3) and 4 <= c.num_warps <= 16, (B, H, K, V, c)
+            assert c.num_warps * 32 <= max(128, c.BK * c.BV // 8), (B, H, K, V, c)  # no idle warps on tiny tiles
+    assert step_config(2, *GLA_13B["H4"], CPU).num_warps == 16 and step_config(4, *GLA_13B["H4"], CPU).num_warps == 4
 
 
-# One tile a slice; several, plain, prefetched into registers or pipelined (the interpreter runs the
-# pipelined loop as a plain one: the GPU test compares it); narrow slices.
+# One tile a slice; several, plain or pipelined (the interpreter runs the pipelined loop as a plain one:
+# the GPU test compares them); narrow slices.
 CONFIGS = [
     StepConfig(64, 16, 4),
     StepConfig(16, 16, 4),
-    StepConfig(16, 16, 4, prefetch=True),
-    StepConfig(32, 8, 2, prefetch=True),
+    StepConfig(32, 8, 2),
     StepConfig(16, 16, 4, stages=3),
+    StepConfig(32, 8, 2, stages=2),
 ]
 # K = 40 and V = 24: a partial last key tile and masked value lanes at every config above.
 STEP_SHAPE = (2, 1, 2, 40, 24)
@@ -86,14 +88,14 @@ def test_every_step_config_equals_naive(forced_config, config, with_state):
     torch.testing.assert_close(ht, ht_ref, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("config", CONFIGS[2:], ids=str)
-def test_loading_ahead_updates_the_state_in_place_from_gate_logits_as_without(forced_config, config):
+@pytest.mark.parametrize("config", CONFIGS[3:], ids=str)
+def test_pipelined_tiles_update_the_state_in_place_from_gate_logits_as_plain_ones(forced_config, config):
     # h0 is ht (a decode step's cache): the next tile's loads come before this tile's store, of other rows.
-    # Loading ahead only moves loads: o and the state are bit for bit those of the same tiles without it.
+    # Pipelining only moves loads: o and the state are bit for bit those of the same tiles without it.
     B, T, H, K, V = STEP_SHAPE
     q, k, v, _, h0 = make_inputs(*STEP_SHAPE)
     raw = gate_logits(B, T, H, K)
-    forced_config(config._replace(prefetch=False, stages=1))
+    forced_config(config._replace(stages=1))
     with torch.no_grad():
         o_plain, ht_plain = fused_recurrent_gla(q, k, v, raw, None, h0, True, gate_logit_normalizer=16)
         forced_config(config)
@@ -109,7 +111,7 @@ def test_loading_ahead_updates_the_state_in_place_from_gate_logits_as_without(fo
 def test_the_small_batch_rule_runs_and_equals_naive(h100_sms):
     # Tiny heads at B = 1 under the H100's SM count: the small-batch branch, as the launcher picks it.
     q, k, v, gk, h0 = make_inputs(*STEP_SHAPE)
-    assert step_config(2, 2, 40, 24, CPU).num_warps == 8
+    assert step_config(2, 2, 40, 24, CPU) == StepConfig(64, 16, 4)
     with torch.no_grad():
         o, ht = fused_recurrent_gla(q, k, v, gk, None, h0, True)
     o_ref, ht_ref = naive_recurrent_gla(q, k, v, gk, None, h0, True)

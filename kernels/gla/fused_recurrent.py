@@ -101,45 +101,6 @@ def fused_recurrent_gla_fwd_kernel(
 
 
 @triton.jit
-def _step_tile(
-    q, k, gk, h0, i_nh, i_k, o_v, m_v, scale, gate_scale, gate_clamp_min,
-    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_INITIAL_STATE: tl.constexpr, GATE_LOGITS: tl.constexpr, HAS_CLAMP: tl.constexpr,
-):  # fmt: skip
-    """Key tile ``i_k`` of the step's inputs: ``q`` (scaled), ``k``, the log decay and the state's
-    ``[BK, BV]`` block as stored (zeros without a state; every lane masked off past the last tile)."""
-    o_k = i_k * BK + tl.arange(0, BK)
-    m_k = o_k < K
-    p_k = i_nh.to(tl.int64) * K + o_k
-    b_q = tl.load(q + p_k, mask=m_k, other=0.0).to(tl.float32) * scale
-    b_k = tl.load(k + p_k, mask=m_k, other=0.0).to(tl.float32)
-    b_g = log_decay(tl.load(gk + p_k, mask=m_k, other=0.0), gate_scale, gate_clamp_min, GATE_LOGITS, HAS_CLAMP)
-    if USE_INITIAL_STATE:
-        p_kv = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
-        b_h0 = tl.load(h0 + p_kv, mask=m_k[:, None] & m_v[None, :], other=0.0).to(tl.float32)
-    else:
-        b_h0 = tl.zeros([BK, BV], dtype=tl.float32)
-    return b_q, b_k, b_g, b_h0
-
-
-@triton.jit
-def _step_update(
-    ht, b_q, b_k, b_g, b_h0, b_v, i_nh, i_k, o_v, m_v,
-    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
-    USE_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr,
-):  # fmt: skip
-    """Updates key tile ``i_k`` of the state (stored to ``ht``) and returns its part of ``o``."""
-    b_h = b_k[:, None] * b_v[None, :]
-    if USE_INITIAL_STATE:
-        b_h += b_h0 * tl.exp(b_g)[:, None]
-    if STORE_FINAL_STATE:
-        o_k = i_k * BK + tl.arange(0, BK)
-        p_kv = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
-        tl.store(ht + p_kv, b_h, mask=(o_k < K)[:, None] & m_v[None, :])
-    return tl.sum(b_h * b_q[:, None], axis=0)
-
-
-@triton.jit
 def fused_recurrent_gla_step_kernel(
     q,
     k,
@@ -156,7 +117,6 @@ def fused_recurrent_gla_step_kernel(
     V: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
-    PREFETCH: tl.constexpr,
     STAGES: tl.constexpr,
     USE_INITIAL_STATE: tl.constexpr,
     STORE_FINAL_STATE: tl.constexpr,
@@ -166,13 +126,11 @@ def fused_recurrent_gla_step_kernel(
 ):
     """One token per sequence: walk the key dimension in ``[BK, BV]`` tiles, each read and written once.
 
-    With ``PREFETCH`` the loads of the next tile go out before this tile's update and store, so two
-    tiles' loads are in flight instead of one (few programs, small batches: the walk is a chain of
-    DRAM round trips otherwise); without it, ``STAGES > 1`` lets Triton's pipeliner copy the next
-    ``STAGES - 1`` state tiles to shared memory ahead (``STAGES = 1``: the plain loop). A program reads
-    and writes only its own columns, and later tiles are other rows, so ``ht`` may be ``h0``. ``o``
-    sums the tiles' parts in key order either way; ``BK`` sets the split (a different ``BK`` may change
-    ``o``'s last bits, prefetching or stages do not).
+    ``STAGES > 1`` lets Triton's pipeliner copy the next ``STAGES - 1`` state tiles to shared memory while
+    this one is updated (``1``: the plain loop), so a program that walks several tiles (few programs, small
+    batches) has more than one DRAM round trip in flight. Later tiles are other rows of the program's own
+    columns, so ``ht`` may be ``h0``. ``o`` sums the tiles' parts in key order at any ``STAGES``; a
+    different ``BK`` may change its last bits.
     """
     wait_for_predecessor(USE_PDL)
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -181,22 +139,23 @@ def fused_recurrent_gla_step_kernel(
     # With T = 1 the token of sequence n, head h sits at row n * H + h: the program's own index.
     b_v = tl.load(v + i_nh.to(tl.int64) * V + o_v, mask=m_v, other=0.0).to(tl.float32)
     b_o = tl.zeros([BV], dtype=tl.float32)
-    if PREFETCH:
-        b_q, b_k, b_g, b_h0 = _step_tile(q, k, gk, h0, i_nh, 0, o_v, m_v, scale, gate_scale, gate_clamp_min,
-                                         K, V, BK, BV, USE_INITIAL_STATE, GATE_LOGITS, HAS_CLAMP)  # fmt: skip
-        for i_k in range(0, tl.cdiv(K, BK)):
-            n_q, n_k, n_g, n_h0 = _step_tile(q, k, gk, h0, i_nh, i_k + 1, o_v, m_v, scale, gate_scale,
-                                             gate_clamp_min, K, V, BK, BV, USE_INITIAL_STATE, GATE_LOGITS,
-                                             HAS_CLAMP)  # fmt: skip
-            b_o += _step_update(ht, b_q, b_k, b_g, b_h0, b_v, i_nh, i_k, o_v, m_v, K, V, BK, USE_INITIAL_STATE,
-                                STORE_FINAL_STATE)  # fmt: skip
-            b_q, b_k, b_g, b_h0 = n_q, n_k, n_g, n_h0
-    else:
-        for i_k in tl.range(0, tl.cdiv(K, BK), num_stages=STAGES):
-            b_q, b_k, b_g, b_h0 = _step_tile(q, k, gk, h0, i_nh, i_k, o_v, m_v, scale, gate_scale, gate_clamp_min,
-                                             K, V, BK, BV, USE_INITIAL_STATE, GATE_LOGITS, HAS_CLAMP)  # fmt: skip
-            b_o += _step_update(ht, b_q, b_k, b_g, b_h0, b_v, i_nh, i_k, o_v, m_v, K, V, BK, USE_INITIAL_STATE,
-                                STORE_FINAL_STATE)  # fmt: skip
+    for i_k in tl.range(0, tl.cdiv(K, BK), num_stages=STAGES):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        p_k = i_nh.to(tl.int64) * K + o_k
+        p_kv = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+        m_kv = m_k[:, None] & m_v[None, :]
+        b_q = tl.load(q + p_k, mask=m_k, other=0.0).to(tl.float32) * scale
+        b_k = tl.load(k + p_k, mask=m_k, other=0.0).to(tl.float32)
+        b_g = log_decay(tl.load(gk + p_k, mask=m_k, other=0.0), gate_scale, gate_clamp_min, GATE_LOGITS, HAS_CLAMP)
+        if USE_INITIAL_STATE:  # issued before the update, which waits for k's load
+            b_h0 = tl.load(h0 + p_kv, mask=m_kv, other=0.0).to(tl.float32)
+        b_h = b_k[:, None] * b_v[None, :]
+        if USE_INITIAL_STATE:
+            b_h += b_h0 * tl.exp(b_g)[:, None]
+        if STORE_FINAL_STATE:  # stored before o's reduction over the tile, which need not wait for it
+            tl.store(ht + p_kv, b_h, mask=m_kv)
+        b_o += tl.sum(b_h * b_q[:, None], axis=0)
     tl.store(o + i_nh.to(tl.int64) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
 
 
@@ -207,19 +166,17 @@ def fp32_reciprocal(x: float) -> float:
 
 
 class StepConfig(NamedTuple):
-    """Launch settings of the one-token kernel: key tile, value slice, warps, whether a program loads its
-    next key tile into registers before it updates the current one (``prefetch``), and else the state
-    loads' pipeline depth (``stages``: Triton's ``tl.range`` copies later tiles to shared memory ahead)."""
+    """Launch settings of the one-token kernel: key tile, value slice, warps, and the pipeline depth of
+    the state's loads (``stages``: Triton's ``tl.range`` loads later tiles to shared memory ahead)."""
 
     BK: int
     BV: int
     num_warps: int
-    prefetch: bool = False
     stages: int = 1
 
 
-# Small batches: the most state elements one program holds at once ([BK, BV] tile; prefetching holds two).
-SMALL_BATCH_TILE = 16384
+# Small batches: a key tile of up to this many rows; a slice of more is walked in pipelined tiles of it.
+SMALL_BATCH_BK = 256
 
 
 def step_config(N: int, H: int, K: int, V: int, device: torch.device) -> StepConfig:
@@ -231,11 +188,14 @@ def step_config(N: int, H: int, K: int, V: int, device: torch.device) -> StepCon
         BV //= 2
     if N * H * triton.cdiv(V, BV) >= 2 * num_sms(device):
         return StepConfig(BK, BV, 4)
-    # Still one program an SM or fewer: each walks its whole [K, BV] slice, so its time is a chain of
-    # DRAM round trips, one a tile. Larger tiles and the next tile's loads in flight during this
-    # one's update shorten the chain.
-    BK = min(max(16, triton.next_power_of_2(K)), SMALL_BATCH_TILE // BV)
-    return StepConfig(BK, BV, 8, prefetch=K > BK)
+    # Still about one program an SM: its walk over 64-row tiles is a chain of DRAM round trips, one a
+    # tile. A slice of at most SMALL_BATCH_BK rows loads at once (one round trip, as many warps as
+    # its [K, 16] tile fills); a longer one is walked in tiles of that many rows, the next two loading
+    # while one is updated.
+    BK = min(max(16, triton.next_power_of_2(K)), SMALL_BATCH_BK)
+    if K <= BK:
+        return StepConfig(BK, BV, max(4, min(16, BK * BV // 256)))
+    return StepConfig(BK, BV, 4, stages=3)
 
 
 def fused_recurrent_gla(
@@ -304,7 +264,7 @@ def fused_recurrent_gla(
         ht = q.new_empty(N, H, K, V, dtype=torch.float32)
     with on_device_of(q):  # Triton launches on the current GPU: make it q's
         if T == 1 and cu_seqlens is None:
-            BK, BV, num_warps, prefetch, stages = step_config(N, H, K, V, q.device)
+            BK, BV, num_warps, stages = step_config(N, H, K, V, q.device)
             fused_recurrent_gla_step_kernel[(triton.cdiv(V, BV), N * H)](
                 q,
                 k,
@@ -321,7 +281,6 @@ def fused_recurrent_gla(
                 V=V,
                 BK=BK,
                 BV=BV,
-                PREFETCH=prefetch,
                 STAGES=stages,
                 USE_INITIAL_STATE=initial_state is not None,
                 STORE_FINAL_STATE=output_final_state,
