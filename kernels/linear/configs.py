@@ -28,7 +28,7 @@ from statex_hf.kernels.launch import LaunchConfig
 
 TABLES: dict[str, dict[str, LaunchConfig]] = {
     "default": {
-        "m1": LaunchConfig.of(4, 4, BM=1, BN=4, BK=1024, SPLIT_K=1),
+        "m1": LaunchConfig.of(4, 1, BM=1, BN=4, BK=1024, SPLIT_K=1),
         "m2": LaunchConfig.of(4, 4, BM=2, BN=8, BK=256, SPLIT_K=1),
         "m4": LaunchConfig.of(4, 4, BM=4, BN=8, BK=128, SPLIT_K=1),
         "m16": LaunchConfig.of(4, 4, BM=16, BN=32, BK=128, SPLIT_K=1),

@@ -68,6 +68,46 @@ def _row_block_dot(x_tile, w_tile, m_mask, n_mask, k_start, k_end, split_len,
 
 
 @triton.jit
+def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len,
+                 BN: tl.constexpr, BK: tl.constexpr, PAIR: tl.constexpr):  # fmt: skip
+    """The fp32 sums ``x[k_start:k_end] . W[rows_n, k_start:k_end]`` of one program, ``[BN]``, for one row of x; with
+    ``PAIR``, the same sums of a second weight ``V`` too (``(w_sums, v_sums)``; without, ``v_sums`` is zeros).
+
+    ``x_row`` points at the first ``BK`` columns of the row, ``w_tile`` / ``v_tile`` at the first ``BK`` columns of
+    the program's rows of W / V. Each step's tiles are loaded one step ahead, before the step before is summed:
+    Triton does not pipeline loads that feed no ``tl.dot`` (``num_stages`` does nothing here), and a program that
+    waited on each step's load before asking for the next would pay one DRAM round trip per step. The last step's
+    look-ahead is masked off whole (no memory traffic). The products accumulate elementwise in a ``[BN, BK]`` fp32
+    tile in the layout the weight is loaded in (no shared-memory shuffle per step), summed over K once at the end.
+    Weights are read once per call, so their loads ask L2 to evict them first; x is read by every program.
+    A weight's sums do not depend on ``PAIR`` (the same loads, products and order): ``gemv_group.py``'s SwiGLU
+    kernel sums its gate and up weights in one loop and matches this kernel's separate products bit for bit."""
+    cols = tl.arange(0, BK)
+    acc_w = tl.zeros([BN, BK], dtype=tl.float32)
+    acc_v = tl.zeros([BN, BK], dtype=tl.float32)
+    k_mask = k_start + cols < k_end
+    xs = tl.load(x_row, mask=k_mask, other=0.0)
+    tile_mask = n_mask[:, None] & k_mask[None, :]
+    ws = tl.load(w_tile, mask=tile_mask, other=0.0, eviction_policy="evict_first")
+    vs = ws
+    if PAIR:
+        vs = tl.load(v_tile, mask=tile_mask, other=0.0, eviction_policy="evict_first")
+    for step in range(tl.cdiv(split_len, BK)):
+        ahead = (step + 1) * BK
+        k_mask = k_start + ahead + cols < k_end
+        tile_mask = n_mask[:, None] & k_mask[None, :]
+        xs_ahead = tl.load(x_row + ahead, mask=k_mask, other=0.0)
+        ws_ahead = tl.load(w_tile + ahead, mask=tile_mask, other=0.0, eviction_policy="evict_first")
+        vs_ahead = vs
+        if PAIR:
+            vs_ahead = tl.load(v_tile + ahead, mask=tile_mask, other=0.0, eviction_policy="evict_first")
+            acc_v += xs.to(tl.float32)[None, :] * vs.to(tl.float32)
+        acc_w += xs.to(tl.float32)[None, :] * ws.to(tl.float32)
+        xs, ws, vs = xs_ahead, ws_ahead, vs_ahead
+    return tl.sum(acc_w, axis=1), tl.sum(acc_v, axis=1)
+
+
+@triton.jit
 def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr,
                  HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, USE_PDL: tl.constexpr):  # fmt: skip
@@ -81,9 +121,13 @@ def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn,
     split_len = tl.cdiv(tl.cdiv(K, SPLIT_K), BK) * BK
     k_start = pid_s * split_len
     k_end = tl.minimum(k_start + split_len, K)
-    x_tile = x + rows_m[:, None].to(tl.int64) * stride_xm + (k_start + cols)[None, :]
     w_tile = w + rows_n[:, None].to(tl.int64) * stride_wn + (k_start + cols)[None, :]
-    total = _row_block_dot(x_tile, w_tile, m_mask, n_mask, k_start, k_end, split_len, BM, BN, BK, PRECISION)
+    if BM == 1:
+        x_row = x + pid_m.to(tl.int64) * stride_xm + k_start + cols
+        total = _one_row_dot(x_row, w_tile, w_tile, n_mask, k_start, k_end, split_len, BN, BK, False)[0][None, :]
+    else:
+        x_tile = x + rows_m[:, None].to(tl.int64) * stride_xm + (k_start + cols)[None, :]
+        total = _row_block_dot(x_tile, w_tile, m_mask, n_mask, k_start, k_end, split_len, BM, BN, BK, PRECISION)
     block = rows_m[:, None].to(tl.int64) * N + rows_n[None, :]
     mask = m_mask[:, None] & n_mask[None, :]
     if SPLIT_K == 1:
