@@ -32,6 +32,7 @@ captures the launches with programmatic dependent launch as a decode graph does 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -122,31 +123,23 @@ def describe(config) -> str:
     return f"{tiles} S{config.SPLIT_K} w{config.num_warps} s{config.num_stages}"
 
 
-def time_us(fn, copies: int, cuda: bool, pdl: bool) -> float:
-    """Median microseconds of one product: CUDA-graph replays of ``fn`` (``copies`` products) on a GPU, captured
-    with programmatic dependent launch if ``pdl``; on CPU wall clock of one call (a check of the script, not a
-    measurement)."""
+def time_us(fn, copies: int, cuda: bool, pdl: bool, rep: int) -> float:
+    """Median microseconds of one product: CUDA-graph replays of ``fn`` (``copies`` products) over ``rep`` ms on a
+    GPU, captured with programmatic dependent launch if ``pdl``; on CPU wall clock of one call (a check of the
+    script, not a measurement)."""
     import torch
     from statex_hf.kernels.dependent_launch import dependent_launches
 
-    with dependent_launches(torch.device("cuda" if cuda else "cpu")) as on:
-        if pdl and cuda and not on:
-            raise RuntimeError("--pdl: this GPU, Triton or environment has no programmatic dependent launch")
-        if not pdl:
-            return _time_us(fn, copies, cuda)  # outside the block's setting: the launches without PDL
-    with dependent_launches(torch.device("cuda")):
-        return _time_us(fn, copies, cuda)
+    device = torch.device("cuda" if cuda else "cpu")
+    with dependent_launches(device) if pdl else contextlib.nullcontext():
+        fn()  # compile outside the capture
+        if cuda:
+            from triton.testing import do_bench_cudagraph
 
-
-def _time_us(fn, copies: int, cuda: bool) -> float:
-    fn()  # compile outside the capture
-    if cuda:
-        from triton.testing import do_bench_cudagraph
-
-        return do_bench_cudagraph(fn, rep=50, return_mode="median") * 1e3 / copies
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1e6 / copies
+            return do_bench_cudagraph(fn, rep=rep, return_mode="median") * 1e3 / copies
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1e6 / copies
 
 
 def products(kind: str):
@@ -199,7 +192,7 @@ def bench_shape(name: str, k: int, ns: tuple[int, ...], m: int, args, hbm: float
     def row(impl: str, config: str, call) -> dict:
         with torch.no_grad():
             err = deviation(call(x, cases[0]), want)
-            us = time_us(lambda: [call(x, ws) for ws in cases], copies, cuda, args.pdl)
+            us = time_us(lambda: [call(x, ws) for ws in cases], copies, cuda, args.pdl, args.rep)
         tbps = moved / us / 1e6
         record = dict(shape=name, K=k, N=n, M=m, impl=impl, config=config, us=us, tbps=tbps, err=err)
         record["pct_hbm"] = 100 * tbps / hbm if hbm else None
@@ -267,8 +260,11 @@ def main() -> None:
     parser.add_argument("--json", help="write every row here")
     parser.add_argument("--tiny", action="store_true", help="toy shapes on CPU, Triton interpreter (a check)")
     parser.add_argument("--pick-only", action="store_true", help="time the library rows and the table's pick alone")
+    parser.add_argument("--rep", type=int, default=50, help="milliseconds of replays per timing (default 50)")
     parser.add_argument("--pdl", action="store_true", help="capture with programmatic dependent launch (Hopper on)")
     args = parser.parse_args()
+    if args.tiny and args.pdl:
+        parser.error("--pdl needs a GPU (Hopper or later); --tiny runs on CPU")
     if args.tiny:  # before triton is imported
         os.environ.setdefault("TRITON_INTERPRET", "1")
     import torch
@@ -286,7 +282,11 @@ def main() -> None:
             sys.exit(2)
         from gpu_specs import describe as describe_gpu
         from gpu_specs import hbm_tbps
+        from statex_hf.kernels.dependent_launch import supported
 
+        if args.pdl and not supported(torch.device("cuda")):
+            print("bench_gemv.py: --pdl: no PDL on this GPU or Triton (or STATEX_PDL=0)", file=sys.stderr)
+            sys.exit(2)
         hbm, device = hbm_tbps(), describe_gpu()
         device += f", torch's default BLAS: {torch.backends.cuda.preferred_blas_library()}"
     print(f"y = x @ W.T, {'fp32' if args.tiny else 'bf16'}, {device}")
