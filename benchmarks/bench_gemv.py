@@ -296,7 +296,7 @@ def main() -> None:
         device += ", launched with PDL"
     rows = []
     for m in ms:
-        for name, k, ns, kind in shapes + (fused if m == 1 else []):
+        for name, k, ns, kind in (fused if m == 1 else []) + shapes:
             shape_rows = bench_shape(name, k, ns, m, args, hbm, kind)
             print_rows(shape_rows)
             rows += shape_rows
