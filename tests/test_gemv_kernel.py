@@ -204,7 +204,7 @@ def test_one_row_over_several_steps_with_the_look_ahead_masked_at_k(monkeypatch,
 
 
 SM90_COMPILE = """
-import json, sys, triton
+import json, re, sys, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from statex_hf.kernels import launch
@@ -219,7 +219,11 @@ def compiled(fn, signature, constexprs, config):
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     loads = [line for line in kernel.asm["ptx"].splitlines() if "ld.global" in line]
-    return dict(loads=len(loads), wide=sum(".v4." in line for line in loads), shared=kernel.metadata.shared)
+    ttgir = kernel.asm["ttgir"]
+    layouts = dict(re.findall(r"^(#\\w+) = (.*)$", ttgir, re.M))
+    summed = sorted({layouts[name] for name in re.findall(r"\\}\\) : \\(tensor<[^,]+, (#\\w+)>\\) ->", ttgir)})
+    return dict(loads=len(loads), wide=sum(".v4." in line for line in loads), shared=kernel.metadata.shared,
+                summed=summed)
 
 m1 = configs.TABLES["default"]["m1"]
 c = dict(BN=m1.BN, BK=m1.BK, USE_PDL=False)
@@ -251,6 +255,10 @@ def test_the_one_row_kernels_compile_for_sm90_to_wide_loads_and_no_shuffle_throu
     result = subprocess.run([sys.executable, "-P", "-c", SM90_COMPILE], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     m1 = configs.TABLES["default"]["m1"]
-    for name, stats in json.loads(result.stdout.splitlines()[-1]).items():
+    kernels = json.loads(result.stdout.splitlines()[-1])
+    for name, stats in kernels.items():
         assert stats["loads"] > 0 and stats["wide"] == stats["loads"], (name, stats)
         assert stats["shared"] <= 4 * m1.BN * m1.num_warps, (name, stats)
+    # The grouped and SwiGLU kernels' bit-for-bit claim (tests/gpu/test_gemv_group_gpu.py): every sum over K, in
+    # the three kernels, reduces a tile of one and the same layout, so in one order.
+    assert len({layout for stats in kernels.values() for layout in stats["summed"]}) == 1, kernels

@@ -9,10 +9,13 @@ software pipelining). In fp32 (``naive.py``'s reference, in another order)::
 
     y[m, n] = round(b[n] + sum_k x[m, k] W[n, k])
 
-Up to 4 rows the products accumulate elementwise in a ``[BM, BN, BK]`` fp32 tile, summed over K once at
-the end (no reduction inside the loop); from 5 rows on, ``tl.dot`` on the tensor cores into ``[BM, BN]``
-(``configs.py`` picks by M). A grid axis over blocks of ``BM`` rows takes any M (each block reads W once
-more).
+One row of x (``BM = 1``, a B = 1 decode step, ``_one_row_dot``) accumulates elementwise in a ``[BN, BK]`` fp32
+tile in the layout the weight tile is loaded in, and loads each step's tiles one step ahead (the module's
+time is DRAM round trips: Triton pipelines no load that feeds no ``tl.dot``, so ``num_stages`` does nothing
+there). Two to 4 rows accumulate elementwise in a ``[BM, BN, BK]`` fp32 tile; from 5 rows on, ``tl.dot`` on
+the tensor cores into ``[BM, BN]`` (``configs.py`` picks by M). Either way the sum over K is taken once at the
+end (no reduction inside the loop). A grid axis over blocks of ``BM`` rows takes any M (each block reads W
+once more).
 
 **Split-K, reduced in a second pass.** A weight with few rows (GLA's q / k at N = 1024) gives too few
 programs of ``BN`` rows to keep every SM streaming. ``SPLIT_K`` programs then share a block of y, each over
@@ -43,10 +46,10 @@ from statex_hf.kernels.utils import needs_grad
 @triton.jit
 def _row_block_dot(x_tile, w_tile, m_mask, n_mask, k_start, k_end, split_len,
                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
-    """The fp32 sums ``x[rows_m, k_start:k_end] @ W[rows_n, k_start:k_end].T`` of one program, ``[BM, BN]``.
+    """The fp32 sums ``x[rows_m, k_start:k_end] @ W[rows_n, k_start:k_end].T`` of one program, ``[BM, BN]``, for
+    two or more rows of x (one row: ``_one_row_dot``).
 
-    ``x_tile`` / ``w_tile`` point at the first ``BK`` columns of the program's rows. Shared with
-    ``gemv_group.py``, so that its products are this kernel's bit for bit."""
+    ``x_tile`` / ``w_tile`` point at the first ``BK`` columns of the program's rows."""
     cols = tl.arange(0, BK)
     if BM >= 16:
         acc = tl.zeros([BM, BN], dtype=tl.float32)

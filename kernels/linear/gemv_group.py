@@ -5,12 +5,12 @@ In a CUDA-graph decode step every kernel costs the replay about as much again as
 takes itself (``benchmarks/README.md``, "generate"), and GLA's mixer takes five products of one input, its
 MLP two and a SwiGLU. Here one grid covers the row blocks of all the weights: the group's programs are laid
 end to end, program ``p`` serving weight ``i`` from its first block ``S_i`` on (a chain of comparisons against
-the ``S_i``, unrolled at compile time). Each program's sum is ``gemv.py``'s (``_row_block_dot``, the same tiles
-and order, no split of K), so every output is the separate GEMV's bit for bit wherever that GEMV does not split
-K either (``configs.split_k``: every one-row product of the 1.3B models, whose group inputs have K = 2048; a weight
-of few rows at a longer K splits there and sums in another order, so the two agree to rounding, not bit for bit);
-the SwiGLU epilogue rounds where torch and ``kernels/activations/swiglu.py`` round (each product to x's dtype,
-then ``silu``, then the product).
+the ``S_i``, unrolled at compile time). Each program's sum is ``gemv.py``'s (``_one_row_dot``, the same tiles,
+loads and order, no split of K; the SwiGLU kernel sums its two weights in one loop of it, each as alone), so every
+output is the separate GEMV's bit for bit wherever that GEMV does not split K either (``configs.split_k``: every
+one-row product of the 1.3B models, whose group inputs have K = 2048; a weight of few rows at a longer K splits
+there and sums in another order, so the two agree to rounding, not bit for bit); the SwiGLU epilogue rounds where
+torch and ``kernels/activations/swiglu.py`` round (each product to x's dtype, then ``silu``, then the product).
 
 One row of x, no bias, weights contiguous and of x's dtype; forward only (decode runs under ``torch.no_grad``).
 """
