@@ -4,18 +4,17 @@ At one to a few dozen rows of x, ``nn.Linear`` reads its whole weight for a hand
 element: the product is bound by HBM bandwidth, and the only question is how close to it the weight
 streams. One program owns ``BN`` rows of W (output features) and ``BM`` rows of x; it walks K in steps of
 ``BK`` columns, each step one ``[BN, BK]`` tile of W loaded along K (contiguous in ``nn.Linear``'s
-row-major weight, so the loads are wide and coalesced), with ``num_stages`` steps in flight (Triton's
-software pipelining). In fp32 (``naive.py``'s reference, in another order)::
+row-major weight, so the loads are wide and coalesced). In fp32 (``naive.py``'s reference, in another order)::
 
     y[m, n] = round(b[n] + sum_k x[m, k] W[n, k])
 
 One row of x (``BM = 1``, a B = 1 decode step, ``_one_row_dot``) accumulates elementwise in a ``[BN, BK]`` fp32
-tile in the layout the weight tile is loaded in, and loads each step's tiles one step ahead (the module's
-time is DRAM round trips: Triton pipelines no load that feeds no ``tl.dot``, so ``num_stages`` does nothing
+tile in the layout the weight tile is loaded in, and loads each step's tiles one step ahead (a program's time
+is its DRAM round trips, and Triton pipelines no load that feeds no ``tl.dot``: ``num_stages`` does nothing
 there). Two to 4 rows accumulate elementwise in a ``[BM, BN, BK]`` fp32 tile; from 5 rows on, ``tl.dot`` on
-the tensor cores into ``[BM, BN]`` (``configs.py`` picks by M). Either way the sum over K is taken once at the
-end (no reduction inside the loop). A grid axis over blocks of ``BM`` rows takes any M (each block reads W
-once more).
+the tensor cores into ``[BM, BN]``, with ``num_stages`` steps in flight (Triton's software pipelining;
+``configs.py`` picks by M). Each way the sum over K is taken once at the end (no reduction inside the loop).
+A grid axis over blocks of ``BM`` rows takes any M (each block reads W once more).
 
 **Split-K, reduced in a second pass.** A weight with few rows (GLA's q / k at N = 1024) gives too few
 programs of ``BN`` rows to keep every SM streaming. ``SPLIT_K`` programs then share a block of y, each over
