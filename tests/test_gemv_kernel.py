@@ -188,3 +188,77 @@ def test_bad_inputs_get_one_clear_line(case, match):
         x, weight, bias = x.long(), weight.long(), None
     with pytest.raises(ValueError, match=match):
         gemv(x, weight, bias)
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("tiles", [(2, 16), (4, 32), (8, 64)], ids=lambda t: f"BN{t[0]}_BK{t[1]}")
+def test_one_row_over_several_steps_with_the_look_ahead_masked_at_k(monkeypatch, tiles, splits):
+    # The one-row loop loads each step's tiles a step ahead: K = 300 is 3 to 19 steps here, its last one partly
+    # masked and the look-ahead past it masked whole; N = 70 leaves a part block; 3 splits each start mid-K.
+    bn, bk = tiles
+    config = configs.TABLES["default"]["m1"].with_(BN=bn, BK=bk, SPLIT_K=splits)
+    monkeypatch.setitem(launch.OVERRIDES, "linear.gemv", config)
+    assert_linear(*inputs(1))
+    assert_linear(*inputs(1, k=bk))  # exactly one step: the look-ahead is all of it masked
+    assert_linear(*inputs(2, with_bias=False))  # a grid axis over the rows: each program still one row
+
+
+SM90_COMPILE = """
+import json, re, sys, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from statex_hf.kernels import launch
+from statex_hf.kernels.linear import configs, gemv, gemv_group
+
+def compiled(fn, signature, constexprs, config):
+    # Pointers and the sizes a real call passes (multiples of 16) carry the divisibility Triton's JIT gives them.
+    names = list(signature)
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if signature[n] != "constexpr"
+             and (signature[n].startswith("*") or n in ("N", "K", "stride_xm", "stride_wn"))}
+    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+    loads = [line for line in kernel.asm["ptx"].splitlines() if "ld.global" in line]
+    ttgir = kernel.asm["ttgir"]
+    layouts = dict(re.findall(r"^(#\\w+) = (.*)$", ttgir, re.M))
+    summed = sorted({layouts[name] for name in re.findall(r"\\}\\) : \\(tensor<[^,]+, (#\\w+)>\\) ->", ttgir)})
+    return dict(loads=len(loads), wide=sum(".v4." in line for line in loads), shared=kernel.metadata.shared,
+                summed=summed)
+
+m1 = configs.TABLES["default"]["m1"]
+c = dict(BN=m1.BN, BK=m1.BK, USE_PDL=False)
+plain = {n: "*bf16" for n in ("x", "w", "bias", "out")} | {n: "i32" for n in ("M", "N", "K", "stride_xm", "stride_wn")}
+plain |= {n: "constexpr" for n in ("BM", "BN", "BK", "SPLIT_K", "HAS_BIAS", "PRECISION", "USE_PDL")}
+swiglu = {n: "*bf16" for n in ("x", "wg", "wu", "out")} | {"N": "i32", "K": "i32"} | dict.fromkeys(c, "constexpr")
+group = {"x": "*bf16", "K": "i32"} | {f"w{i}": "*bf16" for i in range(6)} | {f"y{i}": "*bf16" for i in range(6)}
+group |= {f"N{i}": "i32" for i in range(6)} | {f"S{i}": "i32" for i in range(1, 6)}
+group |= {n: "constexpr" for n in ("G", "BN", "BK", "USE_PDL")}
+print(json.dumps({
+    "gemv": compiled(gemv._gemv_kernel, plain, c | dict(BM=1, SPLIT_K=1, HAS_BIAS=False, PRECISION="ieee"), m1),
+    "group": compiled(gemv_group._gemv_group_kernel, group, c | dict(G=5), m1),
+    "swiglu": compiled(gemv_group._gemv_swiglu_kernel, swiglu, c, m1),
+}))
+"""
+
+
+def test_the_one_row_kernels_compile_for_sm90_to_wide_loads_and_no_shuffle_through_shared_memory():
+    # Compiled for an H100 on this CPU machine (in a process without the interpreter, which replaces triton.jit):
+    # every global load is 16 bytes a thread, and shared memory holds no more than the cross-warp sum of each row
+    # (4 bytes per row and warp). The one-row loop of before converted every step's weight tile through shared
+    # memory into its accumulator's layout (m1's 4 x 1024 tiles: 4 KB).
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"TRITON_DEFAULT_FP_FUSION": "1"}
+    result = subprocess.run([sys.executable, "-P", "-c", SM90_COMPILE], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    m1 = configs.TABLES["default"]["m1"]
+    kernels = json.loads(result.stdout.splitlines()[-1])
+    for name, stats in kernels.items():
+        assert stats["loads"] > 0 and stats["wide"] == stats["loads"], (name, stats)
+        assert stats["shared"] <= 4 * m1.BN * m1.num_warps, (name, stats)
+    # The grouped and SwiGLU kernels' bit-for-bit claim (tests/gpu/test_gemv_group_gpu.py): every sum over K, in
+    # the three kernels, reduces a tile of one and the same layout, so in one order.
+    assert len({layout for stats in kernels.values() for layout in stats["summed"]}) == 1, kernels

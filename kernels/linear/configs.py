@@ -3,17 +3,20 @@
 A config has four tiles: ``BM`` rows of x, ``BN`` rows of W and ``BK`` columns of both per program and
 step, and ``SPLIT_K``, the number of programs that share one ``[BM, BN]`` block of y along K (more than one
 costs a second launch, ``gemv.py``). The table holds one entry per bucket of M (the rows of x): up to 4
-rows the kernel multiplies on the CUDA cores with a ``[BM, BN, BK]`` fp32 accumulator (``BM * BN * BK`` is
-kept at 4096, 32 registers a thread at 4 warps); from 5 rows on it uses ``tl.dot`` (tensor cores need 16
+rows the kernel multiplies on the CUDA cores with an fp32 accumulator of ``BM * BN * BK`` elements (``[BN, BK]`` at
+one row), 32 registers a thread in the table's buckets; from 5 rows on it uses ``tl.dot`` (tensor cores need 16
 rows: fewer are padded, which costs registers but no memory traffic).
 
 ``SPLIT_K`` is not in the table but derived from the shape (``pick``): the grid should fill every SM
 ``WAVES`` times over, since a matrix-vector product is bound by how many bytes are in flight; a weight too
 short for that at the table's ``BN`` is split along K while each split keeps at least ``MIN_STEPS`` steps of
-``BK`` (a pipeline of fewer steps never fills). ``m1`` is ``benchmarks/bench_gemv.py``'s fastest config at
-every one-row decode shape of the 1.3B models on the H100 (4-row strips of W, 1024-column steps: each warp
-streams long contiguous runs of a weight row; with it the rule never splits those shapes, as the
-measurement preferred). The other buckets are untuned, and the models send them to cuBLAS
+``BK`` (a pipeline of fewer steps never fills). ``m1`` is the config of ``benchmarks/bench_gemv.py``'s one-row
+candidates whose time summed over a decode step's products was the least on the H100, for StateX GLA-1.3B (the
+grouped and SwiGLU launches included, which take these tiles too) and within 1% of the least for Mamba2-1.3B:
+2-row strips of W in 1024-column steps, 2 warps (one row's loop loads a step ahead by itself, so one stage:
+``gemv._one_row_dot``); with it the rule never splits those shapes, as the measurement preferred. One config for
+every one-row shape: the grouped and SwiGLU kernels must sum in the plain GEMV's tiles to give its bits. The other
+buckets are untuned, and the models send them to cuBLAS
 (``dispatch.GEMV_MAX_ROWS``), which was as fast or faster at most shapes at 16 and 64 rows.
 """
 
@@ -28,7 +31,7 @@ from statex_hf.kernels.launch import LaunchConfig
 
 TABLES: dict[str, dict[str, LaunchConfig]] = {
     "default": {
-        "m1": LaunchConfig.of(4, 4, BM=1, BN=4, BK=1024, SPLIT_K=1),
+        "m1": LaunchConfig.of(2, 1, BM=1, BN=2, BK=1024, SPLIT_K=1),
         "m2": LaunchConfig.of(4, 4, BM=2, BN=8, BK=256, SPLIT_K=1),
         "m4": LaunchConfig.of(4, 4, BM=4, BN=8, BK=128, SPLIT_K=1),
         "m16": LaunchConfig.of(4, 4, BM=16, BN=32, BK=128, SPLIT_K=1),

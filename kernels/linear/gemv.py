@@ -4,15 +4,17 @@ At one to a few dozen rows of x, ``nn.Linear`` reads its whole weight for a hand
 element: the product is bound by HBM bandwidth, and the only question is how close to it the weight
 streams. One program owns ``BN`` rows of W (output features) and ``BM`` rows of x; it walks K in steps of
 ``BK`` columns, each step one ``[BN, BK]`` tile of W loaded along K (contiguous in ``nn.Linear``'s
-row-major weight, so the loads are wide and coalesced), with ``num_stages`` steps in flight (Triton's
-software pipelining). In fp32 (``naive.py``'s reference, in another order)::
+row-major weight, so the loads are wide and coalesced). In fp32 (``naive.py``'s reference, in another order)::
 
     y[m, n] = round(b[n] + sum_k x[m, k] W[n, k])
 
-Up to 4 rows the products accumulate elementwise in a ``[BM, BN, BK]`` fp32 tile, summed over K once at
-the end (no reduction inside the loop); from 5 rows on, ``tl.dot`` on the tensor cores into ``[BM, BN]``
-(``configs.py`` picks by M). A grid axis over blocks of ``BM`` rows takes any M (each block reads W once
-more).
+One row of x (``BM = 1``, a B = 1 decode step, ``_one_row_dot``) accumulates elementwise in a ``[BN, BK]`` fp32
+tile in the layout the weight tile is loaded in, and loads each step's tiles one step ahead (a program's time
+is its DRAM round trips, and Triton pipelines no load that feeds no ``tl.dot``: ``num_stages`` does nothing
+there). Two to 4 rows accumulate elementwise in a ``[BM, BN, BK]`` fp32 tile; from 5 rows on, ``tl.dot`` on
+the tensor cores into ``[BM, BN]``, with ``num_stages`` steps in flight (Triton's software pipelining;
+``configs.py`` picks by M). Each way the sum over K is taken once at the end (no reduction inside the loop).
+A grid axis over blocks of ``BM`` rows takes any M (each block reads W once more).
 
 **Split-K, reduced in a second pass.** A weight with few rows (GLA's q / k at N = 1024) gives too few
 programs of ``BN`` rows to keep every SM streaming. ``SPLIT_K`` programs then share a block of y, each over
@@ -43,10 +45,10 @@ from statex_hf.kernels.utils import needs_grad
 @triton.jit
 def _row_block_dot(x_tile, w_tile, m_mask, n_mask, k_start, k_end, split_len,
                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
-    """The fp32 sums ``x[rows_m, k_start:k_end] @ W[rows_n, k_start:k_end].T`` of one program, ``[BM, BN]``.
+    """The fp32 sums ``x[rows_m, k_start:k_end] @ W[rows_n, k_start:k_end].T`` of one program, ``[BM, BN]``, for
+    two or more rows of x (one row: ``_one_row_dot``).
 
-    ``x_tile`` / ``w_tile`` point at the first ``BK`` columns of the program's rows. Shared with
-    ``gemv_group.py``, so that its products are this kernel's bit for bit."""
+    ``x_tile`` / ``w_tile`` point at the first ``BK`` columns of the program's rows."""
     cols = tl.arange(0, BK)
     if BM >= 16:
         acc = tl.zeros([BM, BN], dtype=tl.float32)
@@ -68,6 +70,46 @@ def _row_block_dot(x_tile, w_tile, m_mask, n_mask, k_start, k_end, split_len,
 
 
 @triton.jit
+def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len,
+                 BN: tl.constexpr, BK: tl.constexpr, PAIR: tl.constexpr):  # fmt: skip
+    """The fp32 sums ``x[k_start:k_end] . W[rows_n, k_start:k_end]`` of one program, ``[BN]``, for one row of x; with
+    ``PAIR``, the same sums of a second weight ``V`` too (``(w_sums, v_sums)``; without, ``v_sums`` is zeros).
+
+    ``x_row`` points at the first ``BK`` columns of the row, ``w_tile`` / ``v_tile`` at the first ``BK`` columns of
+    the program's rows of W / V. Each step's tiles are loaded one step ahead, before the step before is summed:
+    Triton does not pipeline loads that feed no ``tl.dot`` (``num_stages`` does nothing here), and a program that
+    waited on each step's load before asking for the next would pay one DRAM round trip per step. The last step's
+    look-ahead is masked off whole (no memory traffic). The products accumulate elementwise in a ``[BN, BK]`` fp32
+    tile in the layout the weight is loaded in (no shared-memory shuffle per step), summed over K once at the end.
+    Weights are read once per call, so their loads ask L2 to evict them first; x is read by every program.
+    A weight's sums do not depend on ``PAIR`` (the same loads, products and order): ``gemv_group.py``'s SwiGLU
+    kernel sums its gate and up weights in one loop and matches this kernel's separate products bit for bit."""
+    cols = tl.arange(0, BK)
+    acc_w = tl.zeros([BN, BK], dtype=tl.float32)
+    acc_v = tl.zeros([BN, BK], dtype=tl.float32)
+    k_mask = k_start + cols < k_end
+    xs = tl.load(x_row, mask=k_mask, other=0.0)
+    tile_mask = n_mask[:, None] & k_mask[None, :]
+    ws = tl.load(w_tile, mask=tile_mask, other=0.0, eviction_policy="evict_first")
+    vs = ws
+    if PAIR:
+        vs = tl.load(v_tile, mask=tile_mask, other=0.0, eviction_policy="evict_first")
+    for step in range(tl.cdiv(split_len, BK)):
+        ahead = (step + 1) * BK
+        k_mask = k_start + ahead + cols < k_end
+        tile_mask = n_mask[:, None] & k_mask[None, :]
+        xs_ahead = tl.load(x_row + ahead, mask=k_mask, other=0.0)
+        ws_ahead = tl.load(w_tile + ahead, mask=tile_mask, other=0.0, eviction_policy="evict_first")
+        vs_ahead = vs
+        if PAIR:
+            vs_ahead = tl.load(v_tile + ahead, mask=tile_mask, other=0.0, eviction_policy="evict_first")
+            acc_v += xs.to(tl.float32)[None, :] * vs.to(tl.float32)
+        acc_w += xs.to(tl.float32)[None, :] * ws.to(tl.float32)
+        xs, ws, vs = xs_ahead, ws_ahead, vs_ahead
+    return tl.sum(acc_w, axis=1), tl.sum(acc_v, axis=1)
+
+
+@triton.jit
 def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr,
                  HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, USE_PDL: tl.constexpr):  # fmt: skip
@@ -81,9 +123,13 @@ def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn,
     split_len = tl.cdiv(tl.cdiv(K, SPLIT_K), BK) * BK
     k_start = pid_s * split_len
     k_end = tl.minimum(k_start + split_len, K)
-    x_tile = x + rows_m[:, None].to(tl.int64) * stride_xm + (k_start + cols)[None, :]
     w_tile = w + rows_n[:, None].to(tl.int64) * stride_wn + (k_start + cols)[None, :]
-    total = _row_block_dot(x_tile, w_tile, m_mask, n_mask, k_start, k_end, split_len, BM, BN, BK, PRECISION)
+    if BM == 1:
+        x_row = x + pid_m.to(tl.int64) * stride_xm + k_start + cols
+        total = _one_row_dot(x_row, w_tile, w_tile, n_mask, k_start, k_end, split_len, BN, BK, False)[0][None, :]
+    else:
+        x_tile = x + rows_m[:, None].to(tl.int64) * stride_xm + (k_start + cols)[None, :]
+        total = _row_block_dot(x_tile, w_tile, m_mask, n_mask, k_start, k_end, split_len, BM, BN, BK, PRECISION)
     block = rows_m[:, None].to(tl.int64) * N + rows_n[None, :]
     mask = m_mask[:, None] & n_mask[None, :]
     if SPLIT_K == 1:

@@ -5,12 +5,12 @@ In a CUDA-graph decode step every kernel costs the replay about as much again as
 takes itself (``benchmarks/README.md``, "generate"), and GLA's mixer takes five products of one input, its
 MLP two and a SwiGLU. Here one grid covers the row blocks of all the weights: the group's programs are laid
 end to end, program ``p`` serving weight ``i`` from its first block ``S_i`` on (a chain of comparisons against
-the ``S_i``, unrolled at compile time). Each program's sum is ``gemv.py``'s (``_row_block_dot``, the same tiles
-and order, no split of K), so every output is the separate GEMV's bit for bit wherever that GEMV does not split
-K either (``configs.split_k``: every one-row product of the 1.3B models, whose group inputs have K = 2048; a weight
-of few rows at a longer K splits there and sums in another order, so the two agree to rounding, not bit for bit);
-the SwiGLU epilogue rounds where torch and ``kernels/activations/swiglu.py`` round (each product to x's dtype,
-then ``silu``, then the product).
+the ``S_i``, unrolled at compile time). Each program's sum is ``gemv.py``'s (``_one_row_dot``, the same tiles,
+loads and order, no split of K; the SwiGLU kernel sums its two weights in one loop of it, each as alone), so every
+output is the separate GEMV's bit for bit wherever that GEMV does not split K either (``configs.split_k``: every
+one-row product of the 1.3B models, whose group inputs have K = 2048; a weight of few rows at a longer K splits
+there and sums in another order, so the two agree to rounding, not bit for bit); the SwiGLU epilogue rounds where
+torch and ``kernels/activations/swiglu.py`` round (each product to x's dtype, then ``silu``, then the product).
 
 One row of x, no bias, weights contiguous and of x's dtype; forward only (decode runs under ``torch.no_grad``).
 """
@@ -27,7 +27,7 @@ from statex_hf.kernels.activations.elementwise import silu
 from statex_hf.kernels.dependent_launch import pdl_kwargs, wait_for_predecessor
 from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.kernels.linear.configs import SAFE, TABLES
-from statex_hf.kernels.linear.gemv import _row_block_dot
+from statex_hf.kernels.linear.gemv import _one_row_dot
 from statex_hf.kernels.utils import needs_grad
 
 MAX_GROUP = 6  # the kernel's weight slots (GLA's mixer uses five: q, k, v, g and the gate's low-rank down)
@@ -57,28 +57,25 @@ def _gemv_group_kernel(x, K, w0, w1, w2, w3, w4, w5, y0, y1, y2, y3, y4, y5, N0,
         start, w, y, n = _pick(pid, start, S4, w, w4, y, y4, n, N4)
     if G > 5:
         start, w, y, n = _pick(pid, start, S5, w, w5, y, y5, n, N5)
-    rows_m = tl.arange(0, 1)
     rows_n = (pid - start) * BN + tl.arange(0, BN)
     cols = tl.arange(0, BK)
     n_mask = rows_n < n
     w_tile = w + rows_n[:, None].to(tl.int64) * K + cols[None, :]
-    total = _row_block_dot(x + cols[None, :], w_tile, rows_m < 1, n_mask, 0, K, K, 1, BN, BK, "ieee")
-    tl.store(y + rows_n[None, :], total.to(y.dtype.element_ty), mask=n_mask[None, :])
+    total = _one_row_dot(x + cols, w_tile, w_tile, n_mask, 0, K, K, BN, BK, False)[0]
+    tl.store(y + rows_n, total.to(y.dtype.element_ty), mask=n_mask)
 
 
 @triton.jit
 def _gemv_swiglu_kernel(x, wg, wu, out, N, K, BN: tl.constexpr, BK: tl.constexpr, USE_PDL: tl.constexpr):
     wait_for_predecessor(USE_PDL)
-    rows_m = tl.arange(0, 1)
     rows_n = tl.program_id(0) * BN + tl.arange(0, BN)
     cols = tl.arange(0, BK)
     n_mask = rows_n < N
     rows = rows_n[:, None].to(tl.int64) * K + cols[None, :]
-    gate = _row_block_dot(x + cols[None, :], wg + rows, rows_m < 1, n_mask, 0, K, K, 1, BN, BK, "ieee")
-    up = _row_block_dot(x + cols[None, :], wu + rows, rows_m < 1, n_mask, 0, K, K, 1, BN, BK, "ieee")
+    gate, up = _one_row_dot(x + cols, wg + rows, wu + rows, n_mask, 0, K, K, BN, BK, True)
     dtype = out.dtype.element_ty
     s = silu(gate.to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
-    tl.store(out + rows_n[None, :], (s * up.to(dtype).to(tl.float32)).to(dtype), mask=n_mask[None, :])
+    tl.store(out + rows_n, (s * up.to(dtype).to(tl.float32)).to(dtype), mask=n_mask)
 
 
 def _config(device: torch.device) -> LaunchConfig:

@@ -1,5 +1,5 @@
 """The grouped GEMV and the SwiGLU GEMV on the GPU at StateX GLA-1.3B's decode shapes, bf16 (STATEX_GPU_TESTS=1):
-each output is the separate GEMV's bit for bit (the same summing code, ``gemv._row_block_dot``), the SwiGLU the
+each output is the separate GEMV's bit for bit (the same summing code, ``gemv._one_row_dot``), the SwiGLU the
 GEMVs' products through the SwiGLU kernel, eagerly and as CUDA-graph replays on new inputs."""
 
 from __future__ import annotations
