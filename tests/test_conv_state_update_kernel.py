@@ -24,6 +24,9 @@ H, P, K = 4, 8, 4
 # The same tiles for both paths (the state update's sums are the fused kernel's only on the same tiles): several P
 # tiles per head and N tiles per state, and the window writes of a group in several blocks.
 SMALL_TILES = {"BP": 4, "BN": 8, "BW": 8}
+# Several N tiles of the state, loaded one ahead, but the group's B and C windows in one block (read by every program
+# before its ticket, written from those reads by the last).
+SMALL_STATE_TILES = {"BP": 4, "BN": 8, "BW": 128}
 
 
 class Step:
@@ -82,16 +85,18 @@ def assert_steps_equal(one, two, steps=3):
         assert not tickets.any(), "a launch left a ticket count behind: the next launch would miscount"
 
 
-@pytest.fixture(params=["default-tiles", "small-tiles"])
+@pytest.fixture(params=["default-tiles", "small-tiles", "small-state-tiles"])
 def tiles(request, monkeypatch):
-    if request.param == "small-tiles":
-        monkeypatch.setitem(launch.OVERRIDES, "ssd.conv_state_update", LaunchConfig.of(4, 1, **SMALL_TILES))
+    # The default tiles take the state and the windows in one N tile each (at these N); the small ones in several.
+    if request.param != "default-tiles":
+        chosen = SMALL_TILES if request.param == "small-tiles" else SMALL_STATE_TILES
+        monkeypatch.setitem(launch.OVERRIDES, "ssd.conv_state_update", LaunchConfig.of(4, 1, **chosen))
         monkeypatch.setitem(launch.OVERRIDES, "ssd.state_update", LaunchConfig.of(4, 1, BP=4, BN=8))
 
 
 @pytest.mark.usefixtures("tiles")
 @pytest.mark.parametrize("b", [1, 3])
-@pytest.mark.parametrize("G, N", [(1, 16), (2, 64)], ids=["G1-N16", "G2-N64"])
+@pytest.mark.parametrize("G, N", [(1, 16), (2, 64), (1, 20)], ids=["G1-N16", "G2-N64", "G1-N20"])  # N20: tails
 def test_the_one_launch_is_the_conv_and_state_update_kernels_bit_for_bit(b, G, N):
     step = Step(b, G, N)
     assert_steps_equal(step, step.copy())
@@ -158,11 +163,12 @@ def test_the_result_does_not_depend_on_the_order_the_programs_run_in(program_ord
     assert_steps_equal(step, step.copy())
 
 
-def test_a_window_written_before_every_program_read_it_shows(monkeypatch):
+@pytest.mark.parametrize("tiles", [SMALL_TILES, SMALL_STATE_TILES], ids=["windows-in-blocks", "windows-at-once"])
+def test_a_window_written_before_every_program_read_it_shows(monkeypatch, tiles):
     # The hazard the tickets guard against is real, and these tests see it: with every group's count starting
     # at its last ticket, a group's first program writes the B and C windows before the others read them.
     step = Step(1, 1, 16)
-    monkeypatch.setitem(launch.OVERRIDES, "ssd.conv_state_update", LaunchConfig.of(4, 1, **SMALL_TILES))
+    monkeypatch.setitem(launch.OVERRIDES, "ssd.conv_state_update", LaunchConfig.of(4, 1, **tiles))
     monkeypatch.setitem(launch.OVERRIDES, "ssd.state_update", LaunchConfig.of(4, 1, BP=4, BN=8))  # the same sums
     readers = H * (P // SMALL_TILES["BP"])
     monkeypatch.setattr(fused_module, "_tickets", lambda device, count: torch.full((count,), readers - 1))
@@ -224,6 +230,18 @@ def test_the_one_launch_takes_the_state_updates_tiles_on_every_gpu(monkeypatch, 
         alone.BP, alone.BN, alone.num_warps, alone.num_stages,
     )  # fmt: skip
     assert fused.BW == min(N, 128)
+
+
+@pytest.mark.parametrize("P, N", [(64, 128), (64, 512), (8, 16)])
+def test_the_one_launch_keeps_the_state_updates_n_tile_with_other_p_tiles(monkeypatch, P, N):
+    # The state update doubles its N tile for narrow P tiles; the one launch, whatever its own P tile, sums over N on
+    # the state update's N tiles (its y is the two kernels' only on those).
+    from statex_hf.kernels.ssd import configs
+
+    for BP in (4, 8, 32):
+        entry = configs.TABLES["default"]["conv_state_update"].with_(BP=BP)
+        monkeypatch.setitem(configs.TABLES["default"], "conv_state_update", entry)
+        assert configs.ssd_config("conv_state_update", 0, P, N).BN == configs.ssd_config("state_update", 0, P, N).BN
 
 
 def test_the_tickets_are_allocated_once_and_a_larger_batch_keeps_the_smaller_buffer_alive():

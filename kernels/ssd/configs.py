@@ -70,10 +70,13 @@ def ssd_config(
     config = launch.device_table(TABLES, device)[kernel]
     if kernel in _DECODE_KERNELS:
         # One token: a program streams [BP, N] rows of the state; P tiles go down to 4 rows, and
-        # narrow ones take twice the N tile (the same registers).
+        # narrow ones take twice the N tile (the same registers). The one launch takes the state update's N tile
+        # whatever its own P tile: its sums over N are then the state update's.
         BP = min(pow2(P, lo=4), config.BP)
         config = config.with_(BP=BP, BN=min(pow2(N), config.BN * (2 if BP <= 8 else 1)))
-        return config.with_(BW=min(pow2(N), config.BW)) if "BW" in dict(config.tiles) else config
+        if kernel == "conv_state_update":
+            config = config.with_(BN=ssd_config("state_update", L, P, N, device=device).BN, BW=min(pow2(N), config.BW))
+        return config
     dims = {"L": L, "P": pow2(P), "N": pow2(N), "H": pow2(heads, lo=1)}
     config = config.with_(**{tile: min(size, dims[_SPANS[tile]]) for tile, size in config.tiles})
     if kernel in _STATE_KERNELS:

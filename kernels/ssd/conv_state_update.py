@@ -24,6 +24,15 @@ draws the last ticket writes the group's B and C windows and sets the count back
 An x channel is read by its own program only, which writes its window itself, after its reads. In the decode graphs
 the kernel takes programmatic dependent launch (``kernels/dependent_launch.py``): it waits for the kernel before it
 first, so every earlier launch, and the reset of its tickets, has finished.
+
+At one sequence a program has little work, and its time is the chain of memory round trips it waits on, one after
+another; the order of its loads and stores shortens that chain (no arithmetic moves, so the bits stay the two
+kernels'). Every load of the first state tile's step is issued before any math (the state tile, the x, B and C
+taps and weights, dt), so their latencies overlap; a later tile is loaded, with its B and C taps, one iteration
+ahead. The group's new B and C windows, where one ``BW`` block holds them, are read with the rest by every program
+(in case it draws the last ticket) and written from those reads after the ticket, not read again; otherwise the
+last program reads them after its ticket, block by block. The ticket comes before the last state tile, y and the x
+window are stored: its release would otherwise wait until those writes are done.
 """
 
 from __future__ import annotations
@@ -123,6 +132,7 @@ def _conv_state_update_kernel(
     BP: tl.constexpr,
     BN: tl.constexpr,
     BW: tl.constexpr,
+    WINDOWS_AT_ONCE: tl.constexpr,
     HAS_CONV_BIAS: tl.constexpr,
     SILU: tl.constexpr,
     HAS_D: tl.constexpr,
@@ -140,50 +150,73 @@ def _conv_state_update_kernel(
     window_row = conv_state + bi * stride_w_b
     b_channels = H * P + g * N  # the group's B channels in xBC; its C channels follow all G groups' B
     c_channels = H * P + G * N + g * N
-
     ps = tl.program_id(1) * BP + tl.arange(0, BP)
     pmask = ps < P
     x_channels = h * P + ps
+    rows = state + (bi * H + h) * P * N + ps[:, None] * N
+
+    # Every load the first state tile needs depends on nothing but the inputs: all are issued before any math, so
+    # their round trips overlap (the state tile's, the B / C and x convolutions', dt's) instead of following one
+    # another. Each later tile is loaded, with its B and C, one iteration ahead (masked off past N).
+    ns = tl.arange(0, BN)
+    s = tl.load(rows + ns[None, :], mask=pmask[:, None] & (ns < N)[None, :], other=0.0)
+    bv = _conv_step(xBC_row, conv_w, conv_bias, window_row, stride_wd, stride_wk, b_channels + ns, ns < N, BN, K,
+                    HAS_CONV_BIAS, SILU)  # fmt: skip
+    cv = _conv_step(xBC_row, conv_w, conv_bias, window_row, stride_wd, stride_wk, c_channels + ns, ns < N, BN, K,
+                    HAS_CONV_BIAS, SILU)  # fmt: skip
     xv = _conv_step(xBC_row, conv_w, conv_bias, window_row, stride_wd, stride_wk, x_channels, pmask, BP, K,
                     HAS_CONV_BIAS, SILU)  # fmt: skip
     x_window = _next_window(xBC_row, window_row, stride_wd, stride_wk, x_channels, pmask, K, KP)
+    ws = tl.arange(0, BW)
+    if WINDOWS_AT_ONCE:  # the group's new B and C windows in one block: read now by every program, in case it is last
+        b_window = _next_window(xBC_row, window_row, stride_wd, stride_wk, b_channels + ws, ws < N, K, KP)
+        c_window = _next_window(xBC_row, window_row, stride_wd, stride_wk, c_channels + ws, ws < N, K, KP)
 
-    # From here to the store of y: state_update.py's kernel, with x, B and C convolved above and in the loop.
+    # From here to y: state_update.py's kernel (the same tiles and sums), with x, B and C convolved here.
     d, decay = _step_and_decay(dt + bi * stride_dt_b + h * stride_dt_h, dt_bias + h, A + h, dt_min, dt_max,
                                HAS_BIAS, SOFTPLUS, A_IS_LOG)  # fmt: skip
     acc = tl.zeros([BP], dtype=tl.float32)
-    base = state + (bi * H + h) * P * N
+    new = tl.zeros([BP, BN], dtype=tl.float32)
     for n0 in range(0, N, BN):
         ns = n0 + tl.arange(0, BN)
-        nmask = ns < N
-        m = pmask[:, None] & nmask[None, :]
-        s = tl.load(base + ps[:, None] * N + ns[None, :], mask=m, other=0.0)
-        bv = _conv_step(xBC_row, conv_w, conv_bias, window_row, stride_wd, stride_wk, b_channels + ns, nmask, BN, K,
-                        HAS_CONV_BIAS, SILU)  # fmt: skip
-        cv = _conv_step(xBC_row, conv_w, conv_bias, window_row, stride_wd, stride_wk, c_channels + ns, nmask, BN, K,
-                        HAS_CONV_BIAS, SILU)  # fmt: skip
-        s = s * decay + (d * xv)[:, None] * bv[None, :]
-        tl.store(base + ps[:, None] * N + ns[None, :], s, mask=m)
-        acc += tl.sum(s * cv[None, :], axis=1)
+        ahead = ns + BN
+        s_ahead = tl.load(rows + ahead[None, :], mask=pmask[:, None] & (ahead < N)[None, :], other=0.0)
+        bv_ahead = _conv_step(xBC_row, conv_w, conv_bias, window_row, stride_wd, stride_wk, b_channels + ahead,
+                              ahead < N, BN, K, HAS_CONV_BIAS, SILU)  # fmt: skip
+        cv_ahead = _conv_step(xBC_row, conv_w, conv_bias, window_row, stride_wd, stride_wk, c_channels + ahead,
+                              ahead < N, BN, K, HAS_CONV_BIAS, SILU)  # fmt: skip
+        # The tile before is stored now and the last one after the ticket, whose release would wait for the write.
+        behind = ns - BN
+        tl.store(rows + behind[None, :], new, mask=pmask[:, None] & (behind >= 0)[None, :])
+        new = s * decay + (d * xv)[:, None] * bv[None, :]
+        acc += tl.sum(new * cv[None, :], axis=1)
+        s, bv, cv = s_ahead, bv_ahead, cv_ahead
     if HAS_D:
         acc += tl.load(D + h).to(tl.float32) * xv
-    tl.store(y + (bi * H + h) * P + ps, acc.to(y.dtype.element_ty), mask=pmask)
 
-    # Every read of a window by any thread of this program is done before the first write (threads may hold
-    # copies of one channel), and before the ticket tells the group's last program that this one has read.
+    # Every read of a window by any thread of this program is done before the ticket tells the group's last
+    # program that this one has read (and before this program's own first window write: threads may hold copies
+    # of one channel). Nothing is stored yet, so the ticket's release waits for no write.
     tl.debug_barrier()
-    _store_window(window_row, stride_wd, stride_wk, x_channels, pmask, x_window, K, KP)
     ticket = tl.atomic_add(tickets + bi * G + g, 1, sem="acq_rel", scope="gpu")
+    ns = (N - 1) // BN * BN + tl.arange(0, BN)
+    tl.store(rows + ns[None, :], new, mask=pmask[:, None] & (ns < N)[None, :])
+    tl.store(y + (bi * H + h) * P + ps, acc.to(y.dtype.element_ty), mask=pmask)
+    _store_window(window_row, stride_wd, stride_wk, x_channels, pmask, x_window, K, KP)
     if ticket == (H // G) * tl.num_programs(1) - 1:
         # Every program of the group has read the old B and C windows: write the new ones, then reset the count.
-        for n0 in range(0, N, BW):
-            ns = n0 + tl.arange(0, BW)
-            nmask = ns < N
-            b_window = _next_window(xBC_row, window_row, stride_wd, stride_wk, b_channels + ns, nmask, K, KP)
-            c_window = _next_window(xBC_row, window_row, stride_wd, stride_wk, c_channels + ns, nmask, K, KP)
-            tl.debug_barrier()
-            _store_window(window_row, stride_wd, stride_wk, b_channels + ns, nmask, b_window, K, KP)
-            _store_window(window_row, stride_wd, stride_wk, c_channels + ns, nmask, c_window, K, KP)
+        if WINDOWS_AT_ONCE:
+            _store_window(window_row, stride_wd, stride_wk, b_channels + ws, ws < N, b_window, K, KP)
+            _store_window(window_row, stride_wd, stride_wk, c_channels + ws, ws < N, c_window, K, KP)
+        else:
+            for n0 in range(0, N, BW):
+                ns = n0 + tl.arange(0, BW)
+                nmask = ns < N
+                b_window = _next_window(xBC_row, window_row, stride_wd, stride_wk, b_channels + ns, nmask, K, KP)
+                c_window = _next_window(xBC_row, window_row, stride_wd, stride_wk, c_channels + ns, nmask, K, KP)
+                tl.debug_barrier()
+                _store_window(window_row, stride_wd, stride_wk, b_channels + ns, nmask, b_window, K, KP)
+                _store_window(window_row, stride_wd, stride_wk, c_channels + ns, nmask, c_window, K, KP)
         tl.atomic_xchg(tickets + bi * G + g, 0, sem="relaxed", scope="gpu")
 
 
@@ -252,7 +285,7 @@ def conv_state_update(
             xBC, conv_weight, conv_bias if conv_bias is not None else unused, conv_state, state, dt, A_in,
             D if D is not None else unused, dt_bias if dt_bias is not None else unused, y, tickets, H, G, P, N,
             float(dt_limit[0]), float(dt_limit[1]), xBC.stride(0), *dt.stride(), *conv_state.stride(), K=K,
-            KP=max(1, triton.next_power_of_2(K - 1)), HAS_CONV_BIAS=conv_bias is not None,
+            KP=max(1, triton.next_power_of_2(K - 1)), WINDOWS_AT_ONCE=N <= c.BW, HAS_CONV_BIAS=conv_bias is not None,
             SILU=activation is not None, HAS_D=D is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
             A_IS_LOG=A is None, enable_fp_fusion=False, **c.kwargs(), **pdl_kwargs(),
         )  # fmt: skip

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from statex_hf.kernels import dispatch
+from statex_hf.kernels import dispatch, launch
 from statex_hf.kernels.conv.causal_conv1d_update import causal_conv1d_update
+from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.kernels.ssd import conv_state_update as fused_module
 from statex_hf.kernels.ssd.conv_state_update import conv_state_update
 from statex_hf.kernels.ssd.state_update import ssd_state_update
@@ -88,6 +89,18 @@ def assert_three_steps_equal(layer):
 @torch.no_grad()
 def test_one_launch_is_the_two_kernels_bit_for_bit_at_1p3b_shapes(b, N):
     assert_three_steps_equal(Layer(b, 64, 64, 1, N))
+
+
+@pytest.mark.parametrize(
+    "tiles", [dict(BP=16, BN=128, BW=512), dict(BP=8, BN=128, BW=128)], ids=["windows-at-once", "narrower-p-tiles"]
+)
+@torch.no_grad()
+def test_other_tiles_of_the_one_launch_keep_the_two_kernels_bits(monkeypatch, tiles):
+    # The group's B and C windows in one block at N = 512 (read before the ticket with four state tiles loaded one
+    # ahead), and more programs with the state update's N tile: the two kernels' bits at either N.
+    monkeypatch.setitem(launch.OVERRIDES, "ssd.conv_state_update", LaunchConfig.of(4, 2, **tiles))
+    for N in (128, 512):
+        assert_three_steps_equal(Layer(1, 64, 64, 1, N))
 
 
 @pytest.mark.parametrize("window_dtype", [torch.bfloat16, torch.float32], ids=["bf16-window", "fp32-window"])
