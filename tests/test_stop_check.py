@@ -10,7 +10,10 @@ import threading
 import pytest
 import torch
 from statex_hf.modeling import stop_check
-from tiny_models import VOCAB, build
+from statex_hf.modeling.cache import tokens_seen
+from tiny_models import VOCAB, build, returned_cache
+from transformers import GenerationMixin
+from transformers.cache_utils import Cache
 from transformers.generation import utils as generation_utils
 from transformers.generation.streamers import BaseStreamer
 
@@ -110,7 +113,7 @@ def test_a_deferred_loop_gives_the_same_tokens_and_streams_them_all(family, loop
     free = model.generate(prompts, max_new_tokens=6, do_sample=False, eos_token_id=None)
     eos = int(free[0, 7])  # the first row's third new token: it stops early, the other row may run on
     streamer, baseline_streamer = _Tokens(), _Tokens()
-    kwargs = dict(max_new_tokens=6, do_sample=False, eos_token_id=eos, pad_token_id=0)
+    kwargs = dict(max_new_tokens=6, do_sample=False, eos_token_id=eos, pad_token_id=1)
 
     def generate(streamer):
         return model.generate(prompts[:1], streamer=streamer, **kwargs)
@@ -138,3 +141,36 @@ def test_a_returned_cache_and_other_models_keep_the_check_at_every_step(loops_co
                                            head_dim=16, state_size=8, n_groups=1, expand=2)).eval()  # fmt: skip
     other.generate(prompt, max_new_tokens=3, do_sample=False, eos_token_id=None)
     assert loops_counted["deferred"] == 0
+
+
+@pytest.mark.parametrize("marked", [True, False], ids=["marked as the user's", "unmarked (transformers 5.17)"])
+@pytest.mark.parametrize("name", ["cache", "past_key_values", "cache_params"])
+def test_a_passed_in_cache_keeps_the_check_at_every_step_under_each_name(name, marked, loops_counted, monkeypatch):
+    """The models accept the cache under each of its names on every transformers version, but transformers before
+    5.24 marks a passed-in cache as the user's (``cache_is_returned``) only under the one name it expects for the
+    class (``past_key_values`` for GLA, ``cache_params`` for Mamba2; never ``cache``). A deferred loop would run its
+    extra step into the user's cache, which would then hold one token more than the sequence it returned."""
+    if not marked:  # as transformers 5.17 leaves a cache passed as `cache=`
+        prepare = GenerationMixin._prepare_cache_for_generation
+
+        def unmarked(self, generation_config, model_kwargs, *args, **kwargs):
+            result = prepare(self, generation_config, model_kwargs, *args, **kwargs)
+            for value in model_kwargs.values():
+                if isinstance(value, Cache):
+                    vars(value).pop("_is_user_defined", None)
+            return result
+
+        monkeypatch.setattr(GenerationMixin, "_prepare_cache_for_generation", unmarked)
+    torch.manual_seed(0)
+    model = build("gla").eval()
+    prompt = torch.randint(3, VOCAB, (1, 5))
+    first = model.generate(prompt, max_new_tokens=6, do_sample=False, eos_token_id=None, return_dict_in_generate=True)
+    mask = torch.ones_like(first.sequences)  # a generated 0 is no padding
+    free = model.generate(first.sequences, attention_mask=mask, max_new_tokens=6, do_sample=False, eos_token_id=None)
+    eos = int(free[0, first.sequences.shape[1] + 2])  # stops on the third new token, before max_new_tokens
+    cache = returned_cache(first)
+    loops_counted.update({"deferred": 0, "every step": 0})
+    kwargs = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, eos_token_id=eos, pad_token_id=1)
+    out = model.generate(first.sequences, **kwargs, **{name: cache})
+    assert loops_counted["deferred"] == 0
+    assert out[0, -1] == eos and tokens_seen(cache) == out.shape[1] - 1  # every token but the last one fed
