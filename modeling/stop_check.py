@@ -8,8 +8,10 @@ read one step late, so the host never waits; a sequence that stops on an end tok
 token ``generate`` drops. transformers uses it on ``mps`` only ("we should enable it for cuda if we observe perf
 gains"). For these models the gain was measured, so inside :func:`deferred_stop_checks` (a StateX model's
 ``_sample``) it is used on CUDA too, unless the cache outlives ``generate`` (returned, or passed in): the extra
-step would then have to be undone in the cache, and a recurrent state cannot be put back a step
-(``LinearAttentionLayer.is_croppable`` is False once a layer holds one).
+step would then have to be undone in the cache, and a StateX layer's state cannot be put back a step. (transformers
+5.17 says so, ``LinearAttentionLayer.is_croppable`` being False once a layer holds a state; in 5.25 it is True,
+as transformers records a layer's past states in its own updates, which the StateX layers' in-place updates bypass:
+so inside the block a returned cache keeps the check at every step on every device, mps included.)
 
 The switch is transformers' own class, replaced once in ``transformers.generation.utils`` by a subclass that
 answers as transformers does outside the block (another model, another thread, or ``STATEX_DEFER_STOP_CHECK=0``:
@@ -43,8 +45,11 @@ if _TRANSFORMERS_DEFERRED is not None:
 
         @staticmethod
         def is_supported(device: torch.device, cache, cache_is_returned: bool, is_assistant: bool) -> bool:
-            if getattr(_state, "on", False) and defers_on(device) and not cache_is_returned and not is_assistant:
-                return True
+            if getattr(_state, "on", False):
+                if cache_is_returned:  # on any device: transformers' own rule (mps) would put the step back too
+                    return False
+                if defers_on(device) and not is_assistant:
+                    return True
             return _TRANSFORMERS_DEFERRED.is_supported(device, cache, cache_is_returned, is_assistant)
 
 

@@ -174,3 +174,23 @@ def test_a_passed_in_cache_keeps_the_check_at_every_step_under_each_name(name, m
     out = model.generate(first.sequences, **kwargs, **{name: cache})
     assert loops_counted["deferred"] == 0
     assert out[0, -1] == eos and tokens_seen(cache) == out.shape[1] - 1  # every token but the last one fed
+
+
+def test_a_returned_cache_keeps_the_check_at_every_step_where_transformers_defers_itself(monkeypatch):
+    """transformers defers on mps, and (5.25) with a returned linear-attention cache too (it takes it as one it
+    can put back a step by recording its layers' past states): the StateX layers update their states in place,
+    past that recording, and putting the extra step back failed inside the cache's ``crop``. mps is stood in for by
+    the CPU (transformers' rule asked about mps, host events)."""
+    monkeypatch.setattr(torch, "Event", _HostEvent)
+    transformers_rule = stop_check._TRANSFORMERS_DEFERRED.is_supported
+    as_on_mps = staticmethod(lambda device, *args: transformers_rule(torch.device("mps"), *args))
+    monkeypatch.setattr(stop_check._TRANSFORMERS_DEFERRED, "is_supported", as_on_mps)
+    torch.manual_seed(0)
+    model = build("gla").eval()
+    prompt = torch.randint(3, VOCAB, (1, 5))
+    free = model.generate(prompt, max_new_tokens=6, do_sample=False, eos_token_id=None)
+    eos = int(free[0, 7])  # the third new token
+    kwargs = dict(max_new_tokens=6, do_sample=False, eos_token_id=eos, pad_token_id=1, return_dict_in_generate=True)
+    out = model.generate(prompt, **kwargs)
+    assert torch.equal(out.sequences, free[:, : free[0, 5:].tolist().index(eos) + 6])
+    assert tokens_seen(returned_cache(out)) == out.sequences.shape[1] - 1  # every token but the last one fed
