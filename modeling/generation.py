@@ -57,12 +57,11 @@ def _check_new_tokens(cache, new_tokens: int) -> None:
 class StateXGenerationMixin(GenerationMixin):
     def _sample(self, *args, **kwargs):
         """transformers' greedy / sampling loop, its stop check deferred by a step on CUDA (``modeling/stop_check.py``;
-        not with ``synced_gpus``, whose peers must agree on every step, nor with a cache passed in: ``generate`` makes
-        none for these models before the loop, so one there is the user's, and transformers before 5.24 marks it as
-        the user's only under the one name it expects for the class)."""
-        if kwargs.get("synced_gpus") or any(kwargs.get(name) is not None for name in ("cache", *LEGACY_CACHE_NAMES)):
-            return super()._sample(*args, **kwargs)
-        with deferred_stop_checks():
+        on no device with ``synced_gpus``, whose peers must agree on every step, nor with a cache passed in:
+        ``generate`` makes none for these models before the loop, so one there is the user's, and transformers before
+        5.24 marks it as the user's only under the one name it expects for the class)."""
+        passed_in = any(kwargs.get(name) is not None for name in ("cache", *LEGACY_CACHE_NAMES))
+        with deferred_stop_checks(every_step=bool(kwargs.get("synced_gpus")) or passed_in):
             return super()._sample(*args, **kwargs)
 
     @classmethod

@@ -11,7 +11,7 @@ gains"). For these models the gain was measured, so inside :func:`deferred_stop_
 step would then have to be undone in the cache, and a StateX layer's state cannot be put back a step. (transformers
 5.17 says so, ``LinearAttentionLayer.is_croppable`` being False once a layer holds a state; in 5.25 it is True,
 as transformers records a layer's past states in its own updates, which the StateX layers' in-place updates bypass:
-so inside the block a returned cache keeps the check at every step on every device, mps included.)
+so inside the block a cache that outlives ``generate`` keeps the check at every step on every device, mps included.)
 
 The switch is transformers' own class, replaced once in ``transformers.generation.utils`` by a subclass that
 answers as transformers does outside the block (another model, another thread, or ``STATEX_DEFER_STOP_CHECK=0``:
@@ -45,8 +45,9 @@ if _TRANSFORMERS_DEFERRED is not None:
 
         @staticmethod
         def is_supported(device: torch.device, cache, cache_is_returned: bool, is_assistant: bool) -> bool:
-            if getattr(_state, "on", False):
-                if cache_is_returned:  # on any device: transformers' own rule (mps) would put the step back too
+            rule = getattr(_state, "rule", None)
+            if rule is not None:
+                if rule == "every step" or cache_is_returned:  # on any device: transformers' rule (mps) would defer
                     return False
                 if defers_on(device) and not is_assistant:
                     return True
@@ -60,12 +61,14 @@ def _install() -> None:
 
 
 @contextmanager
-def deferred_stop_checks() -> Iterator[None]:
-    """Inside the block, this thread's decoding loops on CUDA defer their stop check (see the module's docstring)."""
+def deferred_stop_checks(every_step: bool = False) -> Iterator[None]:
+    """Inside the block, this thread's decoding loops on CUDA defer their stop check unless their cache is returned
+    (see the module's docstring); with ``every_step`` (a cache passed in, ``synced_gpus``), no loop defers on any
+    device."""
     _install()
-    previous = getattr(_state, "on", False)
-    _state.on = True
+    previous = getattr(_state, "rule", None)
+    _state.rule = "every step" if every_step else "defer"
     try:
         yield
     finally:
-        _state.on = previous
+        _state.rule = previous

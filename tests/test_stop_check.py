@@ -176,9 +176,12 @@ def test_a_passed_in_cache_keeps_the_check_at_every_step_under_each_name(name, m
     assert out[0, -1] == eos and tokens_seen(cache) == out.shape[1] - 1  # every token but the last one fed
 
 
-def test_a_returned_cache_keeps_the_check_at_every_step_where_transformers_defers_itself(monkeypatch):
-    """transformers defers on mps, and (5.25) with a returned linear-attention cache too (it takes it as one it
-    can put back a step by recording its layers' past states): the StateX layers update their states in place,
+@pytest.mark.parametrize("outlives", ["returned", "passed in"])
+def test_a_cache_that_outlives_generate_keeps_the_check_at_every_step_where_transformers_defers_itself(
+    outlives, monkeypatch
+):
+    """transformers defers on mps, and (5.25) with a returned or passed-in linear-attention cache too (it takes it as
+    one it can put back a step by recording its layers' past states): the StateX layers update their states in place,
     past that recording, and putting the extra step back failed inside the cache's ``crop``. mps is stood in for by
     the CPU (transformers' rule asked about mps, host events)."""
     monkeypatch.setattr(torch, "Event", _HostEvent)
@@ -188,9 +191,17 @@ def test_a_returned_cache_keeps_the_check_at_every_step_where_transformers_defer
     torch.manual_seed(0)
     model = build("gla").eval()
     prompt = torch.randint(3, VOCAB, (1, 5))
-    free = model.generate(prompt, max_new_tokens=6, do_sample=False, eos_token_id=None)
-    eos = int(free[0, 7])  # the third new token
-    kwargs = dict(max_new_tokens=6, do_sample=False, eos_token_id=eos, pad_token_id=1, return_dict_in_generate=True)
-    out = model.generate(prompt, **kwargs)
-    assert torch.equal(out.sequences, free[:, : free[0, 5:].tolist().index(eos) + 6])
-    assert tokens_seen(returned_cache(out)) == out.sequences.shape[1] - 1  # every token but the last one fed
+    free = model.generate(prompt, max_new_tokens=8, do_sample=False, eos_token_id=None)
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=1)
+    if outlives == "returned":
+        eos = int(free[0, 7])  # the third new token
+        out = model.generate(prompt, eos_token_id=eos, return_dict_in_generate=True, **kwargs)
+        sequences, cache = out.sequences, returned_cache(out)
+    else:
+        two_tokens = kwargs | dict(max_new_tokens=2, eos_token_id=None, return_dict_in_generate=True)
+        first = model.generate(prompt, **two_tokens)
+        eos, cache = int(free[0, 9]), returned_cache(first)  # the third token after the first call's two
+        sequences = model.generate(first.sequences, attention_mask=torch.ones_like(free[:, :7]), cache=cache,
+                                   eos_token_id=eos, **kwargs)  # fmt: skip
+    assert sequences[0, -1] == eos and torch.equal(sequences, free[:, : sequences.shape[1]])
+    assert tokens_seen(cache) == sequences.shape[1] - 1  # every token but the last one fed
