@@ -109,7 +109,7 @@ def test_pipelined_tiles_update_the_state_in_place_from_gate_logits_as_plain_one
 
 
 def test_the_small_batch_rule_runs_and_equals_naive(h100_sms):
-    # Tiny heads at B = 1 under the H100's SM count: the small-batch branch, as the launcher picks it.
+    # Tiny heads at B = 2 under the H100's SM count: the small-batch branch, as the launcher picks it.
     q, k, v, gk, h0 = make_inputs(*STEP_SHAPE)
     assert step_config(2, 2, 40, 24, CPU) == StepConfig(64, 16, 4)
     with torch.no_grad():
