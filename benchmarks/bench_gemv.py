@@ -289,11 +289,11 @@ def main() -> None:
             sys.exit(2)
         hbm, device = hbm_tbps(), describe_gpu()
         device += f", torch's default BLAS: {torch.backends.cuda.preferred_blas_library()}"
+    if args.pdl:
+        device += ", launched with PDL"
     print(f"y = x @ W.T, {'fp32' if args.tiny else 'bf16'}, {device}")
     header = f"{'shape':22} {'K':>5} {'N':>6} {'M':>3}  {'impl':9} {'config':30}"
     print(f"{header} {'us':>9} {'TB/s':>6} {'%HBM':>5} {'err':>8}")
-    if args.pdl:
-        device += ", launched with PDL"
     rows = []
     for m in ms:
         for name, k, ns, kind in (fused if m == 1 else []) + shapes:
