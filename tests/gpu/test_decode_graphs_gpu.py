@@ -175,6 +175,26 @@ def test_the_stop_check_is_deferred_on_cuda_with_the_tokens_of_a_check_at_every_
         assert torch.equal(torch.cat(streamer.tokens), deferred[0].cpu())
 
 
+@pytest.mark.parametrize("name", ["cache", "past_key_values", "cache_params"])
+def test_a_passed_in_cache_is_never_run_past_the_sequence_on_cuda(name):
+    """A cache passed in outlives generate, under any of its names (transformers before 5.24 marks it as the user's
+    only under the class's own name): its loop checks for the end at every step, so a sequence that stops on an end
+    token leaves the cache at the tokens it returned, not one step further (modeling/stop_check.py)."""
+    from statex_hf.modeling.cache import tokens_seen
+
+    model = build("gla")
+    ids = prompt(1)
+    first = model.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=None, return_dict_in_generate=True)
+    mask = torch.ones_like(first.sequences)
+    free = model.generate(first.sequences, attention_mask=mask, max_new_tokens=8, do_sample=False, eos_token_id=None)
+    eos = int(free[0, first.sequences.shape[1] + 2])
+    cache = returned_cache(first)
+    out = model.generate(first.sequences, attention_mask=mask, max_new_tokens=8, do_sample=False, eos_token_id=eos,
+                         pad_token_id=0, **{name: cache})  # fmt: skip
+    assert int(out[0, -1]) == eos and out.shape[1] < first.sequences.shape[1] + 8
+    assert tokens_seen(cache) == out.shape[1] - 1  # every token but the last one fed, none past it
+
+
 @pytest.mark.parametrize("family", ["gla", "mamba2"])
 def test_a_second_generate_leaves_a_kept_cache_as_it_was(family):
     """Two caches of one batch size take turns on the same graph: the first keeps its own state."""
