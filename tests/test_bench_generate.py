@@ -29,10 +29,10 @@ def test_the_generate_benchmark_finishes_its_tiny_check_on_cpu(tmp_path):
     assert "TTFT   1024" in result.stdout
 
 
-def test_a_batch_that_ran_out_of_memory_is_a_row_of_the_table(capsys):
+def test_a_batch_that_ran_out_of_memory_is_a_row_of_the_table(capsys, monkeypatch):
     # transformers' Mamba2 (torch path) runs out of GPU memory in its B = 64 prefill: the row says so, the
     # table prints the other rows instead of the whole peer being lost.
-    sys.path.insert(0, os.path.dirname(BENCH))
+    monkeypatch.syspath_prepend(os.path.dirname(BENCH))  # undone after the test
     from bench_generate import print_table
 
     rows = [
@@ -47,7 +47,7 @@ def test_a_batch_that_ran_out_of_memory_is_a_row_of_the_table(capsys):
 
 
 def test_the_sync_stop_check_baseline_turns_the_deferred_check_off(monkeypatch):
-    sys.path.insert(0, os.path.dirname(BENCH))
+    monkeypatch.syspath_prepend(os.path.dirname(BENCH))  # undone after the test
     import argparse
 
     import torch
