@@ -247,10 +247,6 @@ def fused_recurrent_gla(
     if gate_clamp_min is not None and gate_logit_normalizer is None:
         raise ValueError("fused_recurrent_gla: gate_clamp_min applies to gate logits; pass gate_logit_normalizer too")
     gate_scale = 1.0 if gate_logit_normalizer is None else fp32_reciprocal(gate_logit_normalizer)
-    gate_args = dict(
-        GATE_LOGITS=gate_logit_normalizer is not None,
-        HAS_CLAMP=gate_clamp_min is not None,
-    )
     q, k, v, gk = (x.contiguous() for x in (q, k, v, gk))
     if initial_state is not None:
         initial_state = initial_state.contiguous()
@@ -262,6 +258,11 @@ def fused_recurrent_gla(
     ht = final_state if final_state is not None else None
     if ht is None and output_final_state:
         ht = q.new_empty(N, H, K, V, dtype=torch.float32)
+    clamp_min = 0.0 if gate_clamp_min is None else gate_clamp_min
+    # What the one-token and the multi-token kernels take alike.
+    shape_and_flags = dict(H=H, K=K, V=V, USE_INITIAL_STATE=initial_state is not None,
+                           STORE_FINAL_STATE=output_final_state, GATE_LOGITS=gate_logit_normalizer is not None,
+                           HAS_CLAMP=gate_clamp_min is not None)  # fmt: skip
     with on_device_of(q):  # Triton launches on the current GPU: make it q's
         if T == 1 and cu_seqlens is None:
             BK, BV, num_warps, stages = step_config(N, H, K, V, q.device)
@@ -275,17 +276,12 @@ def fused_recurrent_gla(
                 ht,
                 scale,
                 gate_scale,
-                0.0 if gate_clamp_min is None else gate_clamp_min,
-                H=H,
-                K=K,
-                V=V,
+                clamp_min,
                 BK=BK,
                 BV=BV,
                 STAGES=stages,
-                USE_INITIAL_STATE=initial_state is not None,
-                STORE_FINAL_STATE=output_final_state,
                 num_warps=num_warps,
-                **gate_args,
+                **shape_and_flags,
                 **pdl_kwargs(),
             )
             return o, ht
@@ -303,17 +299,12 @@ def fused_recurrent_gla(
             cu_seqlens,
             scale,
             gate_scale,
-            0.0 if gate_clamp_min is None else gate_clamp_min,
+            clamp_min,
             T,
-            H=H,
-            K=K,
-            V=V,
             BK=BK,
             BV=BV,
-            USE_INITIAL_STATE=initial_state is not None,
-            STORE_FINAL_STATE=output_final_state,
             IS_VARLEN=cu_seqlens is not None,
             num_warps=4 if BK * BV <= 4096 else 8,
-            **gate_args,
+            **shape_and_flags,
         )
         return o, ht
