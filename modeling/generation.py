@@ -64,6 +64,12 @@ class StateXGenerationMixin(GenerationMixin):
         with deferred_stop_checks(every_step=bool(kwargs.get("synced_gpus")) or passed_in):
             return super()._sample(*args, **kwargs)
 
+    def _validate_model_kwargs(self, model_kwargs: dict) -> None:
+        # The forward takes the cache under its older names too (``recurrent_model.accepts_legacy_cache_names``), which
+        # its signature does not show: transformers before 5.24 passes them on as they are, and would reject
+        # ``generate(ids, past_key_values=cache)`` as an unused argument (5.24 on renames them before this check).
+        super()._validate_model_kwargs({k: v for k, v in model_kwargs.items() if k not in LEGACY_CACHE_NAMES})
+
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         # The forward makes its own StateXCache on the first call, on every transformers version (a

@@ -110,6 +110,21 @@ def test_cache_continues_a_sequence_under_its_new_and_old_names(family):
             model(ids[:, 6:], cache=prefix_cache(), past_key_values=prefix_cache())
 
 
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_generate_checks_its_arguments_taking_the_cache_under_its_old_names(family):
+    # transformers before 5.24 (5.17, say) checks generate's arguments as they are given, against the forward's
+    # signature, which shows `cache` alone: `generate(ids, past_key_values=cache)` failed as an unused argument
+    # there (5.24 on renames the old names first). A typo is still one.
+    model = build(family)
+    with torch.no_grad():
+        out = model(torch.randint(3, VOCAB, (1, 5)), use_cache=True)
+    cache = getattr(out, output_cache_field(type(out)))
+    for name in ("cache", "past_key_values", "cache_params"):
+        model._validate_model_kwargs({name: cache, "attention_mask": torch.ones(1, 5), "use_cache": True})
+    with pytest.raises(ValueError, match=r"not used by the model: \['past_key_value'\]"):
+        model._validate_model_kwargs({"past_key_value": cache})
+
+
 def greedy_reference(model, prompt, steps):
     return model.generate(prompt, max_new_tokens=steps, do_sample=False, eos_token_id=None)
 
