@@ -7,6 +7,11 @@ launches a call costs, and the errors. tests/gpu/test_gemv_gpu.py checks bf16 at
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -218,12 +223,16 @@ def compiled(fn, signature, constexprs, config):
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
-    loads = [line for line in kernel.asm["ptx"].splitlines() if "ld.global" in line]
+    ptx = kernel.asm["ptx"]
+    loads = [line for line in ptx.splitlines() if "ld.global" in line]
     ttgir = kernel.asm["ttgir"]
     layouts = dict(re.findall(r"^(#\\w+) = (.*)$", ttgir, re.M))
     summed = sorted({layouts[name] for name in re.findall(r"\\}\\) : \\(tensor<[^,]+, (#\\w+)>\\) ->", ttgir)})
+    # Under PDL: the loads before the wait, as whether each is a weight's (weights alone are read evict_first).
+    before, waits, _ = ptx.partition("griddepcontrol.wait")
+    early = [("evict_first" in line) for line in before.splitlines() if "ld.global" in line] if waits else None
     return dict(loads=len(loads), wide=sum(".v4." in line for line in loads), shared=kernel.metadata.shared,
-                summed=summed)
+                summed=summed, early=early, stores_early=("st.global" in before) if waits else None)
 
 m1 = configs.TABLES["default"]["m1"]
 c = dict(BN=m1.BN, BK=m1.BK, USE_PDL=False)
@@ -233,32 +242,51 @@ swiglu = {n: "*bf16" for n in ("x", "wg", "wu", "out")} | {"N": "i32", "K": "i32
 group = {"x": "*bf16", "K": "i32"} | {f"w{i}": "*bf16" for i in range(6)} | {f"y{i}": "*bf16" for i in range(6)}
 group |= {f"N{i}": "i32" for i in range(6)} | {f"S{i}": "i32" for i in range(1, 6)}
 group |= {n: "constexpr" for n in ("G", "BN", "BK", "USE_PDL")}
+one_row = dict(BM=1, SPLIT_K=1, HAS_BIAS=False, PRECISION="ieee")
 print(json.dumps({
-    "gemv": compiled(gemv._gemv_kernel, plain, c | dict(BM=1, SPLIT_K=1, HAS_BIAS=False, PRECISION="ieee"), m1),
+    "gemv": compiled(gemv._gemv_kernel, plain, c | one_row, m1),
     "group": compiled(gemv_group._gemv_group_kernel, group, c | dict(G=5), m1),
     "swiglu": compiled(gemv_group._gemv_swiglu_kernel, swiglu, c, m1),
+    "pdl gemv": compiled(gemv._gemv_kernel, plain, c | one_row | dict(USE_PDL=True), m1),
+    "pdl group": compiled(gemv_group._gemv_group_kernel, group, c | dict(G=5, USE_PDL=True), m1),
+    "pdl swiglu": compiled(gemv_group._gemv_swiglu_kernel, swiglu, c | dict(USE_PDL=True), m1),
 }))
 """
 
 
-def test_the_one_row_kernels_compile_for_sm90_to_wide_loads_and_no_shuffle_through_shared_memory():
+@pytest.fixture(scope="module")
+def sm90_kernels() -> dict:
+    """The one-row kernels compiled for an H100 on this CPU machine, in a process without the interpreter (which
+    replaces triton.jit): each kernel's statistics (``SM90_COMPILE``)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"TRITON_DEFAULT_FP_FUSION": "1"}
+    result = subprocess.run([sys.executable, "-P", "-c", SM90_COMPILE], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_the_one_row_kernels_compile_for_sm90_to_wide_loads_and_no_shuffle_through_shared_memory(sm90_kernels):
     # Compiled for an H100 on this CPU machine (in a process without the interpreter, which replaces triton.jit):
     # every global load is 16 bytes a thread, and shared memory holds no more than the cross-warp sum of each row
     # (4 bytes per row and warp). The one-row loop of before converted every step's weight tile through shared
     # memory into its accumulator's layout (m1's 4 x 1024 tiles: 4 KB).
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"TRITON_DEFAULT_FP_FUSION": "1"}
-    result = subprocess.run([sys.executable, "-P", "-c", SM90_COMPILE], capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
     m1 = configs.TABLES["default"]["m1"]
-    kernels = json.loads(result.stdout.splitlines()[-1])
+    kernels = sm90_kernels
     for name, stats in kernels.items():
         assert stats["loads"] > 0 and stats["wide"] == stats["loads"], (name, stats)
         assert stats["shared"] <= 4 * m1.BN * m1.num_warps, (name, stats)
     # The grouped and SwiGLU kernels' bit-for-bit claim (tests/gpu/test_gemv_group_gpu.py): every sum over K, in
     # the three kernels, reduces a tile of one and the same layout, so in one order.
     assert len({layout for stats in kernels.values() for layout in stats["summed"]}) == 1, kernels
+
+
+def test_under_pdl_the_one_row_kernels_ask_for_their_first_weight_tiles_before_they_wait(sm90_kernels):
+    # kernels/dependent_launch.py's one exception, in the code an H100 runs: before griddepcontrol.wait each one-row
+    # kernel loads its first weight tiles (two weights for the SwiGLU: twice the loads) and nothing else (x, written
+    # by the kernel before, only after the wait), and stores nothing. Before, every load followed the wait.
+    kernels = sm90_kernels
+    for name in ("gemv", "group", "swiglu"):
+        assert kernels[name]["early"] is None  # no PDL: no wait compiled in
+        early = kernels[f"pdl {name}"]["early"]
+        assert early and all(early), (name, early)
+        assert not kernels[f"pdl {name}"]["stores_early"], name
+    assert len(kernels["pdl swiglu"]["early"]) == 2 * len(kernels["pdl gemv"]["early"])

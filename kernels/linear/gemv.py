@@ -71,7 +71,7 @@ def _row_block_dot(x_tile, w_tile, m_mask, n_mask, k_start, k_end, split_len,
 
 @triton.jit
 def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len,
-                 BN: tl.constexpr, BK: tl.constexpr, PAIR: tl.constexpr):  # fmt: skip
+                 BN: tl.constexpr, BK: tl.constexpr, PAIR: tl.constexpr, USE_PDL: tl.constexpr):  # fmt: skip
     """The fp32 sums ``x[k_start:k_end] . W[rows_n, k_start:k_end]`` of one program, ``[BN]``, for one row of x; with
     ``PAIR``, the same sums of a second weight ``V`` too (``(w_sums, v_sums)``; without, ``v_sums`` is zeros).
 
@@ -83,17 +83,23 @@ def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len,
     tile in the layout the weight is loaded in (no shared-memory shuffle per step), summed over K once at the end.
     Weights are read once per call, so their loads ask L2 to evict them first; x is read by every program.
     A weight's sums do not depend on ``PAIR`` (the same loads, products and order): ``gemv_group.py``'s SwiGLU
-    kernel sums its gate and up weights in one loop and matches this kernel's separate products bit for bit."""
+    kernel sums its gate and up weights in one loop and matches this kernel's separate products bit for bit.
+
+    Under PDL this is where the calling kernel waits for its predecessor (``kernels/dependent_launch.py``): after the
+    first weight tiles are asked for, before x is. No kernel of a decode step writes a weight, so the first step's
+    weight read overlaps the kernel before instead of following it: at one or two steps a program, much of a
+    launch's streaming."""
     cols = tl.arange(0, BK)
     acc_w = tl.zeros([BN, BK], dtype=tl.float32)
     acc_v = tl.zeros([BN, BK], dtype=tl.float32)
     k_mask = k_start + cols < k_end
-    xs = tl.load(x_row, mask=k_mask, other=0.0)
     tile_mask = n_mask[:, None] & k_mask[None, :]
     ws = tl.load(w_tile, mask=tile_mask, other=0.0, eviction_policy="evict_first")
     vs = ws
     if PAIR:
         vs = tl.load(v_tile, mask=tile_mask, other=0.0, eviction_policy="evict_first")
+    wait_for_predecessor(USE_PDL)
+    xs = tl.load(x_row, mask=k_mask, other=0.0)
     for step in range(tl.cdiv(split_len, BK)):
         ahead = (step + 1) * BK
         k_mask = k_start + ahead + cols < k_end
@@ -113,7 +119,8 @@ def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len,
 def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr,
                  HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, USE_PDL: tl.constexpr):  # fmt: skip
-    wait_for_predecessor(USE_PDL)
+    if BM != 1:  # one row waits in `_one_row_dot`, after its first weight load
+        wait_for_predecessor(USE_PDL)
     pid_n, pid_s, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rows_m = pid_m * BM + tl.arange(0, BM)
     rows_n = pid_n * BN + tl.arange(0, BN)
@@ -126,7 +133,8 @@ def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn,
     w_tile = w + rows_n[:, None].to(tl.int64) * stride_wn + (k_start + cols)[None, :]
     if BM == 1:
         x_row = x + pid_m.to(tl.int64) * stride_xm + k_start + cols
-        total = _one_row_dot(x_row, w_tile, w_tile, n_mask, k_start, k_end, split_len, BN, BK, False)[0][None, :]
+        sums = _one_row_dot(x_row, w_tile, w_tile, n_mask, k_start, k_end, split_len, BN, BK, False, USE_PDL)[0]
+        total = sums[None, :]
     else:
         x_tile = x + rows_m[:, None].to(tl.int64) * stride_xm + (k_start + cols)[None, :]
         total = _row_block_dot(x_tile, w_tile, m_mask, n_mask, k_start, k_end, split_len, BM, BN, BK, PRECISION)

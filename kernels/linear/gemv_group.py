@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 from statex_hf.kernels import launch
 from statex_hf.kernels.activations.elementwise import silu
-from statex_hf.kernels.dependent_launch import pdl_kwargs, wait_for_predecessor
+from statex_hf.kernels.dependent_launch import pdl_kwargs
 from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.kernels.linear.configs import SAFE, TABLES
 from statex_hf.kernels.linear.gemv import _one_row_dot
@@ -44,7 +44,6 @@ def _pick(pid, start, first, w, w_i, y, y_i, n, n_i):
 def _gemv_group_kernel(x, K, w0, w1, w2, w3, w4, w5, y0, y1, y2, y3, y4, y5, N0, N1, N2, N3, N4, N5,
                        S1, S2, S3, S4, S5, G: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                        USE_PDL: tl.constexpr):  # fmt: skip
-    wait_for_predecessor(USE_PDL)
     pid = tl.program_id(0)
     start, w, y, n = 0, w0, y0, N0
     if G > 1:
@@ -61,18 +60,17 @@ def _gemv_group_kernel(x, K, w0, w1, w2, w3, w4, w5, y0, y1, y2, y3, y4, y5, N0,
     cols = tl.arange(0, BK)
     n_mask = rows_n < n
     w_tile = w + rows_n[:, None].to(tl.int64) * K + cols[None, :]
-    total = _one_row_dot(x + cols, w_tile, w_tile, n_mask, 0, K, K, BN, BK, False)[0]
+    total = _one_row_dot(x + cols, w_tile, w_tile, n_mask, 0, K, K, BN, BK, False, USE_PDL)[0]  # waits under PDL
     tl.store(y + rows_n, total.to(y.dtype.element_ty), mask=n_mask)
 
 
 @triton.jit
 def _gemv_swiglu_kernel(x, wg, wu, out, N, K, BN: tl.constexpr, BK: tl.constexpr, USE_PDL: tl.constexpr):
-    wait_for_predecessor(USE_PDL)
     rows_n = tl.program_id(0) * BN + tl.arange(0, BN)
     cols = tl.arange(0, BK)
     n_mask = rows_n < N
     rows = rows_n[:, None].to(tl.int64) * K + cols[None, :]
-    gate, up = _one_row_dot(x + cols, wg + rows, wu + rows, n_mask, 0, K, K, BN, BK, True)
+    gate, up = _one_row_dot(x + cols, wg + rows, wu + rows, n_mask, 0, K, K, BN, BK, True, USE_PDL)  # waits under PDL
     dtype = out.dtype.element_ty
     s = silu(gate.to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
     tl.store(out + rows_n, (s * up.to(dtype).to(tl.float32)).to(dtype), mask=n_mask)
