@@ -9,13 +9,18 @@ graph keeps the overlap (stream capture records the dependency as a programmatic
 
 The rule every kernel with a ``USE_PDL`` switch follows: ``gdc_wait`` before its first global load or
 store, so it reads nothing a predecessor is still writing and overwrites nothing it still reads; then
-``gdc_launch_dependents``. One exception: the one-row GEMVs ask for their first weight tiles before the
-wait (``gemv._one_row_dot``), so that streaming overlaps the kernel before. That is safe because a PDL
-kernel's predecessor is always a kernel of the same step, and no kernel of a step writes a weight. Each
-step starts with torch's embedding lookup, launched without PDL, which waits for everything before it.
-In a graph, the first node waits for the stream's earlier work in full (programmatic edges join only
-kernels captured together). So an in-place weight update before the step has ended before any of its
-weights is read.
+``gdc_launch_dependents``. Two exceptions read, before the wait, what no kernel of a step writes before
+them, so that DRAM round trip overlaps the kernel before:
+- the one-row GEMVs their first weight tiles (``gemv._one_row_dot``);
+- Mamba2's one-launch step its weights and its own layer's state and conv windows
+  (``ssd/conv_state_update.py``), which only that layer's launch writes, once a step.
+
+That is safe because a PDL kernel's predecessor is always a kernel of the same step. Each step starts with
+torch's embedding lookup, launched without PDL, which waits for everything before it. In a graph, the first
+node waits for the stream's earlier work in full (programmatic edges join only kernels captured together).
+A kernel is launched only once every program of the one before has passed its own wait, so every kernel
+two or more back has finished. So an in-place weight update before the step, and a layer's launch a step
+earlier, have ended before such a read.
 
 PDL is on only inside ``dependent_launches`` (the decode graphs' warm-up and capture), on a GPU of compute
 capability 9 or more, with a Triton that has it (3.3 on), outside Triton's interpreter, and unless

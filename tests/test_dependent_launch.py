@@ -69,8 +69,9 @@ def _kernels_and_pdl_launches() -> tuple[dict[str, ast.FunctionDef], list[tuple[
 def test_every_kernel_with_pdl_waits_before_anything_else_and_only_those_launch_with_it():
     # The rule of kernels/dependent_launch.py, which no CPU test can see break (the interpreter has no PDL): a
     # kernel launched with launch_pdl must wait for its predecessor before its first global load or store.
-    # The one exception: the one-row GEMV loop (`_one_row_dot`) asks for weights, which no kernel of a step writes,
-    # before it waits, and a kernel that hands its one-row case to it waits there (its other cases first thing).
+    # The two exceptions: the one-row GEMV loop and Mamba2's one-launch step read, before they wait, only what no
+    # kernel of a step writes before them (weights; the step's own layer state), and a kernel that hands its one-row
+    # case to the GEMV loop waits there (its other cases first thing).
     jitted, launches = _kernels_and_pdl_launches()
     with_switch = {name: fn for name, fn in jitted.items() if "USE_PDL" in [a.arg for a in fn.args.args]}
     with_switch.pop("wait_for_predecessor")  # the wait itself
@@ -78,6 +79,12 @@ def test_every_kernel_with_pdl_waits_before_anything_else_and_only_those_launch_
     for file, kernel in launches:
         assert kernel in with_switch, f"{file}: {kernel} is launched with pdl_kwargs() but has no USE_PDL switch"
     waits_in_the_loop = {"_gemv_kernel", "_gemv_group_kernel", "_gemv_swiglu_kernel"}
+    read_before_the_wait = {
+        "_one_row_dot": {"w_tile", "v_tile"},  # the weights
+        "_conv_state_update_kernel": {"rows", "_conv_taps"},  # the layer's state tile; windows and weights (below)
+        "_conv_taps": {"window_row", "w", "conv_bias"},
+    }
+    assert _reads(jitted["_conv_taps"].body) == read_before_the_wait["_conv_taps"]
     for name, fn in with_switch.items():
         body = [s for s in fn.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
         first = ast.unparse(body[0])
@@ -88,15 +95,30 @@ def test_every_kernel_with_pdl_waits_before_anything_else_and_only_those_launch_
             assert name == "_gemv_kernel" or not loads, f"{name} loads outside the loop it waits in"
             if name == "_gemv_kernel":  # rows of x in blocks: the wait first, as every other kernel
                 assert first == "if BM != 1:\n    wait_for_predecessor(USE_PDL)", first
-        elif name == "_one_row_dot":
+        elif name in read_before_the_wait:
             waited = [i for i, s in enumerate(body) if ast.unparse(s) == "wait_for_predecessor(USE_PDL)"]
-            assert len(waited) == 1, "the one-row loop waits exactly once"
-            before = [n for s in body[: waited[0]] for n in ast.walk(s) if isinstance(n, ast.Call)]
-            read = {ast.unparse(n.args[0]) for n in before if ast.unparse(n.func) == "tl.load"}
-            assert read == {"w_tile", "v_tile"}, f"before its wait the loop reads {read}, not only the weights"
-            assert not [n for n in before if ast.unparse(n.func) == "tl.store"]
+            assert len(waited) == 1, f"{name} waits exactly once, in its body"
+            read = _reads(body[: waited[0]], helpers=set(jitted))
+            assert read == read_before_the_wait[name], f"before its wait {name} reads {read}"
         else:
             assert first == "wait_for_predecessor(USE_PDL)", f"{name} starts with {first!r}, not the wait"
+
+
+def _reads(statements: list[ast.stmt], helpers: frozenset | set = frozenset()) -> set[str]:
+    """What ``statements`` read from memory: the base pointer of each ``tl.load`` and each jitted helper they call
+    (whose own reads are checked apart); a store or an atomic is an error."""
+    read = set()
+    for node in (n for s in statements for n in ast.walk(s) if isinstance(n, ast.Call)):
+        called = ast.unparse(node.func)
+        assert not called.startswith(("tl.store", "tl.atomic")), f"{called} before the wait"
+        if called == "tl.load":
+            pointer = node.args[0]
+            while isinstance(pointer, (ast.BinOp, ast.Subscript)):
+                pointer = pointer.left if isinstance(pointer, ast.BinOp) else pointer.value
+            read.add(ast.unparse(pointer))
+        elif called in helpers:
+            read.add(called)
+    return read
 
 
 WITHOUT_PDL = """

@@ -23,7 +23,9 @@ ticket (an atomic count per batch row and group, the "last block" pattern) once 
 draws the last ticket writes the group's B and C windows and sets the count back to zero for the next launch.
 An x channel is read by its own program only, which writes its window itself, after its reads. In the decode graphs
 the kernel takes programmatic dependent launch (``kernels/dependent_launch.py``): it waits for the kernel before it
-first, so every earlier launch, and the reset of its tickets, has finished.
+(in_proj) before it reads in_proj's output or takes a ticket, so every earlier launch, and the reset of its tickets,
+has finished. Before that wait it reads only what no kernel of a step writes before it: the weights, and its own
+layer's state and conv windows, which only this layer's launch writes, a step earlier.
 
 At one sequence a program has little work, and its time is the chain of memory round trips it waits on, one after
 another; the order of its loads and stores shortens that chain (no arithmetic moves, so the bits stay the two
@@ -62,23 +64,43 @@ def _tickets(device: torch.device, count: int) -> torch.Tensor:
 
 
 @triton.jit
-def _conv_step(xBC_row, w, conv_bias, window_row, stride_wd, stride_wk, ch, mask, BLOCK: tl.constexpr,
-               K: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, SILU: tl.constexpr):  # fmt: skip
-    """Channels ``ch``'s conv output for the new input, as ``_conv_update_kernel`` computes and stores it (the sum
-    in fp32 from the window's first input on, then bias and activation, rounded to xBC's dtype), back in fp32."""
+def _conv_taps(xBC_row, w, conv_bias, window_row, stride_wd, stride_wk, ch, mask, BLOCK: tl.constexpr,
+               K: tl.constexpr, HAS_CONV_BIAS: tl.constexpr):  # fmt: skip
+    """What channels ``ch``'s conv output takes from before the new input: the fp32 sum over the window's ``K - 1``
+    cached taps (read in xBC's dtype, as the conv kernel reads them), the new input's weight and the bias (zeros
+    without). Nothing here is in_proj's output: under PDL it is read before the kernel waits (module docstring)."""
     acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for j in tl.static_range(K):
-        if j < K - 1:
-            s = tl.load(window_row + ch * stride_wd + j * stride_wk, mask=mask, other=0.0)
-            s = s.to(xBC_row.dtype.element_ty)  # the conv kernel reads the window in xBC's dtype
-        else:
-            s = tl.load(xBC_row + ch, mask=mask, other=0.0)
+    for j in tl.static_range(K - 1):
+        s = tl.load(window_row + ch * stride_wd + j * stride_wk, mask=mask, other=0.0)
+        s = s.to(xBC_row.dtype.element_ty)
         acc += s.to(tl.float32) * tl.load(w + ch * K + j, mask=mask, other=0.0).to(tl.float32)
+    last_w = tl.load(w + ch * K + (K - 1), mask=mask, other=0.0).to(tl.float32)
+    bias = tl.zeros([BLOCK], dtype=tl.float32)
     if HAS_CONV_BIAS:
-        acc += tl.load(conv_bias + ch, mask=mask, other=0.0).to(tl.float32)
+        bias = tl.load(conv_bias + ch, mask=mask, other=0.0).to(tl.float32)
+    return acc, last_w, bias
+
+
+@triton.jit
+def _conv_output(taps, xBC_row, ch, mask, HAS_CONV_BIAS: tl.constexpr, SILU: tl.constexpr):
+    """Channels ``ch``'s conv output for the new input from their ``_conv_taps``, as ``_conv_update_kernel``
+    computes and stores it (the sum in fp32 from the window's first input on, then bias and activation, rounded to
+    xBC's dtype), back in fp32."""
+    acc, last_w, bias = taps
+    acc += tl.load(xBC_row + ch, mask=mask, other=0.0).to(tl.float32) * last_w
+    if HAS_CONV_BIAS:
+        acc += bias
     if SILU:
         acc = silu(acc)
     return acc.to(xBC_row.dtype.element_ty).to(tl.float32)
+
+
+@triton.jit
+def _conv_step(xBC_row, w, conv_bias, window_row, stride_wd, stride_wk, ch, mask, BLOCK: tl.constexpr,
+               K: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, SILU: tl.constexpr):  # fmt: skip
+    """Channels ``ch``'s conv output for the new input (``_conv_taps`` then ``_conv_output``), in fp32."""
+    taps = _conv_taps(xBC_row, w, conv_bias, window_row, stride_wd, stride_wk, ch, mask, BLOCK, K, HAS_CONV_BIAS)
+    return _conv_output(taps, xBC_row, ch, mask, HAS_CONV_BIAS, SILU)
 
 
 @triton.jit
@@ -141,7 +163,6 @@ def _conv_state_update_kernel(
     A_IS_LOG: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
-    wait_for_predecessor(USE_PDL)  # under PDL: in_proj's output and the previous launch's tickets are complete
     pid = tl.program_id(0).to(tl.int64)
     h = pid % H
     bi = pid // H
@@ -157,15 +178,22 @@ def _conv_state_update_kernel(
 
     # Every load the first state tile needs depends on nothing but the inputs: all are issued before any math, so
     # their round trips overlap (the state tile's, the B / C and x convolutions', dt's) instead of following one
-    # another. Each later tile is loaded, with its B and C, one iteration ahead (masked off past N).
+    # another. Each later tile is loaded, with its B and C, one iteration ahead (masked off past N). Under PDL the
+    # loads of what no kernel of the step writes before this one (the layer's own state tile and conv windows,
+    # written only by this layer's launch a step earlier, and the weights) come before the wait, and overlap
+    # in_proj's tail; in_proj's output (xBC, dt) and the tickets after it.
     ns = tl.arange(0, BN)
     s = tl.load(rows + ns[None, :], mask=pmask[:, None] & (ns < N)[None, :], other=0.0)
-    bv = _conv_step(xBC_row, conv_w, conv_bias, window_row, stride_wd, stride_wk, b_channels + ns, ns < N, BN, K,
-                    HAS_CONV_BIAS, SILU)  # fmt: skip
-    cv = _conv_step(xBC_row, conv_w, conv_bias, window_row, stride_wd, stride_wk, c_channels + ns, ns < N, BN, K,
-                    HAS_CONV_BIAS, SILU)  # fmt: skip
-    xv = _conv_step(xBC_row, conv_w, conv_bias, window_row, stride_wd, stride_wk, x_channels, pmask, BP, K,
-                    HAS_CONV_BIAS, SILU)  # fmt: skip
+    b_taps = _conv_taps(xBC_row, conv_w, conv_bias, window_row, stride_wd, stride_wk, b_channels + ns, ns < N, BN, K,
+                        HAS_CONV_BIAS)  # fmt: skip
+    c_taps = _conv_taps(xBC_row, conv_w, conv_bias, window_row, stride_wd, stride_wk, c_channels + ns, ns < N, BN, K,
+                        HAS_CONV_BIAS)  # fmt: skip
+    x_taps = _conv_taps(xBC_row, conv_w, conv_bias, window_row, stride_wd, stride_wk, x_channels, pmask, BP, K,
+                        HAS_CONV_BIAS)  # fmt: skip
+    wait_for_predecessor(USE_PDL)
+    bv = _conv_output(b_taps, xBC_row, b_channels + ns, ns < N, HAS_CONV_BIAS, SILU)
+    cv = _conv_output(c_taps, xBC_row, c_channels + ns, ns < N, HAS_CONV_BIAS, SILU)
+    xv = _conv_output(x_taps, xBC_row, x_channels, pmask, HAS_CONV_BIAS, SILU)
     x_window = _next_window(xBC_row, window_row, stride_wd, stride_wk, x_channels, pmask, K, KP)
     ws = tl.arange(0, BW)
     if WINDOWS_AT_ONCE:  # the group's new B and C windows in one block: read now by every program, in case it is last
