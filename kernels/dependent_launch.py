@@ -9,11 +9,12 @@ graph keeps the overlap (stream capture records the dependency as a programmatic
 
 The rule every kernel with a ``USE_PDL`` switch follows: ``gdc_wait`` before its first global load or
 store, so it reads nothing a predecessor is still writing and overwrites nothing it still reads; then
-``gdc_launch_dependents``. Two exceptions read, before the wait, what no kernel of a step writes before
+``gdc_launch_dependents``. Three exceptions read, before the wait, what no kernel of a step writes before
 them, so that DRAM round trip overlaps the kernel before:
 - the one-row GEMVs their first weight tiles (``gemv._one_row_dot``);
 - Mamba2's one-launch step its weights and its own layer's state and conv windows
-  (``ssd/conv_state_update.py``), which only that layer's launch writes, once a step.
+  (``ssd/conv_state_update.py``), which only that layer's launch writes, once a step;
+- GLA's one-token step its layer's state, where it is one tile (``gla/fused_recurrent.py``).
 
 That is safe because a PDL kernel's predecessor is always a kernel of the same step. Each step starts with
 torch's embedding lookup, launched without PDL, which waits for everything before it. In a graph, the first

@@ -69,7 +69,7 @@ def _kernels_and_pdl_launches() -> tuple[dict[str, ast.FunctionDef], list[tuple[
 def test_every_kernel_with_pdl_waits_before_anything_else_and_only_those_launch_with_it():
     # The rule of kernels/dependent_launch.py, which no CPU test can see break (the interpreter has no PDL): a
     # kernel launched with launch_pdl must wait for its predecessor before its first global load or store.
-    # The two exceptions: the one-row GEMV loop and Mamba2's one-launch step read, before they wait, only what no
+    # The exceptions: the one-row GEMV loop and the GLA and Mamba2 one-token steps read, before they wait, only what no
     # kernel of a step writes before them (weights; the step's own layer state), and a kernel that hands its one-row
     # case to the GEMV loop waits there (its other cases first thing).
     jitted, launches = _kernels_and_pdl_launches()
@@ -83,6 +83,7 @@ def test_every_kernel_with_pdl_waits_before_anything_else_and_only_those_launch_
         "_one_row_dot": {"w_tile", "v_tile"},  # the weights
         "_conv_state_update_kernel": {"rows", "_conv_taps"},  # the layer's state tile; windows and weights (below)
         "_conv_taps": {"window_row", "w", "conv_bias"},
+        "fused_recurrent_gla_step_kernel": {"h0"},  # the layer's state, its one tile
     }
     assert _reads(jitted["_conv_taps"].body) == read_before_the_wait["_conv_taps"]
     for name, fn in with_switch.items():

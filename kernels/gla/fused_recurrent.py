@@ -123,6 +123,7 @@ def fused_recurrent_gla_step_kernel(
     GATE_LOGITS: tl.constexpr,
     HAS_CLAMP: tl.constexpr,
     USE_PDL: tl.constexpr,
+    PREFETCH_STATE: tl.constexpr = False,
 ):
     """One token per sequence: walk the key dimension in ``[BK, BV]`` tiles, each read and written once.
 
@@ -131,11 +132,19 @@ def fused_recurrent_gla_step_kernel(
     batches) has more than one DRAM round trip in flight. Later tiles are other rows of the program's own
     columns, so ``ht`` may be ``h0``. ``o`` sums the tiles' parts in key order at any ``STAGES``; a
     different ``BK`` may change its last bits.
+
+    ``PREFETCH_STATE`` (one key tile, and a state to read): the tile is loaded before the kernel waits for its
+    predecessor under PDL, overlapping it. It is the layer's own state, which only this layer's launch a step
+    earlier writes (``kernels/dependent_launch.py``); q, k, v and the gate, the projections just computed, after.
     """
-    wait_for_predecessor(USE_PDL)
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
+    if PREFETCH_STATE:
+        o_k = tl.arange(0, BK)
+        p_kv = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+        b_h0_first = tl.load(h0 + p_kv, mask=(o_k < K)[:, None] & m_v[None, :], other=0.0)
+    wait_for_predecessor(USE_PDL)
     # With T = 1 the token of sequence n, head h sits at row n * H + h: the program's own index.
     b_v = tl.load(v + i_nh.to(tl.int64) * V + o_v, mask=m_v, other=0.0).to(tl.float32)
     b_o = tl.zeros([BV], dtype=tl.float32)
@@ -148,7 +157,9 @@ def fused_recurrent_gla_step_kernel(
         b_q = tl.load(q + p_k, mask=m_k, other=0.0).to(tl.float32) * scale
         b_k = tl.load(k + p_k, mask=m_k, other=0.0).to(tl.float32)
         b_g = log_decay(tl.load(gk + p_k, mask=m_k, other=0.0), gate_scale, gate_clamp_min, GATE_LOGITS, HAS_CLAMP)
-        if USE_INITIAL_STATE:  # issued before the update, which waits for k's load
+        if PREFETCH_STATE:  # the only tile: loaded before the wait
+            b_h0 = b_h0_first.to(tl.float32)
+        elif USE_INITIAL_STATE:  # issued before the update, which waits for k's load
             b_h0 = tl.load(h0 + p_kv, mask=m_kv, other=0.0).to(tl.float32)
         b_h = b_k[:, None] * b_v[None, :]
         if USE_INITIAL_STATE:
@@ -280,6 +291,7 @@ def fused_recurrent_gla(
                 BK=BK,
                 BV=BV,
                 STAGES=stages,
+                PREFETCH_STATE=initial_state is not None and K <= BK,
                 num_warps=num_warps,
                 **shape_and_flags,
                 **pdl_kwargs(),
