@@ -14,7 +14,8 @@ Measured, per batch size B (a ``--prompt``-token random prompt, greedy, no EOS):
 - roofline: bytes a decode step must move (every weight read once, except the input embedding, of
   which B rows are read; every recurrent and convolution state read and written once) over the HBM
   bandwidth of the device (from its memory clock and bus width, as the driver reports them; the
-  bandwidth of a large on-device copy is printed beside it); "share" is roofline / measured;
+  bandwidth of a large on-device copy is printed beside it); "share" is roofline / measured, and
+  "wt share" the weight read's alone / measured (issue 20's B = 1 target: the weight-read roofline);
 - ours: the one-time capture of the CUDA-graph decode step (``capture s``, warm-up calls included), the
   step's graph replayed back to back (``replay ms``: its GPU time, without generate's loop on the host),
   the eager decode (``disable_compile=True``) at B = 1, and whether graphs and eager give the same
@@ -219,8 +220,8 @@ def worker(impl: str, args) -> None:
         roofline_ms = (weights + 2 * state_per_sequence * batch) / bandwidth * 1e3
         _emit(
             dict(impl=impl, kind="decode", batch=batch, ms_per_token=ms, roofline_ms=roofline_ms,
-                 share=roofline_ms / ms, first_call_s=first_s, capture_s=capture_s, replay_ms=replay_ms,
-                 new_tokens=new_tokens)
+                 share=roofline_ms / ms, weight_share=weights / bandwidth * 1e3 / ms, first_call_s=first_s,
+                 capture_s=capture_s, replay_ms=replay_ms, new_tokens=new_tokens)
         )  # fmt: skip
     if not ours:
         return
@@ -265,8 +266,8 @@ def print_table(rows: list[dict], statuses: dict) -> None:
         s = setup.get(impl, {})
         print(f"{impl:12} {s.get('weight_gb', 0):10.2f} {s.get('state_mb', 0):12.1f} {status:>14}")
     print(
-        f"\n{'impl':12} {'B':>3} {'ms/token':>9} {'roofline ms':>11} {'share':>6} {'capture s':>9} {'first s':>8} "
-        f"{'replay ms':>9}"
+        f"\n{'impl':12} {'B':>3} {'ms/token':>9} {'roofline ms':>11} {'share':>6} {'wt share':>8} {'capture s':>9} "
+        f"{'first s':>8} {'replay ms':>9}"
     )
     for r in rows:
         if r["kind"] == "decode" and "error" in r:
@@ -274,9 +275,10 @@ def print_table(rows: list[dict], statuses: dict) -> None:
         elif r["kind"] == "decode":
             capture = "-" if r["capture_s"] is None else f"{r['capture_s']:.2f}"
             replay = "-" if r.get("replay_ms") is None else f"{r['replay_ms']:.2f}"
+            weight_share = "-" if r.get("weight_share") is None else f"{r['weight_share']:.0%}"  # older rows: none
             print(
                 f"{r['impl']:12} {r['batch']:3d} {r['ms_per_token']:9.2f} {r['roofline_ms']:11.2f} "
-                f"{r['share']:6.0%} {capture:>9} {r['first_call_s']:8.1f} {replay:>9}"
+                f"{r['share']:6.0%} {weight_share:>8} {capture:>9} {r['first_call_s']:8.1f} {replay:>9}"
             )
     for r in rows:
         if r["kind"] == "eager":

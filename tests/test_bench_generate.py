@@ -27,6 +27,8 @@ def test_the_generate_benchmark_finishes_its_tiny_check_on_cpu(tmp_path):
     assert [row["length"] for row in report["rows"] if row["kind"] == "ttft"] == [256, 1024]
     assert next(row for row in report["rows"] if row["kind"] == "eager")["same_tokens_as_graphs"]
     assert "TTFT   1024" in result.stdout
+    decode = next(row for row in report["rows"] if row["kind"] == "decode")
+    assert 0 < decode["weight_share"] <= decode["share"]  # the weights alone: part of the step's bytes
 
 
 def test_a_batch_that_ran_out_of_memory_is_a_row_of_the_table(capsys, monkeypatch):
