@@ -79,6 +79,7 @@ def test_every_kernel_with_pdl_waits_before_anything_else_and_only_those_launch_
     for file, kernel in launches:
         assert kernel in with_switch, f"{file}: {kernel} is launched with pdl_kwargs() but has no USE_PDL switch"
     waits_in_the_loop = {"_gemv_kernel", "_gemv_group_kernel", "_gemv_swiglu_kernel"}
+    touching_memory = _touching_memory(jitted)
     read_before_the_wait = {
         "_one_row_dot": {"w_tile", "v_tile"},  # the weights
         "_conv_state_update_kernel": {"rows", "_conv_taps"},  # the layer's state tile; windows and weights (below)
@@ -92,8 +93,8 @@ def test_every_kernel_with_pdl_waits_before_anything_else_and_only_those_launch_
         if name in waits_in_the_loop:
             calls = [n for n in ast.walk(fn) if isinstance(n, ast.Call) and ast.unparse(n.func) == "_one_row_dot"]
             assert calls and all(ast.unparse(c.args[-1]) == "USE_PDL" for c in calls), name
-            loads = [n for n in ast.walk(fn) if isinstance(n, ast.Call) and ast.unparse(n.func) == "tl.load"]
-            assert name == "_gemv_kernel" or not loads, f"{name} loads outside the loop it waits in"
+            read = _reads(_before_call(body, "_one_row_dot"), helpers=touching_memory)
+            assert not read, f"{name} reads {read} before the loop it waits in"
             if name == "_gemv_kernel":  # rows of x in blocks: the wait first, as every other kernel
                 assert first == "if BM != 1:\n    wait_for_predecessor(USE_PDL)", first
         elif name in read_before_the_wait:
@@ -105,7 +106,40 @@ def test_every_kernel_with_pdl_waits_before_anything_else_and_only_those_launch_
             assert first == "wait_for_predecessor(USE_PDL)", f"{name} starts with {first!r}, not the wait"
 
 
-def _reads(statements: list[ast.stmt], helpers: frozenset | set = frozenset()) -> set[str]:
+def _touching_memory(jitted: dict[str, ast.FunctionDef]) -> set[str]:
+    """The jitted functions that load, store or take an atomic, themselves or through a jitted helper they call."""
+    calls = {
+        name: {ast.unparse(n.func) for n in ast.walk(fn) if isinstance(n, ast.Call)} for name, fn in jitted.items()
+    }
+    touching = {
+        name
+        for name, called in calls.items()
+        if any(c.startswith(("tl.load", "tl.store", "tl.atomic")) for c in called)
+    }
+    while more := {name for name, called in calls.items() if called & touching} - touching:
+        touching |= more
+    return touching
+
+
+def _before_call(statements: list[ast.stmt], callee: str) -> list[ast.AST]:
+    """What runs before the first call of ``callee``: the statements before the one that holds it, then, where that
+    one is an ``if``, its test and what comes before the call in the branch that holds it; then the call's arguments."""
+
+    def holds(node: ast.AST) -> bool:
+        return any(isinstance(n, ast.Call) and ast.unparse(n.func) == callee for n in ast.walk(node))
+
+    for i, statement in enumerate(statements):
+        if not holds(statement):
+            continue
+        if isinstance(statement, ast.If):
+            branch = statement.body if any(map(holds, statement.body)) else statement.orelse
+            return [*statements[:i], statement.test, *_before_call(branch, callee)]
+        call = next(n for n in ast.walk(statement) if isinstance(n, ast.Call) and ast.unparse(n.func) == callee)
+        return [*statements[:i], *call.args]
+    raise AssertionError(f"no call of {callee}")
+
+
+def _reads(statements: list[ast.AST], helpers: frozenset | set = frozenset()) -> set[str]:
     """What ``statements`` read from memory: the base pointer of each ``tl.load`` and each jitted helper they call
     (whose own reads are checked apart); a store or an atomic is an error."""
     read = set()
