@@ -68,6 +68,11 @@ class StateXGenerationMixin(GenerationMixin):
         # The forward takes the cache under its older names too (``recurrent_model.accepts_legacy_cache_names``), which
         # its signature does not show: transformers before 5.24 passes them on as they are, and would reject
         # ``generate(ids, past_key_values=cache)`` as an unused argument (5.24 on renames them before this check).
+        # Two names at once are an error, as in the forward: ``prepare_inputs_for_generation`` would keep one of them.
+        given = [name for name in ("cache", *LEGACY_CACHE_NAMES) if model_kwargs.get(name) is not None]
+        if len(given) > 1:
+            names = " and ".join(f"`{name}`" for name in given)
+            raise ValueError(f"generate got the cache under {names}: pass it once, as `cache`")
         super()._validate_model_kwargs({k: v for k, v in model_kwargs.items() if k not in LEGACY_CACHE_NAMES})
 
     @classmethod

@@ -123,6 +123,11 @@ def test_generate_checks_its_arguments_taking_the_cache_under_its_old_names(fami
         model._validate_model_kwargs({name: cache, "attention_mask": torch.ones(1, 5), "use_cache": True})
     with pytest.raises(ValueError, match=r"not used by the model: \['past_key_value'\]"):
         model._validate_model_kwargs({"past_key_value": cache})
+    # Under two names at once it is an error, as in the forward: transformers before 5.24 would otherwise use one of
+    # them and drop the other silently (5.24 on warns and keeps `cache` before this check).
+    for names in (("cache", "past_key_values"), ("past_key_values", "cache_params")):
+        with pytest.raises(ValueError, match=f"generate got the cache under `{names[0]}` and `{names[1]}`"):
+            model._validate_model_kwargs(dict.fromkeys(names, cache))
 
 
 def greedy_reference(model, prompt, steps):
