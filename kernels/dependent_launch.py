@@ -71,11 +71,12 @@ def supported(device: torch.device) -> bool:
 
 
 @contextmanager
-def dependent_launches(device: torch.device) -> Iterator[bool]:
+def dependent_launches(device: torch.device, enabled: bool = True) -> Iterator[bool]:
     """Launches the kernels with a ``USE_PDL`` switch with PDL inside the block, where ``device`` supports
-    it; yields whether it does. Nests (the outer block's setting returns after the inner one)."""
+    it; yields whether it does. Nests (the outer block's setting returns after the inner one); ``enabled=False``
+    turns it off inside, for a launch whose early reads the kernel before it may write."""
     previous = getattr(_state, "on", False)
-    _state.on = supported(device)
+    _state.on = enabled and supported(device)
     try:
         yield _state.on
     finally:

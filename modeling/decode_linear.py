@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from statex_hf.kernels import dispatch
+from statex_hf.kernels.dependent_launch import dependent_launches
 from torch import nn
 
 
@@ -14,7 +15,13 @@ class DecodeLinear(nn.Linear):
     row of x, CUDA, no gradient), ``F.linear`` for every other call."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return dispatch.linear(input, self.weight, self.bias)
+        weight = self.weight
+        if weight is self._parameters.get("weight"):
+            return dispatch.linear(input, weight, self.bias)
+        # A weight made in this call (a parametrization, torch's pruning hook) is the output of the kernel just before
+        # the GEMV, which under PDL would read its first tiles before waiting for that kernel: launched without PDL.
+        with dependent_launches(input.device, enabled=False):
+            return dispatch.linear(input, weight, self.bias)
 
 
 def hooked(module: nn.Module) -> bool:

@@ -10,11 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from launched_ops import LaunchedOps
-from statex_hf.kernels import dispatch
+from statex_hf.kernels import dependent_launch, dispatch
 from statex_hf.kernels.linear import naive_linear
 from statex_hf.modeling.decode_linear import DecodeLinear
 from tiny_models import FAMILIES, VOCAB, build, returned_cache
 from torch import nn
+from torch.nn.utils import parametrizations, prune
 
 K, N = 40, 24
 
@@ -155,3 +156,26 @@ def test_an_empty_batch_is_f_linear_shaped_in_every_path(on_cuda_dispatch):
         assert dispatch.linear(x, weight).shape == (0, 1, N)
         assert dispatch.one_launch_products(x, [weight, weight]) is None
         assert dispatch.one_launch_swiglu(x, weight, weight) is None
+
+
+def test_a_weight_made_in_the_call_is_read_by_a_gemv_launched_without_pdl(monkeypatch):
+    # Under PDL the one-row GEMV reads its first weight tiles before it waits for the kernel before it
+    # (kernels/dependent_launch.py): safe for a stored weight, which no kernel of a decode step writes, but a weight
+    # that a parametrization or torch's pruning hook makes in the call is the very output of the kernel before.
+    monkeypatch.setattr(dependent_launch, "supported", lambda device: True)  # as on a Hopper GPU
+    launched_with_pdl = []
+
+    def linear(x, weight, bias=None):
+        launched_with_pdl.append(dependent_launch.pdl_kwargs()["USE_PDL"])
+        return F.linear(x, weight, bias)
+
+    monkeypatch.setattr(dispatch, "linear", linear)
+    plain, pruned, normed = (DecodeLinear(K, N) for _ in range(3))
+    prune.l1_unstructured(pruned, "weight", amount=0.5)
+    parametrizations.weight_norm(normed)
+    x = torch.randn(1, K)
+    with torch.no_grad(), dependent_launch.dependent_launches(torch.device("cuda", 0)):
+        for module in (plain, pruned, normed):
+            torch.testing.assert_close(module(x), F.linear(x, module.weight, module.bias))
+        assert dependent_launch.pdl_kwargs()["USE_PDL"]  # on again after each
+    assert launched_with_pdl == [True, False, False]
