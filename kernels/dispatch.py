@@ -284,7 +284,9 @@ def one_launch_conv_ssd(
     unit-stride), dt ``[b, 1, H]``, state ``[b, H, P, N]`` fp32 contiguous; returns y ``[b, 1, H, P]``. Where the two
     calls would run the conv update and state-update kernels (CUDA, one token, no gradient, the state fp32 and
     contiguous), for at most ``ONE_LAUNCH_CONV_SSD_MAX_ROWS`` sequences, outside ``torch.compile`` (a compiled step
-    keeps the two calls it had, as traced before); ``None`` otherwise, and the caller makes the two calls."""
+    keeps the two calls it had, as traced before), with a contiguous conv weight (under PDL the kernel reads it
+    before waiting for the kernel before it, which must not be a copy of it: ``kernels/dependent_launch.py``);
+    ``None`` otherwise, and the caller makes the two calls."""
     if not (
         not torch.compiler.is_compiling()
         and xBC.shape[1] == 1
@@ -295,6 +297,7 @@ def one_launch_conv_ssd(
         and state.dtype == torch.float32
         and state.is_contiguous()
         and xBC.stride(-1) == 1
+        and conv_weight.is_contiguous()
     ):
         return None  # decided before the import: a CPU run never imports Triton code on this path
     from statex_hf.kernels.ssd.conv_state_update import conv_state_update

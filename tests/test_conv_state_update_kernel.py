@@ -281,10 +281,12 @@ def test_dispatch_runs_a_no_grad_cuda_step_in_one_launch_on_the_caches_themselve
 
 
 @pytest.mark.parametrize("case", ["cpu", "xBC-grad", "D-grad", "dt_bias-grad", "A_log-grad", "two-tokens",
-                                  "bf16-state", "strided-state", "strided-channels", "relu", "compiling",
-                                  "more-rows"])  # fmt: skip
+                                  "bf16-state", "strided-state", "strided-channels", "strided-weight", "relu",
+                                  "compiling", "more-rows"])  # fmt: skip
 def test_dispatch_leaves_everything_else_to_the_two_calls(monkeypatch, case):
     # A step that trains D or dt_bias keeps its gradient: the kernel has no backward (the rule of dispatch.ssd).
+    # A conv weight not contiguous would be copied by the kernel just before the one launch, which under PDL reads
+    # it before waiting for its predecessor (kernels/dependent_launch.py).
     if case != "cpu":
         monkeypatch.setattr(dispatch, "use_triton", lambda *tensors: True)
     monkeypatch.setattr(dispatch, "ONE_LAUNCH_CONV_SSD_MAX_ROWS", 1 if case == "more-rows" else 64)
@@ -300,6 +302,8 @@ def test_dispatch_leaves_everything_else_to_the_two_calls(monkeypatch, case):
         args[8] = step.state.bfloat16()
     elif case == "strided-state":
         args[8] = step.state.transpose(2, 3).contiguous().transpose(2, 3)
+    elif case == "strided-weight":
+        args[1] = step.weight.t().contiguous().t()
     elif case == "strided-channels":
         args[0] = torch.randn(2, 1, 2 * step.conv_dim)[..., ::2]
     elif case == "relu":
