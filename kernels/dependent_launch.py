@@ -19,14 +19,19 @@ them, so that DRAM round trip overlaps the kernel before:
 That is safe because a PDL kernel's predecessor is always a kernel of the same step. Each step starts with
 torch's embedding lookup, launched without PDL, which waits for everything before it. In a graph, the first
 node waits for the stream's earlier work in full (programmatic edges join only kernels captured together).
-A kernel is launched only once every program of the one before has passed its own wait, so every kernel
-two or more back has finished. So an in-place weight update before the step, and a layer's launch a step
-earlier, have ended before such a read.
+A kernel is launched only once every program of the one before has passed its own wait (or ended, for a
+kernel without PDL), so every kernel two or more back has finished. So an in-place weight update before the
+step, and a layer's launch a step earlier, have ended before such a read. The kernel just before must not
+write that memory either: on the models' path no launcher copies what its kernel reads early
+(``one_launch_conv_ssd`` takes only a contiguous conv weight; GLA's step gets the cache's contiguous state,
+updated in place), and a weight made inside the step (a parametrization, torch's pruning hook) is read by a
+GEMV launched without PDL (``DecodeLinear``). A forward hook that wrote a stored weight in place would break
+this.
 
 PDL is on only inside ``dependent_launches`` (the decode graphs' warm-up and capture), on a GPU of compute
 capability 9 or more, with a Triton that has it (3.3 on), outside Triton's interpreter, and unless
 ``STATEX_PDL=0`` (a same-run baseline for the benchmarks). Everywhere else the kernels take ``USE_PDL=False``:
-the very same code as before.
+no wait, and the same results (the exceptions issue their early loads first there too).
 """
 
 from __future__ import annotations
@@ -95,8 +100,8 @@ if TRITON_HAS_PDL:
 
     @triton.jit
     def wait_for_predecessor(USE_PDL: tl.constexpr):
-        """A kernel's first step under PDL (the module's rule): wait until the kernel before it has finished,
-        then let the next one be scheduled. Nothing when ``USE_PDL`` is off."""
+        """Under PDL, a kernel's first step but for the module's exceptions: wait until the kernel before it has
+        finished, then let the next one be scheduled. Nothing when ``USE_PDL`` is off."""
         if USE_PDL:
             tl.extra.cuda.gdc_wait()
             tl.extra.cuda.gdc_launch_dependents()

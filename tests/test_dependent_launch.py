@@ -95,7 +95,7 @@ def test_every_kernel_with_pdl_waits_before_anything_else_and_only_those_launch_
             assert calls and all(ast.unparse(c.args[-1]) == "USE_PDL" for c in calls), name
             read = _reads(_before_call(body, "_one_row_dot"), helpers=touching_memory)
             assert not read, f"{name} reads {read} before the loop it waits in"
-            if name == "_gemv_kernel":  # rows of x in blocks: the wait first, as every other kernel
+            if name == "_gemv_kernel":  # rows of x in blocks: the wait first, as in the kernels without exceptions
                 assert first == "if BM != 1:\n    wait_for_predecessor(USE_PDL)", first
         elif name in read_before_the_wait:
             waited = [i for i, s in enumerate(body) if ast.unparse(s) == "wait_for_predecessor(USE_PDL)"]

@@ -86,9 +86,9 @@ def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len,
     kernel sums its gate and up weights in one loop and matches this kernel's separate products bit for bit.
 
     Under PDL this is where the calling kernel waits for its predecessor (``kernels/dependent_launch.py``): after the
-    first weight tiles are asked for, before x is. No kernel of a decode step writes a weight, so the first step's
-    weight read overlaps the kernel before instead of following it: at one or two steps a program, much of a
-    launch's streaming."""
+    first weight tiles are asked for, before x is. No kernel of a decode step writes a stored weight (one made in the
+    step runs without PDL: ``DecodeLinear``), so the first step's weight read overlaps the kernel before instead of
+    following it: at one or two steps a program, much of a launch's streaming."""
     cols = tl.arange(0, BK)
     acc_w = tl.zeros([BN, BK], dtype=tl.float32)
     acc_v = tl.zeros([BN, BK], dtype=tl.float32)
