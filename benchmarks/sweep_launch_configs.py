@@ -86,7 +86,8 @@ def _warm_decode(part: int, parts: int) -> None:
 
 
 def _step(q, k, v, g, o, h0, ht, config: tuple[int, int, int, int]):
-    """One launch of the one-token kernel with ``config`` (PDL as ``dependent_launch`` says)."""
+    """One launch of the one-token kernel with ``config`` (PDL as ``dependent_launch`` says), as
+    ``fused_recurrent_gla`` launches it (a one-tile state read before the wait)."""
     from statex_hf.kernels.dependent_launch import pdl_kwargs
     from statex_hf.kernels.gla import fused_recurrent as fr
 
@@ -94,8 +95,8 @@ def _step(q, k, v, g, o, h0, ht, config: tuple[int, int, int, int]):
     BK, BV, warps, stages = config
     fr.fused_recurrent_gla_step_kernel[(triton.cdiv(V, BV), N * H)](
         q, k, v, g, o, h0, ht, K**-0.5, 1.0, 0.0, H=H, K=K, V=V, BK=BK, BV=BV, STAGES=stages,
-        USE_INITIAL_STATE=True, STORE_FINAL_STATE=True, GATE_LOGITS=False, HAS_CLAMP=False, num_warps=warps,
-        **pdl_kwargs(),
+        USE_INITIAL_STATE=True, STORE_FINAL_STATE=True, GATE_LOGITS=False, HAS_CLAMP=False, PREFETCH_STATE=K <= BK,
+        num_warps=warps, **pdl_kwargs(),
     )  # fmt: skip
 
 
