@@ -277,6 +277,9 @@ def one_launch_conv_ssd(
     dt_bias: torch.Tensor | None = None,
     dt_softplus: bool = False,
     dt_limit: tuple[float, float] = (0.0, float("inf")),
+    norm_gate: torch.Tensor | None = None,
+    norm_weight: torch.Tensor | None = None,
+    norm_eps: float = 1e-6,
 ) -> torch.Tensor | None:
     """A Mamba2 layer's one-token step from its caches in one launch (``kernels/ssd/conv_state_update.py``):
     ``causal_conv1d(xBC, ..., conv_state, True)`` then ``ssd`` of the convolved ``[x | B | C]`` from ``state`` with
@@ -286,25 +289,33 @@ def one_launch_conv_ssd(
     contiguous), for at most ``ONE_LAUNCH_CONV_SSD_MAX_ROWS`` sequences, outside ``torch.compile`` (a compiled step
     keeps the two calls it had, as traced before), with a contiguous conv weight (under PDL the kernel reads it
     before waiting for the kernel before it, which must not be a copy of it: ``kernels/dependent_launch.py``);
-    ``None`` otherwise, and the caller makes the two calls."""
+    ``None`` otherwise, and the caller makes the two calls.
+
+    With ``norm_gate`` (z ``[b, 1, H * P]``) and ``norm_weight`` ``[H * P]``: the mixer's gated norm of y too, per
+    group of B and C (``gated_rmsnorm(y, z, norm_weight, norm_eps, H * P // G)``), in the same launch; returns
+    that ``[b, 1, H * P]``."""
+    gated = norm_gate is not None
     if not (
         not torch.compiler.is_compiling()
         and xBC.shape[1] == 1
         and xBC.shape[0] <= ONE_LAUNCH_CONV_SSD_MAX_ROWS
         and activation in ("silu", "swish", None)
-        and use_triton(xBC, conv_weight, conv_state, state)
-        and not needs_grad(xBC, conv_weight, conv_bias, conv_state, dt, A_log, D, dt_bias, state)
+        and use_triton(xBC, conv_weight, conv_state, state, *((norm_gate, norm_weight) if gated else ()))
+        and not needs_grad(xBC, conv_weight, conv_bias, conv_state, dt, A_log, D, dt_bias, state, norm_gate)
+        and not needs_grad(norm_weight)
         and state.dtype == torch.float32
         and state.is_contiguous()
         and xBC.stride(-1) == 1
         and conv_weight.is_contiguous()
+        and (not gated or norm_gate.stride(-1) == 1)
     ):
         return None  # decided before the import: a CPU run never imports Triton code on this path
     from statex_hf.kernels.ssd.conv_state_update import conv_state_update
 
     y = conv_state_update(
         xBC[:, 0], conv_weight, conv_state, state, dt[:, 0], None, n_groups, conv_bias, activation, D, dt_bias,
-        dt_softplus, dt_limit, A_log=A_log,
+        dt_softplus, dt_limit, A_log=A_log, norm_gate=norm_gate[:, 0] if gated else None, norm_weight=norm_weight,
+        norm_eps=norm_eps,
     )  # fmt: skip
     return y[:, None]
 

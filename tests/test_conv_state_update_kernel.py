@@ -258,6 +258,57 @@ def test_the_tickets_are_allocated_once_and_a_larger_batch_keeps_the_smaller_buf
         fused_module._TICKETS.pop(device, None)
 
 
+# ----- the mixer's gated norm in the same launch -----
+
+
+def tokens_with_gate(step):
+    """z, xBC and dt as Mamba2 passes them: slices of one in_proj row per sequence."""
+    row = torch.randn(step.b, H * P + step.conv_dim + H + 3).to(step.dtype)
+    z, xBC, dt, _ = row.split([H * P, step.conv_dim, H, 3], dim=-1)
+    return z, xBC, dt
+
+
+@pytest.mark.usefixtures("tiles")
+@pytest.mark.parametrize("chunk", [4096, 8], ids=["one-pass", "chunked"])  # a group of 32 / G channels
+@pytest.mark.parametrize("G", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_the_gated_norm_in_the_same_launch_is_the_norm_after_the_two_kernels(monkeypatch, chunk, G, dtype):
+    # Issue 20: the mixer's gated norm, a launch of its own after every layer's step, is taken by the group's last
+    # program. The caches are the two kernels' bit for bit still; the norm is the norm kernel's, its sums of squares
+    # taken in the same order in one pass (equal here), in chunks otherwise (equal to rounding).
+    from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
+
+    monkeypatch.setattr(fused_module, "NORM_CHUNK", chunk)
+    step = Step(3, G, 16, dtype=dtype)
+    two = step.copy()
+    weight = (1 + 0.1 * torch.randn(H * P)).to(dtype)
+    for _ in range(3):
+        z, xBC, dt = tokens_with_gate(step)
+        normed = conv_state_update(xBC, step.weight, step.window, step.state, dt, None, G, step.conv_bias, "silu",
+                                   step.D, step.dt_bias, True, step.dt_limit, A_log=step.A_log, norm_gate=z,
+                                   norm_weight=weight, norm_eps=1e-5)  # fmt: skip
+        y = two.two_kernels(xBC, dt)
+        want = gated_rmsnorm(y.reshape(3, H * P), z, weight, 1e-5, H * P // G)
+        assert normed.shape == (3, H * P) and normed.dtype == want.dtype == dtype
+        if chunk == 4096:
+            assert torch.equal(normed, want)
+        else:
+            torch.testing.assert_close(normed, want)
+        assert torch.equal(step.window, two.window) and torch.equal(step.state, two.state)
+    for tickets in fused_module._TICKETS[torch.device("cpu")]:
+        assert not tickets.any()
+
+
+def test_the_gated_norm_needs_its_gate_and_weight_of_the_right_shapes():
+    step = Step(2, 1, 16)
+    z, xBC, dt = tokens_with_gate(step)
+    args = (xBC, step.weight, step.window, step.state, dt, None, 1)
+    with pytest.raises(ValueError, match="takes both norm_gate"):
+        conv_state_update(*args, A_log=step.A_log, norm_gate=z)
+    with pytest.raises(ValueError, match=r"needs z \[2, 32\]"):
+        conv_state_update(*args, A_log=step.A_log, norm_gate=z[:, :16], norm_weight=torch.ones(H * P))
+
+
 # ----- dispatch: the one launch where the two kernels would run, nowhere else -----
 
 
@@ -349,7 +400,7 @@ def decode(model, ids, steps, monkeypatch, fused=True, attention_mask=None, one_
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_a_mamba2_step_launches_one_kernel_for_conv_and_state_and_computes_what_the_two_did(monkeypatch, batch, dtype):
-    # Issue 20: a layer's step launched the conv update and the state update; now one kernel, the same bits.
+    # Issue 20: a layer's step launched the conv update, the state update and the gated norm; now one kernel.
     from tiny_models import VOCAB, build
 
     model = build("mamba2", statex_layers=[1], n_groups=2).to(dtype)  # layer 1 expanded (N 16), G = 2
@@ -359,12 +410,32 @@ def test_a_mamba2_step_launches_one_kernel_for_conv_and_state_and_computes_what_
     layers = model.config.num_hidden_layers
     assert launched.count("ssd.conv_state_update") == layers and "conv.update" not in launched, launched
     assert launched_before.count("conv.update") == launched_before.count("ssd.state_update") == layers
-    assert len(launched) == len(launched_before) - layers
+    # The gated norm of each layer is in its one launch too (bit for bit here, where the two sum in one order).
+    assert launched_before.count("norm.fwd") - launched.count("norm.fwd") == layers, (launched, launched_before)
+    assert len(launched) == len(launched_before) - 2 * layers
     for g, w in zip(got, want, strict=True):
         assert g.dtype == w.dtype and torch.equal(g, w)
     if batch > dispatch.ONE_LAUNCH_CONV_SSD_MAX_ROWS:  # more sequences than the one launch takes by default
         _, launched = decode(model, ids, steps, monkeypatch, one_launch_rows=dispatch.ONE_LAUNCH_CONV_SSD_MAX_ROWS)
         assert launched == launched_before, launched
+
+
+def test_a_hooked_gated_norm_is_called_as_a_module_and_the_rest_of_the_step_stays_one_launch(monkeypatch):
+    # A hook on a mixer's norm (peft, a user's probe) sees every call: that layer's norm is not taken into the launch.
+    from tiny_models import VOCAB, build
+
+    model = build("mamba2", statex_layers=[1])
+    ids, steps = torch.randint(3, VOCAB, (1, 5)), torch.randint(3, VOCAB, (1, 2))
+    _, launched_unhooked = decode(model, ids, steps, monkeypatch)
+    seen = []
+    model.backbone.layers[0].mixer.norm.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    got, launched = decode(model, ids, steps, monkeypatch)
+    want, _ = decode(model, ids, steps, monkeypatch, fused=False)
+    assert seen[-2:] == [(1, 1, model.config.num_heads * model.config.head_dim)] * 2  # the two steps
+    assert launched.count("ssd.conv_state_update") == model.config.num_hidden_layers
+    assert launched.count("norm.fwd") == launched_unhooked.count("norm.fwd") + 1, launched
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
 
 
 def test_a_left_padded_batch_steps_in_one_launch_and_computes_what_the_two_did(monkeypatch):

@@ -133,8 +133,9 @@ def test_a_decode_step_casts_nothing_for_its_norms_and_adds_each_residual_in_one
     assert "add" not in seen.ops, seen.ops
     product = ["linear.gemv"] if gemv else []  # in_proj, out_proj and the head
     one_launch = batch <= dispatch.ONE_LAUNCH_CONV_SSD_MAX_ROWS  # else the conv and the state update, two launches
-    mixer = ["ssd.conv_state_update"] if one_launch else ["conv.update", "ssd.state_update"]
-    per_layer = ["norm.fwd", *product, *mixer, "norm.fwd", *product]
+    # The one launch takes the mixer's gated norm too; the two kernels leave it to its own.
+    mixer = ["ssd.conv_state_update"] if one_launch else ["conv.update", "ssd.state_update", "norm.fwd"]
+    per_layer = ["norm.fwd", *product, *mixer, *product]
     per_layer += ["activations.residual_add"]
     assert seen.triton == per_layer * layers + ["norm.fwd", *product], seen.triton
     with monkeypatch.context() as m:

@@ -21,7 +21,11 @@ The windows are updated in place, and every program of a group reads the group's
 window of such a channel may only be written once all of them have read the old one. Each program takes a
 ticket (an atomic count per batch row and group, the "last block" pattern) once its reads are done; the one that
 draws the last ticket writes the group's B and C windows and sets the count back to zero for the next launch.
-An x channel is read by its own program only, which writes its window itself, after its reads. In the decode graphs
+With the mixer's gated norm (``norm_gate``, ``norm_weight``), the group's last program normalizes the group's y
+too, once every program of the group has stored its y before its ticket (the ticket's release makes those
+stores visible to it): one launch fewer per layer, whose own wait for this kernel's end, then its loads, cost a
+B = 1 step more than that program's tail does. An x channel is read by its own program only, which writes its
+window itself, after its reads. In the decode graphs
 the kernel takes programmatic dependent launch (``kernels/dependent_launch.py``): it waits for the kernel before it
 (in_proj) before it reads in_proj's output or takes a ticket, so every earlier launch, and the reset of its tickets,
 has finished. Before that wait it reads only what no kernel of a step writes before it: the weights, and its own
@@ -45,6 +49,7 @@ import triton.language as tl
 from statex_hf.kernels.activations.elementwise import silu
 from statex_hf.kernels.dependent_launch import pdl_kwargs, wait_for_predecessor
 from statex_hf.kernels.launch import LaunchConfig
+from statex_hf.kernels.norm.gated_rmsnorm import _gate, _output, _weight, output_dtype
 from statex_hf.kernels.ssd.configs import ssd_config, ssd_launch
 from statex_hf.kernels.ssd.state_update import _step_and_decay
 
@@ -53,6 +58,9 @@ from statex_hf.kernels.ssd.state_update import _step_and_decay
 # once would share the counts). A larger batch takes a new, larger buffer; the older ones stay alive, since a
 # captured CUDA graph may still replay them. Allocated inside the launch (``run``), before the first kernel.
 _TICKETS: dict[torch.device, list[torch.Tensor]] = {}
+# The gated norm's chunk: the widest group normalized in one pass (Mamba2-1.3B's 4096 channels; a wider group is
+# walked twice, a sum of squares first).
+NORM_CHUNK = 4096
 
 
 def _tickets(device: torch.device, count: int) -> torch.Tensor:
@@ -125,6 +133,40 @@ def _store_window(window_row, stride_wd, stride_wk, ch, mask, window, K: tl.cons
 
 
 @triton.jit
+def _gated_norm_of_group(y_row, z_row, norm_w, out_row, g, S, eps, BS: tl.constexpr, NCHUNK: tl.constexpr):
+    """Group ``g``'s ``w * round(norm(y * silu(z)))`` (``norm/gated_rmsnorm.py``'s Mamba2 order and roundings, its
+    helpers, on its ``[1, BS]`` tiles), from the group's ``S`` channels of y (written by every program of the group,
+    read past L1) and z, walked in ``NCHUNK`` chunks of ``BS``: one pass where one chunk holds the group, else a sum
+    of squares first, as the norm kernel walks a group wider than its block."""
+    cols = tl.arange(0, BS)[None, :]
+    base = g * S
+    if NCHUNK == 1:
+        mask = cols < S
+        x = tl.load(y_row + base + cols, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
+        u, x, z, sig = _gate(x, z_row, base + cols, mask, True, False, False, tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(u * u, axis=1) / S + eps)
+        w = _weight(norm_w, g, S, tl.arange(0, BS), tl.arange(0, BS) < S, True)
+        out = _output(u * rstd[:, None], w, z, sig, y_row.dtype.element_ty, True, False)
+        tl.store(out_row + base + cols, out.to(out_row.dtype.element_ty), mask=mask)
+    else:
+        ss = tl.zeros([1], dtype=tl.float32)
+        for c in range(NCHUNK):
+            mask = c * BS + cols < S
+            x = tl.load(y_row + base + c * BS + cols, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
+            u, x, z, sig = _gate(x, z_row, base + c * BS + cols, mask, True, False, False, tl.float32)
+            ss += tl.sum(u * u, axis=1)
+        rstd = 1.0 / tl.sqrt(ss / S + eps)
+        for c in range(NCHUNK):
+            chunk = c * BS + tl.arange(0, BS)
+            mask = chunk[None, :] < S
+            x = tl.load(y_row + base + chunk[None, :], mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
+            u, x, z, sig = _gate(x, z_row, base + chunk[None, :], mask, True, False, False, tl.float32)
+            w = _weight(norm_w, g, S, chunk, chunk < S, True)
+            out = _output(u * rstd[:, None], w, z, sig, y_row.dtype.element_ty, True, False)
+            tl.store(out_row + base + chunk[None, :], out.to(out_row.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _conv_state_update_kernel(
     xBC,
     conv_w,
@@ -137,6 +179,11 @@ def _conv_state_update_kernel(
     dt_bias,
     y,
     tickets,
+    z,
+    norm_w,
+    normed,
+    stride_z_b,
+    norm_eps,
     H,
     G,
     P,
@@ -162,6 +209,9 @@ def _conv_state_update_kernel(
     SOFTPLUS: tl.constexpr,
     A_IS_LOG: tl.constexpr,
     USE_PDL: tl.constexpr,
+    GATED_NORM: tl.constexpr = False,
+    NORM_BS: tl.constexpr = 1,
+    NORM_NCHUNK: tl.constexpr = 1,
 ):
     pid = tl.program_id(0).to(tl.int64)
     h = pid % H
@@ -224,12 +274,16 @@ def _conv_state_update_kernel(
 
     # Every read of a window by any thread of this program is done before the ticket tells the group's last
     # program that this one has read (and before this program's own first window write: threads may hold copies
-    # of one channel). Nothing is stored yet, so the ticket's release waits for no write.
+    # of one channel). Nothing is stored yet, so the ticket's release waits for no write; but y, where the group's
+    # last program normalizes it (GATED_NORM), which the release then makes visible to that program.
+    if GATED_NORM:
+        tl.store(y + (bi * H + h) * P + ps, acc.to(y.dtype.element_ty), mask=pmask)
     tl.debug_barrier()
     ticket = tl.atomic_add(tickets + bi * G + g, 1, sem="acq_rel", scope="gpu")
     ns = (N - 1) // BN * BN + tl.arange(0, BN)
     tl.store(rows + ns[None, :], new, mask=pmask[:, None] & (ns < N)[None, :])
-    tl.store(y + (bi * H + h) * P + ps, acc.to(y.dtype.element_ty), mask=pmask)
+    if not GATED_NORM:
+        tl.store(y + (bi * H + h) * P + ps, acc.to(y.dtype.element_ty), mask=pmask)
     _store_window(window_row, stride_wd, stride_wk, x_channels, pmask, x_window, K, KP)
     if ticket == (H // G) * tl.num_programs(1) - 1:
         # Every program of the group has read the old B and C windows: write the new ones, then reset the count.
@@ -245,6 +299,9 @@ def _conv_state_update_kernel(
                 tl.debug_barrier()
                 _store_window(window_row, stride_wd, stride_wk, b_channels + ns, nmask, b_window, K, KP)
                 _store_window(window_row, stride_wd, stride_wk, c_channels + ns, nmask, c_window, K, KP)
+        if GATED_NORM:  # every program of the group has stored its y: the group's norm, in place of its own launch
+            _gated_norm_of_group(y + bi * H * P, z + bi * stride_z_b, norm_w, normed + bi * H * P, g, (H // G) * P,
+                                 norm_eps, NORM_BS, NORM_NCHUNK)  # fmt: skip
         tl.atomic_xchg(tickets + bi * G + g, 0, sem="relaxed", scope="gpu")
 
 
@@ -263,9 +320,18 @@ def conv_state_update(
     dt_softplus: bool = False,
     dt_limit: tuple[float, float] = (0.0, float("inf")),
     A_log: torch.Tensor | None = None,
+    *,
+    norm_gate: torch.Tensor | None = None,
+    norm_weight: torch.Tensor | None = None,
+    norm_eps: float = 1e-6,
 ) -> torch.Tensor:
     """One Mamba2 decode step, ``conv_state`` and ``state`` updated in place: ``causal_conv1d_update`` of the
     token's ``[x | B | C]`` followed by ``ssd_state_update`` of its pieces, in one launch and bit for bit.
+
+    With ``norm_gate`` (z, ``[b, H * P]``, unit-stride channels) and ``norm_weight`` (``[H * P]``), y goes on
+    through the mixer's gated norm in the same launch: Mamba2's ``w * round(norm(y * silu(z)))`` over each of the
+    G groups of heads (``norm/gated_rmsnorm.py``'s order and roundings; its sums may be taken in another order),
+    computed by the group's last program once every program of the group has stored its y.
 
     Args:
         xBC: ``[b, H * P + 2 * G * N]``, the channels unit-stride (a slice of in_proj's output, not copied).
@@ -279,7 +345,8 @@ def conv_state_update(
         D, dt_bias: ``[H]`` or ``None``.
 
     Returns:
-        ``y`` ``[b, H, P]`` in xBC's dtype.
+        ``y`` ``[b, H, P]`` in xBC's dtype; with the norm, the normalized y ``[b, H * P]`` in the gated norm's
+        output dtype (y's and the weight's promoted).
     """
     b, H, P, N = state.shape
     G = n_groups
@@ -303,20 +370,40 @@ def conv_state_update(
     if (A is None) == (A_log is None):
         raise ValueError("conv_state_update: give exactly one of A and A_log")
     A_in = A if A is not None else A_log
+    if (norm_gate is None) != (norm_weight is None):
+        raise ValueError("conv_state_update: the gated norm takes both norm_gate (z) and norm_weight")
+    gated_norm = norm_gate is not None
+    if gated_norm and (
+        tuple(norm_gate.shape) != (b, H * P) or norm_gate.stride(-1) != 1 or tuple(norm_weight.shape) != (H * P,)
+    ):
+        raise ValueError(
+            f"conv_state_update: the gated norm needs z [{b}, {H * P}] with unit-stride channels and a weight "
+            f"[{H * P}]; got z {tuple(norm_gate.shape)} (strides {norm_gate.stride()}), "
+            f"weight {tuple(norm_weight.shape)}"
+        )
     conv_weight = conv_weight.contiguous()
     y = torch.empty(b, H, P, device=xBC.device, dtype=xBC.dtype)
+    normed = None
+    if gated_norm:
+        norm_weight = norm_weight.contiguous()
+        normed = torch.empty(b, H * P, device=xBC.device, dtype=output_dtype(xBC.dtype, norm_weight, False))
+    group_size = H // G * P
+    norm_bs = min(triton.next_power_of_2(group_size), NORM_CHUNK)
 
     def run(c: LaunchConfig) -> None:
         tickets = _tickets(xBC.device, b * G)
         unused = A_in  # a pointer for the absent optional tensors (their loads are compiled out)
         _conv_state_update_kernel[(b * H, triton.cdiv(P, c.BP))](
             xBC, conv_weight, conv_bias if conv_bias is not None else unused, conv_state, state, dt, A_in,
-            D if D is not None else unused, dt_bias if dt_bias is not None else unused, y, tickets, H, G, P, N,
+            D if D is not None else unused, dt_bias if dt_bias is not None else unused, y, tickets,
+            norm_gate if gated_norm else y, norm_weight if gated_norm else y, normed if gated_norm else y,
+            norm_gate.stride(0) if gated_norm else 0, float(norm_eps), H, G, P, N,
             float(dt_limit[0]), float(dt_limit[1]), xBC.stride(0), *dt.stride(), *conv_state.stride(), K=K,
             KP=max(1, triton.next_power_of_2(K - 1)), WINDOWS_AT_ONCE=N <= c.BW, HAS_CONV_BIAS=conv_bias is not None,
             SILU=activation is not None, HAS_D=D is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
-            A_IS_LOG=A is None, enable_fp_fusion=False, **c.kwargs(), **pdl_kwargs(),
+            A_IS_LOG=A is None, GATED_NORM=gated_norm, NORM_BS=norm_bs, NORM_NCHUNK=triton.cdiv(group_size, norm_bs),
+            enable_fp_fusion=False, **c.kwargs(), **pdl_kwargs(),
         )  # fmt: skip
 
     ssd_launch("conv_state_update", run, ssd_config("conv_state_update", 0, P, N, device=state.device), operand=xBC)
-    return y
+    return normed if gated_norm else y

@@ -13,7 +13,7 @@ import torch
 from statex_hf.kernels import dispatch
 from statex_hf.kernels.ssd.naive import discretize_dt
 from statex_hf.modeling.cache import conv_state, recurrent_state, store_conv_state, store_recurrent_state
-from statex_hf.modeling.decode_linear import DecodeLinear
+from statex_hf.modeling.decode_linear import DecodeLinear, hooked
 from statex_hf.modeling.mamba2.configuration_statex_mamba2 import StateXMamba2Config
 from statex_hf.modeling.normed_sums import add_and_normalize, link_next_norms, take_normed_sum
 from statex_hf.modeling.recurrent_model import StateXRecurrentForCausalLM, StateXRecurrentModel
@@ -145,27 +145,36 @@ class StateXMamba2Mixer(nn.Module):
         z, xBC, dt = self.in_proj(hidden_states).split([self.intermediate_size, self.conv_dim, self.num_heads], dim=-1)
         if mask is not None:  # padding enters no convolution window
             xBC = xBC * mask
-        y = self._one_launch_step(xBC, dt, cache) if mask is None and cu_seqlens is None else None
-        if y is None:
+        normed = self._one_launch_step(xBC, dt, z, cache) if mask is None and cu_seqlens is None else None
+        if normed is None:
             y = self._conv_and_scan(xBC, dt, mask, cache, cu_seqlens)
-        y = self.norm(y.reshape(batch, seqlen, self.intermediate_size), z)
-        return self.out_proj(y.to(dtype)).view(*shape[:-1], -1)
+            normed = self.norm(y.reshape(batch, seqlen, self.intermediate_size), z)
+        return self.out_proj(normed.to(dtype)).view(*shape[:-1], -1)
 
-    def _one_launch_step(self, xBC: torch.Tensor, dt: torch.Tensor, cache: Cache | None) -> torch.Tensor | None:
-        """y ``[b, 1, H, P]`` of a one-token step that continues the cache, its conv window and state updated in
-        one launch (``dispatch.one_launch_conv_ssd``); ``None`` where that does not apply."""
+    def _one_launch_step(
+        self, xBC: torch.Tensor, dt: torch.Tensor, z: torch.Tensor, cache: Cache | None
+    ) -> torch.Tensor | None:
+        """``self.norm(y, z)`` ``[b, 1, H * P]`` of a one-token step that continues the cache, its conv window and
+        state updated and, where the norm is this class's own, unhooked, and normalizes each group of heads that
+        shares B and C, y normalized in the same launch (``dispatch.one_launch_conv_ssd``); ``None`` where that
+        launch does not apply."""
         window = conv_state(cache, self.layer_idx) if cache is not None else None
         state = recurrent_state(cache, self.layer_idx) if cache is not None else None
         if window is None or state is None:
             return None
+        norm = self.norm
+        in_launch = type(norm) is StateXMamba2RMSNorm and not hooked(norm)
+        in_launch = in_launch and norm.group_size * self.n_groups == self.intermediate_size
         y = dispatch.one_launch_conv_ssd(
             xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.activation, window, dt, self.A_log,
             self.n_groups, state, self.D, self.dt_bias, True, self.time_step_limit,
+            *((z, norm.weight, norm.variance_epsilon) if in_launch else ()),
         )  # fmt: skip
-        if y is not None:  # both updated in place: this only marks them as the layer's
-            store_conv_state(cache, self.layer_idx, window)
-            store_recurrent_state(cache, self.layer_idx, state)
-        return y
+        if y is None:
+            return None
+        store_conv_state(cache, self.layer_idx, window)  # both updated in place: this only marks them as the layer's
+        store_recurrent_state(cache, self.layer_idx, state)
+        return y if in_launch else norm(y.reshape(*z.shape), z)
 
     def _conv_and_scan(
         self,
