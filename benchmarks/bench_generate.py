@@ -339,6 +339,9 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="toy shapes (a check of this script, runs on CPU)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    for flag in ("new_tokens", "peer_new_tokens", "eager_new_tokens"):
+        if getattr(args, flag) < 3:  # each is timed as generate(N) - generate(2), over N - 2 tokens
+            parser.error(f"--{flag.replace('_', '-')} must be at least 3 (timed as N tokens minus 2 tokens)")
     args.batches = [int(b) for b in args.batches.split(",")]
     # --tiny's lengths keep the CPU check inside its process's time limit (64K tokens on CPU would not be).
     args.ttft = [int(t) for t in (args.ttft or (TINY_TTFT if args.tiny else TTFT)).split(",") if t]

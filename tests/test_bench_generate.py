@@ -31,6 +31,15 @@ def test_the_generate_benchmark_finishes_its_tiny_check_on_cpu(tmp_path):
     assert 0 < decode["weight_share"] <= decode["share"]  # the weights alone: part of the step's bytes
 
 
+def test_fewer_than_three_timed_tokens_is_one_clear_error_before_any_model_is_built():
+    # Each count is timed as generate(N) - generate(2) over N - 2: --eager-new-tokens 2 divided by zero in the
+    # workers after the decode rows (seen on the GPU machine).
+    command = [sys.executable, BENCH, "--tiny", "--impls", "ours_gla", "--eager-new-tokens", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--eager-new-tokens must be at least 3" in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
 def test_a_batch_that_ran_out_of_memory_is_a_row_of_the_table(capsys, monkeypatch):
     # transformers' Mamba2 (torch path) runs out of GPU memory in its B = 64 prefill: the row says so, the
     # table prints the other rows instead of the whole peer being lost.
