@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from statex_hf.modeling.generation import LEGACY_CACHE_NAMES
 from statex_hf.modeling.recurrent_model import output_cache_field
 from tiny_models import VARIANTS, VOCAB, build, returned_cache
 
@@ -233,7 +234,10 @@ def test_decode_steps_get_the_inputs_transformers_prepares(family, settings, mon
         with monkeypatch.context() as patch:
             patch.setattr(cls, "_is_plain_decode_step", lambda *a: False)
             general = prepare(self, *args, **dict(kwargs))
-        quick_steps.append(plain_step(self, args[0], kwargs.get("next_sequence_length"), kwargs.get("cache"), {}))
+        # generate before transformers 5.24 hands the cache back as past_key_values / cache_params (the model takes
+        # either): the probe looks under every name, as prepare_inputs_for_generation does.
+        cache = next((kwargs[n] for n in ("cache", *LEGACY_CACHE_NAMES) if kwargs.get(n) is not None), None)
+        quick_steps.append(plain_step(self, args[0], kwargs.get("next_sequence_length"), cache, {}))
         prepared = prepare(self, *args, **kwargs)
         same.append(_same_inputs(prepared, general))
         return prepared
