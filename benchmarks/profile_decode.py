@@ -61,6 +61,12 @@ def profile_step(impl: str, batch: int, top: int) -> None:
     torch.cuda.empty_cache()
 
 
+def _added(before, kernel) -> float:
+    """What ``kernel`` adds to a replay: from the end of the kernel ``before`` it (``None``: its start) to its end."""
+    start = kernel.time_range.start if before is None else max(before.time_range.end, kernel.time_range.start)
+    return max(0.0, kernel.time_range.end - start)
+
+
 def profile_graph(impl: str, batch: int, top: int, sequence: int = 0, replays: int = 5) -> None:
     from statex_hf.modeling.decode_graphs import decode_graphs_for
 
@@ -83,8 +89,7 @@ def profile_graph(impl: str, batch: int, top: int, sequence: int = 0, replays: i
         chunk = kernels[r * per_replay : (r + 1) * per_replay]
         spans.append(chunk[-1].time_range.end - chunk[0].time_range.start)
         for before, e in zip([None, *chunk], chunk):
-            start = e.time_range.start if before is None else max(before.time_range.end, e.time_range.start)
-            added.setdefault(e.name, []).append(max(0.0, e.time_range.end - start) / replays)
+            added.setdefault(e.name, []).append(_added(before, e) / replays)
     print(f"\n{impl}, B = {batch}, graph replay: {per_replay} kernels, {sum(spans) / replays:.0f} us a replay "
           f"(first kernel's start to last kernel's end)")  # fmt: skip
     for name, times in sorted(added.items(), key=lambda kv: -sum(kv[1]))[:top]:
@@ -94,9 +99,8 @@ def profile_graph(impl: str, batch: int, top: int, sequence: int = 0, replays: i
         t0 = chunk[0].time_range.start
         print("   start      dur    added  kernel")
         for before, e in zip([None, *chunk[:sequence]], chunk[:sequence]):
-            start = e.time_range.start if before is None else max(before.time_range.end, e.time_range.start)
             dur = e.time_range.end - e.time_range.start
-            print(f"  {e.time_range.start - t0:7.1f} {dur:7.2f} {e.time_range.end - start:7.2f}  {e.name[:80]}")
+            print(f"  {e.time_range.start - t0:7.1f} {dur:7.2f} {_added(before, e):7.2f}  {e.name[:80]}")
     del model, step
     torch.cuda.empty_cache()
 

@@ -163,8 +163,11 @@ class StateXMamba2Mixer(nn.Module):
         if window is None or state is None:
             return None
         norm = self.norm
-        in_launch = type(norm) is StateXMamba2RMSNorm and not hooked(norm)
-        in_launch = in_launch and norm.group_size * self.n_groups == self.intermediate_size
+        in_launch = (
+            type(norm) is StateXMamba2RMSNorm
+            and not hooked(norm)
+            and norm.group_size * self.n_groups == self.intermediate_size  # its groups are those of B and C
+        )
         y = dispatch.one_launch_conv_ssd(
             xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.activation, window, dt, self.A_log,
             self.n_groups, state, self.D, self.dt_bias, True, self.time_step_limit,
