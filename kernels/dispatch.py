@@ -15,6 +15,7 @@ from statex_hf.kernels.activations.naive import naive_swiglu
 from statex_hf.kernels.conv.naive import naive_causal_conv1d
 from statex_hf.kernels.gla.chunk_torch import chunk_gla_torch
 from statex_hf.kernels.gla.naive import gla_log_decay, naive_recurrent_gla
+from statex_hf.kernels.linear.row_norm import RowNorm
 from statex_hf.kernels.norm.naive import naive_gated_rmsnorm
 from statex_hf.kernels.ssd.naive import naive_ssd
 from statex_hf.kernels.utils import needs_grad
@@ -103,12 +104,16 @@ def _plain_tensors(tensors: list[torch.Tensor]) -> bool:
     return all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)
 
 
-def _takes_gemv(x: torch.Tensor, *weights: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+def _takes_gemv(
+    x: torch.Tensor, *weights: torch.Tensor, bias: torch.Tensor | None = None, product_dtype: torch.dtype | None = None
+) -> bool:
     """Whether ``x``'s products with ``weights`` run as the Triton GEMV: CUDA, no gradient, at most
     ``GEMV_MAX_ROWS`` rows of x, bf16 or fp16 in one dtype, weights contiguous along K, outside ``torch.compile``,
     plain tensors (the GEMV reads raw memory: a subclass such as torchao's quantized weights or a DTensor
-    computes its own ``F.linear``)."""
+    computes its own ``F.linear``). ``product_dtype``: the dtype of what the weights multiply where that is not
+    x's own (a norm's output on x, ``kernels/linear/row_norm.py``)."""
     tensors = [t for t in (x, *weights, bias) if t is not None]
+    dtype = x.dtype if product_dtype is None else product_dtype
     return (
         not torch.compiler.is_compiling()
         and _plain_tensors(tensors)
@@ -116,8 +121,8 @@ def _takes_gemv(x: torch.Tensor, *weights: torch.Tensor, bias: torch.Tensor | No
         and not needs_grad(*tensors)
         and x.dim() >= 1
         and math.prod(x.shape[:-1]) <= GEMV_MAX_ROWS
-        and x.dtype in (torch.bfloat16, torch.float16)
-        and {t.dtype for t in tensors} == {x.dtype}
+        and dtype in (torch.bfloat16, torch.float16)
+        and {t.dtype for t in tensors if t is not x} | {dtype} == {dtype}
         and all(w.dim() == 2 and w.stride(-1) == 1 for w in weights)
     )
 
@@ -133,33 +138,83 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
-def _one_launch_applies(x: torch.Tensor, *weights: torch.Tensor) -> bool:
-    """Whether the fused one-row kernels (``kernels/linear/gemv_group.py``) serve these products: each would take
-    the GEMV, x is exactly one row (an empty batch is ``F.linear``'s), every weight contiguous (rows indexed by K)."""
-    return _takes_gemv(x, *weights) and math.prod(x.shape[:-1]) == 1 and all(w.is_contiguous() for w in weights)
+def _one_launch_applies(
+    x: torch.Tensor,
+    *weights: torch.Tensor,
+    norm: RowNorm | None = None,
+    residual: torch.Tensor | None = None,
+    residual_dtype: torch.dtype | None = None,
+) -> bool:
+    """Whether the fused one-row kernels (``kernels/linear/gemv_group.py``, ``gemv.py`` with a norm or a residual)
+    serve these products: each would take the GEMV (on the norm's output where ``norm`` is given), x is exactly one
+    row (an empty batch is ``F.linear``'s), every weight contiguous (rows indexed by K); a norm the prologue
+    computes (``RowNorm.applies``); a residual ``[..., N]`` of one device, contiguous, that ``residual_dtype``
+    holds exactly."""
+    if norm is not None and not norm.applies(x):
+        return False
+    extra = [t for t in (None if norm is None else norm.weight, residual) if t is not None]
+    if residual is not None:
+        residual_dtype = residual.dtype if residual_dtype is None else residual_dtype
+        if not (
+            residual.shape == (*x.shape[:-1], weights[0].shape[0])
+            and residual.is_contiguous()
+            and torch.promote_types(residual.dtype, residual_dtype) == residual_dtype
+            and {residual.dtype, residual_dtype} <= {torch.float32, torch.bfloat16, torch.float16}
+        ):
+            return False
+    return (
+        _takes_gemv(x, *weights, product_dtype=None if norm is None else norm.normed_dtype(x.dtype))
+        and _plain_tensors(extra)
+        and use_triton(*extra, *weights)
+        and not needs_grad(*extra)
+        and len({t.device for t in (x, *extra, *weights)}) == 1
+        and math.prod(x.shape[:-1]) == 1
+        and all(w.is_contiguous() for w in weights)
+    )
 
 
-def one_launch_products(x: torch.Tensor, weights: list[torch.Tensor]) -> list[torch.Tensor] | None:
+def one_launch_products(
+    x: torch.Tensor, weights: list[torch.Tensor], norm: RowNorm | None = None
+) -> list[torch.Tensor] | None:
     """``[F.linear(x, w) for w in weights]`` as one launch of the grouped GEMV (``kernels/linear/gemv_group.py``,
     each product ``linear``'s GEMV bit for bit where that does not split K) where x is one row, each product
     would take the GEMV and the weights are contiguous (at most ``MAX_GROUP``); ``None`` otherwise, and the caller
-    runs its modules."""
-    if not _one_launch_applies(x, *weights):
+    runs its modules. ``norm``: the products of ``norm``'s output on x, the norm computed in the same launch."""
+    if not _one_launch_applies(x, *weights, norm=norm):
         return None  # decided before the import: a compiled graph or a CPU run never reaches it
     from statex_hf.kernels.linear.gemv_group import MAX_GROUP, gemv_group
 
-    return gemv_group(x, weights) if len(weights) <= MAX_GROUP else None
+    return gemv_group(x, weights, norm) if len(weights) <= MAX_GROUP else None
 
 
-def one_launch_swiglu(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch.Tensor) -> torch.Tensor | None:
+def one_launch_swiglu(
+    x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch.Tensor, norm: RowNorm | None = None
+) -> torch.Tensor | None:
     """``silu(F.linear(x, gate_weight)) * F.linear(x, up_weight)`` as one launch (``gemv_group.gemv_swiglu``: the
     two GEMVs and the SwiGLU kernel bit for bit where neither splits K) where x is one row and both products would
-    take the GEMV; ``None`` otherwise."""
-    if gate_weight.shape == up_weight.shape and _one_launch_applies(x, gate_weight, up_weight):
+    take the GEMV; ``None`` otherwise. ``norm``: of ``norm``'s output on x, computed in the same launch."""
+    if gate_weight.shape == up_weight.shape and _one_launch_applies(x, gate_weight, up_weight, norm=norm):
         from statex_hf.kernels.linear.gemv_group import gemv_swiglu
 
-        return gemv_swiglu(x, gate_weight, up_weight)
+        return gemv_swiglu(x, gate_weight, up_weight, norm)
     return None
+
+
+def one_launch_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    norm: RowNorm | None = None,
+    residual: torch.Tensor | None = None,
+    residual_dtype: torch.dtype | None = None,
+) -> torch.Tensor | None:
+    """``F.linear(norm(x), weight)``, with ``residual`` ``residual.to(residual_dtype)`` plus that (torch's add), as
+    one launch of the one-row GEMV (``kernels/linear/row_norm.py``: the norm computed as x is loaded, the add as y is
+    stored) where x is one row and the product would take the GEMV; ``None`` otherwise."""
+    if not _one_launch_applies(x, weight, norm=norm, residual=residual, residual_dtype=residual_dtype):
+        return None
+    from statex_hf.kernels.linear.gemv import gemv
+
+    return gemv(x, weight, None, norm, residual, residual_dtype)
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

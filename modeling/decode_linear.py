@@ -1,11 +1,13 @@
-"""``nn.Linear`` whose one-row no-grad CUDA calls (a B = 1 decode step) run the Triton GEMV, and the products of
-one input that such a step can take in one launch."""
+"""``nn.Linear`` whose one-row no-grad CUDA calls (a B = 1 decode step) run the Triton GEMV, the products of one
+input that such a step can take in one launch, and a block's norm and residual add taken into its sublayers' first
+and last products (``kernels/linear/row_norm.py``)."""
 
 from __future__ import annotations
 
 import torch
 from statex_hf.kernels import dispatch
 from statex_hf.kernels.dependent_launch import dependent_launches
+from statex_hf.kernels.linear.row_norm import RowNorm
 from torch import nn
 
 
@@ -34,19 +36,64 @@ def _bare(module: nn.Module) -> bool:
     return type(module) is DecodeLinear and module.bias is None and not hooked(module)
 
 
-def one_launch(x: torch.Tensor, modules: list[nn.Module]) -> list[torch.Tensor] | None:
+def one_launch(x: torch.Tensor, modules: list[nn.Module], norm: RowNorm | None = None) -> list[torch.Tensor] | None:
     """``[module(x) for module in modules]`` as one launch of the grouped GEMV (``dispatch.one_launch_products``),
     or ``None`` where that does not apply and the caller runs the modules. Only a bare ``DecodeLinear`` (not a
-    peft or quantized wrapper, no bias, no hooks) is fused: its call is exactly its weight's product."""
+    peft or quantized wrapper, no bias, no hooks) is fused: its call is exactly its weight's product. ``norm``: the
+    products of its output on x, in the same launch."""
     if not all(map(_bare, modules)):
         return None
-    return dispatch.one_launch_products(x, [m.weight for m in modules])
+    return dispatch.one_launch_products(x, [m.weight for m in modules], norm)
+
+
+def normed_linear(module: nn.Module, x: torch.Tensor, norm: RowNorm) -> torch.Tensor | None:
+    """``module(norm(x))`` as one launch (``dispatch.one_launch_linear``) for a bare ``DecodeLinear``; ``None``
+    where that does not apply."""
+    return dispatch.one_launch_linear(x, module.weight, norm=norm) if _bare(module) else None
+
+
+def plus_residual(
+    module: nn.Module, x: torch.Tensor, residual: torch.Tensor, residual_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """``residual.to(residual_dtype) + module(x)`` (``dispatch.residual_add``; ``residual_dtype`` None keeps
+    residual's), a sublayer's last product added to a block's residual stream: one launch where the one-row GEMV
+    takes a bare ``DecodeLinear``'s product (``dispatch.one_launch_linear``), else the module and the add."""
+    if _bare(module):
+        summed = dispatch.one_launch_linear(x, module.weight, residual=residual, residual_dtype=residual_dtype)
+        if summed is not None:
+            return summed
+    return dispatch.residual_add(residual, module(x).view(residual.shape), residual_dtype)
+
+
+def norms_go_into_products(hidden_states: torch.Tensor, dtype: torch.dtype, *sublayers: nn.Module) -> bool:
+    """Whether a pre-norm block hands its norms and residual adds to its sublayers (their ``input_norm`` and
+    ``residual`` arguments), whose one-row kernels compute them inside their first and last products: one row of
+    a decode step on the CUDA path, without gradients, outside ``torch.compile``, products in a ``dtype`` (the
+    model's) that the one-row GEMV takes (bf16, fp16), its sublayers unhooked (a hook sees a sublayer's usual input
+    and output). Each sublayer still normalizes and adds by itself where its kernels do not apply (a wrapped or
+    hooked projection or norm)."""
+    return (
+        dtype in (torch.bfloat16, torch.float16)
+        and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and hidden_states.numel() == hidden_states.shape[-1] > 0
+        and dispatch.use_triton(hidden_states)
+        and not any(map(hooked, sublayers))
+    )
+
+
+def fused_swiglu(
+    x: torch.Tensor, gate_proj: nn.Module, up_proj: nn.Module, norm: RowNorm | None = None
+) -> torch.Tensor | None:
+    """``silu(gate_proj(x)) * up_proj(x)`` (with ``norm``, of its output on x) as one launch for bare
+    ``DecodeLinear`` s at one row (``dispatch.one_launch_swiglu``); ``None`` where that does not apply."""
+    if _bare(gate_proj) and _bare(up_proj):
+        return dispatch.one_launch_swiglu(x, gate_proj.weight, up_proj.weight, norm)
+    return None
 
 
 def swiglu_of(x: torch.Tensor, gate_proj: nn.Module, up_proj: nn.Module) -> torch.Tensor:
-    """``silu(gate_proj(x)) * up_proj(x)``: one launch for bare ``DecodeLinear`` s at one row
-    (``dispatch.one_launch_swiglu``), else the two calls and ``dispatch.swiglu``."""
-    fused = (
-        dispatch.one_launch_swiglu(x, gate_proj.weight, up_proj.weight) if _bare(gate_proj) and _bare(up_proj) else None
-    )
+    """``silu(gate_proj(x)) * up_proj(x)``: one launch for bare ``DecodeLinear`` s at one row (``fused_swiglu``),
+    else the two calls and ``dispatch.swiglu``."""
+    fused = fused_swiglu(x, gate_proj, up_proj)
     return fused if fused is not None else dispatch.swiglu(gate_proj(x), up_proj(x))

@@ -50,6 +50,18 @@ def one_thread():
 
 
 @pytest.fixture
+def norms_apart(monkeypatch):
+    """A block's norms and residual adds at one row as before they went into its sublayers' products
+    (``kernels/linear/row_norm.py``): the add + norm kernel and the residual stream's kernels, which the tests that
+    use this look at (``pytestmark = pytest.mark.usefixtures("norms_apart")``)."""
+    from statex_hf.modeling.gla import modeling_statex_gla
+    from statex_hf.modeling.mamba2 import modeling_statex_mamba2
+
+    for module in (modeling_statex_gla, modeling_statex_mamba2):
+        monkeypatch.setattr(module, "norms_go_into_products", lambda *args: False)
+
+
+@pytest.fixture
 def on_cuda_dispatch(monkeypatch):
     """``kernels/dispatch.py`` as on a GPU (every tensor counts as CUDA), the kernels under the interpreter."""
     from statex_hf.kernels import dispatch

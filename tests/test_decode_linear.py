@@ -79,7 +79,9 @@ def test_decode_linear_is_an_nn_linear_with_its_state_dict():
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_a_bf16_decode_step_runs_every_projection_and_the_head_as_the_gemv(monkeypatch, on_cuda_dispatch, family):
+def test_a_bf16_decode_step_runs_every_projection_and_the_head_as_the_gemv(
+    monkeypatch, on_cuda_dispatch, norms_apart, family
+):
     model = build(family, statex_layers=[1]).to(torch.bfloat16)
     layers = model.config.num_hidden_layers
     ids = torch.randint(3, VOCAB, (1, 6))
@@ -94,8 +96,8 @@ def test_a_bf16_decode_step_runs_every_projection_and_the_head_as_the_gemv(monke
         return seen, logits
 
     with monkeypatch.context() as m:  # every product its own launch
-        m.setattr(dispatch, "one_launch_products", lambda x, weights: None)
-        m.setattr(dispatch, "one_launch_swiglu", lambda x, gate, up: None)
+        m.setattr(dispatch, "one_launch_products", lambda x, weights, norm=None: None)
+        m.setattr(dispatch, "one_launch_swiglu", lambda x, gate, up, norm=None: None)
         separate, separate_logits = step(m)
     projections = sum(isinstance(module, DecodeLinear) for module in model.modules())
     assert projections > 2 * layers

@@ -87,7 +87,7 @@ def test_an_empty_k_gives_zeros():
         ("seven-weights", ValueError, r"7 weights; give 1 to 6"),
         ("two-rows", ValueError, r"must be one row"),
         ("k", ValueError, r"must be \[N, 40\]"),
-        ("dtype", ValueError, r"in x's dtype"),
+        ("dtype", ValueError, r"\(x's dtype, or its norm's output's\)"),
         ("not-contiguous", ValueError, r"contiguous"),
         ("grad", RuntimeError, r"no backward"),
     ],

@@ -236,20 +236,29 @@ def compiled(fn, signature, constexprs, config):
 
 m1 = configs.TABLES["default"]["m1"]
 c = dict(BN=m1.BN, BK=m1.BK, USE_PDL=False)
+no_norm = gemv.norm_constants(None, None)
+gla_norm = dict(no_norm, NORM=True, X_DTYPE=triton.language.bfloat16, N_DTYPE=triton.language.bfloat16)
+norm_args = {"norm_w": "*bf16", "eps": "fp32"}
 plain = {n: "*bf16" for n in ("x", "w", "bias", "out")} | {n: "i32" for n in ("M", "N", "K", "stride_xm", "stride_wn")}
-plain |= {n: "constexpr" for n in ("BM", "BN", "BK", "SPLIT_K", "HAS_BIAS", "PRECISION", "USE_PDL")}
-swiglu = {n: "*bf16" for n in ("x", "wg", "wu", "out")} | {"N": "i32", "K": "i32"} | dict.fromkeys(c, "constexpr")
+plain |= norm_args | {"residual": "*bf16"}
+plain |= {n: "constexpr" for n in ("BM", "BN", "BK", "SPLIT_K", "HAS_BIAS", "PRECISION", "USE_PDL", *no_norm)}
+plain |= {"HAS_RESIDUAL": "constexpr", "Y_DTYPE": "constexpr"}
+swiglu = {n: "*bf16" for n in ("x", "wg", "wu", "out")} | {"N": "i32", "K": "i32"} | norm_args
+swiglu |= dict.fromkeys([*c, *no_norm], "constexpr")
 group = {"x": "*bf16", "K": "i32"} | {f"w{i}": "*bf16" for i in range(6)} | {f"y{i}": "*bf16" for i in range(6)}
-group |= {f"N{i}": "i32" for i in range(6)} | {f"S{i}": "i32" for i in range(1, 6)}
-group |= {n: "constexpr" for n in ("G", "BN", "BK", "USE_PDL")}
-one_row = dict(BM=1, SPLIT_K=1, HAS_BIAS=False, PRECISION="ieee")
+group |= {f"N{i}": "i32" for i in range(6)} | {f"S{i}": "i32" for i in range(1, 6)} | norm_args
+group |= {n: "constexpr" for n in ("G", "BN", "BK", "USE_PDL", *no_norm)}
+one_row = dict(BM=1, SPLIT_K=1, HAS_BIAS=False, PRECISION="ieee", HAS_RESIDUAL=False, Y_DTYPE=triton.language.bfloat16)
 print(json.dumps({
-    "gemv": compiled(gemv._gemv_kernel, plain, c | one_row, m1),
-    "group": compiled(gemv_group._gemv_group_kernel, group, c | dict(G=5), m1),
-    "swiglu": compiled(gemv_group._gemv_swiglu_kernel, swiglu, c, m1),
-    "pdl gemv": compiled(gemv._gemv_kernel, plain, c | one_row | dict(USE_PDL=True), m1),
-    "pdl group": compiled(gemv_group._gemv_group_kernel, group, c | dict(G=5, USE_PDL=True), m1),
-    "pdl swiglu": compiled(gemv_group._gemv_swiglu_kernel, swiglu, c | dict(USE_PDL=True), m1),
+    "gemv": compiled(gemv._gemv_kernel, plain, c | one_row | no_norm, m1),
+    "group": compiled(gemv_group._gemv_group_kernel, group, c | dict(G=5) | no_norm, m1),
+    "swiglu": compiled(gemv_group._gemv_swiglu_kernel, swiglu, c | no_norm, m1),
+    "pdl gemv": compiled(gemv._gemv_kernel, plain, c | one_row | no_norm | dict(USE_PDL=True), m1),
+    "pdl group": compiled(gemv_group._gemv_group_kernel, group, c | dict(G=5, USE_PDL=True) | no_norm, m1),
+    "pdl swiglu": compiled(gemv_group._gemv_swiglu_kernel, swiglu, c | dict(USE_PDL=True) | no_norm, m1),
+    "pdl normed gemv": compiled(gemv._gemv_kernel, plain, c | one_row | gla_norm | dict(USE_PDL=True), m1),
+    "pdl normed group": compiled(gemv_group._gemv_group_kernel, group, c | dict(G=5, USE_PDL=True) | gla_norm, m1),
+    "pdl normed swiglu": compiled(gemv_group._gemv_swiglu_kernel, swiglu, c | dict(USE_PDL=True) | gla_norm, m1),
 }))
 """
 
@@ -275,8 +284,10 @@ def test_the_one_row_kernels_compile_for_sm90_to_wide_loads_and_no_shuffle_throu
         assert stats["loads"] > 0 and stats["wide"] == stats["loads"], (name, stats)
         assert stats["shared"] <= 4 * m1.BN * m1.num_warps, (name, stats)
     # The grouped and SwiGLU kernels' bit-for-bit claim (tests/gpu/test_gemv_group_gpu.py): every sum over K, in
-    # the three kernels, reduces a tile of one and the same layout, so in one order.
-    assert len({layout for stats in kernels.values() for layout in stats["summed"]}) == 1, kernels
+    # the three kernels, reduces a tile of one and the same layout, so in one order; with a norm in their prologue
+    # too (which adds the row's sum of squares, another layout).
+    products = {layout for name, stats in kernels.items() if "normed" not in name for layout in stats["summed"]}
+    assert len(products) == 1 and all(products <= set(stats["summed"]) for stats in kernels.values()), kernels
 
 
 def test_under_pdl_the_one_row_kernels_ask_for_their_first_weight_tiles_before_they_wait(sm90_kernels):
@@ -286,7 +297,8 @@ def test_under_pdl_the_one_row_kernels_ask_for_their_first_weight_tiles_before_t
     kernels = sm90_kernels
     for name in ("gemv", "group", "swiglu"):
         assert kernels[name]["early"] is None  # no PDL: no wait compiled in
-        early = kernels[f"pdl {name}"]["early"]
-        assert early and all(early), (name, early)
-        assert not kernels[f"pdl {name}"]["stores_early"], name
+        for pdl_name in (f"pdl {name}", f"pdl normed {name}"):  # a norm's prologue reads x and its weight after
+            early = kernels[pdl_name]["early"]
+            assert early and all(early), (pdl_name, early)
+            assert not kernels[pdl_name]["stores_early"], pdl_name
     assert len(kernels["pdl swiglu"]["early"]) == 2 * len(kernels["pdl gemv"]["early"])

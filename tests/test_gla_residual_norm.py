@@ -28,6 +28,10 @@ from statex_hf.kernels.norm.naive import naive_gated_rmsnorm
 from statex_hf.modeling.gla.modeling_statex_gla import StateXGLABlock
 from tiny_models import VOCAB, build
 
+# At one row a block's norms and adds go into its sublayers' products (test_norms_in_products.py); here they are
+# apart, where the add + norm kernel and its hand-over to the next norm serve them.
+pytestmark = pytest.mark.usefixtures("norms_apart")
+
 EPS = 1e-6
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -30,6 +30,10 @@ from statex_hf.kernels.norm.naive import naive_gated_rmsnorm
 from statex_hf.modeling.mamba2.modeling_statex_mamba2 import StateXMamba2Block
 from tiny_models import VOCAB, build
 
+# At one row a block's norms and adds go into its sublayers' products (test_norms_in_products.py); here they are
+# apart, where the add + norm kernel and its hand-over to the next norm serve them.
+pytestmark = pytest.mark.usefixtures("norms_apart")
+
 EPS = 1e-5
 F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
 

@@ -17,6 +17,10 @@ from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.modeling.cache import conv_state, recurrent_state
 from statex_hf.modeling.mamba2.modeling_statex_mamba2 import StateXMamba2Block
 
+# The residual stream's kernels as they run with a block's norms and adds apart (at one row they go into its
+# mixer's products: test_norms_in_products.py).
+pytestmark = pytest.mark.usefixtures("norms_apart")
+
 SHAPES = [(1, 1, 1000), (4, 1, 1000), (2, 7, 1000)]  # 1000: not a multiple of the block (the last one masked)
 SHAPE_IDS = ["1x1", "4x1", "2x7"]
 

@@ -39,7 +39,54 @@ import triton.language as tl
 from statex_hf.kernels.dependent_launch import pdl_kwargs, wait_for_predecessor
 from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.kernels.linear.configs import gemv_launch
+from statex_hf.kernels.linear.row_norm import RowNorm
+from statex_hf.kernels.norm.gated_rmsnorm import TRITON_DTYPES, _round_to
 from statex_hf.kernels.utils import needs_grad
+
+
+def norm_constants(norm: RowNorm | None, x_dtype: torch.dtype) -> dict:
+    """The one-row kernels' norm constants (``_one_row_dot``'s ``NORM`` and the norm's casts) for an x of
+    ``x_dtype``; ``norm`` None turns the prologue off."""
+    if norm is None:
+        return dict(NORM=False, ROUND_X=False, X_DTYPE=tl.float32, NORM_BEFORE_GATE=True, N_DTYPE=tl.float32)
+    input_dtype = norm.input_dtype or x_dtype
+    return dict(
+        NORM=True,
+        ROUND_X=input_dtype != x_dtype,
+        X_DTYPE=TRITON_DTYPES[input_dtype],
+        NORM_BEFORE_GATE=norm.norm_before_gate,
+        N_DTYPE=TRITON_DTYPES[norm.normed_dtype(x_dtype)],
+    )
+
+
+@triton.jit
+def _row_rstd(row, K, eps, BK: tl.constexpr, ROUND_X: tl.constexpr, X_DTYPE: tl.constexpr):
+    """``(mean_K(u^2) + eps)^(-1/2)`` of the row at ``row`` (pointers to its first ``BK`` columns), ``u`` its fp32
+    values, rounded to ``X_DTYPE`` first with ``ROUND_X`` (``row_norm.py``)."""
+    cols = tl.arange(0, BK)
+    squares = tl.zeros([BK], dtype=tl.float32)
+    for step in range(tl.cdiv(K, BK)):
+        u = tl.load(row + step * BK, mask=step * BK + cols < K, other=0.0).to(tl.float32)
+        if ROUND_X:
+            u = _round_to(u, X_DTYPE)
+        squares += u * u
+    return 1.0 / tl.sqrt(tl.sum(squares, axis=0) / K + eps)
+
+
+@triton.jit
+def _normed(xs, w, rstd, ROUND_X: tl.constexpr, X_DTYPE: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
+            N_DTYPE: tl.constexpr):  # fmt: skip
+    """The norm's output at loaded values ``xs`` with their fp32 weights ``w``, rounded to ``N_DTYPE`` as the norm
+    kernel stores it (its casts: ``gated_rmsnorm._gate`` / ``_output``), back in fp32."""
+    u = xs.to(tl.float32)
+    if ROUND_X:
+        u = _round_to(u, X_DTYPE)
+    n = u * rstd
+    if NORM_BEFORE_GATE:
+        out = n * w
+    else:
+        out = n.to(X_DTYPE).to(tl.float32) * w
+    return out.to(N_DTYPE).to(tl.float32)
 
 
 @triton.jit
@@ -70,8 +117,10 @@ def _row_block_dot(x_tile, w_tile, m_mask, n_mask, k_start, k_end, split_len,
 
 
 @triton.jit
-def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len,
-                 BN: tl.constexpr, BK: tl.constexpr, PAIR: tl.constexpr, USE_PDL: tl.constexpr):  # fmt: skip
+def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len, norm_w, eps, K,
+                 BN: tl.constexpr, BK: tl.constexpr, PAIR: tl.constexpr, USE_PDL: tl.constexpr,
+                 NORM: tl.constexpr, ROUND_X: tl.constexpr, X_DTYPE: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
+                 N_DTYPE: tl.constexpr):  # fmt: skip
     """The fp32 sums ``x[k_start:k_end] . W[rows_n, k_start:k_end]`` of one program, ``[BN]``, for one row of x; with
     ``PAIR``, the same sums of a second weight ``V`` too (``(w_sums, v_sums)``; without, ``v_sums`` is zeros).
 
@@ -88,7 +137,11 @@ def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len,
     Under PDL this is where the calling kernel waits for its predecessor (``kernels/dependent_launch.py``): after the
     first weight tiles are asked for, before x is. No kernel of a decode step writes a stored weight (one made in the
     step runs without PDL: ``DecodeLinear``), so the first step's weight read overlaps the kernel before instead of
-    following it: at one or two steps a program, much of a launch's streaming."""
+    following it: at one or two steps a program, much of a launch's streaming.
+
+    ``NORM``: x is a block's residual stream, multiplied as its RMSNorm's output (``row_norm.py``): one pass over
+    the whole row (its ``K`` columns, whatever this program's share of them) for ``rstd``, then each step's x
+    normalized with ``norm_w``'s weights as it is used."""
     cols = tl.arange(0, BK)
     acc_w = tl.zeros([BN, BK], dtype=tl.float32)
     acc_v = tl.zeros([BN, BK], dtype=tl.float32)
@@ -100,27 +153,51 @@ def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len,
         vs = tl.load(v_tile, mask=tile_mask, other=0.0, eviction_policy="evict_first")
     wait_for_predecessor(USE_PDL)
     xs = tl.load(x_row, mask=k_mask, other=0.0)
+    rstd = 1.0
+    nws = xs
+    if NORM:
+        rstd = _row_rstd(x_row - k_start, K, eps, BK, ROUND_X, X_DTYPE)
+        nws = tl.load(norm_w + k_start + cols, mask=k_mask, other=0.0)
     for step in range(tl.cdiv(split_len, BK)):
         ahead = (step + 1) * BK
         k_mask = k_start + ahead + cols < k_end
         tile_mask = n_mask[:, None] & k_mask[None, :]
         xs_ahead = tl.load(x_row + ahead, mask=k_mask, other=0.0)
         ws_ahead = tl.load(w_tile + ahead, mask=tile_mask, other=0.0, eviction_policy="evict_first")
+        xf = xs.to(tl.float32)
+        nws_ahead = nws
+        if NORM:
+            nws_ahead = tl.load(norm_w + k_start + ahead + cols, mask=k_mask, other=0.0)
+            xf = _normed(xs, nws.to(tl.float32), rstd, ROUND_X, X_DTYPE, NORM_BEFORE_GATE, N_DTYPE)
         vs_ahead = vs
         if PAIR:
             vs_ahead = tl.load(v_tile + ahead, mask=tile_mask, other=0.0, eviction_policy="evict_first")
-            acc_v += xs.to(tl.float32)[None, :] * vs.to(tl.float32)
-        acc_w += xs.to(tl.float32)[None, :] * ws.to(tl.float32)
-        xs, ws, vs = xs_ahead, ws_ahead, vs_ahead
+            acc_v += xf[None, :] * vs.to(tl.float32)
+        acc_w += xf[None, :] * ws.to(tl.float32)
+        xs, ws, vs, nws = xs_ahead, ws_ahead, vs_ahead, nws_ahead
     return tl.sum(acc_w, axis=1), tl.sum(acc_v, axis=1)
 
 
 @triton.jit
-def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn,
+def _add_residual(total, residual, block, mask, Y_DTYPE: tl.constexpr, H_DTYPE: tl.constexpr):
+    """``round(residual + round(y))`` at ``block`` for fp32 sums ``total`` (``row_norm.py``'s epilogue): y rounded to
+    ``Y_DTYPE`` as the product is stored, then torch's add to the residual stream (an fp32 sum, one rounding)."""
+    r = tl.load(residual + block, mask=mask, other=0.0).to(tl.float32)
+    return _round_to(r + total.to(Y_DTYPE).to(tl.float32), H_DTYPE)
+
+
+@triton.jit
+def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn, norm_w, eps, residual,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, USE_PDL: tl.constexpr):  # fmt: skip
+                 HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
+                 NORM: tl.constexpr = False, ROUND_X: tl.constexpr = False, X_DTYPE: tl.constexpr = tl.float32,
+                 NORM_BEFORE_GATE: tl.constexpr = True, N_DTYPE: tl.constexpr = tl.float32,
+                 HAS_RESIDUAL: tl.constexpr = False, Y_DTYPE: tl.constexpr = tl.float32):  # fmt: skip
+    # NORM / HAS_RESIDUAL (one row only: ``gemv``): the norm prologue and the residual add (``row_norm.py``); with
+    # the add, ``out`` is the new residual stream (no split) and the product itself is not stored.
     if BM != 1:  # one row waits in `_one_row_dot`, after its first weight load
         wait_for_predecessor(USE_PDL)
+    tl.static_assert(BM == 1 or not NORM, "the norm prologue is one row's (_one_row_dot)")
     pid_n, pid_s, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rows_m = pid_m * BM + tl.arange(0, BM)
     rows_n = pid_n * BN + tl.arange(0, BN)
@@ -133,7 +210,8 @@ def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn,
     w_tile = w + rows_n[:, None].to(tl.int64) * stride_wn + (k_start + cols)[None, :]
     if BM == 1:
         x_row = x + pid_m.to(tl.int64) * stride_xm + k_start + cols
-        sums = _one_row_dot(x_row, w_tile, w_tile, n_mask, k_start, k_end, split_len, BN, BK, False, USE_PDL)[0]
+        sums = _one_row_dot(x_row, w_tile, w_tile, n_mask, k_start, k_end, split_len, norm_w, eps, K, BN, BK, False,
+                            USE_PDL, NORM, ROUND_X, X_DTYPE, NORM_BEFORE_GATE, N_DTYPE)[0]  # fmt: skip
         total = sums[None, :]
     else:
         x_tile = x + rows_m[:, None].to(tl.int64) * stride_xm + (k_start + cols)[None, :]
@@ -143,14 +221,17 @@ def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn,
     if SPLIT_K == 1:
         if HAS_BIAS:
             total += tl.load(bias + rows_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+        if HAS_RESIDUAL:
+            total = _add_residual(total, residual, block, mask, Y_DTYPE, out.dtype.element_ty)
         tl.store(out + block, total.to(out.dtype.element_ty), mask=mask)
     else:
         tl.store(out + pid_s.to(tl.int64) * M * N + block, total, mask=mask)
 
 
 @triton.jit
-def _split_k_sum_kernel(partials, bias, y, MN, N, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                        BLOCK: tl.constexpr, USE_PDL: tl.constexpr):  # fmt: skip
+def _split_k_sum_kernel(partials, bias, y, MN, N, residual, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                        BLOCK: tl.constexpr, USE_PDL: tl.constexpr, HAS_RESIDUAL: tl.constexpr = False,
+                        Y_DTYPE: tl.constexpr = tl.float32):  # fmt: skip
     wait_for_predecessor(USE_PDL)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < MN
@@ -159,24 +240,37 @@ def _split_k_sum_kernel(partials, bias, y, MN, N, SPLIT_K: tl.constexpr, HAS_BIA
         total += tl.load(partials + s * MN + offs, mask=mask, other=0.0)
     if HAS_BIAS:
         total += tl.load(bias + offs % N, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        total = _add_residual(total, residual, offs, mask, Y_DTYPE, y.dtype.element_ty)
     tl.store(y + offs, total.to(y.dtype.element_ty), mask=mask)
 
 
 SUM_BLOCK = 1024  # elements of y per program of the second pass
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def gemv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    norm: RowNorm | None = None,
+    residual: torch.Tensor | None = None,
+    residual_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` with fp32 accumulation, for a few rows of x; no gradient.
 
     Args:
         x: ``[..., K]`` (leading dimensions flattened to M rows; meant for M of 1 to 64). Rows may have any
             stride; x is copied only when its last dimension is not contiguous.
-        weight: ``[N, K]``, ``nn.Linear.weight``, in x's dtype (bf16, fp16 or fp32). A weight not
-            contiguous along K is copied on every call (correct, but it defeats the purpose).
-        bias: ``[N]`` in x's dtype, or ``None``.
+        weight: ``[N, K]``, ``nn.Linear.weight``, in x's dtype (bf16, fp16 or fp32), or with ``norm`` in the norm
+            output's. A weight not contiguous along K is copied on every call (correct, but it defeats the purpose).
+        bias: ``[N]`` in weight's dtype, or ``None``.
+        norm: one row of x only: the product of ``norm``'s output on x (a block's residual stream), the norm
+            computed as the row is loaded (``row_norm.py``).
+        residual: one row only, ``[..., N]`` contiguous: return ``residual.to(residual_dtype) + y`` (torch's add
+            and dtype; ``residual_dtype`` holds residual exactly, default its own) instead of y.
 
     Returns:
-        ``[..., N]`` in x's dtype, a new contiguous tensor.
+        ``[..., N]`` in weight's dtype (with ``residual``, the add's), a new contiguous tensor.
     """
     if x.dim() == 0 or weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
         raise ValueError(
@@ -185,38 +279,57 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         )
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"gemv: bias {tuple(bias.shape)} must be [N] = [{weight.shape[0]}]")
-    dtypes = {t.dtype for t in (x, weight, bias) if t is not None}
+    operand_dtype = x.dtype if norm is None else norm.normed_dtype(x.dtype)
+    dtypes = {operand_dtype, *(t.dtype for t in (weight, bias) if t is not None)}
     if len(dtypes) > 1 or x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise ValueError(f"gemv: x, weight and bias need one dtype of bf16, fp16, fp32; got {sorted(map(str, dtypes))}")
-    if needs_grad(x, weight, bias):
+    if needs_grad(x, weight, bias, residual, *([] if norm is None else [norm.weight])):
         raise RuntimeError("gemv has no backward (a decode kernel): call it under torch.no_grad() or use F.linear")
     N, K = weight.shape
     lead = x.shape[:-1]
     x2 = x.reshape(math.prod(lead), K)
+    M = x2.shape[0]
+    if (norm is not None or residual is not None) and M != 1:
+        raise ValueError(f"gemv: a norm or a residual takes one row of x, not {M}")
+    if norm is not None and not norm.applies(x):
+        raise ValueError(f"gemv: the norm's weight {tuple(norm.weight.shape)} must be [K] = [{K}], contiguous")
+    if residual is not None:
+        residual_dtype = residual.dtype if residual_dtype is None else residual_dtype
+        if residual.shape != (*lead, N) or not residual.is_contiguous():
+            raise ValueError(f"gemv: residual {tuple(residual.shape)} must be [..., N] = {(*lead, N)}, contiguous")
+        if torch.promote_types(residual.dtype, residual_dtype) != residual_dtype:
+            raise ValueError(f"gemv: residual_dtype {residual_dtype} does not hold the residual's {residual.dtype}")
     if K > 0 and x2.stride(-1) != 1:
         x2 = x2.contiguous()
     if weight.stride(-1) != 1:
         weight = weight.contiguous()
-    M = x2.shape[0]
-    y = torch.empty(M, N, device=x.device, dtype=x.dtype)
+    out_dtype = weight.dtype if residual is None else torch.promote_types(residual_dtype, weight.dtype)
+    y = torch.empty(M, N, device=x.device, dtype=out_dtype)
     if M == 0 or N == 0:
         return y.reshape(*lead, N)
     if K == 0:
-        return y.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(y)).reshape(*lead, N)
+        zeros = bias.expand(M, N) if bias is not None else torch.zeros(M, N, device=x.device, dtype=weight.dtype)
+        summed = zeros if residual is None else residual.reshape(M, N).to(residual_dtype) + zeros
+        return y.copy_(summed).reshape(*lead, N)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"  # fp32 as F.linear computes it (no TF32)
     has_bias = bias is not None
+    fused = norm_constants(norm, x.dtype)
+    ends = dict(HAS_RESIDUAL=residual is not None, Y_DTYPE=TRITON_DTYPES[weight.dtype])
+    norm_args = (weight, 0.0) if norm is None else (norm.weight, norm.eps)
+    residual_arg = weight if residual is None else residual
 
     def run(c: LaunchConfig) -> None:
         out = y if c.SPLIT_K == 1 else torch.empty(c.SPLIT_K, M, N, device=x.device, dtype=torch.float32)
         grid = (triton.cdiv(N, c.BN), c.SPLIT_K, triton.cdiv(M, c.BM))
         _gemv_kernel[grid](
-            x2, weight, bias if has_bias else weight, out, M, N, K, x2.stride(0), weight.stride(0),
-            HAS_BIAS=has_bias, PRECISION=precision, **c.kwargs(), **pdl_kwargs(),
+            x2, weight, bias if has_bias else weight, out, M, N, K, x2.stride(0), weight.stride(0), *norm_args,
+            residual_arg, HAS_BIAS=has_bias, PRECISION=precision, **fused,
+            **(ends if c.SPLIT_K == 1 else {}), **c.kwargs(), **pdl_kwargs(),
         )  # fmt: skip
         if c.SPLIT_K > 1:
             _split_k_sum_kernel[(triton.cdiv(M * N, SUM_BLOCK),)](
-                out, bias if has_bias else weight, y, M * N, N, SPLIT_K=c.SPLIT_K, HAS_BIAS=has_bias, BLOCK=SUM_BLOCK,
-                **pdl_kwargs(),
+                out, bias if has_bias else weight, y, M * N, N, residual_arg, SPLIT_K=c.SPLIT_K, HAS_BIAS=has_bias,
+                BLOCK=SUM_BLOCK, **ends, **pdl_kwargs(),
             )  # fmt: skip
 
     gemv_launch(run, M, N, K, operand=x2)

@@ -27,7 +27,8 @@ from statex_hf.kernels.activations.elementwise import silu
 from statex_hf.kernels.dependent_launch import pdl_kwargs
 from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.kernels.linear.configs import SAFE, TABLES
-from statex_hf.kernels.linear.gemv import _one_row_dot
+from statex_hf.kernels.linear.gemv import _one_row_dot, norm_constants
+from statex_hf.kernels.linear.row_norm import RowNorm
 from statex_hf.kernels.utils import needs_grad
 
 MAX_GROUP = 6  # the kernel's weight slots (GLA's mixer uses five: q, k, v, g and the gate's low-rank down)
@@ -42,8 +43,9 @@ def _pick(pid, start, first, w, w_i, y, y_i, n, n_i):
 
 @triton.jit
 def _gemv_group_kernel(x, K, w0, w1, w2, w3, w4, w5, y0, y1, y2, y3, y4, y5, N0, N1, N2, N3, N4, N5,
-                       S1, S2, S3, S4, S5, G: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                       USE_PDL: tl.constexpr):  # fmt: skip
+                       S1, S2, S3, S4, S5, norm_w, eps, G: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                       USE_PDL: tl.constexpr, NORM: tl.constexpr, ROUND_X: tl.constexpr, X_DTYPE: tl.constexpr,
+                       NORM_BEFORE_GATE: tl.constexpr, N_DTYPE: tl.constexpr):  # fmt: skip
     pid = tl.program_id(0)
     start, w, y, n = 0, w0, y0, N0
     if G > 1:
@@ -60,17 +62,23 @@ def _gemv_group_kernel(x, K, w0, w1, w2, w3, w4, w5, y0, y1, y2, y3, y4, y5, N0,
     cols = tl.arange(0, BK)
     n_mask = rows_n < n
     w_tile = w + rows_n[:, None].to(tl.int64) * K + cols[None, :]
-    total = _one_row_dot(x + cols, w_tile, w_tile, n_mask, 0, K, K, BN, BK, False, USE_PDL)[0]  # waits under PDL
+    # waits under PDL
+    total = _one_row_dot(x + cols, w_tile, w_tile, n_mask, 0, K, K, norm_w, eps, K, BN, BK, False, USE_PDL, NORM,
+                         ROUND_X, X_DTYPE, NORM_BEFORE_GATE, N_DTYPE)[0]  # fmt: skip
     tl.store(y + rows_n, total.to(y.dtype.element_ty), mask=n_mask)
 
 
 @triton.jit
-def _gemv_swiglu_kernel(x, wg, wu, out, N, K, BN: tl.constexpr, BK: tl.constexpr, USE_PDL: tl.constexpr):
+def _gemv_swiglu_kernel(x, wg, wu, out, N, K, norm_w, eps, BN: tl.constexpr, BK: tl.constexpr, USE_PDL: tl.constexpr,
+                        NORM: tl.constexpr, ROUND_X: tl.constexpr, X_DTYPE: tl.constexpr,
+                        NORM_BEFORE_GATE: tl.constexpr, N_DTYPE: tl.constexpr):  # fmt: skip
     rows_n = tl.program_id(0) * BN + tl.arange(0, BN)
     cols = tl.arange(0, BK)
     n_mask = rows_n < N
     rows = rows_n[:, None].to(tl.int64) * K + cols[None, :]
-    gate, up = _one_row_dot(x + cols, wg + rows, wu + rows, n_mask, 0, K, K, BN, BK, True, USE_PDL)  # waits under PDL
+    # waits under PDL
+    gate, up = _one_row_dot(x + cols, wg + rows, wu + rows, n_mask, 0, K, K, norm_w, eps, K, BN, BK, True, USE_PDL,
+                            NORM, ROUND_X, X_DTYPE, NORM_BEFORE_GATE, N_DTYPE)  # fmt: skip
     dtype = out.dtype.element_ty
     s = silu(gate.to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
     tl.store(out + rows_n, (s * up.to(dtype).to(tl.float32)).to(dtype), mask=n_mask)
@@ -81,38 +89,46 @@ def _config(device: torch.device) -> LaunchConfig:
     return launch.device_table(TABLES, device)["m1"].with_(SPLIT_K=1)
 
 
-def _check(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+def _check(x: torch.Tensor, weights: Sequence[torch.Tensor], norm: RowNorm | None) -> tuple[torch.Tensor, dict]:
+    """x as one contiguous row, and the kernels' norm arguments (``norm_w``, ``eps`` and the constants)."""
     K = x.shape[-1]
     if x.numel() != K:
         raise ValueError(f"gemv_group: x {tuple(x.shape)} must be one row (a decode step at batch 1)")
-    for w in weights:
-        if w.dim() != 2 or w.shape[1] != K or w.dtype != x.dtype or not w.is_contiguous():
-            raise ValueError(
-                f"gemv_group: weight {tuple(w.shape)} {w.dtype} must be [N, {K}], contiguous, in x's dtype {x.dtype}"
-            )
     if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise ValueError(f"gemv_group: x's dtype {x.dtype} is not one of bf16, fp16, fp32")
-    if needs_grad(x, *weights):
+    if norm is not None and not norm.applies(x):
+        raise ValueError(f"gemv_group: the norm's weight {tuple(norm.weight.shape)} must be [K] = [{K}], contiguous")
+    dtype = x.dtype if norm is None else norm.normed_dtype(x.dtype)
+    for w in weights:
+        if w.dim() != 2 or w.shape[1] != K or w.dtype != dtype or not w.is_contiguous():
+            raise ValueError(
+                f"gemv_group: weight {tuple(w.shape)} {w.dtype} must be [N, {K}], contiguous, in {dtype} (x's dtype, "
+                "or its norm's output's)"
+            )
+    if needs_grad(x, *weights, *([] if norm is None else [norm.weight])):
         raise RuntimeError("gemv_group has no backward (a decode kernel): call it under torch.no_grad()")
-    return x.reshape(K).contiguous()
+    norm_w, eps = (x, 0.0) if norm is None else (norm.weight, norm.eps)
+    return x.reshape(K).contiguous(), dict(norm_w=norm_w, eps=eps, **norm_constants(norm, x.dtype))
 
 
-def gemv_group(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def gemv_group(x: torch.Tensor, weights: Sequence[torch.Tensor], norm: RowNorm | None = None) -> list[torch.Tensor]:
     """``[F.linear(x, w) for w in weights]`` for one row of x, in one launch, equal to ``gemv``'s results where
     ``gemv`` does not split K (module docstring).
 
     Args:
         x: one row, ``[..., K]`` with every leading dimension 1.
-        weights: 1 to ``MAX_GROUP`` weights ``[N_i, K]``, contiguous, in x's dtype (bf16, fp16 or fp32).
+        weights: 1 to ``MAX_GROUP`` weights ``[N_i, K]``, contiguous, in x's dtype (bf16, fp16 or fp32), or with
+            ``norm`` in its output's.
+        norm: the products of ``norm``'s output on x, computed as x is loaded (``row_norm.py``).
 
     Returns:
-        One tensor ``[..., N_i]`` per weight, in x's dtype.
+        One tensor ``[..., N_i]`` per weight, in the weights' dtype.
     """
     if not 1 <= len(weights) <= MAX_GROUP:
         raise ValueError(f"gemv_group: {len(weights)} weights; give 1 to {MAX_GROUP}")
-    row = _check(x, weights)
+    row, norm_args = _check(x, weights, norm)
     lead, K = x.shape[:-1], x.shape[-1]
-    ys = [torch.empty(w.shape[0], device=x.device, dtype=x.dtype) for w in weights]
+    ys = [torch.empty(w.shape[0], device=x.device, dtype=weights[0].dtype) for w in weights]
     if K == 0:
         return [y.zero_().reshape(*lead, -1) for y in ys]
 
@@ -125,7 +141,7 @@ def gemv_group(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> list[torch.T
         n_args = [w.shape[0] for w in w_args]
         if sum(blocks):
             _gemv_group_kernel[(sum(blocks),)](
-                row, K, *w_args, *y_args, *n_args, *firsts, G=len(weights), BN=c.BN, BK=c.BK,
+                row, K, *w_args, *y_args, *n_args, *firsts, **norm_args, G=len(weights), BN=c.BN, BK=c.BK,
                 num_warps=c.num_warps, num_stages=c.num_stages, **pdl_kwargs(),
             )  # fmt: skip
 
@@ -133,22 +149,26 @@ def gemv_group(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> list[torch.T
     return [y.reshape(*lead, -1) for y in ys]
 
 
-def gemv_swiglu(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch.Tensor) -> torch.Tensor:
+def gemv_swiglu(
+    x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch.Tensor, norm: RowNorm | None = None
+) -> torch.Tensor:
     """``silu(F.linear(x, gate_weight)) * F.linear(x, up_weight)`` for one row of x, in one launch: the GEMVs'
     products (bit for bit where ``gemv`` does not split K) and the SwiGLU kernel's roundings.
 
     Args:
         x: one row, ``[..., K]`` with every leading dimension 1.
-        gate_weight, up_weight: ``[N, K]`` each, contiguous, in x's dtype (bf16, fp16 or fp32).
+        gate_weight, up_weight: ``[N, K]`` each, contiguous, in x's dtype (bf16, fp16 or fp32), or with ``norm`` in
+            its output's.
+        norm: the products of ``norm``'s output on x, computed as x is loaded (``row_norm.py``).
 
     Returns:
-        ``[..., N]`` in x's dtype.
+        ``[..., N]`` in the weights' dtype.
     """
     if gate_weight.shape != up_weight.shape:
         raise ValueError(f"gemv_swiglu: gate {tuple(gate_weight.shape)} and up {tuple(up_weight.shape)} differ")
-    row = _check(x, (gate_weight, up_weight))
+    row, norm_args = _check(x, (gate_weight, up_weight), norm)
     lead, K, N = x.shape[:-1], x.shape[-1], gate_weight.shape[0]
-    out = torch.empty(N, device=x.device, dtype=x.dtype)
+    out = torch.empty(N, device=x.device, dtype=gate_weight.dtype)
 
     def run(c: LaunchConfig) -> None:
         _gemv_swiglu_kernel[(triton.cdiv(N, c.BN),)](
@@ -158,6 +178,7 @@ def gemv_swiglu(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch.Ten
             out,
             N,
             K,
+            **norm_args,
             BN=c.BN,
             BK=c.BK,
             num_warps=c.num_warps,

@@ -12,8 +12,17 @@ import math
 import torch
 from statex_hf.kernels import dispatch
 from statex_hf.kernels.gla.naive import gla_log_decay
+from statex_hf.kernels.linear.row_norm import RowNorm
 from statex_hf.modeling.cache import conv_state, recurrent_state, store_conv_state, store_recurrent_state
-from statex_hf.modeling.decode_linear import DecodeLinear, hooked, one_launch, swiglu_of
+from statex_hf.modeling.decode_linear import (
+    DecodeLinear,
+    fused_swiglu,
+    hooked,
+    norms_go_into_products,
+    one_launch,
+    plus_residual,
+    swiglu_of,
+)
 from statex_hf.modeling.gla.configuration_statex_gla import StateXGLAConfig
 from statex_hf.modeling.normed_sums import add_and_normalize, link_next_norms, take_normed_sum
 from statex_hf.modeling.recurrent_model import StateXRecurrentForCausalLM, StateXRecurrentModel
@@ -54,6 +63,14 @@ class StateXGLARMSNorm(nn.Module):
             hidden_states, gate, self.weight, self.eps, hidden_states.shape[-1], norm_before_gate=True
         )
 
+    def row_norm(self) -> RowNorm | None:
+        """This norm for the one-row products that read its output to compute as they load their input
+        (``kernels/linear/row_norm.py``), where calling it runs just its kernel: this class, unhooked, with a weight;
+        ``None`` otherwise (the caller calls it)."""
+        if type(self) is StateXGLARMSNorm and not hooked(self) and self.weight is not None:
+            return RowNorm(self.weight, self.eps)
+        return None
+
     def residual_add(self, residual: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
         """``residual + update``, a block's residual connection that this norm reads next.
 
@@ -85,10 +102,26 @@ class StateXGLAMLP(nn.Module):
         self.up_proj = DecodeLinear(config.hidden_size, intermediate_size, bias=False)
         self.down_proj = DecodeLinear(intermediate_size, config.hidden_size, bias=False)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        input_norm: StateXGLARMSNorm | None = None,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``down(silu(gate(x)) * up(x))``; with ``input_norm`` / ``residual`` (a block's one-row decode step,
+        ``norms_go_into_products``) ``residual + self(input_norm(x))``, the norm computed in the gate and up
+        products' launch and the add in the down product's where their one-row kernels apply."""
         # silu(gate(x)) * up(x): at one row on CUDA without gradients (decode) one launch for both products and
         # the SwiGLU, else the two products and dispatch.swiglu (one kernel without gradients on CUDA).
-        return self.down_proj(swiglu_of(hidden_states, self.gate_proj, self.up_proj))
+        act = None
+        if input_norm is not None:
+            norm = input_norm.row_norm()
+            act = None if norm is None else fused_swiglu(hidden_states, self.gate_proj, self.up_proj, norm)
+            if act is None:
+                hidden_states = input_norm(hidden_states)
+        if act is None:
+            act = swiglu_of(hidden_states, self.gate_proj, self.up_proj)
+        return self.down_proj(act) if residual is None else plus_residual(self.down_proj, act, residual)
 
 
 class StateXGLATokenMixer(nn.Module):
@@ -156,17 +189,20 @@ class StateXGLATokenMixer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
         cu_seqlens: torch.LongTensor | None = None,
+        input_norm: StateXGLARMSNorm | None = None,
+        residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The mixer's output; with ``input_norm`` / ``residual`` (a block's one-row decode step,
+        ``norms_go_into_products``) ``residual + self(input_norm(hidden_states))``, the norm computed in the first
+        products' launch and the add in ``o_proj``'s where their one-row kernels apply."""
         shape = hidden_states.shape
         if cu_seqlens is not None:  # packed documents run as one row
             hidden_states = hidden_states.reshape(1, -1, shape[-1])
         batch, seqlen, _ = hidden_states.shape
         use_cache = cache is not None
         mask = None if attention_mask is None else attention_mask[:, -seqlen:, None].to(hidden_states.dtype)
-        if mask is not None:
-            # A padding token must neither write nor decay the state (nor enter a convolution window).
-            hidden_states = hidden_states * mask
-        # A one-row decode step takes q, k, v, the gate's low-rank down and g as one grouped GEMV launch.
+        # A one-row decode step takes q, k, v, the gate's low-rank down and g as one grouped GEMV launch, with
+        # the block's norm of its input where it is handed one.
         group = [
             self.q_proj,
             self.k_proj,
@@ -174,7 +210,17 @@ class StateXGLATokenMixer(nn.Module):
             self.gk_proj[0],
             *([self.g_proj] if self.use_output_gate else []),
         ]
-        fused = None if hooked(self.gk_proj) else one_launch(hidden_states, group)
+        fused = None
+        if input_norm is not None:
+            norm = None if mask is not None or hooked(self.gk_proj) else input_norm.row_norm()
+            fused = None if norm is None else one_launch(hidden_states, group, norm)
+            if fused is None:
+                hidden_states = input_norm(hidden_states)
+        if mask is not None:
+            # A padding token must neither write nor decay the state (nor enter a convolution window).
+            hidden_states = hidden_states * mask
+        if fused is None and not hooked(self.gk_proj):
+            fused = one_launch(hidden_states, group)
         if fused is None:
             q, k, v = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
         else:
@@ -226,7 +272,8 @@ class StateXGLATokenMixer(nn.Module):
                 o = self.g_norm(o) * self.gate_fn(g)
         else:
             o = self.g_norm(o)
-        return self.o_proj(o.reshape(batch, seqlen, self.value_dim)).view(shape)
+        o = o.reshape(batch, seqlen, self.value_dim)
+        return self.o_proj(o).view(shape) if residual is None else plus_residual(self.o_proj, o, residual.view(o.shape))
 
 
 class StateXGLABlock(GradientCheckpointingLayer):
@@ -247,6 +294,17 @@ class StateXGLABlock(GradientCheckpointingLayer):
         cache: Cache | None = None,
         cu_seqlens: torch.LongTensor | None = None,
     ) -> torch.Tensor:
+        if (
+            type(self.attn) is StateXGLATokenMixer
+            and type(self.mlp) is StateXGLAMLP
+            and norms_go_into_products(hidden_states, self.attn.o_proj.weight.dtype, self.attn, self.mlp)
+        ):
+            # A one-row decode step: each sublayer normalizes its input in its first products' launch and adds its
+            # output to the residual stream in its last (kernels/linear/row_norm.py): no norm or add of their own.
+            hidden_states = self.attn(
+                hidden_states, attention_mask, cache, cu_seqlens, input_norm=self.attn_norm, residual=hidden_states
+            )
+            return self.mlp(hidden_states, input_norm=self.mlp_norm, residual=hidden_states)
         # Each residual add is handed to the norm that reads the sum next (this block's mlp_norm, then the next
         # block's attn_norm or the model's final norm): on the decode path one kernel adds and normalizes.
         update = self.attn(self.attn_norm(hidden_states), attention_mask, cache, cu_seqlens)

@@ -11,9 +11,10 @@ import math
 
 import torch
 from statex_hf.kernels import dispatch
+from statex_hf.kernels.linear.row_norm import RowNorm
 from statex_hf.kernels.ssd.naive import discretize_dt
 from statex_hf.modeling.cache import conv_state, recurrent_state, store_conv_state, store_recurrent_state
-from statex_hf.modeling.decode_linear import DecodeLinear, hooked
+from statex_hf.modeling.decode_linear import DecodeLinear, hooked, normed_linear, norms_go_into_products, plus_residual
 from statex_hf.modeling.mamba2.configuration_statex_mamba2 import StateXMamba2Config
 from statex_hf.modeling.normed_sums import add_and_normalize, link_next_norms, take_normed_sum
 from statex_hf.modeling.recurrent_model import StateXRecurrentForCausalLM, StateXRecurrentModel
@@ -48,6 +49,14 @@ class StateXMamba2RMSNorm(nn.Module):
         return dispatch.gated_rmsnorm(
             hidden_states, gate, self.weight, self.variance_epsilon, self.group_size, input_dtype=input_dtype
         )
+
+    def row_norm(self, input_dtype: torch.dtype | None) -> RowNorm | None:
+        """This norm, called with ``input_dtype``, for the one-row products that read its output to compute as they
+        load their input (``kernels/linear/row_norm.py``), where calling it runs just its kernel: this class,
+        unhooked, one group (a block's norm); ``None`` otherwise (the caller calls it)."""
+        if type(self) is StateXMamba2RMSNorm and not hooked(self) and self.group_size == self.weight.shape[0]:
+            return RowNorm(self.weight, self.variance_epsilon, False, input_dtype)
+        return None
 
     def residual_add(
         self, residual: torch.Tensor, update: torch.Tensor, dtype: torch.dtype, input_dtype: torch.dtype | None
@@ -133,22 +142,40 @@ class StateXMamba2Mixer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
         cu_seqlens: torch.LongTensor | None = None,
+        input_norm: StateXMamba2RMSNorm | None = None,
+        residual: torch.Tensor | None = None,
+        residual_dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
+        """The mixer's output; with ``input_norm`` / ``residual`` (a block's one-row decode step,
+        ``norms_go_into_products``) ``residual.to(residual_dtype) + self(input_norm(hidden_states, input_dtype=its
+        weight's dtype))``, the norm computed in ``in_proj``'s launch and the add in ``out_proj``'s where their
+        one-row kernels apply."""
         shape = hidden_states.shape
         if cu_seqlens is not None:  # packed documents run as one row
             hidden_states = hidden_states.reshape(1, -1, shape[-1])
         batch, seqlen, _ = hidden_states.shape
-        dtype = hidden_states.dtype
+        projected = None
+        if input_norm is not None:
+            input_dtype = input_norm.weight.dtype
+            norm = None if attention_mask is not None else input_norm.row_norm(input_dtype)
+            projected = None if norm is None else normed_linear(self.in_proj, hidden_states, norm)
+            if projected is None:
+                hidden_states = input_norm(hidden_states, input_dtype=input_dtype)
+        dtype = hidden_states.dtype if projected is None else projected.dtype
         mask = None if attention_mask is None else attention_mask[:, -seqlen:, None].to(dtype)
         if mask is not None:
             hidden_states = hidden_states * mask
-        z, xBC, dt = self.in_proj(hidden_states).split([self.intermediate_size, self.conv_dim, self.num_heads], dim=-1)
+        if projected is None:
+            projected = self.in_proj(hidden_states)
+        z, xBC, dt = projected.split([self.intermediate_size, self.conv_dim, self.num_heads], dim=-1)
         if mask is not None:  # padding enters no convolution window
             xBC = xBC * mask
         normed = self._one_launch_step(xBC, dt, z, cache) if mask is None and cu_seqlens is None else None
         if normed is None:
             y = self._conv_and_scan(xBC, dt, mask, cache, cu_seqlens)
             normed = self.norm(y.reshape(batch, seqlen, self.intermediate_size), z)
+        if residual is not None:
+            return plus_residual(self.out_proj, normed.to(dtype), residual.view(*normed.shape[:-1], -1), residual_dtype)
         return self.out_proj(normed.to(dtype)).view(*shape[:-1], -1)
 
     def _one_launch_step(
@@ -259,8 +286,16 @@ class StateXMamba2Block(GradientCheckpointingLayer):
         # they run as these torch ops. The add is handed to the norm that reads the sum next (the next block's,
         # called with its weight's dtype, or the model's final norm, with none): on the decode path one kernel adds
         # and normalizes.
-        normed = self.norm(hidden_states, input_dtype=self.norm.weight.dtype)
         residual_dtype = torch.float32 if self.residual_in_fp32 else hidden_states.dtype
+        if type(self.mixer) is StateXMamba2Mixer and norms_go_into_products(
+            hidden_states, self.norm.weight.dtype, self.mixer
+        ):
+            # A one-row decode step: the mixer normalizes its input in in_proj's launch and adds its output to the
+            # residual stream in out_proj's (kernels/linear/row_norm.py): no norm or add of their own.
+            return self.mixer(
+                hidden_states, attention_mask, cache, cu_seqlens, self.norm, hidden_states, residual_dtype
+            ).view(hidden_states.shape)
+        normed = self.norm(hidden_states, input_dtype=self.norm.weight.dtype)
         update = self.mixer(normed, attention_mask, cache, cu_seqlens)
         next_norm = self.__dict__.get("next_norm")
         if next_norm is None:

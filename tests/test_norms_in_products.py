@@ -1,0 +1,238 @@
+"""A block's norms in the prologue of the one-row products that read them and its residual adds in the epilogue of
+the products that end its sublayers (``kernels/linear/row_norm.py``; issue 20: a B = 1 step launched a norm kernel
+before each sublayer). The kernels against the norm kernel and the plain GEMV run one after the other, and a
+model's decode step against the same step with the norms and adds apart (``norms_apart``), under the interpreter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from launched_ops import LaunchedOps
+from residual_norm_checks import decode
+from statex_hf.kernels import dispatch, launch
+from statex_hf.kernels.launch import LaunchConfig
+from statex_hf.kernels.linear.gemv import gemv
+from statex_hf.kernels.linear.gemv_group import gemv_group, gemv_swiglu
+from statex_hf.kernels.linear.naive import naive_linear
+from statex_hf.kernels.linear.row_norm import RowNorm
+from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
+from statex_hf.kernels.norm.naive import naive_gated_rmsnorm
+from statex_hf.modeling.gla import modeling_statex_gla
+from statex_hf.modeling.mamba2 import modeling_statex_mamba2
+from tiny_models import VOCAB, build
+
+BF16, F32 = torch.bfloat16, torch.float32
+EPS = 1e-5
+# GLA's block norm (norm first, x in the model's dtype); Mamba2's (gate first, the fp32 stream read as bf16), and
+# Mamba2's with a bf16 stream (residual_in_fp32=False).
+FORMS = {"gla": (BF16, True, None), "mamba2": (F32, False, BF16), "mamba2-bf16-stream": (BF16, False, BF16)}
+
+
+def norm_inputs(form, k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x_dtype, norm_before_gate, input_dtype = FORMS[form]
+    x = (3 * torch.randn(1, 1, k, generator=g)).to(x_dtype)
+    weight = (1 + 0.3 * torch.randn(k, generator=g)).to(BF16)
+    return x, RowNorm(weight, EPS, norm_before_gate, input_dtype)
+
+
+def normed_apart(x, norm):
+    """The norm kernel's output, what the products multiply when the norm runs on its own."""
+    return gated_rmsnorm(x, None, norm.weight, norm.eps, x.shape[-1], norm.norm_before_gate, norm.input_dtype)
+
+
+def assert_as_apart(got, want):
+    """The prologue's ``rstd`` sums the row in another order than the norm kernel's, so a normalized value may land
+    one bf16 step away now and then, and the product moves by as much: close, and nearly every value the same."""
+    torch.testing.assert_close(got, want, rtol=2**-7, atol=2e-2)
+    assert (got != want).float().mean() <= 0.05, (got != want).float().mean()
+
+
+@pytest.fixture(params=["one-step", "walked"])
+def tiles(request, monkeypatch):
+    """The one-row table's tiles (a row of 48 in one step), or 16-column steps: the prologue walks the row in three
+    steps for rstd and the products in three more (the GEMV's split of K in two, too)."""
+    if request.param == "walked":
+        small = LaunchConfig.of(1, 1, BM=1, BN=2, BK=16, SPLIT_K=1)
+        for name in ("linear.gemv_group", "linear.gemv_swiglu"):
+            monkeypatch.setitem(launch.OVERRIDES, name, small)
+        monkeypatch.setitem(launch.OVERRIDES, "linear.gemv", small.with_(SPLIT_K=2))
+    return request.param
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_norm_in_the_prologue_is_the_norm_kernel_then_the_products(tiles, form):
+    x, norm = norm_inputs(form, 48)
+    g = torch.Generator().manual_seed(1)
+    w = [(torch.randn(n, 48, generator=g) / 7).to(BF16) for n in (24, 6, 40)]
+    with torch.no_grad():
+        normed = normed_apart(x, norm)
+        assert normed.dtype == norm.normed_dtype(x.dtype) == BF16
+        assert_as_apart(gemv(x, w[0], norm=norm), gemv(normed, w[0]))
+        for got, want in zip(gemv_group(x, w, norm), gemv_group(normed, w), strict=True):
+            assert_as_apart(got, want)
+        assert_as_apart(gemv_swiglu(x, w[0], 2 * w[0], norm), gemv_swiglu(normed, w[0], 2 * w[0]))
+        # and the plain PyTorch norm and product, to bf16's rounding
+        reference = naive_linear(
+            naive_gated_rmsnorm(x.to(norm.input_dtype or x.dtype), None, norm.weight, EPS, 48, norm.norm_before_gate),
+            w[0],
+        )
+        torch.testing.assert_close(gemv(x, w[0], norm=norm), reference, rtol=2e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("dtypes", [(BF16, None), (F32, None), (BF16, F32), (torch.float16, F32)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_the_residual_add_in_the_epilogue_is_the_product_then_torchs_add(tiles, dtypes, with_bias):
+    residual_dtype, cast_to = dtypes
+    product_dtype = torch.float16 if residual_dtype == torch.float16 else BF16
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 1, 48, generator=g).to(product_dtype)
+    w = (torch.randn(40, 48, generator=g) / 7).to(product_dtype)
+    bias = torch.randn(40, generator=g).to(product_dtype) if with_bias else None
+    residual = (10 * torch.randn(1, 1, 40, generator=g)).to(residual_dtype)
+    with torch.no_grad():
+        got = gemv(x, w, bias, residual=residual, residual_dtype=cast_to)
+        want = residual.to(cast_to or residual_dtype) + gemv(x, w, bias)
+    assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def test_a_norm_and_a_residual_in_one_launch(tiles):
+    x, norm = norm_inputs("mamba2", 48)
+    w = (torch.randn(40, 48) / 7).to(BF16)
+    residual = torch.randn(1, 1, 40)
+    with torch.no_grad():
+        got = gemv(x, w, norm=norm, residual=residual)
+        assert torch.equal(got, residual + gemv(x, w, norm=norm))
+
+
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("two-rows", r"one row of x, not 2"),
+        ("norm-width", r"norm's weight \(40,\) must be \[K\] = \[48\]"),
+        ("residual-shape", r"residual \(1, 1, 39\) must be \[..., N\]"),
+        ("residual-dtype", r"residual_dtype torch.bfloat16 does not hold the residual's torch.float32"),
+        ("weight-dtype", r"need one dtype"),
+    ],
+)
+def test_bad_calls_are_one_clear_error(case, match):
+    x, norm = norm_inputs("mamba2", 48)
+    w = torch.randn(40, 48).to(BF16)
+    kwargs = {"norm": norm}
+    if case == "two-rows":
+        x = x.expand(2, 1, 48)
+    elif case == "norm-width":
+        kwargs["norm"] = norm._replace(weight=norm.weight[:40])
+    elif case == "residual-shape":
+        kwargs["residual"] = torch.randn(1, 1, 39)
+    elif case == "residual-dtype":
+        kwargs.update(norm=None, residual=torch.randn(1, 1, 40), residual_dtype=BF16)
+        x = x.to(BF16)
+    else:
+        w = w.float()  # the norm's output is bf16
+    with torch.no_grad(), pytest.raises(ValueError, match=match):
+        gemv(x, w, **kwargs)
+
+
+def test_dispatch_takes_the_fused_products_only_on_the_one_row_no_grad_cuda_path(monkeypatch):
+    x, norm = norm_inputs("gla", 48)
+    w = torch.randn(40, 48).to(BF16)
+    residual = torch.randn(1, 1, 40).to(BF16)
+    with torch.no_grad():  # CPU
+        assert dispatch.one_launch_linear(x, w, norm=norm, residual=residual) is None
+    monkeypatch.setattr(dispatch, "use_triton", lambda *tensors: True)
+    with torch.no_grad():
+        assert dispatch.one_launch_linear(x, w, norm=norm, residual=residual) is not None
+        assert dispatch.one_launch_linear(x.expand(2, 1, 48), w, norm=norm) is None  # two rows
+        fp32_out = norm._replace(weight=norm.weight.float(), norm_before_gate=False, input_dtype=BF16)
+        assert dispatch.one_launch_linear(x, w, norm=fp32_out) is None  # Mamba2's form promotes to the weight's fp32
+        assert dispatch.one_launch_linear(x, w, residual=residual[..., :39]) is None
+        assert dispatch.one_launch_products(x, [w, w], norm) is not None
+    assert dispatch.one_launch_linear(x, w.requires_grad_(), norm=norm) is None  # a gradient to record
+
+
+def decoded(model, ids, monkeypatch, apart=False):
+    with monkeypatch.context() as m:
+        if apart:
+            for module in (modeling_statex_gla, modeling_statex_mamba2):
+                m.setattr(module, "norms_go_into_products", lambda *args: False)
+        return decode(model, ids, m)
+
+
+@pytest.mark.parametrize("fields", [{}, {"statex_layers": [1]}], ids=["plain", "expanded"])
+def test_a_gla_decode_step_launches_seven_kernels_per_layer_and_decodes_as_with_its_norms_apart(
+    monkeypatch, on_cuda_dispatch, fields
+):
+    # Before: nine a layer, two of them the add + norm kernels (test_gla_residual_norm.py). Now the block's norms
+    # are in the grouped GEMV's and the SwiGLU GEMV's launches, its adds in o_proj's and down_proj's.
+    model = build("gla", use_short_conv=False, **fields).to(BF16)
+    ids = torch.randint(3, VOCAB - 2, (1, 6))
+    seen, got = decoded(model, ids, monkeypatch)
+    _, want = decoded(model, ids, monkeypatch, apart=True)
+    per_layer = ["linear.gemv_group", "linear.gemv", "fused_recurrent_gla_step_kernel", "norm.fwd", "linear.gemv"]
+    per_layer += ["linear.gemv_swiglu", "linear.gemv"]
+    layers = model.config.num_hidden_layers
+    assert seen.kernels == ["embedding", *per_layer * layers, "norm.fwd", "linear.gemv", "_to_copy"], seen.kernels
+    assert_decodes_as(got, want)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"statex_layers": [1]}, {"residual_in_fp32": False}],
+    ids=["plain", "expanded", "bf16-stream"],
+)
+def test_a_mamba2_decode_step_launches_three_kernels_per_layer_and_decodes_as_with_its_norms_apart(
+    monkeypatch, on_cuda_dispatch, fields
+):
+    # Before: four a layer, one of them the add + norm kernel (test_mamba2_residual_norm.py). Now the block's norm is
+    # in in_proj's launch, its add in out_proj's; the mixer's gated norm stays in its one-launch step.
+    model = build("mamba2", **fields).to(BF16)
+    ids = torch.randint(3, VOCAB - 2, (1, 6))
+    seen, got = decoded(model, ids, monkeypatch)
+    _, want = decoded(model, ids, monkeypatch, apart=True)
+    layers = model.config.num_hidden_layers
+    per_layer = ["linear.gemv", "ssd.conv_state_update", "linear.gemv"]
+    # the final norm; with an fp32 stream its fp32 output's cast to the head's bf16; the head; the logits' cast
+    head = ["norm.fwd", *["_to_copy"] * model.config.residual_in_fp32, "linear.gemv", "_to_copy"]
+    assert seen.kernels == ["embedding", *per_layer * layers, *head], seen.kernels
+    assert_decodes_as(got, want)
+
+
+def assert_decodes_as(got, want):
+    """Logits and caches close to the step with its norms apart (a normalized value one bf16 step away moves them a
+    little), and the same greedy tokens."""
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype
+        torch.testing.assert_close(g.float(), w.float(), rtol=3e-2, atol=3e-2)
+    for g, w in zip(got[:2], want[:2]):  # the two steps' logits
+        assert torch.equal(g.argmax(-1), w.argmax(-1))
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_a_hooked_norm_is_called_and_a_hooked_sublayer_gets_its_usual_input(monkeypatch, on_cuda_dispatch, family):
+    # A hook on a norm sees every call: that norm runs as a module (its products take no prologue); a hook on a
+    # sublayer sees the normalized input it always did: the block keeps its norms and adds apart.
+    model = build(family).to(BF16)
+    ids = torch.randint(3, VOCAB - 2, (1, 6))
+    block = model.get_decoder().layers[0]
+    norm, sublayer = (block.mlp_norm, block.mlp) if family == "gla" else (block.norm, block.mixer)
+    _, want = decoded(model, ids, monkeypatch, apart=True)
+    normed_inputs, sublayer_inputs = [], []
+    norm.register_forward_hook(lambda module, args, output: normed_inputs.append(output))
+    with monkeypatch.context() as m:
+        _, got = decode(model, ids, m)
+    assert len(normed_inputs) == 3  # the prompt and two steps
+    assert_decodes_as(got, want)
+    sublayer.register_forward_pre_hook(lambda module, args: sublayer_inputs.append(args[0]))
+    with monkeypatch.context() as m:
+        seen, got = decode(model, ids, m)
+    assert [x.dtype for x in sublayer_inputs] == [BF16] * 3 and torch.equal(sublayer_inputs[-1], normed_inputs[-1])
+    assert "norm.add_fwd" in seen.triton  # the hooked block hands its last add to the next block's norm, as before
+
+
+def test_a_step_with_gradients_on_keeps_the_norms_apart(monkeypatch, on_cuda_dispatch):
+    model = build("gla").to(BF16)
+    ids = torch.randint(3, VOCAB - 2, (1, 1))
+    with LaunchedOps(monkeypatch) as seen:
+        model(ids).logits.float().sum().backward()
+    assert "linear.gemv" not in seen.triton and "linear.gemv_group" not in seen.triton
