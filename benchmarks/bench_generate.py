@@ -153,15 +153,21 @@ def apply_same_run_baselines(args) -> None:
     numbers = (args.gemv_max_rows, args.conv_ssd_max_rows)
     if args.sync_stop_check:  # a baseline in the same run: the stop flag read on the host after every step
         os.environ["STATEX_DEFER_STOP_CHECK"] = "0"
-    if not (args.separate_products or args.unfused_residual_norm) and numbers == (None, None):
+    if not (args.separate_products or args.unfused_residual_norm or args.norms_apart) and numbers == (None, None):
         return
     from statex_hf.kernels import dispatch
+    from statex_hf.modeling.gla import modeling_statex_gla
+    from statex_hf.modeling.mamba2 import modeling_statex_mamba2
+
+    if args.norms_apart:  # a baseline in the same run: at one row a block's norms and adds as kernels of their own,
+        for module in (modeling_statex_gla, modeling_statex_mamba2):  # not in its sublayers' products
+            module.norms_go_into_products = lambda *args: False
 
     if args.gemv_max_rows is not None:  # a baseline in the same run: 0 sends every projection to cuBLAS
         dispatch.GEMV_MAX_ROWS = args.gemv_max_rows
     if args.separate_products:  # a baseline in the same run: each product of one input its own GEMV launch
-        dispatch.one_launch_products = lambda x, weights: None
-        dispatch.one_launch_swiglu = lambda x, gate_weight, up_weight: None
+        dispatch.one_launch_products = lambda x, weights, norm=None: None
+        dispatch.one_launch_swiglu = lambda x, gate_weight, up_weight, norm=None: None
     if args.unfused_residual_norm:  # a baseline in the same run: each residual add (GLA's by torch, Mamba2's by the
         dispatch.one_launch_add_rmsnorm = lambda *args, **kwargs: None  # residual-add kernel) and each norm apart
     if args.conv_ssd_max_rows is not None:  # 0: a baseline in the same run, a Mamba2 step's conv and state update
@@ -309,6 +315,12 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
         "(not one add + norm kernel)",
     )
     parser.add_argument(
+        "--norms-apart",
+        action="store_true",
+        help="ours: at one row each block's norm and residual add its own kernel (the add + norm kernel), not computed "
+        "in the products that read and end its sublayers",
+    )
+    parser.add_argument(
         "--sync-stop-check",
         action="store_true",
         help="ours: generate's loop waits for the GPU after every token (transformers' stop check on CUDA), not a "
@@ -355,6 +367,7 @@ def main() -> None:
     passed += [] if args.gemv_max_rows is None else ["--gemv-max-rows", str(args.gemv_max_rows)]
     passed += ["--separate-products"] if args.separate_products else []
     passed += ["--unfused-residual-norm"] if args.unfused_residual_norm else []
+    passed += ["--norms-apart"] if args.norms_apart else []
     passed += [] if args.conv_ssd_max_rows is None else ["--conv-ssd-max-rows", str(args.conv_ssd_max_rows)]
     rows, statuses = [], {}
     for impl in args.impls.split(","):
