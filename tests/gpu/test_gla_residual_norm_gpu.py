@@ -18,7 +18,11 @@ from statex_hf.modeling.decode_graphs import decode_graphs_for
 
 from statex_hf import StateXGLAConfig, StateXGLAForCausalLM
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+# At one row a block's norms and adds go into its sublayers' products (test_norms_in_products_gpu.py); here apart.
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+    pytest.mark.usefixtures("norms_apart"),
+]
 DEVICE = "cuda"
 HIDDEN = 2048  # GLA-1.3B
 EPS = 1e-6

@@ -15,7 +15,11 @@ from statex_hf.kernels.norm.add_rmsnorm import add_rmsnorm
 from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
 from statex_hf.modeling.decode_graphs import decode_graphs_for
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+# At one row a block's norms and adds go into its sublayers' products (test_norms_in_products_gpu.py); here apart.
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+    pytest.mark.usefixtures("norms_apart"),
+]
 DEVICE = "cuda"
 HIDDEN = 2048  # Mamba2-1.3B
 EPS = 1e-5

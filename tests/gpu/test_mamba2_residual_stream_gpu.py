@@ -14,7 +14,11 @@ from statex_hf.kernels.activations.residual_add import residual_add
 from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
 from statex_hf.modeling.mamba2.modeling_statex_mamba2 import StateXMamba2Block
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+# At one row a block's norms and adds go into its sublayers' products (test_norms_in_products_gpu.py); here apart.
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+    pytest.mark.usefixtures("norms_apart"),
+]
 DEVICE = "cuda"
 HIDDEN = 2048  # Mamba2-1.3B
 SHAPES = [(1, 1, HIDDEN), (4, 1, HIDDEN), (2, 7, HIDDEN), (2, 1000, HIDDEN)]

@@ -1,0 +1,127 @@
+"""A block's norms in the one-row products' prologue and its residual adds in their epilogue
+(``kernels/linear/row_norm.py``) on the GPU at the 1.3B models' shapes, bf16 (STATEX_GPU_TESTS=1): the products
+against the norm kernel and the plain kernels run one after the other, eagerly and as CUDA-graph replays on new
+inputs; the add bit for bit; a decode step against the step with its norms apart; generate's tokens in its CUDA
+graphs against eager decoding."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from residual_norm_checks import decode_step, mamba2_of_1_3b_shapes
+from statex_hf.kernels.linear.gemv import gemv
+from statex_hf.kernels.linear.gemv_group import gemv_group, gemv_swiglu
+from statex_hf.kernels.linear.row_norm import RowNorm
+from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
+from statex_hf.modeling.decode_graphs import decode_graphs_for
+from statex_hf.modeling.gla import modeling_statex_gla
+from statex_hf.modeling.mamba2 import modeling_statex_mamba2
+
+from statex_hf import StateXGLAConfig, StateXGLAForCausalLM
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+DEV = "cuda"
+BF16 = torch.bfloat16
+K = 2048
+GROUP = (1024, 1024, 2048, 16, 2048)  # GLA's q, k, v, the gate's low-rank down, g
+MLP = 5632
+IN_PROJ = 2 * 4096 + 2 * 128 + 64  # Mamba2-1.3B's z, xBC and dt
+
+
+def randn(*shape, seed=0, scale=None):
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    return (torch.randn(*shape, device=DEV, generator=g) * (scale or 1 / math.sqrt(shape[-1]))).to(BF16)
+
+
+def assert_as_apart(got, want):
+    """Close, and nearly every value the same: the prologue's rstd sums the row in another order than the norm
+    kernel's, which may move a normalized value by one bf16 step now and then (``row_norm.py``)."""
+    torch.testing.assert_close(got, want, rtol=2**-7, atol=1e-2)
+    assert (got != want).float().mean() <= 0.05, (got != want).float().mean()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("form", ["gla", "mamba2"])
+def test_the_prologue_is_the_norm_kernel_then_the_products_eagerly_and_in_a_graph(form):
+    gla = form == "gla"
+    x = randn(1, 1, K, scale=3.0).to(BF16 if gla else torch.float32)
+    norm = RowNorm((1 + 0.1 * randn(K, scale=1.0).float()).to(BF16), 1e-5, gla, None if gla else BF16)
+    weights = [randn(n, K, seed=i + 1) for i, n in enumerate(GROUP if gla else (IN_PROJ,))]
+    gate, up = randn(MLP, K, seed=10), randn(MLP, K, seed=11)
+
+    def run(x):
+        products = gemv_group(x, weights, norm) if gla else [gemv(x, weights[0], norm=norm)]
+        return [*products, gemv_swiglu(x, gate, up, norm)]
+
+    def apart(x):
+        normed = gated_rmsnorm(x, None, norm.weight, norm.eps, K, norm.norm_before_gate, norm.input_dtype)
+        return [*(gemv(normed, w) for w in weights), gemv_swiglu(normed, gate, up)]
+
+    for got, want in zip(run(x), apart(x), strict=True):
+        assert_as_apart(got, want)
+    static_x = x.clone()
+    eager = run(static_x)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = run(static_x)
+    for seed in (20, 21):
+        static_x.copy_(randn(1, 1, K, seed=seed, scale=3.0))
+        graph.replay()
+        torch.cuda.synchronize()
+        eager = run(static_x)
+        assert all(torch.equal(s, e) for s, e in zip(static, eager, strict=True))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("residual_dtype", [BF16, torch.float32])
+@pytest.mark.parametrize("k", [2048, 4096, 5632])  # o_proj, Mamba2's out_proj, GLA's down_proj
+def test_the_epilogue_is_the_product_then_torchs_add_bit_for_bit(residual_dtype, k):
+    x, w = randn(1, 1, k), randn(K, k, seed=1)
+    residual = randn(1, 1, K, seed=2, scale=5.0).to(residual_dtype)
+    assert torch.equal(gemv(x, w, residual=residual), residual + gemv(x, w))
+
+
+def gla_of_1_3b_shapes(layers=2):
+    config = StateXGLAConfig(
+        hidden_size=K, num_heads=4, num_hidden_layers=layers, vocab_size=512, statex_layers=[1], statex_num_heads=1,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return StateXGLAForCausalLM(config).to(DEV, BF16).eval()
+
+
+MODELS = {"gla": gla_of_1_3b_shapes, "mamba2": lambda layers=2: mamba2_of_1_3b_shapes(DEV, BF16, layers)}
+
+
+@pytest.mark.parametrize("family", MODELS)
+def test_a_decode_step_is_the_step_with_its_norms_apart_to_rounding(monkeypatch, family):
+    model = MODELS[family]()
+    ids = torch.randint(3, 512, (1, 12), device=DEV)
+    got = decode_step(model, ids)
+    for module in (modeling_statex_gla, modeling_statex_mamba2):
+        monkeypatch.setattr(module, "norms_go_into_products", lambda *args: False)
+    want = decode_step(model, ids)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.float(), w.float(), rtol=3e-2, atol=3e-2)
+    assert torch.equal(got[0].argmax(-1), want[0].argmax(-1))
+
+
+@pytest.mark.parametrize("family", MODELS)
+def test_generate_as_cuda_graphs_gives_the_eager_tokens_and_scores(family):
+    model = MODELS[family](layers=3)
+    ids = torch.randint(3, 512, (1, 16), device=DEV)
+
+    def generate(**kwargs):
+        decode_graphs_for(model).clear()
+        out = model.generate(
+            ids, max_new_tokens=12, do_sample=False, eos_token_id=None, return_dict_in_generate=True,
+            output_logits=True, **kwargs,
+        )  # fmt: skip
+        return out.sequences, torch.stack(out.logits)
+
+    got = generate()
+    assert decode_graphs_for(model).last_capture_seconds is not None, "no decode step was captured"
+    eager = generate(disable_compile=True)
+    assert torch.equal(got[0], eager[0]) and torch.equal(got[1], eager[1])
