@@ -159,13 +159,16 @@ def decoded(model, ids, monkeypatch, apart=False):
         return decode(model, ids, m)
 
 
-@pytest.mark.parametrize("fields", [{}, {"statex_layers": [1]}], ids=["plain", "expanded"])
+@pytest.mark.parametrize(
+    "fields", [{}, {"statex_layers": [1]}, {"expand_v": 2.0}], ids=["plain", "expanded", "values-wider"]
+)
 def test_a_gla_decode_step_launches_seven_kernels_per_layer_and_decodes_as_with_its_norms_apart(
     monkeypatch, on_cuda_dispatch, fields
 ):
     # Before: nine a layer, two of them the add + norm kernels (test_gla_residual_norm.py). Now the block's norms
-    # are in the grouped GEMV's and the SwiGLU GEMV's launches, its adds in o_proj's and down_proj's.
-    model = build("gla", use_short_conv=False, **fields).to(BF16)
+    # are in the grouped GEMV's and the SwiGLU GEMV's launches, its adds in o_proj's and down_proj's (whose input,
+    # the values, may be wider than the residual stream it adds to).
+    model = build("gla", **fields).to(BF16)
     ids = torch.randint(3, VOCAB - 2, (1, 6))
     seen, got = decoded(model, ids, monkeypatch)
     _, want = decoded(model, ids, monkeypatch, apart=True)

@@ -273,7 +273,9 @@ class StateXGLATokenMixer(nn.Module):
         else:
             o = self.g_norm(o)
         o = o.reshape(batch, seqlen, self.value_dim)
-        return self.o_proj(o).view(shape) if residual is None else plus_residual(self.o_proj, o, residual.view(o.shape))
+        if residual is None:
+            return self.o_proj(o).view(shape)
+        return plus_residual(self.o_proj, o, residual.view(batch, seqlen, -1)).view(shape)
 
 
 class StateXGLABlock(GradientCheckpointingLayer):
@@ -297,7 +299,7 @@ class StateXGLABlock(GradientCheckpointingLayer):
         if (
             type(self.attn) is StateXGLATokenMixer
             and type(self.mlp) is StateXGLAMLP
-            and norms_go_into_products(hidden_states, self.attn.o_proj.weight.dtype, self.attn, self.mlp)
+            and norms_go_into_products(hidden_states, hidden_states.dtype, self.attn, self.mlp)
         ):
             # A one-row decode step: each sublayer normalizes its input in its first products' launch and adds its
             # output to the residual stream in its last (kernels/linear/row_norm.py): no norm or add of their own.
