@@ -26,6 +26,10 @@ product, and a cast to x's dtype with the bias (three), where the second pass co
 the product is one launch and writes y (with the bias) itself. A graph step pays each launch, so
 ``configs.split_k`` splits only weights too short to fill the GPU.
 
+**A block's norm and residual add** (``row_norm.py``). At one row the kernel can take the RMSNorm that precedes
+the product (``norm``: x is the residual stream, normalized as it is loaded) and the residual add that follows it
+(``residual``: the new stream is stored instead of y), so a pre-norm block needs no norm or add kernel of its own.
+
 Forward only: decode runs under ``torch.no_grad``; a call that would need a gradient is an error.
 """
 
