@@ -42,10 +42,19 @@ def normed_apart(x, norm):
 
 
 def assert_as_apart(got, want):
-    """The prologue's ``rstd`` sums the row in another order than the norm kernel's, so a normalized value may land
-    one bf16 step away now and then, and the product moves by as much: close, and nearly every value the same."""
-    torch.testing.assert_close(got, want, rtol=2**-7, atol=2e-2)
-    assert (got != want).float().mean() <= 0.05, (got != want).float().mean()
+    """The norm apart rounds its output to bf16 before the products; in the prologue it is not rounded (the products
+    take ``u * w`` and the sums are scaled by ``rstd``), so the two differ by that rounding carried through a sum."""
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=3e-2)
+
+
+def assert_the_exact_norm_and_product(got, x, norm, weight):
+    """Within one bf16 step of the norm and product computed in fp64 (the interpreter truncates the final cast) plus
+    what fp32 sums in another order can move: nothing rounded in between."""
+    u = x.to(norm.input_dtype or x.dtype).double()
+    normed = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight.double()
+    exact = normed @ weight.double().T
+    bound = exact.abs() * 2**-7 + (normed.abs() @ weight.double().abs().T) * x.shape[-1] * 2**-22
+    assert ((got.double() - exact).abs() <= bound).all(), ((got.double() - exact).abs() - bound).max()
 
 
 @pytest.fixture(params=["one-step", "walked"])
@@ -69,6 +78,10 @@ def test_a_norm_in_the_prologue_is_the_norm_kernel_then_the_products(tiles, form
         normed = normed_apart(x, norm)
         assert normed.dtype == norm.normed_dtype(x.dtype) == BF16
         assert_as_apart(gemv(x, w[0], norm=norm), gemv(normed, w[0]))
+        if tiles == "one-step":  # the GEMV's walked tiles split K: that program normalizes as the norm kernel does
+            assert_the_exact_norm_and_product(gemv(x, w[0], norm=norm), x, norm, w[0])
+        for got, weight in zip(gemv_group(x, w, norm), w):
+            assert_the_exact_norm_and_product(got, x, norm, weight)
         for got, want in zip(gemv_group(x, w, norm), gemv_group(normed, w), strict=True):
             assert_as_apart(got, want)
         assert_as_apart(gemv_swiglu(x, w[0], 2 * w[0], norm), gemv_swiglu(normed, w[0], 2 * w[0]))

@@ -123,8 +123,8 @@ def _row_block_dot(x_tile, w_tile, m_mask, n_mask, k_start, k_end, split_len,
 @triton.jit
 def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len, norm_w, eps, K,
                  BN: tl.constexpr, BK: tl.constexpr, PAIR: tl.constexpr, USE_PDL: tl.constexpr,
-                 NORM: tl.constexpr, ROUND_X: tl.constexpr, X_DTYPE: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
-                 N_DTYPE: tl.constexpr):  # fmt: skip
+                 NORM: tl.constexpr, ROW_PASS: tl.constexpr, ROUND_X: tl.constexpr, X_DTYPE: tl.constexpr,
+                 NORM_BEFORE_GATE: tl.constexpr, N_DTYPE: tl.constexpr):  # fmt: skip
     """The fp32 sums ``x[k_start:k_end] . W[rows_n, k_start:k_end]`` of one program, ``[BN]``, for one row of x; with
     ``PAIR``, the same sums of a second weight ``V`` too (``(w_sums, v_sums)``; without, ``v_sums`` is zeros).
 
@@ -143,9 +143,11 @@ def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len, norm_
     step runs without PDL: ``DecodeLinear``), so the first step's weight read overlaps the kernel before instead of
     following it: at one or two steps a program, much of a launch's streaming.
 
-    ``NORM``: x is a block's residual stream, multiplied as its RMSNorm's output (``row_norm.py``): one pass over
-    the whole row (its ``K`` columns, whatever this program's share of them) for ``rstd``, then each step's x
-    normalized with ``norm_w``'s weights as it is used."""
+    ``NORM``: x is a block's residual stream, multiplied as its RMSNorm's output (``row_norm.py``). A program that
+    walks the whole row sums its squares in the same loop and scales its sums by ``rstd`` at the end (no pass of
+    its own before the products: it would be one more round trip for every program); one that walks a share of it
+    (``ROW_PASS``: a split of K) first sums the whole row's squares, then normalizes each step's x as the norm
+    kernel rounds it."""
     cols = tl.arange(0, BK)
     acc_w = tl.zeros([BN, BK], dtype=tl.float32)
     acc_v = tl.zeros([BN, BK], dtype=tl.float32)
@@ -159,8 +161,10 @@ def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len, norm_
     xs = tl.load(x_row, mask=k_mask, other=0.0)
     rstd = 1.0
     nws = xs
+    squares = tl.zeros([BK], dtype=tl.float32)
     if NORM:
-        rstd = _row_rstd(x_row - k_start, K, eps, BK, ROUND_X, X_DTYPE)
+        if ROW_PASS:
+            rstd = _row_rstd(x_row - k_start, K, eps, BK, ROUND_X, X_DTYPE)
         nws = tl.load(norm_w + k_start + cols, mask=k_mask, other=0.0)
     for step in range(tl.cdiv(split_len, BK)):
         ahead = (step + 1) * BK
@@ -172,14 +176,24 @@ def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len, norm_
         nws_ahead = nws
         if NORM:
             nws_ahead = tl.load(norm_w + k_start + ahead + cols, mask=k_mask, other=0.0)
-            xf = _normed(xs, nws.to(tl.float32), rstd, ROUND_X, X_DTYPE, NORM_BEFORE_GATE, N_DTYPE)
+            if ROW_PASS:
+                xf = _normed(xs, nws.to(tl.float32), rstd, ROUND_X, X_DTYPE, NORM_BEFORE_GATE, N_DTYPE)
+            else:  # u * w now, times rstd once the row's squares are summed
+                if ROUND_X:
+                    xf = _round_to(xf, X_DTYPE)
+                squares += xf * xf
+                xf = xf * nws.to(tl.float32)
         vs_ahead = vs
         if PAIR:
             vs_ahead = tl.load(v_tile + ahead, mask=tile_mask, other=0.0, eviction_policy="evict_first")
             acc_v += xf[None, :] * vs.to(tl.float32)
         acc_w += xf[None, :] * ws.to(tl.float32)
         xs, ws, vs, nws = xs_ahead, ws_ahead, vs_ahead, nws_ahead
-    return tl.sum(acc_w, axis=1), tl.sum(acc_v, axis=1)
+    w_sums, v_sums = tl.sum(acc_w, axis=1), tl.sum(acc_v, axis=1)
+    if NORM and not ROW_PASS:
+        rstd = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / K + eps)
+        w_sums, v_sums = w_sums * rstd, v_sums * rstd
+    return w_sums, v_sums
 
 
 @triton.jit
@@ -215,7 +229,7 @@ def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn, norm_w, eps, re
     if BM == 1:
         x_row = x + pid_m.to(tl.int64) * stride_xm + k_start + cols
         sums = _one_row_dot(x_row, w_tile, w_tile, n_mask, k_start, k_end, split_len, norm_w, eps, K, BN, BK, False,
-                            USE_PDL, NORM, ROUND_X, X_DTYPE, NORM_BEFORE_GATE, N_DTYPE)[0]  # fmt: skip
+                            USE_PDL, NORM, SPLIT_K > 1, ROUND_X, X_DTYPE, NORM_BEFORE_GATE, N_DTYPE)[0]  # fmt: skip
         total = sums[None, :]
     else:
         x_tile = x + rows_m[:, None].to(tl.int64) * stride_xm + (k_start + cols)[None, :]

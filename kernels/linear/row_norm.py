@@ -2,20 +2,20 @@
 of the GEMV that ends a sublayer (issue 20: a B = 1 decode step's norms, one launch each, cost much of the step).
 
 A pre-norm block runs ``h = h + out_proj(mixer(norm(h)))``: the norm is a kernel of its own between the add and the
-products that read it. Here the products read ``h`` and normalize it as they load it: every program of a one-row
-GEMV already walks the whole row of x (no split of K at the 1.3B models' shapes; a split program walks it once more
-for the sum of squares), so one pass over the row gives ``rstd`` and the loop multiplies the weights by the norm's
-output, rounded where the norm kernel rounds (``kernels/norm/gated_rmsnorm.py``, its two forms)::
+products that read it. Here the products read ``h`` and normalize it as they use it. Every program of a one-row GEMV
+already walks the whole row of x, so it sums the row's squares in its product loop and scales its sums once at the
+end (``gemv._one_row_dot``)::
 
-    u = round_x(h)                                   Mamba2's block: its norm reads the fp32 stream cast to bf16
-    rstd = (mean_K(u^2) + eps)^(-1/2)
-    n = round(u rstd w)                              GLA (norm first)
-    n = round(round_x(u rstd) w)                     Mamba2 (transformers' order: round, then the weight)
+    u = round_x(h)                            Mamba2's block: its norm reads the fp32 stream cast to bf16
+    y[n] = rstd * sum_k W[n, k] (u_k w_k)     rstd = (mean_K(u^2) + eps)^(-1/2)
 
-The sum of squares runs in another order than the norm kernel's, so ``n`` agrees with it to rounding (an ``rstd``
-one ulp apart can move a value by one bf16 ulp), not bit for bit; a decode step gives the same tokens eagerly and in
-its CUDA graph, which run these same kernels. The add: ``h' = round(residual + round(y))``, torch's add of the
-product (``gemv.py``'s rounding of y) to the residual stream.
+which is the norm's value (both forms, ``kernels/norm/gated_rmsnorm.py``) without its rounding to bf16 before the
+product: a pass over the row for ``rstd`` before the products would cost every program one more round trip, and the
+thousands of small programs of a one-row GEMV made that slower than the norm's own launch (``benchmarks/README.md``).
+A program that walks only a share of the row (a split of K) does make that pass first and normalizes each value as
+the norm kernel rounds it. So the products agree with the norm kernel's then the GEMV's to that rounding, not bit
+for bit; a decode step gives the same tokens eagerly and in its CUDA graph, which run these same kernels. The add:
+``h' = round(residual + round(y))``, torch's add of the product (rounded as ``gemv.py`` stores it) to the stream.
 """
 
 from __future__ import annotations

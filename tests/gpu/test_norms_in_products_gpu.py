@@ -36,10 +36,9 @@ def randn(*shape, seed=0, scale=None):
 
 
 def assert_as_apart(got, want):
-    """Close, and nearly every value the same: the prologue's rstd sums the row in another order than the norm
-    kernel's, which may move a normalized value by one bf16 step now and then (``row_norm.py``)."""
-    torch.testing.assert_close(got, want, rtol=2**-7, atol=1e-2)
-    assert (got != want).float().mean() <= 0.05, (got != want).float().mean()
+    """Close: the norm apart rounds its output to bf16 before the products, the prologue does not (``row_norm.py``),
+    and the difference is that rounding carried through a sum of 2048 products."""
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
 
 
 @torch.no_grad()
