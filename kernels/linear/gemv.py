@@ -121,12 +121,14 @@ def _row_block_dot(x_tile, w_tile, m_mask, n_mask, k_start, k_end, split_len,
 
 
 @triton.jit
-def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len, norm_w, eps, K,
+def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len, norm_w, eps, K, early,
                  BN: tl.constexpr, BK: tl.constexpr, PAIR: tl.constexpr, USE_PDL: tl.constexpr,
                  NORM: tl.constexpr, ROW_PASS: tl.constexpr, ROUND_X: tl.constexpr, X_DTYPE: tl.constexpr,
-                 NORM_BEFORE_GATE: tl.constexpr, N_DTYPE: tl.constexpr):  # fmt: skip
+                 NORM_BEFORE_GATE: tl.constexpr, N_DTYPE: tl.constexpr, EARLY: tl.constexpr):  # fmt: skip
     """The fp32 sums ``x[k_start:k_end] . W[rows_n, k_start:k_end]`` of one program, ``[BN]``, for one row of x; with
-    ``PAIR``, the same sums of a second weight ``V`` too (``(w_sums, v_sums)``; without, ``v_sums`` is zeros).
+    ``PAIR``, the same sums of a second weight ``V`` too (``(w_sums, v_sums, early_values)``; without, ``v_sums`` is
+    zeros). ``early`` (``EARLY``): ``[BN]`` pointers the caller's epilogue reads (the residual it adds), loaded right
+    after the wait with the first x, so that read is not one more round trip after the products; else zeros.
 
     ``x_row`` points at the first ``BK`` columns of the row, ``w_tile`` / ``v_tile`` at the first ``BK`` columns of
     the program's rows of W / V. Each step's tiles are loaded one step ahead, before the step before is summed:
@@ -159,6 +161,9 @@ def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len, norm_
         vs = tl.load(v_tile, mask=tile_mask, other=0.0, eviction_policy="evict_first")
     wait_for_predecessor(USE_PDL)
     xs = tl.load(x_row, mask=k_mask, other=0.0)
+    early_values = tl.zeros([BN], dtype=tl.float32)
+    if EARLY:
+        early_values = tl.load(early, mask=n_mask, other=0.0).to(tl.float32)
     rstd = 1.0
     nws = xs
     squares = tl.zeros([BK], dtype=tl.float32)
@@ -193,14 +198,14 @@ def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len, norm_
     if NORM and not ROW_PASS:
         rstd = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / K + eps)
         w_sums, v_sums = w_sums * rstd, v_sums * rstd
-    return w_sums, v_sums
+    return w_sums, v_sums, early_values
 
 
 @triton.jit
-def _add_residual(total, residual, block, mask, Y_DTYPE: tl.constexpr, H_DTYPE: tl.constexpr):
-    """``round(residual + round(y))`` at ``block`` for fp32 sums ``total`` (``row_norm.py``'s epilogue): y rounded to
-    ``Y_DTYPE`` as the product is stored, then torch's add to the residual stream (an fp32 sum, one rounding)."""
-    r = tl.load(residual + block, mask=mask, other=0.0).to(tl.float32)
+def _add_residual(total, r, Y_DTYPE: tl.constexpr, H_DTYPE: tl.constexpr):
+    """``round(r + round(y))`` for fp32 sums ``total`` and residual values ``r`` (``row_norm.py``'s epilogue): y
+    rounded to ``Y_DTYPE`` as the product is stored, then torch's add to the residual stream (an fp32 sum, one
+    rounding)."""
     return _round_to(r + total.to(Y_DTYPE).to(tl.float32), H_DTYPE)
 
 
@@ -226,21 +231,27 @@ def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn, norm_w, eps, re
     k_start = pid_s * split_len
     k_end = tl.minimum(k_start + split_len, K)
     w_tile = w + rows_n[:, None].to(tl.int64) * stride_wn + (k_start + cols)[None, :]
+    block = rows_m[:, None].to(tl.int64) * N + rows_n[None, :]
+    mask = m_mask[:, None] & n_mask[None, :]
     if BM == 1:
         x_row = x + pid_m.to(tl.int64) * stride_xm + k_start + cols
-        sums = _one_row_dot(x_row, w_tile, w_tile, n_mask, k_start, k_end, split_len, norm_w, eps, K, BN, BK, False,
-                            USE_PDL, NORM, SPLIT_K > 1, ROUND_X, X_DTYPE, NORM_BEFORE_GATE, N_DTYPE)[0]  # fmt: skip
+        r_row = residual + pid_m.to(tl.int64) * N + rows_n
+        sums, _, r = _one_row_dot(x_row, w_tile, w_tile, n_mask, k_start, k_end, split_len, norm_w, eps, K, r_row, BN,
+                                  BK, False, USE_PDL, NORM, SPLIT_K > 1, ROUND_X, X_DTYPE, NORM_BEFORE_GATE, N_DTYPE,
+                                  HAS_RESIDUAL and SPLIT_K == 1)  # fmt: skip
         total = sums[None, :]
+        r = r[None, :]
     else:
         x_tile = x + rows_m[:, None].to(tl.int64) * stride_xm + (k_start + cols)[None, :]
         total = _row_block_dot(x_tile, w_tile, m_mask, n_mask, k_start, k_end, split_len, BM, BN, BK, PRECISION)
-    block = rows_m[:, None].to(tl.int64) * N + rows_n[None, :]
-    mask = m_mask[:, None] & n_mask[None, :]
+        r = tl.zeros([BM, BN], dtype=tl.float32)
+        if HAS_RESIDUAL and SPLIT_K == 1:
+            r = tl.load(residual + block, mask=mask, other=0.0).to(tl.float32)
     if SPLIT_K == 1:
         if HAS_BIAS:
             total += tl.load(bias + rows_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
         if HAS_RESIDUAL:
-            total = _add_residual(total, residual, block, mask, Y_DTYPE, out.dtype.element_ty)
+            total = _add_residual(total, r, Y_DTYPE, out.dtype.element_ty)
         tl.store(out + block, total.to(out.dtype.element_ty), mask=mask)
     else:
         tl.store(out + pid_s.to(tl.int64) * M * N + block, total, mask=mask)
@@ -259,7 +270,8 @@ def _split_k_sum_kernel(partials, bias, y, MN, N, residual, SPLIT_K: tl.constexp
     if HAS_BIAS:
         total += tl.load(bias + offs % N, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
-        total = _add_residual(total, residual, offs, mask, Y_DTYPE, y.dtype.element_ty)
+        r = tl.load(residual + offs, mask=mask, other=0.0).to(tl.float32)
+        total = _add_residual(total, r, Y_DTYPE, y.dtype.element_ty)
     tl.store(y + offs, total.to(y.dtype.element_ty), mask=mask)
 
 

@@ -63,8 +63,8 @@ def _gemv_group_kernel(x, K, w0, w1, w2, w3, w4, w5, y0, y1, y2, y3, y4, y5, N0,
     n_mask = rows_n < n
     w_tile = w + rows_n[:, None].to(tl.int64) * K + cols[None, :]
     # waits under PDL
-    total = _one_row_dot(x + cols, w_tile, w_tile, n_mask, 0, K, K, norm_w, eps, K, BN, BK, False, USE_PDL, NORM,
-                         False, ROUND_X, X_DTYPE, NORM_BEFORE_GATE, N_DTYPE)[0]  # fmt: skip
+    total = _one_row_dot(x + cols, w_tile, w_tile, n_mask, 0, K, K, norm_w, eps, K, x, BN, BK, False, USE_PDL, NORM,
+                         False, ROUND_X, X_DTYPE, NORM_BEFORE_GATE, N_DTYPE, False)[0]  # fmt: skip
     tl.store(y + rows_n, total.to(y.dtype.element_ty), mask=n_mask)
 
 
@@ -77,8 +77,8 @@ def _gemv_swiglu_kernel(x, wg, wu, out, N, K, norm_w, eps, BN: tl.constexpr, BK:
     n_mask = rows_n < N
     rows = rows_n[:, None].to(tl.int64) * K + cols[None, :]
     # waits under PDL
-    gate, up = _one_row_dot(x + cols, wg + rows, wu + rows, n_mask, 0, K, K, norm_w, eps, K, BN, BK, True, USE_PDL,
-                            NORM, False, ROUND_X, X_DTYPE, NORM_BEFORE_GATE, N_DTYPE)  # fmt: skip
+    gate, up, _ = _one_row_dot(x + cols, wg + rows, wu + rows, n_mask, 0, K, K, norm_w, eps, K, x, BN, BK, True,
+                               USE_PDL, NORM, False, ROUND_X, X_DTYPE, NORM_BEFORE_GATE, N_DTYPE, False)  # fmt: skip
     dtype = out.dtype.element_ty
     s = silu(gate.to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
     tl.store(out + rows_n, (s * up.to(dtype).to(tl.float32)).to(dtype), mask=n_mask)
