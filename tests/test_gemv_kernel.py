@@ -248,6 +248,7 @@ swiglu |= dict.fromkeys([*c, *no_norm], "constexpr")
 group = {"x": "*bf16", "K": "i32"} | {f"w{i}": "*bf16" for i in range(6)} | {f"y{i}": "*bf16" for i in range(6)}
 group |= {f"N{i}": "i32" for i in range(6)} | {f"S{i}": "i32" for i in range(1, 6)} | norm_args
 group |= {n: "constexpr" for n in ("G", "BN", "BK", "USE_PDL", *no_norm)}
+residual_pdl = dict(USE_PDL=True, HAS_RESIDUAL=True)
 one_row = dict(BM=1, SPLIT_K=1, HAS_BIAS=False, PRECISION="ieee", HAS_RESIDUAL=False, Y_DTYPE=triton.language.bfloat16)
 print(json.dumps({
     "gemv": compiled(gemv._gemv_kernel, plain, c | one_row | no_norm, m1),
@@ -259,6 +260,7 @@ print(json.dumps({
     "pdl normed gemv": compiled(gemv._gemv_kernel, plain, c | one_row | gla_norm | dict(USE_PDL=True), m1),
     "pdl normed group": compiled(gemv_group._gemv_group_kernel, group, c | dict(G=5, USE_PDL=True) | gla_norm, m1),
     "pdl normed swiglu": compiled(gemv_group._gemv_swiglu_kernel, swiglu, c | dict(USE_PDL=True) | gla_norm, m1),
+    "pdl residual gemv": compiled(gemv._gemv_kernel, plain, c | one_row | no_norm | residual_pdl, m1),
 }))
 """
 
@@ -281,7 +283,8 @@ def test_the_one_row_kernels_compile_for_sm90_to_wide_loads_and_no_shuffle_throu
     m1 = configs.TABLES["default"]["m1"]
     kernels = sm90_kernels
     for name, stats in kernels.items():
-        assert stats["loads"] > 0 and stats["wide"] == stats["loads"], (name, stats)
+        narrow = 1 if "residual" in name else 0  # the residual its epilogue adds: BN values, too few for a wide load
+        assert stats["loads"] > 0 and stats["wide"] == stats["loads"] - narrow, (name, stats)
         assert stats["shared"] <= 4 * m1.BN * m1.num_warps, (name, stats)
     # The grouped and SwiGLU kernels' bit-for-bit claim (tests/gpu/test_gemv_group_gpu.py): every sum over K, in
     # the three kernels, reduces a tile of one and the same layout, so in one order; with a norm in their prologue
@@ -302,3 +305,4 @@ def test_under_pdl_the_one_row_kernels_ask_for_their_first_weight_tiles_before_t
             assert early and all(early), (pdl_name, early)
             assert not kernels[pdl_name]["stores_early"], pdl_name
     assert len(kernels["pdl swiglu"]["early"]) == 2 * len(kernels["pdl gemv"]["early"])
+    assert kernels["pdl residual gemv"]["early"] == kernels["pdl gemv"]["early"]  # the residual after the wait
