@@ -102,9 +102,11 @@ def test_a_decode_step_is_the_step_with_its_norms_apart_to_rounding(monkeypatch,
     for module in (modeling_statex_gla, modeling_statex_mamba2):
         monkeypatch.setattr(module, "norms_go_into_products", lambda *args: False)
     want = decode_step(model, ids)
+    # The norm's output unrounded against rounded to bf16, carried through two 2048-wide layers of random weights:
+    # on an H100 the logits differed by up to 0.1, a few of Mamba2's two million state values by up to 1. Each
+    # tensor as a whole is within 2% of the other (a norm without its weight, or without rstd, is far off).
     for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g.float(), w.float(), rtol=3e-2, atol=3e-2)
-    assert torch.equal(got[0].argmax(-1), want[0].argmax(-1))
+        assert g.dtype == w.dtype and (g.float() - w.float()).norm() <= 2e-2 * w.float().norm()
 
 
 @pytest.mark.parametrize("family", MODELS)
