@@ -173,7 +173,7 @@ def decoded(model, ids, monkeypatch, apart=False):
 
 
 @pytest.mark.parametrize(
-    "fields", [{}, {"statex_layers": [1]}, {"expand_v": 2.0}], ids=["plain", "expanded", "values-wider"]
+    "fields", [{}, {"statex_layers": [1], "expand_v": 2.0}], ids=["plain", "expanded-values-wider"]
 )
 def test_a_gla_decode_step_launches_seven_kernels_per_layer_and_decodes_as_with_its_norms_apart(
     monkeypatch, on_cuda_dispatch, fields
