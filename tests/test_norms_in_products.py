@@ -252,3 +252,29 @@ def test_a_step_with_gradients_on_keeps_the_norms_apart(monkeypatch, on_cuda_dis
     with LaunchedOps(monkeypatch) as seen:
         model(ids).logits.float().sum().backward()
     assert "linear.gemv" not in seen.triton and "linear.gemv_group" not in seen.triton
+
+
+class WrappedNorm(torch.nn.Module):
+    """A norm put in a block's place by a tool that wraps modules (peft's ``modules_to_save``, a kernel library's
+    swap): not a subclass of the family's norm, so it has none of that class's methods."""
+
+    def __init__(self, norm):
+        super().__init__()
+        self.inner = norm
+        self.weight = norm.weight
+
+    def forward(self, hidden_states, **kwargs):
+        return self.inner(hidden_states, **kwargs)
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_a_norm_put_in_a_blocks_place_by_a_wrapper_is_called_as_a_module(monkeypatch, on_cuda_dispatch, family):
+    model = build(family).to(BF16)
+    ids = torch.randint(3, VOCAB - 2, (1, 1))
+    with torch.no_grad():
+        want = model(ids).logits
+        block = model.get_decoder().layers[0]
+        for name in ("attn_norm", "mlp_norm") if family == "gla" else ("norm",):
+            setattr(block, name, WrappedNorm(getattr(block, name)))
+        got = model(ids).logits  # one row: the block hands the wrapper to its sublayers, which call it
+    assert_decodes_as([got], [want])

@@ -63,14 +63,6 @@ class StateXGLARMSNorm(nn.Module):
             hidden_states, gate, self.weight, self.eps, hidden_states.shape[-1], norm_before_gate=True
         )
 
-    def row_norm(self) -> RowNorm | None:
-        """This norm for the one-row products that read its output to compute as they load their input
-        (``kernels/linear/row_norm.py``), where calling it runs just its kernel: this class, unhooked, with a weight;
-        ``None`` otherwise (the caller calls it)."""
-        if type(self) is StateXGLARMSNorm and not hooked(self) and self.weight is not None:
-            return RowNorm(self.weight, self.eps)
-        return None
-
     def residual_add(self, residual: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
         """``residual + update``, a block's residual connection that this norm reads next.
 
@@ -84,6 +76,16 @@ class StateXGLARMSNorm(nn.Module):
             self, lambda: dispatch.one_launch_add_rmsnorm(residual, update, self.weight, self.eps)
         )
         return residual + update if summed is None else summed
+
+
+def row_norm_of(norm: nn.Module) -> RowNorm | None:
+    """``norm`` for the one-row products that read its output to compute as they load their input
+    (``kernels/linear/row_norm.py``), where calling it runs just its kernel: a ``StateXGLARMSNorm`` itself (not a
+    subclass, nor a module put in its place by a wrapping tool, which has no such method), unhooked, with a weight;
+    ``None`` otherwise (the caller calls it)."""
+    if type(norm) is StateXGLARMSNorm and not hooked(norm) and norm.weight is not None:
+        return RowNorm(norm.weight, norm.eps)
+    return None
 
 
 class StateXGLAMLP(nn.Module):
@@ -115,7 +117,7 @@ class StateXGLAMLP(nn.Module):
         # the SwiGLU, else the two products and dispatch.swiglu (one kernel without gradients on CUDA).
         act = None
         if input_norm is not None:
-            norm = input_norm.row_norm()
+            norm = row_norm_of(input_norm)
             act = None if norm is None else fused_swiglu(hidden_states, self.gate_proj, self.up_proj, norm)
             if act is None:
                 hidden_states = input_norm(hidden_states)
@@ -212,7 +214,7 @@ class StateXGLATokenMixer(nn.Module):
         ]
         fused = None
         if input_norm is not None:
-            norm = None if mask is not None or hooked(self.gk_proj) else input_norm.row_norm()
+            norm = None if mask is not None or hooked(self.gk_proj) else row_norm_of(input_norm)
             fused = None if norm is None else one_launch(hidden_states, group, norm)
             if fused is None:
                 hidden_states = input_norm(hidden_states)

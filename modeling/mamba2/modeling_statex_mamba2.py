@@ -50,14 +50,6 @@ class StateXMamba2RMSNorm(nn.Module):
             hidden_states, gate, self.weight, self.variance_epsilon, self.group_size, input_dtype=input_dtype
         )
 
-    def row_norm(self, input_dtype: torch.dtype | None) -> RowNorm | None:
-        """This norm, called with ``input_dtype``, for the one-row products that read its output to compute as they
-        load their input (``kernels/linear/row_norm.py``), where calling it runs just its kernel: this class,
-        unhooked, one group (a block's norm); ``None`` otherwise (the caller calls it)."""
-        if type(self) is StateXMamba2RMSNorm and not hooked(self) and self.group_size == self.weight.shape[0]:
-            return RowNorm(self.weight, self.variance_epsilon, False, input_dtype)
-        return None
-
     def residual_add(
         self, residual: torch.Tensor, update: torch.Tensor, dtype: torch.dtype, input_dtype: torch.dtype | None
     ) -> torch.Tensor:
@@ -82,6 +74,16 @@ class StateXMamba2RMSNorm(nn.Module):
                 input_dtype,
             )
         return dispatch.residual_add(residual, update, dtype) if summed is None else summed
+
+
+def row_norm_of(norm: nn.Module, input_dtype: torch.dtype | None) -> RowNorm | None:
+    """``norm``, called with ``input_dtype``, for the one-row products that read its output to compute as they load
+    their input (``kernels/linear/row_norm.py``), where calling it runs just its kernel: a ``StateXMamba2RMSNorm``
+    itself (not a subclass, nor a module put in its place by a wrapping tool, which has no such method), unhooked,
+    one group (a block's norm); ``None`` otherwise (the caller calls it)."""
+    if type(norm) is StateXMamba2RMSNorm and not hooked(norm) and norm.group_size == norm.weight.shape[0]:
+        return RowNorm(norm.weight, norm.variance_epsilon, False, input_dtype)
+    return None
 
 
 class StateXMamba2Mixer(nn.Module):
@@ -157,7 +159,7 @@ class StateXMamba2Mixer(nn.Module):
         projected = None
         if input_norm is not None:
             input_dtype = input_norm.weight.dtype
-            norm = None if attention_mask is not None else input_norm.row_norm(input_dtype)
+            norm = None if attention_mask is not None else row_norm_of(input_norm, input_dtype)
             projected = None if norm is None else normed_linear(self.in_proj, hidden_states, norm)
             if projected is None:
                 hidden_states = input_norm(hidden_states, input_dtype=input_dtype)
