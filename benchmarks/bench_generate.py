@@ -159,8 +159,10 @@ def apply_same_run_baselines(args) -> None:
     from statex_hf.modeling.gla import modeling_statex_gla
     from statex_hf.modeling.mamba2 import modeling_statex_mamba2
 
-    if args.norms_apart:  # a baseline in the same run: at one row a block's norms and adds as kernels of their own,
-        for module in (modeling_statex_gla, modeling_statex_mamba2):  # not in its sublayers' products
+    # A baseline in the same run: at one row a block's norms and adds as kernels of their own, not in its sublayers'
+    # products (--unfused-residual-norm asks for every norm and add apart, so that too).
+    if args.norms_apart or args.unfused_residual_norm:
+        for module in (modeling_statex_gla, modeling_statex_mamba2):
             module.norms_go_into_products = lambda *args: False
 
     if args.gemv_max_rows is not None:  # a baseline in the same run: 0 sends every projection to cuBLAS
@@ -312,7 +314,7 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
         "--unfused-residual-norm",
         action="store_true",
         help="ours: each residual add (GLA's by torch, Mamba2's by its kernel) and each norm its own kernel "
-        "(not one add + norm kernel)",
+        "(not one add + norm kernel; at one row, not in the products either: implies --norms-apart)",
     )
     parser.add_argument(
         "--norms-apart",

@@ -74,3 +74,29 @@ def test_the_sync_stop_check_baseline_turns_the_deferred_check_off(monkeypatch):
     monkeypatch.setenv("STATEX_DEFER_STOP_CHECK", "1")  # so that monkeypatch restores the variable afterwards
     apply_same_run_baselines(parser.parse_args(["--sync-stop-check"]))
     assert not stop_check.defers_on(torch.device("cuda"))
+
+
+def test_the_unfused_residual_norm_baseline_keeps_a_one_row_blocks_norms_apart_too(monkeypatch):
+    # "each residual add and each norm its own kernel": at one row the norms and adds went into the products
+    # (kernels/linear/row_norm.py), where turning the add + norm kernel off alone changes nothing.
+    monkeypatch.syspath_prepend(os.path.dirname(BENCH))
+    import argparse
+
+    import torch
+    from bench_generate import add_baseline_arguments, apply_same_run_baselines
+    from statex_hf.kernels import dispatch
+    from statex_hf.modeling.gla import modeling_statex_gla
+    from statex_hf.modeling.mamba2 import modeling_statex_mamba2
+
+    families = (modeling_statex_gla, modeling_statex_mamba2)
+    for module in families:  # restored after the test: the baselines patch the modules for the whole process
+        monkeypatch.setattr(module, "norms_go_into_products", module.norms_go_into_products)
+    monkeypatch.setattr(dispatch, "one_launch_add_rmsnorm", dispatch.one_launch_add_rmsnorm)
+    monkeypatch.setattr(dispatch, "use_triton", lambda *tensors: True)  # a CUDA step, as in a GPU run
+    parser = argparse.ArgumentParser()
+    add_baseline_arguments(parser)
+    row = torch.zeros(1, 1, 8, dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert all(module.norms_go_into_products(row, row.dtype) for module in families)
+        apply_same_run_baselines(parser.parse_args(["--unfused-residual-norm"]))
+        assert not any(module.norms_go_into_products(row, row.dtype) for module in families)
