@@ -278,3 +278,20 @@ def test_a_norm_put_in_a_blocks_place_by_a_wrapper_is_called_as_a_module(monkeyp
             setattr(block, name, WrappedNorm(getattr(block, name)))
         got = model(ids).logits  # one row: the block hands the wrapper to its sublayers, which call it
     assert_decodes_as([got], [want])
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_a_sublayer_handed_its_norm_and_residual_returns_the_residual_plus_its_usual_output(family):
+    # Packed documents given as [T, D] (cu_seqlens): the sum has the input's shape, as the sublayer's own output does.
+    model = build(family)
+    block = model.get_decoder().layers[0]
+    h = torch.randn(5, model.config.hidden_size)
+    cu_seqlens = torch.tensor([0, 2, 5])
+    with torch.no_grad():
+        if family == "gla":
+            want = h + block.attn(block.attn_norm(h), None, None, cu_seqlens)
+            got = block.attn(h, None, None, cu_seqlens, input_norm=block.attn_norm, residual=h)
+        else:
+            want = h + block.mixer(block.norm(h, input_dtype=block.norm.weight.dtype), None, None, cu_seqlens)
+            got = block.mixer(h, None, None, cu_seqlens, block.norm, h, F32)
+    assert got.shape == want.shape == h.shape and torch.equal(got, want)

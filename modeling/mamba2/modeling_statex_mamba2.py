@@ -177,7 +177,8 @@ class StateXMamba2Mixer(nn.Module):
             y = self._conv_and_scan(xBC, dt, mask, cache, cu_seqlens)
             normed = self.norm(y.reshape(batch, seqlen, self.intermediate_size), z)
         if residual is not None:
-            return plus_residual(self.out_proj, normed.to(dtype), residual.view(*normed.shape[:-1], -1), residual_dtype)
+            residual = residual.view(*normed.shape[:-1], -1)
+            return plus_residual(self.out_proj, normed.to(dtype), residual, residual_dtype).view(*shape[:-1], -1)
         return self.out_proj(normed.to(dtype)).view(*shape[:-1], -1)
 
     def _one_launch_step(
