@@ -10,9 +10,11 @@ loads and order, no split of K; the SwiGLU kernel sums its two weights in one lo
 output is the separate GEMV's bit for bit wherever that GEMV does not split K either (``configs.split_k``: every
 one-row product of the 1.3B models, whose group inputs have K = 2048; a weight of few rows at a longer K splits
 there and sums in another order, so the two agree to rounding, not bit for bit); the SwiGLU epilogue rounds where
-torch and ``kernels/activations/swiglu.py`` round (each product to x's dtype, then ``silu``, then the product).
+torch and ``kernels/activations/swiglu.py`` round (each product to the weights' dtype, then ``silu``, then the
+product). With a block's norm (``row_norm.py``) x is the residual stream, normalized as it is loaded.
 
-One row of x, no bias, weights contiguous and of x's dtype; forward only (decode runs under ``torch.no_grad``).
+One row of x, no bias, weights contiguous and of x's dtype (with a norm, of its output's); forward only (decode runs
+under ``torch.no_grad``).
 """
 
 from __future__ import annotations

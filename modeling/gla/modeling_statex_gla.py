@@ -57,8 +57,9 @@ class StateXGLARMSNorm(nn.Module):
         if normed is not None:  # `residual_add` normalized this very sum
             return normed
         # (rms_norm(x) * weight * silu(gate)) in fp32, cast to x's dtype once: one Triton kernel each way on
-        # CUDA, torch's ops on CPU. (A layer's decode step normalizes three times; the two norms after a residual
-        # add run inside the add's kernel, ``residual_add``, so this launches only the output gate's.)
+        # CUDA, torch's ops on CPU. (A layer's decode step normalizes three times; the two block norms run inside
+        # the products that read them at one row (``row_norm_of``), inside the add's kernel at more
+        # (``residual_add``), so this launches only the output gate's.)
         return dispatch.gated_rmsnorm(
             hidden_states, gate, self.weight, self.eps, hidden_states.shape[-1], norm_before_gate=True
         )
@@ -310,7 +311,7 @@ class StateXGLABlock(GradientCheckpointingLayer):
             )
             return self.mlp(hidden_states, input_norm=self.mlp_norm, residual=hidden_states)
         # Each residual add is handed to the norm that reads the sum next (this block's mlp_norm, then the next
-        # block's attn_norm or the model's final norm): on the decode path one kernel adds and normalizes.
+        # block's attn_norm or the model's final norm): on a decode step of more rows one kernel adds and normalizes.
         update = self.attn(self.attn_norm(hidden_states), attention_mask, cache, cu_seqlens)
         hidden_states = self.mlp_norm.residual_add(hidden_states, update)
         update = self.mlp(self.mlp_norm(hidden_states))

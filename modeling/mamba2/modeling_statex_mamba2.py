@@ -287,8 +287,8 @@ class StateXMamba2Block(GradientCheckpointingLayer):
         # `hidden_states.float() + mixer(norm(hidden_states.to(weight dtype)))`. The casts are handed to the norm and
         # the add, which on a CUDA step without gradients fold them into their kernels (dispatch.py); elsewhere
         # they run as these torch ops. The add is handed to the norm that reads the sum next (the next block's,
-        # called with its weight's dtype, or the model's final norm, with none): on the decode path one kernel adds
-        # and normalizes.
+        # called with its weight's dtype, or the model's final norm, with none): on a decode step of more rows one
+        # kernel adds and normalizes.
         residual_dtype = torch.float32 if self.residual_in_fp32 else hidden_states.dtype
         if type(self.mixer) is StateXMamba2Mixer and norms_go_into_products(
             hidden_states, self.norm.weight.dtype, self.mixer
