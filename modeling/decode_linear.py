@@ -4,6 +4,8 @@ and last products (``kernels/linear/row_norm.py``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from statex_hf.kernels import dispatch
 from statex_hf.kernels.dependent_launch import dependent_launches
@@ -65,20 +67,28 @@ def plus_residual(
     return dispatch.residual_add(residual, module(x).view(residual.shape), residual_dtype)
 
 
-def norms_go_into_products(hidden_states: torch.Tensor, dtype: torch.dtype, *sublayers: nn.Module) -> bool:
+def norms_go_into_products(
+    hidden_states: torch.Tensor, dtype: torch.dtype, sublayers: Sequence[nn.Module], products: Sequence[nn.Module]
+) -> bool:
     """Whether a pre-norm block hands its norms and residual adds to its sublayers (their ``input_norm`` and
     ``residual`` arguments), whose one-row kernels compute them inside their first and last products: one row of
     a decode step on the CUDA path, without gradients, outside ``torch.compile``, products in a ``dtype`` (the
     model's) that the one-row GEMV takes (bf16, fp16), its sublayers unhooked (a hook sees a sublayer's usual input
-    and output). Each sublayer still normalizes and adds by itself where its kernels do not apply (a wrapped or
-    hooked projection or norm)."""
+    and output), and ``products`` (those that would take the norms and adds) each a bare ``DecodeLinear`` with a
+    plain weight of ``dtype`` on the GEMV path: where one is not (a peft or quantized wrapper, a hook, cuBLAS), the
+    sublayer would normalize and add by itself, a kernel each, where the block apart adds and normalizes in one.
+    Each sublayer still normalizes and adds by itself where its kernels do not apply otherwise (a hooked norm)."""
     return (
         dtype in (torch.bfloat16, torch.float16)
         and not torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
         and hidden_states.numel() == hidden_states.shape[-1] > 0
         and dispatch.use_triton(hidden_states)
+        and dispatch.GEMV_MAX_ROWS >= 1
         and not any(map(hooked, sublayers))
+        and all(
+            _bare(m) and type(m.weight) in (torch.Tensor, nn.Parameter) and m.weight.dtype == dtype for m in products
+        )
     )
 
 

@@ -97,6 +97,6 @@ def test_the_unfused_residual_norm_baseline_keeps_a_one_row_blocks_norms_apart_t
     add_baseline_arguments(parser)
     row = torch.zeros(1, 1, 8, dtype=torch.bfloat16)
     with torch.no_grad():
-        assert all(module.norms_go_into_products(row, row.dtype) for module in families)
+        assert all(module.norms_go_into_products(row, row.dtype, [], []) for module in families)
         apply_same_run_baselines(parser.parse_args(["--unfused-residual-norm"]))
-        assert not any(module.norms_go_into_products(row, row.dtype) for module in families)
+        assert not any(module.norms_go_into_products(row, row.dtype, [], []) for module in families)

@@ -295,3 +295,32 @@ def test_a_sublayer_handed_its_norm_and_residual_returns_the_residual_plus_its_u
             want = h + block.mixer(block.norm(h, input_dtype=block.norm.weight.dtype), None, None, cu_seqlens)
             got = block.mixer(h, None, None, cu_seqlens, block.norm, h, F32)
     assert got.shape == want.shape == h.shape and torch.equal(got, want)
+
+
+class WrappedLinear(torch.nn.Module):
+    """A projection wrapped by a tool (peft's LoRA layer, a quantizer's module): its call is not its weight's product,
+    so no one-row kernel takes its norm or its add."""
+
+    def __init__(self, linear):
+        super().__init__()
+        self.base_layer = linear
+
+    def forward(self, x):
+        return self.base_layer(x)
+
+
+@pytest.mark.parametrize("family,product", [("gla", "q_proj"), ("mamba2", "in_proj")])
+def test_a_block_whose_products_cannot_take_its_norm_launches_what_it_did_with_its_norms_apart(
+    monkeypatch, on_cuda_dispatch, family, product
+):
+    # Its sublayers would normalize and add by themselves: each norm and each add a kernel of its own, where the
+    # block with its norms apart adds and normalizes in one (the add + norm kernel).
+    model = build(family).to(BF16)
+    for block in model.get_decoder().layers:
+        sublayer = block.attn if family == "gla" else block.mixer
+        setattr(sublayer, product, WrappedLinear(getattr(sublayer, product)))
+    ids = torch.randint(3, VOCAB - 2, (1, 6))
+    seen, got = decoded(model, ids, monkeypatch)
+    seen_apart, want = decoded(model, ids, monkeypatch, apart=True)
+    assert seen.kernels == seen_apart.kernels
+    assert_decodes_as(got, want)

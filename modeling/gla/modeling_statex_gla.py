@@ -186,6 +186,16 @@ class StateXGLATokenMixer(nn.Module):
             store_conv_state(cache, self.layer_idx, window, state_idx)
         return x
 
+    def first_products(self) -> list[nn.Module]:
+        """The projections of the mixer's input: q, k, v, the gate's low-rank down and g (one launch at one row)."""
+        return [
+            self.q_proj,
+            self.k_proj,
+            self.v_proj,
+            self.gk_proj[0],
+            *([self.g_proj] if self.use_output_gate else []),
+        ]
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -206,13 +216,7 @@ class StateXGLATokenMixer(nn.Module):
         mask = None if attention_mask is None else attention_mask[:, -seqlen:, None].to(hidden_states.dtype)
         # A one-row decode step takes q, k, v, the gate's low-rank down and g as one grouped GEMV launch, with
         # the block's norm of its input where it is handed one.
-        group = [
-            self.q_proj,
-            self.k_proj,
-            self.v_proj,
-            self.gk_proj[0],
-            *([self.g_proj] if self.use_output_gate else []),
-        ]
+        group = self.first_products()
         fused = None
         if input_norm is not None:
             norm = None if mask is not None or hooked(self.gk_proj) else row_norm_of(input_norm)
@@ -292,6 +296,16 @@ class StateXGLABlock(GradientCheckpointingLayer):
         self.mlp_norm = StateXGLARMSNorm(config.hidden_size, eps=config.norm_eps)
         self.mlp = StateXGLAMLP(config)
 
+    def _sublayers(self) -> tuple[nn.Module, ...]:
+        """The modules whose hooks keep this block's norms apart (the mixer's gate projection is called as a whole)."""
+        return self.attn, self.mlp, self.attn.gk_proj
+
+    def _end_products(self) -> list[nn.Module]:
+        """The projections whose one-row launches take this block's norms (the first of each sublayer) and adds (the
+        last)."""
+        mlp = self.mlp
+        return [*self.attn.first_products(), self.attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -302,7 +316,7 @@ class StateXGLABlock(GradientCheckpointingLayer):
         if (
             type(self.attn) is StateXGLATokenMixer
             and type(self.mlp) is StateXGLAMLP
-            and norms_go_into_products(hidden_states, hidden_states.dtype, self.attn, self.mlp)
+            and norms_go_into_products(hidden_states, hidden_states.dtype, self._sublayers(), self._end_products())
         ):
             # A one-row decode step: each sublayer normalizes its input in its first products' launch and adds its
             # output to the residual stream in its last (kernels/linear/row_norm.py): no norm or add of their own.

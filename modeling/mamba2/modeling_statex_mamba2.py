@@ -290,8 +290,9 @@ class StateXMamba2Block(GradientCheckpointingLayer):
         # called with its weight's dtype, or the model's final norm, with none): on a decode step of more rows one
         # kernel adds and normalizes.
         residual_dtype = torch.float32 if self.residual_in_fp32 else hidden_states.dtype
-        if type(self.mixer) is StateXMamba2Mixer and norms_go_into_products(
-            hidden_states, self.norm.weight.dtype, self.mixer
+        mixer = self.mixer
+        if type(mixer) is StateXMamba2Mixer and norms_go_into_products(
+            hidden_states, self.norm.weight.dtype, [mixer], [mixer.in_proj, mixer.out_proj]
         ):
             # A one-row decode step: the mixer normalizes its input in in_proj's launch and adds its output to the
             # residual stream in out_proj's (kernels/linear/row_norm.py): no norm or add of their own.
