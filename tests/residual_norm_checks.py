@@ -141,3 +141,15 @@ def assert_close_to_torch(model, ids, monkeypatch, got):
     tolerance = {"rtol": 1e-4, "atol": 1e-4} if fp32 else {"rtol": 2e-2, "atol": 2e-2}
     for g, t in zip(got, on_torch, strict=True):
         torch.testing.assert_close(g, t, **tolerance)
+
+
+def greedy_with_logits(model, ids, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``generate``'s 12 greedy tokens after ``ids`` and their logits, its captured decode steps made anew."""
+    from statex_hf.modeling.decode_graphs import decode_graphs_for
+
+    decode_graphs_for(model).clear()
+    out = model.generate(
+        ids, max_new_tokens=12, do_sample=False, eos_token_id=None, return_dict_in_generate=True, output_logits=True,
+        **kwargs,
+    )  # fmt: skip
+    return out.sequences, torch.stack(out.logits)

@@ -172,45 +172,39 @@ def decoded(model, ids, monkeypatch, apart=False):
         return decode(model, ids, m)
 
 
-@pytest.mark.parametrize(
-    "fields", [{}, {"statex_layers": [1], "expand_v": 2.0}], ids=["plain", "expanded-values-wider"]
-)
-def test_a_gla_decode_step_launches_seven_kernels_per_layer_and_decodes_as_with_its_norms_apart(
-    monkeypatch, on_cuda_dispatch, fields
-):
-    # Before: nine a layer, two of them the add + norm kernels (test_gla_residual_norm.py). Now the block's norms
-    # are in the grouped GEMV's and the SwiGLU GEMV's launches, its adds in o_proj's and down_proj's (whose input,
-    # the values, may be wider than the residual stream it adds to).
-    model = build("gla", **fields).to(BF16)
-    ids = torch.randint(3, VOCAB - 2, (1, 6))
-    seen, got = decoded(model, ids, monkeypatch)
-    _, want = decoded(model, ids, monkeypatch, apart=True)
-    per_layer = ["linear.gemv_group", "linear.gemv", "fused_recurrent_gla_step_kernel", "norm.fwd", "linear.gemv"]
-    per_layer += ["linear.gemv_swiglu", "linear.gemv"]
-    layers = model.config.num_hidden_layers
-    assert seen.kernels == ["embedding", *per_layer * layers, "norm.fwd", "linear.gemv", "_to_copy"], seen.kernels
-    assert_decodes_as(got, want)
+# What a layer launches at one row. GLA before: nine kernels, two of them the add + norm kernels
+# (test_gla_residual_norm.py); now its norms are in the grouped GEMV's and the SwiGLU GEMV's launches, its adds in
+# o_proj's and down_proj's. Mamba2 before: four, one the add + norm kernel (test_mamba2_residual_norm.py); now its norm
+# is in in_proj's launch, its add in out_proj's, and the mixer's gated norm stays in its one-launch step.
+PER_LAYER = {
+    "gla": ["linear.gemv_group", "linear.gemv", "fused_recurrent_gla_step_kernel", "norm.fwd", "linear.gemv"]
+    + ["linear.gemv_swiglu", "linear.gemv"],
+    "mamba2": ["linear.gemv", "ssd.conv_state_update", "linear.gemv"],
+}
 
 
 @pytest.mark.parametrize(
-    "fields",
-    [{}, {"statex_layers": [1]}, {"residual_in_fp32": False}],
-    ids=["plain", "expanded", "bf16-stream"],
+    "family,fields",
+    [
+        ("gla", {}),
+        ("gla", {"statex_layers": [1], "expand_v": 2.0}),  # the values (o_proj's input) wider than the stream
+        ("mamba2", {}),
+        ("mamba2", {"statex_layers": [1]}),
+        ("mamba2", {"residual_in_fp32": False}),
+    ],
+    ids=["gla", "gla-expanded-values-wider", "mamba2", "mamba2-expanded", "mamba2-bf16-stream"],
 )
-def test_a_mamba2_decode_step_launches_three_kernels_per_layer_and_decodes_as_with_its_norms_apart(
-    monkeypatch, on_cuda_dispatch, fields
+def test_a_decode_step_launches_no_norm_or_add_of_its_blocks_and_decodes_as_with_them_apart(
+    monkeypatch, on_cuda_dispatch, family, fields
 ):
-    # Before: four a layer, one of them the add + norm kernel (test_mamba2_residual_norm.py). Now the block's norm is
-    # in in_proj's launch, its add in out_proj's; the mixer's gated norm stays in its one-launch step.
-    model = build("mamba2", **fields).to(BF16)
+    model = build(family, **fields).to(BF16)
     ids = torch.randint(3, VOCAB - 2, (1, 6))
     seen, got = decoded(model, ids, monkeypatch)
     _, want = decoded(model, ids, monkeypatch, apart=True)
+    # the final norm; with Mamba2's fp32 stream its fp32 output's cast to the head's bf16; the head; the logits' cast
+    head = ["norm.fwd", *["_to_copy"] * getattr(model.config, "residual_in_fp32", False), "linear.gemv", "_to_copy"]
     layers = model.config.num_hidden_layers
-    per_layer = ["linear.gemv", "ssd.conv_state_update", "linear.gemv"]
-    # the final norm; with an fp32 stream its fp32 output's cast to the head's bf16; the head; the logits' cast
-    head = ["norm.fwd", *["_to_copy"] * model.config.residual_in_fp32, "linear.gemv", "_to_copy"]
-    assert seen.kernels == ["embedding", *per_layer * layers, *head], seen.kernels
+    assert seen.kernels == ["embedding", *PER_LAYER[family] * layers, *head], seen.kernels
     assert_decodes_as(got, want)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from residual_norm_checks import assert_all_equal, decode_step, mamba2_of_1_3b_shapes
+from residual_norm_checks import assert_all_equal, decode_step, greedy_with_logits, mamba2_of_1_3b_shapes
 from statex_hf.kernels import dispatch
 from statex_hf.kernels.norm.add_rmsnorm import add_rmsnorm
 from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
@@ -112,18 +112,10 @@ def test_generate_as_cuda_graphs_gives_the_unfused_and_the_eager_tokens_and_scor
     model = mamba2_of_1_3b_shapes(DEVICE, torch.bfloat16, layers=3)
     ids = torch.randint(3, 512, (1, 16), device=DEVICE)
 
-    def generate(**kwargs):
-        decode_graphs_for(model).clear()
-        out = model.generate(
-            ids, max_new_tokens=12, do_sample=False, eos_token_id=None, return_dict_in_generate=True,
-            output_logits=True, **kwargs,
-        )  # fmt: skip
-        return out.sequences, torch.stack(out.logits)
-
-    got = generate()
+    got = greedy_with_logits(model, ids)
     assert decode_graphs_for(model).last_capture_seconds is not None, "no decode step was captured"
-    eager = generate(disable_compile=True)
+    eager = greedy_with_logits(model, ids, disable_compile=True)
     assert torch.equal(got[0], eager[0]) and torch.equal(got[1], eager[1])
     monkeypatch.setattr(dispatch, "one_launch_add_rmsnorm", lambda *args, **kwargs: None)
-    want = generate()
+    want = greedy_with_logits(model, ids)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from residual_norm_checks import decode_step, mamba2_of_1_3b_shapes
+from residual_norm_checks import decode_step, greedy_with_logits, mamba2_of_1_3b_shapes
 from statex_hf.kernels.linear.gemv import gemv
 from statex_hf.kernels.linear.gemv_group import gemv_group, gemv_swiglu
 from statex_hf.kernels.linear.row_norm import RowNorm
@@ -114,15 +114,7 @@ def test_generate_as_cuda_graphs_gives_the_eager_tokens_and_scores(family):
     model = MODELS[family](layers=3)
     ids = torch.randint(3, 512, (1, 16), device=DEV)
 
-    def generate(**kwargs):
-        decode_graphs_for(model).clear()
-        out = model.generate(
-            ids, max_new_tokens=12, do_sample=False, eos_token_id=None, return_dict_in_generate=True,
-            output_logits=True, **kwargs,
-        )  # fmt: skip
-        return out.sequences, torch.stack(out.logits)
-
-    got = generate()
+    got = greedy_with_logits(model, ids)
     assert decode_graphs_for(model).last_capture_seconds is not None, "no decode step was captured"
-    eager = generate(disable_compile=True)
+    eager = greedy_with_logits(model, ids, disable_compile=True)
     assert torch.equal(got[0], eager[0]) and torch.equal(got[1], eager[1])
