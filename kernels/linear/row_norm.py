@@ -39,10 +39,11 @@ class RowNorm(NamedTuple):
     input_dtype: torch.dtype | None = None
 
     def normed_dtype(self, x_dtype: torch.dtype) -> torch.dtype:
-        """The dtype of the norm's output for an x of ``x_dtype`` (``gated_rmsnorm.output_dtype``'s rule): what the
-        products multiply."""
-        dtype = self.input_dtype or x_dtype
-        return dtype if self.norm_before_gate else torch.promote_types(dtype, self.weight.dtype)
+        """The dtype of the norm's output for an x of ``x_dtype`` (the norm kernel's): what the products multiply."""
+        # Imported here: this module stays torch-only for dispatch.py, which imports no Triton module at import time.
+        from statex_hf.kernels.norm.gated_rmsnorm import output_dtype
+
+        return output_dtype(self.input_dtype or x_dtype, self.weight, self.norm_before_gate)
 
     def applies(self, x: torch.Tensor) -> bool:
         """Whether the prologue computes this norm of ``x``: a weight ``[K]`` on x's device, contiguous, every
