@@ -44,6 +44,10 @@ GEMV_MAX_ROWS = 1
 # convolves its group's whole B and C again (the two-kernel path convolves them once), work that grows with the
 # batch beside the state traffic: at B = 64 the one launch was slower than the two (benchmarks/README.md, generate).
 ONE_LAUNCH_CONV_SSD_MAX_ROWS = 1
+# Up to this many sequences a GLA decode step's kernel takes the mixer's output norm in its launch (``_norm_in_step``):
+# a launch fewer per layer, measured at one sequence (benchmarks/README.md, generate); larger batches keep the
+# norm's own launch, unmeasured with it.
+GLA_NORM_IN_STEP_MAX_ROWS = 1
 
 
 def gla(
@@ -58,6 +62,10 @@ def gla(
     final_state: torch.Tensor | None = None,
     gate_logit_normalizer: float | None = None,
     gate_clamp_min: float | None = None,
+    *,
+    norm_gate: torch.Tensor | None = None,
+    norm_weight: torch.Tensor | None = None,
+    norm_eps: float = 1e-6,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated linear attention; shapes as in ``kernels/gla/naive.py`` (state ``[N, H, K, V]``, fp32).
 
@@ -69,6 +77,9 @@ def gla(
     ``gate_logit_normalizer``: ``gk`` holds GLA's raw gate logits, and the log decay is
     ``gla_log_decay(gk, gate_logit_normalizer, gate_clamp_min)``: the recurrent kernel computes it as it
     loads ``gk`` (no elementwise kernels before it), every other path first runs that function's torch ops.
+    ``norm_gate`` (``[B, T, H, V]``): o is returned through GLA's output norm, ``gated_rmsnorm(o, norm_gate,
+    norm_weight, norm_eps, V, norm_before_gate=True)``; a one-token step on the recurrent kernel takes it in the same
+    launch (``_norm_in_step``), every other path calls that function after.
     """
     T = q.shape[1]
     final = output_final_state or final_state is not None
@@ -76,9 +87,14 @@ def gla(
         if T <= GLA_RECURRENT_MAX_T and not needs_grad(q, k, v, gk, initial_state):
             from statex_hf.kernels.gla.fused_recurrent import fused_recurrent_gla
 
-            return fused_recurrent_gla(
-                q, k, v, gk, scale, initial_state, final, cu_seqlens, final_state, gate_logit_normalizer, gate_clamp_min
-            )
+            in_step = norm_gate is not None and _norm_in_step(q, cu_seqlens, norm_gate, norm_weight)
+            norm = {"norm_gate": norm_gate, "norm_weight": norm_weight, "norm_eps": norm_eps} if in_step else {}
+            gates = (gate_logit_normalizer, gate_clamp_min)
+            states = (initial_state, final, cu_seqlens, final_state)
+            o, ht = fused_recurrent_gla(q, k, v, gk, scale, *states, *gates, **norm)
+            if norm_gate is not None and not in_step:
+                o = gated_rmsnorm(o, norm_gate, norm_weight, norm_eps, o.shape[-1], norm_before_gate=True)
+            return o, ht
     if gate_logit_normalizer is not None:
         gk = gla_log_decay(gk, gate_logit_normalizer, gate_clamp_min)
     elif gate_clamp_min is not None:
@@ -95,7 +111,30 @@ def gla(
     if final_state is not None:
         final_state.copy_(ht)
         ht = final_state
+    if norm_gate is not None:
+        o = gated_rmsnorm(o, norm_gate, norm_weight, norm_eps, o.shape[-1], norm_before_gate=True)
     return o, ht
+
+
+def _norm_in_step(
+    q: torch.Tensor, cu_seqlens: torch.Tensor | None, norm_gate: torch.Tensor, norm_weight: torch.Tensor | None
+) -> bool:
+    """Whether the recurrent kernel's one-token launch takes GLA's output norm too (``fused_recurrent_gla``'s
+    ``norm_gate``): one token of at most ``GLA_NORM_IN_STEP_MAX_ROWS`` sequences, no ``cu_seqlens``, the gate on
+    CUDA with no gradient, its heads and channels contiguous, outside ``torch.compile`` (a compiled step keeps the
+    norm's own launch, as traced before)."""
+    V = norm_gate.shape[-1]
+    return (
+        not torch.compiler.is_compiling()
+        and q.shape[1] == 1
+        and q.shape[0] <= GLA_NORM_IN_STEP_MAX_ROWS
+        and cu_seqlens is None
+        and use_triton(norm_gate, *((norm_weight,) if norm_weight is not None else ()))
+        and not needs_grad(norm_gate, norm_weight)
+        and norm_gate.shape == q.shape[:-1] + (V,)
+        and norm_gate.stride(-1) == 1
+        and norm_gate.stride(-2) == V
+    )
 
 
 def _plain_tensors(tensors: list[torch.Tensor]) -> bool:

@@ -14,8 +14,10 @@ import pytest
 import torch
 from launched_ops import LaunchedOps
 from statex_hf.kernels import dispatch, launch
+from statex_hf.kernels import tickets as tickets_module
 from statex_hf.kernels.conv.causal_conv1d_update import causal_conv1d_update
 from statex_hf.kernels.launch import LaunchConfig
+from statex_hf.kernels.norm import gated_rmsnorm as gated_rmsnorm_module
 from statex_hf.kernels.ssd import conv_state_update as fused_module
 from statex_hf.kernels.ssd.conv_state_update import conv_state_update
 from statex_hf.kernels.ssd.state_update import ssd_state_update
@@ -81,7 +83,7 @@ def assert_steps_equal(one, two, steps=3):
         assert torch.equal(y_fused, y_two)
         assert torch.equal(one.window, two.window)
         assert torch.equal(one.state, two.state)
-    for tickets in fused_module._TICKETS[torch.device("cpu")]:
+    for tickets in tickets_module.HELD[torch.device("cpu")]:
         assert not tickets.any(), "a launch left a ticket count behind: the next launch would miscount"
 
 
@@ -171,7 +173,7 @@ def test_a_window_written_before_every_program_read_it_shows(monkeypatch, tiles)
     monkeypatch.setitem(launch.OVERRIDES, "ssd.conv_state_update", LaunchConfig.of(4, 1, **tiles))
     monkeypatch.setitem(launch.OVERRIDES, "ssd.state_update", LaunchConfig.of(4, 1, BP=4, BN=8))  # the same sums
     readers = H * (P // SMALL_TILES["BP"])
-    monkeypatch.setattr(fused_module, "_tickets", lambda device, count: torch.full((count,), readers - 1))
+    monkeypatch.setattr(fused_module, "zeroed_tickets", lambda device, count: torch.full((count,), readers - 1))
     two = step.copy()
     xBC, dt = step.token()
     y_fused = step.fused(xBC, dt)
@@ -248,14 +250,14 @@ def test_the_tickets_are_allocated_once_and_a_larger_batch_keeps_the_smaller_buf
     # A captured CUDA graph replays the buffer it was captured with: a larger batch may not free it.
     device = torch.device("meta")
     try:
-        first = fused_module._tickets(device, 3)
-        assert fused_module._tickets(device, 1024) is first and first.numel() == 1024
-        larger = fused_module._tickets(device, 1025)
-        held = fused_module._TICKETS[device]
+        first = tickets_module.zeroed_tickets(device, 3)
+        assert tickets_module.zeroed_tickets(device, 1024) is first and first.numel() == 1024
+        larger = tickets_module.zeroed_tickets(device, 1025)
+        held = tickets_module.HELD[device]
         assert larger.numel() == 2048 and len(held) == 2 and held[0] is first and held[1] is larger
-        assert fused_module._tickets(device, 5) is larger
+        assert tickets_module.zeroed_tickets(device, 5) is larger
     finally:
-        fused_module._TICKETS.pop(device, None)
+        tickets_module.HELD.pop(device, None)
 
 
 # ----- the mixer's gated norm in the same launch -----
@@ -278,7 +280,7 @@ def test_the_gated_norm_in_the_same_launch_is_the_norm_after_the_two_kernels(mon
     # taken in the same order in one pass (equal here), in chunks otherwise (equal to rounding).
     from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
 
-    monkeypatch.setattr(fused_module, "NORM_CHUNK", chunk)
+    monkeypatch.setattr(gated_rmsnorm_module, "ONE_PROGRAM_CHUNK", chunk)
     step = Step(3, G, 16, dtype=dtype)
     two = step.copy()
     weight = (1 + 0.1 * torch.randn(H * P)).to(dtype)
@@ -295,7 +297,7 @@ def test_the_gated_norm_in_the_same_launch_is_the_norm_after_the_two_kernels(mon
         else:
             torch.testing.assert_close(normed, want)
         assert torch.equal(step.window, two.window) and torch.equal(step.state, two.state)
-    for tickets in fused_module._TICKETS[torch.device("cpu")]:
+    for tickets in tickets_module.HELD[torch.device("cpu")]:
         assert not tickets.any()
 
 

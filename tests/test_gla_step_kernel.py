@@ -117,3 +117,82 @@ def test_the_small_batch_rule_runs_and_equals_naive(h100_sms):
     o_ref, ht_ref = naive_recurrent_gla(q, k, v, gk, None, h0, True)
     torch.testing.assert_close(o, o_ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(ht, ht_ref, atol=1e-4, rtol=1e-4)
+
+
+# ----- the output norm in the same launch (issue 20) -----
+
+
+def norm_inputs(B, H, V, dtype):
+    """The swish gate as the mixer passes it: a slice of a wider projection row per sequence, and a weight."""
+    row = torch.randn(B, 1, H * V + 5).to(dtype)
+    gate = row[..., : H * V].view(B, 1, H, V)
+    return gate, (1 + 0.1 * torch.randn(V)).to(dtype)
+
+
+@pytest.mark.parametrize("chunk", [4096, 8], ids=["one-pass", "chunked"])
+@pytest.mark.parametrize("with_weight", [True, False], ids=["weight", "no_weight"])
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[2], CONFIGS[3]], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_the_output_norm_in_the_same_launch_is_the_norm_kernel_after_the_step(
+    forced_config, monkeypatch, chunk, with_weight, config, dtype
+):
+    # GLA's output norm, a launch of its own after every layer's step, is taken by each head's last program. The
+    # state is the step's bit for bit; the norm is the norm kernel's on the step's o, its sums of squares taken in
+    # the same order in one pass (equal here), in chunks otherwise (equal to rounding).
+    from statex_hf.kernels import tickets
+    from statex_hf.kernels.norm import gated_rmsnorm as norm_module
+
+    monkeypatch.setattr(norm_module, "ONE_PROGRAM_CHUNK", chunk)
+    forced_config(config)
+    B, T, H, K, V = STEP_SHAPE
+    q, k, v, _, h0 = make_inputs(*STEP_SHAPE)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    raw = gate_logits(B, T, H, K, dtype)
+    gate, weight = norm_inputs(B, H, V, dtype)
+    weight = weight if with_weight else None
+    state, apart = h0.clone(), h0.clone()
+    with torch.no_grad():
+        for _ in range(2):  # the counts are back at zero for the next launch
+            normed, ht = fused_recurrent_gla(q, k, v, raw, None, state, final_state=state, gate_logit_normalizer=16,
+                                             norm_gate=gate, norm_weight=weight, norm_eps=1e-5)  # fmt: skip
+            o, _ = fused_recurrent_gla(q, k, v, raw, None, apart, final_state=apart, gate_logit_normalizer=16)
+            want = norm_module.gated_rmsnorm(o, gate, weight, 1e-5, V, norm_before_gate=True)
+            assert ht is state and torch.equal(state, apart)
+            assert normed.shape == o.shape and normed.dtype == want.dtype == dtype
+            if chunk == 4096:
+                assert torch.equal(normed, want)
+            else:
+                torch.testing.assert_close(normed, want)
+    for counts in tickets.HELD[CPU]:
+        assert not counts.any(), "a launch left a ticket count behind: the next launch would miscount"
+
+
+def test_a_head_normalized_before_every_program_stored_its_slice_shows(forced_config, monkeypatch):
+    # The hazard the tickets guard against is real, and this test sees it: with every head's count starting at its
+    # last ticket, each head's first program normalizes an o that the others have not all written.
+    from statex_hf.kernels.gla import fused_recurrent as module
+
+    forced_config(CONFIGS[2])  # 3 value slices a head
+    B, T, H, K, V = STEP_SHAPE
+    slices = -(-V // CONFIGS[2].BV)
+    monkeypatch.setattr(module, "zeroed_tickets", lambda device, count: torch.full((count,), slices - 1))
+    q, k, v, gk, h0 = make_inputs(*STEP_SHAPE)
+    gate, weight = norm_inputs(B, H, V, torch.float32)
+    with torch.no_grad():
+        normed, _ = fused_recurrent_gla(q, k, v, gk, None, h0, norm_gate=gate, norm_weight=weight)
+        o, _ = fused_recurrent_gla(q, k, v, gk, None, h0)
+    from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
+
+    assert not torch.allclose(normed, gated_rmsnorm(o, gate, weight, 1e-6, V, norm_before_gate=True))
+
+
+def test_the_output_norm_takes_one_token_and_checks_its_gate():
+    q, k, v, gk, h0 = make_inputs(2, 2, 2, 40, 24)
+    gate, weight = norm_inputs(2, 2, 24, torch.float32)
+    with torch.no_grad(), pytest.raises(ValueError, match="one token"):
+        fused_recurrent_gla(q, k, v, gk, None, h0, norm_gate=gate.expand(2, 2, 2, 24), norm_weight=weight)
+    q, k, v, gk, h0 = make_inputs(*STEP_SHAPE)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"norm_gate must be \[2, 1, 2, 24\]"):
+        fused_recurrent_gla(q, k, v, gk, None, h0, norm_gate=torch.randn(2, 1, 2, 48)[..., ::2])
+    with torch.no_grad(), pytest.raises(ValueError, match=r"norm_weight must be \[24\]"):
+        fused_recurrent_gla(q, k, v, gk, None, h0, norm_gate=gate, norm_weight=weight[:20])

@@ -28,6 +28,8 @@ import triton
 import triton.language as tl
 from statex_hf.kernels.activations.elementwise import logsigmoid
 from statex_hf.kernels.dependent_launch import pdl_kwargs, wait_for_predecessor
+from statex_hf.kernels.norm.gated_rmsnorm import normalize_group, one_program_chunks
+from statex_hf.kernels.tickets import zeroed_tickets
 from statex_hf.kernels.utils import needs_grad, num_sms, on_device_of
 
 
@@ -112,6 +114,12 @@ def fused_recurrent_gla_step_kernel(
     scale,
     gate_scale,
     gate_clamp_min,
+    tickets,
+    norm_gate,
+    norm_w,
+    normed,
+    stride_gate_n,
+    norm_eps,
     H: tl.constexpr,
     K: tl.constexpr,
     V: tl.constexpr,
@@ -124,6 +132,10 @@ def fused_recurrent_gla_step_kernel(
     HAS_CLAMP: tl.constexpr,
     USE_PDL: tl.constexpr,
     PREFETCH_STATE: tl.constexpr = False,
+    GATED_NORM: tl.constexpr = False,
+    HAS_NORM_WEIGHT: tl.constexpr = False,
+    NORM_BS: tl.constexpr = 1,
+    NORM_NCHUNK: tl.constexpr = 1,
 ):
     """One token per sequence: walk the key dimension in ``[BK, BV]`` tiles, each read and written once.
 
@@ -136,6 +148,14 @@ def fused_recurrent_gla_step_kernel(
     ``PREFETCH_STATE`` (one key tile, and a state to read): the tile is loaded before the kernel waits for its
     predecessor under PDL, overlapping it. It is the layer's own state, which only this layer's launch a step
     earlier writes (``kernels/dependent_launch.py``); q, k, v and the gate, the projections just computed, after.
+
+    ``GATED_NORM``: o goes on through GLA's output norm, ``round(norm(o) * w * silu(gate))`` over each head's V
+    channels (``norm/gated_rmsnorm.py``'s norm-first order, ``normalize_group``), in this launch: each program
+    stores its slice of o, then takes a ticket (``kernels/tickets.py``, one count per sequence and head); the head's
+    last program, once every other has stored its slice (the ticket's release makes those stores visible to it),
+    normalizes the head's o into ``normed`` and sets the count back to zero. Under PDL the tickets are taken after
+    the wait, so the launch before, and the reset of its counts, has finished. With one key tile the state is
+    stored after the ticket, whose release would otherwise wait for that write.
     """
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -148,6 +168,7 @@ def fused_recurrent_gla_step_kernel(
     # With T = 1 the token of sequence n, head h sits at row n * H + h: the program's own index.
     b_v = tl.load(v + i_nh.to(tl.int64) * V + o_v, mask=m_v, other=0.0).to(tl.float32)
     b_o = tl.zeros([BV], dtype=tl.float32)
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)  # the last tile's, after the loop
     for i_k in tl.range(0, tl.cdiv(K, BK), num_stages=STAGES):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
@@ -164,10 +185,23 @@ def fused_recurrent_gla_step_kernel(
         b_h = b_k[:, None] * b_v[None, :]
         if USE_INITIAL_STATE:
             b_h += b_h0 * tl.exp(b_g)[:, None]
-        if STORE_FINAL_STATE:  # stored before o's reduction over the tile, which need not wait for it
+        # Stored before o's reduction over the tile, which need not wait for it (the one tile of a normed step: after
+        # the ticket).
+        if STORE_FINAL_STATE and not (GATED_NORM and PREFETCH_STATE):
             tl.store(ht + p_kv, b_h, mask=m_kv)
         b_o += tl.sum(b_h * b_q[:, None], axis=0)
     tl.store(o + i_nh.to(tl.int64) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
+    if GATED_NORM:
+        tl.debug_barrier()  # every thread's slice of o is stored before the ticket
+        ticket = tl.atomic_add(tickets + i_nh, 1, sem="acq_rel", scope="gpu")
+        if STORE_FINAL_STATE and PREFETCH_STATE:
+            tl.store(ht + p_kv, b_h, mask=m_kv)
+        if ticket == tl.num_programs(0) - 1:
+            i_n, i_h = i_nh // H, i_nh % H
+            gate_row = norm_gate + i_n.to(tl.int64) * stride_gate_n + i_h * V
+            normalize_group(o + i_nh.to(tl.int64) * V, gate_row, norm_w, normed + i_nh.to(tl.int64) * V, V, norm_eps,
+                            NORM_BS, NORM_NCHUNK, HAS_NORM_WEIGHT, True)  # fmt: skip
+            tl.atomic_xchg(tickets + i_nh, 0, sem="relaxed", scope="gpu")
 
 
 @functools.lru_cache
@@ -209,6 +243,24 @@ def step_config(N: int, H: int, K: int, V: int, device: torch.device) -> StepCon
     return StepConfig(BK, BV, 4, stages=3)
 
 
+def _output_norm(
+    o: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor | None, T: int, cu_seqlens: torch.Tensor | None
+) -> torch.Tensor:
+    """The checked output of the one-token kernel's output norm, shaped as ``o`` ``[B, 1, H, V]`` (in its dtype:
+    the norm-first order rounds once, to the input's dtype)."""
+    B, _, H, V = o.shape
+    if T != 1 or cu_seqlens is not None:
+        raise ValueError("fused_recurrent_gla: the output norm (norm_gate) is taken at one token, without cu_seqlens")
+    if tuple(gate.shape) != tuple(o.shape) or gate.stride(-1) != 1 or gate.stride(-2) != V:
+        raise ValueError(
+            f"fused_recurrent_gla: norm_gate must be [{B}, 1, {H}, {V}] with contiguous heads and channels; got "
+            f"{tuple(gate.shape)} (strides {gate.stride()})"
+        )
+    if weight is not None and tuple(weight.shape) != (V,):
+        raise ValueError(f"fused_recurrent_gla: norm_weight must be [{V}]; got {tuple(weight.shape)}")
+    return torch.empty_like(o)
+
+
 def fused_recurrent_gla(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -221,6 +273,10 @@ def fused_recurrent_gla(
     final_state: torch.Tensor | None = None,
     gate_logit_normalizer: float | None = None,
     gate_clamp_min: float | None = None,
+    *,
+    norm_gate: torch.Tensor | None = None,
+    norm_weight: torch.Tensor | None = None,
+    norm_eps: float = 1e-6,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     r"""Gated linear attention token by token on CUDA tensors (Triton); forward only, for decoding.
 
@@ -238,9 +294,15 @@ def fused_recurrent_gla(
             decay ``logsigmoid(gk) / gate_logit_normalizer``, as fla's GLA layer computes it before its
             kernels (one torch kernel fewer per op, and no ``gk``-sized tensor written and read back).
         gate_clamp_min: with ``gate_logit_normalizer``, the log decay's lower clamp (``clamp_min``), or ``None``.
+        norm_gate: one token (``T = 1``, no ``cu_seqlens``) only: o goes on through GLA's output norm in the same
+            launch, ``gated_rmsnorm(o, norm_gate, norm_weight, norm_eps, V, norm_before_gate=True)`` (each head's V
+            channels normalized, then the weight and the swish gate; the norm kernel's order and roundings).
+            ``[B, 1, H, V]``, its heads and channels contiguous (a slice of a wider projection is read in place).
+        norm_weight: with ``norm_gate``, the norm's weight ``[V]``, or ``None`` for none.
 
     Returns:
-        ``o`` ``[B, T, H, V]`` in ``v``'s dtype, and the final state ``[N, H, K, V]`` (fp32) or ``None``.
+        ``o`` ``[B, T, H, V]`` in ``v``'s dtype (with ``norm_gate``, the normalized o, in that dtype too), and the
+        final state ``[N, H, K, V]`` (fp32) or ``None``.
 
     No gradient: use :func:`statex_hf.kernels.gla.chunk.chunk_gla` for training. Meant for small
     ``T`` (decode steps, short prompts); the cost grows linearly in ``T`` with no parallelism over it.
@@ -270,6 +332,9 @@ def fused_recurrent_gla(
     if ht is None and output_final_state:
         ht = q.new_empty(N, H, K, V, dtype=torch.float32)
     clamp_min = 0.0 if gate_clamp_min is None else gate_clamp_min
+    normed = None
+    if norm_gate is not None:
+        normed = _output_norm(o, norm_gate, norm_weight, T, cu_seqlens)
     # What the one-token and the multi-token kernels take alike.
     shape_and_flags = dict(H=H, K=K, V=V, USE_INITIAL_STATE=initial_state is not None,
                            STORE_FINAL_STATE=output_final_state, GATE_LOGITS=gate_logit_normalizer is not None,
@@ -288,15 +353,26 @@ def fused_recurrent_gla(
                 scale,
                 gate_scale,
                 clamp_min,
+                # Without the norm its pointers are o's (compiled out).
+                zeroed_tickets(q.device, N * H) if normed is not None else o,
+                norm_gate if normed is not None else o,
+                norm_weight.contiguous() if norm_weight is not None else o,
+                normed if normed is not None else o,
+                norm_gate.stride(0) if normed is not None else 0,
+                float(norm_eps),
                 BK=BK,
                 BV=BV,
                 STAGES=stages,
                 PREFETCH_STATE=initial_state is not None and K <= BK,
+                GATED_NORM=normed is not None,
+                HAS_NORM_WEIGHT=norm_weight is not None,
+                NORM_BS=one_program_chunks(V)[0],
+                NORM_NCHUNK=one_program_chunks(V)[1],
                 num_warps=num_warps,
                 **shape_and_flags,
                 **pdl_kwargs(),
             )
-            return o, ht
+            return (o, ht) if normed is None else (normed, ht)
         BK = max(16, triton.next_power_of_2(K))
         BV = min(max(8192 // BK, 8), max(8, triton.next_power_of_2(V)))
         grid = (triton.cdiv(V, BV), N * H)

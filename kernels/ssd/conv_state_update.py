@@ -49,26 +49,10 @@ import triton.language as tl
 from statex_hf.kernels.activations.elementwise import silu
 from statex_hf.kernels.dependent_launch import pdl_kwargs, wait_for_predecessor
 from statex_hf.kernels.launch import LaunchConfig
-from statex_hf.kernels.norm.gated_rmsnorm import _gate, _output, _weight, output_dtype
+from statex_hf.kernels.norm.gated_rmsnorm import normalize_group, one_program_chunks, output_dtype
 from statex_hf.kernels.ssd.configs import ssd_config, ssd_launch
 from statex_hf.kernels.ssd.state_update import _step_and_decay
-
-# Zeroed int32 tickets per device (entry ``batch row * G + group``), left at zero by every launch, so launches on
-# one device must not overlap (as a model's steps, in order on a stream, do not; two streams stepping two models at
-# once would share the counts). A larger batch takes a new, larger buffer; the older ones stay alive, since a
-# captured CUDA graph may still replay them. Allocated inside the launch (``run``), before the first kernel.
-_TICKETS: dict[torch.device, list[torch.Tensor]] = {}
-# The gated norm's chunk: the widest group normalized in one pass (Mamba2-1.3B's 4096 channels; a wider group is
-# walked twice, a sum of squares first).
-NORM_CHUNK = 4096
-
-
-def _tickets(device: torch.device, count: int) -> torch.Tensor:
-    """At least ``count`` zeroed tickets on ``device`` (allocated, with one memset, on first need only)."""
-    held = _TICKETS.setdefault(device, [])
-    if not held or held[-1].numel() < count:
-        held.append(torch.zeros(max(1024, triton.next_power_of_2(count)), dtype=torch.int32, device=device))
-    return held[-1]
+from statex_hf.kernels.tickets import zeroed_tickets
 
 
 @triton.jit
@@ -130,40 +114,6 @@ def _store_window(window_row, stride_wd, stride_wk, ch, mask, window, K: tl.cons
     tile = mask[:, None] & (ks < K - 1)[None, :]
     ptrs = window_row + ch[:, None] * stride_wd + ks[None, :] * stride_wk
     tl.store(ptrs, window.to(window_row.dtype.element_ty), mask=tile)
-
-
-@triton.jit
-def _gated_norm_of_group(y_row, z_row, norm_w, out_row, g, S, eps, BS: tl.constexpr, NCHUNK: tl.constexpr):
-    """Group ``g``'s ``w * round(norm(y * silu(z)))`` (``norm/gated_rmsnorm.py``'s Mamba2 order and roundings, its
-    helpers, on its ``[1, BS]`` tiles), from the group's ``S`` channels of y (written by every program of the group,
-    read past L1) and z, walked in ``NCHUNK`` chunks of ``BS``: one pass where one chunk holds the group, else a sum
-    of squares first, as the norm kernel walks a group wider than its block."""
-    cols = tl.arange(0, BS)[None, :]
-    base = g * S
-    if NCHUNK == 1:
-        mask = cols < S
-        x = tl.load(y_row + base + cols, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
-        u, x, z, sig = _gate(x, z_row, base + cols, mask, True, False, False, tl.float32)
-        rstd = 1.0 / tl.sqrt(tl.sum(u * u, axis=1) / S + eps)
-        w = _weight(norm_w, g, S, tl.arange(0, BS), tl.arange(0, BS) < S, True)
-        out = _output(u * rstd[:, None], w, z, sig, y_row.dtype.element_ty, True, False)
-        tl.store(out_row + base + cols, out.to(out_row.dtype.element_ty), mask=mask)
-    else:
-        ss = tl.zeros([1], dtype=tl.float32)
-        for c in range(NCHUNK):
-            mask = c * BS + cols < S
-            x = tl.load(y_row + base + c * BS + cols, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
-            u, x, z, sig = _gate(x, z_row, base + c * BS + cols, mask, True, False, False, tl.float32)
-            ss += tl.sum(u * u, axis=1)
-        rstd = 1.0 / tl.sqrt(ss / S + eps)
-        for c in range(NCHUNK):
-            chunk = c * BS + tl.arange(0, BS)
-            mask = chunk[None, :] < S
-            x = tl.load(y_row + base + chunk[None, :], mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
-            u, x, z, sig = _gate(x, z_row, base + chunk[None, :], mask, True, False, False, tl.float32)
-            w = _weight(norm_w, g, S, chunk, chunk < S, True)
-            out = _output(u * rstd[:, None], w, z, sig, y_row.dtype.element_ty, True, False)
-            tl.store(out_row + base + chunk[None, :], out.to(out_row.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -300,8 +250,9 @@ def _conv_state_update_kernel(
                 _store_window(window_row, stride_wd, stride_wk, b_channels + ns, nmask, b_window, K, KP)
                 _store_window(window_row, stride_wd, stride_wk, c_channels + ns, nmask, c_window, K, KP)
         if GATED_NORM:  # every program of the group has stored its y: the group's norm, in place of its own launch
-            _gated_norm_of_group(y + bi * H * P, z + bi * stride_z_b, norm_w, normed + bi * H * P, g, (H // G) * P,
-                                 norm_eps, NORM_BS, NORM_NCHUNK)  # fmt: skip
+            S = (H // G) * P
+            normalize_group(y + bi * H * P + g * S, z + bi * stride_z_b + g * S, norm_w + g * S,
+                            normed + bi * H * P + g * S, S, norm_eps, NORM_BS, NORM_NCHUNK, True, False)  # fmt: skip
         tl.atomic_xchg(tickets + bi * G + g, 0, sem="relaxed", scope="gpu")
 
 
@@ -387,11 +338,10 @@ def conv_state_update(
     if gated_norm:
         norm_weight = norm_weight.contiguous()
         normed = torch.empty(b, H * P, device=xBC.device, dtype=output_dtype(xBC.dtype, norm_weight, False))
-    group_size = H // G * P
-    norm_bs = min(triton.next_power_of_2(group_size), NORM_CHUNK)
+    norm_bs, norm_nchunk = one_program_chunks(H // G * P)
 
     def run(c: LaunchConfig) -> None:
-        tickets = _tickets(xBC.device, b * G)
+        tickets = zeroed_tickets(xBC.device, b * G)
         unused = A_in  # a pointer for the absent optional tensors (their loads are compiled out)
         _conv_state_update_kernel[(b * H, triton.cdiv(P, c.BP))](
             xBC, conv_weight, conv_bias if conv_bias is not None else unused, conv_state, state, dt, A_in,
@@ -401,7 +351,7 @@ def conv_state_update(
             float(dt_limit[0]), float(dt_limit[1]), xBC.stride(0), *dt.stride(), *conv_state.stride(), K=K,
             KP=max(1, triton.next_power_of_2(K - 1)), WINDOWS_AT_ONCE=N <= c.BW, HAS_CONV_BIAS=conv_bias is not None,
             SILU=activation is not None, HAS_D=D is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
-            A_IS_LOG=A is None, GATED_NORM=gated_norm, NORM_BS=norm_bs, NORM_NCHUNK=triton.cdiv(group_size, norm_bs),
+            A_IS_LOG=A is None, GATED_NORM=gated_norm, NORM_BS=norm_bs, NORM_NCHUNK=norm_nchunk,
             enable_fp_fusion=False, **c.kwargs(), **pdl_kwargs(),
         )  # fmt: skip
 

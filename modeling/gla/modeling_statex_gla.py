@@ -196,6 +196,16 @@ class StateXGLATokenMixer(nn.Module):
             *([self.g_proj] if self.use_output_gate else []),
         ]
 
+    def _output_norm_for_step(self, gate: torch.Tensor | None) -> dict | None:
+        """``dispatch.gla``'s arguments for the output norm of a one-token step (its kernel takes it in its launch
+        where it can, else calls the norm's function), where calling the norm would run just that function: the
+        swish-gated norm, this class's own (not a subclass or a module put in its place), unhooked; ``None``
+        otherwise, and the mixer calls the norm."""
+        norm = self.g_norm_swish_gate if self.fuse_norm_and_gate else None
+        if type(norm) is not StateXGLARMSNorm or hooked(norm):
+            return None
+        return {"norm_gate": gate, "norm_weight": norm.weight, "norm_eps": norm.eps}
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -254,6 +264,12 @@ class StateXGLATokenMixer(nn.Module):
             gk = gla_log_decay(gk, GATE_LOGIT_NORMALIZER, self.clamp_min) * mask[..., None]
             gate_kwargs = {}
 
+        g = None
+        if self.use_output_gate:
+            g = self.g_proj(hidden_states) if fused is None else fused_g[0]
+            g = g.view(batch, seqlen, self.num_heads, self.head_v_dim)
+        # A decode step hands the output norm to the step kernel, which takes it in its own launch where it can.
+        output_norm = self._output_norm_for_step(g) if use_cache and seqlen == 1 and mask is None else None
         initial_state = recurrent_state(cache, self.layer_idx) if use_cache else None
         # A cached state is updated in place: a decode step reads and writes it once, at a fixed address.
         o, final_state = dispatch.gla(
@@ -266,19 +282,18 @@ class StateXGLATokenMixer(nn.Module):
             cu_seqlens=cu_seqlens,
             final_state=initial_state,
             **gate_kwargs,
+            **(output_norm or {}),
         )
         if use_cache:
             store_recurrent_state(cache, self.layer_idx, final_state)
 
-        if self.use_output_gate:
-            g = self.g_proj(hidden_states) if fused is None else fused_g[0]
-            g = g.view(batch, seqlen, self.num_heads, self.head_v_dim)
+        if output_norm is None:
             if self.fuse_norm_and_gate:
                 o = self.g_norm_swish_gate(o, g)
-            else:
+            elif self.use_output_gate:
                 o = self.g_norm(o) * self.gate_fn(g)
-        else:
-            o = self.g_norm(o)
+            else:
+                o = self.g_norm(o)
         o = o.reshape(batch, seqlen, self.value_dim)
         if residual is None:
             return self.o_proj(o).view(shape)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import pytest
 import torch
 from statex_hf.kernels import dispatch, launch
+from statex_hf.kernels import tickets as tickets_module
 from statex_hf.kernels.conv.causal_conv1d_update import causal_conv1d_update
 from statex_hf.kernels.launch import LaunchConfig
-from statex_hf.kernels.ssd import conv_state_update as fused_module
 from statex_hf.kernels.ssd.conv_state_update import conv_state_update
 from statex_hf.kernels.ssd.state_update import ssd_state_update
 from statex_hf.modeling.cache import conv_state, recurrent_state
@@ -67,7 +67,7 @@ class Layer:
 
 
 def assert_tickets_at_zero():
-    for tickets in fused_module._TICKETS.get(torch.device(DEV, torch.cuda.current_device()), []):
+    for tickets in tickets_module.HELD.get(torch.device(DEV, torch.cuda.current_device()), []):
         assert not tickets.any(), "a launch left a ticket count behind"
 
 
