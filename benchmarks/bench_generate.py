@@ -150,10 +150,12 @@ def _timed(fn) -> float:
 def apply_same_run_baselines(args) -> None:
     """Patch this process's dispatch as ``add_baseline_arguments``' flags ask (ours only: a peer's process imports
     nothing of ours)."""
-    numbers = (args.gemv_max_rows, args.conv_ssd_max_rows, args.gla_norm_in_step_max_rows)
+    numbers = (args.gemv_max_rows, args.conv_ssd_max_rows)
     if args.sync_stop_check:  # a baseline in the same run: the stop flag read on the host after every step
         os.environ["STATEX_DEFER_STOP_CHECK"] = "0"
-    if not (args.separate_products or args.unfused_residual_norm or args.norms_apart) and numbers == (None, None, None):
+    if not (
+        args.separate_products or args.unfused_residual_norm or args.norms_apart or args.gla_step_apart
+    ) and numbers == (None, None):
         return
     from statex_hf.kernels import dispatch
     from statex_hf.modeling.gla import modeling_statex_gla
@@ -174,8 +176,9 @@ def apply_same_run_baselines(args) -> None:
         dispatch.one_launch_add_rmsnorm = lambda *args, **kwargs: None  # residual-add kernel) and each norm apart
     if args.conv_ssd_max_rows is not None:  # 0: a baseline in the same run, a Mamba2 step's conv and state update
         dispatch.ONE_LAUNCH_CONV_SSD_MAX_ROWS = args.conv_ssd_max_rows  # as two launches at every batch
-    if args.gla_norm_in_step_max_rows is not None:  # 0: a baseline in the same run, GLA's output norm a launch of
-        dispatch.GLA_NORM_IN_STEP_MAX_ROWS = args.gla_norm_in_step_max_rows  # its own at every batch
+    if args.gla_step_apart:  # a baseline in the same run: GLA's gate up projection and output norm their own launches
+        dispatch.GLA_NORM_IN_STEP_MAX_ROWS = 0
+        dispatch._gate_in_step = lambda *args: False
 
 
 def worker(impl: str, args) -> None:
@@ -336,9 +339,9 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
         help="ours: sequences up to which a Mamba2 step's conv and state update run as one launch (0: two launches)",
     )
     parser.add_argument(
-        "--gla-norm-in-step-max-rows",
-        type=int,
-        help="ours: sequences up to which GLA's step kernel takes the output norm in its launch (0: its own launch)",
+        "--gla-step-apart",
+        action="store_true",
+        help="ours: GLA's gate up projection and output norm each their own launch, not in the one-token step's",
     )
 
 
@@ -378,8 +381,7 @@ def main() -> None:
     passed += ["--unfused-residual-norm"] if args.unfused_residual_norm else []
     passed += ["--norms-apart"] if args.norms_apart else []
     passed += [] if args.conv_ssd_max_rows is None else ["--conv-ssd-max-rows", str(args.conv_ssd_max_rows)]
-    norm_rows = args.gla_norm_in_step_max_rows
-    passed += [] if norm_rows is None else ["--gla-norm-in-step-max-rows", str(norm_rows)]
+    passed += ["--gla-step-apart"] if args.gla_step_apart else []
     rows, statuses = [], {}
     for impl in args.impls.split(","):
         timeout = args.timeout if impl.startswith("ours") else args.peer_timeout

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from statex_hf.kernels.activations.naive import naive_swiglu
 from statex_hf.kernels.conv.naive import naive_causal_conv1d
 from statex_hf.kernels.gla.chunk_torch import chunk_gla_torch
+from statex_hf.kernels.gla.low_rank_gate import LowRankGate
 from statex_hf.kernels.gla.naive import gla_log_decay, naive_recurrent_gla
 from statex_hf.kernels.linear.row_norm import RowNorm
 from statex_hf.kernels.norm.naive import naive_gated_rmsnorm
@@ -54,7 +55,7 @@ def gla(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    gk: torch.Tensor,
+    gk: torch.Tensor | LowRankGate,
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
@@ -80,11 +81,17 @@ def gla(
     ``norm_gate`` (``[B, T, H, V]``): o is returned through GLA's output norm, ``gated_rmsnorm(o, norm_gate,
     norm_weight, norm_eps, V, norm_before_gate=True)``; a one-token step on the recurrent kernel takes it in the same
     launch (``_norm_in_step``), every other path calls that function after.
+    ``gk`` a ``LowRankGate`` (``[B, 1, R]`` down, ``[H * K, R]`` weight, bias): the gate is ``linear(down, weight,
+    bias)``, which the one-token recurrent kernel computes as it loads each key tile (``_gate_in_step``); every
+    other path calls ``linear`` first.
     """
     T = q.shape[1]
     final = output_final_state or final_state is not None
-    if use_triton(q, k, v, gk):
-        if T <= GLA_RECURRENT_MAX_T and not needs_grad(q, k, v, gk, initial_state):
+    gate_in_step = isinstance(gk, LowRankGate) and _gate_in_step(q, k, v, gk, cu_seqlens, initial_state)
+    if isinstance(gk, LowRankGate) and not gate_in_step:
+        gk = linear(gk.down, gk.weight, gk.bias).view(q.shape)
+    if gate_in_step or use_triton(q, k, v, gk):
+        if gate_in_step or (T <= GLA_RECURRENT_MAX_T and not needs_grad(q, k, v, gk, initial_state)):
             from statex_hf.kernels.gla.fused_recurrent import fused_recurrent_gla
 
             in_step = norm_gate is not None and _norm_in_step(q, cu_seqlens, norm_gate, norm_weight)
@@ -114,6 +121,37 @@ def gla(
     if norm_gate is not None:
         o = gated_rmsnorm(o, norm_gate, norm_weight, norm_eps, o.shape[-1], norm_before_gate=True)
     return o, ht
+
+
+def _gate_in_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gate: LowRankGate,
+    cu_seqlens: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+) -> bool:
+    """Whether the recurrent kernel's one-token launch takes GLA's gate before its up projection
+    (``fused_recurrent_gla``'s ``LowRankGate``): one token, no ``cu_seqlens``, everything on CUDA without a gradient
+    and plain (the kernel reads the weight's raw memory), the weight contiguous in the down input's dtype, a rank that
+    is a power of two, outside ``torch.compile``."""
+    down, weight, bias = gate
+    tensors = [t for t in (q, k, v, down, weight, bias, initial_state) if t is not None]
+    R = down.shape[-1]
+    return (
+        not torch.compiler.is_compiling()
+        and q.shape[1] == 1
+        and cu_seqlens is None
+        and _plain_tensors([weight, *([bias] if bias is not None else [])])
+        and use_triton(*tensors)
+        and not needs_grad(*tensors)
+        and R > 0
+        and not R & (R - 1)
+        and down.stride(-1) == 1
+        and weight.is_contiguous()
+        and weight.dtype == down.dtype
+        and tuple(weight.shape) == (math.prod(q.shape[2:]), R)
+    )
 
 
 def _norm_in_step(

@@ -132,19 +132,19 @@ def test_a_decode_step_computes_what_the_unfused_step_did_bit_for_bit(monkeypatc
     assert_close_to_torch(model, ids, monkeypatch, got)
 
 
-def test_a_bf16_decode_step_launches_eight_kernels_per_layer(monkeypatch, on_cuda_dispatch):
+def test_a_bf16_decode_step_launches_seven_kernels_per_layer(monkeypatch, on_cuda_dispatch):
     # Issue 20: a GLA layer's one-row step launched 11 kernels: the attention norm, the grouped GEMV (q, k, v, the
     # gate's low-rank down, g), the gate's up GEMV, the recurrent step, the output gate's norm, o_proj, torch's
     # residual add, the MLP norm, the MLP's GEMV + SwiGLU, down_proj, torch's residual add; then the final norm,
     # the head and the logits' cast to fp32. Now each add is the prologue of the norm that reads its sum (the
     # next block's attention norm, the final norm): only the first layer's attention norm is left on its own. And the
-    # output gate's norm runs in the recurrent step's launch.
+    # gate's up GEMV and the output gate's norm run in the recurrent step's launch.
     model = build("gla", num_hidden_layers=3, statex_layers=[1]).to(torch.bfloat16)
     ids = torch.randint(3, VOCAB - 2, (1, 6))
     seen, _ = decode(model, ids, monkeypatch)  # the last of two steps: the first computed the gate's constant
     per_layer = [
-        "linear.gemv_group", "linear.gemv", "fused_recurrent_gla_step_kernel", "linear.gemv", "norm.add_fwd",
-        "linear.gemv_swiglu", "linear.gemv", "norm.add_fwd",
+        "linear.gemv_group", "fused_recurrent_gla_step_kernel", "linear.gemv", "norm.add_fwd", "linear.gemv_swiglu",
+        "linear.gemv", "norm.add_fwd",
     ]  # fmt: skip
     assert seen.kernels == ["embedding", "norm.fwd", *per_layer * 3, "linear.gemv", "_to_copy"], seen.kernels
 

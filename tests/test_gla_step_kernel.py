@@ -196,3 +196,75 @@ def test_the_output_norm_takes_one_token_and_checks_its_gate():
         fused_recurrent_gla(q, k, v, gk, None, h0, norm_gate=torch.randn(2, 1, 2, 48)[..., ::2])
     with torch.no_grad(), pytest.raises(ValueError, match=r"norm_weight must be \[24\]"):
         fused_recurrent_gla(q, k, v, gk, None, h0, norm_gate=gate, norm_weight=weight[:20])
+
+
+# ----- the gate's low-rank up projection in the same launch (issue 20) -----
+
+
+def low_rank_gate(B, H, K, dtype, bias=True, R=16):
+    from statex_hf.kernels.gla.fused_recurrent import LowRankGate
+
+    down = torch.randn(B, 1, R + 3).to(dtype)[..., :R]  # a slice of the grouped GEMV's row
+    weight = (torch.randn(H * K, R) / R**0.5).to(dtype)
+    return LowRankGate(down, weight, (0.5 * torch.randn(H * K)).to(dtype) if bias else None)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[2], CONFIGS[3]], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_a_low_rank_gate_is_its_projection_then_the_step(forced_config, config, dtype, bias):
+    # GLA's gate is two products, 2048 -> 16 -> key_dim: the second one, a launch of its own before the step, is taken
+    # by the step as it loads each key tile. Against the projection stored (fp32 sums, one rounding) then the step.
+    forced_config(config)
+    B, T, H, K, V = STEP_SHAPE
+    q, k, v, _, h0 = make_inputs(*STEP_SHAPE)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    gate = low_rank_gate(B, H, K, dtype, bias)
+    projected = torch.nn.functional.linear(
+        gate.down.float(), gate.weight.float(), None if gate.bias is None else gate.bias.float()
+    ).to(dtype)
+    state, apart = h0.clone(), h0.clone()
+    with torch.no_grad():
+        o, _ = fused_recurrent_gla(q, k, v, gate, None, state, final_state=state, gate_logit_normalizer=16)
+        want, _ = fused_recurrent_gla(q, k, v, projected.view(B, T, H, K), None, apart, final_state=apart,
+                                      gate_logit_normalizer=16)  # fmt: skip
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {}
+    torch.testing.assert_close(o, want, **tol)
+    torch.testing.assert_close(state, apart, **tol)
+
+
+def test_a_low_rank_gate_with_the_output_norm_is_both_in_one_launch(forced_config):
+    forced_config(CONFIGS[2])
+    B, T, H, K, V = STEP_SHAPE
+    q, k, v, _, h0 = make_inputs(*STEP_SHAPE)
+    gate = low_rank_gate(B, H, K, torch.float32)
+    norm_gate, weight = norm_inputs(B, H, V, torch.float32)
+    projected = torch.nn.functional.linear(gate.down, gate.weight, gate.bias).view(B, T, H, K)
+    with torch.no_grad():
+        both, _ = fused_recurrent_gla(q, k, v, gate, None, h0, gate_logit_normalizer=16, norm_gate=norm_gate,
+                                      norm_weight=weight)  # fmt: skip
+        o, _ = fused_recurrent_gla(q, k, v, projected, None, h0, gate_logit_normalizer=16)
+    from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
+
+    want = gated_rmsnorm(o, norm_gate, weight, 1e-6, V, norm_before_gate=True)
+    torch.testing.assert_close(both, want, atol=1e-5, rtol=1e-5)
+
+
+def test_a_low_rank_gate_takes_one_token_and_checks_its_shapes():
+    from statex_hf.kernels.gla.fused_recurrent import LowRankGate
+
+    B, T, H, K, V = STEP_SHAPE
+    q, k, v, _, h0 = make_inputs(*STEP_SHAPE)
+    gate = low_rank_gate(B, H, K, torch.float32)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="one token"):
+            q2, k2, v2, _, _ = make_inputs(B, 2, H, K, V)
+            fused_recurrent_gla(q2, k2, v2, gate, None, h0)
+        for bad in (
+            gate._replace(down=torch.randn(B, 1, 12)),  # a rank that is not a power of two
+            gate._replace(weight=gate.weight[: H * K - 1]),
+            gate._replace(weight=gate.weight.to(torch.bfloat16)),
+            gate._replace(bias=gate.bias[:3]),
+        ):
+            with pytest.raises(ValueError, match=r"LowRankGate needs down \[2, 1, R\]"):
+                fused_recurrent_gla(q, k, v, LowRankGate(*bad), None, h0)

@@ -28,7 +28,8 @@ import triton
 import triton.language as tl
 from statex_hf.kernels.activations.elementwise import logsigmoid
 from statex_hf.kernels.dependent_launch import pdl_kwargs, wait_for_predecessor
-from statex_hf.kernels.norm.gated_rmsnorm import normalize_group, one_program_chunks
+from statex_hf.kernels.gla.low_rank_gate import LowRankGate
+from statex_hf.kernels.norm.gated_rmsnorm import _round_to, normalize_group, one_program_chunks
 from statex_hf.kernels.tickets import zeroed_tickets
 from statex_hf.kernels.utils import needs_grad, num_sms, on_device_of
 
@@ -103,6 +104,19 @@ def fused_recurrent_gla_fwd_kernel(
 
 
 @triton.jit
+def _low_rank_gate(down, w, b, stride_n, n, rows, mask, BK: tl.constexpr, R: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Gate values ``round(w[rows] . down[n] + b[rows])`` ``[BK]`` in ``down``'s dtype: fp32 sums over the rank ``R``
+    (a power of two), the bias added in fp32, one rounding, as a GEMV stores its output."""
+    rs = tl.arange(0, R)
+    d = tl.load(down + n.to(tl.int64) * stride_n + rs).to(tl.float32)
+    ws = tl.load(w + rows[:, None] * R + rs[None, :], mask=mask[:, None], other=0.0).to(tl.float32)
+    acc = tl.sum(ws * d[None, :], axis=1)
+    if HAS_BIAS:
+        acc += tl.load(b + rows, mask=mask, other=0.0).to(tl.float32)
+    return _round_to(acc, down.dtype.element_ty).to(down.dtype.element_ty)  # nearest even, the interpreter's too
+
+
+@triton.jit
 def fused_recurrent_gla_step_kernel(
     q,
     k,
@@ -120,6 +134,9 @@ def fused_recurrent_gla_step_kernel(
     normed,
     stride_gate_n,
     norm_eps,
+    gk_w,
+    gk_b,
+    stride_gk_n,
     H: tl.constexpr,
     K: tl.constexpr,
     V: tl.constexpr,
@@ -136,6 +153,8 @@ def fused_recurrent_gla_step_kernel(
     HAS_NORM_WEIGHT: tl.constexpr = False,
     NORM_BS: tl.constexpr = 1,
     NORM_NCHUNK: tl.constexpr = 1,
+    GATE_RANK: tl.constexpr = 0,
+    GATE_BIAS: tl.constexpr = False,
 ):
     """One token per sequence: walk the key dimension in ``[BK, BV]`` tiles, each read and written once.
 
@@ -156,6 +175,11 @@ def fused_recurrent_gla_step_kernel(
     normalizes the head's o into ``normed`` and sets the count back to zero. Under PDL the tickets are taken after
     the wait, so the launch before, and the reset of its counts, has finished. With one key tile the state is
     stored after the ticket, whose release would otherwise wait for that write.
+
+    ``GATE_RANK > 0``: ``gk`` is the gate's low-rank input ``[N, GATE_RANK]`` (row stride ``stride_gk_n``), and
+    each key tile's gate is its projection, ``round(gk_w[rows] . gk[n] + gk_b[rows])`` (fp32 sums, rounded to gk's
+    dtype as a product's output is stored), for ``gk_w`` ``[H * K, GATE_RANK]`` contiguous: GLA's gate projection's
+    second, rank-up product, in this launch instead of its own.
     """
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -177,7 +201,12 @@ def fused_recurrent_gla_step_kernel(
         m_kv = m_k[:, None] & m_v[None, :]
         b_q = tl.load(q + p_k, mask=m_k, other=0.0).to(tl.float32) * scale
         b_k = tl.load(k + p_k, mask=m_k, other=0.0).to(tl.float32)
-        b_g = log_decay(tl.load(gk + p_k, mask=m_k, other=0.0), gate_scale, gate_clamp_min, GATE_LOGITS, HAS_CLAMP)
+        if GATE_RANK > 0:
+            b_gk = _low_rank_gate(gk, gk_w, gk_b, stride_gk_n, i_nh // H, (i_nh % H) * K + o_k, m_k, BK, GATE_RANK,
+                                  GATE_BIAS)  # fmt: skip
+        else:
+            b_gk = tl.load(gk + p_k, mask=m_k, other=0.0)
+        b_g = log_decay(b_gk, gate_scale, gate_clamp_min, GATE_LOGITS, HAS_CLAMP)
         if PREFETCH_STATE:  # the only tile: loaded before the wait
             b_h0 = b_h0_first.to(tl.float32)
         elif USE_INITIAL_STATE:  # issued before the update, which waits for k's load
@@ -243,6 +272,27 @@ def step_config(N: int, H: int, K: int, V: int, device: torch.device) -> StepCon
     return StepConfig(BK, BV, 4, stages=3)
 
 
+def _checked_low_rank(gate: LowRankGate, B: int, T: int, H: int, K: int, cu_seqlens) -> LowRankGate:
+    R = gate.down.shape[-1]
+    if T != 1 or cu_seqlens is not None:
+        raise ValueError("fused_recurrent_gla: a LowRankGate is taken at one token, without cu_seqlens")
+    if (
+        tuple(gate.down.shape) != (B, 1, R)
+        or R & (R - 1)
+        or gate.down.stride(-1) != 1
+        or tuple(gate.weight.shape) != (H * K, R)
+        or gate.weight.dtype != gate.down.dtype
+        or (gate.bias is not None and tuple(gate.bias.shape) != (H * K,))
+    ):
+        raise ValueError(
+            f"fused_recurrent_gla: a LowRankGate needs down [{B}, 1, R] (R a power of two, unit stride), weight "
+            f"[{H * K}, R] in down's dtype and bias [{H * K}] or None; got down {tuple(gate.down.shape)} (strides "
+            f"{gate.down.stride()}, {gate.down.dtype}), weight {tuple(gate.weight.shape)} ({gate.weight.dtype}), "
+            f"bias {None if gate.bias is None else tuple(gate.bias.shape)}"
+        )
+    return LowRankGate(gate.down, gate.weight.contiguous(), gate.bias)
+
+
 def _output_norm(
     o: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor | None, T: int, cu_seqlens: torch.Tensor | None
 ) -> torch.Tensor:
@@ -265,7 +315,7 @@ def fused_recurrent_gla(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    gk: torch.Tensor,
+    gk: torch.Tensor | LowRankGate,
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
@@ -281,7 +331,9 @@ def fused_recurrent_gla(
     r"""Gated linear attention token by token on CUDA tensors (Triton); forward only, for decoding.
 
     Args:
-        q, k, gk: ``[B, T, H, K]``; ``gk`` is the log of the per-key-channel decay (``<= 0``).
+        q, k, gk: ``[B, T, H, K]``; ``gk`` is the log of the per-key-channel decay (``<= 0``). At one token
+            (``T = 1``, no ``cu_seqlens``) ``gk`` may be a ``LowRankGate``: the gate's low-rank input and its up
+            projection, applied in the launch (``gk = F.linear(down, weight, bias)``, rounded to down's dtype).
         v: ``[B, T, H, V]``.
         scale: query scale, ``K ** -0.5`` when ``None``.
         initial_state: ``[N, H, K, V]`` (``N = B``, or the number of sequences with ``cu_seqlens``).
@@ -307,7 +359,8 @@ def fused_recurrent_gla(
     No gradient: use :func:`statex_hf.kernels.gla.chunk.chunk_gla` for training. Meant for small
     ``T`` (decode steps, short prompts); the cost grows linearly in ``T`` with no parallelism over it.
     """
-    if needs_grad(q, k, v, gk):
+    low_rank = isinstance(gk, LowRankGate)
+    if needs_grad(q, k, v, *(gk if low_rank else (gk,))):
         raise RuntimeError(
             "fused_recurrent_gla has no backward (it is the decode kernel); use chunk_gla when gradients are needed"
         )
@@ -320,7 +373,11 @@ def fused_recurrent_gla(
     if gate_clamp_min is not None and gate_logit_normalizer is None:
         raise ValueError("fused_recurrent_gla: gate_clamp_min applies to gate logits; pass gate_logit_normalizer too")
     gate_scale = 1.0 if gate_logit_normalizer is None else fp32_reciprocal(gate_logit_normalizer)
-    q, k, v, gk = (x.contiguous() for x in (q, k, v, gk))
+    if low_rank:
+        gk = _checked_low_rank(gk, B, T, H, K, cu_seqlens)
+        q, k, v = (x.contiguous() for x in (q, k, v))
+    else:
+        q, k, v, gk = (x.contiguous() for x in (q, k, v, gk))
     if initial_state is not None:
         initial_state = initial_state.contiguous()
     o = torch.empty_like(v)
@@ -346,7 +403,7 @@ def fused_recurrent_gla(
                 q,
                 k,
                 v,
-                gk,
+                gk.down if low_rank else gk,
                 o,
                 initial_state,
                 ht,
@@ -360,6 +417,10 @@ def fused_recurrent_gla(
                 normed if normed is not None else o,
                 norm_gate.stride(0) if normed is not None else 0,
                 float(norm_eps),
+                # Without a low-rank gate its pointers are o's (compiled out).
+                gk.weight if low_rank else o,
+                gk.bias if low_rank and gk.bias is not None else o,
+                gk.down.stride(0) if low_rank else 0,
                 BK=BK,
                 BV=BV,
                 STAGES=stages,
@@ -368,6 +429,8 @@ def fused_recurrent_gla(
                 HAS_NORM_WEIGHT=norm_weight is not None,
                 NORM_BS=one_program_chunks(V)[0],
                 NORM_NCHUNK=one_program_chunks(V)[1],
+                GATE_RANK=gk.down.shape[-1] if low_rank else 0,
+                GATE_BIAS=low_rank and gk.bias is not None,
                 num_warps=num_warps,
                 **shape_and_flags,
                 **pdl_kwargs(),

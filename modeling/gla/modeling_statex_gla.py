@@ -11,6 +11,7 @@ import math
 
 import torch
 from statex_hf.kernels import dispatch
+from statex_hf.kernels.gla.low_rank_gate import LowRankGate
 from statex_hf.kernels.gla.naive import gla_log_decay
 from statex_hf.kernels.linear.row_norm import RowNorm
 from statex_hf.modeling.cache import conv_state, recurrent_state, store_conv_state, store_recurrent_state
@@ -246,11 +247,18 @@ class StateXGLATokenMixer(nn.Module):
             q = self._short_conv(0, "q", q, cache, cu_seqlens)
             k = self._short_conv(1, "k", k, cache, cu_seqlens)
             v = self._short_conv(2, "v", v, cache, cu_seqlens)
-        gk = self.gk_proj(hidden_states) if fused is None else self.gk_proj[1](gk_down)
+        up = self.gk_proj[1]
+        if fused is None:
+            gk = self.gk_proj(hidden_states).view(batch, seqlen, self.num_kv_heads, self.head_k_dim)
+        elif use_cache and mask is None and self.num_kv_groups == 1 and type(up) is DecodeLinear and not hooked(up):
+            # A one-row decode step: the gate's up projection in the step kernel's launch where it applies (else
+            # dispatch.gla calls the product up's forward would).
+            gk = LowRankGate(gk_down, up.weight, up.bias)
+        else:
+            gk = up(gk_down).view(batch, seqlen, self.num_kv_heads, self.head_k_dim)
 
         q = q.view(batch, seqlen, self.num_heads, self.head_k_dim)
         k = k.view(batch, seqlen, self.num_kv_heads, self.head_k_dim)
-        gk = gk.view(batch, seqlen, self.num_kv_heads, self.head_k_dim)
         v = v.view(batch, seqlen, self.num_kv_heads, self.head_v_dim)
         if self.num_kv_groups > 1:
             k, gk, v = (x.repeat_interleave(self.num_kv_groups, dim=2) for x in (k, gk, v))

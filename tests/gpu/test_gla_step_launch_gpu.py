@@ -1,7 +1,7 @@
-"""GLA's output norm in the one-token step's launch (``kernels/gla/fused_recurrent.py``, ``GATED_NORM``) on the GPU,
-at GLA-1.3B's heads and its StateX layer's, bf16 (run with STATEX_GPU_TESTS=1): the norm kernel's values on the
-step's o, eagerly and replayed in a graph under PDL between the GEMVs that feed and read it, the state the step's
-own, and the tickets left at zero."""
+"""What GLA's one-token step takes in its launch (``kernels/gla/fused_recurrent.py``) on the GPU, at GLA-1.3B's heads
+and its StateX layer's, bf16 (run with STATEX_GPU_TESTS=1): the gate's up projection (``LowRankGate``), the GEMV's
+values, and the output norm (``GATED_NORM``), the norm kernel's values on the step's o, eagerly and replayed in a
+graph under PDL between the GEMVs that feed and read it; the state the step's own, the tickets left at zero."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import pytest
 import torch
 from statex_hf.kernels import tickets
 from statex_hf.kernels.gla.fused_recurrent import fused_recurrent_gla
+from statex_hf.kernels.gla.low_rank_gate import LowRankGate
+from statex_hf.kernels.linear.gemv import gemv
 from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -60,7 +62,6 @@ def test_under_pdl_a_captured_step_gives_the_plain_launches_values_on_every_repl
     # read by each head's last), o_proj's GEMV on its output; each replay equals the same kernels launched one after
     # another without PDL.
     from statex_hf.kernels.dependent_launch import dependent_launches
-    from statex_hf.kernels.linear.gemv import gemv
 
     H, K, V = shape
     hidden = 2048
@@ -91,3 +92,22 @@ def test_under_pdl_a_captured_step_gives_the_plain_launches_values_on_every_repl
         assert torch.equal(static_y, want), f"replay {replay}"
         assert torch.equal(graphed, plain), f"replay {replay}"
     assert_tickets_at_zero()
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+@torch.no_grad()
+def test_the_step_launch_projects_the_gate_as_the_gemv_does(shape):
+    H, K, V = shape
+    q, k, v, _, _ = inputs(1, H, K, V)
+    down = torch.randn(1, 1, 16, device="cuda").to(BF16)
+    w_up = (torch.randn(H * K, 16, device="cuda") / 4).to(BF16)
+    b_up = torch.randn(H * K, device="cuda").to(BF16)
+    state = 0.1 * torch.randn(1, H, K, V, device="cuda")
+    apart = state.clone()
+    o, _ = fused_recurrent_gla(q, k, v, LowRankGate(down, w_up, b_up), None, state, final_state=state,
+                               gate_logit_normalizer=16)  # fmt: skip
+    gk = gemv(down.view(1, 16), w_up, b_up).view(1, 1, H, K)
+    want, _ = fused_recurrent_gla(q, k, v, gk, None, apart, final_state=apart, gate_logit_normalizer=16)
+    # The gate's 16 products summed in another order than the GEMV's: equal, or one bf16 rounding of a gate apart.
+    torch.testing.assert_close(o.float(), want.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(state, apart, rtol=1e-2, atol=1e-3)
