@@ -268,3 +268,56 @@ def test_a_low_rank_gate_takes_one_token_and_checks_its_shapes():
         ):
             with pytest.raises(ValueError, match=r"LowRankGate needs down \[2, 1, R\]"):
                 fused_recurrent_gla(q, k, v, LowRankGate(*bad), None, h0)
+
+
+SM90_STEP_COMPILE = """
+import json, re, sys, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from statex_hf.kernels.gla.fused_recurrent import fused_recurrent_gla_step_kernel as kernel
+from statex_hf.kernels.norm.gated_rmsnorm import one_program_chunks
+
+pointers = dict(q="*bf16", k="*bf16", v="*bf16", gk="*bf16", o="*bf16", h0="*fp32", ht="*fp32")
+pointers |= dict(scale="fp32", gate_scale="fp32", gate_clamp_min="fp32", tickets="*i32", norm_gate="*bf16",
+                 norm_w="*bf16", normed="*bf16", stride_gate_n="i32", norm_eps="fp32", gk_w="*bf16", gk_b="*bf16",
+                 stride_gk_n="i32")
+compiled = {}
+for (H, K, V), BK, stages in (((4, 256, 512), 256, 1), ((1, 1024, 2048), 256, 3)):
+    for norm, rank in ((False, 0), (True, 0), (False, 16), (True, 16)):
+        BS, NCHUNK = one_program_chunks(V)
+        constexprs = dict(H=H, K=K, V=V, BK=BK, BV=16, STAGES=stages, USE_INITIAL_STATE=True, STORE_FINAL_STATE=True,
+                          GATE_LOGITS=True, HAS_CLAMP=False, USE_PDL=True, PREFETCH_STATE=K <= BK, GATED_NORM=norm,
+                          HAS_NORM_WEIGHT=norm, NORM_BS=BS, NORM_NCHUNK=NCHUNK, GATE_RANK=rank, GATE_BIAS=rank > 0)
+        signature = pointers | dict.fromkeys(constexprs, "constexpr")
+        source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+        ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["ptx"]
+        before, waits, after = ptx.partition("griddepcontrol.wait")
+        compiled[f"K{K}-norm{norm}-rank{rank}"] = dict(
+            waits=bool(waits), atomics=len(re.findall(r"(?m)^\\s*(@!?%p\\d+\\s+)?(atom|red)\\.", after)),
+            early_loads=sum("ld.global" in line for line in before.splitlines()),
+            early_stores="st.global" in before,
+        )
+print(json.dumps(compiled))
+"""
+
+
+def test_the_step_kernel_compiles_for_sm90_with_its_gate_and_norm():
+    # The interpreter runs a kernel as Python, which lets a name defined in a loop be read after it: Triton's compiler
+    # does not. Compiled for an H100 on this CPU machine (in a process without the interpreter), each variant the
+    # launcher takes: GLA-1.3B's heads (one key tile, loaded before the PDL wait) and its StateX layer's (pipelined
+    # tiles), with and without the output norm (a ticket: atomics) and the low-rank gate. Under PDL the only loads
+    # before the wait are the one tile's state, and nothing is stored before it.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"TRITON_DEFAULT_FP_FUSION": "1"}
+    result = subprocess.run([sys.executable, "-P", "-c", SM90_STEP_COMPILE], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    compiled = json.loads(result.stdout.splitlines()[-1])
+    assert len(compiled) == 8
+    for name, stats in compiled.items():
+        assert stats["waits"] and not stats["early_stores"], (name, stats)
+        assert (stats["atomics"] > 0) == ("normTrue" in name), (name, stats)
+        assert (stats["early_loads"] > 0) == name.startswith("K256"), (name, stats)

@@ -223,8 +223,10 @@ def fused_recurrent_gla_step_kernel(
     if GATED_NORM:
         tl.debug_barrier()  # every thread's slice of o is stored before the ticket
         ticket = tl.atomic_add(tickets + i_nh, 1, sem="acq_rel", scope="gpu")
-        if STORE_FINAL_STATE and PREFETCH_STATE:
-            tl.store(ht + p_kv, b_h, mask=m_kv)
+        if STORE_FINAL_STATE and PREFETCH_STATE:  # the one tile, rows 0 .. K - 1
+            o_k = tl.arange(0, BK)
+            p_kv = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+            tl.store(ht + p_kv, b_h, mask=(o_k < K)[:, None] & m_v[None, :])
         if ticket == tl.num_programs(0) - 1:
             i_n, i_h = i_nh // H, i_nh % H
             gate_row = norm_gate + i_n.to(tl.int64) * stride_gate_n + i_h * V
