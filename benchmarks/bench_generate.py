@@ -176,8 +176,10 @@ def apply_same_run_baselines(args) -> None:
         dispatch.one_launch_add_rmsnorm = lambda *args, **kwargs: None  # residual-add kernel) and each norm apart
     if args.conv_ssd_max_rows is not None:  # 0: a baseline in the same run, a Mamba2 step's conv and state update
         dispatch.ONE_LAUNCH_CONV_SSD_MAX_ROWS = args.conv_ssd_max_rows  # as two launches at every batch
-    if args.gla_step_apart:  # a baseline in the same run: GLA's gate up projection and output norm their own launches
+    apart = set((args.gla_step_apart or "").split(","))  # a baseline in the same run: GLA's gate up projection and
+    if "norm" in apart:  # output norm (either or both) their own launches, not in the one-token step's
         dispatch.GLA_NORM_IN_STEP_MAX_ROWS = 0
+    if "gate" in apart:
         dispatch._gate_in_step = lambda *args: False
 
 
@@ -340,8 +342,11 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--gla-step-apart",
-        action="store_true",
-        help="ours: GLA's gate up projection and output norm each their own launch, not in the one-token step's",
+        nargs="?",
+        const="gate,norm",
+        choices=["gate,norm", "gate", "norm"],
+        help="ours: GLA's gate up projection and output norm (or the one named) each their own launch, not in the "
+        "one-token step's",
     )
 
 
@@ -381,7 +386,7 @@ def main() -> None:
     passed += ["--unfused-residual-norm"] if args.unfused_residual_norm else []
     passed += ["--norms-apart"] if args.norms_apart else []
     passed += [] if args.conv_ssd_max_rows is None else ["--conv-ssd-max-rows", str(args.conv_ssd_max_rows)]
-    passed += ["--gla-step-apart"] if args.gla_step_apart else []
+    passed += ["--gla-step-apart", args.gla_step_apart] if args.gla_step_apart else []
     rows, statuses = [], {}
     for impl in args.impls.split(","):
         timeout = args.timeout if impl.startswith("ours") else args.peer_timeout
