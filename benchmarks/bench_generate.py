@@ -153,9 +153,7 @@ def apply_same_run_baselines(args) -> None:
     numbers = (args.gemv_max_rows, args.conv_ssd_max_rows)
     if args.sync_stop_check:  # a baseline in the same run: the stop flag read on the host after every step
         os.environ["STATEX_DEFER_STOP_CHECK"] = "0"
-    if not (
-        args.separate_products or args.unfused_residual_norm or args.norms_apart or args.gla_step_apart
-    ) and numbers == (None, None):
+    if not (args.separate_products or args.unfused_residual_norm or args.norms_apart) and numbers == (None, None):
         return
     from statex_hf.kernels import dispatch
     from statex_hf.modeling.gla import modeling_statex_gla
@@ -176,11 +174,6 @@ def apply_same_run_baselines(args) -> None:
         dispatch.one_launch_add_rmsnorm = lambda *args, **kwargs: None  # residual-add kernel) and each norm apart
     if args.conv_ssd_max_rows is not None:  # 0: a baseline in the same run, a Mamba2 step's conv and state update
         dispatch.ONE_LAUNCH_CONV_SSD_MAX_ROWS = args.conv_ssd_max_rows  # as two launches at every batch
-    apart = set((args.gla_step_apart or "").split(","))  # a baseline in the same run: GLA's gate up projection and
-    if "norm" in apart:  # output norm (either or both) their own launches, not in the one-token step's
-        dispatch.GLA_NORM_IN_STEP_MAX_ROWS = 0
-    if "gate" in apart:
-        dispatch._gate_in_step = lambda *args: False
 
 
 def worker(impl: str, args) -> None:
@@ -340,14 +333,6 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="ours: sequences up to which a Mamba2 step's conv and state update run as one launch (0: two launches)",
     )
-    parser.add_argument(
-        "--gla-step-apart",
-        nargs="?",
-        const="gate,norm",
-        choices=["gate,norm", "gate", "norm"],
-        help="ours: GLA's gate up projection and output norm (or the one named) each their own launch, not in the "
-        "one-token step's",
-    )
 
 
 def main() -> None:
@@ -386,7 +371,6 @@ def main() -> None:
     passed += ["--unfused-residual-norm"] if args.unfused_residual_norm else []
     passed += ["--norms-apart"] if args.norms_apart else []
     passed += [] if args.conv_ssd_max_rows is None else ["--conv-ssd-max-rows", str(args.conv_ssd_max_rows)]
-    passed += ["--gla-step-apart", args.gla_step_apart] if args.gla_step_apart else []
     rows, statuses = [], {}
     for impl in args.impls.split(","):
         timeout = args.timeout if impl.startswith("ours") else args.peer_timeout

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from statex_hf.kernels.activations.naive import naive_swiglu
 from statex_hf.kernels.conv.naive import naive_causal_conv1d
 from statex_hf.kernels.gla.chunk_torch import chunk_gla_torch
-from statex_hf.kernels.gla.low_rank_gate import LowRankGate
 from statex_hf.kernels.gla.naive import gla_log_decay, naive_recurrent_gla
 from statex_hf.kernels.linear.row_norm import RowNorm
 from statex_hf.kernels.norm.naive import naive_gated_rmsnorm
@@ -45,17 +44,13 @@ GEMV_MAX_ROWS = 1
 # convolves its group's whole B and C again (the two-kernel path convolves them once), work that grows with the
 # batch beside the state traffic: at B = 64 the one launch was slower than the two (benchmarks/README.md, generate).
 ONE_LAUNCH_CONV_SSD_MAX_ROWS = 1
-# Up to this many sequences a GLA decode step's kernel takes the mixer's output norm in its launch (``_norm_in_step``):
-# a launch fewer per layer, measured at one sequence (benchmarks/README.md, generate); larger batches keep the
-# norm's own launch, unmeasured with it.
-GLA_NORM_IN_STEP_MAX_ROWS = 1
 
 
 def gla(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    gk: torch.Tensor | LowRankGate,
+    gk: torch.Tensor,
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
@@ -63,10 +58,6 @@ def gla(
     final_state: torch.Tensor | None = None,
     gate_logit_normalizer: float | None = None,
     gate_clamp_min: float | None = None,
-    *,
-    norm_gate: torch.Tensor | None = None,
-    norm_weight: torch.Tensor | None = None,
-    norm_eps: float = 1e-6,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated linear attention; shapes as in ``kernels/gla/naive.py`` (state ``[N, H, K, V]``, fp32).
 
@@ -78,30 +69,16 @@ def gla(
     ``gate_logit_normalizer``: ``gk`` holds GLA's raw gate logits, and the log decay is
     ``gla_log_decay(gk, gate_logit_normalizer, gate_clamp_min)``: the recurrent kernel computes it as it
     loads ``gk`` (no elementwise kernels before it), every other path first runs that function's torch ops.
-    ``norm_gate`` (``[B, T, H, V]``): o is returned through GLA's output norm, ``gated_rmsnorm(o, norm_gate,
-    norm_weight, norm_eps, V, norm_before_gate=True)``; a one-token step on the recurrent kernel takes it in the same
-    launch (``_norm_in_step``), every other path calls that function after.
-    ``gk`` a ``LowRankGate`` (``[B, 1, R]`` down, ``[H * K, R]`` weight, bias): the gate is ``linear(down, weight,
-    bias)``, which the one-token recurrent kernel computes as it loads each key tile (``_gate_in_step``); every
-    other path calls ``linear`` first.
     """
     T = q.shape[1]
     final = output_final_state or final_state is not None
-    gate_in_step = isinstance(gk, LowRankGate) and _gate_in_step(q, k, v, gk, cu_seqlens, initial_state)
-    if isinstance(gk, LowRankGate) and not gate_in_step:
-        gk = linear(gk.down, gk.weight, gk.bias).view(q.shape)
-    if gate_in_step or use_triton(q, k, v, gk):
-        if gate_in_step or (T <= GLA_RECURRENT_MAX_T and not needs_grad(q, k, v, gk, initial_state)):
+    if use_triton(q, k, v, gk):
+        if T <= GLA_RECURRENT_MAX_T and not needs_grad(q, k, v, gk, initial_state):
             from statex_hf.kernels.gla.fused_recurrent import fused_recurrent_gla
 
-            in_step = norm_gate is not None and _norm_in_step(q, cu_seqlens, norm_gate, norm_weight)
-            norm = {"norm_gate": norm_gate, "norm_weight": norm_weight, "norm_eps": norm_eps} if in_step else {}
-            gates = (gate_logit_normalizer, gate_clamp_min)
-            states = (initial_state, final, cu_seqlens, final_state)
-            o, ht = fused_recurrent_gla(q, k, v, gk, scale, *states, *gates, **norm)
-            if norm_gate is not None and not in_step:
-                o = gated_rmsnorm(o, norm_gate, norm_weight, norm_eps, o.shape[-1], norm_before_gate=True)
-            return o, ht
+            return fused_recurrent_gla(
+                q, k, v, gk, scale, initial_state, final, cu_seqlens, final_state, gate_logit_normalizer, gate_clamp_min
+            )
     if gate_logit_normalizer is not None:
         gk = gla_log_decay(gk, gate_logit_normalizer, gate_clamp_min)
     elif gate_clamp_min is not None:
@@ -118,61 +95,7 @@ def gla(
     if final_state is not None:
         final_state.copy_(ht)
         ht = final_state
-    if norm_gate is not None:
-        o = gated_rmsnorm(o, norm_gate, norm_weight, norm_eps, o.shape[-1], norm_before_gate=True)
     return o, ht
-
-
-def _gate_in_step(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    gate: LowRankGate,
-    cu_seqlens: torch.Tensor | None,
-    initial_state: torch.Tensor | None,
-) -> bool:
-    """Whether the recurrent kernel's one-token launch takes GLA's gate before its up projection
-    (``fused_recurrent_gla``'s ``LowRankGate``): one token, no ``cu_seqlens``, everything on CUDA without a gradient
-    and plain (the kernel reads the weight's raw memory), the weight contiguous in the down input's dtype, a rank that
-    is a power of two, outside ``torch.compile``."""
-    down, weight, bias = gate
-    tensors = [t for t in (q, k, v, down, weight, bias, initial_state) if t is not None]
-    R = down.shape[-1]
-    return (
-        not torch.compiler.is_compiling()
-        and q.shape[1] == 1
-        and cu_seqlens is None
-        and _plain_tensors([weight, *([bias] if bias is not None else [])])
-        and use_triton(*tensors)
-        and not needs_grad(*tensors)
-        and R > 0
-        and not R & (R - 1)
-        and down.stride(-1) == 1
-        and weight.is_contiguous()
-        and weight.dtype == down.dtype
-        and tuple(weight.shape) == (math.prod(q.shape[2:]), R)
-    )
-
-
-def _norm_in_step(
-    q: torch.Tensor, cu_seqlens: torch.Tensor | None, norm_gate: torch.Tensor, norm_weight: torch.Tensor | None
-) -> bool:
-    """Whether the recurrent kernel's one-token launch takes GLA's output norm too (``fused_recurrent_gla``'s
-    ``norm_gate``): one token of at most ``GLA_NORM_IN_STEP_MAX_ROWS`` sequences, no ``cu_seqlens``, the gate on
-    CUDA with no gradient, its heads and channels contiguous, outside ``torch.compile`` (a compiled step keeps the
-    norm's own launch, as traced before)."""
-    V = norm_gate.shape[-1]
-    return (
-        not torch.compiler.is_compiling()
-        and q.shape[1] == 1
-        and q.shape[0] <= GLA_NORM_IN_STEP_MAX_ROWS
-        and cu_seqlens is None
-        and use_triton(norm_gate, *((norm_weight,) if norm_weight is not None else ()))
-        and not needs_grad(norm_gate, norm_weight)
-        and norm_gate.shape == q.shape[:-1] + (V,)
-        and norm_gate.stride(-1) == 1
-        and norm_gate.stride(-2) == V
-    )
 
 
 def _plain_tensors(tensors: list[torch.Tensor]) -> bool:

@@ -1,12 +1,11 @@
 """Zeroed int32 counters for the "last block" pattern: the programs of a group each take a ticket (an atomic add)
-once their part is stored, and the one that draws the last ticket finishes the group's work (Mamba2's conv windows
-and gated norm in ``ssd/conv_state_update.py``, GLA's output norm in ``gla/fused_recurrent.py``), then sets the
-count back to zero for the next launch.
+once their part is done, and the one that draws the last ticket finishes the group's work (Mamba2's conv windows
+and gated norm in ``ssd/conv_state_update.py``), then sets the count back to zero for the next launch.
 
-One buffer per device, shared by those kernels: launches on one device must not overlap (as a model's steps, in
-order on a stream, do not; two streams stepping two models at once would share the counts). A larger need takes a
-new, larger buffer; the older ones stay alive, since a captured CUDA graph may still replay them. Allocated inside
-the launch, before the first kernel.
+One buffer per device, shared by the kernels that take tickets: launches on one device must not overlap (as a
+model's steps, in order on a stream, do not; two streams stepping two models at once would share the counts). A
+larger need takes a new, larger buffer; the older ones stay alive, since a captured CUDA graph may still replay
+them. Allocated inside the launch, before the first kernel.
 """
 
 from __future__ import annotations

@@ -95,8 +95,6 @@ def test_a_bf16_decode_step_runs_every_projection_and_the_head_as_the_gemv(
                 logits = model(ids[:, -1:], cache=cache, use_cache=True, logits_to_keep=1).logits
         return seen, logits
 
-    # GLA's gate up projection stays a product of its own (not in the step's launch: test_gla_step_launch.py).
-    monkeypatch.setattr(dispatch, "_gate_in_step", lambda *args: False)
     with monkeypatch.context() as m:  # every product its own launch
         m.setattr(dispatch, "one_launch_products", lambda x, weights, norm=None: None)
         m.setattr(dispatch, "one_launch_swiglu", lambda x, gate, up, norm=None: None)

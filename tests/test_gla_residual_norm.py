@@ -132,19 +132,18 @@ def test_a_decode_step_computes_what_the_unfused_step_did_bit_for_bit(monkeypatc
     assert_close_to_torch(model, ids, monkeypatch, got)
 
 
-def test_a_bf16_decode_step_launches_seven_kernels_per_layer(monkeypatch, on_cuda_dispatch):
+def test_a_bf16_decode_step_launches_nine_kernels_per_layer(monkeypatch, on_cuda_dispatch):
     # Issue 20: a GLA layer's one-row step launched 11 kernels: the attention norm, the grouped GEMV (q, k, v, the
     # gate's low-rank down, g), the gate's up GEMV, the recurrent step, the output gate's norm, o_proj, torch's
     # residual add, the MLP norm, the MLP's GEMV + SwiGLU, down_proj, torch's residual add; then the final norm,
     # the head and the logits' cast to fp32. Now each add is the prologue of the norm that reads its sum (the
-    # next block's attention norm, the final norm): only the first layer's attention norm is left on its own. And the
-    # gate's up GEMV and the output gate's norm run in the recurrent step's launch.
+    # next block's attention norm, the final norm): only the first layer's attention norm is left on its own.
     model = build("gla", num_hidden_layers=3, statex_layers=[1]).to(torch.bfloat16)
     ids = torch.randint(3, VOCAB - 2, (1, 6))
     seen, _ = decode(model, ids, monkeypatch)  # the last of two steps: the first computed the gate's constant
     per_layer = [
-        "linear.gemv_group", "fused_recurrent_gla_step_kernel", "linear.gemv", "norm.add_fwd", "linear.gemv_swiglu",
-        "linear.gemv", "norm.add_fwd",
+        "linear.gemv_group", "linear.gemv", "fused_recurrent_gla_step_kernel", "norm.fwd", "linear.gemv",
+        "norm.add_fwd", "linear.gemv_swiglu", "linear.gemv", "norm.add_fwd",
     ]  # fmt: skip
     assert seen.kernels == ["embedding", "norm.fwd", *per_layer * 3, "linear.gemv", "_to_copy"], seen.kernels
 
@@ -182,16 +181,15 @@ def test_whatever_changes_the_sum_or_hooks_the_norm_gets_the_norm_of_what_it_is_
     model = build("gla", num_hidden_layers=3).to(torch.bfloat16)
     seen, got, want, calls = decode_after_change(model, model.model, case, monkeypatch, model.model.layers[1].mlp_norm)
     assert_all_equal(got, want)
-    # Unchanged, a step of 3 layers runs its 6 adds as add + norm and 1 norm alone (the first attention norm; the
-    # output gate's 3 run in the recurrent step's launch). Where a sum is changed, or handed to a norm that is not
-    # called with it, the norm that is launches its own; the hooked norm's add is torch's; inference mode adds with
-    # torch.
+    # Unchanged, a step of 3 layers runs its 6 adds as add + norm and 4 norms alone (the first attention norm and
+    # the output gate's 3). Where a sum is changed, or handed to a norm that is not called with it, the norm that
+    # is launches its own; the hooked norm's add is torch's; inference mode adds with torch.
     fused, alone = {
-        "hook-on-mlp-norm": (5, 2),
-        "in-place-on-block-output": (6, 2),
-        "new-block-input": (6, 2),
-        "inference-mode": (0, 7),
-        "layers-reversed": (6, 4),  # each attention norm and the final one: called with another block's sum
+        "hook-on-mlp-norm": (5, 5),
+        "in-place-on-block-output": (6, 5),
+        "new-block-input": (6, 5),
+        "inference-mode": (0, 10),
+        "layers-reversed": (6, 7),  # each attention norm and the final one: called with another block's sum
     }[case]
     assert (seen.triton.count("norm.add_fwd"), seen.triton.count("norm.fwd")) == (fused, alone), seen.kernels
     assert len(calls) == (6 if case == "hook-on-mlp-norm" else 0)  # the prompt and two steps, fused and unfused

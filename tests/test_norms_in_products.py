@@ -172,13 +172,13 @@ def decoded(model, ids, monkeypatch, apart=False):
         return decode(model, ids, m)
 
 
-# What a layer launches at one row. GLA with its norms apart: seven kernels, two of them the add + norm kernels
+# What a layer launches at one row. GLA before: nine kernels, two of them the add + norm kernels
 # (test_gla_residual_norm.py); now its norms are in the grouped GEMV's and the SwiGLU GEMV's launches, its adds in
-# o_proj's and down_proj's (its gate's up GEMV and output norm are in the step's: test_gla_step_launch.py).
-# Mamba2 before: four, one the add + norm kernel (test_mamba2_residual_norm.py); now its norm
+# o_proj's and down_proj's. Mamba2 before: four, one the add + norm kernel (test_mamba2_residual_norm.py); now its norm
 # is in in_proj's launch, its add in out_proj's, and the mixer's gated norm stays in its one-launch step.
 PER_LAYER = {
-    "gla": ["linear.gemv_group", "fused_recurrent_gla_step_kernel", "linear.gemv", "linear.gemv_swiglu", "linear.gemv"],
+    "gla": ["linear.gemv_group", "linear.gemv", "fused_recurrent_gla_step_kernel", "norm.fwd", "linear.gemv"]
+    + ["linear.gemv_swiglu", "linear.gemv"],
     "mamba2": ["linear.gemv", "ssd.conv_state_update", "linear.gemv"],
 }
 

@@ -28,9 +28,6 @@ import triton
 import triton.language as tl
 from statex_hf.kernels.activations.elementwise import logsigmoid
 from statex_hf.kernels.dependent_launch import pdl_kwargs, wait_for_predecessor
-from statex_hf.kernels.gla.low_rank_gate import LowRankGate
-from statex_hf.kernels.norm.gated_rmsnorm import _round_to, normalize_group, one_program_chunks
-from statex_hf.kernels.tickets import zeroed_tickets
 from statex_hf.kernels.utils import needs_grad, num_sms, on_device_of
 
 
@@ -104,19 +101,6 @@ def fused_recurrent_gla_fwd_kernel(
 
 
 @triton.jit
-def _low_rank_gate(down, w, b, stride_n, n, rows, mask, BK: tl.constexpr, R: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """Gate values ``round(w[rows] . down[n] + b[rows])`` ``[BK]`` in ``down``'s dtype: fp32 sums over the rank ``R``
-    (a power of two), the bias added in fp32, one rounding, as a GEMV stores its output."""
-    rs = tl.arange(0, R)
-    d = tl.load(down + n.to(tl.int64) * stride_n + rs).to(tl.float32)
-    ws = tl.load(w + rows[:, None] * R + rs[None, :], mask=mask[:, None], other=0.0).to(tl.float32)
-    acc = tl.sum(ws * d[None, :], axis=1)
-    if HAS_BIAS:
-        acc += tl.load(b + rows, mask=mask, other=0.0).to(tl.float32)
-    return _round_to(acc, down.dtype.element_ty).to(down.dtype.element_ty)  # nearest even, the interpreter's too
-
-
-@triton.jit
 def fused_recurrent_gla_step_kernel(
     q,
     k,
@@ -128,15 +112,6 @@ def fused_recurrent_gla_step_kernel(
     scale,
     gate_scale,
     gate_clamp_min,
-    tickets,
-    norm_gate,
-    norm_w,
-    normed,
-    stride_gate_n,
-    norm_eps,
-    gk_w,
-    gk_b,
-    stride_gk_n,
     H: tl.constexpr,
     K: tl.constexpr,
     V: tl.constexpr,
@@ -149,12 +124,6 @@ def fused_recurrent_gla_step_kernel(
     HAS_CLAMP: tl.constexpr,
     USE_PDL: tl.constexpr,
     PREFETCH_STATE: tl.constexpr = False,
-    GATED_NORM: tl.constexpr = False,
-    HAS_NORM_WEIGHT: tl.constexpr = False,
-    NORM_BS: tl.constexpr = 1,
-    NORM_NCHUNK: tl.constexpr = 1,
-    GATE_RANK: tl.constexpr = 0,
-    GATE_BIAS: tl.constexpr = False,
 ):
     """One token per sequence: walk the key dimension in ``[BK, BV]`` tiles, each read and written once.
 
@@ -167,19 +136,6 @@ def fused_recurrent_gla_step_kernel(
     ``PREFETCH_STATE`` (one key tile, and a state to read): the tile is loaded before the kernel waits for its
     predecessor under PDL, overlapping it. It is the layer's own state, which only this layer's launch a step
     earlier writes (``kernels/dependent_launch.py``); q, k, v and the gate, the projections just computed, after.
-
-    ``GATED_NORM``: o goes on through GLA's output norm, ``round(norm(o) * w * silu(gate))`` over each head's V
-    channels (``norm/gated_rmsnorm.py``'s norm-first order, ``normalize_group``), in this launch: each program
-    stores its slice of o, then takes a ticket (``kernels/tickets.py``, one count per sequence and head); the head's
-    last program, once every other has stored its slice (the ticket's release makes those stores visible to it),
-    normalizes the head's o into ``normed`` and sets the count back to zero. Under PDL the tickets are taken after
-    the wait, so the launch before, and the reset of its counts, has finished. With one key tile the state is
-    stored after the ticket, whose release would otherwise wait for that write.
-
-    ``GATE_RANK > 0``: ``gk`` is the gate's low-rank input ``[N, GATE_RANK]`` (row stride ``stride_gk_n``), and
-    each key tile's gate is its projection, ``round(gk_w[rows] . gk[n] + gk_b[rows])`` (fp32 sums, rounded to gk's
-    dtype as a product's output is stored), for ``gk_w`` ``[H * K, GATE_RANK]`` contiguous: GLA's gate projection's
-    second, rank-up product, in this launch instead of its own.
     """
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -192,7 +148,6 @@ def fused_recurrent_gla_step_kernel(
     # With T = 1 the token of sequence n, head h sits at row n * H + h: the program's own index.
     b_v = tl.load(v + i_nh.to(tl.int64) * V + o_v, mask=m_v, other=0.0).to(tl.float32)
     b_o = tl.zeros([BV], dtype=tl.float32)
-    b_h = tl.zeros([BK, BV], dtype=tl.float32)  # the last tile's, after the loop
     for i_k in tl.range(0, tl.cdiv(K, BK), num_stages=STAGES):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
@@ -201,12 +156,7 @@ def fused_recurrent_gla_step_kernel(
         m_kv = m_k[:, None] & m_v[None, :]
         b_q = tl.load(q + p_k, mask=m_k, other=0.0).to(tl.float32) * scale
         b_k = tl.load(k + p_k, mask=m_k, other=0.0).to(tl.float32)
-        if GATE_RANK > 0:
-            b_gk = _low_rank_gate(gk, gk_w, gk_b, stride_gk_n, i_nh // H, (i_nh % H) * K + o_k, m_k, BK, GATE_RANK,
-                                  GATE_BIAS)  # fmt: skip
-        else:
-            b_gk = tl.load(gk + p_k, mask=m_k, other=0.0)
-        b_g = log_decay(b_gk, gate_scale, gate_clamp_min, GATE_LOGITS, HAS_CLAMP)
+        b_g = log_decay(tl.load(gk + p_k, mask=m_k, other=0.0), gate_scale, gate_clamp_min, GATE_LOGITS, HAS_CLAMP)
         if PREFETCH_STATE:  # the only tile: loaded before the wait
             b_h0 = b_h0_first.to(tl.float32)
         elif USE_INITIAL_STATE:  # issued before the update, which waits for k's load
@@ -214,25 +164,10 @@ def fused_recurrent_gla_step_kernel(
         b_h = b_k[:, None] * b_v[None, :]
         if USE_INITIAL_STATE:
             b_h += b_h0 * tl.exp(b_g)[:, None]
-        # Stored before o's reduction over the tile, which need not wait for it (the one tile of a normed step: after
-        # the ticket).
-        if STORE_FINAL_STATE and not (GATED_NORM and PREFETCH_STATE):
+        if STORE_FINAL_STATE:  # stored before o's reduction over the tile, which need not wait for it
             tl.store(ht + p_kv, b_h, mask=m_kv)
         b_o += tl.sum(b_h * b_q[:, None], axis=0)
     tl.store(o + i_nh.to(tl.int64) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
-    if GATED_NORM:
-        tl.debug_barrier()  # every thread's slice of o is stored before the ticket
-        ticket = tl.atomic_add(tickets + i_nh, 1, sem="acq_rel", scope="gpu")
-        if STORE_FINAL_STATE and PREFETCH_STATE:  # the one tile, rows 0 .. K - 1
-            o_k = tl.arange(0, BK)
-            p_kv = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
-            tl.store(ht + p_kv, b_h, mask=(o_k < K)[:, None] & m_v[None, :])
-        if ticket == tl.num_programs(0) - 1:
-            i_n, i_h = i_nh // H, i_nh % H
-            gate_row = norm_gate + i_n.to(tl.int64) * stride_gate_n + i_h * V
-            normalize_group(o + i_nh.to(tl.int64) * V, gate_row, norm_w, normed + i_nh.to(tl.int64) * V, V, norm_eps,
-                            NORM_BS, NORM_NCHUNK, HAS_NORM_WEIGHT, True)  # fmt: skip
-            tl.atomic_xchg(tickets + i_nh, 0, sem="relaxed", scope="gpu")
 
 
 @functools.lru_cache
@@ -274,50 +209,11 @@ def step_config(N: int, H: int, K: int, V: int, device: torch.device) -> StepCon
     return StepConfig(BK, BV, 4, stages=3)
 
 
-def _checked_low_rank(gate: LowRankGate, B: int, T: int, H: int, K: int, cu_seqlens) -> LowRankGate:
-    R = gate.down.shape[-1]
-    if T != 1 or cu_seqlens is not None:
-        raise ValueError("fused_recurrent_gla: a LowRankGate is taken at one token, without cu_seqlens")
-    if (
-        tuple(gate.down.shape) != (B, 1, R)
-        or R & (R - 1)
-        or gate.down.stride(-1) != 1
-        or tuple(gate.weight.shape) != (H * K, R)
-        or gate.weight.dtype != gate.down.dtype
-        or (gate.bias is not None and tuple(gate.bias.shape) != (H * K,))
-    ):
-        raise ValueError(
-            f"fused_recurrent_gla: a LowRankGate needs down [{B}, 1, R] (R a power of two, unit stride), weight "
-            f"[{H * K}, R] in down's dtype and bias [{H * K}] or None; got down {tuple(gate.down.shape)} (strides "
-            f"{gate.down.stride()}, {gate.down.dtype}), weight {tuple(gate.weight.shape)} ({gate.weight.dtype}), "
-            f"bias {None if gate.bias is None else tuple(gate.bias.shape)}"
-        )
-    return LowRankGate(gate.down, gate.weight.contiguous(), gate.bias)
-
-
-def _output_norm(
-    o: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor | None, T: int, cu_seqlens: torch.Tensor | None
-) -> torch.Tensor:
-    """The checked output of the one-token kernel's output norm, shaped as ``o`` ``[B, 1, H, V]`` (in its dtype:
-    the norm-first order rounds once, to the input's dtype)."""
-    B, _, H, V = o.shape
-    if T != 1 or cu_seqlens is not None:
-        raise ValueError("fused_recurrent_gla: the output norm (norm_gate) is taken at one token, without cu_seqlens")
-    if tuple(gate.shape) != tuple(o.shape) or gate.stride(-1) != 1 or gate.stride(-2) != V:
-        raise ValueError(
-            f"fused_recurrent_gla: norm_gate must be [{B}, 1, {H}, {V}] with contiguous heads and channels; got "
-            f"{tuple(gate.shape)} (strides {gate.stride()})"
-        )
-    if weight is not None and tuple(weight.shape) != (V,):
-        raise ValueError(f"fused_recurrent_gla: norm_weight must be [{V}]; got {tuple(weight.shape)}")
-    return torch.empty_like(o)
-
-
 def fused_recurrent_gla(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    gk: torch.Tensor | LowRankGate,
+    gk: torch.Tensor,
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
@@ -325,17 +221,11 @@ def fused_recurrent_gla(
     final_state: torch.Tensor | None = None,
     gate_logit_normalizer: float | None = None,
     gate_clamp_min: float | None = None,
-    *,
-    norm_gate: torch.Tensor | None = None,
-    norm_weight: torch.Tensor | None = None,
-    norm_eps: float = 1e-6,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     r"""Gated linear attention token by token on CUDA tensors (Triton); forward only, for decoding.
 
     Args:
-        q, k, gk: ``[B, T, H, K]``; ``gk`` is the log of the per-key-channel decay (``<= 0``). At one token
-            (``T = 1``, no ``cu_seqlens``) ``gk`` may be a ``LowRankGate``: the gate's low-rank input and its up
-            projection, applied in the launch (``gk = F.linear(down, weight, bias)``, rounded to down's dtype).
+        q, k, gk: ``[B, T, H, K]``; ``gk`` is the log of the per-key-channel decay (``<= 0``).
         v: ``[B, T, H, V]``.
         scale: query scale, ``K ** -0.5`` when ``None``.
         initial_state: ``[N, H, K, V]`` (``N = B``, or the number of sequences with ``cu_seqlens``).
@@ -348,21 +238,14 @@ def fused_recurrent_gla(
             decay ``logsigmoid(gk) / gate_logit_normalizer``, as fla's GLA layer computes it before its
             kernels (one torch kernel fewer per op, and no ``gk``-sized tensor written and read back).
         gate_clamp_min: with ``gate_logit_normalizer``, the log decay's lower clamp (``clamp_min``), or ``None``.
-        norm_gate: one token (``T = 1``, no ``cu_seqlens``) only: o goes on through GLA's output norm in the same
-            launch, ``gated_rmsnorm(o, norm_gate, norm_weight, norm_eps, V, norm_before_gate=True)`` (each head's V
-            channels normalized, then the weight and the swish gate; the norm kernel's order and roundings).
-            ``[B, 1, H, V]``, its heads and channels contiguous (a slice of a wider projection is read in place).
-        norm_weight: with ``norm_gate``, the norm's weight ``[V]``, or ``None`` for none.
 
     Returns:
-        ``o`` ``[B, T, H, V]`` in ``v``'s dtype (with ``norm_gate``, the normalized o, in that dtype too), and the
-        final state ``[N, H, K, V]`` (fp32) or ``None``.
+        ``o`` ``[B, T, H, V]`` in ``v``'s dtype, and the final state ``[N, H, K, V]`` (fp32) or ``None``.
 
     No gradient: use :func:`statex_hf.kernels.gla.chunk.chunk_gla` for training. Meant for small
     ``T`` (decode steps, short prompts); the cost grows linearly in ``T`` with no parallelism over it.
     """
-    low_rank = isinstance(gk, LowRankGate)
-    if needs_grad(q, k, v, *(gk if low_rank else (gk,))):
+    if needs_grad(q, k, v, gk):
         raise RuntimeError(
             "fused_recurrent_gla has no backward (it is the decode kernel); use chunk_gla when gradients are needed"
         )
@@ -375,11 +258,7 @@ def fused_recurrent_gla(
     if gate_clamp_min is not None and gate_logit_normalizer is None:
         raise ValueError("fused_recurrent_gla: gate_clamp_min applies to gate logits; pass gate_logit_normalizer too")
     gate_scale = 1.0 if gate_logit_normalizer is None else fp32_reciprocal(gate_logit_normalizer)
-    if low_rank:
-        gk = _checked_low_rank(gk, B, T, H, K, cu_seqlens)
-        q, k, v = (x.contiguous() for x in (q, k, v))
-    else:
-        q, k, v, gk = (x.contiguous() for x in (q, k, v, gk))
+    q, k, v, gk = (x.contiguous() for x in (q, k, v, gk))
     if initial_state is not None:
         initial_state = initial_state.contiguous()
     o = torch.empty_like(v)
@@ -391,9 +270,6 @@ def fused_recurrent_gla(
     if ht is None and output_final_state:
         ht = q.new_empty(N, H, K, V, dtype=torch.float32)
     clamp_min = 0.0 if gate_clamp_min is None else gate_clamp_min
-    normed = None
-    if norm_gate is not None:
-        normed = _output_norm(o, norm_gate, norm_weight, T, cu_seqlens)
     # What the one-token and the multi-token kernels take alike.
     shape_and_flags = dict(H=H, K=K, V=V, USE_INITIAL_STATE=initial_state is not None,
                            STORE_FINAL_STATE=output_final_state, GATE_LOGITS=gate_logit_normalizer is not None,
@@ -405,39 +281,22 @@ def fused_recurrent_gla(
                 q,
                 k,
                 v,
-                gk.down if low_rank else gk,
+                gk,
                 o,
                 initial_state,
                 ht,
                 scale,
                 gate_scale,
                 clamp_min,
-                # Without the norm its pointers are o's (compiled out).
-                zeroed_tickets(q.device, N * H) if normed is not None else o,
-                norm_gate if normed is not None else o,
-                norm_weight.contiguous() if norm_weight is not None else o,
-                normed if normed is not None else o,
-                norm_gate.stride(0) if normed is not None else 0,
-                float(norm_eps),
-                # Without a low-rank gate its pointers are o's (compiled out).
-                gk.weight if low_rank else o,
-                gk.bias if low_rank and gk.bias is not None else o,
-                gk.down.stride(0) if low_rank else 0,
                 BK=BK,
                 BV=BV,
                 STAGES=stages,
                 PREFETCH_STATE=initial_state is not None and K <= BK,
-                GATED_NORM=normed is not None,
-                HAS_NORM_WEIGHT=norm_weight is not None,
-                NORM_BS=one_program_chunks(V)[0],
-                NORM_NCHUNK=one_program_chunks(V)[1],
-                GATE_RANK=gk.down.shape[-1] if low_rank else 0,
-                GATE_BIAS=low_rank and gk.bias is not None,
                 num_warps=num_warps,
                 **shape_and_flags,
                 **pdl_kwargs(),
             )
-            return (o, ht) if normed is None else (normed, ht)
+            return o, ht
         BK = max(16, triton.next_power_of_2(K))
         BV = min(max(8192 // BK, 8), max(8, triton.next_power_of_2(V)))
         grid = (triton.cdiv(V, BV), N * H)

@@ -11,7 +11,6 @@ import math
 
 import torch
 from statex_hf.kernels import dispatch
-from statex_hf.kernels.gla.low_rank_gate import LowRankGate
 from statex_hf.kernels.gla.naive import gla_log_decay
 from statex_hf.kernels.linear.row_norm import RowNorm
 from statex_hf.modeling.cache import conv_state, recurrent_state, store_conv_state, store_recurrent_state
@@ -197,16 +196,6 @@ class StateXGLATokenMixer(nn.Module):
             *([self.g_proj] if self.use_output_gate else []),
         ]
 
-    def _output_norm_for_step(self, gate: torch.Tensor | None) -> dict | None:
-        """``dispatch.gla``'s arguments for the output norm of a one-token step (its kernel takes it in its launch
-        where it can, else calls the norm's function), where calling the norm would run just that function: the
-        swish-gated norm, this class's own (not a subclass or a module put in its place), unhooked; ``None``
-        otherwise, and the mixer calls the norm."""
-        norm = self.g_norm_swish_gate if self.fuse_norm_and_gate else None
-        if type(norm) is not StateXGLARMSNorm or hooked(norm):
-            return None
-        return {"norm_gate": gate, "norm_weight": norm.weight, "norm_eps": norm.eps}
-
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -247,18 +236,11 @@ class StateXGLATokenMixer(nn.Module):
             q = self._short_conv(0, "q", q, cache, cu_seqlens)
             k = self._short_conv(1, "k", k, cache, cu_seqlens)
             v = self._short_conv(2, "v", v, cache, cu_seqlens)
-        up = self.gk_proj[1]
-        if fused is None:
-            gk = self.gk_proj(hidden_states).view(batch, seqlen, self.num_kv_heads, self.head_k_dim)
-        elif use_cache and mask is None and self.num_kv_groups == 1 and type(up) is DecodeLinear and not hooked(up):
-            # A one-row decode step: the gate's up projection in the step kernel's launch where it applies (else
-            # dispatch.gla calls the product up's forward would).
-            gk = LowRankGate(gk_down, up.weight, up.bias)
-        else:
-            gk = up(gk_down).view(batch, seqlen, self.num_kv_heads, self.head_k_dim)
+        gk = self.gk_proj(hidden_states) if fused is None else self.gk_proj[1](gk_down)
 
         q = q.view(batch, seqlen, self.num_heads, self.head_k_dim)
         k = k.view(batch, seqlen, self.num_kv_heads, self.head_k_dim)
+        gk = gk.view(batch, seqlen, self.num_kv_heads, self.head_k_dim)
         v = v.view(batch, seqlen, self.num_kv_heads, self.head_v_dim)
         if self.num_kv_groups > 1:
             k, gk, v = (x.repeat_interleave(self.num_kv_groups, dim=2) for x in (k, gk, v))
@@ -272,12 +254,6 @@ class StateXGLATokenMixer(nn.Module):
             gk = gla_log_decay(gk, GATE_LOGIT_NORMALIZER, self.clamp_min) * mask[..., None]
             gate_kwargs = {}
 
-        g = None
-        if self.use_output_gate:
-            g = self.g_proj(hidden_states) if fused is None else fused_g[0]
-            g = g.view(batch, seqlen, self.num_heads, self.head_v_dim)
-        # A decode step hands the output norm to the step kernel, which takes it in its own launch where it can.
-        output_norm = self._output_norm_for_step(g) if use_cache and seqlen == 1 and mask is None else None
         initial_state = recurrent_state(cache, self.layer_idx) if use_cache else None
         # A cached state is updated in place: a decode step reads and writes it once, at a fixed address.
         o, final_state = dispatch.gla(
@@ -290,18 +266,19 @@ class StateXGLATokenMixer(nn.Module):
             cu_seqlens=cu_seqlens,
             final_state=initial_state,
             **gate_kwargs,
-            **(output_norm or {}),
         )
         if use_cache:
             store_recurrent_state(cache, self.layer_idx, final_state)
 
-        if output_norm is None:
+        if self.use_output_gate:
+            g = self.g_proj(hidden_states) if fused is None else fused_g[0]
+            g = g.view(batch, seqlen, self.num_heads, self.head_v_dim)
             if self.fuse_norm_and_gate:
                 o = self.g_norm_swish_gate(o, g)
-            elif self.use_output_gate:
-                o = self.g_norm(o) * self.gate_fn(g)
             else:
-                o = self.g_norm(o)
+                o = self.g_norm(o) * self.gate_fn(g)
+        else:
+            o = self.g_norm(o)
         o = o.reshape(batch, seqlen, self.value_dim)
         if residual is None:
             return self.o_proj(o).view(shape)
