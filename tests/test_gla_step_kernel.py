@@ -6,6 +6,11 @@ value dimensions are not multiples of the tiles (tails, masked lanes, several ti
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from statex_hf.kernels.gla import fused_recurrent
@@ -145,13 +150,8 @@ def test_the_step_kernel_compiles_for_sm90_and_reads_only_its_state_before_the_p
     # The interpreter runs a kernel as Python, which lets a name defined in a loop be read after it: Triton's compiler
     # does not (a session's variant of this kernel passed every CPU test and failed to compile on the H100). Compiled
     # for an H100 on this CPU machine (in a process without the interpreter), as the launcher takes it at GLA-1.3B's
-    # heads (one key tile, loaded before the PDL wait) and its StateX layer's (pipelined tiles): under PDL the only
-    # loads before the wait are the one tile's state, and nothing is stored before it.
-    import json
-    import os
-    import subprocess
-    import sys
-
+    # heads and its StateX layer's: under PDL the one-tile step loads (its state: test_dependent_launch.py names what)
+    # before it waits, the pipelined one nothing, and neither stores before it.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"TRITON_DEFAULT_FP_FUSION": "1"}
     result = subprocess.run([sys.executable, "-P", "-c", SM90_STEP_COMPILE], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
