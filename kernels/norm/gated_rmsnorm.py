@@ -289,38 +289,37 @@ def _norm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz_ptr, dw_p
 
 
 @triton.jit
-def normalize_group(x_ptr, z_ptr, w_ptr, out_ptr, S, eps, BS: tl.constexpr, NCHUNK: tl.constexpr,
-                    HAS_WEIGHT: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr):  # fmt: skip
-    """One group's gated norm by one program of another kernel (the last of the programs that wrote x, in the
-    ticket pattern: ``kernels/tickets.py``): the ``S`` channels of x (read past L1, where the other programs' stores
-    are visible) and of the gate z, the group's weight, its output stored at ``out_ptr``; this kernel's order and
-    roundings, its helpers, on ``[1, BS]`` tiles, walked in ``NCHUNK`` chunks: one pass where one chunk holds the
-    group (``one_program_chunks``), else a sum of squares first, as ``_norm_fwd_kernel`` walks a group wider than
-    its block."""
+def normalize_group(x_ptr, z_ptr, w_ptr, out_ptr, S, eps, BS: tl.constexpr, NCHUNK: tl.constexpr):
+    """One group's gated norm, gate first (Mamba2's ``w * round(norm(x * silu(z)))``), by one program of another
+    kernel (the last of the programs that wrote x, in the ticket pattern: ``kernels/tickets.py``): the ``S`` channels
+    of x (read past L1, where the other programs' stores are visible) and of the gate z, the group's weight, its
+    output stored at ``out_ptr``; this kernel's order and roundings, its helpers, on ``[1, BS]`` tiles, walked in
+    ``NCHUNK`` chunks: one pass where one chunk holds the group (``one_program_chunks``), else a sum of squares
+    first, as ``_norm_fwd_kernel`` walks a group wider than its block."""
     cols = tl.arange(0, BS)[None, :]
     if NCHUNK == 1:
         mask = cols < S
         x = tl.load(x_ptr + cols, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
-        u, x, z, sig = _gate(x, z_ptr, cols, mask, True, NORM_BEFORE_GATE, False, tl.float32)
+        u, x, z, sig = _gate(x, z_ptr, cols, mask, True, False, False, tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(u * u, axis=1) / S + eps)
-        w = _weight(w_ptr, 0, S, tl.arange(0, BS), tl.arange(0, BS) < S, HAS_WEIGHT)
-        out = _output(u * rstd[:, None], w, z, sig, x_ptr.dtype.element_ty, True, NORM_BEFORE_GATE)
+        w = _weight(w_ptr, 0, S, tl.arange(0, BS), tl.arange(0, BS) < S, True)
+        out = _output(u * rstd[:, None], w, z, sig, x_ptr.dtype.element_ty, True, False)
         tl.store(out_ptr + cols, out.to(out_ptr.dtype.element_ty), mask=mask)
     else:
         ss = tl.zeros([1], dtype=tl.float32)
         for c in range(NCHUNK):
             mask = c * BS + cols < S
             x = tl.load(x_ptr + c * BS + cols, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
-            u, x, z, sig = _gate(x, z_ptr, c * BS + cols, mask, True, NORM_BEFORE_GATE, False, tl.float32)
+            u, x, z, sig = _gate(x, z_ptr, c * BS + cols, mask, True, False, False, tl.float32)
             ss += tl.sum(u * u, axis=1)
         rstd = 1.0 / tl.sqrt(ss / S + eps)
         for c in range(NCHUNK):
             chunk = c * BS + tl.arange(0, BS)
             mask = chunk[None, :] < S
             x = tl.load(x_ptr + chunk[None, :], mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
-            u, x, z, sig = _gate(x, z_ptr, chunk[None, :], mask, True, NORM_BEFORE_GATE, False, tl.float32)
-            w = _weight(w_ptr, 0, S, chunk, chunk < S, HAS_WEIGHT)
-            out = _output(u * rstd[:, None], w, z, sig, x_ptr.dtype.element_ty, True, NORM_BEFORE_GATE)
+            u, x, z, sig = _gate(x, z_ptr, chunk[None, :], mask, True, False, False, tl.float32)
+            w = _weight(w_ptr, 0, S, chunk, chunk < S, True)
+            out = _output(u * rstd[:, None], w, z, sig, x_ptr.dtype.element_ty, True, False)
             tl.store(out_ptr + chunk[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
 
 

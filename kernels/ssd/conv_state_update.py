@@ -252,7 +252,7 @@ def _conv_state_update_kernel(
         if GATED_NORM:  # every program of the group has stored its y: the group's norm, in place of its own launch
             S = (H // G) * P
             normalize_group(y + bi * H * P + g * S, z + bi * stride_z_b + g * S, norm_w + g * S,
-                            normed + bi * H * P + g * S, S, norm_eps, NORM_BS, NORM_NCHUNK, True, False)  # fmt: skip
+                            normed + bi * H * P + g * S, S, norm_eps, NORM_BS, NORM_NCHUNK)  # fmt: skip
         tl.atomic_xchg(tickets + bi * G + g, 0, sem="relaxed", scope="gpu")
 
 
