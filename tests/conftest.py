@@ -69,6 +69,21 @@ def on_cuda_dispatch(monkeypatch):
     monkeypatch.setattr(dispatch, "use_triton", lambda *tensors: True)
 
 
+@pytest.fixture
+def narrow_row_tiles(monkeypatch):
+    """The one-row products (GEMV, grouped GEMV, SwiGLU GEMV) in 16 x 32 tiles, not the table's 2 x 1024: the same
+    kernels and paths in a tiny model's shapes, at a tenth of the interpreter's time (it pays per program and per
+    element of a tile, and a 1024-column tile over a 32-column row is mostly mask). All three take the same tiles,
+    so the fused kernels still sum as the separate GEMV does. For tests of what a decode step launches and
+    computes; the table's tiles have their own tests (``test_gemv_kernel.py``, ``test_gemv_group.py``,
+    ``test_decode_linear.py``)."""
+    from statex_hf.kernels import launch
+    from statex_hf.kernels.launch import LaunchConfig
+
+    for name in ("linear.gemv", "linear.gemv_group", "linear.gemv_swiglu"):
+        monkeypatch.setitem(launch.OVERRIDES, name, LaunchConfig.of(2, 1, BM=1, BN=16, BK=32, SPLIT_K=1))
+
+
 @pytest.fixture(params=["table", "small-tiles"])
 def norm_tiles(request, monkeypatch):
     """The norm kernels' tiles from their table, or small ones: 2 rows a block (the last one masked) and a row

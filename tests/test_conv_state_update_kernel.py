@@ -399,6 +399,7 @@ def decode(model, ids, steps, monkeypatch, fused=True, attention_mask=None, one_
     return outs, seen.triton
 
 
+@pytest.mark.usefixtures("narrow_row_tiles")
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_a_mamba2_step_launches_one_kernel_for_conv_and_state_and_computes_what_the_two_did(monkeypatch, batch, dtype):

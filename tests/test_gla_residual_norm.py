@@ -116,7 +116,7 @@ def test_dispatch_fuses_only_on_the_no_grad_cuda_path(monkeypatch, on_cuda_dispa
     assert torch.equal(fused[1], gated_rmsnorm(residual + update, None, weight, EPS, 24, norm_before_gate=True))
 
 
-@pytest.mark.usefixtures("on_cuda_dispatch")
+@pytest.mark.usefixtures("on_cuda_dispatch", "narrow_row_tiles")
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("fields", [{}, {"statex_layers": [1], "use_short_conv": True}], ids=["plain", "expanded"])
@@ -132,7 +132,7 @@ def test_a_decode_step_computes_what_the_unfused_step_did_bit_for_bit(monkeypatc
     assert_close_to_torch(model, ids, monkeypatch, got)
 
 
-def test_a_bf16_decode_step_launches_nine_kernels_per_layer(monkeypatch, on_cuda_dispatch):
+def test_a_bf16_decode_step_launches_nine_kernels_per_layer(monkeypatch, on_cuda_dispatch, narrow_row_tiles):
     # Issue 20: a GLA layer's one-row step launched 11 kernels: the attention norm, the grouped GEMV (q, k, v, the
     # gate's low-rank down, g), the gate's up GEMV, the recurrent step, the output gate's norm, o_proj, torch's
     # residual add, the MLP norm, the MLP's GEMV + SwiGLU, down_proj, torch's residual add; then the final norm,
@@ -171,7 +171,7 @@ def test_a_cpu_decode_step_adds_with_torch(monkeypatch):
     assert_all_equal(got, decode(model, ids, monkeypatch)[1])
 
 
-@pytest.mark.usefixtures("on_cuda_dispatch")
+@pytest.mark.usefixtures("on_cuda_dispatch", "narrow_row_tiles")
 @pytest.mark.parametrize(
     "case", ["hook-on-mlp-norm", "in-place-on-block-output", "new-block-input", "inference-mode", "layers-reversed"]
 )

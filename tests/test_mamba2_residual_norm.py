@@ -97,7 +97,7 @@ def test_dispatch_fuses_mamba2s_form_only_on_the_no_grad_cuda_path(monkeypatch, 
     assert torch.equal(fused[1], gated_rmsnorm(summed, None, weight, EPS, 24, input_dtype=BF16))
 
 
-@pytest.mark.usefixtures("on_cuda_dispatch")
+@pytest.mark.usefixtures("on_cuda_dispatch", "narrow_row_tiles")
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize(
@@ -122,7 +122,7 @@ def test_a_decode_step_computes_what_the_unfused_step_did_bit_for_bit(monkeypatc
     assert_close_to_torch(model, ids, monkeypatch, got)
 
 
-def test_a_bf16_decode_step_launches_four_kernels_per_layer(monkeypatch, on_cuda_dispatch):
+def test_a_bf16_decode_step_launches_four_kernels_per_layer(monkeypatch, on_cuda_dispatch, narrow_row_tiles):
     # Issue 20: a Mamba2 layer's one-row step launched 6 kernels: the block's norm, in_proj's GEMV, the conv and
     # state update (one launch), the gated norm, out_proj's GEMV and the residual add; then the final norm, its fp32
     # output's cast to the head's bf16, the head and the logits' cast to fp32. Now each add is the prologue of the
@@ -162,7 +162,7 @@ def test_a_cpu_decode_step_adds_with_torch(monkeypatch):
     assert_all_equal(got, decode(model, ids, monkeypatch)[1])
 
 
-@pytest.mark.usefixtures("on_cuda_dispatch")
+@pytest.mark.usefixtures("on_cuda_dispatch", "narrow_row_tiles")
 @pytest.mark.parametrize(
     "case", ["hook-on-final-norm", "in-place-on-block-output", "new-block-input", "inference-mode", "layers-reversed"]
 )

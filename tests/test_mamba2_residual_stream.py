@@ -101,7 +101,7 @@ def test_training_computes_what_the_previous_block_did(monkeypatch, request, pat
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_a_decode_step_casts_nothing_for_its_norms_and_adds_each_residual_in_one_kernel(
-    monkeypatch, on_cuda_dispatch, batch
+    monkeypatch, on_cuda_dispatch, narrow_row_tiles, batch
 ):
     # Issue 20: per layer, a bf16 model's step cast the fp32 residual stream to bf16 for the block's norm (a copy
     # kernel) and added the bf16 mixer output to the stream with torch's mixed-dtype add (not vectorized); the

@@ -195,7 +195,7 @@ PER_LAYER = {
     ids=["gla", "gla-expanded-values-wider", "mamba2", "mamba2-expanded", "mamba2-bf16-stream"],
 )
 def test_a_decode_step_launches_no_norm_or_add_of_its_blocks_and_decodes_as_with_them_apart(
-    monkeypatch, on_cuda_dispatch, family, fields
+    monkeypatch, on_cuda_dispatch, narrow_row_tiles, family, fields
 ):
     model = build(family, **fields).to(BF16)
     ids = torch.randint(3, VOCAB - 2, (1, 6))
@@ -219,7 +219,9 @@ def assert_decodes_as(got, want):
 
 
 @pytest.mark.parametrize("family", ["gla", "mamba2"])
-def test_a_hooked_norm_is_called_and_a_hooked_sublayer_gets_its_usual_input(monkeypatch, on_cuda_dispatch, family):
+def test_a_hooked_norm_is_called_and_a_hooked_sublayer_gets_its_usual_input(
+    monkeypatch, on_cuda_dispatch, narrow_row_tiles, family
+):
     # A hook on a norm sees every call: that norm runs as a module (its products take no prologue); a hook on a
     # sublayer sees the normalized input it always did: the block keeps its norms and adds apart.
     model = build(family).to(BF16)
@@ -262,7 +264,9 @@ class WrappedNorm(torch.nn.Module):
 
 
 @pytest.mark.parametrize("family", ["gla", "mamba2"])
-def test_a_norm_put_in_a_blocks_place_by_a_wrapper_is_called_as_a_module(monkeypatch, on_cuda_dispatch, family):
+def test_a_norm_put_in_a_blocks_place_by_a_wrapper_is_called_as_a_module(
+    monkeypatch, on_cuda_dispatch, narrow_row_tiles, family
+):
     model = build(family).to(BF16)
     ids = torch.randint(3, VOCAB - 2, (1, 1))
     with torch.no_grad():
@@ -305,7 +309,7 @@ class WrappedLinear(torch.nn.Module):
 
 @pytest.mark.parametrize("family,product", [("gla", "q_proj"), ("mamba2", "in_proj")])
 def test_a_block_whose_products_cannot_take_its_norm_launches_what_it_did_with_its_norms_apart(
-    monkeypatch, on_cuda_dispatch, family, product
+    monkeypatch, on_cuda_dispatch, narrow_row_tiles, family, product
 ):
     # Its sublayers would normalize and add by themselves: each norm and each add a kernel of its own, where the
     # block with its norms apart adds and normalizes in one (the add + norm kernel).
