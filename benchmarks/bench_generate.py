@@ -153,6 +153,10 @@ def apply_same_run_baselines(args) -> None:
     numbers = (args.gemv_max_rows, args.conv_ssd_max_rows)
     if args.sync_stop_check:  # a baseline in the same run: the stop flag read on the host after every step
         os.environ["STATEX_DEFER_STOP_CHECK"] = "0"
+    if args.serial_compile:  # a baseline in the same run: a capture's kernels compiled one by one
+        from statex_hf.modeling import decode_graphs
+
+        decode_graphs.COMPILE_THREADS = 1
     if not (args.separate_products or args.unfused_residual_norm or args.norms_apart) and numbers == (None, None):
         return
     from statex_hf.kernels import dispatch
@@ -333,6 +337,25 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="ours: sequences up to which a Mamba2 step's conv and state update run as one launch (0: two launches)",
     )
+    parser.add_argument(
+        "--serial-compile",
+        action="store_true",
+        help="ours: a capture's new Triton kernels compile one by one as they are first launched, not on threads "
+        "first (measure with an empty TRITON_CACHE_DIR: cached kernels are not compiled at all)",
+    )
+
+
+def baseline_argv(args: argparse.Namespace) -> list[str]:
+    """``add_baseline_arguments``' flags as ``args`` holds them, for a worker's command line."""
+    parser = argparse.ArgumentParser()
+    add_baseline_arguments(parser)
+    argv = []
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or value is None or value is False:
+            continue
+        argv += [action.option_strings[0]] if value is True else [action.option_strings[0], str(value)]
+    return argv
 
 
 def main() -> None:
@@ -366,11 +389,7 @@ def main() -> None:
     passed += ["--new-tokens", str(args.new_tokens), "--peer-new-tokens", str(args.peer_new_tokens)]
     passed += ["--eager-new-tokens", str(args.eager_new_tokens), "--ttft", ",".join(map(str, args.ttft))]
     passed += ["--tiny"] if args.tiny else []
-    passed += [] if args.gemv_max_rows is None else ["--gemv-max-rows", str(args.gemv_max_rows)]
-    passed += ["--separate-products"] if args.separate_products else []
-    passed += ["--unfused-residual-norm"] if args.unfused_residual_norm else []
-    passed += ["--norms-apart"] if args.norms_apart else []
-    passed += [] if args.conv_ssd_max_rows is None else ["--conv-ssd-max-rows", str(args.conv_ssd_max_rows)]
+    passed += baseline_argv(args)
     rows, statuses = [], {}
     for impl in args.impls.split(","):
         timeout = args.timeout if impl.startswith("ours") else args.peer_timeout

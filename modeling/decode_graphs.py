@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 from statex_hf.kernels.dependent_launch import dependent_launches
+from statex_hf.kernels.parallel_compile import compiled_in_parallel, workers
 from statex_hf.modeling.cache import (
     StateXCache,
     copy_states,
@@ -46,6 +47,8 @@ logger = logging.get_logger(f"transformers.{__name__}")
 _SERVED = {"input_ids", "cache", "use_cache", "return_dict", "logits_to_keep"}
 # Warm-up calls before a capture: Triton compiles and cuBLAS sets up outside the graph.
 _WARMUP_CALLS = 2
+# Threads that compile a capture's new Triton kernels (1: each compiles when first launched, one after another).
+COMPILE_THREADS = workers()
 # Graphs kept per model (one per batch size and state layout); the oldest goes first.
 _MAX_GRAPHS = 4
 
@@ -221,6 +224,11 @@ class DecodeGraphs:
                 side = torch.cuda.Stream(device=device)
                 side.wait_stream(torch.cuda.current_stream(device))
                 with torch.cuda.stream(side):
+                    # The step's kernels not compiled yet compile on threads at once, not one by one in the first
+                    # warm-up call (``kernels/parallel_compile.py``). What this pass leaves in ``states`` does not
+                    # matter: the warm-up calls step them too, and a bound cache's states are copied in (``_bind``).
+                    with compiled_in_parallel(device, COMPILE_THREADS):
+                        model(**call)
                     for _ in range(_WARMUP_CALLS):
                         model(**call)
                 torch.cuda.current_stream(device).wait_stream(side)

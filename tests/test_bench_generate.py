@@ -100,3 +100,37 @@ def test_the_unfused_residual_norm_baseline_keeps_a_one_row_blocks_norms_apart_t
         assert all(module.norms_go_into_products(row, row.dtype, [], []) for module in families)
         apply_same_run_baselines(parser.parse_args(["--unfused-residual-norm"]))
         assert not any(module.norms_go_into_products(row, row.dtype, [], []) for module in families)
+
+
+def test_every_baseline_flag_reaches_the_worker_processes(monkeypatch):
+    # The workers are processes of their own, started with the flags the parent passes on: --sync-stop-check was
+    # parsed by the parent and never passed, so its "baseline" measured the default.
+    monkeypatch.syspath_prepend(os.path.dirname(BENCH))
+    import argparse
+
+    from bench_generate import add_baseline_arguments, baseline_argv
+
+    parser = argparse.ArgumentParser()
+    add_baseline_arguments(parser)
+    flags = [action for action in parser._actions if action.option_strings and action.dest != "help"]
+    argv = []
+    for action in flags:
+        argv += [action.option_strings[0]] if action.nargs == 0 else [action.option_strings[0], "3"]
+    given = parser.parse_args(argv)
+    assert all(getattr(given, action.dest) not in (None, False) for action in flags)
+    assert parser.parse_args(baseline_argv(given)) == given
+    assert baseline_argv(parser.parse_args([])) == []
+
+
+def test_the_serial_compile_baseline_compiles_a_captures_kernels_one_by_one(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.dirname(BENCH))
+    import argparse
+
+    from bench_generate import add_baseline_arguments, apply_same_run_baselines
+    from statex_hf.modeling import decode_graphs
+
+    monkeypatch.setattr(decode_graphs, "COMPILE_THREADS", decode_graphs.COMPILE_THREADS)  # restored afterwards
+    parser = argparse.ArgumentParser()
+    add_baseline_arguments(parser)
+    apply_same_run_baselines(parser.parse_args(["--serial-compile"]))
+    assert decode_graphs.COMPILE_THREADS == 1

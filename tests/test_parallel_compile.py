@@ -1,0 +1,33 @@
+"""``kernels/parallel_compile.py`` on CPU: under the Triton interpreter (nothing is compiled) the block is no block.
+Its work, compiling a first capture's kernels on threads, is tested on the GPU
+(``tests/gpu/test_parallel_compile_gpu.py``).
+"""
+
+import torch
+from launched_ops import LaunchedOps
+from statex_hf.kernels import parallel_compile
+from statex_hf.kernels.parallel_compile import compiled_in_parallel
+from tiny_models import VOCAB, build
+from triton import knobs
+
+
+def test_under_the_interpreter_the_forward_in_the_block_launches_and_computes_what_it_does_outside(
+    monkeypatch, on_cuda_dispatch, narrow_row_tiles
+):
+    model = build("gla", statex_layers=[1]).to(torch.bfloat16)
+    ids = torch.randint(3, VOCAB, (1, 1))
+    with torch.no_grad():
+        with monkeypatch.context() as m, LaunchedOps(m) as outside:
+            want = model(ids).logits
+        with monkeypatch.context() as m, LaunchedOps(m) as inside, compiled_in_parallel(torch.device("cuda"), 4):
+            assert knobs.runtime.jit_cache_hook is None  # nothing recorded, nothing skipped
+            got = model(ids).logits
+    assert inside.triton == outside.triton and outside.triton
+    assert torch.equal(got, want)
+
+
+def test_the_compiles_take_the_machines_cores_up_to_the_cap(monkeypatch):
+    monkeypatch.setattr(parallel_compile.os, "cpu_count", lambda: 64)
+    assert parallel_compile.workers() == parallel_compile.MAX_WORKERS
+    monkeypatch.setattr(parallel_compile.os, "cpu_count", lambda: None)
+    assert parallel_compile.workers() == 1
