@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 import torch
 
-MAX_WORKERS = 8  # about the compiles of a decode step's new kernels (GLA's: 20-30)
+MAX_WORKERS = 8  # the cap measured with (H200, 16 cores: benchmarks/README.md); more were not tried
 
 
 def workers() -> int:
