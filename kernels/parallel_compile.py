@@ -19,6 +19,7 @@ as it is and nothing changes.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -43,30 +44,51 @@ def _runtime_knobs():
     return runtime if hasattr(runtime, "jit_cache_hook") else None
 
 
+# The launches being recorded, per thread: Triton's hook is one for the whole process, and a launch from another
+# thread (another model, a data loader's kernels) must run as usual while one thread records.
+_recording = threading.local()
+# The hook that was installed before ours (called for every launch this module does not record), and how many
+# threads are recording: the last one to stop puts that hook back.
+_chained: list = [None]
+_recorders = [0]
+_lock = threading.Lock()
+
+
+def _record(**kwargs) -> bool | None:
+    """Triton's ``jit_cache_hook`` while a block records: True (no compile, no launch) for a launch of this thread
+    inside the block, whose specialization it keeps; otherwise what the hook before it says."""
+    pending = getattr(_recording, "pending", None)
+    jit = getattr(kwargs.get("fn"), "jit_function", None)
+    compile = kwargs.get("compile")
+    data = compile.get("specialization_data") if isinstance(compile, dict) else None
+    if pending is None or kwargs.get("is_manual_warmup") or data is None or not hasattr(jit, "preload"):
+        return _chained[0](**kwargs) if _chained[0] is not None else None
+    pending.setdefault((id(jit), str(kwargs.get("key"))), (jit, data))
+    return True
+
+
 @contextmanager
 def compiled_in_parallel(device: torch.device, threads: int | None = None) -> Iterator[None]:
-    """Inside: launches of kernels not yet compiled are skipped and recorded; at exit, those kernels are compiled
-    on ``threads`` threads (default ``workers()``) for ``device``. See the module docstring."""
+    """Inside: this thread's launches of kernels not yet compiled are skipped and recorded; at exit, those kernels
+    are compiled on ``threads`` threads (default ``workers()``) for ``device``. See the module docstring."""
     threads = workers() if threads is None else threads
     runtime = _runtime_knobs()
     if threads <= 1 or runtime is None or os.environ.get("TRITON_INTERPRET") == "1" or device.type != "cuda":
         yield
         return
-    pending: dict[tuple, tuple] = {}
-
-    def record(*, key, fn, compile, is_manual_warmup=False, **_) -> bool | None:
-        jit = getattr(fn, "jit_function", None)
-        data = compile.get("specialization_data") if isinstance(compile, dict) else None
-        if is_manual_warmup or jit is None or data is None or not hasattr(jit, "preload"):
-            return None  # Triton compiles it now, as without this block
-        pending.setdefault((id(jit), str(key)), (jit, data))
-        return True  # skip: no compile, no launch
-
-    previous, runtime.jit_cache_hook = runtime.jit_cache_hook, record
+    with _lock:
+        if _recorders[0] == 0:
+            _chained[0], runtime.jit_cache_hook = runtime.jit_cache_hook, _record
+        _recorders[0] += 1
+    _recording.pending = pending = {}
     try:
         yield
     finally:
-        runtime.jit_cache_hook = previous
+        _recording.pending = None
+        with _lock:
+            _recorders[0] -= 1
+            if _recorders[0] == 0 and runtime.jit_cache_hook is _record:
+                runtime.jit_cache_hook = _chained[0]
 
     def preload(job: tuple) -> None:
         jit, data = job
