@@ -6,14 +6,17 @@ when it is first launched, one after another, about 0.2 s each, so a first captu
 is empty took about 3 s. Most of a compile is MLIR and LLVM passes and ``ptxas``, which run without Python's GIL,
 so the compiles run in parallel on threads.
 
-``compiled_in_parallel`` does it in two passes. Inside the ``with`` block a launch whose kernel is not compiled yet
-does not run: Triton's ``jit_cache_hook`` records its specialization (what ``JITFunction.preload`` takes) and skips
-it. Kernels already compiled launch as usual. At the end of the block the recorded kernels are compiled on a thread
-pool into Triton's own caches, so the next pass compiles nothing. The forward inside the block computes garbage
-(the skipped kernels write nothing): run it on tensors whose values do not matter, and run it again after.
+``compiled_in_parallel`` does it in two passes. Inside the ``with`` block a launch of one of this package's kernels
+that is not compiled yet does not run: Triton's ``jit_cache_hook`` records its specialization (what
+``JITFunction.preload`` takes) and skips it. Kernels already compiled launch as usual, and so do other packages'
+kernels (an autotuner of theirs would time skipped launches). At the end of the block the recorded kernels are
+compiled on a thread pool into Triton's own caches, so the next pass compiles nothing. The forward inside the block
+computes garbage (the skipped kernels write nothing): run it on tensors whose values do not matter, and run it
+again after.
 
-Where Triton has no such hook (before 3.4), under the interpreter, or with one worker, the block runs the forward
-as it is and nothing changes.
+Only the thread that entered the block records. Where Triton is older than 3.6 (its hook and ``preload`` were
+measured on 3.6 and read in 3.9), under the interpreter, or with one worker, the block runs the forward as it is
+and nothing changes.
 """
 
 from __future__ import annotations
@@ -35,13 +38,22 @@ def workers() -> int:
 
 
 def _runtime_knobs():
-    """Triton's runtime knobs where they hold a ``jit_cache_hook`` (Triton 3.4 on), else None."""
-    try:
-        from triton import knobs
-    except ImportError:
+    """Triton's runtime knobs from Triton 3.6 on, where they hold the ``jit_cache_hook`` this module uses; else
+    None."""
+    import triton
+    from packaging.version import Version
+
+    if Version(triton.__version__).release < (3, 6):
         return None
+    from triton import knobs
+
     runtime = getattr(knobs, "runtime", None)
     return runtime if hasattr(runtime, "jit_cache_hook") else None
+
+
+# The modules whose kernels a block records: this package's (``statex_hf.kernels``, or the same files under another
+# name where a checkpoint's remote code imports them).
+_OWN_KERNELS = __name__.rpartition(".")[0] + "."
 
 
 # The launches being recorded, per thread: Triton's hook is one for the whole process, and a launch from another
@@ -58,19 +70,22 @@ def _record(**kwargs) -> bool | None:
     """Triton's ``jit_cache_hook`` while a block records: True (no compile, no launch) for a launch of this thread
     inside the block, whose specialization it keeps; otherwise what the hook before it says."""
     pending = getattr(_recording, "pending", None)
-    jit = getattr(kwargs.get("fn"), "jit_function", None)
-    compile = kwargs.get("compile")
-    data = compile.get("specialization_data") if isinstance(compile, dict) else None
-    if pending is None or kwargs.get("is_manual_warmup") or data is None or not hasattr(jit, "preload"):
+    fn = kwargs.get("fn")
+    jit, module = getattr(fn, "jit_function", None), str(getattr(fn, "module", ""))
+    compile = kwargs.get("compile") if isinstance(kwargs.get("compile"), dict) else {}
+    data, device = compile.get("specialization_data"), compile.get("device")
+    ours = module.startswith(_OWN_KERNELS) and hasattr(jit, "preload") and data is not None and device is not None
+    if pending is None or kwargs.get("is_manual_warmup") or not ours:
         return _chained[0](**kwargs) if _chained[0] is not None else None
-    pending.setdefault((id(jit), str(kwargs.get("key"))), (jit, data))
+    pending.setdefault((id(jit), device, str(kwargs.get("key"))), (jit, device, data))
     return True
 
 
 @contextmanager
 def compiled_in_parallel(device: torch.device, threads: int | None = None) -> Iterator[None]:
-    """Inside: this thread's launches of kernels not yet compiled are skipped and recorded; at exit, those kernels
-    are compiled on ``threads`` threads (default ``workers()``) for ``device``. See the module docstring."""
+    """Inside: this thread's launches of this package's kernels not yet compiled are skipped and recorded; at exit,
+    those kernels are compiled on ``threads`` threads (default ``workers()``), each for the GPU it was launched on.
+    ``device``: the forward's; the block does nothing off CUDA. See the module docstring."""
     threads = workers() if threads is None else threads
     runtime = _runtime_knobs()
     if threads <= 1 or runtime is None or os.environ.get("TRITON_INTERPRET") == "1" or device.type != "cuda":
@@ -80,19 +95,20 @@ def compiled_in_parallel(device: torch.device, threads: int | None = None) -> It
         if _recorders[0] == 0:
             _chained[0], runtime.jit_cache_hook = runtime.jit_cache_hook, _record
         _recorders[0] += 1
+    outer = getattr(_recording, "pending", None)  # a block around this one, on this thread
     _recording.pending = pending = {}
     try:
         yield
     finally:
-        _recording.pending = None
+        _recording.pending = outer
         with _lock:
             _recorders[0] -= 1
             if _recorders[0] == 0 and runtime.jit_cache_hook is _record:
                 runtime.jit_cache_hook = _chained[0]
 
     def preload(job: tuple) -> None:
-        jit, data = job
-        with torch.cuda.device(device):
+        jit, launched_on, data = job
+        with torch.cuda.device(launched_on):  # Triton compiles for, and caches on, the current GPU
             jit.preload(data)
 
     # A compile that fails here (a config too large for the GPU, say) is left to the launch that needs it, which

@@ -3,6 +3,7 @@ Its work, compiling a first capture's kernels on threads, is tested on the GPU
 (``tests/gpu/test_parallel_compile_gpu.py``).
 """
 
+import contextlib
 import threading
 import types
 
@@ -36,25 +37,44 @@ def test_the_compiles_take_the_machines_cores_up_to_the_cap(monkeypatch):
     assert parallel_compile.workers() == 1
 
 
-def test_only_the_recording_threads_launches_are_skipped_and_the_hook_before_it_is_put_back(monkeypatch):
-    # Triton has one jit_cache_hook for the process: while the capture's thread records, a launch from another
-    # thread must compile and run as usual, a hook installed before must still be called for it, and the block must
-    # leave that hook as it found it. (Nothing here compiles or launches: the hook is called as Triton calls it.)
+def test_only_the_recording_threads_launches_of_its_own_kernels_are_skipped_and_compiled_at_the_end(monkeypatch):
+    # Triton has one jit_cache_hook for the process. While the capture's thread records, a launch from another
+    # thread, or of another package's kernel, must compile and run as usual, and a hook installed before must still
+    # be called for it; the block must leave that hook as it found it. At the end each recorded kernel is compiled
+    # once, for the GPU it was launched on. (Nothing here compiles or launches: the hook is called as Triton calls
+    # it, with kernels that record what they are asked to preload.)
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # the block is off under the interpreter
-    earlier = []
+    monkeypatch.setattr(parallel_compile, "_runtime_knobs", lambda: knobs.runtime)  # whatever Triton is installed
+    earlier, preloaded, current_gpus = [], [], []
+    monkeypatch.setattr(torch.cuda, "device", lambda index: current_gpus.append(index) or contextlib.nullcontext())
     monkeypatch.setattr(knobs.runtime, "jit_cache_hook", lambda **kwargs: earlier.append(kwargs["key"]))
-    kernel = types.SimpleNamespace(jit_function=types.SimpleNamespace(preload=lambda data: None))
 
-    def missed(key):  # Triton's call of the hook for a launch whose kernel is not compiled
-        compile = {"specialization_data": f"data of {key}"}
+    def kernel_of(module):
+        function = types.SimpleNamespace(preload=lambda data: preloaded.append((module, data)))
+        return types.SimpleNamespace(module=module, jit_function=function)
+
+    ours, theirs = kernel_of("statex_hf.kernels.linear.gemv"), kernel_of("fla.ops.gla.chunk")
+
+    def missed(key, kernel=ours, device=1):  # Triton's call of the hook for a launch whose kernel is not compiled
+        compile = {"specialization_data": f"data of {key}", "device": device}
         return knobs.runtime.jit_cache_hook(key=key, fn=kernel, compile=compile, is_manual_warmup=False)
 
     with compiled_in_parallel(torch.device("cuda", 0), threads=2):
-        assert missed("mine") is True  # skipped: recorded for the pool
+        assert missed("mine") is True and missed("mine") is True  # skipped: recorded for the pool, once
+        assert missed("fla's", kernel=theirs) is None
         in_another_thread = []
-        thread = threading.Thread(target=lambda: in_another_thread.append(missed("theirs")))
+        thread = threading.Thread(target=lambda: in_another_thread.append(missed("another thread's")))
         thread.start()
         thread.join()
-        assert in_another_thread == [None] and earlier == ["theirs"]  # compiled and launched as usual
-        assert list(parallel_compile._recording.pending.values()) == [(kernel.jit_function, "data of mine")]
-    assert missed("after") is None and earlier == ["theirs", "after"]
+        assert in_another_thread == [None]
+        with compiled_in_parallel(torch.device("cuda", 0), threads=2):
+            assert missed("inner") is True
+        assert preloaded == [("statex_hf.kernels.linear.gemv", "data of inner")]
+        assert missed("outer, after the inner block") is True  # the outer block records again
+    assert earlier == ["fla's", "another thread's"]  # compiled and launched as usual
+    assert sorted(preloaded[1:]) == [
+        ("statex_hf.kernels.linear.gemv", "data of mine"),
+        ("statex_hf.kernels.linear.gemv", "data of outer, after the inner block"),
+    ]
+    assert current_gpus == [1, 1, 1]  # each compile for the GPU its launch was on, not the block's device
+    assert missed("after") is None and earlier[-1] == "after"
