@@ -29,7 +29,7 @@ from contextlib import contextmanager
 
 import torch
 
-MAX_WORKERS = 8  # the cap measured with (H200, 16 cores: benchmarks/README.md); more were not tried
+MAX_WORKERS = 8  # the cap the H200 run had (16 cores: benchmarks/README.md); more were not tried
 
 
 def workers() -> int:
@@ -108,21 +108,11 @@ def compiled_in_parallel(device: torch.device, threads: int | None = None) -> It
 
     def preload(job: tuple) -> None:
         jit, launched_on, data = job
-        with torch.cuda.device(launched_on):  # Triton compiles for, and caches on, the current GPU
-            jit.preload(data)
-
-    # A compile that fails here (a config too large for the GPU, say) is left to the launch that needs it, which
-    # compiles it again and reports or falls back as it always does (``kernels/launch.py``).
-    with ThreadPoolExecutor(threads, thread_name_prefix="statex-compile") as pool:
-        for _ in pool.map(_quietly(preload), pending.values()):
-            pass
-
-
-def _quietly(function):
-    def run(job):
         try:
-            function(job)
-        except Exception:  # noqa: BLE001 - see the comment at the call
-            pass
+            with torch.cuda.device(launched_on):  # Triton compiles for, and caches on, the current GPU
+                jit.preload(data)
+        except Exception:  # noqa: BLE001 - left to the launch that needs the kernel: it compiles it again and
+            pass  # reports or falls back as it always does (``kernels/launch.py``), a config too large, say
 
-    return run
+    with ThreadPoolExecutor(threads, thread_name_prefix="statex-compile") as pool:
+        list(pool.map(preload, pending.values()))
