@@ -157,6 +157,10 @@ def apply_same_run_baselines(args) -> None:
         from statex_hf.modeling import decode_graphs
 
         decode_graphs.COMPILE_THREADS = 1
+    if args.norm_in_step:  # a baseline in the same run: Mamba2's gated norm by its one launch's last program
+        from statex_hf.kernels import dispatch
+
+        dispatch.GATED_NORM_IN_OUT_PROJ = False
     if not (args.separate_products or args.unfused_residual_norm or args.norms_apart) and numbers == (None, None):
         return
     from statex_hf.kernels import dispatch
@@ -336,6 +340,12 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
         "--conv-ssd-max-rows",
         type=int,
         help="ours: sequences up to which a Mamba2 step's conv and state update run as one launch (0: two launches)",
+    )
+    parser.add_argument(
+        "--norm-in-step",
+        action="store_true",
+        help="ours: at one row Mamba2's gated norm is taken by its one-launch step's last program, not by out_proj's "
+        "product",
     )
     parser.add_argument(
         "--serial-compile",

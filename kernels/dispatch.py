@@ -44,6 +44,10 @@ GEMV_MAX_ROWS = 1
 # convolves its group's whole B and C again (the two-kernel path convolves them once), work that grows with the
 # batch beside the state traffic: at B = 64 the one launch was slower than the two (benchmarks/README.md, generate).
 ONE_LAUNCH_CONV_SSD_MAX_ROWS = 1
+# A Mamba2 block's one-row step leaves its mixer's gated norm (one group) to out_proj's product, which computes it
+# as it loads y from the partial sums of squares the one launch stores (``kernels/linear/row_norm.py``); off, the
+# group's last program of the one launch normalizes y (a same-run baseline: ``bench_generate.py --norm-in-step``).
+GATED_NORM_IN_OUT_PROJ = True
 
 
 def gla(
@@ -152,7 +156,8 @@ def _one_launch_applies(
     holds exactly."""
     if norm is not None and not norm.applies(x):
         return False
-    extra = [t for t in (None if norm is None else norm.weight, residual) if t is not None]
+    norm_tensors = () if norm is None else (norm.weight, norm.gate, norm.squares)
+    extra = [t for t in (*norm_tensors, residual) if t is not None]
     if residual is not None:
         residual_dtype = residual.dtype if residual_dtype is None else residual_dtype
         if not (
@@ -180,7 +185,7 @@ def one_launch_products(
     each product ``linear``'s GEMV bit for bit where that does not split K) where x is one row, each product
     would take the GEMV and the weights are contiguous (at most ``MAX_GROUP``); ``None`` otherwise, and the caller
     runs its modules. ``norm``: the products of ``norm``'s output on x, the norm computed in the same launch."""
-    if not _one_launch_applies(x, *weights, norm=norm):
+    if (norm is not None and norm.gate is not None) or not _one_launch_applies(x, *weights, norm=norm):
         return None  # decided before the import: a compiled graph or a CPU run never reaches it
     from statex_hf.kernels.linear.gemv_group import MAX_GROUP, gemv_group
 
@@ -193,7 +198,8 @@ def one_launch_swiglu(
     """``silu(F.linear(x, gate_weight)) * F.linear(x, up_weight)`` as one launch (``gemv_group.gemv_swiglu``: the
     two GEMVs and the SwiGLU kernel bit for bit where neither splits K) where x is one row and both products would
     take the GEMV; ``None`` otherwise. ``norm``: of ``norm``'s output on x, computed in the same launch."""
-    if gate_weight.shape == up_weight.shape and _one_launch_applies(x, gate_weight, up_weight, norm=norm):
+    gated = norm is not None and norm.gate is not None  # a gated norm is the plain GEMV's alone
+    if gate_weight.shape == up_weight.shape and not gated and _one_launch_applies(x, gate_weight, up_weight, norm=norm):
         from statex_hf.kernels.linear.gemv_group import gemv_swiglu
 
         return gemv_swiglu(x, gate_weight, up_weight, norm)
@@ -335,7 +341,8 @@ def one_launch_conv_ssd(
     norm_gate: torch.Tensor | None = None,
     norm_weight: torch.Tensor | None = None,
     norm_eps: float = 1e-6,
-) -> torch.Tensor | None:
+    gate_squares: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None:
     """A Mamba2 layer's one-token step from its caches in one launch (``kernels/ssd/conv_state_update.py``):
     ``causal_conv1d(xBC, ..., conv_state, True)`` then ``ssd`` of the convolved ``[x | B | C]`` from ``state`` with
     ``state_in_place``, bit for bit (both caches updated in place). xBC ``[b, 1, H * P + 2 * G * N]`` (channels
@@ -348,14 +355,16 @@ def one_launch_conv_ssd(
 
     With ``norm_gate`` (z ``[b, 1, H * P]``) and ``norm_weight`` ``[H * P]``: the mixer's gated norm of y too, per
     group of B and C (``gated_rmsnorm(y, z, norm_weight, norm_eps, H * P // G)``), in the same launch; returns
-    that ``[b, 1, H * P]``."""
+    that ``[b, 1, H * P]``. With ``norm_gate`` and ``gate_squares`` (no weight), the norm is the caller's: returns
+    ``(y [b, 1, H * P], squares)``, the partial sums of its squares that ``out_proj``'s product takes
+    (``conv_state_update``, ``kernels/linear/row_norm.py``)."""
     gated = norm_gate is not None
     if not (
         not torch.compiler.is_compiling()
         and xBC.shape[1] == 1
         and xBC.shape[0] <= ONE_LAUNCH_CONV_SSD_MAX_ROWS
         and activation in ("silu", "swish", None)
-        and use_triton(xBC, conv_weight, conv_state, state, *((norm_gate, norm_weight) if gated else ()))
+        and use_triton(xBC, conv_weight, conv_state, state, *(t for t in (norm_gate, norm_weight) if t is not None))
         and not needs_grad(xBC, conv_weight, conv_bias, conv_state, dt, A_log, D, dt_bias, state, norm_gate)
         and not needs_grad(norm_weight)
         and state.dtype == torch.float32
@@ -370,8 +379,11 @@ def one_launch_conv_ssd(
     y = conv_state_update(
         xBC[:, 0], conv_weight, conv_state, state, dt[:, 0], None, n_groups, conv_bias, activation, D, dt_bias,
         dt_softplus, dt_limit, A_log=A_log, norm_gate=norm_gate[:, 0] if gated else None, norm_weight=norm_weight,
-        norm_eps=norm_eps,
+        norm_eps=norm_eps, gate_squares=gate_squares,
     )  # fmt: skip
+    if gate_squares:
+        y, squares = y
+        return y.reshape(y.shape[0], 1, -1), squares
     return y[:, None]
 
 

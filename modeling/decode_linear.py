@@ -48,10 +48,18 @@ def one_launch(x: torch.Tensor, modules: list[nn.Module], norm: RowNorm | None =
     return dispatch.one_launch_products(x, [m.weight for m in modules], norm)
 
 
-def normed_linear(module: nn.Module, x: torch.Tensor, norm: RowNorm) -> torch.Tensor | None:
-    """``module(norm(x))`` as one launch (``dispatch.one_launch_linear``) for a bare ``DecodeLinear``; ``None``
-    where that does not apply."""
-    return dispatch.one_launch_linear(x, module.weight, norm=norm) if _bare(module) else None
+def normed_linear(
+    module: nn.Module,
+    x: torch.Tensor,
+    norm: RowNorm,
+    residual: torch.Tensor | None = None,
+    residual_dtype: torch.dtype | None = None,
+) -> torch.Tensor | None:
+    """``module(norm(x))`` (with ``residual``, ``residual.to(residual_dtype)`` plus that) as one launch
+    (``dispatch.one_launch_linear``) for a bare ``DecodeLinear``; ``None`` where that does not apply."""
+    if not _bare(module):
+        return None
+    return dispatch.one_launch_linear(x, module.weight, norm=norm, residual=residual, residual_dtype=residual_dtype)
 
 
 def plus_residual(

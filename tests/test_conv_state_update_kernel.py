@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from launched_ops import LaunchedOps
 from statex_hf.kernels import dispatch, launch
 from statex_hf.kernels import tickets as tickets_module
@@ -454,3 +455,41 @@ def test_a_left_padded_batch_steps_in_one_launch_and_computes_what_the_two_did(m
     assert launched.count("ssd.conv_state_update") == model.config.num_hidden_layers, launched
     for g, w in zip(got, want, strict=True):
         assert torch.equal(g, w)
+
+
+@pytest.mark.usefixtures("tiles")
+@pytest.mark.parametrize("G", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_gate_squares_leaves_y_and_each_programs_share_of_its_groups_sum_of_squares(G, dtype):
+    # Issue 20: with the gated norm left to out_proj's product, the launch returns y as the two kernels compute it
+    # and each program's sum of (y * silu(z))^2 over its channels (the norm's u of y as stored), which add up to the
+    # group's.
+    step = Step(3, G, 16, dtype=dtype)
+    two = step.copy()
+    config = launch.OVERRIDES.get("ssd.conv_state_update")
+    BP = config.BP if config is not None else P  # the default tiles take a head's P rows in one program
+    for _ in range(2):
+        z, xBC, dt = tokens_with_gate(step)
+        y, squares = conv_state_update(xBC, step.weight, step.window, step.state, dt, None, G, step.conv_bias, "silu",
+                                       step.D, step.dt_bias, True, step.dt_limit, A_log=step.A_log, norm_gate=z,
+                                       gate_squares=True)  # fmt: skip
+        want_y = two.two_kernels(xBC, dt)
+        assert torch.equal(y, want_y)
+        assert torch.equal(step.window, two.window) and torch.equal(step.state, two.state)
+        u = want_y.float().reshape(3, H * P) * F.silu(z.float())
+        per_program = u.pow(2).reshape(3, G, H // G * P // BP, BP).sum(-1)
+        assert squares.shape == per_program.shape and squares.dtype == torch.float32
+        torch.testing.assert_close(squares, per_program, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(squares.sum(-1), u.pow(2).reshape(3, G, -1).sum(-1), rtol=1e-5, atol=1e-6)
+    for tickets in tickets_module.HELD[torch.device("cpu")]:
+        assert not tickets.any()
+
+
+def test_gate_squares_takes_a_gate_and_no_weight():
+    step = Step(1, 1, 16)
+    z, xBC, dt = tokens_with_gate(step)
+    args = (xBC, step.weight, step.window, step.state, dt, None, 1)
+    with pytest.raises(ValueError, match="gate_squares takes norm_gate"):
+        conv_state_update(*args, A_log=step.A_log, gate_squares=True)
+    with pytest.raises(ValueError, match="gate_squares takes norm_gate"):
+        conv_state_update(*args, A_log=step.A_log, norm_gate=z, norm_weight=torch.ones(H * P), gate_squares=True)

@@ -118,6 +118,54 @@ def test_a_norm_and_a_residual_in_one_launch(tiles):
         assert torch.equal(got, residual + gemv(x, w, norm=norm))
 
 
+def mamba2_mixer_norm(k, seed=3):
+    """Mamba2's y and z (bf16), its mixer norm's weight, and the partial sums of ``(y * silu(z))^2`` over blocks of
+    the row, as the one-launch step stores them (``conv_state_update(..., gate_squares=True)``)."""
+    g = torch.Generator().manual_seed(seed)
+    y, z = (2 * torch.randn(2, 1, 1, k, generator=g)).to(BF16)
+    weight = (1 + 0.3 * torch.randn(k, generator=g)).to(BF16)
+    u = y.float() * torch.nn.functional.silu(z.float())
+    partials = u.pow(2).reshape(-1, 8).sum(-1).reshape(1, 1, -1)
+    return y, RowNorm(weight, EPS, False, gate=z, squares=partials)
+
+
+def test_mamba2s_gated_norm_in_out_projs_prologue_is_the_norm_kernel_then_the_product(tiles):
+    # Issue 20: a Mamba2 layer's mixer norm, taken by the one-launch step's last program, is now out_proj's: the
+    # product normalizes y as the norm kernel rounds it, from the sum of squares the step left in partial sums (added
+    # in another order than the norm kernel's: a value one bf16 step away at most), and adds the residual.
+    y, norm = mamba2_mixer_norm(48)
+    g = torch.Generator().manual_seed(4)
+    w = (torch.randn(40, 48, generator=g) / 7).to(BF16)
+    residual = 10 * torch.randn(1, 1, 40, generator=g)
+    with torch.no_grad():
+        normed = gated_rmsnorm(y, norm.gate, norm.weight, EPS, 48, False)
+        got = gemv(y, w, norm=norm, residual=residual)
+        want = residual + gemv(normed, w)
+        assert got.dtype == want.dtype == F32
+        torch.testing.assert_close(got, want, rtol=1e-2, atol=2e-2)
+        assert torch.equal(gemv(y, w, norm=norm, residual=residual), got)  # the same bits on every call
+        # The norm's rstd is the partial sums': scaled, the product's values scale with it.
+        fourfold = norm._replace(squares=norm.squares * 4)
+        torch.testing.assert_close(gemv(y, w, norm=fourfold), gemv(normed.float().mul(0.5).to(BF16), w), rtol=2e-2,
+                                   atol=3e-2)  # fmt: skip
+        reference = naive_linear(naive_gated_rmsnorm(y, norm.gate, norm.weight, EPS, 48, False), w)
+        torch.testing.assert_close(gemv(y, w, norm=norm), reference, rtol=2e-2, atol=3e-2)
+
+
+def test_a_gated_norm_is_the_plain_gemvs_alone(monkeypatch):
+    y, norm = mamba2_mixer_norm(48)
+    w = torch.randn(40, 48).to(BF16)
+    monkeypatch.setattr(dispatch, "use_triton", lambda *tensors: True)
+    with torch.no_grad():
+        assert dispatch.one_launch_linear(y, w, norm=norm) is not None
+        assert dispatch.one_launch_products(y, [w, w], norm) is None
+        assert dispatch.one_launch_swiglu(y, w, w, norm) is None
+        assert dispatch.one_launch_linear(y, w, norm=norm._replace(squares=None)) is None  # a gate without its sums
+        assert dispatch.one_launch_linear(y, w, norm=norm._replace(norm_before_gate=True)) is None  # GLA's order
+        with pytest.raises(ValueError, match="a gated norm is gemv's alone"):
+            gemv_group(y, [w], norm)
+
+
 @pytest.mark.parametrize(
     "case,match",
     [
@@ -175,7 +223,8 @@ def decoded(model, ids, monkeypatch, apart=False):
 # What a layer launches at one row. GLA before: nine kernels, two of them the add + norm kernels
 # (test_gla_residual_norm.py); now its norms are in the grouped GEMV's and the SwiGLU GEMV's launches, its adds in
 # o_proj's and down_proj's. Mamba2 before: four, one the add + norm kernel (test_mamba2_residual_norm.py); now its norm
-# is in in_proj's launch, its add in out_proj's, and the mixer's gated norm stays in its one-launch step.
+# is in in_proj's launch, its add in out_proj's, and the mixer's gated norm in out_proj's too (one group of B and C;
+# with more, in its one-launch step: test_conv_state_update_kernel.py).
 PER_LAYER = {
     "gla": ["linear.gemv_group", "linear.gemv", "fused_recurrent_gla_step_kernel", "norm.fwd", "linear.gemv"]
     + ["linear.gemv_swiglu", "linear.gemv"],
@@ -321,4 +370,29 @@ def test_a_block_whose_products_cannot_take_its_norm_launches_what_it_did_with_i
     seen, got = decoded(model, ids, monkeypatch)
     seen_apart, want = decoded(model, ids, monkeypatch, apart=True)
     assert seen.kernels == seen_apart.kernels
+    assert_decodes_as(got, want)
+
+
+@pytest.mark.parametrize("fields", [{}, {"statex_layers": [1]}, {"residual_in_fp32": False}])
+def test_a_mamba2_step_leaves_its_mixer_norm_to_out_proj_and_decodes_as_with_the_norm_in_its_step(
+    monkeypatch, on_cuda_dispatch, narrow_row_tiles, fields
+):
+    # Issue 20: the one-launch step's last program normalized the group's y after every other program's ticket, a
+    # tail on the step's critical path; now out_proj's product normalizes y as it loads it (one group of B and C).
+    model = build("mamba2", **fields).to(BF16)
+    ids = torch.randint(3, VOCAB - 2, (1, 6))
+    asked = []
+    one_launch = dispatch.one_launch_conv_ssd
+
+    def recorded(*args, gate_squares=False):
+        asked.append(gate_squares)
+        return one_launch(*args, gate_squares=gate_squares)
+
+    monkeypatch.setattr(dispatch, "one_launch_conv_ssd", recorded)
+    seen, got = decoded(model, ids, monkeypatch)
+    assert asked[-model.config.num_hidden_layers :] == [True] * model.config.num_hidden_layers
+    monkeypatch.setattr(dispatch, "GATED_NORM_IN_OUT_PROJ", False)
+    seen_in_step, want = decoded(model, ids, monkeypatch)
+    assert not any(asked[-model.config.num_hidden_layers :])
+    assert seen.kernels == seen_in_step.kernels and seen.triton.count("norm.fwd") == 1  # the final norm's alone
     assert_decodes_as(got, want)

@@ -63,6 +63,14 @@ def norm_constants(norm: RowNorm | None, x_dtype: torch.dtype) -> dict:
     )
 
 
+def gated_constants(norm: RowNorm | None) -> dict:
+    """``_gemv_kernel``'s constants of Mamba2's gated norm (``GATED``, ``NQ``: its partial sums padded to a power of
+    two) for ``norm``; off without a gate."""
+    if norm is None or norm.gate is None:
+        return dict(GATED=False, NQ=1)
+    return dict(GATED=True, NQ=triton.next_power_of_2(norm.squares.numel()))
+
+
 @triton.jit
 def _row_rstd(row, K, eps, BK: tl.constexpr, ROUND_X: tl.constexpr, X_DTYPE: tl.constexpr):
     """``(mean_K(u^2) + eps)^(-1/2)`` of the row at ``row`` (pointers to its first ``BK`` columns), ``u`` its fp32
@@ -124,7 +132,8 @@ def _row_block_dot(x_tile, w_tile, m_mask, n_mask, k_start, k_end, split_len,
 def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len, norm_w, eps, K, early,
                  BN: tl.constexpr, BK: tl.constexpr, PAIR: tl.constexpr, USE_PDL: tl.constexpr,
                  NORM: tl.constexpr, ROW_PASS: tl.constexpr, ROUND_X: tl.constexpr, X_DTYPE: tl.constexpr,
-                 NORM_BEFORE_GATE: tl.constexpr, N_DTYPE: tl.constexpr, EARLY: tl.constexpr):  # fmt: skip
+                 NORM_BEFORE_GATE: tl.constexpr, N_DTYPE: tl.constexpr, EARLY: tl.constexpr,
+                 gate_row=None, partials=None, Q=1, GATED: tl.constexpr = False, NQ: tl.constexpr = 1):  # fmt: skip
     """The fp32 sums ``x[k_start:k_end] . W[rows_n, k_start:k_end]`` of one program, ``[BN]``, for one row of x; with
     ``PAIR``, the same sums of a second weight ``V`` too (``(w_sums, v_sums, early_values)``; without, ``v_sums`` is
     zeros). ``early`` (``EARLY``): ``[BN]`` pointers the caller's epilogue reads (the residual it adds), loaded right
@@ -149,7 +158,11 @@ def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len, norm_
     walks the whole row sums its squares in the same loop and scales its sums by ``rstd`` at the end (no pass of
     its own before the products: it would be one more round trip for every program); one that walks a share of it
     (``ROW_PASS``: a split of K) first sums the whole row's squares, then normalizes each step's x as the norm
-    kernel rounds it."""
+    kernel rounds it.
+
+    ``GATED`` (with ``NORM``): Mamba2's gated norm, gate first (``row_norm.py``): ``gate_row`` points at z as
+    ``x_row`` at x, ``partials`` at the ``Q`` partial sums of the row's squares, added up right after the wait; each
+    step's x is then gated and normalized as the norm kernel rounds it (``_normed``), whatever the split."""
     cols = tl.arange(0, BK)
     acc_w = tl.zeros([BN, BK], dtype=tl.float32)
     acc_v = tl.zeros([BN, BK], dtype=tl.float32)
@@ -167,8 +180,13 @@ def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len, norm_
     rstd = 1.0
     nws = xs
     squares = tl.zeros([BK], dtype=tl.float32)
+    zs = xs
     if NORM:
-        if ROW_PASS:
+        if GATED:  # the sum of squares the kernel that wrote x left in partial sums: one load, beside x's
+            qs = tl.arange(0, NQ)
+            rstd = 1.0 / tl.sqrt(tl.sum(tl.load(partials + qs, mask=qs < Q, other=0.0), axis=0) / K + eps)
+            zs = tl.load(gate_row, mask=k_mask, other=0.0)
+        elif ROW_PASS:
             rstd = _row_rstd(x_row - k_start, K, eps, BK, ROUND_X, X_DTYPE)
         nws = tl.load(norm_w + k_start + cols, mask=k_mask, other=0.0)
     for step in range(tl.cdiv(split_len, BK)):
@@ -179,9 +197,15 @@ def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len, norm_
         ws_ahead = tl.load(w_tile + ahead, mask=tile_mask, other=0.0, eviction_policy="evict_first")
         xf = xs.to(tl.float32)
         nws_ahead = nws
+        zs_ahead = zs
         if NORM:
             nws_ahead = tl.load(norm_w + k_start + ahead + cols, mask=k_mask, other=0.0)
-            if ROW_PASS:
+            if GATED:  # gated_rmsnorm._gate's u, then the norm's roundings
+                zs_ahead = tl.load(gate_row + ahead, mask=k_mask, other=0.0)
+                zf = zs.to(tl.float32)
+                u = xf * zf * tl.sigmoid(zf)
+                xf = _normed(u, nws.to(tl.float32), rstd, False, X_DTYPE, False, N_DTYPE)
+            elif ROW_PASS:
                 xf = _normed(xs, nws.to(tl.float32), rstd, ROUND_X, X_DTYPE, NORM_BEFORE_GATE, N_DTYPE)
             else:  # u * w now, times rstd once the row's squares are summed
                 if ROUND_X:
@@ -193,9 +217,9 @@ def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len, norm_
             vs_ahead = tl.load(v_tile + ahead, mask=tile_mask, other=0.0, eviction_policy="evict_first")
             acc_v += xf[None, :] * vs.to(tl.float32)
         acc_w += xf[None, :] * ws.to(tl.float32)
-        xs, ws, vs, nws = xs_ahead, ws_ahead, vs_ahead, nws_ahead
+        xs, ws, vs, nws, zs = xs_ahead, ws_ahead, vs_ahead, nws_ahead, zs_ahead
     w_sums, v_sums = tl.sum(acc_w, axis=1), tl.sum(acc_v, axis=1)
-    if NORM and not ROW_PASS:
+    if NORM and not ROW_PASS and not GATED:
         rstd = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / K + eps)
         w_sums, v_sums = w_sums * rstd, v_sums * rstd
     return w_sums, v_sums, early_values
@@ -210,14 +234,16 @@ def _add_residual(total, r, Y_DTYPE: tl.constexpr, H_DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn, norm_w, eps, residual,
+def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn, norm_w, eps, residual, gate, squares, Q,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr,
                  HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
                  NORM: tl.constexpr = False, ROUND_X: tl.constexpr = False, X_DTYPE: tl.constexpr = tl.float32,
                  NORM_BEFORE_GATE: tl.constexpr = True, N_DTYPE: tl.constexpr = tl.float32,
-                 HAS_RESIDUAL: tl.constexpr = False, Y_DTYPE: tl.constexpr = tl.float32):  # fmt: skip
+                 HAS_RESIDUAL: tl.constexpr = False, Y_DTYPE: tl.constexpr = tl.float32,
+                 GATED: tl.constexpr = False, NQ: tl.constexpr = 1):  # fmt: skip
     # NORM / HAS_RESIDUAL (one row only: ``gemv``): the norm prologue and the residual add (``row_norm.py``); with
-    # the add, ``out`` is the new residual stream (no split) and the product itself is not stored.
+    # the add, ``out`` is the new residual stream (no split) and the product itself is not stored. GATED: the norm
+    # is Mamba2's gated one, z at ``gate``, its sum of squares in ``Q`` partial sums at ``squares``.
     if BM != 1:  # one row waits in `_one_row_dot`, after its first weight load
         wait_for_predecessor(USE_PDL)
     tl.static_assert(BM == 1 or not NORM, "the norm prologue is one row's (_one_row_dot)")
@@ -238,7 +264,8 @@ def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn, norm_w, eps, re
         r_row = residual + pid_m.to(tl.int64) * N + rows_n
         sums, _, r = _one_row_dot(x_row, w_tile, w_tile, n_mask, k_start, k_end, split_len, norm_w, eps, K, r_row, BN,
                                   BK, False, USE_PDL, NORM, SPLIT_K > 1, ROUND_X, X_DTYPE, NORM_BEFORE_GATE, N_DTYPE,
-                                  HAS_RESIDUAL and SPLIT_K == 1)  # fmt: skip
+                                  HAS_RESIDUAL and SPLIT_K == 1, gate + k_start + cols, squares, Q, GATED,
+                                  NQ)  # fmt: skip
         total = sums[None, :]
         r = r[None, :]
     else:
@@ -294,8 +321,8 @@ def gemv(
         weight: ``[N, K]``, ``nn.Linear.weight``, in x's dtype (bf16, fp16 or fp32), or with ``norm`` in the norm
             output's. A weight not contiguous along K is copied on every call (correct, but it defeats the purpose).
         bias: ``[N]`` in weight's dtype, or ``None``.
-        norm: one row of x only: the product of ``norm``'s output on x (a block's residual stream), the norm
-            computed as the row is loaded (``row_norm.py``).
+        norm: one row of x only: the product of ``norm``'s output on x (a block's residual stream, or with a gate
+            Mamba2's y), the norm computed as the row is loaded (``row_norm.py``).
         residual: one row only, ``[..., N]`` contiguous: return ``residual.to(residual_dtype) + y`` (torch's add
             and dtype; ``residual_dtype`` holds residual exactly, default its own) instead of y.
 
@@ -343,17 +370,19 @@ def gemv(
         return y.copy_(summed).reshape(*lead, N)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"  # fp32 as F.linear computes it (no TF32)
     has_bias = bias is not None
-    fused = norm_constants(norm, x.dtype)
+    fused = norm_constants(norm, x.dtype) | gated_constants(norm)
     ends = dict(HAS_RESIDUAL=residual is not None, Y_DTYPE=TRITON_DTYPES[weight.dtype])
     norm_args = (weight, 0.0) if norm is None else (norm.weight, norm.eps)
     residual_arg = weight if residual is None else residual
+    gated = fused["GATED"]
+    gate_args = (norm.gate.reshape(M, K), norm.squares, norm.squares.numel()) if gated else (weight, weight, 1)
 
     def run(c: LaunchConfig) -> None:
         out = y if c.SPLIT_K == 1 else torch.empty(c.SPLIT_K, M, N, device=x.device, dtype=torch.float32)
         grid = (triton.cdiv(N, c.BN), c.SPLIT_K, triton.cdiv(M, c.BM))
         _gemv_kernel[grid](
             x2, weight, bias if has_bias else weight, out, M, N, K, x2.stride(0), weight.stride(0), *norm_args,
-            residual_arg, HAS_BIAS=has_bias, PRECISION=precision, **fused,
+            residual_arg, *gate_args, HAS_BIAS=has_bias, PRECISION=precision, **fused,
             **(ends if c.SPLIT_K == 1 else {}), **c.kwargs(), **pdl_kwargs(),
         )  # fmt: skip
         if c.SPLIT_K > 1:

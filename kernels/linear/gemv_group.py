@@ -98,6 +98,8 @@ def _check(x: torch.Tensor, weights: Sequence[torch.Tensor], norm: RowNorm | Non
         raise ValueError(f"gemv_group: x {tuple(x.shape)} must be one row (a decode step at batch 1)")
     if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise ValueError(f"gemv_group: x's dtype {x.dtype} is not one of bf16, fp16, fp32")
+    if norm is not None and norm.gate is not None:
+        raise ValueError("gemv_group: a gated norm is gemv's alone (Mamba2's out_proj); pass a norm without a gate")
     if norm is not None and not norm.applies(x):
         raise ValueError(f"gemv_group: the norm's weight {tuple(norm.weight.shape)} must be [K] = [{K}], contiguous")
     dtype = x.dtype if norm is None else norm.normed_dtype(x.dtype)

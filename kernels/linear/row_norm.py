@@ -16,6 +16,13 @@ A program that walks only a share of the row (a split of K) does make that pass 
 the norm kernel rounds it. So the products agree with the norm kernel's then the GEMV's to that rounding, not bit
 for bit; a decode step gives the same tokens eagerly and in its CUDA graph, which run these same kernels. The add:
 ``h' = round(residual + round(y))``, torch's add of the product (rounded as ``gemv.py`` stores it) to the stream.
+
+**Mamba2's gated norm before ``out_proj``** (``gate``, ``squares``). The mixer's ``w * round(norm(y * silu(z)))`` over
+the whole row (one group of B and C) is taken by ``out_proj``'s product as it loads y. Its sum of squares is not the
+product's to take: the one-launch step that writes y (``ssd/conv_state_update.py``) stores it, one partial sum per
+program (``squares``). Each GEMV program adds those few up after its wait, and then normalizes each value as the norm
+kernel rounds it (the norm's value bit for bit but for the order of that sum). The step kernel then ends with its
+state's stores, not with one program's pass over the group's y after every other program's ticket.
 """
 
 from __future__ import annotations
@@ -28,15 +35,20 @@ FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class RowNorm(NamedTuple):
-    """The RMSNorm a one-row product applies to its x first: ``gated_rmsnorm(x, None, weight, eps, K,
-    norm_before_gate, input_dtype)`` (one group, the whole row, no gate): GLA's block norms (``norm_before_gate``,
-    no ``input_dtype``), Mamba2's (gate first, ``input_dtype`` its weight's dtype). The kernels' side is
+    """The RMSNorm a one-row product applies to its x first: ``gated_rmsnorm(x, gate, weight, eps, K,
+    norm_before_gate, input_dtype)`` (one group, the whole row): GLA's block norms (``norm_before_gate``, no
+    ``input_dtype``, no gate), Mamba2's (gate first, ``input_dtype`` its weight's dtype), Mamba2's mixer norm (gate
+    first, with ``gate`` and ``squares``). The kernels' side is
     ``gemv.py``'s (``norm_constants``, ``_row_rstd``, ``_normed``)."""
 
     weight: torch.Tensor
     eps: float
     norm_before_gate: bool = True
     input_dtype: torch.dtype | None = None
+    # Mamba2's gated norm (gate first, one group over the row): z, in x's shape, and the partial sums of
+    # ``(x * silu(z))^2`` over the row, fp32, which add up to its sum of squares (module docstring).
+    gate: torch.Tensor | None = None
+    squares: torch.Tensor | None = None
 
     def normed_dtype(self, x_dtype: torch.dtype) -> torch.dtype:
         """The dtype of the norm's output for an x of ``x_dtype`` (the norm kernel's): what the products multiply."""
@@ -49,8 +61,27 @@ class RowNorm(NamedTuple):
         """Whether the prologue computes this norm of ``x``: a weight ``[K]`` on x's device, contiguous, every
         dtype one the kernels take."""
         w = self.weight
+        gate, squares = self.gate, self.squares
+        gated = (
+            gate is None
+            and squares is None
+            or (
+                gate is not None
+                and squares is not None
+                and not self.norm_before_gate
+                and self.input_dtype is None
+                and gate.shape == x.shape
+                and gate.stride(-1) == 1
+                and gate.dtype in FLOATS
+                and gate.device == squares.device == x.device
+                and squares.dtype == torch.float32
+                and squares.is_contiguous()
+                and squares.numel() > 0
+            )
+        )
         return (
-            w.shape == x.shape[-1:]
+            gated
+            and w.shape == x.shape[-1:]
             and w.device == x.device
             and w.is_contiguous()
             and {x.dtype, w.dtype, self.input_dtype or x.dtype} <= set(FLOATS)

@@ -24,12 +24,15 @@ draws the last ticket writes the group's B and C windows and sets the count back
 With the mixer's gated norm (``norm_gate``, ``norm_weight``), the group's last program normalizes the group's y
 too, once every program of the group has stored its y before its ticket (the ticket's release makes those
 stores visible to it): one launch fewer per layer, whose own wait for this kernel's end, then its loads, cost a
-B = 1 step more than that program's tail does. An x channel is read by its own program only, which writes its
-window itself, after its reads. In the decode graphs
-the kernel takes programmatic dependent launch (``kernels/dependent_launch.py``): it waits for the kernel before it
-(in_proj) before it reads in_proj's output or takes a ticket, so every earlier launch, and the reset of its tickets,
-has finished. Before that wait it reads only what no kernel of a step writes before it: the weights, and its own
-layer's state and conv windows, which only this layer's launch writes, a step earlier.
+B = 1 step more than that program's tail does. With ``gate_squares`` the norm is left to
+``out_proj``'s product (``kernels/linear/row_norm.py``): each program stores its y and the sum of its channels'
+``(y * silu(z))^2``, its share of the group's sum of squares, after its ticket, and the last program's tail is the
+windows alone. An x channel is read by its own program only, which writes its window itself, after its reads.
+
+In the decode graphs the kernel takes programmatic dependent launch (``kernels/dependent_launch.py``): it waits for
+the kernel before it (in_proj) before it reads in_proj's output or takes a ticket, so every earlier launch, and the
+reset of its tickets, has finished. Before that wait it reads only what no kernel of a step writes before it: the
+weights, and its own layer's state and conv windows, which only this layer's launch writes, a step earlier.
 
 At one sequence a program has little work, and its time is the chain of memory round trips it waits on, one after
 another; the order of its loads and stores shortens that chain (no arithmetic moves, so the bits stay the two
@@ -162,6 +165,8 @@ def _conv_state_update_kernel(
     GATED_NORM: tl.constexpr = False,
     NORM_BS: tl.constexpr = 1,
     NORM_NCHUNK: tl.constexpr = 1,
+    squares=None,
+    GATE_SQUARES: tl.constexpr = False,
 ):
     pid = tl.program_id(0).to(tl.int64)
     h = pid % H
@@ -191,6 +196,8 @@ def _conv_state_update_kernel(
     x_taps = _conv_taps(xBC_row, conv_w, conv_bias, window_row, stride_wd, stride_wk, x_channels, pmask, BP, K,
                         HAS_CONV_BIAS)  # fmt: skip
     wait_for_predecessor(USE_PDL)
+    if GATE_SQUARES:  # z comes with xBC (in_proj's output): its load joins theirs
+        zv = tl.load(z + bi * stride_z_b + x_channels, mask=pmask, other=0.0).to(tl.float32)
     bv = _conv_output(b_taps, xBC_row, b_channels + ns, ns < N, HAS_CONV_BIAS, SILU)
     cv = _conv_output(c_taps, xBC_row, c_channels + ns, ns < N, HAS_CONV_BIAS, SILU)
     xv = _conv_output(x_taps, xBC_row, x_channels, pmask, HAS_CONV_BIAS, SILU)
@@ -234,6 +241,11 @@ def _conv_state_update_kernel(
     tl.store(rows + ns[None, :], new, mask=pmask[:, None] & (ns < N)[None, :])
     if not GATED_NORM:
         tl.store(y + (bi * H + h) * P + ps, acc.to(y.dtype.element_ty), mask=pmask)
+    if GATE_SQUARES:  # this program's share of its group's sum of squares: gated_rmsnorm._gate's u of y as stored
+        yv = acc.to(y.dtype.element_ty).to(tl.float32)
+        u = tl.where(pmask, yv * zv * tl.sigmoid(zv), 0.0)
+        share = (h % (H // G)) * tl.num_programs(1) + tl.program_id(1)
+        tl.store(squares + (bi * G + g) * (H // G) * P + share, tl.sum(u * u, axis=0))
     _store_window(window_row, stride_wd, stride_wk, x_channels, pmask, x_window, K, KP)
     if ticket == (H // G) * tl.num_programs(1) - 1:
         # Every program of the group has read the old B and C windows: write the new ones, then reset the count.
@@ -275,7 +287,8 @@ def conv_state_update(
     norm_gate: torch.Tensor | None = None,
     norm_weight: torch.Tensor | None = None,
     norm_eps: float = 1e-6,
-) -> torch.Tensor:
+    gate_squares: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """One Mamba2 decode step, ``conv_state`` and ``state`` updated in place: ``causal_conv1d_update`` of the
     token's ``[x | B | C]`` followed by ``ssd_state_update`` of its pieces, in one launch and bit for bit.
 
@@ -283,6 +296,10 @@ def conv_state_update(
     through the mixer's gated norm in the same launch: Mamba2's ``w * round(norm(y * silu(z)))`` over each of the
     G groups of heads (``norm/gated_rmsnorm.py``'s order and roundings; its sums may be taken in another order),
     computed by the group's last program once every program of the group has stored its y.
+
+    With ``norm_gate`` and ``gate_squares`` (no weight), the norm is the caller's to apply (``out_proj``'s one-row
+    product: ``kernels/linear/row_norm.py``): returns ``(y, squares)``, ``squares`` ``[b, G, Q]`` fp32, the sums of
+    ``(y * silu(z))^2`` over each program's channels of the group (y as returned), which add up to the group's.
 
     Args:
         xBC: ``[b, H * P + 2 * G * N]``, the channels unit-stride (a slice of in_proj's output, not copied).
@@ -321,16 +338,20 @@ def conv_state_update(
     if (A is None) == (A_log is None):
         raise ValueError("conv_state_update: give exactly one of A and A_log")
     A_in = A if A is not None else A_log
-    if (norm_gate is None) != (norm_weight is None):
+    if gate_squares and (norm_gate is None or norm_weight is not None):
+        raise ValueError("conv_state_update: gate_squares takes norm_gate (z) and no norm_weight (the caller's norm)")
+    if not gate_squares and (norm_gate is None) != (norm_weight is None):
         raise ValueError("conv_state_update: the gated norm takes both norm_gate (z) and norm_weight")
-    gated_norm = norm_gate is not None
-    if gated_norm and (
-        tuple(norm_gate.shape) != (b, H * P) or norm_gate.stride(-1) != 1 or tuple(norm_weight.shape) != (H * P,)
+    gated_norm = norm_gate is not None and not gate_squares
+    if norm_gate is not None and (
+        tuple(norm_gate.shape) != (b, H * P)
+        or norm_gate.stride(-1) != 1
+        or (gated_norm and tuple(norm_weight.shape) != (H * P,))
     ):
         raise ValueError(
             f"conv_state_update: the gated norm needs z [{b}, {H * P}] with unit-stride channels and a weight "
             f"[{H * P}]; got z {tuple(norm_gate.shape)} (strides {norm_gate.stride()}), "
-            f"weight {tuple(norm_weight.shape)}"
+            f"weight {None if norm_weight is None else tuple(norm_weight.shape)}"
         )
     conv_weight = conv_weight.contiguous()
     y = torch.empty(b, H, P, device=xBC.device, dtype=xBC.dtype)
@@ -339,6 +360,10 @@ def conv_state_update(
         norm_weight = norm_weight.contiguous()
         normed = torch.empty(b, H * P, device=xBC.device, dtype=output_dtype(xBC.dtype, norm_weight, False))
     norm_bs, norm_nchunk = one_program_chunks(H // G * P)
+    # One partial sum per program of a group, at most one per channel (a P tile of one row); those a config with
+    # wider tiles leaves unwritten are cut off after the launch.
+    squares = torch.empty(b, G, H // G * P, device=xBC.device, dtype=torch.float32) if gate_squares else None
+    programs_per_group = [0]
 
     def run(c: LaunchConfig) -> None:
         tickets = zeroed_tickets(xBC.device, b * G)
@@ -346,14 +371,18 @@ def conv_state_update(
         _conv_state_update_kernel[(b * H, triton.cdiv(P, c.BP))](
             xBC, conv_weight, conv_bias if conv_bias is not None else unused, conv_state, state, dt, A_in,
             D if D is not None else unused, dt_bias if dt_bias is not None else unused, y, tickets,
-            norm_gate if gated_norm else y, norm_weight if gated_norm else y, normed if gated_norm else y,
-            norm_gate.stride(0) if gated_norm else 0, float(norm_eps), H, G, P, N,
+            norm_gate if norm_gate is not None else y, norm_weight if gated_norm else y, normed if gated_norm else y,
+            norm_gate.stride(0) if norm_gate is not None else 0, float(norm_eps), H, G, P, N,
             float(dt_limit[0]), float(dt_limit[1]), xBC.stride(0), *dt.stride(), *conv_state.stride(), K=K,
             KP=max(1, triton.next_power_of_2(K - 1)), WINDOWS_AT_ONCE=N <= c.BW, HAS_CONV_BIAS=conv_bias is not None,
             SILU=activation is not None, HAS_D=D is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
             A_IS_LOG=A is None, GATED_NORM=gated_norm, NORM_BS=norm_bs, NORM_NCHUNK=norm_nchunk,
+            squares=squares if gate_squares else y, GATE_SQUARES=gate_squares,
             enable_fp_fusion=False, **c.kwargs(), **pdl_kwargs(),
         )  # fmt: skip
+        programs_per_group[0] = H // G * triton.cdiv(P, c.BP)
 
     ssd_launch("conv_state_update", run, ssd_config("conv_state_update", 0, P, N, device=state.device), operand=xBC)
+    if gate_squares:
+        return y, squares[..., : programs_per_group[0]]
     return normed if gated_norm else y

@@ -172,7 +172,15 @@ class StateXMamba2Mixer(nn.Module):
         z, xBC, dt = projected.split([self.intermediate_size, self.conv_dim, self.num_heads], dim=-1)
         if mask is not None:  # padding enters no convolution window
             xBC = xBC * mask
-        normed = self._one_launch_step(xBC, dt, z, cache) if mask is None and cu_seqlens is None else None
+        normed = norm_left = None
+        if mask is None and cu_seqlens is None:
+            normed, norm_left = self._one_launch_step(xBC, dt, z, cache, leave_norm=residual is not None)
+        if norm_left is not None:  # y, whose gated norm out_proj's one-row product computes as it loads it
+            summed = normed_linear(self.out_proj, normed, norm_left, residual.view(*normed.shape[:-1], -1),
+                                   residual_dtype)  # fmt: skip
+            if summed is not None:
+                return summed.view(*shape[:-1], -1)
+            normed = self.norm(normed, z)
         if normed is None:
             y = self._conv_and_scan(xBC, dt, mask, cache, cu_seqlens)
             normed = self.norm(y.reshape(batch, seqlen, self.intermediate_size), z)
@@ -182,32 +190,39 @@ class StateXMamba2Mixer(nn.Module):
         return self.out_proj(normed.to(dtype)).view(*shape[:-1], -1)
 
     def _one_launch_step(
-        self, xBC: torch.Tensor, dt: torch.Tensor, z: torch.Tensor, cache: Cache | None
-    ) -> torch.Tensor | None:
-        """``self.norm(y, z)`` ``[b, 1, H * P]`` of a one-token step that continues the cache, its conv window and
-        state updated and, where the norm is this class's own, unhooked, and normalizes each group of heads that
-        shares B and C, y normalized in the same launch (``dispatch.one_launch_conv_ssd``); ``None`` where that
-        launch does not apply."""
+        self, xBC: torch.Tensor, dt: torch.Tensor, z: torch.Tensor, cache: Cache | None, leave_norm: bool = False
+    ) -> tuple[torch.Tensor | None, RowNorm | None]:
+        """A one-token step that continues the cache in one launch (``dispatch.one_launch_conv_ssd``), its conv
+        window and state updated: ``(self.norm(y, z), None)`` ``[b, 1, H * P]``, y normalized in the same launch
+        where the norm is this class's own, unhooked, and normalizes each group of heads that shares B and C. With
+        ``leave_norm`` (a block's one-row step, whose ``out_proj`` takes its residual add) and one group, ``(y,
+        norm)`` instead: the norm for ``out_proj``'s product to compute as it loads y (``kernels/linear/row_norm.py``),
+        its sum of squares left by the launch. ``(None, None)`` where that launch does not apply."""
         window = conv_state(cache, self.layer_idx) if cache is not None else None
         state = recurrent_state(cache, self.layer_idx) if cache is not None else None
         if window is None or state is None:
-            return None
+            return None, None
         norm = self.norm
         in_launch = (
             type(norm) is StateXMamba2RMSNorm
             and not hooked(norm)
             and norm.group_size * self.n_groups == self.intermediate_size  # its groups are those of B and C
         )
-        y = dispatch.one_launch_conv_ssd(
-            xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.activation, window, dt, self.A_log,
-            self.n_groups, state, self.D, self.dt_bias, True, self.time_step_limit,
-            *((z, norm.weight, norm.variance_epsilon) if in_launch else ()),
-        )  # fmt: skip
+        to_out_proj = in_launch and leave_norm and self.n_groups == 1 and dispatch.GATED_NORM_IN_OUT_PROJ
+        args = (xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.activation, window, dt, self.A_log,
+                self.n_groups, state, self.D, self.dt_bias, True, self.time_step_limit)  # fmt: skip
+        if to_out_proj:
+            y = dispatch.one_launch_conv_ssd(*args, z, None, norm.variance_epsilon, gate_squares=True)
+        else:
+            y = dispatch.one_launch_conv_ssd(*args, *((z, norm.weight, norm.variance_epsilon) if in_launch else ()))
         if y is None:
-            return None
+            return None, None
         store_conv_state(cache, self.layer_idx, window)  # both updated in place: this only marks them as the layer's
         store_recurrent_state(cache, self.layer_idx, state)
-        return y if in_launch else norm(y.reshape(*z.shape), z)
+        if to_out_proj:
+            y, squares = y
+            return y, RowNorm(norm.weight, norm.variance_epsilon, False, gate=z, squares=squares)
+        return (y if in_launch else norm(y.reshape(*z.shape), z)), None
 
     def _conv_and_scan(
         self,

@@ -199,6 +199,38 @@ def test_the_gated_norm_in_the_one_launch_is_the_norm_kernels_to_rounding(N):
     assert_tickets_at_zero()
 
 
+@pytest.mark.parametrize("N", [128, 512])
+@torch.no_grad()
+def test_out_projs_gated_norm_from_the_one_launchs_partial_sums_is_the_norm_kernels_to_rounding(N):
+    # Mamba2-1.3B's mixer with its norm left to out_proj (gate_squares): y is the two kernels' bit for bit, its
+    # partial sums add up to the sum of squares, and out_proj's product on them is the norm kernel's then the GEMV's.
+    from statex_hf.kernels.linear.gemv import gemv
+    from statex_hf.kernels.linear.row_norm import RowNorm
+    from statex_hf.kernels.norm.gated_rmsnorm import gated_rmsnorm
+
+    layer = Layer(1, 64, 64, 1, N)
+    other = layer.clone()
+    weight = (1 + 0.1 * layer.randn(64 * 64)).to(torch.bfloat16)
+    w_out = (layer.randn(2048, 64 * 64) / 64).to(torch.bfloat16)
+    for _ in range(3):
+        row = layer.randn(1, 64 * 64 + layer.conv_dim + 64, scale=0.5).to(torch.bfloat16)
+        z, xBC, dt = row.split([64 * 64, layer.conv_dim, 64], dim=-1)
+        y, squares = conv_state_update(xBC, layer.weight, layer.window, layer.state, dt, None, 1, layer.conv_bias,
+                                       "silu", layer.D, layer.dt_bias, True, A_log=layer.A_log, norm_gate=z,
+                                       gate_squares=True)  # fmt: skip
+        want_y = other.two_kernels(xBC, dt).reshape(1, -1)
+        assert torch.equal(y.reshape(1, -1), want_y)
+        u = want_y.float() * torch.nn.functional.silu(z.float())
+        torch.testing.assert_close(squares.sum(), u.pow(2).sum(), rtol=1e-5, atol=0)
+        norm = RowNorm(weight, 1e-5, False, gate=z, squares=squares)
+        got = gemv(y.reshape(1, -1), w_out, norm=norm)
+        want = gemv(gated_rmsnorm(want_y, z, weight, 1e-5, 64 * 64), w_out)
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+        assert torch.equal(layer.state, other.state) and torch.equal(layer.window, other.window)
+    torch.cuda.synchronize()
+    assert_tickets_at_zero()
+
+
 @torch.no_grad()
 def test_under_pdl_a_captured_step_gives_the_plain_launches_values_on_every_replay():
     # The decode graphs launch with PDL: in_proj's GEMV, the one-launch step on its output (with the gated norm),
