@@ -44,10 +44,12 @@ GEMV_MAX_ROWS = 1
 # convolves its group's whole B and C again (the two-kernel path convolves them once), work that grows with the
 # batch beside the state traffic: at B = 64 the one launch was slower than the two (benchmarks/README.md, generate).
 ONE_LAUNCH_CONV_SSD_MAX_ROWS = 1
-# A Mamba2 block's one-row step leaves its mixer's gated norm (one group) to out_proj's product, which computes it
-# as it loads y from the partial sums of squares the one launch stores (``kernels/linear/row_norm.py``); off, the
-# group's last program of the one launch normalizes y (a same-run baseline: ``bench_generate.py --norm-in-step``).
-GATED_NORM_IN_OUT_PROJ = True
+# On, a Mamba2 block's one-row step leaves its mixer's gated norm (one group) to out_proj's product, which computes
+# it as it loads y from the partial sums of squares the one launch stores (``kernels/linear/row_norm.py``); off, the
+# group's last program of the one launch normalizes y. Off until a GPU measures it (``bench_generate.py
+# --norm-in-out-proj`` beside the same run without): it is tested on CPU and compiled for sm_90 there, not yet run
+# on a GPU (benchmarks/README.md, seventeenth session).
+GATED_NORM_IN_OUT_PROJ = False
 
 
 def gla(

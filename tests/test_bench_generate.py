@@ -134,3 +134,19 @@ def test_the_serial_compile_baseline_compiles_a_captures_kernels_one_by_one(monk
     add_baseline_arguments(parser)
     apply_same_run_baselines(parser.parse_args(["--serial-compile"]))
     assert decode_graphs.COMPILE_THREADS == 1
+
+
+def test_the_norm_in_out_proj_flag_turns_the_candidate_on(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.dirname(BENCH))
+    import argparse
+
+    from bench_generate import add_baseline_arguments, apply_same_run_baselines
+    from statex_hf.kernels import dispatch
+
+    monkeypatch.setattr(dispatch, "GATED_NORM_IN_OUT_PROJ", False)  # restored afterwards
+    parser = argparse.ArgumentParser()
+    add_baseline_arguments(parser)
+    apply_same_run_baselines(parser.parse_args([]))
+    assert not dispatch.GATED_NORM_IN_OUT_PROJ
+    apply_same_run_baselines(parser.parse_args(["--norm-in-out-proj"]))
+    assert dispatch.GATED_NORM_IN_OUT_PROJ

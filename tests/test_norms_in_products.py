@@ -223,8 +223,8 @@ def decoded(model, ids, monkeypatch, apart=False):
 # What a layer launches at one row. GLA before: nine kernels, two of them the add + norm kernels
 # (test_gla_residual_norm.py); now its norms are in the grouped GEMV's and the SwiGLU GEMV's launches, its adds in
 # o_proj's and down_proj's. Mamba2 before: four, one the add + norm kernel (test_mamba2_residual_norm.py); now its norm
-# is in in_proj's launch, its add in out_proj's, and the mixer's gated norm in out_proj's too (one group of B and C;
-# with more, in its one-launch step: test_conv_state_update_kernel.py).
+# is in in_proj's launch, its add in out_proj's, and the mixer's gated norm in its one-launch step (or, switched on,
+# in out_proj's launch: the last test here).
 PER_LAYER = {
     "gla": ["linear.gemv_group", "linear.gemv", "fused_recurrent_gla_step_kernel", "norm.fwd", "linear.gemv"]
     + ["linear.gemv_swiglu", "linear.gemv"],
@@ -389,6 +389,7 @@ def test_a_mamba2_step_leaves_its_mixer_norm_to_out_proj_and_decodes_as_with_the
         return one_launch(*args, gate_squares=gate_squares)
 
     monkeypatch.setattr(dispatch, "one_launch_conv_ssd", recorded)
+    monkeypatch.setattr(dispatch, "GATED_NORM_IN_OUT_PROJ", True)
     seen, got = decoded(model, ids, monkeypatch)
     assert asked[-model.config.num_hidden_layers :] == [True] * model.config.num_hidden_layers
     monkeypatch.setattr(dispatch, "GATED_NORM_IN_OUT_PROJ", False)

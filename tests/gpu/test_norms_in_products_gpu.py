@@ -118,3 +118,22 @@ def test_generate_as_cuda_graphs_gives_the_eager_tokens_and_scores(family):
     assert decode_graphs_for(model).last_capture_seconds is not None, "no decode step was captured"
     eager = greedy_with_logits(model, ids, disable_compile=True)
     assert torch.equal(got[0], eager[0]) and torch.equal(got[1], eager[1])
+
+
+def test_mamba2s_mixer_norm_in_out_proj_decodes_as_in_its_step_and_its_graphs_give_the_eager_tokens(monkeypatch):
+    # dispatch.GATED_NORM_IN_OUT_PROJ (off by default until measured): the one launch leaves each group's sum of
+    # squares in partial sums, out_proj's product normalizes y as it loads it. The step is the step with the norm in
+    # the one launch to rounding (the sum of squares is added in another order), and generate's CUDA graphs give
+    # eager decoding's tokens and scores.
+    from statex_hf.kernels import dispatch
+
+    model = MODELS["mamba2"](layers=3)
+    ids = torch.randint(3, 512, (1, 16), device=DEV)
+    want = decode_step(model, ids)
+    monkeypatch.setattr(dispatch, "GATED_NORM_IN_OUT_PROJ", True)
+    got = decode_step(model, ids)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and (g.float() - w.float()).norm() <= 2e-2 * w.float().norm()
+    graphed = greedy_with_logits(model, ids)
+    eager = greedy_with_logits(model, ids, disable_compile=True)
+    assert torch.equal(graphed[0], eager[0]) and torch.equal(graphed[1], eager[1])
