@@ -308,6 +308,11 @@ def test_the_gated_norm_needs_its_gate_and_weight_of_the_right_shapes():
     args = (xBC, step.weight, step.window, step.state, dt, None, 1)
     with pytest.raises(ValueError, match="takes both norm_gate"):
         conv_state_update(*args, A_log=step.A_log, norm_gate=z)
+    # With the norm left to the caller (gate_squares): the gate and no weight.
+    with pytest.raises(ValueError, match="gate_squares takes norm_gate"):
+        conv_state_update(*args, A_log=step.A_log, gate_squares=True)
+    with pytest.raises(ValueError, match="gate_squares takes norm_gate"):
+        conv_state_update(*args, A_log=step.A_log, norm_gate=z, norm_weight=torch.ones(H * P), gate_squares=True)
     with pytest.raises(ValueError, match=r"needs z \[2, 32\]"):
         conv_state_update(*args, A_log=step.A_log, norm_gate=z[:, :16], norm_weight=torch.ones(H * P))
 
@@ -483,13 +488,3 @@ def test_gate_squares_leaves_y_and_each_programs_share_of_its_groups_sum_of_squa
         torch.testing.assert_close(squares.sum(-1), u.pow(2).reshape(3, G, -1).sum(-1), rtol=1e-5, atol=1e-6)
     for tickets in tickets_module.HELD[torch.device("cpu")]:
         assert not tickets.any()
-
-
-def test_gate_squares_takes_a_gate_and_no_weight():
-    step = Step(1, 1, 16)
-    z, xBC, dt = tokens_with_gate(step)
-    args = (xBC, step.weight, step.window, step.state, dt, None, 1)
-    with pytest.raises(ValueError, match="gate_squares takes norm_gate"):
-        conv_state_update(*args, A_log=step.A_log, gate_squares=True)
-    with pytest.raises(ValueError, match="gate_squares takes norm_gate"):
-        conv_state_update(*args, A_log=step.A_log, norm_gate=z, norm_weight=torch.ones(H * P), gate_squares=True)
