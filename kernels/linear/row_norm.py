@@ -61,28 +61,30 @@ class RowNorm(NamedTuple):
         """Whether the prologue computes this norm of ``x``: a weight ``[K]`` on x's device, contiguous, every
         dtype one the kernels take."""
         w = self.weight
-        gate, squares = self.gate, self.squares
-        gated = (
-            gate is None
-            and squares is None
-            or (
-                gate is not None
-                and squares is not None
-                and not self.norm_before_gate
-                and self.input_dtype is None
-                and gate.shape == x.shape
-                and gate.stride(-1) == 1
-                and gate.dtype in FLOATS
-                and gate.device == squares.device == x.device
-                and squares.dtype == torch.float32
-                and squares.is_contiguous()
-                and squares.numel() > 0
-            )
-        )
         return (
-            gated
+            self._gate_applies(x)
             and w.shape == x.shape[-1:]
             and w.device == x.device
             and w.is_contiguous()
             and {x.dtype, w.dtype, self.input_dtype or x.dtype} <= set(FLOATS)
+        )
+
+    def _gate_applies(self, x: torch.Tensor) -> bool:
+        """No gate, or Mamba2's mixer norm as the prologue takes it: gate first, z in x's shape with unit-stride
+        channels, the partial sums fp32 and contiguous, all on x's device."""
+        gate, squares = self.gate, self.squares
+        if gate is None and squares is None:
+            return True
+        return (
+            gate is not None
+            and squares is not None
+            and not self.norm_before_gate
+            and self.input_dtype is None
+            and gate.shape == x.shape
+            and gate.stride(-1) == 1
+            and gate.dtype in FLOATS
+            and gate.device == squares.device == x.device
+            and squares.dtype == torch.float32
+            and squares.is_contiguous()
+            and squares.numel() > 0
         )
