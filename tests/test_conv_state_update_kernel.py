@@ -7,7 +7,10 @@ in place of the two and computes what it computed with them.
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
 import sys
 
 import pytest
@@ -488,3 +491,39 @@ def test_gate_squares_leaves_y_and_each_programs_share_of_its_groups_sum_of_squa
         torch.testing.assert_close(squares.sum(-1), u.pow(2).reshape(3, G, -1).sum(-1), rtol=1e-5, atol=1e-6)
     for tickets in tickets_module.HELD[torch.device("cpu")]:
         assert not tickets.any()
+
+
+SM90_ONE_LAUNCH_COMPILE = """
+import inspect, json, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from statex_hf.kernels.ssd.conv_state_update import _conv_state_update_kernel as kernel
+
+pointers = dict(xBC="*bf16", conv_w="*bf16", conv_bias="*bf16", conv_state="*bf16", state="*fp32", dt="*bf16",
+                A="*fp32", D="*fp32", dt_bias="*fp32", y="*bf16", tickets="*i32", z="*bf16", norm_w="*bf16",
+                normed="*bf16", squares="*fp32", norm_eps="fp32", dt_min="fp32", dt_max="fp32")
+compiled = {}
+for mode in ("norm in the launch", "gate squares"):
+    constexprs = dict(K=4, KP=4, BP=16, BN=128, BW=128, WINDOWS_AT_ONCE=True, HAS_CONV_BIAS=True, SILU=True, HAS_D=True,
+                      HAS_BIAS=True, SOFTPLUS=True, A_IS_LOG=True, USE_PDL=True, NORM_BS=4096, NORM_NCHUNK=1,
+                      GATED_NORM=mode == "norm in the launch", GATE_SQUARES=mode == "gate squares")
+    names = inspect.signature(kernel.fn).parameters
+    signature = {n: "constexpr" if n in constexprs else pointers.get(n, "i32") for n in names}
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=2)).asm["ptx"]
+    before, waits, _ = ptx.partition("griddepcontrol.wait")
+    compiled[mode] = dict(waits=bool(waits), early_stores="st.global" in before)
+print(json.dumps(compiled))
+"""
+
+
+def test_the_one_launch_compiles_for_sm90_with_its_norm_or_its_partial_sums_and_stores_nothing_before_the_wait():
+    # The interpreter runs a kernel as Python and accepts what Triton's compiler may not: Mamba2-1.3B's one launch,
+    # with the gated norm in the launch and with the partial sums left for out_proj (gate_squares), compiled for an
+    # H100 on this CPU machine (a process without the interpreter). Under PDL both wait, and store nothing before.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"TRITON_DEFAULT_FP_FUSION": "1"}
+    result = subprocess.run([sys.executable, "-P", "-c", SM90_ONE_LAUNCH_COMPILE], capture_output=True, text=True,
+                            env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    compiled = json.loads(result.stdout.splitlines()[-1])
+    assert compiled == dict.fromkeys(("norm in the launch", "gate squares"), {"waits": True, "early_stores": False})
