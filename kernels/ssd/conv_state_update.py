@@ -245,7 +245,7 @@ def _conv_state_update_kernel(
         yv = acc.to(y.dtype.element_ty).to(tl.float32)
         u = tl.where(pmask, yv * zv * tl.sigmoid(zv), 0.0)
         share = (h % (H // G)) * tl.num_programs(1) + tl.program_id(1)
-        tl.store(squares + (bi * G + g) * (H // G) * P + share, tl.sum(u * u, axis=0))
+        tl.store(squares + (bi * G + g) * (H // G) * tl.num_programs(1) + share, tl.sum(u * u, axis=0))
     _store_window(window_row, stride_wd, stride_wk, x_channels, pmask, x_window, K, KP)
     if ticket == (H // G) * tl.num_programs(1) - 1:
         # Every program of the group has read the old B and C windows: write the new ones, then reset the count.
@@ -360,12 +360,12 @@ def conv_state_update(
         norm_weight = norm_weight.contiguous()
         normed = torch.empty(b, H * P, device=xBC.device, dtype=output_dtype(xBC.dtype, norm_weight, False))
     norm_bs, norm_nchunk = one_program_chunks(H // G * P)
-    # One partial sum per program of a group, at most one per channel (a P tile of one row); those a config with
-    # wider tiles leaves unwritten are cut off after the launch.
-    squares = torch.empty(b, G, H // G * P, device=xBC.device, dtype=torch.float32) if gate_squares else None
-    programs_per_group = [0]
+    squares = None
 
     def run(c: LaunchConfig) -> None:
+        nonlocal squares
+        if gate_squares:  # one partial sum per program of a group: as many as the launched config's P tiles give
+            squares = torch.empty(b, G, H // G * triton.cdiv(P, c.BP), device=xBC.device, dtype=torch.float32)
         tickets = zeroed_tickets(xBC.device, b * G)
         unused = A_in  # a pointer for the absent optional tensors (their loads are compiled out)
         _conv_state_update_kernel[(b * H, triton.cdiv(P, c.BP))](
@@ -380,9 +380,8 @@ def conv_state_update(
             squares=squares if gate_squares else y, GATE_SQUARES=gate_squares,
             enable_fp_fusion=False, **c.kwargs(), **pdl_kwargs(),
         )  # fmt: skip
-        programs_per_group[0] = H // G * triton.cdiv(P, c.BP)
 
     ssd_launch("conv_state_update", run, ssd_config("conv_state_update", 0, P, N, device=state.device), operand=xBC)
     if gate_squares:
-        return y, squares[..., : programs_per_group[0]]
+        return y, squares
     return normed if gated_norm else y

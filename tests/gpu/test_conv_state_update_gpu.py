@@ -175,6 +175,12 @@ def test_a_model_decode_step_computes_what_the_two_kernels_did(monkeypatch, batc
         torch.testing.assert_close(g, w, rtol=0.05, atol=0.05)
 
 
+def token_with_gate(layer):
+    """z, xBC and dt of one token of a Mamba2-1.3B mixer (64 heads of 64): slices of one bf16 in_proj row."""
+    row = layer.randn(1, 64 * 64 + layer.conv_dim + 64, scale=0.5).to(torch.bfloat16)
+    return row.split([64 * 64, layer.conv_dim, 64], dim=-1)
+
+
 @pytest.mark.parametrize("N", [128, 512])
 @torch.no_grad()
 def test_the_gated_norm_in_the_one_launch_is_the_norm_kernels_to_rounding(N):
@@ -186,8 +192,7 @@ def test_the_gated_norm_in_the_one_launch_is_the_norm_kernels_to_rounding(N):
     other = layer.clone()
     weight = (1 + 0.1 * layer.randn(64 * 64)).to(torch.bfloat16)
     for _ in range(3):
-        row = layer.randn(1, 64 * 64 + layer.conv_dim + 64, scale=0.5).to(torch.bfloat16)
-        z, xBC, dt = row.split([64 * 64, layer.conv_dim, 64], dim=-1)
+        z, xBC, dt = token_with_gate(layer)
         normed = conv_state_update(xBC, layer.weight, layer.window, layer.state, dt, None, 1, layer.conv_bias, "silu",
                                    layer.D, layer.dt_bias, True, A_log=layer.A_log, norm_gate=z, norm_weight=weight,
                                    norm_eps=1e-5)  # fmt: skip
@@ -213,8 +218,7 @@ def test_out_projs_gated_norm_from_the_one_launchs_partial_sums_is_the_norm_kern
     weight = (1 + 0.1 * layer.randn(64 * 64)).to(torch.bfloat16)
     w_out = (layer.randn(2048, 64 * 64) / 64).to(torch.bfloat16)
     for _ in range(3):
-        row = layer.randn(1, 64 * 64 + layer.conv_dim + 64, scale=0.5).to(torch.bfloat16)
-        z, xBC, dt = row.split([64 * 64, layer.conv_dim, 64], dim=-1)
+        z, xBC, dt = token_with_gate(layer)
         y, squares = conv_state_update(xBC, layer.weight, layer.window, layer.state, dt, None, 1, layer.conv_bias,
                                        "silu", layer.D, layer.dt_bias, True, A_log=layer.A_log, norm_gate=z,
                                        gate_squares=True)  # fmt: skip
