@@ -87,7 +87,7 @@ def assert_steps_equal(one, two, steps=3):
         assert torch.equal(y_fused, y_two)
         assert torch.equal(one.window, two.window)
         assert torch.equal(one.state, two.state)
-    for tickets in tickets_module.HELD[torch.device("cpu")]:
+    for tickets in tickets_module.HELD[torch.device("cpu"), "tickets"]:
         assert not tickets.any(), "a launch left a ticket count behind: the next launch would miscount"
 
 
@@ -177,7 +177,7 @@ def test_a_window_written_before_every_program_read_it_shows(monkeypatch, tiles)
     monkeypatch.setitem(launch.OVERRIDES, "ssd.conv_state_update", LaunchConfig.of(4, 1, **tiles))
     monkeypatch.setitem(launch.OVERRIDES, "ssd.state_update", LaunchConfig.of(4, 1, BP=4, BN=8))  # the same sums
     readers = H * (P // SMALL_TILES["BP"])
-    monkeypatch.setattr(fused_module, "zeroed_tickets", lambda device, count: torch.full((count,), readers - 1))
+    monkeypatch.setattr(fused_module, "zeroed_tickets", lambda device, count, *kind: torch.full((count,), readers - 1))
     two = step.copy()
     xBC, dt = step.token()
     y_fused = step.fused(xBC, dt)
@@ -257,11 +257,11 @@ def test_the_tickets_are_allocated_once_and_a_larger_batch_keeps_the_smaller_buf
         first = tickets_module.zeroed_tickets(device, 3)
         assert tickets_module.zeroed_tickets(device, 1024) is first and first.numel() == 1024
         larger = tickets_module.zeroed_tickets(device, 1025)
-        held = tickets_module.HELD[device]
+        held = tickets_module.HELD[device, "tickets"]
         assert larger.numel() == 2048 and len(held) == 2 and held[0] is first and held[1] is larger
         assert tickets_module.zeroed_tickets(device, 5) is larger
     finally:
-        tickets_module.HELD.pop(device, None)
+        tickets_module.HELD.pop((device, "tickets"), None)
 
 
 # ----- the mixer's gated norm in the same launch -----
@@ -301,7 +301,7 @@ def test_the_gated_norm_in_the_same_launch_is_the_norm_after_the_two_kernels(mon
         else:
             torch.testing.assert_close(normed, want)
         assert torch.equal(step.window, two.window) and torch.equal(step.state, two.state)
-    for tickets in tickets_module.HELD[torch.device("cpu")]:
+    for tickets in tickets_module.HELD[torch.device("cpu"), "tickets"]:
         assert not tickets.any()
 
 
@@ -489,7 +489,7 @@ def test_gate_squares_leaves_y_and_each_programs_share_of_its_groups_sum_of_squa
         assert squares.shape == per_program.shape and squares.dtype == torch.float32
         torch.testing.assert_close(squares, per_program, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(squares.sum(-1), u.pow(2).reshape(3, G, -1).sum(-1), rtol=1e-5, atol=1e-6)
-    for tickets in tickets_module.HELD[torch.device("cpu")]:
+    for tickets in tickets_module.HELD[torch.device("cpu"), "tickets"]:
         assert not tickets.any()
 
 
