@@ -209,14 +209,14 @@ def test_one_row_over_several_steps_with_the_look_ahead_masked_at_k(monkeypatch,
     assert_linear(*inputs(2, with_bias=False))  # a grid axis over the rows: each program still one row
 
 
-
 @pytest.mark.parametrize("splits", [1, 3])
 @pytest.mark.parametrize("rows", [1, 16, 64])
 def test_a_signal_counts_every_row_of_y_once_stored_and_changes_no_bit(monkeypatch, rows, splits):
     # row_signal.py: the row blocks run last to first and count their rows; y is the unsignalled call's bit for
     # bit, and each count ends at the rows it covers (the last one a part: N = 70), the counts past them untouched.
-    monkeypatch.setitem(launch.OVERRIDES, "linear.gemv", configs.TABLES["default"]["m1"].with_(BN=4, BK=32,
-                                                                                           SPLIT_K=splits))
+    monkeypatch.setitem(
+        launch.OVERRIDES, "linear.gemv", configs.TABLES["default"]["m1"].with_(BN=4, BK=32, SPLIT_K=splits)
+    )
     x, weight, bias = inputs(1)
     signal = RowSignal(torch.zeros(-(-N // rows) + 2, dtype=torch.int32), rows)
     y = gemv(x, weight, bias, signal=signal)
