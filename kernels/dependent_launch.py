@@ -106,10 +106,22 @@ if TRITON_HAS_PDL:
             tl.extra.cuda.gdc_wait()
             tl.extra.cuda.gdc_launch_dependents()
 
+    @triton.jit
+    def let_successor_start(USE_PDL: tl.constexpr):
+        """Under PDL, for a kernel that does not wait for the one before it to finish but for counts it leaves
+        (``linear/row_signal.py``), once it has seen them: let the next kernel be scheduled."""
+        if USE_PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+
 else:  # Triton 3.2: its cache key looks up every name a kernel's code uses, taken branch or not, so naming the
     # missing intrinsics would fail every kernel that waits (PDL stays off there: ``supported``).
 
     @triton.jit
     def wait_for_predecessor(USE_PDL: tl.constexpr):
+        """Nothing: this Triton has no PDL."""
+        pass
+
+    @triton.jit
+    def let_successor_start(USE_PDL: tl.constexpr):
         """Nothing: this Triton has no PDL."""
         pass
