@@ -123,10 +123,12 @@ def _store_window(window_row, stride_wd, stride_wk, ch, mask, window, K: tl.cons
 @triton.jit
 def _counts_seen(ready, counts, full, mask):
     """Waits until each count at ``ready + counts`` (``mask``) has reached ``full`` (``linear/row_signal.py``), its
-    reads acquiring: the rows they count, stored by the product before, are visible to this program after."""
+    reads acquiring: the rows they count, stored by the product before, are visible to this program after (the
+    threads that read the counts acquire; the barrier after orders every other thread's loads after theirs)."""
     seen = tl.atomic_add(ready + counts, 0, mask=mask, sem="acquire", scope="gpu")
     while tl.sum(tl.where(mask & (seen < full), 1, 0), axis=0) > 0:
         seen = tl.atomic_add(ready + counts, 0, mask=mask, sem="acquire", scope="gpu")
+    tl.debug_barrier()
 
 
 @triton.jit
