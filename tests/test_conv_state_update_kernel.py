@@ -508,8 +508,7 @@ def signalled_in_proj(step, rows):
 
 
 @pytest.mark.usefixtures("tiles")
-@pytest.mark.parametrize("rows", [2, 4])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("rows,dtype", [(2, torch.float32), (4, torch.bfloat16)], ids=["rows2-fp32", "rows4-bf16"])
 def test_a_step_that_waits_for_in_projs_row_counts_is_the_step_after_in_proj_and_zeroes_them(rows, dtype):
     # row_signal.py: in the decode graphs the step starts before in_proj ends and waits for the counts of the rows it
     # reads. Here in_proj has ended (the interpreter runs one launch after the other): y, the partial sums and both
