@@ -125,9 +125,10 @@ def _counts_seen(ready, counts, full, mask):
     """Waits until each count at ``ready + counts`` (``mask``) has reached ``full`` (``linear/row_signal.py``), its
     reads acquiring: the rows they count, stored by the product before, are visible to this program after (the
     threads that read the counts acquire; the barrier after orders every other thread's loads after theirs)."""
-    seen = tl.atomic_add(ready + counts, 0, mask=mask, sem="acquire", scope="gpu")
-    while tl.sum(tl.where(mask & (seen < full), 1, 0), axis=0) > 0:
+    behind = 1
+    while behind > 0:  # a scalar carried by the loop: Triton 3.6 fails to lay out a tensor carried by a while loop
         seen = tl.atomic_add(ready + counts, 0, mask=mask, sem="acquire", scope="gpu")
+        behind = tl.sum(tl.where(mask & (seen < full), 1, 0), axis=0)
     tl.debug_barrier()
 
 
