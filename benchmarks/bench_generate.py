@@ -157,14 +157,14 @@ def apply_same_run_baselines(args) -> None:
         from statex_hf.modeling import decode_graphs
 
         decode_graphs.COMPILE_THREADS = 1
-    if args.norm_in_out_proj:  # a candidate, beside the same run without: Mamba2's gated norm in out_proj's product
+    if args.norm_in_step:  # a baseline in the same run: Mamba2's gated norm in its one-launch step, as before
         from statex_hf.kernels import dispatch
 
-        dispatch.GATED_NORM_IN_OUT_PROJ = True
+        dispatch.GATED_NORM_IN_OUT_PROJ = False
     if args.step_beside_in_proj:  # a candidate: Mamba2's one-launch step waits for in_proj's rows, not its end
         from statex_hf.kernels import dispatch
 
-        dispatch.GATED_NORM_IN_OUT_PROJ = dispatch.STEP_BESIDE_IN_PROJ = True
+        dispatch.STEP_BESIDE_IN_PROJ = True
     if not (args.separate_products or args.unfused_residual_norm or args.norms_apart) and numbers == (None, None):
         return
     from statex_hf.kernels import dispatch
@@ -346,17 +346,16 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
         help="ours: sequences up to which a Mamba2 step's conv and state update run as one launch (0: two launches)",
     )
     parser.add_argument(
-        "--norm-in-out-proj",
+        "--norm-in-step",
         action="store_true",
-        help="ours: at one row Mamba2's gated norm is taken by out_proj's product, not by its one-launch step's last "
-        "program (dispatch.GATED_NORM_IN_OUT_PROJ, off by default until measured)",
+        help="ours: at one row Mamba2's gated norm is taken by its one-launch step's last program, not by out_proj's "
+        "product (dispatch.GATED_NORM_IN_OUT_PROJ off; on by default)",
     )
     parser.add_argument(
         "--step-beside-in-proj",
         action="store_true",
-        help="ours: --norm-in-out-proj, and at one row Mamba2's in_proj counts its rows as they land and its "
-        "one-launch step waits for the rows it reads, not for in_proj's end (dispatch.STEP_BESIDE_IN_PROJ, off until "
-        "measured)",
+        help="ours: at one row Mamba2's in_proj counts its rows as they land and its one-launch step waits for the "
+        "rows it reads, not for in_proj's end (dispatch.STEP_BESIDE_IN_PROJ, off until measured)",
     )
     parser.add_argument(
         "--serial-compile",

@@ -16,6 +16,10 @@ them, so that DRAM round trip overlaps the kernel before:
   (``ssd/conv_state_update.py``), which only that layer's launch writes, once a step;
 - GLA's one-token step its layer's state, where it is one tile (``gla/fused_recurrent.py``).
 
+Mamba2's one-launch step with in_proj's row counts (``linear/row_signal.py``) does not wait for in_proj's end at all:
+it polls the counts of the rows it reads (acquiring what in_proj stored before it counted them), then lets the next
+kernel be scheduled (``let_successor_start``), and polls z's counts before it ends, so its end is in_proj's too.
+
 That is safe because a PDL kernel's predecessor is always a kernel of the same step. Each step starts with
 torch's embedding lookup, launched without PDL, which waits for everything before it. In a graph, the first
 node waits for the stream's earlier work in full (programmatic edges join only kernels captured together).

@@ -121,14 +121,15 @@ def test_generate_as_cuda_graphs_gives_the_eager_tokens_and_scores(family):
 
 
 def test_mamba2s_mixer_norm_in_out_proj_decodes_as_in_its_step_and_its_graphs_give_the_eager_tokens(monkeypatch):
-    # dispatch.GATED_NORM_IN_OUT_PROJ (off by default until measured): the one launch leaves each group's sum of
-    # squares in partial sums, out_proj's product normalizes y as it loads it. The step is the step with the norm in
-    # the one launch to rounding (the sum of squares is added in another order), and generate's CUDA graphs give
-    # eager decoding's tokens and scores.
+    # dispatch.GATED_NORM_IN_OUT_PROJ (on by default since the eighteenth session): the one launch leaves each group's
+    # sum of squares in partial sums, out_proj's product normalizes y as it loads it. The step is the step with the
+    # norm in the one launch to rounding (the sum of squares is added in another order), and generate's CUDA graphs
+    # give eager decoding's tokens and scores.
     from statex_hf.kernels import dispatch
 
     model = MODELS["mamba2"](layers=3)
     ids = torch.randint(3, 512, (1, 16), device=DEV)
+    monkeypatch.setattr(dispatch, "GATED_NORM_IN_OUT_PROJ", False)
     want = decode_step(model, ids)
     monkeypatch.setattr(dispatch, "GATED_NORM_IN_OUT_PROJ", True)
     got = decode_step(model, ids)
