@@ -373,6 +373,19 @@ def test_a_block_whose_products_cannot_take_its_norm_launches_what_it_did_with_i
     assert_decodes_as(got, want)
 
 
+def one_launches_asked(monkeypatch, keyword: str) -> list[bool]:
+    """Whether each call of ``dispatch.one_launch_conv_ssd`` from here on was given ``keyword`` (set, not None)."""
+    asked = []
+    one_launch = dispatch.one_launch_conv_ssd
+
+    def recorded(*args, **kwargs):
+        asked.append(kwargs.get(keyword) not in (None, False))
+        return one_launch(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "one_launch_conv_ssd", recorded)
+    return asked
+
+
 @pytest.mark.parametrize("fields", [{}, {"statex_layers": [1]}, {"residual_in_fp32": False}])
 def test_a_mamba2_step_leaves_its_mixer_norm_to_out_proj_and_decodes_as_with_the_norm_in_its_step(
     monkeypatch, on_cuda_dispatch, narrow_row_tiles, fields
@@ -381,14 +394,7 @@ def test_a_mamba2_step_leaves_its_mixer_norm_to_out_proj_and_decodes_as_with_the
     # tail on the step's critical path; now out_proj's product normalizes y as it loads it (one group of B and C).
     model = build("mamba2", **fields).to(BF16)
     ids = torch.randint(3, VOCAB - 2, (1, 6))
-    asked = []
-    one_launch = dispatch.one_launch_conv_ssd
-
-    def recorded(*args, gate_squares=False, **kwargs):
-        asked.append(gate_squares)
-        return one_launch(*args, gate_squares=gate_squares, **kwargs)
-
-    monkeypatch.setattr(dispatch, "one_launch_conv_ssd", recorded)
+    asked = one_launches_asked(monkeypatch, "gate_squares")
     monkeypatch.setattr(dispatch, "GATED_NORM_IN_OUT_PROJ", True)
     seen, got = decoded(model, ids, monkeypatch)
     assert asked[-model.config.num_hidden_layers :] == [True] * model.config.num_hidden_layers
@@ -411,14 +417,7 @@ def test_a_mamba2_step_beside_in_proj_waits_for_its_rows_and_decodes_bit_for_bit
 
     model = build("mamba2", **fields).to(BF16)
     ids = torch.randint(3, VOCAB - 2, (1, 6))
-    asked = []
-    one_launch = dispatch.one_launch_conv_ssd
-
-    def recorded(*args, gate_squares=False, ready=None):
-        asked.append(ready is not None)
-        return one_launch(*args, gate_squares=gate_squares, ready=ready)
-
-    monkeypatch.setattr(dispatch, "one_launch_conv_ssd", recorded)
+    asked = one_launches_asked(monkeypatch, "ready")
     monkeypatch.setattr(dispatch, "GATED_NORM_IN_OUT_PROJ", True)
     monkeypatch.setattr(dispatch, "STEP_BESIDE_IN_PROJ", True)
     seen, got = decoded(model, ids, monkeypatch)
