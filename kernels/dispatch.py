@@ -379,7 +379,7 @@ def one_launch_conv_ssd(
     that ``[b, 1, H * P]``. With ``norm_gate`` and ``gate_squares`` (no weight), the norm is the caller's: returns
     ``(y [b, 1, H * P], squares)``, the partial sums of its squares that ``out_proj``'s product takes
     (``conv_state_update``, ``kernels/linear/row_norm.py``). ``ready``: in_proj's row counts, which the launch waits
-    for and sets back to zero (``conv_state_update``); where the launch does not apply they are set back here."""
+    for and sets back to zero (``conv_state_update``); where it returns ``None`` that is the caller's to do."""
     gated = norm_gate is not None
     if not (
         not torch.compiler.is_compiling()
@@ -395,8 +395,6 @@ def one_launch_conv_ssd(
         and conv_weight.is_contiguous()
         and (not gated or norm_gate.stride(-1) == 1)
     ):
-        if ready is not None:
-            ready.reset()
         return None  # decided before the import: a CPU run never imports Triton code on this path
     from statex_hf.kernels.ssd.conv_state_update import conv_state_update
 

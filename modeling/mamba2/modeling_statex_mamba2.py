@@ -179,6 +179,8 @@ class StateXMamba2Mixer(nn.Module):
         normed = norm_left = None
         if mask is None and cu_seqlens is None:
             normed, norm_left = self._one_launch_step(xBC, dt, z, cache, leave_norm=residual is not None, ready=signal)
+        if signal is not None and norm_left is None:  # in_proj counted its rows, and no step waited for them
+            signal.reset()
         if norm_left is not None:  # y, whose gated norm out_proj's one-row product computes as it loads it
             summed = normed_linear(self.out_proj, normed, norm_left, residual.view(*normed.shape[:-1], -1),
                                    residual_dtype)  # fmt: skip
@@ -233,12 +235,11 @@ class StateXMamba2Mixer(nn.Module):
         ``leave_norm`` (a block's one-row step, whose ``out_proj`` takes its residual add) and one group, ``(y,
         norm)`` instead: the norm for ``out_proj``'s product to compute as it loads y (``kernels/linear/row_norm.py``),
         its sum of squares left by the launch. ``(None, None)`` where that launch does not apply. ``ready``: in_proj's
-        row counts (``_in_proj_signal``), which that launch waits for; set back to zero where it does not run."""
+        row counts (``_in_proj_signal``), which that launch waits for (where it returns no norm for out_proj, the
+        caller sets them back to zero)."""
         window = conv_state(cache, self.layer_idx) if cache is not None else None
         state = recurrent_state(cache, self.layer_idx) if cache is not None else None
         if window is None or state is None:
-            if ready is not None:
-                ready.reset()
             return None, None
         norm = self.norm
         in_launch = (
@@ -252,8 +253,6 @@ class StateXMamba2Mixer(nn.Module):
         if to_out_proj:
             y = dispatch.one_launch_conv_ssd(*args, z, None, norm.variance_epsilon, gate_squares=True, ready=ready)
         else:
-            if ready is not None:
-                ready.reset()
             y = dispatch.one_launch_conv_ssd(*args, *((z, norm.weight, norm.variance_epsilon) if in_launch else ()))
         if y is None:
             return None, None
