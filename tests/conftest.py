@@ -71,7 +71,7 @@ def on_cuda_dispatch(monkeypatch):
 
 @pytest.fixture
 def narrow_row_tiles(monkeypatch):
-    """The one-row products (GEMV, grouped GEMV, SwiGLU GEMV) in 16 x 32 tiles, not the table's 2 x 1024: the same
+    """The one-row products (GEMV, grouped GEMV, SwiGLU GEMV) in 32 x 32 tiles, not the table's 2 x 1024: the same
     kernels and paths in a tiny model's shapes, in a seventh of the interpreter's time (it pays per program and per
     element of a tile, and a 1024-column tile over a 32-column row is mostly mask). All three take the same tiles,
     so the fused kernels still sum as the separate GEMV does. For tests of what a decode step launches and
@@ -81,7 +81,7 @@ def narrow_row_tiles(monkeypatch):
     from statex_hf.kernels.launch import LaunchConfig
 
     for name in ("linear.gemv", "linear.gemv_group", "linear.gemv_swiglu"):
-        monkeypatch.setitem(launch.OVERRIDES, name, LaunchConfig.of(2, 1, BM=1, BN=16, BK=32, SPLIT_K=1))
+        monkeypatch.setitem(launch.OVERRIDES, name, LaunchConfig.of(2, 1, BM=1, BN=32, BK=32, SPLIT_K=1))
 
 
 @pytest.fixture(params=["table", "small-tiles"])

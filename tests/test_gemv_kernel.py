@@ -43,9 +43,13 @@ def test_the_tables_pick_equals_f_linear(m, with_bias):
     assert_linear(*inputs(m, with_bias=with_bias))
 
 
-@pytest.mark.parametrize("bucket", list(configs.TABLES["default"]))
+# The m1 bucket (BM = 1, BN = 2) launches a program per two rows of output for every row of input: under the
+# interpreter that is slow, and 3 rows already run its grid axis over rows, so it is not run at 20.
+BUCKET_ROWS = [(b, m) for b in configs.TABLES["default"] for m in ([1, 3] if b == "m1" else [1, 5, 20])]
+
+
+@pytest.mark.parametrize(("bucket", "m"), BUCKET_ROWS, ids=[f"{b}-M{m}" for b, m in BUCKET_ROWS])
 @pytest.mark.parametrize("splits", [1, 2, 3, 4])
-@pytest.mark.parametrize("m", [1, 5, 20], ids=lambda m: f"M{m}")
 def test_every_bucket_at_every_split_equals_f_linear(monkeypatch, bucket, splits, m):
     # A config whose BM is below M runs a grid axis over blocks of rows; one above M masks the rest. The
     # elementwise path (BM <= 4) and tl.dot (BM >= 16) both appear; 3 splits do not divide K's steps evenly.
