@@ -155,7 +155,7 @@ class Recorded(ModelHook):
     "case",
     ["hook-on-q", "hook-on-gate-sequential", "wrapped-k", "wrapped-up", "accelerate-hook-v", "accelerate-hook-up"],
 )
-def test_a_gla_decode_step_keeps_hooks_and_wrappers(monkeypatch, on_cuda_dispatch, case):
+def test_a_gla_decode_step_keeps_hooks_and_wrappers(monkeypatch, on_cuda_dispatch, narrow_row_tiles, case):
     model = build("gla").to(torch.bfloat16)
     ids = torch.randint(3, VOCAB, (1, 6))
     with torch.no_grad(), monkeypatch.context() as m:
