@@ -294,7 +294,7 @@ def test_the_gated_norm_in_the_same_launch_is_the_norm_after_the_two_kernels(mon
     step = Step(3, G, 16, dtype=dtype)
     two = step.copy()
     weight = (1 + 0.1 * torch.randn(H * P)).to(dtype)
-    for _ in range(3):
+    for _ in range(2):  # the second step starts from the caches the first wrote
         z, xBC, dt = tokens_with_gate(step)
         normed = conv_state_update(xBC, step.weight, step.window, step.state, dt, None, G, step.conv_bias, "silu",
                                    step.D, step.dt_bias, True, step.dt_limit, A_log=step.A_log, norm_gate=z,
