@@ -5,14 +5,16 @@
 #               pip download --no-deps -d .device/wheels pytest pluggy iniconfig pytest-timeout pytest-xdist execnet
 #               (pyproject's pytest options need pytest-timeout)
 # Device calls: bash benchmarks/gpu_session.sh STEP...   (carry: [".device"]; a log per step in $OUT)
-#   STEP: install | tests | gla | ssd | sweep | profile | decode-profile | train | generate | gemv | fsdp | multigpu | repro
+#   STEP: install | tests | gla | ssd | sweep | profile | decode-profile | train | generate | switches | gemv | fsdp |
+#         multigpu | repro
 #   (install: only the setup every call does, for commands of your own after it). Several steps
 #   share one call (one machine start), e.g. `gla profile`; `tests` needs a call of its own (the whole
 #   suite takes most of one; benchmarks/README.md has its time).
 #   Knobs: TESTS_PATHS (test files, run in that order), TESTS_ARGS (e.g. "-n 4": pytest-xdist, carried in
 #   .device/wheels, compiles the Triton kernels in parallel), TESTS_TIMEOUT, FLA_TIMEOUT, GLA_TIMEOUT,
 #   GLA_ARGS (e.g. "--impls fla --shapes H1 --skip-layers"), GLA_CACHE (see the gla step), SSD_ARGS
-#   (e.g. "--impls ours,mamba_ssm --peer-ns 512"), SWEEP_ARGS (e.g. "--ops gla"), GEMV_ARGS (e.g. "--ms 1").
+#   (e.g. "--impls ours,mamba_ssm --peer-ns 512"), SWEEP_ARGS (e.g. "--ops gla"), GEMV_ARGS (e.g. "--ms 1"),
+#   SWITCH_ARGS, SWITCH_FLAGS, SWITCH_ROUNDS (see the switches step).
 #   repro: the miniature (reproduce_statex.py) into the folders REPRO_DIRS, each with its REPRO_ARGS (see
 #   the step); they come back as $OUT/repro*.tgz, and carried .device/repro*.tgz resume them.
 #   fsdp: bench_train_fsdp.py (FSDP_ARGS, default "--gpus 1": the 1-GPU config at 64K, both families;
@@ -65,6 +67,18 @@ run_step() {
     decode-profile) timeout 200 python benchmarks/profile_decode.py ${DECODE_PROFILE_ARGS:-} ;;
     train) timeout 540 python benchmarks/bench_train.py --json "$OUT/train.json" ;;
     generate) timeout 540 python benchmarks/bench_generate.py ${GENERATE_ARGS:-} --json "$OUT/generate.json" ;;
+    switches)
+        # Decode switches side by side: bench_generate's rows of ours (SWITCH_ARGS; default Mamba2 at B = 1) without a
+        # flag and with each of SWITCH_FLAGS (';' between them; default the unmeasured --step-beside-in-proj), in
+        # turn for SWITCH_ROUNDS rounds, each run its own process: the run-to-run spread shows beside the difference.
+        IFS=';' read -r -a flags <<< "${SWITCH_FLAGS:---step-beside-in-proj}"
+        for round in $(seq "${SWITCH_ROUNDS:-2}"); do
+            for flag in "" "${flags[@]}"; do
+                echo "== round $round: ${flag:-no flag}"
+                timeout -k 10 "${SWITCH_TIMEOUT:-90}" python -P benchmarks/bench_generate.py \
+                    ${SWITCH_ARGS:---impls ours_mamba2 --batches 1 --ttft 1024 --eager-new-tokens 4} $flag 2>&1 | grep -v '^ROW'
+            done
+        done ;;
     gemv) timeout 540 python benchmarks/bench_gemv.py ${GEMV_ARGS:-} --json "$OUT/gemv.json" ;;
     fsdp) timeout 560 python benchmarks/bench_train_fsdp.py ${FSDP_ARGS:---gpus 1} --json "$OUT/fsdp.json" ;;
     multigpu) STATEX_GPU_TESTS=1 timeout "${TESTS_TIMEOUT:-540}" python -P -m pytest -q --durations=0 tests/gpu/test_multi_gpu.py ;;
@@ -91,7 +105,7 @@ run_step() {
         for family in gla mamba2; do
             (cd /tmp/repro && find . -path "*/units/$family-seed*/source/*.safetensors" | tar -czf "$OUT/repro-$family.tgz" -T -)
         done ;;
-    *) echo "usage: $0 STEP... (install | tests | gla | ssd | sweep | profile | decode-profile | train | generate | gemv | fsdp | multigpu | repro)" >&2; return 2 ;;
+    *) echo "usage: $0 STEP... (install | tests | gla | ssd | sweep | profile | decode-profile | train | generate | switches | gemv | fsdp | multigpu | repro)" >&2; return 2 ;;
     esac
 }
 
