@@ -14,7 +14,7 @@
 #   .device/wheels, compiles the Triton kernels in parallel), TESTS_TIMEOUT, FLA_TIMEOUT, GLA_TIMEOUT,
 #   GLA_ARGS (e.g. "--impls fla --shapes H1 --skip-layers"), GLA_CACHE (see the gla step), SSD_ARGS
 #   (e.g. "--impls ours,mamba_ssm --peer-ns 512"), SWEEP_ARGS (e.g. "--ops gla"), GEMV_ARGS (e.g. "--ms 1"),
-#   SWITCH_ARGS, SWITCH_FLAGS, SWITCH_ROUNDS (see the switches step).
+#   SWITCH_ARGS, SWITCH_FLAGS, SWITCH_ROUNDS, SWITCH_TIMEOUT (see the switches step).
 #   repro: the miniature (reproduce_statex.py) into the folders REPRO_DIRS, each with its REPRO_ARGS (see
 #   the step); they come back as $OUT/repro*.tgz, and carried .device/repro*.tgz resume them.
 #   fsdp: bench_train_fsdp.py (FSDP_ARGS, default "--gpus 1": the 1-GPU config at 64K, both families;
@@ -71,11 +71,14 @@ run_step() {
         # Decode switches side by side: bench_generate's rows of ours (SWITCH_ARGS; default Mamba2 at B = 1) without a
         # flag and with each of SWITCH_FLAGS (';' between them; default the unmeasured --step-beside-in-proj), in
         # turn for SWITCH_ROUNDS rounds, each run its own process: the run-to-run spread shows beside the difference.
+        # SWITCH_TIMEOUT (default 90 s) is each run's own limit (bench_generate's --timeout, which reports what
+        # finished); the outer timeout only backs it up.
         IFS=';' read -r -a flags <<< "${SWITCH_FLAGS:---step-beside-in-proj}"
+        limit=${SWITCH_TIMEOUT:-90}
         for round in $(seq "${SWITCH_ROUNDS:-2}"); do
             for flag in "" "${flags[@]}"; do
                 echo "== round $round: ${flag:-no flag}"
-                timeout -k 10 "${SWITCH_TIMEOUT:-90}" python -P benchmarks/bench_generate.py \
+                timeout -k 10 "$((limit + 15))" python -P benchmarks/bench_generate.py --timeout "$limit" \
                     ${SWITCH_ARGS:---impls ours_mamba2 --batches 1 --ttft 1024 --eager-new-tokens 4} $flag 2>&1 | grep -v '^ROW'
             done
         done ;;
