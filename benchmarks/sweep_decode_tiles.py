@@ -1,7 +1,7 @@
 """The B = 1 decode step's tiles swept end to end: each config's captured step, replayed, on one GPU.
 
     python -P benchmarks/sweep_decode_tiles.py [--impls ours_mamba2,ours_gla] [--rows "2,2,1024 4,4,1024"]
-        [--steps "4,2,16,128,128 8,2,32,128,128"] [--json out.json]
+        [--wide "8,8,1024@8 8,8,1024@4"] [--steps "4,2,16,128,128 8,2,32,128,128"] [--json out.json]
 
 The microbenchmarks time one kernel at a time (``bench_gemv.py``, ``bench_conv_state_update.py``); a decode step
 is 150-220 kernels under programmatic dependent launch, where a kernel's tail overlaps the next one's start. Here
@@ -10,6 +10,8 @@ replayed back to back (``bench_generate.py``'s ``replay ms``; the median of ``--
 Rows:
 - ``--rows``: one-row product tiles ``warps,BN,BK`` (one row of x, one stage, no split), set for the GEMV, the
   grouped GEMV and the SwiGLU GEMV alike (the fused products must sum in the plain GEMV's tiles);
+- ``--wide``: the table's ``m1_wide`` tiles ``warps,BN,BK`` and, after ``@``, ``WIDE_MIN_WAVES`` (the waves of the
+  GPU a one-row product's grid must fill at those tiles to take them, ``configs.one_row_bucket``); ``@1e9``: never;
 - ``--steps`` (Mamba2): the one-launch conv and state step's ``warps,stages,BP,BN,BW``.
 The first row of each impl is the launch tables' own pick (``table``), run again last to show the drift. ``same``
 says whether the config's greedy tokens equal the table's (random weights: a near tie may flip on another sum order).
@@ -26,6 +28,7 @@ from pathlib import Path
 import torch
 from statex_hf.kernels import launch
 from statex_hf.kernels.launch import LaunchConfig
+from statex_hf.kernels.linear import configs
 from statex_hf.modeling.decode_graphs import decode_graphs_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its siblings, under python -P too
@@ -33,12 +36,18 @@ from bench_generate import build  # noqa: E402
 
 ROW_KERNELS = ("linear.gemv", "linear.gemv_group", "linear.gemv_swiglu")
 ROWS = "2,2,1024 4,2,1024 4,4,1024 4,2,2048 8,4,2048 8,8,1024 2,4,512 4,8,512 1,2,512"
+WIDES = "8,8,1024@1e9 8,8,1024@4 8,8,1024@1.9 4,4,1024@8 8,16,1024@8"
 STEPS = "4,2,16,128,128 4,2,8,128,128 8,2,16,128,128 8,2,32,128,128 2,2,8,128,128 4,2,32,128,128"
 
 
 def row_config(spec: str) -> LaunchConfig:
     warps, bn, bk = (int(v) for v in spec.split(","))
     return LaunchConfig.of(warps, 1, BM=1, BN=bn, BK=bk, SPLIT_K=1)
+
+
+def wide_setting(spec: str) -> tuple[LaunchConfig, float]:
+    tiles, waves = spec.split("@")
+    return row_config(tiles), float(waves)
 
 
 def step_config(spec: str) -> LaunchConfig:
@@ -65,18 +74,22 @@ def replay_ms(model, ids: torch.Tensor, rounds: int, replays: int) -> tuple[floa
     return statistics.median(times), tokens
 
 
-def sweep(impl: str, rows: list[str], steps: list[str], rounds: int, replays: int) -> list[dict]:
+def sweep(impl: str, rows: list[str], wides: list[str], steps: list[str], rounds: int, replays: int) -> list[dict]:
     model, _ = build(impl)
     ids = torch.randint(1, model.config.vocab_size, (1, 64), device="cuda", generator=None)
-    cases: list[tuple[str, dict[str, LaunchConfig]]] = [("table", {})]
-    cases += [(f"rows {spec}", dict.fromkeys(ROW_KERNELS, row_config(spec))) for spec in rows]
+    table_wide = (configs.TABLES["default"]["m1_wide"], configs.WIDE_MIN_WAVES)
+    Case = tuple[str, dict[str, LaunchConfig], tuple[LaunchConfig, float]]
+    cases: list[Case] = [("table", {}, table_wide)]
+    cases += [(f"rows {spec}", dict.fromkeys(ROW_KERNELS, row_config(spec)), table_wide) for spec in rows]
+    cases += [(f"wide {spec}", {}, wide_setting(spec)) for spec in wides]
     if impl == "ours_mamba2":
-        cases += [(f"step {spec}", {"ssd.conv_state_update": step_config(spec)}) for spec in steps]
-    cases.append(("table (again)", {}))
+        cases += [(f"step {spec}", {"ssd.conv_state_update": step_config(spec)}, table_wide) for spec in steps]
+    cases.append(("table (again)", {}, table_wide))
     results, reference = [], None
-    for label, overrides in cases:
+    for label, overrides, wide in cases:
         saved = dict(launch.OVERRIDES)
         launch.OVERRIDES.update(overrides)
+        configs.TABLES["default"]["m1_wide"], configs.WIDE_MIN_WAVES = wide
         try:
             ms, tokens = replay_ms(model, ids, rounds, replays)
         except Exception as error:  # a config the GPU cannot take: its row says why, the sweep goes on
@@ -85,6 +98,7 @@ def sweep(impl: str, rows: list[str], steps: list[str], rounds: int, replays: in
         finally:
             launch.OVERRIDES.clear()
             launch.OVERRIDES.update(saved)
+            configs.TABLES["default"]["m1_wide"], configs.WIDE_MIN_WAVES = table_wide
         reference = tokens if reference is None else reference
         same = bool(torch.equal(tokens, reference))
         print(f"{impl:12s} {label:24s} {ms:7.3f} ms  same tokens: {same}", flush=True)
@@ -98,6 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--impls", default="ours_mamba2,ours_gla")
     parser.add_argument("--rows", default=ROWS, help="one-row product tiles warps,BN,BK (space-separated)")
+    parser.add_argument("--wide", default=WIDES, help="m1_wide tiles warps,BN,BK @ WIDE_MIN_WAVES (space-separated)")
     parser.add_argument("--steps", default=STEPS, help="Mamba2 step configs warps,stages,BP,BN,BW (space-separated)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--replays", type=int, default=50)
@@ -107,7 +122,7 @@ def main() -> None:
     torch.manual_seed(0)
     results = []
     for impl in args.impls.split(","):
-        results += sweep(impl, args.rows.split(), args.steps.split(), args.rounds, args.replays)
+        results += sweep(impl, args.rows.split(), args.wide.split(), args.steps.split(), args.rounds, args.replays)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

@@ -190,13 +190,17 @@ def one_launch_products(
 ) -> list[torch.Tensor] | None:
     """``[F.linear(x, w) for w in weights]`` as one launch of the grouped GEMV (``kernels/linear/gemv_group.py``,
     each product ``linear``'s GEMV bit for bit where that does not split K) where x is one row, each product
-    would take the GEMV and the weights are contiguous (at most ``MAX_GROUP``); ``None`` otherwise, and the caller
-    runs its modules. ``norm``: the products of ``norm``'s output on x, the norm computed in the same launch."""
+    would take the GEMV in the same tiles (``configs.one_row_buckets``) and the weights are contiguous (at most
+    ``MAX_GROUP``); ``None`` otherwise, and the caller runs its modules. ``norm``: the products of ``norm``'s output
+    on x, the norm computed in the same launch."""
     if (norm is not None and norm.gate is not None) or not _one_launch_applies(x, *weights, norm=norm):
         return None  # decided before the import: a compiled graph or a CPU run never reaches it
+    from statex_hf.kernels.linear.configs import one_row_buckets
     from statex_hf.kernels.linear.gemv_group import MAX_GROUP, gemv_group
 
-    return gemv_group(x, weights, norm) if len(weights) <= MAX_GROUP else None
+    if len(weights) > MAX_GROUP or len(one_row_buckets([w.shape[0] for w in weights], x.device)) > 1:
+        return None  # products of other tiles would sum in another order than their separate GEMVs
+    return gemv_group(x, weights, norm)
 
 
 def one_launch_swiglu(

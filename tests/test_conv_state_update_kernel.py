@@ -400,7 +400,7 @@ def decode(model, ids, steps, monkeypatch, fused=True, attention_mask=None, one_
         m.setattr(dispatch, "use_triton", lambda *tensors: True)
         m.setattr(dispatch, "ONE_LAUNCH_CONV_SSD_MAX_ROWS", one_launch_rows)
         if not fused:
-            m.setattr(dispatch, "one_launch_conv_ssd", lambda *args: None)
+            m.setattr(dispatch, "one_launch_conv_ssd", lambda *args, **kwargs: None)
         outs = []
         for token in steps.unbind(1):
             if mask is not None:

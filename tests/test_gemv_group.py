@@ -129,6 +129,21 @@ def test_dispatch_fuses_only_what_each_product_would_run_as_the_gemv(monkeypatch
         assert (swiglu_fused is None) == (case not in ("not-contiguous", "too-many"))
 
 
+def test_products_of_other_tiles_run_apart_and_wide_ones_in_one_launch(monkeypatch, on_cuda_dispatch):
+    # At 1.3B shapes only Mamba2's in_proj and the heads take the wide tiles (configs.one_row_bucket); here a lower
+    # bar makes 64 rows wide (8 programs of 8 rows) and 8 rows narrow.
+    monkeypatch.setattr(configs, "WIDE_MIN_WAVES", 8 / configs.H100_SMS)
+    cpu = torch.device("cpu")
+    assert configs.one_row_buckets([8], cpu) == {"m1"} and configs.one_row_buckets([64, 72], cpu) == {"m1_wide"}
+    assert configs.one_row_config([64, 8], cpu) == configs.TABLES["default"]["m1"]
+    x = torch.randn(1, 40).to(torch.bfloat16)
+    narrow, wide, wider = weights((8, 64, 72))
+    assert dispatch.one_launch_products(x, [narrow, wide]) is None  # the group would sum wide's rows otherwise
+    ys = dispatch.one_launch_products(x, [wide, wider])
+    assert all(torch.equal(y, gemv(x, w)) for y, w in zip(ys, [wide, wider], strict=True))
+    assert torch.equal(dispatch.one_launch_swiglu(x, wide, wide), swiglu(gemv(x, wide), gemv(x, wide)))
+
+
 class Scaled(nn.Module):
     """A wrapper as peft's LoRA layers are: the base projection plus something of its own."""
 

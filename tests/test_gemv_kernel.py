@@ -43,9 +43,9 @@ def test_the_tables_pick_equals_f_linear(m, with_bias):
     assert_linear(*inputs(m, with_bias=with_bias))
 
 
-# The m1 bucket (BM = 1, BN = 2) launches a program per two rows of output for every row of input: under the
-# interpreter that is slow, and 3 rows already run its grid axis over rows, so it is not run at 20.
-BUCKET_ROWS = [(b, m) for b in configs.TABLES["default"] for m in ([1, 3] if b == "m1" else [1, 5, 20])]
+# The one-row buckets (BM = 1) launch a program per few rows of output for every row of input: under the
+# interpreter that is slow, and 3 rows already run their grid axis over rows, so they are not run at 20.
+BUCKET_ROWS = [(b, m) for b in configs.TABLES["default"] for m in ([1, 3] if b.startswith("m1") else [1, 5, 20])]
 
 
 @pytest.mark.parametrize(("bucket", "m"), BUCKET_ROWS, ids=[f"{b}-M{m}" for b, m in BUCKET_ROWS])
@@ -56,6 +56,26 @@ def test_every_bucket_at_every_split_equals_f_linear(monkeypatch, bucket, splits
     config = configs.TABLES["default"][bucket].with_(SPLIT_K=splits)
     monkeypatch.setitem(launch.OVERRIDES, "linear.gemv", config)
     assert_linear(*inputs(m))
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "bucket"),
+    [
+        (8512, 2048, "m1_wide"),  # Mamba2-1.3B's in_proj
+        (9280, 2048, "m1_wide"),  # the same at state size 512
+        (50288, 2048, "m1_wide"),  # its head
+        (8 * 8 * 132, 2048, "m1_wide"),  # 1056 programs of 8 rows: 8 waves of an H100's 132 SMs
+        (8 * 8 * 132 - 8, 2048, "m1"),  # a program fewer
+        (2048, 4096, "m1"),  # Mamba2's out_proj
+        (5632, 2048, "m1"),  # GLA-1.3B's MLP gate and up
+        (2048, 5632, "m1"),  # and its down projection
+    ],
+)
+def test_a_one_row_product_takes_the_wide_tiles_where_they_fill_the_gpu_eight_times_over(n, k, bucket):
+    cpu = torch.device("cpu")  # picks as for an H100's SMs
+    assert configs.pick(1, n, k, cpu) == configs.TABLES["default"][bucket]
+    assert configs.one_row_config([n], cpu) == configs.TABLES["default"][bucket]
+    assert configs.pick(2, n, k, cpu).BM == 2  # more rows of x: the row buckets as before
 
 
 def test_a_split_longer_than_k_leaves_empty_programs_that_add_zero(monkeypatch):

@@ -15,14 +15,17 @@ candidates whose time summed over a decode step's products was the least on the 
 grouped and SwiGLU launches included, which take these tiles too) and within 1% of the least for Mamba2-1.3B:
 2-row strips of W in 1024-column steps, 2 warps (one row's loop loads a step ahead by itself, so one stage:
 ``gemv._one_row_dot``); with it the rule never splits those shapes, as the measurement preferred. One config for
-every one-row shape: the grouped and SwiGLU kernels must sum in the plain GEMV's tiles to give its bits. The other
-buckets are untuned, and the models send them to cuBLAS
+every one-row shape of the GLA model's: the grouped and SwiGLU kernels must sum in the plain GEMV's tiles to give its
+bits. ``m1_wide`` (8-row strips, 8 warps) serves the one-row products whose grid at its 8 rows a program still fills
+every SM ``WIDE_MIN_WAVES`` times over (``one_row_bucket``): at 1.3B shapes Mamba2's in_proj and the heads. A
+graph-replay sweep of the whole step (``benchmarks/sweep_decode_tiles.py``) preferred 8-row tiles for Mamba2 and
+2-row ones for GLA, whose products are narrower. The other buckets are untuned, and the models send them to cuBLAS
 (``dispatch.GEMV_MAX_ROWS``), which was as fast or faster at most shapes at 16 and 64 rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import triton
@@ -32,6 +35,7 @@ from statex_hf.kernels.launch import LaunchConfig
 TABLES: dict[str, dict[str, LaunchConfig]] = {
     "default": {
         "m1": LaunchConfig.of(2, 1, BM=1, BN=2, BK=1024, SPLIT_K=1),
+        "m1_wide": LaunchConfig.of(8, 1, BM=1, BN=8, BK=1024, SPLIT_K=1),
         "m2": LaunchConfig.of(4, 4, BM=2, BN=8, BK=256, SPLIT_K=1),
         "m4": LaunchConfig.of(4, 4, BM=4, BN=8, BK=128, SPLIT_K=1),
         "m16": LaunchConfig.of(4, 4, BM=16, BN=32, BK=128, SPLIT_K=1),
@@ -41,13 +45,22 @@ TABLES: dict[str, dict[str, LaunchConfig]] = {
 # Fits any GPU and any M (one row of x per program, a grid axis over the rows): slow, never wrong.
 SAFE = LaunchConfig.of(4, 1, BM=1, BN=16, BK=32, SPLIT_K=1)
 WAVES = 2
+WIDE_MIN_WAVES = 8  # a one-row product takes ``m1_wide`` where its grid at that BN is at least this many waves
 MIN_STEPS = 2
 H100_SMS = 132  # the SM count assumed off CUDA, so CPU runs pick what an H100 would
 
 
-def bucket(m: int) -> str:
-    """The table entry for ``m`` rows of x."""
-    return "m1" if m <= 1 else "m2" if m <= 2 else "m4" if m <= 4 else "m16" if m <= 16 else "m64"
+def one_row_bucket(n: int, table: Mapping[str, LaunchConfig], sms: int) -> str:
+    """The table entry for one row of x and ``n`` rows of W: ``"m1_wide"`` where its programs still fill the GPU's
+    ``sms`` multiprocessors ``WIDE_MIN_WAVES`` times over, else ``"m1"``."""
+    return "m1_wide" if triton.cdiv(n, table["m1_wide"].BN) >= WIDE_MIN_WAVES * sms else "m1"
+
+
+def bucket(m: int, n: int, table: Mapping[str, LaunchConfig], sms: int) -> str:
+    """The table entry for ``m`` rows of x and ``n`` rows of W."""
+    if m <= 1:
+        return one_row_bucket(n, table, sms)
+    return "m2" if m <= 2 else "m4" if m <= 4 else "m16" if m <= 16 else "m64"
 
 
 def multiprocessors(device: torch.device) -> int:
@@ -68,8 +81,24 @@ def split_k(config: LaunchConfig, m: int, n: int, k: int, sms: int) -> int:
 
 def pick(m: int, n: int, k: int, device: torch.device) -> LaunchConfig:
     """The table's config for an ``[m, k] x [n, k]^T`` product on ``device``, its ``SPLIT_K`` set by ``split_k``."""
-    config = launch.device_table(TABLES, device)[bucket(m)]
-    return config.with_(SPLIT_K=split_k(config, m, n, k, multiprocessors(device)))
+    table, sms = launch.device_table(TABLES, device), multiprocessors(device)
+    config = table[bucket(m, n, table, sms)]
+    return config.with_(SPLIT_K=split_k(config, m, n, k, sms))
+
+
+def one_row_buckets(ns: Sequence[int], device: torch.device) -> set[str]:
+    """The one-row entries that products of ``ns`` rows of W each take on ``device`` (one entry: one launch of
+    the grouped GEMV sums them as the separate GEMVs do)."""
+    table, sms = launch.device_table(TABLES, device), multiprocessors(device)
+    return {one_row_bucket(n, table, sms) for n in ns}
+
+
+def one_row_config(ns: Sequence[int], device: torch.device) -> LaunchConfig:
+    """The tiles of one launch of one-row products of ``ns`` rows of W (the grouped and SwiGLU GEMVs): their common
+    entry, or ``"m1"`` where they differ; K never split."""
+    buckets = one_row_buckets(ns, device)
+    entry = buckets.pop() if len(buckets) == 1 else "m1"
+    return launch.device_table(TABLES, device)[entry].with_(SPLIT_K=1)
 
 
 def gemv_launch(run: Callable[[LaunchConfig], None], m: int, n: int, k: int, operand: torch.Tensor) -> None:

@@ -28,7 +28,7 @@ from statex_hf.kernels import launch
 from statex_hf.kernels.activations.elementwise import silu
 from statex_hf.kernels.dependent_launch import pdl_kwargs
 from statex_hf.kernels.launch import LaunchConfig
-from statex_hf.kernels.linear.configs import SAFE, TABLES
+from statex_hf.kernels.linear.configs import SAFE, one_row_config
 from statex_hf.kernels.linear.gemv import _one_row_dot, norm_constants
 from statex_hf.kernels.linear.row_norm import RowNorm
 from statex_hf.kernels.utils import needs_grad
@@ -84,11 +84,6 @@ def _gemv_swiglu_kernel(x, wg, wu, out, N, K, norm_w, eps, BN: tl.constexpr, BK:
     dtype = out.dtype.element_ty
     s = silu(gate.to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
     tl.store(out + rows_n, (s * up.to(dtype).to(tl.float32)).to(dtype), mask=n_mask)
-
-
-def _config(device: torch.device) -> LaunchConfig:
-    """The GEMV table's one-row tiles (``configs.py``), K never split."""
-    return launch.device_table(TABLES, device)["m1"].with_(SPLIT_K=1)
 
 
 def _check(x: torch.Tensor, weights: Sequence[torch.Tensor], norm: RowNorm | None) -> tuple[torch.Tensor, dict]:
@@ -149,7 +144,8 @@ def gemv_group(x: torch.Tensor, weights: Sequence[torch.Tensor], norm: RowNorm |
                 num_warps=c.num_warps, num_stages=c.num_stages, **pdl_kwargs(),
             )  # fmt: skip
 
-    launch.launch("linear.gemv_group", run, launch.OVERRIDES.get("linear.gemv_group") or _config(x.device), SAFE, row)
+    config = launch.OVERRIDES.get("linear.gemv_group") or one_row_config([w.shape[0] for w in weights], x.device)
+    launch.launch("linear.gemv_group", run, config, SAFE, row)
     return [y.reshape(*lead, -1) for y in ys]
 
 
@@ -191,7 +187,7 @@ def gemv_swiglu(
         )
 
     if N and K:
-        config = launch.OVERRIDES.get("linear.gemv_swiglu") or _config(x.device)
+        config = launch.OVERRIDES.get("linear.gemv_swiglu") or one_row_config([N], x.device)
         launch.launch("linear.gemv_swiglu", run, config, SAFE, row)
     else:
         out.zero_()  # K = 0: both products are 0, and silu(0) * 0 = 0

@@ -159,7 +159,7 @@ def test_a_model_decode_step_computes_what_the_two_kernels_did(monkeypatch, batc
         with monkeypatch.context() as m:
             m.setattr(dispatch, "ONE_LAUNCH_CONV_SSD_MAX_ROWS", 64)  # the one launch at every batch here
             if not fused:
-                m.setattr(dispatch, "one_launch_conv_ssd", lambda *args: None)
+                m.setattr(dispatch, "one_launch_conv_ssd", lambda *args, **kwargs: None)  # the two kernels
             out = model(ids[:, :-3], use_cache=True)
             cache = out.cache if "cache" in out else out.cache_params  # `cache` from transformers 5.24 on
             logits = [model(ids[:, i : i + 1], cache=cache, use_cache=True).logits for i in range(6, 9)]
