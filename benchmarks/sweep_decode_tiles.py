@@ -10,8 +10,9 @@ replayed back to back (``bench_generate.py``'s ``replay ms``; the median of ``--
 Rows:
 - ``--rows``: one-row product tiles ``warps,BN,BK`` (one row of x, one stage, no split), set for the GEMV, the
   grouped GEMV and the SwiGLU GEMV alike (the fused products must sum in the plain GEMV's tiles);
-- ``--wide``: the table's ``m1_wide`` tiles ``warps,BN,BK`` and, after ``@``, ``WIDE_MIN_WAVES`` (the waves of the
-  GPU a one-row product's grid must fill at those tiles to take them, ``configs.one_row_bucket``); ``@1e9``: never;
+- ``--wide``: the table's ``m1_wide`` tiles ``warps,BN,BK``, after ``@`` ``WIDE_MIN_WAVES`` (the waves of the GPU a
+  one-row product's grid must fill at those tiles to take them, ``configs.one_row_bucket``; ``1e9``: never), and
+  after a second ``@`` ``WIDE_GATED_NORM`` (1: a product with a gated norm takes them whatever its grid; 0: not);
 - ``--steps`` (Mamba2): the one-launch conv and state step's ``warps,stages,BP,BN,BW``.
 The first row of each impl is the launch tables' own pick (``table``), run again last to show the drift. ``same``
 says whether the config's greedy tokens equal the table's (random weights: a near tie may flip on another sum order).
@@ -36,7 +37,7 @@ from bench_generate import build  # noqa: E402
 
 ROW_KERNELS = ("linear.gemv", "linear.gemv_group", "linear.gemv_swiglu")
 ROWS = "2,2,1024 4,2,1024 4,4,1024 4,2,2048 8,4,2048 8,8,1024 2,4,512 4,8,512 1,2,512"
-WIDES = "8,8,1024@1e9 8,8,1024@4 8,8,1024@1.9 4,4,1024@8 8,16,1024@8"
+WIDES = "8,8,1024@1e9@0 8,8,1024@1e9@1 8,8,1024@8@0 4,4,1024@8@1 16,16,1024@8@1"
 STEPS = "4,2,16,128,128 4,2,8,128,128 8,2,16,128,128 8,2,32,128,128 2,2,8,128,128 4,2,32,128,128"
 
 
@@ -45,9 +46,9 @@ def row_config(spec: str) -> LaunchConfig:
     return LaunchConfig.of(warps, 1, BM=1, BN=bn, BK=bk, SPLIT_K=1)
 
 
-def wide_setting(spec: str) -> tuple[LaunchConfig, float]:
-    tiles, waves = spec.split("@")
-    return row_config(tiles), float(waves)
+def wide_setting(spec: str) -> tuple[LaunchConfig, float, bool]:
+    tiles, waves, gated = spec.split("@")
+    return row_config(tiles), float(waves), gated == "1"
 
 
 def step_config(spec: str) -> LaunchConfig:
@@ -77,8 +78,8 @@ def replay_ms(model, ids: torch.Tensor, rounds: int, replays: int) -> tuple[floa
 def sweep(impl: str, rows: list[str], wides: list[str], steps: list[str], rounds: int, replays: int) -> list[dict]:
     model, _ = build(impl)
     ids = torch.randint(1, model.config.vocab_size, (1, 64), device="cuda", generator=None)
-    table_wide = (configs.TABLES["default"]["m1_wide"], configs.WIDE_MIN_WAVES)
-    Case = tuple[str, dict[str, LaunchConfig], tuple[LaunchConfig, float]]
+    table_wide = (configs.TABLES["default"]["m1_wide"], configs.WIDE_MIN_WAVES, configs.WIDE_GATED_NORM)
+    Case = tuple[str, dict[str, LaunchConfig], tuple[LaunchConfig, float, bool]]
     cases: list[Case] = [("table", {}, table_wide)]
     cases += [(f"rows {spec}", dict.fromkeys(ROW_KERNELS, row_config(spec)), table_wide) for spec in rows]
     cases += [(f"wide {spec}", {}, wide_setting(spec)) for spec in wides]
@@ -89,7 +90,7 @@ def sweep(impl: str, rows: list[str], wides: list[str], steps: list[str], rounds
     for label, overrides, wide in cases:
         saved = dict(launch.OVERRIDES)
         launch.OVERRIDES.update(overrides)
-        configs.TABLES["default"]["m1_wide"], configs.WIDE_MIN_WAVES = wide
+        configs.TABLES["default"]["m1_wide"], configs.WIDE_MIN_WAVES, configs.WIDE_GATED_NORM = wide
         try:
             ms, tokens = replay_ms(model, ids, rounds, replays)
         except Exception as error:  # a config the GPU cannot take: its row says why, the sweep goes on
@@ -98,7 +99,7 @@ def sweep(impl: str, rows: list[str], wides: list[str], steps: list[str], rounds
         finally:
             launch.OVERRIDES.clear()
             launch.OVERRIDES.update(saved)
-            configs.TABLES["default"]["m1_wide"], configs.WIDE_MIN_WAVES = table_wide
+            configs.TABLES["default"]["m1_wide"], configs.WIDE_MIN_WAVES, configs.WIDE_GATED_NORM = table_wide
         reference = tokens if reference is None else reference
         same = bool(torch.equal(tokens, reference))
         print(f"{impl:12s} {label:24s} {ms:7.3f} ms  same tokens: {same}", flush=True)

@@ -66,7 +66,7 @@ def test_every_bucket_at_every_split_equals_f_linear(monkeypatch, bucket, splits
         (50288, 2048, "m1_wide"),  # its head
         (8 * 8 * 132, 2048, "m1_wide"),  # 1056 programs of 8 rows: 8 waves of an H100's 132 SMs
         (8 * 8 * 132 - 8, 2048, "m1"),  # a program fewer
-        (2048, 4096, "m1"),  # Mamba2's out_proj
+        (2048, 4096, "m1"),  # a product of Mamba2's out_proj's shape without its gated norm
         (5632, 2048, "m1"),  # GLA-1.3B's MLP gate and up
         (2048, 5632, "m1"),  # and its down projection
     ],
@@ -76,6 +76,9 @@ def test_a_one_row_product_takes_the_wide_tiles_where_they_fill_the_gpu_eight_ti
     assert configs.pick(1, n, k, cpu) == configs.TABLES["default"][bucket]
     assert configs.one_row_config([n], cpu) == configs.TABLES["default"][bucket]
     assert configs.pick(2, n, k, cpu).BM == 2  # more rows of x: the row buckets as before
+    # A gated norm's prologue is paid once a program: such a product (Mamba2's out_proj) takes the wide tiles at any
+    # grid, unsplit (at 256 programs the narrow rule would split K in two).
+    assert configs.pick(1, n, k, cpu, gated_norm=True) == configs.TABLES["default"]["m1_wide"]
 
 
 def test_a_split_longer_than_k_leaves_empty_programs_that_add_zero(monkeypatch):

@@ -59,8 +59,9 @@ def assert_the_exact_norm_and_product(got, x, norm, weight):
 
 @pytest.fixture(params=["one-step", "walked"])
 def tiles(request, monkeypatch):
-    """The one-row table's tiles (a row of 48 in one step), or 16-column steps: the prologue walks the row in three
-    steps for rstd and the products in three more (the GEMV's split of K in two, too)."""
+    """The one-row table's tiles (``m1``, or ``m1_wide`` with a gated norm; a row of 48 in one step), or 16-column
+    steps: the prologue walks the row in three steps for rstd and the products in three more (the GEMV's split of K
+    in two, too)."""
     if request.param == "walked":
         small = LaunchConfig.of(1, 1, BM=1, BN=2, BK=16, SPLIT_K=1)
         for name in ("linear.gemv_group", "linear.gemv_swiglu"):

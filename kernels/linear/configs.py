@@ -16,11 +16,14 @@ grouped and SwiGLU launches included, which take these tiles too) and within 1% 
 2-row strips of W in 1024-column steps, 2 warps (one row's loop loads a step ahead by itself, so one stage:
 ``gemv._one_row_dot``); with it the rule never splits those shapes, as the measurement preferred. One config for
 every one-row shape of the GLA model's: the grouped and SwiGLU kernels must sum in the plain GEMV's tiles to give its
-bits. ``m1_wide`` (8-row strips, 8 warps) serves the one-row products whose grid at its 8 rows a program still fills
-every SM ``WIDE_MIN_WAVES`` times over (``one_row_bucket``): at 1.3B shapes Mamba2's in_proj and the heads. A
-graph-replay sweep of the whole step (``benchmarks/sweep_decode_tiles.py``) preferred 8-row tiles for Mamba2 and
-2-row ones for GLA, whose products are narrower. The other buckets are untuned, and the models send them to cuBLAS
-(``dispatch.GEMV_MAX_ROWS``), which was as fast or faster at most shapes at 16 and 64 rows.
+bits. ``m1_wide`` (8-row strips, 8 warps; never split) serves the one-row products whose grid at its 8 rows a
+program still fills every SM ``WIDE_MIN_WAVES`` times over, and those with a gated norm (``one_row_bucket``): at 1.3B
+shapes Mamba2's in_proj, out_proj and the heads. The gated norm's prologue (the step's partial sums of squares added
+up) is paid once a program, so fewer, wider programs pay it less often. A graph-replay sweep of the whole step
+(``benchmarks/sweep_decode_tiles.py``, H100) found 8-row tiles faster for Mamba2's products and slower for GLA's
+narrower ones (its SwiGLU GEMV among them), and a split of out_proj at 8 rows slower than none. The other buckets are
+untuned, and the models send them to cuBLAS (``dispatch.GEMV_MAX_ROWS``), which was as fast or faster at most shapes
+at 16 and 64 rows.
 """
 
 from __future__ import annotations
@@ -45,21 +48,23 @@ TABLES: dict[str, dict[str, LaunchConfig]] = {
 # Fits any GPU and any M (one row of x per program, a grid axis over the rows): slow, never wrong.
 SAFE = LaunchConfig.of(4, 1, BM=1, BN=16, BK=32, SPLIT_K=1)
 WAVES = 2
-WIDE_MIN_WAVES = 8  # a one-row product takes ``m1_wide`` where its grid at that BN is at least this many waves
+WIDE_MIN_WAVES = 8  # a one-row product takes ``m1_wide`` where its grid at that BN is at least this many waves,
+WIDE_GATED_NORM = True  # or where it has a gated norm
 MIN_STEPS = 2
 H100_SMS = 132  # the SM count assumed off CUDA, so CPU runs pick what an H100 would
 
 
-def one_row_bucket(n: int, table: Mapping[str, LaunchConfig], sms: int) -> str:
+def one_row_bucket(n: int, table: Mapping[str, LaunchConfig], sms: int, gated_norm: bool = False) -> str:
     """The table entry for one row of x and ``n`` rows of W: ``"m1_wide"`` where its programs still fill the GPU's
-    ``sms`` multiprocessors ``WIDE_MIN_WAVES`` times over, else ``"m1"``."""
-    return "m1_wide" if triton.cdiv(n, table["m1_wide"].BN) >= WIDE_MIN_WAVES * sms else "m1"
+    ``sms`` multiprocessors ``WIDE_MIN_WAVES`` times over, or x is normalized with a gate, else ``"m1"``."""
+    fills = triton.cdiv(n, table["m1_wide"].BN) >= WIDE_MIN_WAVES * sms
+    return "m1_wide" if fills or (gated_norm and WIDE_GATED_NORM) else "m1"
 
 
-def bucket(m: int, n: int, table: Mapping[str, LaunchConfig], sms: int) -> str:
-    """The table entry for ``m`` rows of x and ``n`` rows of W."""
+def bucket(m: int, n: int, table: Mapping[str, LaunchConfig], sms: int, gated_norm: bool = False) -> str:
+    """The table entry for ``m`` rows of x and ``n`` rows of W (``gated_norm``: x normalized with a gate)."""
     if m <= 1:
-        return one_row_bucket(n, table, sms)
+        return one_row_bucket(n, table, sms, gated_norm)
     return "m2" if m <= 2 else "m4" if m <= 4 else "m16" if m <= 16 else "m64"
 
 
@@ -79,11 +84,13 @@ def split_k(config: LaunchConfig, m: int, n: int, k: int, sms: int) -> int:
     return splits
 
 
-def pick(m: int, n: int, k: int, device: torch.device) -> LaunchConfig:
-    """The table's config for an ``[m, k] x [n, k]^T`` product on ``device``, its ``SPLIT_K`` set by ``split_k``."""
+def pick(m: int, n: int, k: int, device: torch.device, gated_norm: bool = False) -> LaunchConfig:
+    """The table's config for an ``[m, k] x [n, k]^T`` product on ``device`` (``gated_norm``: of x normalized with a
+    gate), its ``SPLIT_K`` set by ``split_k``; ``m1_wide`` never splits."""
     table, sms = launch.device_table(TABLES, device), multiprocessors(device)
-    config = table[bucket(m, n, table, sms)]
-    return config.with_(SPLIT_K=split_k(config, m, n, k, sms))
+    entry = bucket(m, n, table, sms, gated_norm)
+    config = table[entry]
+    return config.with_(SPLIT_K=1 if entry == "m1_wide" else split_k(config, m, n, k, sms))
 
 
 def one_row_buckets(ns: Sequence[int], device: torch.device) -> set[str]:
@@ -101,9 +108,11 @@ def one_row_config(ns: Sequence[int], device: torch.device) -> LaunchConfig:
     return launch.device_table(TABLES, device)[entry].with_(SPLIT_K=1)
 
 
-def gemv_launch(run: Callable[[LaunchConfig], None], m: int, n: int, k: int, operand: torch.Tensor) -> None:
+def gemv_launch(
+    run: Callable[[LaunchConfig], None], m: int, n: int, k: int, operand: torch.Tensor, gated_norm: bool = False
+) -> None:
     """Launches ``run(config)`` with ``launch.OVERRIDES["linear.gemv"]`` or else ``pick``'s config, falling back
     to ``SAFE`` (``launch.launch``) on a GPU it does not fit."""
     name = "linear.gemv"
-    config = launch.OVERRIDES.get(name) or pick(m, n, k, operand.device)
+    config = launch.OVERRIDES.get(name) or pick(m, n, k, operand.device, gated_norm)
     launch.launch(name, run, config, SAFE, operand)

@@ -420,5 +420,5 @@ def gemv(
                 HAS_BIAS=has_bias, BLOCK=SUM_BLOCK, **ends, **signals, **pdl_kwargs(),
             )  # fmt: skip
 
-    gemv_launch(run, M, N, K, operand=x2)
+    gemv_launch(run, M, N, K, operand=x2, gated_norm=gated)
     return y.reshape(*lead, N)
