@@ -161,10 +161,6 @@ def apply_same_run_baselines(args) -> None:
         from statex_hf.kernels import dispatch
 
         dispatch.GATED_NORM_IN_OUT_PROJ = False
-    if args.step_beside_in_proj:  # a candidate: Mamba2's one-launch step waits for in_proj's rows, not its end
-        from statex_hf.kernels import dispatch
-
-        dispatch.STEP_BESIDE_IN_PROJ = True
     if not (args.separate_products or args.unfused_residual_norm or args.norms_apart) and numbers == (None, None):
         return
     from statex_hf.kernels import dispatch
@@ -350,12 +346,6 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="ours: at one row Mamba2's gated norm is taken by its one-launch step's last program, not by out_proj's "
         "product (dispatch.GATED_NORM_IN_OUT_PROJ off; on by default)",
-    )
-    parser.add_argument(
-        "--step-beside-in-proj",
-        action="store_true",
-        help="ours: at one row Mamba2's in_proj counts its rows as they land and its one-launch step waits for the "
-        "rows it reads, not for in_proj's end (dispatch.STEP_BESIDE_IN_PROJ, off until measured)",
     )
     parser.add_argument(
         "--serial-compile",

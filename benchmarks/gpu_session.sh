@@ -69,11 +69,11 @@ run_step() {
     generate) timeout 540 python benchmarks/bench_generate.py ${GENERATE_ARGS:-} --json "$OUT/generate.json" ;;
     switches)
         # Decode switches side by side: bench_generate's rows of ours (SWITCH_ARGS; default Mamba2 at B = 1) without a
-        # flag and with each of SWITCH_FLAGS (';' between them; default the unmeasured --step-beside-in-proj), in
+        # flag and with each of SWITCH_FLAGS (';' between them; default --norm-in-step, a same-run baseline), in
         # turn for SWITCH_ROUNDS rounds, each run its own process: the run-to-run spread shows beside the difference.
         # SWITCH_TIMEOUT (default 90 s) is each run's own limit (bench_generate's --timeout, which reports what
         # finished); the outer timeout only backs it up.
-        IFS=';' read -r -a flags <<< "${SWITCH_FLAGS:---step-beside-in-proj}"
+        IFS=';' read -r -a flags <<< "${SWITCH_FLAGS:---norm-in-step}"
         limit=${SWITCH_TIMEOUT:-90}
         for round in $(seq "${SWITCH_ROUNDS:-2}"); do
             for flag in "" "${flags[@]}"; do

@@ -16,10 +16,6 @@ them, so that DRAM round trip overlaps the kernel before:
   (``ssd/conv_state_update.py``), which only that layer's launch writes, once a step;
 - GLA's one-token step its layer's state, where it is one tile (``gla/fused_recurrent.py``).
 
-Mamba2's one-launch step with in_proj's row counts (``linear/row_signal.py``) does not wait for in_proj's end at all:
-it polls the counts of the rows it reads (acquiring what in_proj stored before it counted them), then lets the next
-kernel be scheduled (``let_successor_start``), and polls z's counts before it ends, so its end is in_proj's too.
-
 That is safe because a PDL kernel's predecessor is always a kernel of the same step. Each step starts with
 torch's embedding lookup, launched without PDL, which waits for everything before it. In a graph, the first
 node waits for the stream's earlier work in full (programmatic edges join only kernels captured together).
@@ -110,22 +106,10 @@ if TRITON_HAS_PDL:
             tl.extra.cuda.gdc_wait()
             tl.extra.cuda.gdc_launch_dependents()
 
-    @triton.jit
-    def let_successor_start(USE_PDL: tl.constexpr):
-        """Under PDL, for a kernel that does not wait for the one before it to finish but for counts it leaves
-        (``linear/row_signal.py``), once it has seen them: let the next kernel be scheduled."""
-        if USE_PDL:
-            tl.extra.cuda.gdc_launch_dependents()
-
 else:  # Triton 3.2: its cache key looks up every name a kernel's code uses, taken branch or not, so naming the
     # missing intrinsics would fail every kernel that waits (PDL stays off there: ``supported``).
 
     @triton.jit
     def wait_for_predecessor(USE_PDL: tl.constexpr):
-        """Nothing: this Triton has no PDL."""
-        pass
-
-    @triton.jit
-    def let_successor_start(USE_PDL: tl.constexpr):
         """Nothing: this Triton has no PDL."""
         pass

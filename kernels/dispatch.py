@@ -16,7 +16,6 @@ from statex_hf.kernels.conv.naive import naive_causal_conv1d
 from statex_hf.kernels.gla.chunk_torch import chunk_gla_torch
 from statex_hf.kernels.gla.naive import gla_log_decay, naive_recurrent_gla
 from statex_hf.kernels.linear.row_norm import RowNorm
-from statex_hf.kernels.linear.row_signal import RowSignal
 from statex_hf.kernels.norm.naive import naive_gated_rmsnorm
 from statex_hf.kernels.ssd.naive import naive_ssd
 from statex_hf.kernels.utils import needs_grad
@@ -51,10 +50,6 @@ ONE_LAUNCH_CONV_SSD_MAX_ROWS = 1
 # against 1.51 off, twice each in one run on an H100 (benchmarks/README.md, eighteenth session;
 # ``bench_generate.py --norm-in-step`` is the same-run baseline).
 GATED_NORM_IN_OUT_PROJ = True
-# With GATED_NORM_IN_OUT_PROJ: whether in_proj's one-row product counts its rows as they land and the one-launch
-# step waits for the rows it reads instead of for in_proj's end (``kernels/linear/row_signal.py``), so the step runs
-# beside in_proj's last rows (z). Off until a GPU measures it (``bench_generate.py --step-beside-in-proj``).
-STEP_BESIDE_IN_PROJ = False
 
 
 def gla(
@@ -223,28 +218,15 @@ def one_launch_linear(
     norm: RowNorm | None = None,
     residual: torch.Tensor | None = None,
     residual_dtype: torch.dtype | None = None,
-    signal: RowSignal | None = None,
 ) -> torch.Tensor | None:
     """``F.linear(norm(x), weight)``, with ``residual`` ``residual.to(residual_dtype)`` plus that (torch's add), as
     one launch of the one-row GEMV (``kernels/linear/row_norm.py``: the norm computed as x is loaded, the add as y is
-    stored) where x is one row and the product would take the GEMV; ``None`` otherwise (and ``signal``'s counts are
-    left as they were). With ``signal``, y's rows are counted as they land (``kernels/linear/row_signal.py``)."""
+    stored) where x is one row and the product would take the GEMV; ``None`` otherwise."""
     if not _one_launch_applies(x, weight, norm=norm, residual=residual, residual_dtype=residual_dtype):
-        return None
-    if signal is not None and not signal.applies(weight.shape[0], x.device):
         return None
     from statex_hf.kernels.linear.gemv import gemv
 
-    return gemv(x, weight, None, norm, residual, residual_dtype, signal)
-
-
-def in_proj_signal(device: torch.device, rows: int, head_dim: int, state_size: int) -> RowSignal:
-    """Zeroed counts for a Mamba2 in_proj of ``rows`` output rows whose one-launch step (head dimension P, state size
-    N) will wait for them (``one_launch_conv_ssd``'s ``ready``): one count per P tile of that step's launch."""
-    from statex_hf.kernels.ssd.configs import ssd_config
-
-    tile = ssd_config("conv_state_update", 0, head_dim, state_size, device=device).BP
-    return RowSignal.zeroed(device, rows, tile)
+    return gemv(x, weight, None, norm, residual, residual_dtype)
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -366,7 +348,6 @@ def one_launch_conv_ssd(
     norm_weight: torch.Tensor | None = None,
     norm_eps: float = 1e-6,
     gate_squares: bool = False,
-    ready: RowSignal | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None:
     """A Mamba2 layer's one-token step from its caches in one launch (``kernels/ssd/conv_state_update.py``):
     ``causal_conv1d(xBC, ..., conv_state, True)`` then ``ssd`` of the convolved ``[x | B | C]`` from ``state`` with
@@ -382,8 +363,7 @@ def one_launch_conv_ssd(
     group of B and C (``gated_rmsnorm(y, z, norm_weight, norm_eps, H * P // G)``), in the same launch; returns
     that ``[b, 1, H * P]``. With ``norm_gate`` and ``gate_squares`` (no weight), the norm is the caller's: returns
     ``(y [b, 1, H * P], squares)``, the partial sums of its squares that ``out_proj``'s product takes
-    (``conv_state_update``, ``kernels/linear/row_norm.py``). ``ready``: in_proj's row counts, which the launch waits
-    for and sets back to zero (``conv_state_update``); where it returns ``None`` that is the caller's to do."""
+    (``conv_state_update``, ``kernels/linear/row_norm.py``)."""
     gated = norm_gate is not None
     if not (
         not torch.compiler.is_compiling()
@@ -405,7 +385,7 @@ def one_launch_conv_ssd(
     y = conv_state_update(
         xBC[:, 0], conv_weight, conv_state, state, dt[:, 0], None, n_groups, conv_bias, activation, D, dt_bias,
         dt_softplus, dt_limit, A_log=A_log, norm_gate=norm_gate[:, 0] if gated else None, norm_weight=norm_weight,
-        norm_eps=norm_eps, gate_squares=gate_squares, ready=ready,
+        norm_eps=norm_eps, gate_squares=gate_squares,
     )  # fmt: skip
     if gate_squares:
         y, squares = y

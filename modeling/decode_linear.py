@@ -10,7 +10,6 @@ import torch
 from statex_hf.kernels import dispatch
 from statex_hf.kernels.dependent_launch import dependent_launches
 from statex_hf.kernels.linear.row_norm import RowNorm
-from statex_hf.kernels.linear.row_signal import RowSignal
 from torch import nn
 
 
@@ -55,16 +54,12 @@ def normed_linear(
     norm: RowNorm,
     residual: torch.Tensor | None = None,
     residual_dtype: torch.dtype | None = None,
-    signal: RowSignal | None = None,
 ) -> torch.Tensor | None:
     """``module(norm(x))`` (with ``residual``, ``residual.to(residual_dtype)`` plus that) as one launch
-    (``dispatch.one_launch_linear``) for a bare ``DecodeLinear``, its rows counted in ``signal`` as they land;
-    ``None`` where that does not apply."""
+    (``dispatch.one_launch_linear``) for a bare ``DecodeLinear``; ``None`` where that does not apply."""
     if not _bare(module):
         return None
-    return dispatch.one_launch_linear(
-        x, module.weight, norm=norm, residual=residual, residual_dtype=residual_dtype, signal=signal
-    )
+    return dispatch.one_launch_linear(x, module.weight, norm=norm, residual=residual, residual_dtype=residual_dtype)
 
 
 def plus_residual(

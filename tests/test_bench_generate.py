@@ -136,7 +136,7 @@ def test_the_serial_compile_baseline_compiles_a_captures_kernels_one_by_one(monk
     assert decode_graphs.COMPILE_THREADS == 1
 
 
-def test_the_norm_in_step_and_step_beside_in_proj_flags_set_their_switches(monkeypatch):
+def test_the_norm_in_step_flag_sets_its_switch(monkeypatch):
     monkeypatch.syspath_prepend(os.path.dirname(BENCH))
     import argparse
 
@@ -144,12 +144,9 @@ def test_the_norm_in_step_and_step_beside_in_proj_flags_set_their_switches(monke
     from statex_hf.kernels import dispatch
 
     monkeypatch.setattr(dispatch, "GATED_NORM_IN_OUT_PROJ", True)  # restored afterwards
-    monkeypatch.setattr(dispatch, "STEP_BESIDE_IN_PROJ", False)
     parser = argparse.ArgumentParser()
     add_baseline_arguments(parser)
     apply_same_run_baselines(parser.parse_args([]))
-    assert dispatch.GATED_NORM_IN_OUT_PROJ and not dispatch.STEP_BESIDE_IN_PROJ
-    apply_same_run_baselines(parser.parse_args(["--step-beside-in-proj"]))
-    assert dispatch.GATED_NORM_IN_OUT_PROJ and dispatch.STEP_BESIDE_IN_PROJ
+    assert dispatch.GATED_NORM_IN_OUT_PROJ
     apply_same_run_baselines(parser.parse_args(["--norm-in-step"]))
     assert not dispatch.GATED_NORM_IN_OUT_PROJ

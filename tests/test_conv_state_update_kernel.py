@@ -21,8 +21,6 @@ from statex_hf.kernels import dispatch, launch
 from statex_hf.kernels import tickets as tickets_module
 from statex_hf.kernels.conv.causal_conv1d_update import causal_conv1d_update
 from statex_hf.kernels.launch import LaunchConfig
-from statex_hf.kernels.linear.gemv import gemv
-from statex_hf.kernels.linear.row_signal import RowSignal
 from statex_hf.kernels.norm import gated_rmsnorm as gated_rmsnorm_module
 from statex_hf.kernels.ssd import conv_state_update as fused_module
 from statex_hf.kernels.ssd.conv_state_update import conv_state_update
@@ -89,7 +87,7 @@ def assert_steps_equal(one, two, steps=3):
         assert torch.equal(y_fused, y_two)
         assert torch.equal(one.window, two.window)
         assert torch.equal(one.state, two.state)
-    for tickets in tickets_module.HELD[torch.device("cpu"), "tickets"]:
+    for tickets in tickets_module.HELD[torch.device("cpu")]:
         assert not tickets.any(), "a launch left a ticket count behind: the next launch would miscount"
 
 
@@ -183,7 +181,7 @@ def test_a_window_written_before_every_program_read_it_shows(monkeypatch, tiles)
     monkeypatch.setitem(launch.OVERRIDES, "ssd.conv_state_update", LaunchConfig.of(4, 1, **tiles))
     monkeypatch.setitem(launch.OVERRIDES, "ssd.state_update", LaunchConfig.of(4, 1, BP=4, BN=8))  # the same sums
     readers = H * (P // SMALL_TILES["BP"])
-    monkeypatch.setattr(fused_module, "zeroed_tickets", lambda device, count, *kind: torch.full((count,), readers - 1))
+    monkeypatch.setattr(fused_module, "zeroed_tickets", lambda device, count: torch.full((count,), readers - 1))
     two = step.copy()
     xBC, dt = step.token()
     y_fused = step.fused(xBC, dt)
@@ -263,11 +261,11 @@ def test_the_tickets_are_allocated_once_and_a_larger_batch_keeps_the_smaller_buf
         first = tickets_module.zeroed_tickets(device, 3)
         assert tickets_module.zeroed_tickets(device, 1024) is first and first.numel() == 1024
         larger = tickets_module.zeroed_tickets(device, 1025)
-        held = tickets_module.HELD[device, "tickets"]
+        held = tickets_module.HELD[device]
         assert larger.numel() == 2048 and len(held) == 2 and held[0] is first and held[1] is larger
         assert tickets_module.zeroed_tickets(device, 5) is larger
     finally:
-        tickets_module.HELD.pop((device, "tickets"), None)
+        tickets_module.HELD.pop(device, None)
 
 
 # ----- the mixer's gated norm in the same launch -----
@@ -307,7 +305,7 @@ def test_the_gated_norm_in_the_same_launch_is_the_norm_after_the_two_kernels(mon
         else:
             torch.testing.assert_close(normed, want)
         assert torch.equal(step.window, two.window) and torch.equal(step.state, two.state)
-    for tickets in tickets_module.HELD[torch.device("cpu"), "tickets"]:
+    for tickets in tickets_module.HELD[torch.device("cpu")]:
         assert not tickets.any()
 
 
@@ -495,56 +493,8 @@ def test_gate_squares_leaves_y_and_each_programs_share_of_its_groups_sum_of_squa
         assert squares.shape == per_program.shape and squares.dtype == torch.float32
         torch.testing.assert_close(squares, per_program, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(squares.sum(-1), u.pow(2).reshape(3, G, -1).sum(-1), rtol=1e-5, atol=1e-6)
-    for tickets in tickets_module.HELD[torch.device("cpu"), "tickets"]:
+    for tickets in tickets_module.HELD[torch.device("cpu")]:
         assert not tickets.any()
-
-
-def signalled_in_proj(step, rows):
-    """z, xBC and dt as Mamba2 slices them from its in_proj, whose one-row product (gemv) counted its rows in
-    ``rows``-row counts as they landed (kernels/linear/row_signal.py), and those counts."""
-    d = 24
-    weight = torch.randn(H * P + step.conv_dim + H, d).to(step.dtype)
-    signal = RowSignal.zeroed(torch.device("cpu"), weight.shape[0], rows)
-    projected = gemv(torch.randn(1, d).to(step.dtype), weight, signal=signal)
-    z, xBC, dt = projected.split([H * P, step.conv_dim, H], dim=-1)
-    assert signal.counts.any()
-    return z, xBC, dt, signal
-
-
-@pytest.mark.usefixtures("tiles")
-@pytest.mark.parametrize("rows,dtype", [(2, torch.float32), (4, torch.bfloat16)], ids=["rows2-fp32", "rows4-bf16"])
-def test_a_step_that_waits_for_in_projs_row_counts_is_the_step_after_in_proj_and_zeroes_them(rows, dtype):
-    # row_signal.py: in the decode graphs the step starts before in_proj ends and waits for the counts of the rows it
-    # reads. Here in_proj has ended (the interpreter runs one launch after the other): y, the partial sums and both
-    # caches are the step's without counts bit for bit, over steps that continue the caches, and every count is zero
-    # after it (the next layer's in_proj counts from zero).
-    step = Step(1, 1, 16, dtype=dtype)
-    other = step.copy()
-    for _ in range(3):
-        z, xBC, dt, signal = signalled_in_proj(step, rows)
-        args = (step.weight, step.window, step.state, dt, None, 1, step.conv_bias, "silu", step.D, step.dt_bias, True,
-                step.dt_limit)  # fmt: skip
-        y, squares = conv_state_update(xBC, *args, A_log=step.A_log, norm_gate=z, gate_squares=True, ready=signal)
-        assert not signal.counts.any(), "a count left behind: the next product would count past it"
-        args = (other.weight, other.window, other.state) + args[3:]
-        want_y, want_squares = conv_state_update(xBC, *args, A_log=other.A_log, norm_gate=z, gate_squares=True)
-        assert torch.equal(y, want_y) and torch.equal(squares, want_squares)
-        assert torch.equal(step.window, other.window) and torch.equal(step.state, other.state)
-
-
-@pytest.mark.parametrize("case", ["two groups", "not one row", "counts of 3 rows", "no gate squares"])
-def test_counts_the_step_cannot_take_are_set_back_to_zero_with_one_clear_error(case):
-    step = Step(1, 2 if case == "two groups" else 1, 16)
-    z, xBC, dt, signal = signalled_in_proj(step, 3 if case == "counts of 3 rows" else 4)
-    if case == "not one row":  # the same values, but not the slices of one row the counts count
-        z, xBC, dt = z.clone(), xBC.clone(), dt.clone()
-    args = (xBC, step.weight, step.window, step.state, dt, None, step.G)
-    squares = dict(norm_gate=z, gate_squares=True) if case != "no gate squares" else {}
-    match = {"two groups": "one group", "not one row": "slices of one", "counts of 3 rows": "that they divide",
-             "no gate squares": "take gate_squares"}[case]  # fmt: skip
-    with pytest.raises(ValueError, match=match):
-        conv_state_update(*args, A_log=step.A_log, ready=signal, **squares)
-    assert not signal.counts.any()
 
 
 SM90_ONE_LAUNCH_COMPILE = """
@@ -555,22 +505,18 @@ from statex_hf.kernels.ssd.conv_state_update import _conv_state_update_kernel as
 
 pointers = dict(xBC="*bf16", conv_w="*bf16", conv_bias="*bf16", conv_state="*bf16", state="*fp32", dt="*bf16",
                 A="*fp32", D="*fp32", dt_bias="*fp32", y="*bf16", tickets="*i32", z="*bf16", norm_w="*bf16",
-                normed="*bf16", squares="*fp32", norm_eps="fp32", dt_min="fp32", dt_max="fp32", ready="*i32")
+                normed="*bf16", squares="*fp32", norm_eps="fp32", dt_min="fp32", dt_max="fp32")
 compiled = {}
-for mode in ("norm in the launch", "gate squares", "row counts"):
+for mode in ("norm in the launch", "gate squares"):
     constexprs = dict(K=4, KP=4, BP=16, BN=128, BW=128, WINDOWS_AT_ONCE=True, HAS_CONV_BIAS=True, SILU=True, HAS_D=True,
                       HAS_BIAS=True, SOFTPLUS=True, A_IS_LOG=True, USE_PDL=True, NORM_BS=4096, NORM_NCHUNK=1,
-                      GATED_NORM=mode == "norm in the launch", GATE_SQUARES=mode != "norm in the launch",
-                      READY=mode == "row counts", READY_ROWS=16, READY_LANES=32)
+                      GATED_NORM=mode == "norm in the launch", GATE_SQUARES=mode == "gate squares")
     names = inspect.signature(kernel.fn).parameters
     signature = {n: "constexpr" if n in constexprs else pointers.get(n, "i32") for n in names}
     source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
     ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=2)).asm["ptx"]
     before, waits, _ = ptx.partition("griddepcontrol.wait")
-    polled, polls, _ = ptx.partition(".gpu.acquire.")
-    compiled[mode] = dict(waits=bool(waits), early_stores=("st.global" in before) if waits else None, polls=bool(polls),
-                          stores_before_polls="st.global" in polled if polls else None,
-                          lets_next_start="griddepcontrol.launch_dependents" in ptx)
+    compiled[mode] = dict(waits=bool(waits), early_stores="st.global" in before)
 print(json.dumps(compiled))
 """
 
@@ -584,9 +530,4 @@ def test_the_one_launch_compiles_for_sm90_with_its_norm_or_its_partial_sums_and_
                             env=env)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     compiled = json.loads(result.stdout.splitlines()[-1])
-    waits = {"waits": True, "early_stores": False, "polls": False, "stores_before_polls": None, "lets_next_start": True}
-    assert compiled["norm in the launch"] == compiled["gate squares"] == waits, compiled
-    # With in_proj's row counts (row_signal.py) it does not wait for in_proj's end: it polls the counts, acquiring,
-    # stores nothing before, and then lets out_proj be scheduled.
-    polls = {"waits": False, "early_stores": None, "polls": True, "stores_before_polls": False, "lets_next_start": True}
-    assert compiled["row counts"] == polls, compiled
+    assert compiled == dict.fromkeys(("norm in the launch", "gate squares"), {"waits": True, "early_stores": False})

@@ -75,7 +75,6 @@ def test_every_kernel_with_pdl_waits_before_anything_else_and_only_those_launch_
     jitted, launches = _kernels_and_pdl_launches()
     with_switch = {name: fn for name, fn in jitted.items() if "USE_PDL" in [a.arg for a in fn.args.args]}
     with_switch.pop("wait_for_predecessor")  # the wait itself
-    with_switch.pop("let_successor_start")  # and the start of the next kernel without it (below)
     assert len(launches) >= 8 and len(with_switch) >= 7
     for file, kernel in launches:
         assert kernel in with_switch, f"{file}: {kernel} is launched with pdl_kwargs() but has no USE_PDL switch"
@@ -100,24 +99,12 @@ def test_every_kernel_with_pdl_waits_before_anything_else_and_only_those_launch_
             if name == "_gemv_kernel":  # rows of x in blocks: the wait first, as in the kernels without exceptions
                 assert first == "if BM != 1:\n    wait_for_predecessor(USE_PDL)", first
         elif name in read_before_the_wait:
-            waited = [i for i, s in enumerate(body) if "wait_for_predecessor(USE_PDL)" in ast.unparse(s)]
+            waited = [i for i, s in enumerate(body) if ast.unparse(s) == "wait_for_predecessor(USE_PDL)"]
             assert len(waited) == 1, f"{name} waits exactly once, in its body"
-            if ast.unparse(body[waited[0]]) != "wait_for_predecessor(USE_PDL)":  # Mamba2's step: or the row counts
-                _assert_waits_for_the_counts_or_the_kernel_before(body[waited[0]])
             read = _reads(body[: waited[0]], helpers=set(jitted))
             assert read == read_before_the_wait[name], f"before its wait {name} reads {read}"
         else:
             assert first == "wait_for_predecessor(USE_PDL)", f"{name} starts with {first!r}, not the wait"
-
-
-def _assert_waits_for_the_counts_or_the_kernel_before(statement: ast.stmt) -> None:
-    """Mamba2's one-launch step with in_proj's row counts (kernels/linear/row_signal.py): under ``READY`` it polls the
-    counts, then lets the next kernel start; otherwise it waits for in_proj's end."""
-    assert isinstance(statement, ast.If) and ast.unparse(statement.test) == "READY", ast.unparse(statement)
-    calls = [ast.unparse(n.func) for s in statement.body for n in ast.walk(s) if isinstance(n, ast.Call)]
-    assert "_counts_seen" in calls and calls[-1] == "let_successor_start", calls
-    assert calls.index("_counts_seen") < calls.index("let_successor_start")
-    assert [ast.unparse(s) for s in statement.orelse] == ["wait_for_predecessor(USE_PDL)"]
 
 
 def _touching_memory(jitted: dict[str, ast.FunctionDef]) -> set[str]:

@@ -21,7 +21,6 @@ from statex_hf.kernels.linear import configs
 from statex_hf.kernels.linear import gemv as gemv_module
 from statex_hf.kernels.linear.gemv import gemv
 from statex_hf.kernels.linear.naive import naive_linear
-from statex_hf.kernels.linear.row_signal import RowSignal
 
 N, K = 70, 300  # not multiples of any BN (8..64) or BK (32..512)
 
@@ -236,33 +235,6 @@ def test_one_row_over_several_steps_with_the_look_ahead_masked_at_k(monkeypatch,
     assert_linear(*inputs(2, with_bias=False))  # a grid axis over the rows: each program still one row
 
 
-@pytest.mark.parametrize("splits", [1, 3])
-@pytest.mark.parametrize("rows", [1, 16, 64])
-def test_a_signal_counts_every_row_of_y_once_stored_and_changes_no_bit(monkeypatch, rows, splits):
-    # row_signal.py: the row blocks run last to first and count their rows; y is the unsignalled call's bit for
-    # bit, and each count ends at the rows it covers (the last one a part: N = 70), the counts past them untouched.
-    monkeypatch.setitem(
-        launch.OVERRIDES, "linear.gemv", configs.TABLES["default"]["m1"].with_(BN=4, BK=32, SPLIT_K=splits)
-    )
-    x, weight, bias = inputs(1)
-    signal = RowSignal(torch.zeros(-(-N // rows) + 2, dtype=torch.int32), rows)
-    y = gemv(x, weight, bias, signal=signal)
-    assert torch.equal(y, gemv(x, weight, bias))
-    expected = [min(rows, N - start) for start in range(0, N, rows)] + [0, 0]
-    assert signal.counts.tolist() == expected
-    signal.reset()
-    assert not signal.counts.any()
-
-
-def test_a_signal_takes_one_row_and_counts_that_cover_y():
-    x, weight, bias = inputs(2)
-    with pytest.raises(ValueError, match="a signal takes one row of x"):
-        gemv(x, weight, bias, signal=RowSignal(torch.zeros(N, dtype=torch.int32), 1))
-    for counts in (torch.zeros(N - 1, dtype=torch.int32), torch.zeros(N, dtype=torch.int64)):
-        with pytest.raises(ValueError, match="int32 contiguous counts"):
-            gemv(x[:1], weight, bias, signal=RowSignal(counts, 1))
-
-
 SM90_COMPILE = """
 import json, re, sys, triton
 from triton.backends.compiler import GPUTarget
@@ -286,11 +258,8 @@ def compiled(fn, signature, constexprs, config):
     # Under PDL: the loads before the wait, as whether each is a weight's (weights alone are read evict_first).
     before, waits, _ = ptx.partition("griddepcontrol.wait")
     early = [("evict_first" in line) for line in before.splitlines() if "ld.global" in line] if waits else None
-    releases = [line for line in ptx.splitlines() if re.search(r"\\b(atom|red)\\.\\S*gpu\\.release\\.", line)]
     return dict(loads=len(loads), wide=sum(".v4." in line for line in loads), shared=kernel.metadata.shared,
-                summed=summed, early=early, stores_early=("st.global" in before) if waits else None,
-                releases=len(releases), stores_after_releases=("st.global" in ptx.partition(releases[-1])[2])
-                if releases else None)
+                summed=summed, early=early, stores_early=("st.global" in before) if waits else None)
 
 m1 = configs.TABLES["default"]["m1"]
 c = dict(BN=m1.BN, BK=m1.BK, USE_PDL=False)
@@ -298,18 +267,17 @@ no_norm = gemv.norm_constants(None, None)
 gla_norm = dict(no_norm, NORM=True, X_DTYPE=triton.language.bfloat16, N_DTYPE=triton.language.bfloat16)
 norm_args = {"norm_w": "*bf16", "eps": "fp32"}
 plain = {n: "*bf16" for n in ("x", "w", "bias", "out")} | {n: "i32" for n in ("M", "N", "K", "stride_xm", "stride_wn")}
-plain |= norm_args | {"residual": "*bf16", "gate": "*bf16", "squares": "*fp32", "Q": "i32", "ready": "*i32"}
+plain |= norm_args | {"residual": "*bf16", "gate": "*bf16", "squares": "*fp32", "Q": "i32"}
 plain |= {n: "constexpr" for n in ("BM", "BN", "BK", "SPLIT_K", "HAS_BIAS", "PRECISION", "USE_PDL", *no_norm)}
-plain |= {n: "constexpr" for n in ("HAS_RESIDUAL", "Y_DTYPE", "GATED", "NQ", "SIGNAL", "SIGNAL_ROWS")}
+plain |= {"HAS_RESIDUAL": "constexpr", "Y_DTYPE": "constexpr", "GATED": "constexpr", "NQ": "constexpr"}
 swiglu = {n: "*bf16" for n in ("x", "wg", "wu", "out")} | {"N": "i32", "K": "i32"} | norm_args
 swiglu |= dict.fromkeys([*c, *no_norm], "constexpr")
 group = {"x": "*bf16", "K": "i32"} | {f"w{i}": "*bf16" for i in range(6)} | {f"y{i}": "*bf16" for i in range(6)}
 group |= {f"N{i}": "i32" for i in range(6)} | {f"S{i}": "i32" for i in range(1, 6)} | norm_args
 group |= {n: "constexpr" for n in ("G", "BN", "BK", "USE_PDL", *no_norm)}
 residual_pdl = dict(USE_PDL=True, HAS_RESIDUAL=True)
-signal_pdl = dict(USE_PDL=True, SIGNAL=True, SIGNAL_ROWS=16)
 one_row = dict(BM=1, SPLIT_K=1, HAS_BIAS=False, PRECISION="ieee", HAS_RESIDUAL=False, Y_DTYPE=triton.language.bfloat16,
-               GATED=False, NQ=1, SIGNAL=False, SIGNAL_ROWS=1)
+               GATED=False, NQ=1)
 # Mamba2's out_proj: its mixer's gated norm (gate first) in the prologue, the residual add in the epilogue.
 mamba2_norm = dict(no_norm, NORM=True, NORM_BEFORE_GATE=False, X_DTYPE=triton.language.bfloat16,
                    N_DTYPE=triton.language.bfloat16, GATED=True, NQ=256)
@@ -325,8 +293,6 @@ print(json.dumps({
     "pdl normed swiglu": compiled(gemv_group._gemv_swiglu_kernel, swiglu, c | dict(USE_PDL=True) | gla_norm, m1),
     "pdl residual gemv": compiled(gemv._gemv_kernel, plain, c | one_row | no_norm | residual_pdl, m1),
     "pdl gated normed residual gemv": compiled(gemv._gemv_kernel, plain, c | one_row | mamba2_norm | residual_pdl, m1),
-    # Mamba2's in_proj under a signal (row_signal.py): its rows counted once stored.
-    "pdl signalling normed gemv": compiled(gemv._gemv_kernel, plain, c | one_row | gla_norm | signal_pdl, m1),
 }))
 """
 
@@ -376,14 +342,3 @@ def test_under_pdl_the_one_row_kernels_ask_for_their_first_weight_tiles_before_t
     assert kernels["pdl residual gemv"]["early"] == kernels["pdl gemv"]["early"]  # the residual after the wait
     # Mamba2's out_proj: y, z, the norm's weight and the partial sums of squares are all read after the wait.
     assert kernels["pdl gated normed residual gemv"]["early"] == kernels["pdl gemv"]["early"]
-    # Mamba2's in_proj under a signal: the same early weight loads (its program order reversed does not move them).
-    assert kernels["pdl signalling normed gemv"]["early"] == kernels["pdl normed gemv"]["early"]
-
-
-def test_a_signalling_gemv_counts_its_rows_with_a_release_after_its_stores(sm90_kernels):
-    # row_signal.py's promise, in the code an H100 runs: the counts are added with release semantics at GPU scope
-    # (the reader then sees the rows themselves), and nothing is stored after them; no other kernel counts.
-    kernels = sm90_kernels
-    signalling = kernels["pdl signalling normed gemv"]
-    assert signalling["releases"] >= 1 and signalling["stores_after_releases"] is False, signalling
-    assert all(stats["releases"] == 0 for name, stats in kernels.items() if "signalling" not in name)

@@ -374,19 +374,6 @@ def test_a_block_whose_products_cannot_take_its_norm_launches_what_it_did_with_i
     assert_decodes_as(got, want)
 
 
-def one_launches_asked(monkeypatch, keyword: str) -> list[bool]:
-    """Whether each call of ``dispatch.one_launch_conv_ssd`` from here on was given ``keyword`` (set, not None)."""
-    asked = []
-    one_launch = dispatch.one_launch_conv_ssd
-
-    def recorded(*args, **kwargs):
-        asked.append(kwargs.get(keyword) not in (None, False))
-        return one_launch(*args, **kwargs)
-
-    monkeypatch.setattr(dispatch, "one_launch_conv_ssd", recorded)
-    return asked
-
-
 @pytest.mark.parametrize("fields", [{}, {"statex_layers": [1]}, {"residual_in_fp32": False}])
 def test_a_mamba2_step_leaves_its_mixer_norm_to_out_proj_and_decodes_as_with_the_norm_in_its_step(
     monkeypatch, on_cuda_dispatch, narrow_row_tiles, fields
@@ -395,7 +382,14 @@ def test_a_mamba2_step_leaves_its_mixer_norm_to_out_proj_and_decodes_as_with_the
     # tail on the step's critical path; now out_proj's product normalizes y as it loads it (one group of B and C).
     model = build("mamba2", **fields).to(BF16)
     ids = torch.randint(3, VOCAB - 2, (1, 6))
-    asked = one_launches_asked(monkeypatch, "gate_squares")
+    asked = []
+    one_launch = dispatch.one_launch_conv_ssd
+
+    def recorded(*args, gate_squares=False):
+        asked.append(gate_squares)
+        return one_launch(*args, gate_squares=gate_squares)
+
+    monkeypatch.setattr(dispatch, "one_launch_conv_ssd", recorded)
     monkeypatch.setattr(dispatch, "GATED_NORM_IN_OUT_PROJ", True)
     seen, got = decoded(model, ids, monkeypatch)
     assert asked[-model.config.num_hidden_layers :] == [True] * model.config.num_hidden_layers
@@ -404,29 +398,3 @@ def test_a_mamba2_step_leaves_its_mixer_norm_to_out_proj_and_decodes_as_with_the
     assert not any(asked[-model.config.num_hidden_layers :])
     assert seen.kernels == seen_in_step.kernels and seen.triton.count("norm.fwd") == 1  # the final norm's alone
     assert_decodes_as(got, want)
-
-
-@pytest.mark.parametrize("fields", [{}, {"statex_layers": [1]}])
-def test_a_mamba2_step_beside_in_proj_waits_for_its_rows_and_decodes_bit_for_bit_as_after_it(
-    monkeypatch, on_cuda_dispatch, narrow_row_tiles, fields
-):
-    # Issue 20, kernels/linear/row_signal.py: in_proj counts its rows as they land and every layer's one-launch step
-    # waits for those counts, not for in_proj's end. The same kernels compute the same sums (the interpreter runs
-    # in_proj to its end first), so the tokens and logits are the step's after in_proj bit for bit, and no count is
-    # left behind for the next layer's in_proj.
-    from statex_hf.kernels import tickets
-
-    model = build("mamba2", **fields).to(BF16)
-    ids = torch.randint(3, VOCAB - 2, (1, 6))
-    asked = one_launches_asked(monkeypatch, "ready")
-    monkeypatch.setattr(dispatch, "GATED_NORM_IN_OUT_PROJ", True)
-    monkeypatch.setattr(dispatch, "STEP_BESIDE_IN_PROJ", True)
-    seen, got = decoded(model, ids, monkeypatch)
-    layers = model.config.num_hidden_layers
-    assert asked[-layers:] == [True] * layers
-    assert not any(counts.any() for counts in tickets.HELD[torch.device("cpu"), "ready"])
-    monkeypatch.setattr(dispatch, "STEP_BESIDE_IN_PROJ", False)
-    seen_after, want = decoded(model, ids, monkeypatch)
-    assert not any(asked[-layers:])
-    assert seen.kernels == seen_after.kernels
-    assert len(got) == len(want) and all(torch.equal(g, w) for g, w in zip(got, want, strict=True))

@@ -44,7 +44,6 @@ from statex_hf.kernels.dependent_launch import pdl_kwargs, wait_for_predecessor
 from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.kernels.linear.configs import gemv_launch
 from statex_hf.kernels.linear.row_norm import RowNorm
-from statex_hf.kernels.linear.row_signal import RowSignal
 from statex_hf.kernels.norm.gated_rmsnorm import TRITON_DTYPES, _round_to
 from statex_hf.kernels.utils import needs_grad
 
@@ -235,24 +234,20 @@ def _add_residual(total, r, Y_DTYPE: tl.constexpr, H_DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn, norm_w, eps, residual, gate, squares, Q, ready,
+def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn, norm_w, eps, residual, gate, squares, Q,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr,
                  HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
                  NORM: tl.constexpr = False, ROUND_X: tl.constexpr = False, X_DTYPE: tl.constexpr = tl.float32,
                  NORM_BEFORE_GATE: tl.constexpr = True, N_DTYPE: tl.constexpr = tl.float32,
                  HAS_RESIDUAL: tl.constexpr = False, Y_DTYPE: tl.constexpr = tl.float32,
-                 GATED: tl.constexpr = False, NQ: tl.constexpr = 1, SIGNAL: tl.constexpr = False,
-                 SIGNAL_ROWS: tl.constexpr = 1):  # fmt: skip
+                 GATED: tl.constexpr = False, NQ: tl.constexpr = 1):  # fmt: skip
     # NORM / HAS_RESIDUAL (one row only: ``gemv``): the norm prologue and the residual add (``row_norm.py``); with
     # the add, ``out`` is the new residual stream (no split) and the product itself is not stored. GATED: the norm
-    # is Mamba2's gated one, z at ``gate``, its sum of squares in ``Q`` partial sums at ``squares``. SIGNAL (one
-    # row): the row blocks run last to first, and each counts its stored rows at ``ready`` (``row_signal.py``).
+    # is Mamba2's gated one, z at ``gate``, its sum of squares in ``Q`` partial sums at ``squares``.
     if BM != 1:  # one row waits in `_one_row_dot`, after its first weight load
         wait_for_predecessor(USE_PDL)
     tl.static_assert(BM == 1 or not NORM, "the norm prologue is one row's (_one_row_dot)")
     pid_n, pid_s, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    if SIGNAL:
-        pid_n = tl.num_programs(0) - 1 - pid_n
     rows_m = pid_m * BM + tl.arange(0, BM)
     rows_n = pid_n * BN + tl.arange(0, BN)
     cols = tl.arange(0, BK)
@@ -285,26 +280,14 @@ def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn, norm_w, eps, re
         if HAS_RESIDUAL:
             total = _add_residual(total, r, Y_DTYPE, out.dtype.element_ty)
         tl.store(out + block, total.to(out.dtype.element_ty), mask=mask)
-        if SIGNAL:
-            _count_rows(ready, rows_n, n_mask, SIGNAL_ROWS)
     else:
         tl.store(out + pid_s.to(tl.int64) * M * N + block, total, mask=mask)
 
 
 @triton.jit
-def _count_rows(ready, rows, mask, SIGNAL_ROWS: tl.constexpr):
-    """Adds one per stored row (``mask``) to its count at ``ready`` (``row_signal.py``), after every thread of the
-    program has stored its part: the barrier, then the release, make all of the program's stores visible to a
-    kernel that sees the count."""
-    tl.debug_barrier()
-    tl.atomic_add(ready + rows // SIGNAL_ROWS, 1, mask=mask, sem="release", scope="gpu")
-
-
-@triton.jit
-def _split_k_sum_kernel(partials, bias, y, MN, N, residual, ready, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+def _split_k_sum_kernel(partials, bias, y, MN, N, residual, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
                         BLOCK: tl.constexpr, USE_PDL: tl.constexpr, HAS_RESIDUAL: tl.constexpr = False,
-                        Y_DTYPE: tl.constexpr = tl.float32, SIGNAL: tl.constexpr = False,
-                        SIGNAL_ROWS: tl.constexpr = 1):  # fmt: skip
+                        Y_DTYPE: tl.constexpr = tl.float32):  # fmt: skip
     wait_for_predecessor(USE_PDL)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < MN
@@ -317,8 +300,6 @@ def _split_k_sum_kernel(partials, bias, y, MN, N, residual, ready, SPLIT_K: tl.c
         r = tl.load(residual + offs, mask=mask, other=0.0).to(tl.float32)
         total = _add_residual(total, r, Y_DTYPE, y.dtype.element_ty)
     tl.store(y + offs, total.to(y.dtype.element_ty), mask=mask)
-    if SIGNAL:  # one row of y: an element's offset is its row of W
-        _count_rows(ready, offs, mask, SIGNAL_ROWS)
 
 
 SUM_BLOCK = 1024  # elements of y per program of the second pass
@@ -331,7 +312,6 @@ def gemv(
     norm: RowNorm | None = None,
     residual: torch.Tensor | None = None,
     residual_dtype: torch.dtype | None = None,
-    signal: RowSignal | None = None,
 ) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` with fp32 accumulation, for a few rows of x; no gradient.
 
@@ -345,8 +325,6 @@ def gemv(
             Mamba2's y), the norm computed as the row is loaded (``row_norm.py``).
         residual: one row only, ``[..., N]`` contiguous: return ``residual.to(residual_dtype) + y`` (torch's add
             and dtype; ``residual_dtype`` holds residual exactly, default its own) instead of y.
-        signal: one row only: the row blocks run last to first, and the rows of y are counted in ``signal``'s
-            counts as they land, for the kernel launched next (``row_signal.py``).
 
     Returns:
         ``[..., N]`` in weight's dtype (with ``residual``, the add's), a new contiguous tensor.
@@ -370,11 +348,6 @@ def gemv(
     M = x2.shape[0]
     if (norm is not None or residual is not None) and M != 1:
         raise ValueError(f"gemv: a norm or a residual takes one row of x, not {M}")
-    if signal is not None and (M != 1 or not signal.applies(N, x.device)):
-        raise ValueError(
-            f"gemv: a signal takes one row of x (not {M}) and int32 contiguous counts on x's device, one per "
-            f"{signal.rows} of the {N} rows of y"
-        )
     if norm is not None and not norm.applies(x):
         raise ValueError(f"gemv: the norm's weight {tuple(norm.weight.shape)} must be [K] = [{K}], contiguous")
     if residual is not None:
@@ -403,21 +376,19 @@ def gemv(
     residual_arg = weight if residual is None else residual
     gated = fused["GATED"]
     gate_args = (norm.gate.reshape(M, K), norm.squares, norm.squares.numel()) if gated else (weight, weight, 1)
-    ready = weight if signal is None else signal.counts
-    signals = {} if signal is None else dict(SIGNAL=True, SIGNAL_ROWS=signal.rows)
 
     def run(c: LaunchConfig) -> None:
         out = y if c.SPLIT_K == 1 else torch.empty(c.SPLIT_K, M, N, device=x.device, dtype=torch.float32)
         grid = (triton.cdiv(N, c.BN), c.SPLIT_K, triton.cdiv(M, c.BM))
         _gemv_kernel[grid](
             x2, weight, bias if has_bias else weight, out, M, N, K, x2.stride(0), weight.stride(0), *norm_args,
-            residual_arg, *gate_args, ready, HAS_BIAS=has_bias, PRECISION=precision, **fused,
-            **(ends | signals if c.SPLIT_K == 1 else {}), **c.kwargs(), **pdl_kwargs(),
+            residual_arg, *gate_args, HAS_BIAS=has_bias, PRECISION=precision, **fused,
+            **(ends if c.SPLIT_K == 1 else {}), **c.kwargs(), **pdl_kwargs(),
         )  # fmt: skip
         if c.SPLIT_K > 1:
             _split_k_sum_kernel[(triton.cdiv(M * N, SUM_BLOCK),)](
-                out, bias if has_bias else weight, y, M * N, N, residual_arg, ready, SPLIT_K=c.SPLIT_K,
-                HAS_BIAS=has_bias, BLOCK=SUM_BLOCK, **ends, **signals, **pdl_kwargs(),
+                out, bias if has_bias else weight, y, M * N, N, residual_arg, SPLIT_K=c.SPLIT_K, HAS_BIAS=has_bias,
+                BLOCK=SUM_BLOCK, **ends, **pdl_kwargs(),
             )  # fmt: skip
 
     gemv_launch(run, M, N, K, operand=x2, gated_norm=gated)

@@ -52,9 +52,8 @@ import torch
 import triton
 import triton.language as tl
 from statex_hf.kernels.activations.elementwise import silu
-from statex_hf.kernels.dependent_launch import let_successor_start, pdl_kwargs, wait_for_predecessor
+from statex_hf.kernels.dependent_launch import pdl_kwargs, wait_for_predecessor
 from statex_hf.kernels.launch import LaunchConfig
-from statex_hf.kernels.linear.row_signal import RowSignal
 from statex_hf.kernels.norm.gated_rmsnorm import normalize_group, one_program_chunks, output_dtype
 from statex_hf.kernels.ssd.configs import ssd_config, ssd_launch
 from statex_hf.kernels.ssd.state_update import _step_and_decay
@@ -123,18 +122,6 @@ def _store_window(window_row, stride_wd, stride_wk, ch, mask, window, K: tl.cons
 
 
 @triton.jit
-def _counts_seen(ready, counts, full, mask):
-    """Waits until each count at ``ready + counts`` (``mask``) has reached ``full`` (``linear/row_signal.py``), its
-    reads acquiring: the rows they count, stored by the product before, are visible to this program after (the
-    threads that read the counts acquire; the barrier after orders every other thread's loads after theirs)."""
-    behind = 1
-    while behind > 0:  # a scalar carried by the loop: Triton 3.6 fails to lay out a tensor carried by a while loop
-        seen = tl.atomic_add(ready + counts, 0, mask=mask, sem="acquire", scope="gpu")
-        behind = tl.sum(tl.where(mask & (seen < full), 1, 0), axis=0)
-    tl.debug_barrier()
-
-
-@triton.jit
 def _conv_state_update_kernel(
     xBC,
     conv_w,
@@ -182,11 +169,6 @@ def _conv_state_update_kernel(
     NORM_NCHUNK: tl.constexpr = 1,
     squares=None,
     GATE_SQUARES: tl.constexpr = False,
-    ready=None,
-    ready_total=0,
-    READY: tl.constexpr = False,
-    READY_ROWS: tl.constexpr = 1,
-    READY_LANES: tl.constexpr = 1,
 ):
     pid = tl.program_id(0).to(tl.int64)
     h = pid % H
@@ -215,19 +197,8 @@ def _conv_state_update_kernel(
                         HAS_CONV_BIAS)  # fmt: skip
     x_taps = _conv_taps(xBC_row, conv_w, conv_bias, window_row, stride_wd, stride_wk, x_channels, pmask, BP, K,
                         HAS_CONV_BIAS)  # fmt: skip
-    if READY:  # the rows of in_proj's [z | x | B | C | dt] this program reads, counted as they land (row_signal.py)
-        # in counts of READY_ROWS rows, which divide BP: its x's (the last lanes), then B's, C's and dt's (the others)
-        lanes = tl.arange(0, READY_LANES)
-        is_x = lanes >= READY_LANES - BP // READY_ROWS
-        z_first = (h * P + tl.program_id(1) * BP) // READY_ROWS
-        bcdt = 2 * H * P // READY_ROWS + lanes
-        counts = tl.where(is_x, H * P // READY_ROWS + z_first + lanes - (READY_LANES - BP // READY_ROWS), bcdt)
-        ready_lanes = is_x | (bcdt * READY_ROWS < ready_total)
-        _counts_seen(ready, counts, tl.minimum(READY_ROWS, ready_total - counts * READY_ROWS), ready_lanes)
-        let_successor_start(USE_PDL)
-    else:
-        wait_for_predecessor(USE_PDL)
-    if GATE_SQUARES and not READY:  # z comes with xBC (in_proj's output): its load joins theirs
+    wait_for_predecessor(USE_PDL)
+    if GATE_SQUARES:  # z comes with xBC (in_proj's output): its load joins theirs
         zv = tl.load(z + bi * stride_z_b + x_channels, mask=pmask, other=0.0).to(tl.float32)
     bv = _conv_output(b_taps, xBC_row, b_channels + ns, ns < N, HAS_CONV_BIAS, SILU)
     cv = _conv_output(c_taps, xBC_row, c_channels + ns, ns < N, HAS_CONV_BIAS, SILU)
@@ -272,21 +243,12 @@ def _conv_state_update_kernel(
     tl.store(rows + ns[None, :], new, mask=pmask[:, None] & (ns < N)[None, :])
     if not GATED_NORM:
         tl.store(y + (bi * H + h) * P + ps, acc.to(y.dtype.element_ty), mask=pmask)
-    if READY:  # z, in_proj's first rows and its last to land: counted for every program's channels, so that this
-        # kernel's end is in_proj's too for whatever reads z after it
-        z_counts = z_first + tl.arange(0, BP // READY_ROWS)
-        _counts_seen(ready, z_counts, READY_ROWS, tl.full([BP // READY_ROWS], True, tl.int1))
-        if GATE_SQUARES:
-            zv = tl.load(z + bi * stride_z_b + x_channels, mask=pmask, other=0.0).to(tl.float32)
     if GATE_SQUARES:  # this program's share of its group's sum of squares: gated_rmsnorm._gate's u of y as stored
         yv = acc.to(y.dtype.element_ty).to(tl.float32)
         u = tl.where(pmask, yv * zv * tl.sigmoid(zv), 0.0)
         share = (h % (H // G)) * tl.num_programs(1) + tl.program_id(1)
         tl.store(squares + (bi * G + g) * (H // G) * tl.num_programs(1) + share, tl.sum(u * u, axis=0))
     _store_window(window_row, stride_wd, stride_wk, x_channels, pmask, x_window, K, KP)
-    if READY:  # this program's own counts (its x and its z) back to zero for the next launch; B, C, dt: the last's
-        tl.store(ready + counts, 0, mask=is_x)
-        tl.store(ready + z_counts, 0)
     if ticket == (H // G) * tl.num_programs(1) - 1:
         # Every program of the group has read the old B and C windows: write the new ones, then reset the count.
         if WINDOWS_AT_ONCE:
@@ -305,32 +267,7 @@ def _conv_state_update_kernel(
             S = (H // G) * P
             normalize_group(y + bi * H * P + g * S, z + bi * stride_z_b + g * S, norm_w + g * S,
                             normed + bi * H * P + g * S, S, norm_eps, NORM_BS, NORM_NCHUNK)  # fmt: skip
-        if READY:  # every program has seen the B, C and dt counts
-            tl.store(ready + bcdt, 0, mask=ready_lanes & ~is_x)
         tl.atomic_xchg(tickets + bi * G + g, 0, sem="relaxed", scope="gpu")
-
-
-def _check_in_proj_rows(
-    ready: RowSignal, xBC: torch.Tensor, dt: torch.Tensor, z: torch.Tensor | None, gate_squares: bool, groups: int
-) -> None:
-    """That ``ready`` counts the rows of the one in_proj output that xBC, dt and z are slices of
-    (``conv_state_update``'s ``ready``); else sets the counts back to zero and raises."""
-    b, conv_dim = xBC.shape
-    H = dt.shape[-1]
-    size = xBC.element_size()
-    problem = None
-    if not gate_squares or z is None or b != 1 or groups != 1:
-        problem = "they take gate_squares (z, no norm weight), one sequence and one group of B and C"
-    elif not (
-        z.dtype == xBC.dtype == dt.dtype
-        and xBC.data_ptr() == z.data_ptr() + z.shape[-1] * size
-        and dt.data_ptr() == xBC.data_ptr() + conv_dim * size
-        and ready.applies(z.shape[-1] + conv_dim + H, xBC.device)
-    ):
-        problem = "z, xBC and dt must be the slices of one [z | x | B | C | dt] row that the counts count"
-    if problem is not None:
-        ready.reset()
-        raise ValueError(f"conv_state_update: in_proj's row counts (ready): {problem}")
 
 
 def conv_state_update(
@@ -353,7 +290,6 @@ def conv_state_update(
     norm_weight: torch.Tensor | None = None,
     norm_eps: float = 1e-6,
     gate_squares: bool = False,
-    ready: RowSignal | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """One Mamba2 decode step, ``conv_state`` and ``state`` updated in place: ``causal_conv1d_update`` of the
     token's ``[x | B | C]`` followed by ``ssd_state_update`` of its pieces, in one launch and bit for bit.
@@ -366,12 +302,6 @@ def conv_state_update(
     With ``norm_gate`` and ``gate_squares`` (no weight), the norm is the caller's to apply (``out_proj``'s one-row
     product: ``kernels/linear/row_norm.py``): returns ``(y, squares)``, ``squares`` ``[b, G, Q]`` fp32, the sums of
     ``(y * silu(z))^2`` over each program's channels of the group (y as returned), which add up to the group's.
-
-    With ``ready`` (``gate_squares``, one sequence, one group): xBC, dt and z are the slices of one in_proj output
-    ``[z | x | B | C | dt]`` whose product is still running and counts its rows in ``ready`` as they land
-    (``kernels/linear/row_signal.py``); each program waits for the counts of the rows it reads instead of for the
-    kernel before it to end, and sets them back to zero. Where the launch cannot take them, they are set back to zero
-    here and the call is an error (the product launched before would otherwise leave them counted).
 
     Args:
         xBC: ``[b, H * P + 2 * G * N]``, the channels unit-stride (a slice of in_proj's output, not copied).
@@ -425,8 +355,6 @@ def conv_state_update(
             f"[{H * P}]; got z {tuple(norm_gate.shape)} (strides {norm_gate.stride()}), "
             f"weight {None if norm_weight is None else tuple(norm_weight.shape)}"
         )
-    if ready is not None:
-        _check_in_proj_rows(ready, xBC, dt, norm_gate, gate_squares, G)
     conv_weight = conv_weight.contiguous()
     y = torch.empty(b, H, P, device=xBC.device, dtype=xBC.dtype)
     normed = None
@@ -442,18 +370,6 @@ def conv_state_update(
             squares = torch.empty(b, G, H // G * triton.cdiv(P, c.BP), device=xBC.device, dtype=torch.float32)
         tickets = zeroed_tickets(xBC.device, b * G)
         unused = A_in  # a pointer for the absent optional tensors (their loads are compiled out)
-        readiness = {}
-        if ready is not None:
-            if c.BP % ready.rows or P % c.BP:
-                ready.reset()
-                raise ValueError(
-                    f"conv_state_update: counts of {ready.rows} rows take tiles of P = {P} that they divide and that "
-                    f"divide P; the launch's BP is {c.BP}"
-                )
-            total = 2 * H * P + 2 * G * N + H
-            lanes = triton.next_power_of_2(triton.cdiv(2 * G * N + H, ready.rows) + c.BP // ready.rows)
-            readiness = dict(ready=ready.counts, ready_total=total, READY=True, READY_ROWS=ready.rows,
-                             READY_LANES=lanes)  # fmt: skip
         _conv_state_update_kernel[(b * H, triton.cdiv(P, c.BP))](
             xBC, conv_weight, conv_bias if conv_bias is not None else unused, conv_state, state, dt, A_in,
             D if D is not None else unused, dt_bias if dt_bias is not None else unused, y, tickets,
@@ -463,7 +379,7 @@ def conv_state_update(
             KP=max(1, triton.next_power_of_2(K - 1)), WINDOWS_AT_ONCE=N <= c.BW, HAS_CONV_BIAS=conv_bias is not None,
             SILU=activation is not None, HAS_D=D is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
             A_IS_LOG=A is None, GATED_NORM=gated_norm, NORM_BS=norm_bs, NORM_NCHUNK=norm_nchunk,
-            squares=squares if gate_squares else y, GATE_SQUARES=gate_squares, **readiness,
+            squares=squares if gate_squares else y, GATE_SQUARES=gate_squares,
             enable_fp_fusion=False, **c.kwargs(), **pdl_kwargs(),
         )  # fmt: skip
 

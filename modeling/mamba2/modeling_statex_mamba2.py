@@ -12,7 +12,6 @@ import math
 import torch
 from statex_hf.kernels import dispatch
 from statex_hf.kernels.linear.row_norm import RowNorm
-from statex_hf.kernels.linear.row_signal import RowSignal
 from statex_hf.kernels.ssd.naive import discretize_dt
 from statex_hf.modeling.cache import conv_state, recurrent_state, store_conv_state, store_recurrent_state
 from statex_hf.modeling.decode_linear import DecodeLinear, hooked, normed_linear, norms_go_into_products, plus_residual
@@ -157,15 +156,12 @@ class StateXMamba2Mixer(nn.Module):
         if cu_seqlens is not None:  # packed documents run as one row
             hidden_states = hidden_states.reshape(1, -1, shape[-1])
         batch, seqlen, _ = hidden_states.shape
-        projected = signal = None
+        projected = None
         if input_norm is not None:
             input_dtype = input_norm.weight.dtype
             norm = None if attention_mask is not None else row_norm_of(input_norm, input_dtype)
-            if norm is not None:
-                signal = self._in_proj_signal(hidden_states, cache, residual, cu_seqlens)
-                projected = normed_linear(self.in_proj, hidden_states, norm, signal=signal)
+            projected = None if norm is None else normed_linear(self.in_proj, hidden_states, norm)
             if projected is None:
-                signal = None  # no product counted its rows
                 hidden_states = input_norm(hidden_states, input_dtype=input_dtype)
         dtype = hidden_states.dtype if projected is None else projected.dtype
         mask = None if attention_mask is None else attention_mask[:, -seqlen:, None].to(dtype)
@@ -178,9 +174,7 @@ class StateXMamba2Mixer(nn.Module):
             xBC = xBC * mask
         normed = norm_left = None
         if mask is None and cu_seqlens is None:
-            normed, norm_left = self._one_launch_step(xBC, dt, z, cache, leave_norm=residual is not None, ready=signal)
-        if signal is not None and norm_left is None:  # in_proj counted its rows, and no step waited for them
-            signal.reset()
+            normed, norm_left = self._one_launch_step(xBC, dt, z, cache, leave_norm=residual is not None)
         if norm_left is not None:  # y, whose gated norm out_proj's one-row product computes as it loads it
             summed = normed_linear(self.out_proj, normed, norm_left, residual.view(*normed.shape[:-1], -1),
                                    residual_dtype)  # fmt: skip
@@ -195,48 +189,15 @@ class StateXMamba2Mixer(nn.Module):
             return plus_residual(self.out_proj, normed.to(dtype), residual, residual_dtype).view(*shape[:-1], -1)
         return self.out_proj(normed.to(dtype)).view(*shape[:-1], -1)
 
-    def _in_proj_signal(
-        self,
-        hidden_states: torch.Tensor,
-        cache: Cache | None,
-        residual: torch.Tensor | None,
-        cu_seqlens: torch.LongTensor | None,
-    ) -> RowSignal | None:
-        """Counts for in_proj's rows, where its one-launch step will wait for them rather than for in_proj's end
-        (``dispatch.STEP_BESIDE_IN_PROJ``, ``kernels/linear/row_signal.py``): one sequence's one-row step of a block
-        (its out_proj takes the residual add and the mixer's norm of one group), on the Triton path."""
-        if not (
-            dispatch.STEP_BESIDE_IN_PROJ
-            and dispatch.GATED_NORM_IN_OUT_PROJ
-            and residual is not None
-            and cache is not None
-            and cu_seqlens is None
-            and self.n_groups == 1
-            and hidden_states.shape[:2] == (1, 1)
-            and dispatch.use_triton(hidden_states)
-        ):
-            return None
-        return dispatch.in_proj_signal(
-            hidden_states.device, self.in_proj.out_features, self.head_dim, self.ssm_state_size
-        )
-
     def _one_launch_step(
-        self,
-        xBC: torch.Tensor,
-        dt: torch.Tensor,
-        z: torch.Tensor,
-        cache: Cache | None,
-        leave_norm: bool = False,
-        ready: RowSignal | None = None,
+        self, xBC: torch.Tensor, dt: torch.Tensor, z: torch.Tensor, cache: Cache | None, leave_norm: bool = False
     ) -> tuple[torch.Tensor | None, RowNorm | None]:
         """A one-token step that continues the cache in one launch (``dispatch.one_launch_conv_ssd``), its conv
         window and state updated: ``(self.norm(y, z), None)`` ``[b, 1, H * P]``, y normalized in the same launch
         where the norm is this class's own, unhooked, and normalizes each group of heads that shares B and C. With
         ``leave_norm`` (a block's one-row step, whose ``out_proj`` takes its residual add) and one group, ``(y,
         norm)`` instead: the norm for ``out_proj``'s product to compute as it loads y (``kernels/linear/row_norm.py``),
-        its sum of squares left by the launch. ``(None, None)`` where that launch does not apply. ``ready``: in_proj's
-        row counts (``_in_proj_signal``), which that launch waits for (where it returns no norm for out_proj, the
-        caller sets them back to zero)."""
+        its sum of squares left by the launch. ``(None, None)`` where that launch does not apply."""
         window = conv_state(cache, self.layer_idx) if cache is not None else None
         state = recurrent_state(cache, self.layer_idx) if cache is not None else None
         if window is None or state is None:
@@ -251,7 +212,7 @@ class StateXMamba2Mixer(nn.Module):
         args = (xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.activation, window, dt, self.A_log,
                 self.n_groups, state, self.D, self.dt_bias, True, self.time_step_limit)  # fmt: skip
         if to_out_proj:
-            y = dispatch.one_launch_conv_ssd(*args, z, None, norm.variance_epsilon, gate_squares=True, ready=ready)
+            y = dispatch.one_launch_conv_ssd(*args, z, None, norm.variance_epsilon, gate_squares=True)
         else:
             y = dispatch.one_launch_conv_ssd(*args, *((z, norm.weight, norm.variance_epsilon) if in_launch else ()))
         if y is None:

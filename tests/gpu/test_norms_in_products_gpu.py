@@ -138,26 +138,3 @@ def test_mamba2s_mixer_norm_in_out_proj_decodes_as_in_its_step_and_its_graphs_gi
     graphed = greedy_with_logits(model, ids)
     eager = greedy_with_logits(model, ids, disable_compile=True)
     assert torch.equal(graphed[0], eager[0]) and torch.equal(graphed[1], eager[1])
-
-
-def test_mamba2s_step_beside_in_proj_decodes_bit_for_bit_as_after_it_and_its_graphs_give_the_eager_tokens(monkeypatch):
-    # dispatch.STEP_BESIDE_IN_PROJ (off by default until measured, kernels/linear/row_signal.py): in_proj counts its
-    # rows as they land, and the one-launch step waits for the rows it reads instead of for in_proj's end. The same
-    # kernels compute the same sums, so a step is the step after in_proj bit for bit, in generate's CUDA graphs (where
-    # the step starts before in_proj ends, under PDL) as eagerly; no count is left behind.
-    from statex_hf.kernels import dispatch, tickets
-
-    model = MODELS["mamba2"](layers=3)
-    ids = torch.randint(3, 512, (1, 16), device=DEV)
-    monkeypatch.setattr(dispatch, "GATED_NORM_IN_OUT_PROJ", True)
-    want = decode_step(model, ids)
-    want_graphed = greedy_with_logits(model, ids)
-    monkeypatch.setattr(dispatch, "STEP_BESIDE_IN_PROJ", True)
-    got = decode_step(model, ids)
-    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
-    graphed = greedy_with_logits(model, ids)
-    eager = greedy_with_logits(model, ids, disable_compile=True)
-    assert torch.equal(graphed[0], eager[0]) and torch.equal(graphed[1], eager[1])
-    assert torch.equal(graphed[0], want_graphed[0]) and torch.equal(graphed[1], want_graphed[1])
-    ready = [counts for (_, kind), held in tickets.HELD.items() if kind == "ready" for counts in held]
-    assert ready and not any(counts.any() for counts in ready)
