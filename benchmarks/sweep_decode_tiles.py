@@ -1,7 +1,7 @@
 """The B = 1 decode step's tiles swept end to end: each config's captured step, replayed, on one GPU.
 
     python -P benchmarks/sweep_decode_tiles.py [--impls ours_mamba2,ours_gla] [--rows "2,2,1024 4,4,1024"]
-        [--wide "8,8,1024@8 8,8,1024@4"] [--steps "4,2,16,128,128 8,2,32,128,128"] [--json out.json]
+        [--wide "8,8,1024@8@1 8,8,1024@1e9@0"] [--steps "4,2,16,128,128 8,2,32,128,128"] [--json out.json]
 
 The microbenchmarks time one kernel at a time (``bench_gemv.py``, ``bench_conv_state_update.py``); a decode step
 is 150-220 kernels under programmatic dependent launch, where a kernel's tail overlaps the next one's start. Here
@@ -113,7 +113,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--impls", default="ours_mamba2,ours_gla")
     parser.add_argument("--rows", default=ROWS, help="one-row product tiles warps,BN,BK (space-separated)")
-    parser.add_argument("--wide", default=WIDES, help="m1_wide tiles warps,BN,BK @ WIDE_MIN_WAVES (space-separated)")
+    parser.add_argument(
+        "--wide",
+        default=WIDES,
+        help="m1_wide tiles warps,BN,BK@WIDE_MIN_WAVES@WIDE_GATED_NORM (0 or 1; space-separated)",
+    )
     parser.add_argument("--steps", default=STEPS, help="Mamba2 step configs warps,stages,BP,BN,BW (space-separated)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--replays", type=int, default=50)

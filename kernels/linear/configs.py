@@ -14,9 +14,10 @@ short for that at the table's ``BN`` is split along K while each split keeps at 
 candidates whose time summed over a decode step's products was the least on the H100, for StateX GLA-1.3B (the
 grouped and SwiGLU launches included, which take these tiles too) and within 1% of the least for Mamba2-1.3B:
 2-row strips of W in 1024-column steps, 2 warps (one row's loop loads a step ahead by itself, so one stage:
-``gemv._one_row_dot``); with it the rule never splits those shapes, as the measurement preferred. One config for
-every one-row shape of the GLA model's: the grouped and SwiGLU kernels must sum in the plain GEMV's tiles to give its
-bits. ``m1_wide`` (8-row strips, 8 warps; never split) serves the one-row products whose grid at its 8 rows a
+``gemv._one_row_dot``); with it the rule never splits those shapes, as the measurement preferred. It serves
+every one-row product but the wide ones below; the grouped and SwiGLU kernels sum in the plain GEMV's tiles to give
+its bits (a group whose products would take different entries runs apart: ``dispatch.one_launch_products``).
+``m1_wide`` (8-row strips, 8 warps; never split) serves the one-row products whose grid at its 8 rows a
 program still fills every SM ``WIDE_MIN_WAVES`` times over, and those with a gated norm (``one_row_bucket``): at 1.3B
 shapes Mamba2's in_proj, out_proj and the heads. The gated norm's prologue (the step's partial sums of squares added
 up) is paid once a program, so fewer, wider programs pay it less often. A graph-replay sweep of the whole step
