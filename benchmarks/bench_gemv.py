@@ -215,7 +215,7 @@ def bench_shape(name: str, k: int, ns: tuple[int, ...], m: int, args, hbm: float
         picked = configs.pick(m, n, k, torch.device(device))
         splits_of = lambda base: {1, configs.split_k(base, m, n, k, sms)} | ({2} if args.tiny else set())  # noqa: E731
     else:  # the fused kernels take the one-row tiles and never split K
-        picked = configs.one_row_config([n], torch.device(device))
+        picked = configs.one_row_config(list(ns), torch.device(device))
         splits_of = lambda base: {1}  # noqa: E731
     tried = [("ours pick", picked)]
     for base in [] if args.pick_only else candidates(m):

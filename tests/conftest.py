@@ -71,10 +71,10 @@ def on_cuda_dispatch(monkeypatch):
 
 @pytest.fixture
 def narrow_row_tiles(monkeypatch):
-    """The one-row products (GEMV, grouped GEMV, SwiGLU GEMV) in 32 x 32 tiles, not the table's 2 x 1024: the same
-    kernels and paths in a tiny model's shapes, in a fraction of the interpreter's time (it pays per program and per
-    element of a tile, and a 1024-column tile over a 32-column row is mostly mask). All three take the same tiles,
-    so the fused kernels still sum as the separate GEMV does. For tests of what a decode step launches and
+    """The one-row products (GEMV, grouped GEMV, SwiGLU GEMV) in 32 x 32 tiles, not the table's 2 x 1024 or 8 x 1024:
+    the same kernels and paths in a tiny model's shapes, in a fraction of the interpreter's time (it pays per program
+    and per element of a tile, and a 1024-column tile over a 32-column row is mostly mask). All three take the same
+    tiles, so the fused kernels still sum as the separate GEMV does. For tests of what a decode step launches and
     computes; the table's tiles have their own tests (``test_gemv_kernel.py``, ``test_gemv_group.py``,
     ``test_decode_linear.py``)."""
     from statex_hf.kernels import launch

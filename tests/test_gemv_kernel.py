@@ -76,7 +76,7 @@ def test_a_one_row_product_takes_the_wide_tiles_where_they_fill_the_gpu_eight_ti
     assert configs.one_row_config([n], cpu) == configs.TABLES["default"][bucket]
     assert configs.pick(2, n, k, cpu).BM == 2  # more rows of x: the row buckets as before
     # A gated norm's prologue is paid once a program: such a product (Mamba2's out_proj) takes the wide tiles at any
-    # grid, unsplit (at 256 programs the narrow rule would split K in two).
+    # grid, unsplit (its 256 programs at 8 rows a program would otherwise split K in two: ``configs.split_k``).
     assert configs.pick(1, n, k, cpu, gated_norm=True) == configs.TABLES["default"]["m1_wide"]
 
 
@@ -261,8 +261,8 @@ def compiled(fn, signature, constexprs, config):
     return dict(loads=len(loads), wide=sum(".v4." in line for line in loads), shared=kernel.metadata.shared,
                 summed=summed, early=early, stores_early=("st.global" in before) if waits else None)
 
-m1 = configs.TABLES["default"]["m1"]
-c = dict(BN=m1.BN, BK=m1.BK, USE_PDL=False)
+m1, m1w = configs.TABLES["default"]["m1"], configs.TABLES["default"]["m1_wide"]
+c, w = dict(BN=m1.BN, BK=m1.BK, USE_PDL=False), dict(BN=m1w.BN, BK=m1w.BK, USE_PDL=False)
 no_norm = gemv.norm_constants(None, None)
 gla_norm = dict(no_norm, NORM=True, X_DTYPE=triton.language.bfloat16, N_DTYPE=triton.language.bfloat16)
 norm_args = {"norm_w": "*bf16", "eps": "fp32"}
@@ -293,6 +293,13 @@ print(json.dumps({
     "pdl normed swiglu": compiled(gemv_group._gemv_swiglu_kernel, swiglu, c | dict(USE_PDL=True) | gla_norm, m1),
     "pdl residual gemv": compiled(gemv._gemv_kernel, plain, c | one_row | no_norm | residual_pdl, m1),
     "pdl gated normed residual gemv": compiled(gemv._gemv_kernel, plain, c | one_row | mamba2_norm | residual_pdl, m1),
+    # The wide tiles: Mamba2's in_proj and out_proj, the heads, and groups of wide products.
+    "wide pdl gemv": compiled(gemv._gemv_kernel, plain, w | one_row | no_norm | dict(USE_PDL=True), m1w),
+    "wide pdl normed gemv": compiled(gemv._gemv_kernel, plain, w | one_row | gla_norm | dict(USE_PDL=True), m1w),
+    "wide pdl group": compiled(gemv_group._gemv_group_kernel, group, w | dict(G=5, USE_PDL=True) | no_norm, m1w),
+    "wide pdl swiglu": compiled(gemv_group._gemv_swiglu_kernel, swiglu, w | dict(USE_PDL=True) | no_norm, m1w),
+    "wide pdl gated normed residual gemv": compiled(gemv._gemv_kernel, plain,
+                                                    w | one_row | mamba2_norm | residual_pdl, m1w),
 }))
 """
 
@@ -312,19 +319,31 @@ def test_the_one_row_kernels_compile_for_sm90_to_wide_loads_and_no_shuffle_throu
     # every global load is 16 bytes a thread, and shared memory holds no more than the cross-warp sum of each row
     # (4 bytes per row and warp). The one-row loop of before converted every step's weight tile through shared
     # memory into its accumulator's layout (m1's 4 x 1024 tiles: 4 KB).
-    m1 = configs.TABLES["default"]["m1"]
     kernels = sm90_kernels
     for name, stats in kernels.items():
+        if name.startswith("wide"):
+            # 8 warps over an 8 x 1024 tile lie 2 along the rows and 4 along K. The weight tiles still load 16 bytes a
+            # thread (two steps in flight, two weights for the SwiGLU), but x, loaded over all 8 warps, loads 8 bytes
+            # a thread and goes through shared memory into the tile's layout at every step (1024 fp32: 4 KB). The
+            # replayed decode step was faster so all the same (benchmarks/README.md, twentieth session).
+            wide = configs.TABLES["default"]["m1_wide"]
+            per_step = wide.BN * wide.BK * 2 // (16 * 32 * wide.num_warps)
+            assert stats["wide"] == 2 * per_step * (2 if "swiglu" in name else 1), (name, stats)
+            assert stats["shared"] <= 4 * wide.BK, (name, stats)
+            continue
+        tiles = configs.TABLES["default"]["m1"]
         narrow = 1 if "residual" in name else 0  # the residual its epilogue adds: BN values, too few for a wide load
         if "gated" in name:  # and the 256 partial sums of squares, masked at a count Q of no known alignment
-            narrow += 256 // (32 * m1.num_warps)
+            narrow += 256 // (32 * tiles.num_warps)
         assert stats["loads"] > 0 and stats["wide"] == stats["loads"] - narrow, (name, stats)
-        assert stats["shared"] <= 4 * m1.BN * m1.num_warps, (name, stats)
-    # The grouped and SwiGLU kernels' bit-for-bit claim (tests/gpu/test_gemv_group_gpu.py): every sum over K, in
-    # the three kernels, reduces a tile of one and the same layout, so in one order; with a norm in their prologue
-    # too (which adds the row's sum of squares, another layout).
-    products = {layout for name, stats in kernels.items() if "normed" not in name for layout in stats["summed"]}
-    assert len(products) == 1 and all(products <= set(stats["summed"]) for stats in kernels.values()), kernels
+        assert stats["shared"] <= 4 * tiles.BN * tiles.num_warps, (name, stats)
+    # The grouped and SwiGLU kernels' bit-for-bit claim (tests/gpu/test_gemv_group_gpu.py): at each entry's tiles,
+    # every sum over K, in the three kernels, reduces a tile of one and the same layout, so in one order; with a norm
+    # in their prologue too (which adds the row's sum of squares, another layout).
+    for wide in (False, True):
+        of_tiles = {name: stats for name, stats in kernels.items() if name.startswith("wide") == wide}
+        products = {layout for name, stats in of_tiles.items() if "normed" not in name for layout in stats["summed"]}
+        assert len(products) == 1 and all(products <= set(stats["summed"]) for stats in of_tiles.values()), of_tiles
 
 
 def test_under_pdl_the_one_row_kernels_ask_for_their_first_weight_tiles_before_they_wait(sm90_kernels):
@@ -342,3 +361,7 @@ def test_under_pdl_the_one_row_kernels_ask_for_their_first_weight_tiles_before_t
     assert kernels["pdl residual gemv"]["early"] == kernels["pdl gemv"]["early"]  # the residual after the wait
     # Mamba2's out_proj: y, z, the norm's weight and the partial sums of squares are all read after the wait.
     assert kernels["pdl gated normed residual gemv"]["early"] == kernels["pdl gemv"]["early"]
+    for name in ("gemv", "normed gemv", "group", "swiglu", "gated normed residual gemv"):  # the same at wide tiles
+        early = kernels[f"wide pdl {name}"]["early"]
+        assert early == kernels["wide pdl gemv"]["early"] * (2 if name == "swiglu" else 1) and all(early), name
+        assert not kernels[f"wide pdl {name}"]["stores_early"], name

@@ -2,14 +2,15 @@
 
 A config has four tiles: ``BM`` rows of x, ``BN`` rows of W and ``BK`` columns of both per program and
 step, and ``SPLIT_K``, the number of programs that share one ``[BM, BN]`` block of y along K (more than one
-costs a second launch, ``gemv.py``). The table holds one entry per bucket of M (the rows of x): up to 4
+costs a second launch, ``gemv.py``). The table holds one entry per bucket of M (the rows of x; at one row, two
+entries, picked by the product's rows and norm: ``one_row_bucket``): up to 4
 rows the kernel multiplies on the CUDA cores with an fp32 accumulator of ``BM * BN * BK`` elements (``[BN, BK]`` at
 one row), 32 registers a thread in the table's buckets; from 5 rows on it uses ``tl.dot`` (tensor cores need 16
 rows: fewer are padded, which costs registers but no memory traffic).
 
-``SPLIT_K`` is not in the table but derived from the shape (``pick``): the grid should fill every SM
-``WAVES`` times over, since a matrix-vector product is bound by how many bytes are in flight; a weight too
-short for that at the table's ``BN`` is split along K while each split keeps at least ``MIN_STEPS`` steps of
+``SPLIT_K`` is not in the table but derived from the shape (``pick``; ``m1_wide`` never splits): the grid should
+fill every SM ``WAVES`` times over, since a matrix-vector product is bound by how many bytes are in flight; a weight
+too short for that at the table's ``BN`` is split along K while each split keeps at least ``MIN_STEPS`` steps of
 ``BK`` (a pipeline of fewer steps never fills). ``m1`` is the config of ``benchmarks/bench_gemv.py``'s one-row
 candidates whose time summed over a decode step's products was the least on the H100, for StateX GLA-1.3B (the
 grouped and SwiGLU launches included, which take these tiles too) and within 1% of the least for Mamba2-1.3B:

@@ -32,9 +32,7 @@ windows alone. An x channel is read by its own program only, which writes its wi
 In the decode graphs the kernel takes programmatic dependent launch (``kernels/dependent_launch.py``): it waits for
 the kernel before it (in_proj) before it reads in_proj's output or takes a ticket, so every earlier launch, and the
 reset of its tickets, has finished. Before that wait it reads only what no kernel of a step writes before it: the
-weights, and its own layer's state and conv windows, which only this layer's launch writes, a step earlier. With
-in_proj's row counts (``ready``, ``kernels/linear/row_signal.py``) it waits instead for the counts of the rows it
-reads, so it starts on them while in_proj still computes z, and for z's counts before it ends.
+weights, and its own layer's state and conv windows, which only this layer's launch writes, a step earlier.
 
 At one sequence a program has little work, and its time is the chain of memory round trips it waits on, one after
 another; the order of its loads and stores shortens that chain (no arithmetic moves, so the bits stay the two
