@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 from statex_hf.kernels.activations.swiglu import swiglu
+from statex_hf.kernels.linear import configs
 from statex_hf.kernels.linear.gemv import gemv
 from statex_hf.kernels.linear.gemv_group import gemv_group, gemv_swiglu
 
@@ -45,3 +46,18 @@ def test_group_and_swiglu_equal_the_separate_kernels_eagerly_and_in_a_graph():
         for y, w in zip(static_ys, weights):
             assert torch.equal(y, gemv(static_x, w))
         assert torch.equal(static_s, swiglu(gemv(static_x, gate), gemv(static_x, up)))
+
+
+@torch.no_grad()
+def test_a_group_of_wide_products_takes_the_wide_tiles_and_equals_the_separate_kernels():
+    # configs.one_row_bucket: products whose 8-row programs fill the GPU WIDE_MIN_WAVES times over take 8 x 1024 tiles
+    # (Mamba2-1.3B's in_proj); a group or SwiGLU of such products takes them too and still sums as the separate GEMV.
+    device = torch.device(DEV)
+    n = 8 * configs.WIDE_MIN_WAVES * configs.multiprocessors(device)
+    assert configs.one_row_buckets([n, n + 8], device) == {"m1_wide"}
+    weights = [randn(n, K, seed=30), randn(n + 8, K, seed=31)]
+    x = randn(1, 1, K, seed=32)
+    for y, w in zip(gemv_group(x, weights), weights, strict=True):
+        assert torch.equal(y, gemv(x, w))
+    gate, up = randn(n, K, seed=33), randn(n, K, seed=34)
+    assert torch.equal(gemv_swiglu(x, gate, up), swiglu(gemv(x, gate), gemv(x, up)))
