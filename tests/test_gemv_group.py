@@ -130,8 +130,8 @@ def test_dispatch_fuses_only_what_each_product_would_run_as_the_gemv(monkeypatch
 
 
 def test_products_of_other_tiles_run_apart_and_wide_ones_in_one_launch(monkeypatch, on_cuda_dispatch):
-    # At 1.3B shapes only Mamba2's in_proj and the heads take the wide tiles (configs.one_row_bucket); here a lower
-    # bar makes 64 rows wide (8 programs of 8 rows) and 8 rows narrow.
+    # At 1.3B shapes the grids of Mamba2's in_proj and the heads alone are wide enough for the wide tiles
+    # (configs.one_row_bucket); here a lower bar makes 64 rows wide (8 programs of 8 rows) and 8 rows narrow.
     monkeypatch.setattr(configs, "WIDE_MIN_WAVES", 8 / configs.H100_SMS)
     cpu = torch.device("cpu")
     assert configs.one_row_buckets([8], cpu) == {"m1"} and configs.one_row_buckets([64, 72], cpu) == {"m1_wide"}
