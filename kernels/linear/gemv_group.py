@@ -5,11 +5,13 @@ In a CUDA-graph decode step every kernel costs the replay about as much again as
 takes itself (``benchmarks/README.md``, "generate"), and GLA's mixer takes five products of one input, its
 MLP two and a SwiGLU. Here one grid covers the row blocks of all the weights: the group's programs are laid
 end to end, program ``p`` serving weight ``i`` from its first block ``S_i`` on (a chain of comparisons against
-the ``S_i``, unrolled at compile time). Each program's sum is ``gemv.py``'s (``_one_row_dot``, the same tiles,
-loads and order, no split of K; the SwiGLU kernel sums its two weights in one loop of it, each as alone), so every
-output is the separate GEMV's bit for bit wherever that GEMV does not split K either (``configs.split_k``: every
-one-row product of the 1.3B models, whose group inputs have K = 2048; a weight of few rows at a longer K splits
-there and sums in another order, so the two agree to rounding, not bit for bit); the SwiGLU epilogue rounds where
+the ``S_i``, unrolled at compile time). Each program's sum is ``gemv.py``'s (``_one_row_dot``, the same loads and
+order, no split of K; the SwiGLU kernel sums its two weights in one loop of it, each as alone) in the tiles its
+products take (``configs.one_row_config``), so every output is the separate GEMV's bit for bit wherever that GEMV
+takes the same tiles and does not split K either (``configs.split_k``: every one-row product of the 1.3B models'
+groups, whose inputs have K = 2048; a weight of few rows at a longer K splits there, and a group whose products
+would take different tiles takes the narrow ones, so those sum in another order and agree to rounding, not bit for
+bit: ``dispatch.one_launch_products`` runs such a group apart); the SwiGLU epilogue rounds where
 torch and ``kernels/activations/swiglu.py`` round (each product to the weights' dtype, then ``silu``, then the
 product). With a block's norm (``row_norm.py``) x is the residual stream, normalized as it is loaded.
 
@@ -112,7 +114,7 @@ def _check(x: torch.Tensor, weights: Sequence[torch.Tensor], norm: RowNorm | Non
 
 def gemv_group(x: torch.Tensor, weights: Sequence[torch.Tensor], norm: RowNorm | None = None) -> list[torch.Tensor]:
     """``[F.linear(x, w) for w in weights]`` for one row of x, in one launch, equal to ``gemv``'s results where
-    ``gemv`` does not split K (module docstring).
+    ``gemv`` takes the same tiles and does not split K (module docstring).
 
     Args:
         x: one row, ``[..., K]`` with every leading dimension 1.
