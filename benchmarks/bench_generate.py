@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -157,6 +158,10 @@ def apply_same_run_baselines(args) -> None:
         from statex_hf.modeling import decode_graphs
 
         decode_graphs.COMPILE_THREADS = 1
+    if args.compile_threads is not None:  # how many threads a capture's new kernels compile on
+        from statex_hf.modeling import decode_graphs
+
+        decode_graphs.COMPILE_THREADS = args.compile_threads
     if args.norm_in_step:  # a baseline in the same run: Mamba2's gated norm in its one-launch step, as before
         from statex_hf.kernels import dispatch
 
@@ -184,12 +189,25 @@ def apply_same_run_baselines(args) -> None:
         dispatch.ONE_LAUNCH_CONV_SSD_MAX_ROWS = args.conv_ssd_max_rows  # as two launches at every batch
 
 
+def _compile_log() -> list[str]:
+    """The messages ``kernels/parallel_compile.py`` logs from now on (how many kernels a capture compiled, and in how
+    long), collected into the returned list."""
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("transformers.statex_hf.kernels.parallel_compile")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    return messages
+
+
 def worker(impl: str, args) -> None:
     import torch
 
     torch.manual_seed(0)
     torch.set_grad_enabled(False)  # generate runs without autograd; the plain forward it is compared with too
     apply_same_run_baselines(args)
+    compile_log = _compile_log()
     ours = impl.startswith("ours")
     spec_bw, copy_bw = hbm_bandwidth()
     bandwidth = spec_bw or copy_bw
@@ -210,6 +228,7 @@ def worker(impl: str, args) -> None:
     new_tokens = args.new_tokens if ours else args.peer_new_tokens
     for batch in args.batches:
         ids = torch.randint(1, vocab, (batch, args.prompt), device=_device())
+        compile_log.clear()
         try:
             first_s = _timed(lambda ids=ids: generate(ids, 2))  # compile, autotune and capture happen here
         except torch.OutOfMemoryError:
@@ -237,7 +256,7 @@ def worker(impl: str, args) -> None:
         _emit(
             dict(impl=impl, kind="decode", batch=batch, ms_per_token=ms, roofline_ms=roofline_ms,
                  share=roofline_ms / ms, weight_share=weights / bandwidth * 1e3 / ms, first_call_s=first_s,
-                 capture_s=capture_s, replay_ms=replay_ms, new_tokens=new_tokens)
+                 capture_s=capture_s, replay_ms=replay_ms, new_tokens=new_tokens, capture_compiles=list(compile_log))
         )  # fmt: skip
     if not ours:
         return
@@ -297,6 +316,9 @@ def print_table(rows: list[dict], statuses: dict) -> None:
                 f"{r['share']:6.0%} {weight_share:>8} {capture:>9} {r['first_call_s']:8.1f} {replay:>9}"
             )
     for r in rows:
+        for message in r.get("capture_compiles") or []:
+            print(f"{r['impl']:12} B={r['batch']} capture: {message}")
+    for r in rows:
         if r["kind"] == "eager":
             print(
                 f"{r['impl']:12} eager B=1: {r['ms_per_token']:.2f} ms/token; same tokens: {r['same_tokens_as_graphs']}"
@@ -352,6 +374,12 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="ours: a capture's new Triton kernels compile one by one as they are first launched, not on threads "
         "first (measure with an empty TRITON_CACHE_DIR: cached kernels are not compiled at all)",
+    )
+    parser.add_argument(
+        "--compile-threads",
+        type=int,
+        help="ours: the threads a capture's new Triton kernels compile on (default: the cores, at most "
+        "parallel_compile.MAX_WORKERS)",
     )
 
 

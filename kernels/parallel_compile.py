@@ -23,11 +23,15 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import torch
+from transformers.utils import logging
+
+logger = logging.get_logger(f"transformers.{__name__}")
 
 MAX_WORKERS = 8  # the cap the H200 run had (16 cores: benchmarks/README.md); more were not tried
 
@@ -114,5 +118,8 @@ def compiled_in_parallel(device: torch.device, threads: int | None = None) -> It
         except Exception:  # noqa: BLE001 - left to the launch that needs the kernel: it compiles it again and
             pass  # reports or falls back as it always does (``kernels/launch.py``), a config too large, say
 
+    start = time.perf_counter()
     with ThreadPoolExecutor(threads, thread_name_prefix="statex-compile") as pool:
         list(pool.map(preload, pending.values()))
+    if pending:  # what a first capture's time is mostly made of (benchmarks/bench_generate.py shows it)
+        logger.info(f"Compiled {len(pending)} kernels on {threads} threads in {time.perf_counter() - start:.2f} s.")

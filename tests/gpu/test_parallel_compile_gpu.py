@@ -15,7 +15,7 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 CAPTURE = """
-import json, sys, threading, torch
+import json, logging, sys, threading, torch
 from triton import knobs
 from statex_hf.modeling import decode_graphs
 from statex_hf import StateXGLAConfig, StateXGLAForCausalLM, StateXMamba2Config, StateXMamba2ForCausalLM
@@ -31,7 +31,11 @@ else:
     model = StateXMamba2ForCausalLM(config)
 torch.manual_seed(0)
 model = model.to("cuda", torch.bfloat16).eval()
-phase, compiles = ["before"], []
+phase, compiles, messages = ["before"], [], []
+log = logging.Handler()
+log.emit = lambda record: messages.append(record.getMessage())
+logging.getLogger("transformers.statex_hf.kernels.parallel_compile").addHandler(log)
+logging.getLogger("transformers.statex_hf.kernels.parallel_compile").setLevel(logging.INFO)
 knobs.runtime.jit_post_compile_hook = lambda **kw: compiles.append((phase[0], threading.current_thread().name))
 capture = decode_graphs.DecodeGraphs._capture
 def marked(*args, **kwargs):
@@ -46,7 +50,7 @@ kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=
 graphs = model.generate(ids, **kwargs)
 seconds = decode_graphs.decode_graphs_for(model).last_capture_seconds
 eager = model.generate(ids, disable_compile=True, **kwargs)
-print(json.dumps(dict(compiles=compiles, seconds=seconds, same=torch.equal(graphs, eager))))
+print(json.dumps(dict(compiles=compiles, messages=messages, seconds=seconds, same=torch.equal(graphs, eager))))
 """
 
 
@@ -70,6 +74,9 @@ def test_a_first_capture_compiles_its_kernels_on_threads_and_decodes_the_eager_t
     # warm-up and the captured calls launch them.
     assert len(in_capture) >= 3, run
     assert all(thread.startswith("statex-compile") for thread in in_capture), run
+    # And the log says how many, for a user to see what a first capture's time went to.
+    said = f"Compiled {len(in_capture)} kernels on 4 threads in "
+    assert len(run["messages"]) == 1 and run["messages"][0].startswith(said), run
 
 
 def test_one_thread_compiles_each_kernel_where_it_is_launched(tmp_path):
@@ -77,3 +84,4 @@ def test_one_thread_compiles_each_kernel_where_it_is_launched(tmp_path):
     assert run["seconds"] is not None and run["same"], run
     in_capture = [thread for phase, thread in run["compiles"] if phase == "capture"]
     assert in_capture and all(thread == "MainThread" for thread in in_capture), run
+    assert run["messages"] == [], run
