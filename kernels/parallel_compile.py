@@ -122,4 +122,5 @@ def compiled_in_parallel(device: torch.device, threads: int | None = None) -> It
     with ThreadPoolExecutor(threads, thread_name_prefix="statex-compile") as pool:
         list(pool.map(preload, pending.values()))
     if pending:  # what a first capture's time is mostly made of (benchmarks/bench_generate.py shows it)
-        logger.info(f"Compiled {len(pending)} kernels on {threads} threads in {time.perf_counter() - start:.2f} s.")
+        kernels = f"{len(pending)} kernel{'s' if len(pending) > 1 else ''}"
+        logger.info(f"Compiled {kernels} on {threads} threads in {time.perf_counter() - start:.2f} s.")

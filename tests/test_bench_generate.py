@@ -122,7 +122,7 @@ def test_every_baseline_flag_reaches_the_worker_processes(monkeypatch):
     assert baseline_argv(parser.parse_args([])) == []
 
 
-def test_the_serial_compile_baseline_compiles_a_captures_kernels_one_by_one(monkeypatch):
+def test_the_compile_flags_set_the_threads_a_captures_kernels_compile_on(monkeypatch):
     monkeypatch.syspath_prepend(os.path.dirname(BENCH))
     import argparse
 
@@ -134,6 +134,8 @@ def test_the_serial_compile_baseline_compiles_a_captures_kernels_one_by_one(monk
     add_baseline_arguments(parser)
     apply_same_run_baselines(parser.parse_args(["--serial-compile"]))
     assert decode_graphs.COMPILE_THREADS == 1
+    apply_same_run_baselines(parser.parse_args(["--compile-threads", "5"]))
+    assert decode_graphs.COMPILE_THREADS == 5
 
 
 def test_the_norm_in_step_flag_sets_its_switch(monkeypatch):

@@ -4,6 +4,7 @@ Its work, compiling a first capture's kernels on threads, is tested on the GPU
 """
 
 import contextlib
+import logging
 import threading
 import types
 
@@ -59,6 +60,12 @@ def test_only_the_recording_threads_launches_of_its_own_kernels_are_skipped_and_
         compile = {"specialization_data": f"data of {key}", "device": device}
         return knobs.runtime.jit_cache_hook(key=key, fn=kernel, compile=compile, is_manual_warmup=False)
 
+    said = []  # what the block logs (transformers' loggers do not propagate to pytest's caplog)
+    log = logging.Handler()
+    log.emit = lambda record: said.append(record.getMessage())
+    monkeypatch.setattr(parallel_compile.logger, "handlers", [log])
+    monkeypatch.setattr(parallel_compile.logger, "level", parallel_compile.logger.level)  # restored afterwards
+    parallel_compile.logger.setLevel(logging.INFO)
     with compiled_in_parallel(torch.device("cuda", 0), threads=2):
         assert missed("mine") is True and missed("mine") is True  # skipped: recorded for the pool, once
         assert missed("fla's", kernel=theirs) is None
@@ -77,4 +84,8 @@ def test_only_the_recording_threads_launches_of_its_own_kernels_are_skipped_and_
         ("statex_hf.kernels.linear.gemv", "data of outer, after the inner block"),
     ]
     assert current_gpus == [1, 1, 1]  # each compile for the GPU its launch was on, not the block's device
+    assert [message.split(" in ")[0] for message in said] == [
+        "Compiled 1 kernel on 2 threads",
+        "Compiled 2 kernels on 2 threads",
+    ]
     assert missed("after") is None and earlier[-1] == "after"
