@@ -1,8 +1,7 @@
 """The B = 1 decode step's tiles swept end to end: each config's captured step, replayed, on one GPU.
 
     python -P benchmarks/sweep_decode_tiles.py [--impls ours_mamba2,ours_gla] [--rows "2,2,1024 4,4,1024"]
-        [--wide "8,8,1024@8@1 8,8,1024@1e9@0"] [--whole "off 4,4,4096"] [--steps "4,2,16,128,128 8,2,32,128,128"]
-        [--json out.json]
+        [--wide "8,8,1024@8@1 8,8,1024@1e9@0"] [--steps "4,2,16,128,128 8,2,32,128,128"] [--json out.json]
 
 The microbenchmarks time one kernel at a time (``bench_gemv.py``, ``bench_conv_state_update.py``); a decode step
 is 150-220 kernels under programmatic dependent launch, where a kernel's tail overlaps the next one's start. Here
@@ -14,8 +13,6 @@ Rows:
 - ``--wide``: the table's ``m1_wide`` tiles ``warps,BN,BK``, after ``@`` ``WIDE_MIN_WAVES`` (the waves of the GPU a
   one-row product's grid must fill at those tiles to take them, ``configs.one_row_bucket``; ``1e9``: never), and
   after a second ``@`` ``WIDE_GATED_NORM`` (1: a product with a gated norm takes them whatever its grid; 0: not);
-- ``--whole``: the table's ``m1_whole`` tiles ``warps,BN,BK`` (a gated norm's product whose K fits one step), or
-  ``off`` (``WHOLE_GATED_NORM`` off: that product takes what ``--wide``'s rule gives it);
 - ``--steps`` (Mamba2): the one-launch conv and state step's ``warps,stages,BP,BN,BW``.
 The first row of each impl is the launch tables' own pick (``table``), run again last to show the drift. ``same``
 says whether the config's greedy tokens equal the table's (random weights: a near tie may flip on another sum order).
@@ -41,7 +38,6 @@ from bench_generate import build  # noqa: E402
 ROW_KERNELS = ("linear.gemv", "linear.gemv_group", "linear.gemv_swiglu")
 ROWS = "2,2,1024 4,2,1024 4,4,1024 4,2,2048 8,4,2048 8,8,1024 2,4,512 4,8,512 1,2,512"
 WIDES = "8,8,1024@1e9@0 8,8,1024@1e9@1 8,8,1024@8@0 4,4,1024@8@1 16,16,1024@8@1"
-WHOLES = "off 4,4,4096 16,16,4096"
 STEPS = "4,2,16,128,128 4,2,8,128,128 8,2,16,128,128 8,2,32,128,128 2,2,8,128,128 4,2,32,128,128"
 
 
@@ -50,37 +46,9 @@ def row_config(spec: str) -> LaunchConfig:
     return LaunchConfig.of(warps, 1, BM=1, BN=bn, BK=bk, SPLIT_K=1)
 
 
-# The one-row rule's knobs (``configs.py``): m1_wide, WIDE_MIN_WAVES, WIDE_GATED_NORM, m1_whole, WHOLE_GATED_NORM.
-Setting = tuple[LaunchConfig, float, bool, LaunchConfig, bool]
-
-
-def table_setting() -> Setting:
-    table = configs.TABLES["default"]
-    return (
-        table["m1_wide"],
-        configs.WIDE_MIN_WAVES,
-        configs.WIDE_GATED_NORM,
-        table["m1_whole"],
-        configs.WHOLE_GATED_NORM,
-    )
-
-
-def apply_setting(setting: Setting) -> None:
-    table = configs.TABLES["default"]
-    table["m1_wide"], configs.WIDE_MIN_WAVES, configs.WIDE_GATED_NORM, table["m1_whole"], configs.WHOLE_GATED_NORM = (
-        setting
-    )
-
-
-def wide_setting(spec: str, table: Setting) -> Setting:
+def wide_setting(spec: str) -> tuple[LaunchConfig, float, bool]:
     tiles, waves, gated = spec.split("@")
-    return row_config(tiles), float(waves), gated == "1", *table[3:]
-
-
-def whole_setting(spec: str, table: Setting) -> Setting:
-    if spec == "off":
-        return *table[:4], False
-    return *table[:3], row_config(spec), True
+    return row_config(tiles), float(waves), gated == "1"
 
 
 def step_config(spec: str) -> LaunchConfig:
@@ -107,24 +75,22 @@ def replay_ms(model, ids: torch.Tensor, rounds: int, replays: int) -> tuple[floa
     return statistics.median(times), tokens
 
 
-def sweep(
-    impl: str, rows: list[str], wides: list[str], wholes: list[str], steps: list[str], rounds: int, replays: int
-) -> list[dict]:
+def sweep(impl: str, rows: list[str], wides: list[str], steps: list[str], rounds: int, replays: int) -> list[dict]:
     model, _ = build(impl)
     ids = torch.randint(1, model.config.vocab_size, (1, 64), device="cuda", generator=None)
-    table = table_setting()
-    cases: list[tuple[str, dict[str, LaunchConfig], Setting]] = [("table", {}, table)]
-    cases += [(f"rows {spec}", dict.fromkeys(ROW_KERNELS, row_config(spec)), table) for spec in rows]
-    cases += [(f"wide {spec}", {}, wide_setting(spec, table)) for spec in wides]
-    cases += [(f"whole {spec}", {}, whole_setting(spec, table)) for spec in wholes]
+    table_wide = (configs.TABLES["default"]["m1_wide"], configs.WIDE_MIN_WAVES, configs.WIDE_GATED_NORM)
+    Case = tuple[str, dict[str, LaunchConfig], tuple[LaunchConfig, float, bool]]
+    cases: list[Case] = [("table", {}, table_wide)]
+    cases += [(f"rows {spec}", dict.fromkeys(ROW_KERNELS, row_config(spec)), table_wide) for spec in rows]
+    cases += [(f"wide {spec}", {}, wide_setting(spec)) for spec in wides]
     if impl == "ours_mamba2":
-        cases += [(f"step {spec}", {"ssd.conv_state_update": step_config(spec)}, table) for spec in steps]
-    cases.append(("table (again)", {}, table))
+        cases += [(f"step {spec}", {"ssd.conv_state_update": step_config(spec)}, table_wide) for spec in steps]
+    cases.append(("table (again)", {}, table_wide))
     results, reference = [], None
-    for label, overrides, setting in cases:
+    for label, overrides, wide in cases:
         saved = dict(launch.OVERRIDES)
         launch.OVERRIDES.update(overrides)
-        apply_setting(setting)
+        configs.TABLES["default"]["m1_wide"], configs.WIDE_MIN_WAVES, configs.WIDE_GATED_NORM = wide
         try:
             ms, tokens = replay_ms(model, ids, rounds, replays)
         except Exception as error:  # a config the GPU cannot take: its row says why, the sweep goes on
@@ -133,7 +99,7 @@ def sweep(
         finally:
             launch.OVERRIDES.clear()
             launch.OVERRIDES.update(saved)
-            apply_setting(table)
+            configs.TABLES["default"]["m1_wide"], configs.WIDE_MIN_WAVES, configs.WIDE_GATED_NORM = table_wide
         reference = tokens if reference is None else reference
         same = bool(torch.equal(tokens, reference))
         print(f"{impl:12s} {label:24s} {ms:7.3f} ms  same tokens: {same}", flush=True)
@@ -152,7 +118,6 @@ def main() -> None:
         default=WIDES,
         help="m1_wide tiles warps,BN,BK@WIDE_MIN_WAVES@WIDE_GATED_NORM (0 or 1; space-separated)",
     )
-    parser.add_argument("--whole", default=WHOLES, help="m1_whole tiles warps,BN,BK, or off (space-separated)")
     parser.add_argument("--steps", default=STEPS, help="Mamba2 step configs warps,stages,BP,BN,BW (space-separated)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--replays", type=int, default=50)
@@ -162,15 +127,7 @@ def main() -> None:
     torch.manual_seed(0)
     results = []
     for impl in args.impls.split(","):
-        results += sweep(
-            impl,
-            args.rows.split(),
-            args.wide.split(),
-            args.whole.split(),
-            args.steps.split(),
-            args.rounds,
-            args.replays,
-        )
+        results += sweep(impl, args.rows.split(), args.wide.split(), args.steps.split(), args.rounds, args.replays)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

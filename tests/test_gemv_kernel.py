@@ -72,15 +72,12 @@ def test_every_bucket_at_every_split_equals_f_linear(monkeypatch, bucket, splits
 )
 def test_a_one_row_product_takes_the_wide_tiles_where_they_fill_the_gpu_eight_times_over(n, k, bucket):
     cpu = torch.device("cpu")  # picks as for an H100's SMs
-    table = configs.TABLES["default"]
-    assert configs.pick(1, n, k, cpu) == table[bucket]
-    assert configs.one_row_config([n], cpu) == table[bucket]
+    assert configs.pick(1, n, k, cpu) == configs.TABLES["default"][bucket]
+    assert configs.one_row_config([n], cpu) == configs.TABLES["default"][bucket]
     assert configs.pick(2, n, k, cpu).BM == 2  # more rows of x: the row buckets as before
-    # A gated norm's prologue is paid once a program: such a product (Mamba2's out_proj) takes 8-row tiles at any
-    # grid, unsplit (its 256 programs at 8 rows a program would otherwise split K in two: ``configs.split_k``), and
-    # where its K fits one step of them (K = 4096 at 1.3B), the whole row in that step (``m1_whole``).
-    gated = "m1_whole" if k <= table["m1_whole"].BK else "m1_wide"
-    assert configs.pick(1, n, k, cpu, gated_norm=True) == table[gated]
+    # A gated norm's prologue is paid once a program: such a product (Mamba2's out_proj) takes the wide tiles at any
+    # grid, unsplit (its 256 programs at 8 rows a program would otherwise split K in two: ``configs.split_k``).
+    assert configs.pick(1, n, k, cpu, gated_norm=True) == configs.TABLES["default"]["m1_wide"]
 
 
 def test_a_split_longer_than_k_leaves_empty_programs_that_add_zero(monkeypatch):
@@ -234,7 +231,7 @@ def test_one_row_over_several_steps_with_the_look_ahead_masked_at_k(monkeypatch,
     config = configs.TABLES["default"]["m1"].with_(BN=bn, BK=bk, SPLIT_K=splits)
     monkeypatch.setitem(launch.OVERRIDES, "linear.gemv", config)
     assert_linear(*inputs(1))
-    assert_linear(*inputs(1, k=bk))  # exactly one step: the kernels' ONE_STEP, no loop
+    assert_linear(*inputs(1, k=bk))  # exactly one step: the look-ahead is all of it masked
     assert_linear(*inputs(2, with_bias=False))  # a grid axis over the rows: each program still one row
 
 
@@ -264,21 +261,20 @@ def compiled(fn, signature, constexprs, config):
     return dict(loads=len(loads), wide=sum(".v4." in line for line in loads), shared=kernel.metadata.shared,
                 summed=summed, early=early, stores_early=("st.global" in before) if waits else None)
 
-m1, m1w, m1h = (configs.TABLES["default"][entry] for entry in ("m1", "m1_wide", "m1_whole"))
-# At the 1.3B shapes these tiles walk K in steps (ONE_STEP off), m1_whole's (Mamba2's out_proj) in one.
-c, w, h = (dict(BN=t.BN, BK=t.BK, USE_PDL=False, ONE_STEP=t is m1h) for t in (m1, m1w, m1h))
+m1, m1w = configs.TABLES["default"]["m1"], configs.TABLES["default"]["m1_wide"]
+c, w = dict(BN=m1.BN, BK=m1.BK, USE_PDL=False), dict(BN=m1w.BN, BK=m1w.BK, USE_PDL=False)
 no_norm = gemv.norm_constants(None, None)
 gla_norm = dict(no_norm, NORM=True, X_DTYPE=triton.language.bfloat16, N_DTYPE=triton.language.bfloat16)
 norm_args = {"norm_w": "*bf16", "eps": "fp32"}
 plain = {n: "*bf16" for n in ("x", "w", "bias", "out")} | {n: "i32" for n in ("M", "N", "K", "stride_xm", "stride_wn")}
 plain |= norm_args | {"residual": "*bf16", "gate": "*bf16", "squares": "*fp32", "Q": "i32"}
 plain |= {n: "constexpr" for n in ("BM", "BN", "BK", "SPLIT_K", "HAS_BIAS", "PRECISION", "USE_PDL", *no_norm)}
-plain |= {n: "constexpr" for n in ("HAS_RESIDUAL", "Y_DTYPE", "GATED", "NQ", "ONE_STEP")}
+plain |= {"HAS_RESIDUAL": "constexpr", "Y_DTYPE": "constexpr", "GATED": "constexpr", "NQ": "constexpr"}
 swiglu = {n: "*bf16" for n in ("x", "wg", "wu", "out")} | {"N": "i32", "K": "i32"} | norm_args
-swiglu |= dict.fromkeys([*c, *no_norm, "ONE_STEP"], "constexpr")
+swiglu |= dict.fromkeys([*c, *no_norm], "constexpr")
 group = {"x": "*bf16", "K": "i32"} | {f"w{i}": "*bf16" for i in range(6)} | {f"y{i}": "*bf16" for i in range(6)}
 group |= {f"N{i}": "i32" for i in range(6)} | {f"S{i}": "i32" for i in range(1, 6)} | norm_args
-group |= {n: "constexpr" for n in ("G", "BN", "BK", "USE_PDL", "ONE_STEP", *no_norm)}
+group |= {n: "constexpr" for n in ("G", "BN", "BK", "USE_PDL", *no_norm)}
 residual_pdl = dict(USE_PDL=True, HAS_RESIDUAL=True)
 one_row = dict(BM=1, SPLIT_K=1, HAS_BIAS=False, PRECISION="ieee", HAS_RESIDUAL=False, Y_DTYPE=triton.language.bfloat16,
                GATED=False, NQ=1)
@@ -304,9 +300,6 @@ print(json.dumps({
     "wide pdl swiglu": compiled(gemv_group._gemv_swiglu_kernel, swiglu, w | dict(USE_PDL=True) | no_norm, m1w),
     "wide pdl gated normed residual gemv": compiled(gemv._gemv_kernel, plain,
                                                     w | one_row | mamba2_norm | residual_pdl, m1w),
-    # Mamba2's out_proj: the whole row of K in one step.
-    "whole pdl gated normed residual gemv": compiled(gemv._gemv_kernel, plain,
-                                                     h | one_row | mamba2_norm | residual_pdl, m1h),
 }))
 """
 
@@ -338,8 +331,7 @@ def test_the_one_row_kernels_compile_for_sm90_to_wide_loads_and_no_shuffle_throu
             assert stats["wide"] == 2 * per_step * (2 if "swiglu" in name else 1), (name, stats)
             assert stats["shared"] <= 4 * wide.BK, (name, stats)
             continue
-        # m1_whole's 8 warps lie all along its 4096 columns, so x needs no shuffle either.
-        tiles = configs.TABLES["default"]["m1_whole" if name.startswith("whole") else "m1"]
+        tiles = configs.TABLES["default"]["m1"]
         narrow = 1 if "residual" in name else 0  # the residual its epilogue adds: BN values, too few for a wide load
         if "gated" in name:  # and the 256 partial sums of squares, masked at a count Q of no known alignment
             narrow += 256 // (32 * tiles.num_warps)
@@ -348,9 +340,8 @@ def test_the_one_row_kernels_compile_for_sm90_to_wide_loads_and_no_shuffle_throu
     # The grouped and SwiGLU kernels' bit-for-bit claim (tests/gpu/test_gemv_group_gpu.py): at each entry's tiles,
     # every sum over K, in the three kernels, reduces a tile of one and the same layout, so in one order; with a norm
     # in their prologue too (which adds the row's sum of squares, another layout).
-    for wide in (False, True):  # (m1_whole serves out_proj alone, which no grouped kernel takes)
+    for wide in (False, True):
         of_tiles = {name: stats for name, stats in kernels.items() if name.startswith("wide") == wide}
-        of_tiles = {name: stats for name, stats in of_tiles.items() if not name.startswith("whole")}
         products = {layout for name, stats in of_tiles.items() if "normed" not in name for layout in stats["summed"]}
         assert len(products) == 1 and all(products <= set(stats["summed"]) for stats in of_tiles.values()), of_tiles
 
@@ -374,9 +365,3 @@ def test_under_pdl_the_one_row_kernels_ask_for_their_first_weight_tiles_before_t
         early = kernels[f"wide pdl {name}"]["early"]
         assert early == kernels["wide pdl gemv"]["early"] * (2 if name == "swiglu" else 1) and all(early), name
         assert not kernels[f"wide pdl {name}"]["stores_early"], name
-    # m1_whole: the whole of a program's rows of W (Mamba2's out_proj's 8 x 4096) loaded before the wait, every load
-    # 16 bytes a thread and evict_first, so all of it streams while the step before it runs.
-    whole = configs.TABLES["default"]["m1_whole"]
-    early = kernels["whole pdl gated normed residual gemv"]["early"]
-    assert early == [True] * (whole.BN * whole.BK * 2 // (16 * 32 * whole.num_warps)), early
-    assert not kernels["whole pdl gated normed residual gemv"]["stores_early"]

@@ -41,7 +41,6 @@ TABLES: dict[str, dict[str, LaunchConfig]] = {
     "default": {
         "m1": LaunchConfig.of(2, 1, BM=1, BN=2, BK=1024, SPLIT_K=1),
         "m1_wide": LaunchConfig.of(8, 1, BM=1, BN=8, BK=1024, SPLIT_K=1),
-        "m1_whole": LaunchConfig.of(8, 1, BM=1, BN=8, BK=4096, SPLIT_K=1),
         "m2": LaunchConfig.of(4, 4, BM=2, BN=8, BK=256, SPLIT_K=1),
         "m4": LaunchConfig.of(4, 4, BM=4, BN=8, BK=128, SPLIT_K=1),
         "m16": LaunchConfig.of(4, 4, BM=16, BN=32, BK=128, SPLIT_K=1),
@@ -53,7 +52,6 @@ SAFE = LaunchConfig.of(4, 1, BM=1, BN=16, BK=32, SPLIT_K=1)
 WAVES = 2
 WIDE_MIN_WAVES = 8  # a one-row product takes ``m1_wide`` where its grid at that BN is at least this many waves,
 WIDE_GATED_NORM = True  # or where it has a gated norm
-WHOLE_GATED_NORM = True  # a gated norm's product whose K fits one step of ``m1_whole`` takes that instead
 MIN_STEPS = 2
 H100_SMS = 132  # the SM count assumed off CUDA, so CPU runs pick what an H100 would
 
@@ -90,13 +88,11 @@ def split_k(config: LaunchConfig, m: int, n: int, k: int, sms: int) -> int:
 
 def pick(m: int, n: int, k: int, device: torch.device, gated_norm: bool = False) -> LaunchConfig:
     """The table's config for an ``[m, k] x [n, k]^T`` product on ``device`` (``gated_norm``: of x normalized with a
-    gate), its ``SPLIT_K`` set by ``split_k``; ``m1_wide`` and ``m1_whole`` never split."""
+    gate), its ``SPLIT_K`` set by ``split_k``; ``m1_wide`` never splits."""
     table, sms = launch.device_table(TABLES, device), multiprocessors(device)
     entry = bucket(m, n, table, sms, gated_norm)
-    if entry == "m1_wide" and gated_norm and WHOLE_GATED_NORM and k <= table["m1_whole"].BK:
-        entry = "m1_whole"
     config = table[entry]
-    return config.with_(SPLIT_K=1 if entry.startswith("m1_w") else split_k(config, m, n, k, sms))
+    return config.with_(SPLIT_K=1 if entry == "m1_wide" else split_k(config, m, n, k, sms))
 
 
 def one_row_buckets(ns: Sequence[int], device: torch.device) -> set[str]:

@@ -71,13 +71,6 @@ def gated_constants(norm: RowNorm | None) -> dict:
     return dict(GATED=True, NQ=triton.next_power_of_2(norm.squares.numel()))
 
 
-def one_step(k: int, bk: int, splits: int = 1) -> bool:
-    """Whether each program of a one-row product of K ``k`` in ``splits`` walks its share in one step of ``bk``: the
-    kernels' ``ONE_STEP`` (``_one_row_dot``), taken wherever it holds so that the grouped and SwiGLU kernels sum as
-    ``gemv`` does."""
-    return triton.cdiv(k, splits) <= bk
-
-
 @triton.jit
 def _row_rstd(row, K, eps, BK: tl.constexpr, ROUND_X: tl.constexpr, X_DTYPE: tl.constexpr):
     """``(mean_K(u^2) + eps)^(-1/2)`` of the row at ``row`` (pointers to its first ``BK`` columns), ``u`` its fp32
@@ -136,34 +129,11 @@ def _row_block_dot(x_tile, w_tile, m_mask, n_mask, k_start, k_end, split_len,
 
 
 @triton.jit
-def _operand(xs, nws, zs, squares, rstd, NORM: tl.constexpr, GATED: tl.constexpr, ROW_PASS: tl.constexpr,
-             ROUND_X: tl.constexpr, X_DTYPE: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
-             N_DTYPE: tl.constexpr):  # fmt: skip
-    """One step's x as ``_one_row_dot``'s products take it (fp32), and the row's sum of squares so far: loaded
-    values ``xs``, with ``NORM`` the norm's weights ``nws`` and (``GATED``) the gate's values ``zs``."""
-    xf = xs.to(tl.float32)
-    if NORM:
-        if GATED:  # gated_rmsnorm._gate's u, then the norm's roundings
-            zf = zs.to(tl.float32)
-            u = xf * zf * tl.sigmoid(zf)
-            xf = _normed(u, nws.to(tl.float32), rstd, False, X_DTYPE, False, N_DTYPE)
-        elif ROW_PASS:
-            xf = _normed(xs, nws.to(tl.float32), rstd, ROUND_X, X_DTYPE, NORM_BEFORE_GATE, N_DTYPE)
-        else:  # u * w now, times rstd once the row's squares are summed
-            if ROUND_X:
-                xf = _round_to(xf, X_DTYPE)
-            squares += xf * xf
-            xf = xf * nws.to(tl.float32)
-    return xf, squares
-
-
-@triton.jit
 def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len, norm_w, eps, K, early,
                  BN: tl.constexpr, BK: tl.constexpr, PAIR: tl.constexpr, USE_PDL: tl.constexpr,
                  NORM: tl.constexpr, ROW_PASS: tl.constexpr, ROUND_X: tl.constexpr, X_DTYPE: tl.constexpr,
                  NORM_BEFORE_GATE: tl.constexpr, N_DTYPE: tl.constexpr, EARLY: tl.constexpr,
-                 gate_row=None, partials=None, Q=1, GATED: tl.constexpr = False, NQ: tl.constexpr = 1,
-                 ONE_STEP: tl.constexpr = False):  # fmt: skip
+                 gate_row=None, partials=None, Q=1, GATED: tl.constexpr = False, NQ: tl.constexpr = 1):  # fmt: skip
     """The fp32 sums ``x[k_start:k_end] . W[rows_n, k_start:k_end]`` of one program, ``[BN]``, for one row of x; with
     ``PAIR``, the same sums of a second weight ``V`` too (``(w_sums, v_sums, early_values)``; without, ``v_sums`` is
     zeros). ``early`` (``EARLY``): ``[BN]`` pointers the caller's epilogue reads (the residual it adds), loaded right
@@ -192,12 +162,7 @@ def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len, norm_
 
     ``GATED`` (with ``NORM``): Mamba2's gated norm, gate first (``row_norm.py``): ``gate_row`` points at z as
     ``x_row`` at x, ``partials`` at the ``Q`` partial sums of the row's squares, added up right after the wait; each
-    step's x is then gated and normalized as the norm kernel rounds it (``_normed``), whatever the split.
-
-    ``ONE_STEP`` (the caller's promise that ``split_len <= BK``): the program's whole share of W is the tile loaded
-    before the wait, so under PDL all of it streams while the kernel before still runs (Mamba2's out_proj during the
-    one-launch step: ``configs.py``'s ``m1_whole``). No loop then, and no look-ahead tile or accumulator held across
-    one, which would double the registers of a tile that long. The same products and sum as the loop's one step."""
+    step's x is then gated and normalized as the norm kernel rounds it (``_normed``), whatever the split."""
     cols = tl.arange(0, BK)
     acc_w = tl.zeros([BN, BK], dtype=tl.float32)
     acc_v = tl.zeros([BN, BK], dtype=tl.float32)
@@ -224,32 +189,35 @@ def _one_row_dot(x_row, w_tile, v_tile, n_mask, k_start, k_end, split_len, norm_
         elif ROW_PASS:
             rstd = _row_rstd(x_row - k_start, K, eps, BK, ROUND_X, X_DTYPE)
         nws = tl.load(norm_w + k_start + cols, mask=k_mask, other=0.0)
-    if ONE_STEP:
-        xf, squares = _operand(xs, nws, zs, squares, rstd, NORM, GATED, ROW_PASS, ROUND_X, X_DTYPE, NORM_BEFORE_GATE,
-                               N_DTYPE)  # fmt: skip
-        acc_w = xf[None, :] * ws.to(tl.float32)
+    for step in range(tl.cdiv(split_len, BK)):
+        ahead = (step + 1) * BK
+        k_mask = k_start + ahead + cols < k_end
+        tile_mask = n_mask[:, None] & k_mask[None, :]
+        xs_ahead = tl.load(x_row + ahead, mask=k_mask, other=0.0)
+        ws_ahead = tl.load(w_tile + ahead, mask=tile_mask, other=0.0, eviction_policy="evict_first")
+        xf = xs.to(tl.float32)
+        nws_ahead = nws
+        zs_ahead = zs
+        if NORM:
+            nws_ahead = tl.load(norm_w + k_start + ahead + cols, mask=k_mask, other=0.0)
+            if GATED:  # gated_rmsnorm._gate's u, then the norm's roundings
+                zs_ahead = tl.load(gate_row + ahead, mask=k_mask, other=0.0)
+                zf = zs.to(tl.float32)
+                u = xf * zf * tl.sigmoid(zf)
+                xf = _normed(u, nws.to(tl.float32), rstd, False, X_DTYPE, False, N_DTYPE)
+            elif ROW_PASS:
+                xf = _normed(xs, nws.to(tl.float32), rstd, ROUND_X, X_DTYPE, NORM_BEFORE_GATE, N_DTYPE)
+            else:  # u * w now, times rstd once the row's squares are summed
+                if ROUND_X:
+                    xf = _round_to(xf, X_DTYPE)
+                squares += xf * xf
+                xf = xf * nws.to(tl.float32)
+        vs_ahead = vs
         if PAIR:
-            acc_v = xf[None, :] * vs.to(tl.float32)
-    else:
-        for step in range(tl.cdiv(split_len, BK)):
-            ahead = (step + 1) * BK
-            k_mask = k_start + ahead + cols < k_end
-            tile_mask = n_mask[:, None] & k_mask[None, :]
-            xs_ahead = tl.load(x_row + ahead, mask=k_mask, other=0.0)
-            ws_ahead = tl.load(w_tile + ahead, mask=tile_mask, other=0.0, eviction_policy="evict_first")
-            nws_ahead, zs_ahead, vs_ahead = nws, zs, vs
-            if NORM:
-                nws_ahead = tl.load(norm_w + k_start + ahead + cols, mask=k_mask, other=0.0)
-                if GATED:
-                    zs_ahead = tl.load(gate_row + ahead, mask=k_mask, other=0.0)
-            if PAIR:
-                vs_ahead = tl.load(v_tile + ahead, mask=tile_mask, other=0.0, eviction_policy="evict_first")
-            xf, squares = _operand(xs, nws, zs, squares, rstd, NORM, GATED, ROW_PASS, ROUND_X, X_DTYPE,
-                                   NORM_BEFORE_GATE, N_DTYPE)  # fmt: skip
-            if PAIR:
-                acc_v += xf[None, :] * vs.to(tl.float32)
-            acc_w += xf[None, :] * ws.to(tl.float32)
-            xs, ws, vs, nws, zs = xs_ahead, ws_ahead, vs_ahead, nws_ahead, zs_ahead
+            vs_ahead = tl.load(v_tile + ahead, mask=tile_mask, other=0.0, eviction_policy="evict_first")
+            acc_v += xf[None, :] * vs.to(tl.float32)
+        acc_w += xf[None, :] * ws.to(tl.float32)
+        xs, ws, vs, nws, zs = xs_ahead, ws_ahead, vs_ahead, nws_ahead, zs_ahead
     w_sums, v_sums = tl.sum(acc_w, axis=1), tl.sum(acc_v, axis=1)
     if NORM and not ROW_PASS and not GATED:
         rstd = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / K + eps)
@@ -272,11 +240,10 @@ def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn, norm_w, eps, re
                  NORM: tl.constexpr = False, ROUND_X: tl.constexpr = False, X_DTYPE: tl.constexpr = tl.float32,
                  NORM_BEFORE_GATE: tl.constexpr = True, N_DTYPE: tl.constexpr = tl.float32,
                  HAS_RESIDUAL: tl.constexpr = False, Y_DTYPE: tl.constexpr = tl.float32,
-                 GATED: tl.constexpr = False, NQ: tl.constexpr = 1, ONE_STEP: tl.constexpr = False):  # fmt: skip
+                 GATED: tl.constexpr = False, NQ: tl.constexpr = 1):  # fmt: skip
     # NORM / HAS_RESIDUAL (one row only: ``gemv``): the norm prologue and the residual add (``row_norm.py``); with
     # the add, ``out`` is the new residual stream (no split) and the product itself is not stored. GATED: the norm
-    # is Mamba2's gated one, z at ``gate``, its sum of squares in ``Q`` partial sums at ``squares``. ONE_STEP (one
-    # row): a program's share of K fits one step (``_one_row_dot``).
+    # is Mamba2's gated one, z at ``gate``, its sum of squares in ``Q`` partial sums at ``squares``.
     if BM != 1:  # one row waits in `_one_row_dot`, after its first weight load
         wait_for_predecessor(USE_PDL)
     tl.static_assert(BM == 1 or not NORM, "the norm prologue is one row's (_one_row_dot)")
@@ -298,7 +265,7 @@ def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn, norm_w, eps, re
         sums, _, r = _one_row_dot(x_row, w_tile, w_tile, n_mask, k_start, k_end, split_len, norm_w, eps, K, r_row, BN,
                                   BK, False, USE_PDL, NORM, SPLIT_K > 1, ROUND_X, X_DTYPE, NORM_BEFORE_GATE, N_DTYPE,
                                   HAS_RESIDUAL and SPLIT_K == 1, gate + k_start + cols, squares, Q, GATED,
-                                  NQ, ONE_STEP)  # fmt: skip
+                                  NQ)  # fmt: skip
         total = sums[None, :]
         r = r[None, :]
     else:
@@ -416,7 +383,7 @@ def gemv(
         _gemv_kernel[grid](
             x2, weight, bias if has_bias else weight, out, M, N, K, x2.stride(0), weight.stride(0), *norm_args,
             residual_arg, *gate_args, HAS_BIAS=has_bias, PRECISION=precision, **fused,
-            ONE_STEP=one_step(K, c.BK, c.SPLIT_K), **(ends if c.SPLIT_K == 1 else {}), **c.kwargs(), **pdl_kwargs(),
+            **(ends if c.SPLIT_K == 1 else {}), **c.kwargs(), **pdl_kwargs(),
         )  # fmt: skip
         if c.SPLIT_K > 1:
             _split_k_sum_kernel[(triton.cdiv(M * N, SUM_BLOCK),)](

@@ -31,7 +31,7 @@ from statex_hf.kernels.activations.elementwise import silu
 from statex_hf.kernels.dependent_launch import pdl_kwargs
 from statex_hf.kernels.launch import LaunchConfig
 from statex_hf.kernels.linear.configs import SAFE, one_row_config
-from statex_hf.kernels.linear.gemv import _one_row_dot, norm_constants, one_step
+from statex_hf.kernels.linear.gemv import _one_row_dot, norm_constants
 from statex_hf.kernels.linear.row_norm import RowNorm
 from statex_hf.kernels.utils import needs_grad
 
@@ -49,7 +49,7 @@ def _pick(pid, start, first, w, w_i, y, y_i, n, n_i):
 def _gemv_group_kernel(x, K, w0, w1, w2, w3, w4, w5, y0, y1, y2, y3, y4, y5, N0, N1, N2, N3, N4, N5,
                        S1, S2, S3, S4, S5, norm_w, eps, G: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                        USE_PDL: tl.constexpr, NORM: tl.constexpr, ROUND_X: tl.constexpr, X_DTYPE: tl.constexpr,
-                       NORM_BEFORE_GATE: tl.constexpr, N_DTYPE: tl.constexpr, ONE_STEP: tl.constexpr):  # fmt: skip
+                       NORM_BEFORE_GATE: tl.constexpr, N_DTYPE: tl.constexpr):  # fmt: skip
     pid = tl.program_id(0)
     start, w, y, n = 0, w0, y0, N0
     if G > 1:
@@ -68,22 +68,21 @@ def _gemv_group_kernel(x, K, w0, w1, w2, w3, w4, w5, y0, y1, y2, y3, y4, y5, N0,
     w_tile = w + rows_n[:, None].to(tl.int64) * K + cols[None, :]
     # waits under PDL
     total = _one_row_dot(x + cols, w_tile, w_tile, n_mask, 0, K, K, norm_w, eps, K, x, BN, BK, False, USE_PDL, NORM,
-                         False, ROUND_X, X_DTYPE, NORM_BEFORE_GATE, N_DTYPE, False, ONE_STEP=ONE_STEP)[0]  # fmt: skip
+                         False, ROUND_X, X_DTYPE, NORM_BEFORE_GATE, N_DTYPE, False)[0]  # fmt: skip
     tl.store(y + rows_n, total.to(y.dtype.element_ty), mask=n_mask)
 
 
 @triton.jit
 def _gemv_swiglu_kernel(x, wg, wu, out, N, K, norm_w, eps, BN: tl.constexpr, BK: tl.constexpr, USE_PDL: tl.constexpr,
                         NORM: tl.constexpr, ROUND_X: tl.constexpr, X_DTYPE: tl.constexpr,
-                        NORM_BEFORE_GATE: tl.constexpr, N_DTYPE: tl.constexpr, ONE_STEP: tl.constexpr):  # fmt: skip
+                        NORM_BEFORE_GATE: tl.constexpr, N_DTYPE: tl.constexpr):  # fmt: skip
     rows_n = tl.program_id(0) * BN + tl.arange(0, BN)
     cols = tl.arange(0, BK)
     n_mask = rows_n < N
     rows = rows_n[:, None].to(tl.int64) * K + cols[None, :]
     # waits under PDL
     gate, up, _ = _one_row_dot(x + cols, wg + rows, wu + rows, n_mask, 0, K, K, norm_w, eps, K, x, BN, BK, True,
-                               USE_PDL, NORM, False, ROUND_X, X_DTYPE, NORM_BEFORE_GATE, N_DTYPE, False,
-                               ONE_STEP=ONE_STEP)  # fmt: skip
+                               USE_PDL, NORM, False, ROUND_X, X_DTYPE, NORM_BEFORE_GATE, N_DTYPE, False)  # fmt: skip
     dtype = out.dtype.element_ty
     s = silu(gate.to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
     tl.store(out + rows_n, (s * up.to(dtype).to(tl.float32)).to(dtype), mask=n_mask)
@@ -144,7 +143,7 @@ def gemv_group(x: torch.Tensor, weights: Sequence[torch.Tensor], norm: RowNorm |
         if sum(blocks):
             _gemv_group_kernel[(sum(blocks),)](
                 row, K, *w_args, *y_args, *n_args, *firsts, **norm_args, G=len(weights), BN=c.BN, BK=c.BK,
-                ONE_STEP=one_step(K, c.BK), num_warps=c.num_warps, num_stages=c.num_stages, **pdl_kwargs(),
+                num_warps=c.num_warps, num_stages=c.num_stages, **pdl_kwargs(),
             )  # fmt: skip
 
     config = launch.OVERRIDES.get("linear.gemv_group") or one_row_config([w.shape[0] for w in weights], x.device)
@@ -184,7 +183,6 @@ def gemv_swiglu(
             **norm_args,
             BN=c.BN,
             BK=c.BK,
-            ONE_STEP=one_step(K, c.BK),
             num_warps=c.num_warps,
             num_stages=c.num_stages,
             **pdl_kwargs(),
