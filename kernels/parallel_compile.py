@@ -33,7 +33,7 @@ from transformers.utils import logging
 
 logger = logging.get_logger(f"transformers.{__name__}")
 
-MAX_WORKERS = 8  # the cap the H200 run had (16 cores: benchmarks/README.md); more were not tried
+MAX_WORKERS = 8  # 16 threads compiled no faster on a 16-core H100 machine (benchmarks/README.md, 21st session)
 
 
 def workers() -> int:
