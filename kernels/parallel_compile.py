@@ -10,7 +10,10 @@ so the compiles run in parallel on threads.
 that is not compiled yet does not run: Triton's ``jit_cache_hook`` records its specialization (what
 ``JITFunction.preload`` takes) and skips it. Kernels already compiled launch as usual, and so do other packages'
 kernels (an autotuner of theirs would time skipped launches). At the end of the block the recorded kernels are
-compiled on a thread pool into Triton's own caches, so the next pass compiles nothing. The forward inside the block
+compiled on a thread pool into Triton's own caches, so the next pass compiles nothing, and each is readied for its
+first launch there too: its module loaded onto the GPU and its launcher built (Triton 3.6 builds a C launcher per
+kernel signature with the system's C compiler at a kernel's first launch; on the capturing thread those builds ran one
+after another, where a pool's threads run them at once; not measured yet). The forward inside the block
 computes garbage (the skipped kernels write nothing): run it on tensors whose values do not matter, and run it
 again after.
 
@@ -114,7 +117,10 @@ def compiled_in_parallel(device: torch.device, threads: int | None = None) -> It
         jit, launched_on, data = job
         try:
             with torch.cuda.device(launched_on):  # Triton compiles for, and caches on, the current GPU
-                jit.preload(data)
+                kernel = jit.preload(data)
+                ready = getattr(kernel, "_init_handles", None)  # what the kernel's first launch would do
+                if ready is not None:
+                    ready()
         except Exception:  # noqa: BLE001 - left to the launch that needs the kernel: it compiles it again and
             pass  # reports or falls back as it always does (``kernels/launch.py``), a config too large, say
 

@@ -89,3 +89,30 @@ def test_only_the_recording_threads_launches_of_its_own_kernels_are_skipped_and_
         "Compiled 2 kernels on 2 threads",
     ]
     assert missed("after") is None and earlier[-1] == "after"
+
+
+def test_each_compiled_kernel_is_readied_for_its_first_launch_on_the_pools_threads(monkeypatch):
+    # Triton 3.6 builds a kernel's launcher with the C compiler, and loads its module, at its first launch: the pool
+    # does it beside the compile, so the capturing thread's first launches do not build them one after another. A
+    # kernel that cannot be readied (too much shared memory, say) is left to its launch, as a failed compile is.
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(parallel_compile, "_runtime_knobs", lambda: knobs.runtime)
+    monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())
+    monkeypatch.setattr(knobs.runtime, "jit_cache_hook", None)
+    readied = []
+
+    def too_large():
+        raise RuntimeError("out of resource: shared memory")
+
+    def compiled(name):  # what JITFunction.preload returns: the compiled kernel, not yet loaded
+        ready = too_large if name == "too large" else lambda: readied.append((name, threading.current_thread().name))
+        return types.SimpleNamespace(_init_handles=ready)
+
+    jit = types.SimpleNamespace(preload=compiled)
+    kernel = types.SimpleNamespace(module="statex_hf.kernels.linear.gemv", jit_function=jit)
+    with compiled_in_parallel(torch.device("cuda", 0), threads=2):
+        for key in ("one", "too large", "two"):
+            compile = {"specialization_data": key, "device": 0}
+            assert knobs.runtime.jit_cache_hook(key=key, fn=kernel, compile=compile, is_manual_warmup=False) is True
+    assert sorted(name for name, _ in readied) == ["one", "two"]
+    assert all(thread.startswith("statex-compile") for _, thread in readied), readied
