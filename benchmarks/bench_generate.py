@@ -154,14 +154,12 @@ def apply_same_run_baselines(args) -> None:
     numbers = (args.gemv_max_rows, args.conv_ssd_max_rows)
     if args.sync_stop_check:  # a baseline in the same run: the stop flag read on the host after every step
         os.environ["STATEX_DEFER_STOP_CHECK"] = "0"
-    if args.serial_compile:  # a baseline in the same run: a capture's kernels compiled one by one
+    # How many threads a capture's new kernels compile on (--serial-compile: the same-run baseline, one by one).
+    threads = 1 if args.serial_compile else args.compile_threads
+    if threads is not None:
         from statex_hf.modeling import decode_graphs
 
-        decode_graphs.COMPILE_THREADS = 1
-    if args.compile_threads is not None:  # how many threads a capture's new kernels compile on
-        from statex_hf.modeling import decode_graphs
-
-        decode_graphs.COMPILE_THREADS = args.compile_threads
+        decode_graphs.COMPILE_THREADS = threads
     if args.norm_in_step:  # a baseline in the same run: Mamba2's gated norm in its one-launch step, as before
         from statex_hf.kernels import dispatch
 
