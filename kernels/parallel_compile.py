@@ -13,9 +13,10 @@ kernels (an autotuner of theirs would time skipped launches). At the end of the 
 compiled on a thread pool into Triton's own caches, so the next pass compiles nothing, and each is readied for its
 first launch there too: its module loaded onto the GPU and its launcher built (Triton 3.6 builds a C launcher per
 kernel signature with the system's C compiler at a kernel's first launch; on the capturing thread those builds ran one
-after another, where a pool's threads run them at once; not measured yet). The forward inside the block
-computes garbage (the skipped kernels write nothing): run it on tensors whose values do not matter, and run it
-again after.
+after another, where a pool's threads run them at once: on an H100 with an empty Triton cache, what a first capture
+spends outside the pool is now what a capture with a warm cache spends, about 0.2 s; benchmarks/README.md, twenty-second
+session). The forward inside the block computes garbage (the skipped kernels write nothing): run it on tensors whose
+values do not matter, and run it again after.
 
 Only the thread that entered the block records. Where Triton is older than 3.6 (its hook and ``preload`` were
 measured on 3.6 and read in 3.9), under the interpreter, or with one worker, the block runs the forward as it is
@@ -113,8 +114,10 @@ def compiled_in_parallel(device: torch.device, threads: int | None = None) -> It
             if _recorders[0] == 0 and runtime.jit_cache_hook is _record:
                 runtime.jit_cache_hook = _chained[0]
 
-    def preload(job: tuple) -> None:
+    def preload(job: tuple) -> float:
+        """Compiles and readies one kernel; its seconds on the thread."""
         jit, launched_on, data = job
+        start = time.perf_counter()
         try:
             with torch.cuda.device(launched_on):  # Triton compiles for, and caches on, the current GPU
                 kernel = jit.preload(data)
@@ -123,10 +126,18 @@ def compiled_in_parallel(device: torch.device, threads: int | None = None) -> It
                     ready()
         except Exception:  # noqa: BLE001 - left to the launch that needs the kernel: it compiles it again and
             pass  # reports or falls back as it always does (``kernels/launch.py``), a config too large, say
+        return time.perf_counter() - start
 
     start = time.perf_counter()
+    jobs = list(pending.values())
     with ThreadPoolExecutor(threads, thread_name_prefix="statex-compile") as pool:
-        list(pool.map(preload, pending.values()))
-    if pending:  # what a first capture's time is mostly made of (benchmarks/bench_generate.py shows it)
-        kernels = f"{len(pending)} kernel{'s' if len(pending) > 1 else ''}"
-        logger.info(f"Compiled {kernels} on {threads} threads in {time.perf_counter() - start:.2f} s.")
+        seconds = list(pool.map(preload, jobs))
+    if jobs:  # what a first capture's time is mostly made of (benchmarks/bench_generate.py shows it)
+        # With enough threads the slowest kernel is the wait: the log names it, the kernel to make cheaper to compile.
+        slowest = max(range(len(jobs)), key=seconds.__getitem__)
+        kernels = f"{len(jobs)} kernel{'s' if len(jobs) > 1 else ''}"
+        name = getattr(jobs[slowest][0], "__name__", "unnamed")
+        logger.info(
+            f"Compiled {kernels} on {threads} threads in {time.perf_counter() - start:.2f} s "
+            f"(the slowest, {name}, in {seconds[slowest]:.2f} s)."
+        )

@@ -6,14 +6,37 @@ Its work, compiling a first capture's kernels on threads, is tested on the GPU
 import contextlib
 import logging
 import threading
+import time
 import types
 
+import pytest
 import torch
 from launched_ops import LaunchedOps
 from statex_hf.kernels import parallel_compile
 from statex_hf.kernels.parallel_compile import compiled_in_parallel
 from tiny_models import VOCAB, build
 from triton import knobs
+
+
+def messages_logged(monkeypatch) -> list[str]:
+    """What the block logs from now on (transformers' loggers do not propagate to pytest's caplog)."""
+    said = []
+    log = logging.Handler()
+    log.emit = lambda record: said.append(record.getMessage())
+    monkeypatch.setattr(parallel_compile.logger, "handlers", [log])
+    monkeypatch.setattr(parallel_compile.logger, "level", parallel_compile.logger.level)  # restored afterwards
+    parallel_compile.logger.setLevel(logging.INFO)
+    return said
+
+
+def recorded_in_a_block(kernels: dict, threads: int = 2) -> None:
+    """A block whose forward launches ``kernels`` (name: what ``JITFunction.preload`` does), none compiled yet."""
+    with compiled_in_parallel(torch.device("cuda", 0), threads=threads):
+        for name, compile in kernels.items():
+            jit = types.SimpleNamespace(preload=compile, __name__=name)
+            kernel = types.SimpleNamespace(module="statex_hf.kernels.linear.gemv", jit_function=jit)
+            compile = {"specialization_data": name, "device": 0}
+            assert knobs.runtime.jit_cache_hook(key=name, fn=kernel, compile=compile, is_manual_warmup=False) is True
 
 
 def test_under_the_interpreter_the_forward_in_the_block_launches_and_computes_what_it_does_outside(
@@ -60,12 +83,7 @@ def test_only_the_recording_threads_launches_of_its_own_kernels_are_skipped_and_
         compile = {"specialization_data": f"data of {key}", "device": device}
         return knobs.runtime.jit_cache_hook(key=key, fn=kernel, compile=compile, is_manual_warmup=False)
 
-    said = []  # what the block logs (transformers' loggers do not propagate to pytest's caplog)
-    log = logging.Handler()
-    log.emit = lambda record: said.append(record.getMessage())
-    monkeypatch.setattr(parallel_compile.logger, "handlers", [log])
-    monkeypatch.setattr(parallel_compile.logger, "level", parallel_compile.logger.level)  # restored afterwards
-    parallel_compile.logger.setLevel(logging.INFO)
+    said = messages_logged(monkeypatch)
     with compiled_in_parallel(torch.device("cuda", 0), threads=2):
         assert missed("mine") is True and missed("mine") is True  # skipped: recorded for the pool, once
         assert missed("fla's", kernel=theirs) is None
@@ -91,28 +109,39 @@ def test_only_the_recording_threads_launches_of_its_own_kernels_are_skipped_and_
     assert missed("after") is None and earlier[-1] == "after"
 
 
-def test_each_compiled_kernel_is_readied_for_its_first_launch_on_the_pools_threads(monkeypatch):
-    # Triton 3.6 builds a kernel's launcher with the C compiler, and loads its module, at its first launch: the pool
-    # does it beside the compile, so the capturing thread's first launches do not build them one after another. A
-    # kernel that cannot be readied (too much shared memory, say) is left to its launch, as a failed compile is.
+@pytest.fixture
+def pool_off_the_gpu(monkeypatch):
+    """The block on: its pool runs here, with kernels that stand for Triton's (nothing compiles or launches)."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setattr(parallel_compile, "_runtime_knobs", lambda: knobs.runtime)
     monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())
     monkeypatch.setattr(knobs.runtime, "jit_cache_hook", None)
+
+
+def test_each_compiled_kernel_is_readied_for_its_first_launch_on_the_pools_threads(pool_off_the_gpu):
+    # Triton 3.6 builds a kernel's launcher with the C compiler, and loads its module, at its first launch: the pool
+    # does it beside the compile, so the capturing thread's first launches do not build them one after another. A
+    # kernel that cannot be readied (too much shared memory, say) is left to its launch, as a failed compile is.
     readied = []
 
     def too_large():
         raise RuntimeError("out of resource: shared memory")
 
-    def compiled(name):  # what JITFunction.preload returns: the compiled kernel, not yet loaded
+    def compiles_to(name):  # JITFunction.preload: it returns the compiled kernel, not yet loaded
         ready = too_large if name == "too large" else lambda: readied.append((name, threading.current_thread().name))
-        return types.SimpleNamespace(_init_handles=ready)
+        return lambda data: types.SimpleNamespace(_init_handles=ready)
 
-    jit = types.SimpleNamespace(preload=compiled)
-    kernel = types.SimpleNamespace(module="statex_hf.kernels.linear.gemv", jit_function=jit)
-    with compiled_in_parallel(torch.device("cuda", 0), threads=2):
-        for key in ("one", "too large", "two"):
-            compile = {"specialization_data": key, "device": 0}
-            assert knobs.runtime.jit_cache_hook(key=key, fn=kernel, compile=compile, is_manual_warmup=False) is True
+    recorded_in_a_block({name: compiles_to(name) for name in ("one", "too large", "two")})
     assert sorted(name for name, _ in readied) == ["one", "two"]
     assert all(thread.startswith("statex-compile") for _, thread in readied), readied
+
+
+def test_the_log_names_the_kernel_that_took_longest(monkeypatch, pool_off_the_gpu):
+    # With a thread for each kernel the block lasts as long as its slowest compile: the log says which one it was.
+    said = messages_logged(monkeypatch)
+    quick = lambda data: types.SimpleNamespace()  # noqa: E731 - a compiled kernel with nothing to ready
+    recorded_in_a_block({"_gemv_kernel": quick, "_step_kernel": lambda data: time.sleep(0.3), "_norm": quick}, 3)
+    assert len(said) == 1 and said[0].startswith("Compiled 3 kernels on 3 threads in "), said
+    slowest = said[0].partition("(the slowest, ")[2]
+    assert slowest.startswith("_step_kernel, in ") and slowest.endswith(" s)."), said
+    assert float(slowest.split(" in ")[1].split()[0]) >= 0.3, said
