@@ -10,7 +10,8 @@ transformers' ``Mamba2ForCausalLM`` at Mamba2-1.3B (its PyTorch path). Each runs
 with a time limit (fla autotunes its kernels on first use) and prints its rows as they finish.
 
 Measured, per batch size B (a ``--prompt``-token random prompt, greedy, no EOS):
-- ms/token: ``(t(generate N) - t(generate 2)) / (N - 2)``, decode steps only, wall clock;
+- ms/token: ``(t(generate N) - t(generate 2)) / (N - 2)``, decode steps only, wall clock, each t the least of
+  ``TIMED_RUNS`` runs (one run of N tokens let a pause of the host's, a garbage collection say, move a row by 0.1 ms);
 - roofline: bytes a decode step must move (every weight read once, except the input embedding, of
   which B rows are read; every recurrent and convolution state read and written once) over the HBM
   bandwidth of the device (from its memory clock and bus width, as the driver reports them; the
@@ -49,6 +50,7 @@ TINY_MAMBA2 = dict(MAMBA2_SHAPE, hidden_size=64, num_hidden_layers=4, num_heads=
 TINY_MAMBA2["vocab_size"] = 128
 TTFT, TINY_TTFT = "4096,16384,65536", "256,1024"
 REPLAYS = 50  # back-to-back replays of a captured step, timed together
+TIMED_RUNS = 3  # runs of each timed generate, the least kept
 
 
 def _device() -> str:
@@ -247,8 +249,8 @@ def worker(impl: str, args) -> None:
             if steps:
                 replay_ms = _timed(lambda graph=steps[-1].graph: [graph.replay() for _ in range(REPLAYS)])
                 replay_ms *= 1e3 / REPLAYS
-        two = min(_timed(lambda ids=ids: generate(ids, 2)) for _ in range(2))
-        many = _timed(lambda ids=ids: generate(ids, new_tokens))
+        two = min(_timed(lambda ids=ids: generate(ids, 2)) for _ in range(TIMED_RUNS))
+        many = min(_timed(lambda ids=ids: generate(ids, new_tokens)) for _ in range(TIMED_RUNS))
         ms = (many - two) / (new_tokens - 2) * 1e3
         roofline_ms = (weights + 2 * state_per_sequence * batch) / bandwidth * 1e3
         _emit(
@@ -262,8 +264,8 @@ def worker(impl: str, args) -> None:
     ids = torch.randint(1, vocab, (1, args.prompt), device=_device())
     eager_tokens = generate(ids, args.eager_new_tokens, disable_compile=True)
     graph_tokens = generate(ids, args.eager_new_tokens)
-    two = min(_timed(lambda: generate(ids, 2, disable_compile=True)) for _ in range(2))
-    many = _timed(lambda: generate(ids, args.eager_new_tokens, disable_compile=True))
+    two = min(_timed(lambda: generate(ids, 2, disable_compile=True)) for _ in range(TIMED_RUNS))
+    many = min(_timed(lambda: generate(ids, args.eager_new_tokens, disable_compile=True)) for _ in range(TIMED_RUNS))
     _emit(
         dict(impl=impl, kind="eager", batch=1, ms_per_token=(many - two) / (args.eager_new_tokens - 2) * 1e3,
              same_tokens_as_graphs=bool(torch.equal(eager_tokens, graph_tokens)))
