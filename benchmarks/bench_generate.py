@@ -11,7 +11,7 @@ with a time limit (fla autotunes its kernels on first use) and prints its rows a
 
 Measured, per batch size B (a ``--prompt``-token random prompt, greedy, no EOS):
 - ms/token: ``(t(generate N) - t(generate 2)) / (N - 2)``, decode steps only, wall clock, each t the least of
-  ``TIMED_RUNS`` runs (one run of N tokens let a pause of the host's, a garbage collection say, move a row by 0.1 ms);
+  ``TIMED_RUNS`` runs (in one run of N tokens a pause of the host's, a garbage collection say, moves the row);
 - roofline: bytes a decode step must move (every weight read once, except the input embedding, of
   which B rows are read; every recurrent and convolution state read and written once) over the HBM
   bandwidth of the device (from its memory clock and bus width, as the driver reports them; the
