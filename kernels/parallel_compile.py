@@ -134,10 +134,9 @@ def compiled_in_parallel(device: torch.device, threads: int | None = None) -> It
         seconds = list(pool.map(preload, jobs))
     if jobs:  # what a first capture's time is mostly made of (benchmarks/bench_generate.py shows it)
         # With enough threads the slowest kernel is the wait: the log names it, the kernel to make cheaper to compile.
-        slowest = max(range(len(jobs)), key=seconds.__getitem__)
+        longest, (jit, _, _) = max(zip(seconds, jobs), key=lambda timed: timed[0])
         kernels = f"{len(jobs)} kernel{'s' if len(jobs) > 1 else ''}"
-        name = getattr(jobs[slowest][0], "__name__", "unnamed")
         logger.info(
             f"Compiled {kernels} on {threads} threads in {time.perf_counter() - start:.2f} s "
-            f"(the slowest, {name}, in {seconds[slowest]:.2f} s)."
+            f"(the slowest, {getattr(jit, '__name__', 'unnamed')}, in {longest:.2f} s)."
         )

@@ -32,8 +32,8 @@ def messages_logged(monkeypatch) -> list[str]:
 def recorded_in_a_block(kernels: dict, threads: int = 2) -> None:
     """A block whose forward launches ``kernels`` (name: what ``JITFunction.preload`` does), none compiled yet."""
     with compiled_in_parallel(torch.device("cuda", 0), threads=threads):
-        for name, compile in kernels.items():
-            jit = types.SimpleNamespace(preload=compile, __name__=name)
+        for name, preload in kernels.items():
+            jit = types.SimpleNamespace(preload=preload, __name__=name)
             kernel = types.SimpleNamespace(module="statex_hf.kernels.linear.gemv", jit_function=jit)
             compile = {"specialization_data": name, "device": 0}
             assert knobs.runtime.jit_cache_hook(key=name, fn=kernel, compile=compile, is_manual_warmup=False) is True
