@@ -66,7 +66,7 @@ _OWN_KERNELS = __name__.rpartition(".")[0] + "."
 
 # The launches being recorded, per thread: Triton's hook is one for the whole process, and a launch from another
 # thread (another model, a data loader's kernels) must run as usual while one thread records.
-_recording = threading.local()
+_recording_of = threading.local()
 # The hook that was installed before ours (called for every launch this module does not record), and how many
 # threads are recording: the last one to stop puts that hook back.
 _chained: list = [None]
@@ -77,7 +77,7 @@ _lock = threading.Lock()
 def _record(**kwargs) -> bool | None:
     """Triton's ``jit_cache_hook`` while a block records: True (no compile, no launch) for a launch of this thread
     inside the block, whose specialization it keeps; otherwise what the hook before it says."""
-    pending = getattr(_recording, "pending", None)
+    pending = getattr(_recording_of, "pending", None)
     fn = kwargs.get("fn")
     jit, module = getattr(fn, "jit_function", None), str(getattr(fn, "module", ""))
     compile = kwargs.get("compile") if isinstance(kwargs.get("compile"), dict) else {}
@@ -90,53 +90,96 @@ def _record(**kwargs) -> bool | None:
 
 
 @contextmanager
-def compiled_in_parallel(device: torch.device, threads: int | None = None) -> Iterator[None]:
-    """Inside: this thread's launches of this package's kernels not yet compiled are skipped and recorded; at exit,
-    those kernels are compiled on ``threads`` threads (default ``workers()``), each for the GPU it was launched on.
-    ``device``: the forward's; the block does nothing off CUDA. See the module docstring."""
-    threads = workers() if threads is None else threads
+def _recording(device: torch.device, threads: int) -> Iterator[dict | None]:
+    """Inside: this thread's launches of this package's kernels not yet compiled are skipped, and what each would
+    have compiled is kept in the dict this yields (``None`` where blocks are off: nothing is skipped)."""
     runtime = _runtime_knobs()
     if threads <= 1 or runtime is None or os.environ.get("TRITON_INTERPRET") == "1" or device.type != "cuda":
-        yield
+        yield None
         return
     with _lock:
         if _recorders[0] == 0:
             _chained[0], runtime.jit_cache_hook = runtime.jit_cache_hook, _record
         _recorders[0] += 1
-    outer = getattr(_recording, "pending", None)  # a block around this one, on this thread
-    _recording.pending = pending = {}
+    outer = getattr(_recording_of, "pending", None)  # a block around this one, on this thread
+    _recording_of.pending = pending = {}
     try:
-        yield
+        yield pending
     finally:
-        _recording.pending = outer
+        _recording_of.pending = outer
         with _lock:
             _recorders[0] -= 1
             if _recorders[0] == 0 and runtime.jit_cache_hook is _record:
                 runtime.jit_cache_hook = _chained[0]
 
-    def preload(job: tuple) -> float:
-        """Compiles and readies one kernel; its seconds on the thread."""
-        jit, launched_on, data = job
-        start = time.perf_counter()
-        try:
-            with torch.cuda.device(launched_on):  # Triton compiles for, and caches on, the current GPU
-                kernel = jit.preload(data)
-                ready = getattr(kernel, "_init_handles", None)  # what the kernel's first launch would do
-                if ready is not None:
-                    ready()
-        except Exception:  # noqa: BLE001 - left to the launch that needs the kernel: it compiles it again and
-            pass  # reports or falls back as it always does (``kernels/launch.py``), a config too large, say
-        return time.perf_counter() - start
 
-    start = time.perf_counter()
+@contextmanager
+def compiled_in_parallel(device: torch.device, threads: int | None = None, background: bool = False) -> Iterator[None]:
+    """Inside: this thread's launches of this package's kernels not yet compiled are skipped and recorded; at exit,
+    those kernels are compiled on ``threads`` threads (default ``workers()``), each for the GPU it was launched on.
+    With ``background`` the block returns as the compiles start, and ``wait_for_background_compiles`` waits for
+    them. ``device``: the forward's; the block does nothing off CUDA. See the module docstring."""
+    threads = workers() if threads is None else threads
+    with _recording(device, threads) as pending:
+        yield
+    if not pending:
+        return
     jobs = list(pending.values())
-    with ThreadPoolExecutor(threads, thread_name_prefix="statex-compile") as pool:
-        seconds = list(pool.map(preload, jobs))
-    if jobs:  # what a first capture's time is mostly made of (benchmarks/bench_generate.py shows it)
-        # With enough threads the slowest kernel is the wait: the log names it, the kernel to make cheaper to compile.
-        longest, (jit, _, _) = max(zip(seconds, jobs), key=lambda timed: timed[0])
-        kernels = f"{len(jobs)} kernel{'s' if len(jobs) > 1 else ''}"
-        logger.info(
-            f"Compiled {kernels} on {threads} threads in {time.perf_counter() - start:.2f} s "
-            f"(the slowest, {getattr(jit, '__name__', 'unnamed')}, in {longest:.2f} s)."
-        )
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="statex-compile")
+    started = (time.perf_counter(), jobs, threads, [pool.submit(_preload, job) for job in jobs])
+    pool.shutdown(wait=False)  # its threads end once the compiles are done
+    if background:
+        with _lock:
+            _in_background.append(started)
+    else:
+        _log_when_done(*started)
+
+
+@contextmanager
+def launches_skipped(device: torch.device, threads: int | None = None) -> Iterator[None]:
+    """Inside: this thread's launches of this package's kernels not yet compiled are skipped, and nothing is
+    compiled (where ``compiled_in_parallel`` would record them). For a forward that only has to leave tensors of
+    the right shapes behind, such as a cache's states."""
+    with _recording(device, workers() if threads is None else threads):
+        yield
+
+
+def wait_for_background_compiles() -> None:
+    """Wait for every compile a ``background`` block started (at once if none is left)."""
+    with _lock:
+        started, _in_background[:] = list(_in_background), []
+    for compiles in started:
+        _log_when_done(*compiles)
+
+
+# The compiles ``background`` blocks started that no one has waited for yet: (start, jobs, threads, futures).
+_in_background: list[tuple] = []
+
+
+def _preload(job: tuple) -> tuple[float, float]:
+    """Compiles and readies one kernel: its seconds on the thread, and the ``perf_counter`` it ended at."""
+    jit, launched_on, data = job
+    start = time.perf_counter()
+    try:
+        with torch.cuda.device(launched_on):  # Triton compiles for, and caches on, the current GPU
+            kernel = jit.preload(data)
+            ready = getattr(kernel, "_init_handles", None)  # what the kernel's first launch would do
+            if ready is not None:
+                ready()
+    except Exception:  # noqa: BLE001 - left to the launch that needs the kernel: it compiles it again and
+        pass  # reports or falls back as it always does (``kernels/launch.py``), a config too large, say
+    end = time.perf_counter()
+    return end - start, end
+
+
+def _log_when_done(start: float, jobs: list[tuple], threads: int, futures: list) -> None:
+    """Wait for a block's compiles, then log what a first capture's time is mostly made of (``bench_generate.py``
+    shows it). With enough threads the slowest kernel is the wait: the log names it, the kernel to make cheaper to
+    compile."""
+    seconds, ends = zip(*(future.result() for future in futures))
+    longest, (jit, _, _) = max(zip(seconds, jobs), key=lambda timed: timed[0])
+    kernels = f"{len(jobs)} kernel{'s' if len(jobs) > 1 else ''}"
+    logger.info(
+        f"Compiled {kernels} on {threads} threads in {max(ends) - start:.2f} s "
+        f"(the slowest, {getattr(jit, '__name__', 'unnamed')}, in {longest:.2f} s)."
+    )

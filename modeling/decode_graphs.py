@@ -28,7 +28,12 @@ from dataclasses import dataclass, field
 
 import torch
 from statex_hf.kernels.dependent_launch import dependent_launches
-from statex_hf.kernels.parallel_compile import compiled_in_parallel, workers
+from statex_hf.kernels.parallel_compile import (
+    compiled_in_parallel,
+    launches_skipped,
+    wait_for_background_compiles,
+    workers,
+)
 from statex_hf.modeling.cache import (
     StateXCache,
     copy_states,
@@ -44,11 +49,13 @@ from transformers.utils import ModelOutput, logging
 logger = logging.get_logger(f"transformers.{__name__}")
 
 # Keyword arguments a graph serves; any other one that is set sends the step to the eager forward.
-_SERVED = {"input_ids", "cache", "use_cache", "return_dict", "logits_to_keep"}
+SERVED_KEYWORDS = {"input_ids", "cache", "use_cache", "return_dict", "logits_to_keep"}
 # Warm-up calls before a capture: Triton compiles and cuBLAS sets up outside the graph.
 _WARMUP_CALLS = 2
 # Threads that compile a capture's new Triton kernels (1: each compiles when first launched, one after another).
 COMPILE_THREADS = workers()
+# Whether ``generate`` starts compiling its decode step's kernels before the prompt's forward (``compile_ahead``).
+COMPILE_AHEAD = True
 # Graphs kept per model (one per batch size and state layout); the oldest goes first.
 _MAX_GRAPHS = 4
 
@@ -108,6 +115,14 @@ class _CapturedStep:
         self.tensors = self.states.state_tensors()
 
 
+def keywords_served(inputs: dict) -> bool:
+    """Whether a step's keyword arguments leave it to a graph: none set but ``SERVED_KEYWORDS``, and neither
+    ``use_cache`` nor ``return_dict`` off."""
+    if inputs.get("use_cache") is False or inputs.get("return_dict") is False:
+        return False
+    return all(key in SERVED_KEYWORDS or value is None or value is False for key, value in inputs.items())
+
+
 def _served_batch(model: nn.Module, inputs: dict) -> int | None:
     """The batch size of a one-token step a graph can serve exactly, else ``None``."""
     if torch.is_grad_enabled() or model.training:
@@ -117,10 +132,7 @@ def _served_batch(model: nn.Module, inputs: dict) -> int | None:
         return None
     if not isinstance(cache, StateXCache) or cache.get_seq_length() == 0:
         return None
-    for key, value in inputs.items():
-        if key not in _SERVED and value is not None and value is not False:
-            return None
-    if inputs.get("use_cache") is False or inputs.get("return_dict") is False:
+    if not keywords_served(inputs):
         return None
     if not isinstance(inputs.get("logits_to_keep", 0), int):
         return None
@@ -145,6 +157,7 @@ class DecodeGraphs:
         self._failed: set[tuple] = set()
         self._weights: tuple[int, ...] = ()
         self._pool = None
+        self._compiled_ahead: set[int] = set()  # the batch sizes whose step kernels compile_ahead compiled
         self.last_capture_seconds: float | None = None
 
     def check_weights(self) -> None:
@@ -162,7 +175,31 @@ class DecodeGraphs:
         # A memory pool no live graph uses cannot take another capture (torch's allocator asserts that a
         # shared pool is in use): the next capture starts a pool of its own.
         self._pool = None
+        self._compiled_ahead.clear()
         self.last_capture_seconds = None
+
+    def compile_ahead(self, batch: int, device: torch.device, logits_to_keep: int = 0) -> None:
+        """Start compiling the Triton kernels of a ``batch``-sequence decode step on threads, and return: they
+        compile while the prompt's forward runs (itself mostly compiling, on a first call), where the step's
+        first capture would otherwise wait for them (``_capture`` waits for what is left).
+
+        The step is recorded as ``_capture`` records it, on a cache of its own: a one-token forward whose
+        kernels are skipped leaves that cache states of the right shapes (their values do not matter), then a
+        decode step on them records its kernels. Nothing is done for a batch size compiled ahead or captured
+        before, with one compile thread, or with ``COMPILE_AHEAD`` off."""
+        model = self._model()
+        captured = any(step.input_ids.shape[0] == batch for step in self._steps.values())
+        if not COMPILE_AHEAD or COMPILE_THREADS <= 1 or captured or batch in self._compiled_ahead:
+            return
+        self._compiled_ahead.add(batch)
+        input_ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        with torch.no_grad():
+            states = StateXCache(model.config)
+            with launches_skipped(device, COMPILE_THREADS):
+                model(input_ids=input_ids, cache=states, use_cache=True)
+            call = {"input_ids": input_ids, "cache": states, "use_cache": True, "return_dict": True}
+            with dependent_launches(device), compiled_in_parallel(device, COMPILE_THREADS, background=True):
+                model(**call, logits_to_keep=logits_to_keep)
 
     def __call__(self, **inputs) -> ModelOutput:
         model = self._model()
@@ -206,6 +243,7 @@ class DecodeGraphs:
 
     def _capture(self, model: nn.Module, cache: StateXCache, inputs: dict, layout: tuple) -> _CapturedStep | None:
         start = time.perf_counter()
+        wait_for_background_compiles()  # compile_ahead's, for this step
         device = inputs["input_ids"].device
         caller_stream = torch.cuda.current_stream(device)
         try:

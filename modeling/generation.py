@@ -9,8 +9,11 @@ loop checks for its end one step late, so the host never waits for the GPU (``mo
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from statex_hf.modeling.cache import tokens_seen
+from statex_hf.modeling.decode_graphs import decode_graphs_for, keywords_served
 from statex_hf.modeling.stop_check import deferred_stop_checks
 from transformers import GenerationMixin
 from transformers.generation import utils as generation_utils
@@ -61,8 +64,24 @@ class StateXGenerationMixin(GenerationMixin):
         ``generate`` makes none for these models before the loop, so one there is the user's, and transformers before
         5.24 marks it as the user's only under the one name it expects for the class)."""
         passed_in = any(kwargs.get(name) is not None for name in ("cache", *LEGACY_CACHE_NAMES))
+        self._compile_decode_steps_ahead(*args, **kwargs)
         with deferred_stop_checks(every_step=bool(kwargs.get("synced_gpus")) or passed_in):
             return super()._sample(*args, **kwargs)
+
+    def _compile_decode_steps_ahead(self, *args, **kwargs) -> None:
+        """Where the loop's decode steps will replay as CUDA graphs (``modeling/decode_graphs.py``), start compiling
+        their kernels on threads now, while the prompt's forward runs (``DecodeGraphs.compile_ahead``): a first
+        capture would otherwise wait for them. Nothing is started where no step follows the prompt's token or
+        the steps run eagerly (a keyword the graphs do not serve)."""
+        bound = inspect.signature(GenerationMixin._sample).bind(self, *args, **kwargs).arguments
+        input_ids, config, model_kwargs = bound["input_ids"], bound["generation_config"], bound.get("model_kwargs", {})
+        if not self._valid_auto_compile_criteria(model_kwargs, config) or config.max_length - input_ids.shape[1] < 2:
+            return
+        prompt_only = ("attention_mask", "inputs_embeds", "cache", *LEGACY_CACHE_NAMES, *_NOT_FORWARDED)
+        step_kwargs = {key: value for key, value in model_kwargs.items() if key not in prompt_only}
+        if not keywords_served(step_kwargs):
+            return
+        decode_graphs_for(self).compile_ahead(input_ids.shape[0], self.device, model_kwargs.get("logits_to_keep", 0))
 
     def _validate_model_kwargs(self, model_kwargs: dict) -> None:
         # The forward takes the cache under its older names too (``recurrent_model.accepts_legacy_cache_names``), which

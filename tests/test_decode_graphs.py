@@ -108,3 +108,51 @@ def test_a_dropped_cache_leaves_nothing_of_its_own_alive_in_the_graphs(family, s
     gc.collect()
     assert cache_alive() is None and fresh_alive() is None
     assert step.binding is None
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_generate_compiles_the_decode_steps_ahead_where_graphs_will_serve_them(family, monkeypatch):
+    """``generate``'s sampling loop starts compiling its decode step's kernels before the prompt's forward, for its
+    batch (as expanded), where graphs will replay its steps: not where no step follows the prompt's token, nor
+    where the steps run eagerly. (On CPU no graph serves a step: here the model is told graphs would.)"""
+    model = build(family).eval()
+    asked = []
+    monkeypatch.setattr(type(model), "_valid_auto_compile_criteria", lambda self, kwargs, config: True)
+    monkeypatch.setattr(DecodeGraphs, "compile_ahead", lambda self, batch, device, keep=0: asked.append(batch))
+    ids = torch.randint(3, VOCAB, (2, 5))
+    greedy = dict(do_sample=False, pad_token_id=0)
+    model.generate(ids, max_new_tokens=3, **greedy)
+    model.generate(ids, max_new_tokens=3, num_return_sequences=2, do_sample=True, pad_token_id=0)
+    assert asked == [2, 4]
+    model.generate(ids, max_new_tokens=1, **greedy)  # the prompt's forward gives the only token
+    model.generate(ids, max_new_tokens=3, output_hidden_states=True, return_dict_in_generate=True, **greedy)
+    model.generate(ids, max_new_tokens=3, num_beams=2, **greedy)  # beam search's steps are eager
+    assert asked == [2, 4]
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_compile_ahead_runs_once_for_a_batch_size_until_the_graphs_are_cleared(family, monkeypatch):
+    """Its two forwards (the states' one-token forward, then the step's) would cost a repeated ``generate`` two
+    eager steps: they run once for a batch size, and not for one a graph was captured for."""
+    monkeypatch.setattr(decode_graphs, "COMPILE_THREADS", 2)
+    model = build(family).eval()
+    cache, forwards = prefilled(model), []
+    model.register_forward_pre_hook(lambda module, args, kwargs: forwards.append(kwargs["input_ids"].shape[0]),
+                                    with_kwargs=True)  # fmt: skip
+    decoder, cpu = DecodeGraphs(model), torch.device("cpu")
+    decoder.compile_ahead(3, cpu)
+    decoder.compile_ahead(3, cpu)
+    assert forwards == [3, 3]
+    decoder.compile_ahead(1, cpu)
+    assert forwards == [3, 3, 1, 1]
+    decoder.clear()
+    decoder.compile_ahead(3, cpu)
+    assert forwards == [3, 3, 1, 1, 3, 3]
+    ids = torch.ones(2, 1, dtype=torch.long)
+    captured(decoder, model, cache, ids)
+    forwards.clear()
+    decoder.compile_ahead(2, cpu)
+    assert forwards == []
+    monkeypatch.setattr(decode_graphs, "COMPILE_THREADS", 1)  # one thread: nothing to compile ahead on
+    decoder.compile_ahead(5, cpu)
+    assert forwards == []

@@ -29,9 +29,9 @@ def messages_logged(monkeypatch) -> list[str]:
     return said
 
 
-def recorded_in_a_block(kernels: dict, threads: int = 2) -> None:
-    """A block whose forward launches ``kernels`` (name: what ``JITFunction.preload`` does), none compiled yet."""
-    with compiled_in_parallel(torch.device("cuda", 0), threads=threads):
+def recorded_in_a_block(kernels: dict, threads: int = 2, block=compiled_in_parallel, **options) -> None:
+    """A ``block`` whose forward launches ``kernels`` (name: what ``JITFunction.preload`` does), none compiled yet."""
+    with block(torch.device("cuda", 0), threads, **options):
         for name, preload in kernels.items():
             jit = types.SimpleNamespace(preload=preload, __name__=name)
             kernel = types.SimpleNamespace(module="statex_hf.kernels.linear.gemv", jit_function=jit)
@@ -145,3 +145,22 @@ def test_the_log_names_the_kernel_that_took_longest(monkeypatch, pool_off_the_gp
     slowest = said[0].partition("(the slowest, ")[2]
     assert slowest.startswith("_step_kernel, in ") and slowest.endswith(" s)."), said
     assert float(slowest.split(" in ")[1].split()[0]) >= 0.3, said
+
+
+def test_a_background_block_returns_as_its_compiles_start_and_its_waiter_waits_for_them(monkeypatch, pool_off_the_gpu):
+    # What a decode step compiles ahead runs beside the prompt's forward: the block must not wait for it, and the
+    # first capture waits for all of it (and logs it) before it records what is still missing.
+    said, done = messages_logged(monkeypatch), threading.Event()
+    recorded_in_a_block({"_step_kernel": lambda data: time.sleep(0.3) or done.set()}, background=True)
+    assert not done.is_set() and said == []
+    parallel_compile.wait_for_background_compiles()
+    assert done.is_set() and len(said) == 1 and said[0].startswith("Compiled 1 kernel on 2 threads in "), said
+    parallel_compile.wait_for_background_compiles()  # nothing left: returns at once, logs nothing
+    assert len(said) == 1
+
+
+def test_launches_skipped_skips_like_a_block_and_compiles_nothing(monkeypatch, pool_off_the_gpu):
+    said, compiled = messages_logged(monkeypatch), []
+    recorded_in_a_block({"_step_kernel": compiled.append}, block=parallel_compile.launches_skipped)
+    parallel_compile.wait_for_background_compiles()
+    assert compiled == [] and said == [] and knobs.runtime.jit_cache_hook is None

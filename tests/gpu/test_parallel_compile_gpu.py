@@ -1,4 +1,5 @@
-"""A first capture compiles its new Triton kernels on threads, before the step runs (``kernels/parallel_compile.py``).
+"""A first ``generate`` compiles its decode step's new Triton kernels on threads (``kernels/parallel_compile.py``):
+while the prompt's forward runs (``DecodeGraphs.compile_ahead``), or else in the first capture, before the step runs.
 
 Each case runs in a process of its own with an empty Triton cache (``TRITON_CACHE_DIR``), so every kernel of the
 step is compiled in it: in this pytest process other tests compiled them already.
@@ -20,8 +21,8 @@ from triton import knobs
 from statex_hf.modeling import decode_graphs
 from statex_hf import StateXGLAConfig, StateXGLAForCausalLM, StateXMamba2Config, StateXMamba2ForCausalLM
 
-family, threads = sys.argv[1], int(sys.argv[2])
-decode_graphs.COMPILE_THREADS = threads
+family, threads, ahead = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "ahead"
+decode_graphs.COMPILE_THREADS, decode_graphs.COMPILE_AHEAD = threads, ahead
 if family == "gla":
     config = StateXGLAConfig(hidden_size=256, num_heads=4, num_hidden_layers=3, vocab_size=256, statex_layers=[1])
     model = StateXGLAForCausalLM(config)
@@ -37,14 +38,16 @@ log.emit = lambda record: messages.append(record.getMessage())
 logging.getLogger("transformers.statex_hf.kernels.parallel_compile").addHandler(log)
 logging.getLogger("transformers.statex_hf.kernels.parallel_compile").setLevel(logging.INFO)
 knobs.runtime.jit_post_compile_hook = lambda **kw: compiles.append((phase[0], threading.current_thread().name))
-capture = decode_graphs.DecodeGraphs._capture
-def marked(*args, **kwargs):
-    phase[0] = "capture"
-    try:
-        return capture(*args, **kwargs)
-    finally:
-        phase[0] = "after"
-decode_graphs.DecodeGraphs._capture = marked
+def marked(method, name):
+    def during(*args, **kwargs):
+        phase[0] = name
+        try:
+            return method(*args, **kwargs)
+        finally:
+            phase[0] = "after"
+    return during
+decode_graphs.DecodeGraphs._capture = marked(decode_graphs.DecodeGraphs._capture, "capture")
+model._prefill = marked(model._prefill, "prompt")
 ids = torch.randint(3, 256, (1, 12), device="cuda")
 kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
 graphs = model.generate(ids, **kwargs)
@@ -54,11 +57,12 @@ print(json.dumps(dict(compiles=compiles, messages=messages, seconds=seconds, sam
 """
 
 
-def capture_in_a_fresh_process(family: str, threads: int, tmp_path) -> dict:
+def capture_in_a_fresh_process(family: str, threads: int, tmp_path, ahead: bool = True) -> dict:
     env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / f"triton-{family}-{threads}"))
     env.pop("TRITON_INTERPRET", None)
+    mode = "ahead" if ahead else "at-capture"
     result = subprocess.run(
-        [sys.executable, "-P", "-c", CAPTURE, family, str(threads)], env=env, capture_output=True, text=True,
+        [sys.executable, "-P", "-c", CAPTURE, family, str(threads), mode], env=env, capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -66,12 +70,26 @@ def capture_in_a_fresh_process(family: str, threads: int, tmp_path) -> dict:
 
 
 @pytest.mark.parametrize("family", ["gla", "mamba2"])
-def test_a_first_capture_compiles_its_kernels_on_threads_and_decodes_the_eager_tokens(family, tmp_path):
+def test_the_decode_steps_kernels_compile_on_threads_while_the_prompts_forward_runs(family, tmp_path):
     run = capture_in_a_fresh_process(family, 4, tmp_path)
     assert run["seconds"] is not None and run["same"], run
+    on_threads = [phase for phase, thread in run["compiles"] if thread.startswith("statex-compile")]
+    # The step's PDL variants are new to the step: they compile on the pool's threads, started before the prompt's
+    # forward, and the capture waits for what is left of them. It compiles nothing itself: not where it launches
+    # them, nor on a pool of its own (its log line would be a second one).
+    assert len(on_threads) >= 3 and "prompt" in on_threads, run
+    assert ("capture", "MainThread") not in run["compiles"], run
+    said = f"Compiled {len(on_threads)} kernels on 4 threads in "
+    assert len(run["messages"]) == 1 and run["messages"][0].startswith(said), run
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_a_first_capture_compiles_what_is_not_compiled_ahead_on_threads(family, tmp_path):
+    run = capture_in_a_fresh_process(family, 4, tmp_path, ahead=False)
+    assert run["seconds"] is not None and run["same"], run
     in_capture = [thread for phase, thread in run["compiles"] if phase == "capture"]
-    # The step's PDL variants are new to the capture: all of them compile on the pool's threads, none when the
-    # warm-up and the captured calls launch them.
+    # All of the step's new kernels compile on the pool's threads, none when the warm-up and the captured calls
+    # launch them.
     assert len(in_capture) >= 3, run
     assert all(thread.startswith("statex-compile") for thread in in_capture), run
     # And the log says how many, for a user to see what a first capture's time went to.
