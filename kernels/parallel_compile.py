@@ -18,6 +18,12 @@ spends outside the pool is now what a capture with a warm cache spends, about 0.
 session). The forward inside the block computes garbage (the skipped kernels write nothing): run it on tensors whose
 values do not matter, and run it again after.
 
+With ``background=True`` the block returns as soon as its compiles start, and ``wait_for_background_compiles`` waits
+for them and then readies the kernels: ``generate`` records its decode step before the prompt's forward and compiles it beside that forward
+(``DecodeGraphs.compile_ahead``), where the capture would wait for the slowest kernel (Mamba2's one-launch step
+kernel took 2.9 s on one H100 machine's pool). ``launches_skipped`` skips as a block does and compiles nothing: for
+a forward that only has to leave tensors of the right shapes behind.
+
 Only the thread that entered the block records. Where Triton is older than 3.6 (its hook and ``preload`` were
 measured on 3.6 and read in 3.9), under the interpreter, or with one worker, the block runs the forward as it is
 and nothing changes.
@@ -126,7 +132,11 @@ def compiled_in_parallel(device: torch.device, threads: int | None = None, backg
         return
     jobs = list(pending.values())
     pool = ThreadPoolExecutor(threads, thread_name_prefix="statex-compile")
-    started = (time.perf_counter(), jobs, threads, [pool.submit(_preload, job) for job in jobs])
+    # Readied with the compile where the caller waits for the pool; in the background, once a caller waits
+    # (``wait_for_background_compiles``): readying builds and loads a kernel's launcher, as the forward that runs
+    # meanwhile does for its own kernels, and with both at once a GPU test once saw one of that forward's kernels
+    # launched through another kernel's launcher (the cause was not found; readying beside nothing, it was not seen).
+    started = (time.perf_counter(), jobs, threads, [pool.submit(_compile, job, not background) for job in jobs])
     pool.shutdown(wait=False)  # its threads end once the compiles are done
     if background:
         with _lock:
@@ -145,41 +155,61 @@ def launches_skipped(device: torch.device, threads: int | None = None) -> Iterat
 
 
 def wait_for_background_compiles() -> None:
-    """Wait for every compile a ``background`` block started (at once if none is left)."""
+    """Wait for every compile a ``background`` block started (at once if none is left), then ready the kernels for
+    their first launch on threads."""
     with _lock:
         started, _in_background[:] = list(_in_background), []
     for compiles in started:
-        _log_when_done(*compiles)
+        kernels = _log_when_done(*compiles)
+        jobs, threads = compiles[1], compiles[2]
+        with ThreadPoolExecutor(threads, thread_name_prefix="statex-compile") as pool:
+            list(pool.map(_ready_on, [job[1] for job in jobs], kernels))
 
 
 # The compiles ``background`` blocks started that no one has waited for yet: (start, jobs, threads, futures).
 _in_background: list[tuple] = []
 
 
-def _preload(job: tuple) -> tuple[float, float]:
-    """Compiles and readies one kernel: its seconds on the thread, and the ``perf_counter`` it ended at."""
+def _compile(job: tuple, ready: bool) -> tuple[float, float, object]:
+    """Compiles one kernel, and readies it with ``ready``: its seconds on the thread, the ``perf_counter`` it ended
+    at, and the compiled kernel (``None`` where compiling failed)."""
     jit, launched_on, data = job
-    start = time.perf_counter()
+    start, kernel = time.perf_counter(), None
     try:
         with torch.cuda.device(launched_on):  # Triton compiles for, and caches on, the current GPU
             kernel = jit.preload(data)
-            ready = getattr(kernel, "_init_handles", None)  # what the kernel's first launch would do
-            if ready is not None:
-                ready()
+            if ready:
+                _ready(kernel)
     except Exception:  # noqa: BLE001 - left to the launch that needs the kernel: it compiles it again and
         pass  # reports or falls back as it always does (``kernels/launch.py``), a config too large, say
     end = time.perf_counter()
-    return end - start, end
+    return end - start, end, kernel
 
 
-def _log_when_done(start: float, jobs: list[tuple], threads: int, futures: list) -> None:
-    """Wait for a block's compiles, then log what a first capture's time is mostly made of (``bench_generate.py``
-    shows it). With enough threads the slowest kernel is the wait: the log names it, the kernel to make cheaper to
-    compile."""
-    seconds, ends = zip(*(future.result() for future in futures))
+def _ready(kernel) -> None:
+    """Do what a compiled kernel's first launch would: load its module onto the GPU and build its launcher."""
+    ready = getattr(kernel, "_init_handles", None)
+    if ready is not None:
+        ready()
+
+
+def _ready_on(launched_on: int, kernel) -> None:
+    try:
+        with torch.cuda.device(launched_on):
+            _ready(kernel)
+    except Exception:  # noqa: BLE001 - as in ``_compile``: the launch reports it (not enough shared memory, say)
+        pass
+
+
+def _log_when_done(start: float, jobs: list[tuple], threads: int, futures: list) -> list:
+    """Wait for a block's compiles, log what a first capture's time is mostly made of (``bench_generate.py`` shows
+    it) and return the compiled kernels. With enough threads the slowest kernel is the wait: the log names it, the
+    kernel to make cheaper to compile."""
+    seconds, ends, kernels = zip(*(future.result() for future in futures))
     longest, (jit, _, _) = max(zip(seconds, jobs), key=lambda timed: timed[0])
-    kernels = f"{len(jobs)} kernel{'s' if len(jobs) > 1 else ''}"
+    count = f"{len(jobs)} kernel{'s' if len(jobs) > 1 else ''}"
     logger.info(
-        f"Compiled {kernels} on {threads} threads in {max(ends) - start:.2f} s "
+        f"Compiled {count} on {threads} threads in {max(ends) - start:.2f} s "
         f"(the slowest, {getattr(jit, '__name__', 'unnamed')}, in {longest:.2f} s)."
     )
+    return list(kernels)

@@ -10,7 +10,9 @@ whether to use a compiled forward (``_valid_auto_compile_criteria``) and for tha
 (``get_compiled_call``); the StateX models answer with a :class:`DecodeGraphs`. It is on by default on
 CUDA and off with ``generate(..., disable_compile=True)`` (transformers' ``GenerationConfig`` switch);
 ``compile_config`` is not used (``torch.compile`` would take minutes here where a capture takes a
-fraction of a second). CPU runs are unchanged.
+fraction of a second). CPU runs are unchanged. A first ``generate`` of a batch size starts compiling its step's
+Triton kernels on threads before the prompt's forward (:meth:`DecodeGraphs.compile_ahead`), so that a cold
+process's capture does not wait for them.
 
 How the state stays right: a graph reads and writes fixed tensors, one set per batch size. A cache
 served by a graph is bound to that set: its states are copied in, then its layers hold those very

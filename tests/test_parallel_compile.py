@@ -149,14 +149,24 @@ def test_the_log_names_the_kernel_that_took_longest(monkeypatch, pool_off_the_gp
 
 def test_a_background_block_returns_as_its_compiles_start_and_its_waiter_waits_for_them(monkeypatch, pool_off_the_gpu):
     # What a decode step compiles ahead runs beside the prompt's forward: the block must not wait for it, and the
-    # first capture waits for all of it (and logs it) before it records what is still missing.
-    said, done = messages_logged(monkeypatch), threading.Event()
-    recorded_in_a_block({"_step_kernel": lambda data: time.sleep(0.3) or done.set()}, background=True)
+    # first capture waits for all of it (and logs it) before it records what is still missing. The kernels are
+    # readied only then, on the pool's threads: not beside the forward, which readies its own kernels meanwhile.
+    said, done, readied = messages_logged(monkeypatch), threading.Event(), []
+
+    def compiles_slowly(data):
+        time.sleep(0.3)
+        done.set()
+        return types.SimpleNamespace(_init_handles=lambda: readied.append(threading.current_thread().name))
+
+    recorded_in_a_block({"_step_kernel": compiles_slowly}, background=True)
     assert not done.is_set() and said == []
+    time.sleep(0.5)
+    assert done.is_set() and readied == []
     parallel_compile.wait_for_background_compiles()
-    assert done.is_set() and len(said) == 1 and said[0].startswith("Compiled 1 kernel on 2 threads in "), said
-    parallel_compile.wait_for_background_compiles()  # nothing left: returns at once, logs nothing
-    assert len(said) == 1
+    assert len(said) == 1 and said[0].startswith("Compiled 1 kernel on 2 threads in "), said
+    assert len(readied) == 1 and readied[0].startswith("statex-compile"), readied
+    parallel_compile.wait_for_background_compiles()  # nothing left: returns at once, logs and readies nothing
+    assert len(said) == 1 and len(readied) == 1
 
 
 def test_launches_skipped_skips_like_a_block_and_compiles_nothing(monkeypatch, pool_off_the_gpu):
