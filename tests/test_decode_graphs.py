@@ -133,8 +133,10 @@ def test_generate_compiles_the_decode_steps_ahead_where_graphs_will_serve_them(f
 @pytest.mark.parametrize("family", ["gla", "mamba2"])
 def test_compile_ahead_runs_once_for_a_batch_size_until_the_graphs_are_cleared(family, monkeypatch):
     """Its two forwards (the states' one-token forward, then the step's) would cost a repeated ``generate`` two
-    eager steps: they run once for a batch size, and not for one a graph was captured for."""
+    eager steps: they run once for a batch size, and not for one a graph was captured for (nor when not asked for:
+    ``STATEX_COMPILE_AHEAD`` is off by default)."""
     monkeypatch.setattr(decode_graphs, "COMPILE_THREADS", 2)
+    monkeypatch.setenv("STATEX_COMPILE_AHEAD", "1")
     model = build(family).eval()
     cache, forwards = prefilled(model), []
     model.register_forward_pre_hook(lambda module, args, kwargs: forwards.append(kwargs["input_ids"].shape[0]),
@@ -155,4 +157,7 @@ def test_compile_ahead_runs_once_for_a_batch_size_until_the_graphs_are_cleared(f
     assert forwards == []
     monkeypatch.setattr(decode_graphs, "COMPILE_THREADS", 1)  # one thread: nothing to compile ahead on
     decoder.compile_ahead(5, cpu)
+    monkeypatch.setattr(decode_graphs, "COMPILE_THREADS", 2)
+    monkeypatch.delenv("STATEX_COMPILE_AHEAD")
+    decoder.compile_ahead(6, cpu)
     assert forwards == []

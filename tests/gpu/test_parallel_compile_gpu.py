@@ -21,8 +21,8 @@ from triton import knobs
 from statex_hf.modeling import decode_graphs
 from statex_hf import StateXGLAConfig, StateXGLAForCausalLM, StateXMamba2Config, StateXMamba2ForCausalLM
 
-family, threads, ahead = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "ahead"
-decode_graphs.COMPILE_THREADS, decode_graphs.COMPILE_AHEAD = threads, ahead
+family, threads = sys.argv[1], int(sys.argv[2])
+decode_graphs.COMPILE_THREADS = threads
 if family == "gla":
     config = StateXGLAConfig(hidden_size=256, num_heads=4, num_hidden_layers=3, vocab_size=256, statex_layers=[1])
     model = StateXGLAForCausalLM(config)
@@ -60,9 +60,9 @@ print(json.dumps(dict(compiles=compiles, messages=messages, seconds=seconds, sam
 def capture_in_a_fresh_process(family: str, threads: int, tmp_path, ahead: bool = True) -> dict:
     env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / f"triton-{family}-{threads}"))
     env.pop("TRITON_INTERPRET", None)
-    mode = "ahead" if ahead else "at-capture"
+    env["STATEX_COMPILE_AHEAD"] = "1" if ahead else "0"
     result = subprocess.run(
-        [sys.executable, "-P", "-c", CAPTURE, family, str(threads), mode], env=env, capture_output=True, text=True,
+        [sys.executable, "-P", "-c", CAPTURE, family, str(threads)], env=env, capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
