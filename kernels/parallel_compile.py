@@ -135,7 +135,8 @@ def compiled_in_parallel(device: torch.device, threads: int | None = None, backg
     # Readied with the compile where the caller waits for the pool; in the background, once a caller waits
     # (``wait_for_background_compiles``): readying builds and loads a kernel's launcher, as the forward that runs
     # meanwhile does for its own kernels, and with both at once a GPU test once saw one of that forward's kernels
-    # launched through another kernel's launcher (the cause was not found; readying beside nothing, it was not seen).
+    # launched through another kernel's launcher (the cause was not found; the capture's pool, which readies while
+    # its caller waits, has not shown it).
     started = (time.perf_counter(), jobs, threads, [pool.submit(_compile, job, not background) for job in jobs])
     pool.shutdown(wait=False)  # its threads end once the compiles are done
     if background:

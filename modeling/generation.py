@@ -13,7 +13,7 @@ import inspect
 
 import torch
 from statex_hf.modeling.cache import tokens_seen
-from statex_hf.modeling.decode_graphs import decode_graphs_for, keywords_served
+from statex_hf.modeling.decode_graphs import compile_ahead_wanted, decode_graphs_for, keywords_served
 from statex_hf.modeling.stop_check import deferred_stop_checks
 from transformers import GenerationMixin
 from transformers.generation import utils as generation_utils
@@ -72,7 +72,9 @@ class StateXGenerationMixin(GenerationMixin):
         """Where the loop's decode steps will replay as CUDA graphs (``modeling/decode_graphs.py``), start compiling
         their kernels on threads now, while the prompt's forward runs (``DecodeGraphs.compile_ahead``): a first
         capture would otherwise wait for them. Nothing is started where no step follows the prompt's token or
-        the steps run eagerly (a keyword the graphs do not serve)."""
+        the steps run eagerly (a keyword the graphs do not serve), nor without ``STATEX_COMPILE_AHEAD=1``."""
+        if not compile_ahead_wanted():
+            return
         bound = inspect.signature(GenerationMixin._sample).bind(self, *args, **kwargs).arguments
         input_ids, config, model_kwargs = bound["input_ids"], bound["generation_config"], bound.get("model_kwargs", {})
         if not self._valid_auto_compile_criteria(model_kwargs, config) or config.max_length - input_ids.shape[1] < 2:

@@ -113,8 +113,10 @@ def test_a_dropped_cache_leaves_nothing_of_its_own_alive_in_the_graphs(family, s
 @pytest.mark.parametrize("family", ["gla", "mamba2"])
 def test_generate_compiles_the_decode_steps_ahead_where_graphs_will_serve_them(family, monkeypatch):
     """``generate``'s sampling loop starts compiling its decode step's kernels before the prompt's forward, for its
-    batch (as expanded), where graphs will replay its steps: not where no step follows the prompt's token, nor
-    where the steps run eagerly. (On CPU no graph serves a step: here the model is told graphs would.)"""
+    batch (as expanded), where graphs will replay its steps and ``STATEX_COMPILE_AHEAD=1``: not where no step
+    follows the prompt's token, nor where the steps run eagerly. (On CPU no graph serves a step: here the model is
+    told graphs would.)"""
+    monkeypatch.setenv("STATEX_COMPILE_AHEAD", "1")
     model = build(family).eval()
     asked = []
     monkeypatch.setattr(type(model), "_valid_auto_compile_criteria", lambda self, kwargs, config: True)
@@ -127,6 +129,8 @@ def test_generate_compiles_the_decode_steps_ahead_where_graphs_will_serve_them(f
     model.generate(ids, max_new_tokens=1, **greedy)  # the prompt's forward gives the only token
     model.generate(ids, max_new_tokens=3, output_hidden_states=True, return_dict_in_generate=True, **greedy)
     model.generate(ids, max_new_tokens=3, num_beams=2, **greedy)  # beam search's steps are eager
+    monkeypatch.delenv("STATEX_COMPILE_AHEAD")  # off by default
+    model.generate(ids, max_new_tokens=3, **greedy)
     assert asked == [2, 4]
 
 
