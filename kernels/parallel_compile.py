@@ -18,8 +18,8 @@ spends outside the pool is now what a capture with a warm cache spends, about 0.
 session). The forward inside the block computes garbage (the skipped kernels write nothing): run it on tensors whose
 values do not matter, and run it again after.
 
-With ``background=True`` the block returns as soon as its compiles start, and ``wait_for_background_compiles`` waits
-for them, then readies the kernels: with ``STATEX_COMPILE_AHEAD=1``, ``generate`` records its decode step before the
+With a ``background`` list the block returns as soon as its compiles start, and ``wait_for_compiles`` waits for
+them, then readies the kernels: with ``STATEX_COMPILE_AHEAD=1``, ``generate`` records its decode step before the
 prompt's forward and compiles it beside that forward (``DecodeGraphs.compile_ahead``), where the capture would wait
 for the slowest kernel (Mamba2's one-launch step kernel took 2.9 s on one H100 machine's pool). ``launches_skipped``
 skips as a block does and compiles nothing: for a forward that only has to leave tensors of the right shapes behind.
@@ -95,14 +95,22 @@ def _record(**kwargs) -> bool | None:
     return True
 
 
+def blocks_record(device: torch.device, threads: int | None = None) -> bool:
+    """Whether a block on ``device`` with ``threads`` threads records and skips launches (else it is no block): on
+    CUDA, with Triton 3.6 or later, not under the interpreter, with more than one thread."""
+    threads = workers() if threads is None else threads
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    return threads > 1 and not interpreted and device.type == "cuda" and _runtime_knobs() is not None
+
+
 @contextmanager
 def _recording(device: torch.device, threads: int) -> Iterator[dict | None]:
     """Inside: this thread's launches of this package's kernels not yet compiled are skipped, and what each would
     have compiled is kept in the dict this yields (``None`` where blocks are off: nothing is skipped)."""
-    runtime = _runtime_knobs()
-    if threads <= 1 or runtime is None or os.environ.get("TRITON_INTERPRET") == "1" or device.type != "cuda":
+    if not blocks_record(device, threads):
         yield None
         return
+    runtime = _runtime_knobs()
     with _lock:
         if _recorders[0] == 0:
             _chained[0], runtime.jit_cache_hook = runtime.jit_cache_hook, _record
@@ -120,11 +128,14 @@ def _recording(device: torch.device, threads: int) -> Iterator[dict | None]:
 
 
 @contextmanager
-def compiled_in_parallel(device: torch.device, threads: int | None = None, background: bool = False) -> Iterator[None]:
+def compiled_in_parallel(
+    device: torch.device, threads: int | None = None, background: list | None = None
+) -> Iterator[None]:
     """Inside: this thread's launches of this package's kernels not yet compiled are skipped and recorded; at exit,
     those kernels are compiled on ``threads`` threads (default ``workers()``), each for the GPU it was launched on.
-    With ``background`` the block returns as the compiles start, and ``wait_for_background_compiles`` waits for
-    them. ``device``: the forward's; the block does nothing off CUDA. See the module docstring."""
+    With a ``background`` list the block returns as the compiles start, noted in that list, and
+    ``wait_for_compiles(background)`` waits for them. ``device``: the forward's; the block does nothing off CUDA.
+    See the module docstring."""
     threads = workers() if threads is None else threads
     with _recording(device, threads) as pending:
         yield
@@ -133,17 +144,17 @@ def compiled_in_parallel(device: torch.device, threads: int | None = None, backg
     jobs = list(pending.values())
     pool = ThreadPoolExecutor(threads, thread_name_prefix="statex-compile")
     # Readied with the compile where the caller waits for the pool; in the background, once a caller waits
-    # (``wait_for_background_compiles``): readying builds and loads a kernel's launcher, as the forward that runs
-    # meanwhile does for its own kernels, and with both at once a GPU test once saw one of that forward's kernels
-    # launched through another kernel's launcher (the cause was not found; the capture's pool, which readies while
-    # its caller waits, has not shown it).
-    started = (time.perf_counter(), jobs, threads, [pool.submit(_compile, job, not background) for job in jobs])
+    # (``wait_for_compiles``): readying builds and loads a kernel's launcher, as the forward that runs meanwhile does
+    # for its own kernels, and with both at once a GPU test once saw one of that forward's kernels launched through
+    # another kernel's launcher (the cause was not found; the capture's pool, which readies while its caller waits,
+    # has not shown it).
+    ready = background is None
+    started = (time.perf_counter(), jobs, threads, [pool.submit(_compile, job, ready) for job in jobs])
     pool.shutdown(wait=False)  # its threads end once the compiles are done
-    if background:
-        with _lock:
-            _in_background.append(started)
-    else:
+    if background is None:
         _log_when_done(*started)
+    else:
+        background.append(started)
 
 
 @contextmanager
@@ -155,20 +166,16 @@ def launches_skipped(device: torch.device, threads: int | None = None) -> Iterat
         yield
 
 
-def wait_for_background_compiles() -> None:
-    """Wait for every compile a ``background`` block started (at once if none is left), then ready the kernels for
-    their first launch on threads."""
-    with _lock:
-        started, _in_background[:] = list(_in_background), []
+def wait_for_compiles(background: list) -> None:
+    """Wait for the compiles the blocks given ``background`` started (at once if none is left), then ready their
+    kernels for their first launch on threads. Each caller keeps its own list: it readies only its own kernels,
+    while no forward of its runs."""
+    started, background[:] = list(background), []
     for compiles in started:
         kernels = _log_when_done(*compiles)
         jobs, threads = compiles[1], compiles[2]
         with ThreadPoolExecutor(threads, thread_name_prefix="statex-compile") as pool:
             list(pool.map(_ready_on, [job[1] for job in jobs], kernels))
-
-
-# The compiles ``background`` blocks started that no one has waited for yet: (start, jobs, threads, futures).
-_in_background: list[tuple] = []
 
 
 def _compile(job: tuple, ready: bool) -> tuple[float, float, object]:

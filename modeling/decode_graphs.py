@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 import torch
 from statex_hf.kernels.dependent_launch import dependent_launches
 from statex_hf.kernels.parallel_compile import (
+    blocks_record,
     compiled_in_parallel,
     launches_skipped,
-    wait_for_background_compiles,
+    wait_for_compiles,
     workers,
 )
 from statex_hf.modeling.cache import (
@@ -167,6 +168,7 @@ class DecodeGraphs:
         self._weights: tuple[int, ...] = ()
         self._pool = None
         self._compiled_ahead: set[int] = set()  # the batch sizes whose step kernels compile_ahead compiled
+        self._compiling: list = []  # compile_ahead's compiles that no capture has waited for yet
         self.last_capture_seconds: float | None = None
 
     def check_weights(self) -> None:
@@ -195,10 +197,13 @@ class DecodeGraphs:
         The step is recorded as ``_capture`` records it, on a cache of its own: a one-token forward whose
         kernels are skipped leaves that cache states of the right shapes (their values do not matter), then a
         decode step on them records its kernels. Nothing is done for a batch size compiled ahead or captured
-        before, with one compile thread, or without ``STATEX_COMPILE_AHEAD=1`` (``compile_ahead_wanted``)."""
+        before, where launches cannot be recorded (``blocks_record``: one compile thread, off CUDA, ...), or without
+        ``STATEX_COMPILE_AHEAD=1`` (``compile_ahead_wanted``)."""
         model = self._model()
         captured = any(step.input_ids.shape[0] == batch for step in self._steps.values())
-        if not compile_ahead_wanted() or COMPILE_THREADS <= 1 or captured or batch in self._compiled_ahead:
+        if not compile_ahead_wanted() or captured or batch in self._compiled_ahead:
+            return
+        if not blocks_record(device, COMPILE_THREADS):  # the two forwards would run and compile for real
             return
         self._compiled_ahead.add(batch)
         input_ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
@@ -207,7 +212,7 @@ class DecodeGraphs:
             with launches_skipped(device, COMPILE_THREADS):
                 model(input_ids=input_ids, cache=states, use_cache=True)
             call = {"input_ids": input_ids, "cache": states, "use_cache": True, "return_dict": True}
-            with dependent_launches(device), compiled_in_parallel(device, COMPILE_THREADS, background=True):
+            with dependent_launches(device), compiled_in_parallel(device, COMPILE_THREADS, self._compiling):
                 model(**call, logits_to_keep=logits_to_keep)
 
     def __call__(self, **inputs) -> ModelOutput:
@@ -252,7 +257,7 @@ class DecodeGraphs:
 
     def _capture(self, model: nn.Module, cache: StateXCache, inputs: dict, layout: tuple) -> _CapturedStep | None:
         start = time.perf_counter()
-        wait_for_background_compiles()  # compile_ahead's, for this step
+        wait_for_compiles(self._compiling)  # compile_ahead's, for this step
         device = inputs["input_ids"].device
         caller_stream = torch.cuda.current_stream(device)
         try:

@@ -17,6 +17,9 @@ from statex_hf.modeling.decode_graphs import compile_ahead_wanted, decode_graphs
 from statex_hf.modeling.stop_check import deferred_stop_checks
 from transformers import GenerationMixin
 from transformers.generation import utils as generation_utils
+from transformers.utils import logging
+
+logger = logging.get_logger(f"transformers.{__name__}")
 
 # The cache's older names: `past_key_values` (fla, most of transformers) and `cache_params` (Mamba); both became
 # `cache` in transformers 5.24, and `generate` before 5.24 passes them under the old names.
@@ -72,18 +75,26 @@ class StateXGenerationMixin(GenerationMixin):
         """Where the loop's decode steps will replay as CUDA graphs (``modeling/decode_graphs.py``), start compiling
         their kernels on threads now, while the prompt's forward runs (``DecodeGraphs.compile_ahead``): a first
         capture would otherwise wait for them. Nothing is started where no step follows the prompt's token or
-        the steps run eagerly (a keyword the graphs do not serve), nor without ``STATEX_COMPILE_AHEAD=1``."""
+        the steps run eagerly (a keyword the graphs do not serve), nor without ``STATEX_COMPILE_AHEAD=1``. It only
+        saves time: if it fails, ``generate`` goes on as without it (the capture compiles what it needs)."""
         if not compile_ahead_wanted():
             return
-        bound = inspect.signature(GenerationMixin._sample).bind(self, *args, **kwargs).arguments
-        input_ids, config, model_kwargs = bound["input_ids"], bound["generation_config"], bound.get("model_kwargs", {})
-        if not self._valid_auto_compile_criteria(model_kwargs, config) or config.max_length - input_ids.shape[1] < 2:
-            return
-        prompt_only = ("attention_mask", "inputs_embeds", "cache", *LEGACY_CACHE_NAMES, *_NOT_FORWARDED)
-        step_kwargs = {key: value for key, value in model_kwargs.items() if key not in prompt_only}
-        if not keywords_served(step_kwargs):
-            return
-        decode_graphs_for(self).compile_ahead(input_ids.shape[0], self.device, model_kwargs.get("logits_to_keep", 0))
+        try:
+            bound = inspect.signature(GenerationMixin._sample).bind(self, *args, **kwargs).arguments
+            input_ids, config = bound["input_ids"], bound["generation_config"]
+            model_kwargs = bound.get("model_kwargs", {})
+            if not self._valid_auto_compile_criteria(model_kwargs, config):
+                return
+            if config.max_length is None or config.max_length - input_ids.shape[1] < 2:
+                return
+            prompt_only = ("attention_mask", "inputs_embeds", "cache", *LEGACY_CACHE_NAMES, *_NOT_FORWARDED)
+            step_kwargs = {key: value for key, value in model_kwargs.items() if key not in prompt_only}
+            logits_to_keep = model_kwargs.get("logits_to_keep", 0)
+            if not keywords_served(step_kwargs) or not isinstance(logits_to_keep, int):
+                return
+            decode_graphs_for(self).compile_ahead(input_ids.shape[0], self.device, logits_to_keep)
+        except Exception as error:  # noqa: BLE001 - a time saving that failed: the capture still compiles
+            logger.warning_once(f"The decode step's kernels were not compiled ahead ({error}).")
 
     def _validate_model_kwargs(self, model_kwargs: dict) -> None:
         # The forward takes the cache under its older names too (``recurrent_model.accepts_legacy_cache_names``), which

@@ -6,7 +6,7 @@ import weakref
 
 import pytest
 import torch
-from statex_hf.modeling import decode_graphs
+from statex_hf.modeling import decode_graphs, generation
 from statex_hf.modeling.cache import StateXCache, copy_states
 from statex_hf.modeling.decode_graphs import DecodeGraphs, _CapturedStep, _layout
 from tiny_models import VOCAB, build, returned_cache
@@ -113,33 +113,54 @@ def test_a_dropped_cache_leaves_nothing_of_its_own_alive_in_the_graphs(family, s
 @pytest.mark.parametrize("family", ["gla", "mamba2"])
 def test_generate_compiles_the_decode_steps_ahead_where_graphs_will_serve_them(family, monkeypatch):
     """``generate``'s sampling loop starts compiling its decode step's kernels before the prompt's forward, for its
-    batch (as expanded), where graphs will replay its steps and ``STATEX_COMPILE_AHEAD=1``: not where no step
-    follows the prompt's token, nor where the steps run eagerly. (On CPU no graph serves a step: here the model is
-    told graphs would.)"""
+    batch (as expanded) and the steps' ``logits_to_keep``, where graphs will replay its steps and
+    ``STATEX_COMPILE_AHEAD=1``: not where no step follows the prompt's token, nor where the steps run eagerly.
+    (On CPU no graph serves a step: here the model is told graphs would.)"""
     monkeypatch.setenv("STATEX_COMPILE_AHEAD", "1")
     model = build(family).eval()
     asked = []
     monkeypatch.setattr(type(model), "_valid_auto_compile_criteria", lambda self, kwargs, config: True)
-    monkeypatch.setattr(DecodeGraphs, "compile_ahead", lambda self, batch, device, keep=0: asked.append(batch))
+    monkeypatch.setattr(DecodeGraphs, "compile_ahead", lambda self, batch, device, keep: asked.append((batch, keep)))
     ids = torch.randint(3, VOCAB, (2, 5))
     greedy = dict(do_sample=False, pad_token_id=0)
     model.generate(ids, max_new_tokens=3, **greedy)
     model.generate(ids, max_new_tokens=3, num_return_sequences=2, do_sample=True, pad_token_id=0)
-    assert asked == [2, 4]
+    assert asked == [(2, 1), (4, 1)]  # generate keeps one position's logits
     model.generate(ids, max_new_tokens=1, **greedy)  # the prompt's forward gives the only token
     model.generate(ids, max_new_tokens=3, output_hidden_states=True, return_dict_in_generate=True, **greedy)
-    model.generate(ids, max_new_tokens=3, num_beams=2, **greedy)  # beam search's steps are eager
     monkeypatch.delenv("STATEX_COMPILE_AHEAD")  # off by default
     model.generate(ids, max_new_tokens=3, **greedy)
-    assert asked == [2, 4]
+    assert asked == [(2, 1), (4, 1)]
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_a_compile_ahead_that_fails_leaves_generate_as_it_was_with_a_warning(family, monkeypatch):
+    """Compiling ahead only saves time: where it raises (out of GPU memory in its forwards, say), ``generate``
+    returns what it returns without it, and says once that it went without."""
+    model = build(family).eval()
+    ids = torch.randint(3, VOCAB, (2, 5))
+    want = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    monkeypatch.setenv("STATEX_COMPILE_AHEAD", "1")
+    monkeypatch.setattr(type(model), "_valid_auto_compile_criteria", lambda self, kwargs, config: True)
+
+    def fails(self, batch, device, keep):
+        raise torch.OutOfMemoryError("CUDA out of memory (a stand-in)")
+
+    monkeypatch.setattr(DecodeGraphs, "compile_ahead", fails)
+    said = []
+    monkeypatch.setattr(generation.logger, "warning_once", said.append)
+    got = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert torch.equal(got, want)
+    assert len(said) == 1 and "not compiled ahead" in said[0] and "out of memory" in said[0], said
 
 
 @pytest.mark.parametrize("family", ["gla", "mamba2"])
 def test_compile_ahead_runs_once_for_a_batch_size_until_the_graphs_are_cleared(family, monkeypatch):
     """Its two forwards (the states' one-token forward, then the step's) would cost a repeated ``generate`` two
     eager steps: they run once for a batch size, and not for one a graph was captured for (nor when not asked for:
-    ``STATEX_COMPILE_AHEAD`` is off by default)."""
-    monkeypatch.setattr(decode_graphs, "COMPILE_THREADS", 2)
+    ``STATEX_COMPILE_AHEAD`` is off by default; nor where launches cannot be recorded, off CUDA say, where they would
+    compile for real). Here on CPU the model is told they can be."""
+    monkeypatch.setattr(decode_graphs, "blocks_record", lambda device, threads: True)
     monkeypatch.setenv("STATEX_COMPILE_AHEAD", "1")
     model = build(family).eval()
     cache, forwards = prefilled(model), []
@@ -158,10 +179,9 @@ def test_compile_ahead_runs_once_for_a_batch_size_until_the_graphs_are_cleared(f
     captured(decoder, model, cache, ids)
     forwards.clear()
     decoder.compile_ahead(2, cpu)
-    assert forwards == []
-    monkeypatch.setattr(decode_graphs, "COMPILE_THREADS", 1)  # one thread: nothing to compile ahead on
+    monkeypatch.setattr(decode_graphs, "blocks_record", lambda device, threads: False)
     decoder.compile_ahead(5, cpu)
-    monkeypatch.setattr(decode_graphs, "COMPILE_THREADS", 2)
+    monkeypatch.setattr(decode_graphs, "blocks_record", lambda device, threads: True)
     monkeypatch.delenv("STATEX_COMPILE_AHEAD")
     decoder.compile_ahead(6, cpu)
     assert forwards == []

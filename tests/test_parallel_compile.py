@@ -151,26 +151,28 @@ def test_a_background_block_returns_as_its_compiles_start_and_its_waiter_waits_f
     # What a decode step compiles ahead runs beside the prompt's forward: the block must not wait for it, and the
     # first capture waits for all of it (and logs it) before it records what is still missing. The kernels are
     # readied only then, on the pool's threads: not beside the forward, which readies its own kernels meanwhile.
-    said, done, readied = messages_logged(monkeypatch), threading.Event(), []
+    said, done, readied, mine, theirs = messages_logged(monkeypatch), threading.Event(), [], [], []
 
     def compiles_slowly(data):
         time.sleep(0.3)
         done.set()
         return types.SimpleNamespace(_init_handles=lambda: readied.append(threading.current_thread().name))
 
-    recorded_in_a_block({"_step_kernel": compiles_slowly}, background=True)
-    assert not done.is_set() and said == []
+    recorded_in_a_block({"_step_kernel": compiles_slowly}, background=mine)
+    assert not done.is_set() and said == [] and len(mine) == 1
     time.sleep(0.5)
     assert done.is_set() and readied == []
-    parallel_compile.wait_for_background_compiles()
+    parallel_compile.wait_for_compiles(theirs)  # another caller's list: not this block's compiles
+    assert said == [] and readied == [] and len(mine) == 1
+    parallel_compile.wait_for_compiles(mine)
     assert len(said) == 1 and said[0].startswith("Compiled 1 kernel on 2 threads in "), said
     assert len(readied) == 1 and readied[0].startswith("statex-compile"), readied
-    parallel_compile.wait_for_background_compiles()  # nothing left: returns at once, logs and readies nothing
-    assert len(said) == 1 and len(readied) == 1
+    parallel_compile.wait_for_compiles(mine)  # nothing left: returns at once, logs and readies nothing
+    assert len(said) == 1 and len(readied) == 1 and mine == []
 
 
 def test_launches_skipped_skips_like_a_block_and_compiles_nothing(monkeypatch, pool_off_the_gpu):
     said, compiled = messages_logged(monkeypatch), []
     recorded_in_a_block({"_step_kernel": compiled.append}, block=parallel_compile.launches_skipped)
-    parallel_compile.wait_for_background_compiles()
+    time.sleep(0.1)
     assert compiled == [] and said == [] and knobs.runtime.jit_cache_hook is None
