@@ -171,9 +171,8 @@ def wait_for_compiles(background: list) -> None:
     kernels for their first launch on threads. Each caller keeps its own list: it readies only its own kernels,
     while no forward of its runs."""
     started, background[:] = list(background), []
-    for compiles in started:
-        kernels = _log_when_done(*compiles)
-        jobs, threads = compiles[1], compiles[2]
+    for start, jobs, threads, futures in started:
+        kernels = _log_when_done(start, jobs, threads, futures)
         with ThreadPoolExecutor(threads, thread_name_prefix="statex-compile") as pool:
             list(pool.map(_ready_on, [job[1] for job in jobs], kernels))
 

@@ -125,6 +125,13 @@ class _CapturedStep:
         self.tensors = self.states.state_tensors()
 
 
+def _step_call(input_ids: torch.Tensor, states: StateXCache, logits_to_keep: int) -> dict:
+    """The keyword arguments of a captured step's forward (``_capture``'s, and ``compile_ahead``'s recording of it,
+    which must launch the same kernels)."""
+    return {"input_ids": input_ids, "cache": states, "use_cache": True, "return_dict": True,
+            "logits_to_keep": logits_to_keep}  # fmt: skip
+
+
 def keywords_served(inputs: dict) -> bool:
     """Whether a step's keyword arguments leave it to a graph: none set but ``SERVED_KEYWORDS``, and neither
     ``use_cache`` nor ``return_dict`` off."""
@@ -211,9 +218,8 @@ class DecodeGraphs:
             states = StateXCache(model.config)
             with launches_skipped(device, COMPILE_THREADS):
                 model(input_ids=input_ids, cache=states, use_cache=True)
-            call = {"input_ids": input_ids, "cache": states, "use_cache": True, "return_dict": True}
             with dependent_launches(device), compiled_in_parallel(device, COMPILE_THREADS, self._compiling):
-                model(**call, logits_to_keep=logits_to_keep)
+                model(**_step_call(input_ids, states, logits_to_keep))
 
     def __call__(self, **inputs) -> ModelOutput:
         model = self._model()
@@ -266,13 +272,7 @@ class DecodeGraphs:
                 states = StateXCache(model.config)
                 copy_states(cache, states)
                 input_ids = inputs["input_ids"].clone()
-                call = {
-                    "input_ids": input_ids,
-                    "cache": states,
-                    "use_cache": True,
-                    "return_dict": True,
-                    "logits_to_keep": inputs.get("logits_to_keep", 0),
-                }
+                call = _step_call(input_ids, states, inputs.get("logits_to_keep", 0))
                 side = torch.cuda.Stream(device=device)
                 side.wait_stream(torch.cuda.current_stream(device))
                 with torch.cuda.stream(side):
