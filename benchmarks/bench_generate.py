@@ -162,8 +162,8 @@ def apply_same_run_baselines(args) -> None:
         from statex_hf.modeling import decode_graphs
 
         decode_graphs.COMPILE_THREADS = threads
-    if args.compile_ahead:  # the step's kernels compile beside the prompt's forward (off by default)
-        os.environ["STATEX_COMPILE_AHEAD"] = "1"
+    if args.compile_at_capture:  # a baseline in the same run: the step's kernels compile in its first capture
+        os.environ["STATEX_COMPILE_AHEAD"] = "0"
     if args.norm_in_step:  # a baseline in the same run: Mamba2's gated norm in its one-launch step, as before
         from statex_hf.kernels import dispatch
 
@@ -384,10 +384,10 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
         "parallel_compile.MAX_WORKERS)",
     )
     parser.add_argument(
-        "--compile-ahead",
+        "--compile-at-capture",
         action="store_true",
-        help="ours: a decode step's new Triton kernels compile on threads started before the prompt's forward, not in "
-        "its first capture (STATEX_COMPILE_AHEAD=1; off by default)",
+        help="ours: a decode step's new Triton kernels compile in its first capture, not on threads started before "
+        "the prompt's forward (STATEX_COMPILE_AHEAD=0)",
     )
 
 

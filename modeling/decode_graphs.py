@@ -10,9 +10,9 @@ whether to use a compiled forward (``_valid_auto_compile_criteria``) and for tha
 (``get_compiled_call``); the StateX models answer with a :class:`DecodeGraphs`. It is on by default on
 CUDA and off with ``generate(..., disable_compile=True)`` (transformers' ``GenerationConfig`` switch);
 ``compile_config`` is not used (``torch.compile`` would take minutes here where a capture takes a
-fraction of a second). CPU runs are unchanged. With ``STATEX_COMPILE_AHEAD=1`` a first ``generate`` of a batch
-size starts compiling its step's Triton kernels on threads before the prompt's forward
-(:meth:`DecodeGraphs.compile_ahead`), so that a cold process's capture does not wait for them.
+fraction of a second). CPU runs are unchanged. A first ``generate`` of a batch size starts compiling its step's
+Triton kernels on threads before the prompt's forward (:meth:`DecodeGraphs.compile_ahead`), so that a cold
+process's capture does not wait for them (``STATEX_COMPILE_AHEAD=0`` turns that off).
 
 How the state stays right: a graph reads and writes fixed tensors, one set per batch size. A cache
 served by a graph is bound to that set: its states are copied in, then its layers hold those very
@@ -64,10 +64,9 @@ _MAX_GRAPHS = 4
 
 def compile_ahead_wanted() -> bool:
     """Whether ``generate`` compiles its decode step's kernels beside the prompt's forward
-    (:meth:`DecodeGraphs.compile_ahead`): with ``STATEX_COMPILE_AHEAD=1``. Off by default: its one run of the GPU
-    tests had a failure it may have caused, and the change made for it has not run on a GPU yet
-    (benchmarks/README.md, twenty-third session)."""
-    return os.environ.get("STATEX_COMPILE_AHEAD", "0") == "1"
+    (:meth:`DecodeGraphs.compile_ahead`): yes unless ``STATEX_COMPILE_AHEAD=0``, the switch back to compiling in
+    the first capture (benchmarks/README.md, twenty-third and twenty-fourth sessions)."""
+    return os.environ.get("STATEX_COMPILE_AHEAD", "1") != "0"
 
 
 def graphs_wanted(model: nn.Module, generation_config: GenerationConfig) -> bool:
@@ -204,8 +203,8 @@ class DecodeGraphs:
         The step is recorded as ``_capture`` records it, on a cache of its own: a one-token forward whose
         kernels are skipped leaves that cache states of the right shapes (their values do not matter), then a
         decode step on them records its kernels. Nothing is done for a batch size compiled ahead or captured
-        before, where launches cannot be recorded (``blocks_record``: one compile thread, off CUDA, ...), or without
-        ``STATEX_COMPILE_AHEAD=1`` (``compile_ahead_wanted``)."""
+        before, where launches cannot be recorded (``blocks_record``: one compile thread, off CUDA, ...), or with
+        ``STATEX_COMPILE_AHEAD=0`` (``compile_ahead_wanted``)."""
         model = self._model()
         captured = any(step.input_ids.shape[0] == batch for step in self._steps.values())
         if not compile_ahead_wanted() or captured or batch in self._compiled_ahead:

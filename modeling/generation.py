@@ -75,7 +75,7 @@ class StateXGenerationMixin(GenerationMixin):
         """Where the loop's decode steps will replay as CUDA graphs (``modeling/decode_graphs.py``), start compiling
         their kernels on threads now, while the prompt's forward runs (``DecodeGraphs.compile_ahead``): a first
         capture would otherwise wait for them. Nothing is started where no step follows the prompt's token or
-        the steps run eagerly (a keyword the graphs do not serve), nor without ``STATEX_COMPILE_AHEAD=1``. It only
+        the steps run eagerly (a keyword the graphs do not serve), nor with ``STATEX_COMPILE_AHEAD=0``. It only
         saves time: if it fails, ``generate`` goes on as without it (the capture compiles what it needs)."""
         if not compile_ahead_wanted():
             return

@@ -113,10 +113,10 @@ def test_a_dropped_cache_leaves_nothing_of_its_own_alive_in_the_graphs(family, s
 @pytest.mark.parametrize("family", ["gla", "mamba2"])
 def test_generate_compiles_the_decode_steps_ahead_where_graphs_will_serve_them(family, monkeypatch):
     """``generate``'s sampling loop starts compiling its decode step's kernels before the prompt's forward, for its
-    batch (as expanded) and the steps' ``logits_to_keep``, where graphs will replay its steps and
-    ``STATEX_COMPILE_AHEAD=1``: not where no step follows the prompt's token, nor where the steps run eagerly.
+    batch (as expanded) and the steps' ``logits_to_keep``, where graphs will replay its steps (by default): not
+    where no step follows the prompt's token, nor where the steps run eagerly, nor with ``STATEX_COMPILE_AHEAD=0``.
     (On CPU no graph serves a step: here the model is told graphs would.)"""
-    monkeypatch.setenv("STATEX_COMPILE_AHEAD", "1")
+    monkeypatch.delenv("STATEX_COMPILE_AHEAD", raising=False)  # on by default
     model = build(family).eval()
     asked = []
     monkeypatch.setattr(type(model), "_valid_auto_compile_criteria", lambda self, kwargs, config: True)
@@ -128,7 +128,7 @@ def test_generate_compiles_the_decode_steps_ahead_where_graphs_will_serve_them(f
     assert asked == [(2, 1), (4, 1)]  # generate keeps one position's logits
     model.generate(ids, max_new_tokens=1, **greedy)  # the prompt's forward gives the only token
     model.generate(ids, max_new_tokens=3, output_hidden_states=True, return_dict_in_generate=True, **greedy)
-    monkeypatch.delenv("STATEX_COMPILE_AHEAD")  # off by default
+    monkeypatch.setenv("STATEX_COMPILE_AHEAD", "0")  # the switch off
     model.generate(ids, max_new_tokens=3, **greedy)
     assert asked == [(2, 1), (4, 1)]
 
@@ -157,11 +157,11 @@ def test_a_compile_ahead_that_fails_leaves_generate_as_it_was_with_a_warning(fam
 @pytest.mark.parametrize("family", ["gla", "mamba2"])
 def test_compile_ahead_runs_once_for_a_batch_size_until_the_graphs_are_cleared(family, monkeypatch):
     """Its two forwards (the states' one-token forward, then the step's) would cost a repeated ``generate`` two
-    eager steps: they run once for a batch size, and not for one a graph was captured for (nor when not asked for:
-    ``STATEX_COMPILE_AHEAD`` is off by default; nor where launches cannot be recorded, off CUDA say, where they would
-    compile for real). Here on CPU the model is told they can be."""
+    eager steps: they run once for a batch size, and not for one a graph was captured for (nor with
+    ``STATEX_COMPILE_AHEAD=0``; nor where launches cannot be recorded, off CUDA say, where they would compile for
+    real). Here on CPU the model is told they can be."""
     monkeypatch.setattr(decode_graphs, "blocks_record", lambda device, threads: True)
-    monkeypatch.setenv("STATEX_COMPILE_AHEAD", "1")
+    monkeypatch.delenv("STATEX_COMPILE_AHEAD", raising=False)  # on by default
     model = build(family).eval()
     cache, forwards = prefilled(model), []
     model.register_forward_pre_hook(lambda module, args, kwargs: forwards.append(kwargs["input_ids"].shape[0]),
@@ -182,6 +182,6 @@ def test_compile_ahead_runs_once_for_a_batch_size_until_the_graphs_are_cleared(f
     monkeypatch.setattr(decode_graphs, "blocks_record", lambda device, threads: False)
     decoder.compile_ahead(5, cpu)
     monkeypatch.setattr(decode_graphs, "blocks_record", lambda device, threads: True)
-    monkeypatch.delenv("STATEX_COMPILE_AHEAD")
+    monkeypatch.setenv("STATEX_COMPILE_AHEAD", "0")
     decoder.compile_ahead(6, cpu)
     assert forwards == []

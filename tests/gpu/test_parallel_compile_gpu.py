@@ -57,7 +57,9 @@ print(json.dumps(dict(compiles=compiles, messages=messages, seconds=seconds, sam
 """
 
 
-def capture_in_a_fresh_process(family: str, threads: int, tmp_path, ahead: bool = False) -> dict:
+def capture_in_a_fresh_process(family: str, threads: int, tmp_path, ahead: bool = True) -> dict:
+    """A first ``generate`` in a fresh process, its Triton cache empty: as the package runs by default (the step
+    compiled ahead), or with ``ahead=False`` as with ``STATEX_COMPILE_AHEAD=0`` (compiled in the capture)."""
     env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / f"triton-{family}-{threads}"))
     env.pop("TRITON_INTERPRET", None)
     env["STATEX_COMPILE_AHEAD"] = "1" if ahead else "0"
@@ -71,7 +73,7 @@ def capture_in_a_fresh_process(family: str, threads: int, tmp_path, ahead: bool 
 
 @pytest.mark.parametrize("family", ["gla", "mamba2"])
 def test_the_decode_steps_kernels_compile_on_threads_while_the_prompts_forward_runs(family, tmp_path):
-    run = capture_in_a_fresh_process(family, 4, tmp_path, ahead=True)  # STATEX_COMPILE_AHEAD=1
+    run = capture_in_a_fresh_process(family, 4, tmp_path)  # compiled ahead, the default
     assert run["seconds"] is not None and run["same"], run
     on_threads = [phase for phase, thread in run["compiles"] if thread.startswith("statex-compile")]
     # The step's PDL variants are new to the step: they compile on the pool's threads, started before the prompt's
@@ -85,7 +87,7 @@ def test_the_decode_steps_kernels_compile_on_threads_while_the_prompts_forward_r
 
 @pytest.mark.parametrize("family", ["gla", "mamba2"])
 def test_a_first_capture_compiles_what_is_not_compiled_ahead_on_threads(family, tmp_path):
-    run = capture_in_a_fresh_process(family, 4, tmp_path)
+    run = capture_in_a_fresh_process(family, 4, tmp_path, ahead=False)  # STATEX_COMPILE_AHEAD=0
     assert run["seconds"] is not None and run["same"], run
     in_capture = [thread for phase, thread in run["compiles"] if phase == "capture"]
     # All of the step's new kernels compile on the pool's threads, none when the warm-up and the captured calls
