@@ -19,10 +19,10 @@ session). The forward inside the block computes garbage (the skipped kernels wri
 values do not matter, and run it again after.
 
 With a ``background`` list the block returns as soon as its compiles start, and ``wait_for_compiles`` waits for
-them, then readies the kernels: ``generate`` records its decode step before the
-prompt's forward and compiles it beside that forward (``DecodeGraphs.compile_ahead``), where the capture would wait
-for the slowest kernel (Mamba2's one-launch step kernel took 2.9 s on one H100 machine's pool). ``launches_skipped``
-skips as a block does and compiles nothing: for a forward that only has to leave tensors of the right shapes behind.
+them, then readies the kernels: ``generate`` records its decode step before the prompt's forward and compiles it
+beside that forward (``DecodeGraphs.compile_ahead``), where the capture would wait for the slowest kernel (Mamba2's
+one-launch step kernel took 2.9 s on one H100 machine's pool). ``launches_skipped`` skips as a block does and
+compiles nothing: for a forward that only has to leave tensors of the right shapes behind.
 
 Only the thread that entered the block records. Where Triton is older than 3.6 (its hook and ``preload`` were
 measured on 3.6 and read in 3.9), under the interpreter, or with one worker, the block runs the forward as it is
