@@ -161,9 +161,12 @@ def launch(family: str, gpus: int, args: argparse.Namespace) -> dict:
         except subprocess.TimeoutExpired:
             return {"family": family, "gpus": gpus, "T": args.seq_len, "error": f"over {args.timeout} s"}
         if result.returncode != 0 or not os.path.exists(json_out):
-            error = [line for line in result.stderr.splitlines() if "Error" in line] or result.stderr.splitlines()
+            lines = result.stderr.splitlines()
+            # The first error a worker raised: the launcher's own last line, ChildFailedError, names none.
+            raised = [line for line in lines if "Error" in line and "ChildFailedError" not in line]
             sys.stderr.write(result.stderr[-4000:])
-            return {"family": family, "gpus": gpus, "T": args.seq_len, "error": (error or ["failed"])[-1][:200]}
+            error = (raised[:1] or lines[-1:] or ["failed"])[0]
+            return {"family": family, "gpus": gpus, "T": args.seq_len, "error": error[:200]}
         with open(json_out) as f:
             return json.load(f)
 

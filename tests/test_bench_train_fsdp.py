@@ -25,8 +25,32 @@ def test_the_fsdp_benchmark_runs_two_processes_on_cpu_with_tiny_models(tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     with open(rows_path) as f:
         (row,) = json.load(f)
-    assert "error" not in row, row
+    assert "error" not in row, (row, result.stderr[-4000:])  # the workers' stderr, which names the cause
     assert (row["family"], row["gpus"], row["fsdp"], row["tiny"]) == ("mamba2", 2, True, True)
     assert [p["rank"] for p in row["per_process"]] == [0, 1] and row["step_s"] > 0
     assert math.isfinite(row["loss"]) and row["tokens_per_s_per_gpu"] == row["T"] / row["step_s"]
     assert "| StateX-Mamba2-tiny | 2 | 256 |" in result.stdout
+
+
+def test_a_failed_launch_row_names_the_workers_error_not_the_launchers(monkeypatch):
+    """torch's launcher ends a failed run with ``ChildFailedError:`` and nothing after the colon; the row carries the
+    first error a worker raised, which says what to fix."""
+    import argparse
+    import importlib.util
+    import subprocess as subprocess_module
+
+    spec = importlib.util.spec_from_file_location("bench_train_fsdp", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    stderr = (
+        "[rank1]: Traceback (most recent call last):\n"
+        "[rank1]: torch.distributed.DistNetworkError: The client socket has timed out after 60000ms\n"
+        "Traceback (most recent call last):\n"
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
+        "Root Cause (first observed failure):\n"
+    )
+    failed = subprocess_module.CompletedProcess([], returncode=1, stdout="", stderr=stderr)
+    monkeypatch.setattr(bench.subprocess, "run", lambda *args, **kwargs: failed)
+    args = argparse.Namespace(port=1, tiny=True, seq_len=256, steps=1, warmup=0, accumulation=1, timeout=10)
+    row = bench.launch("mamba2", 2, args)
+    assert row["error"] == "[rank1]: torch.distributed.DistNetworkError: The client socket has timed out after 60000ms"
