@@ -5,6 +5,8 @@ Its numbers on CPU mean nothing; the claim is that the launcher, the worker unde
 machine with GPUs only has to run it.
 """
 
+import argparse
+import importlib
 import json
 import math
 import os
@@ -35,13 +37,8 @@ def test_the_fsdp_benchmark_runs_two_processes_on_cpu_with_tiny_models(tmp_path)
 def test_a_failed_launch_row_names_the_workers_error_not_the_launchers(monkeypatch):
     """torch's launcher ends a failed run with ``ChildFailedError:`` and nothing after the colon; the row carries the
     first error a worker raised, which says what to fix."""
-    import argparse
-    import importlib.util
-    import subprocess as subprocess_module
-
-    spec = importlib.util.spec_from_file_location("bench_train_fsdp", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    monkeypatch.syspath_prepend(os.path.dirname(BENCH))
+    bench = importlib.import_module("bench_train_fsdp")
     stderr = (
         "[rank1]: Traceback (most recent call last):\n"
         "[rank1]: torch.distributed.DistNetworkError: The client socket has timed out after 60000ms\n"
@@ -49,8 +46,8 @@ def test_a_failed_launch_row_names_the_workers_error_not_the_launchers(monkeypat
         "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
         "Root Cause (first observed failure):\n"
     )
-    failed = subprocess_module.CompletedProcess([], returncode=1, stdout="", stderr=stderr)
-    monkeypatch.setattr(bench.subprocess, "run", lambda *args, **kwargs: failed)
+    failed = subprocess.CompletedProcess([], returncode=1, stdout="", stderr=stderr)
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: failed)
     args = argparse.Namespace(port=1, tiny=True, seq_len=256, steps=1, warmup=0, accumulation=1, timeout=10)
     row = bench.launch("mamba2", 2, args)
     assert row["error"] == "[rank1]: torch.distributed.DistNetworkError: The client socket has timed out after 60000ms"
