@@ -12,6 +12,11 @@ with a time limit (fla autotunes its kernels on first use) and prints its rows a
 Measured, per batch size B (a ``--prompt``-token random prompt, greedy, no EOS):
 - ms/token: ``(t(generate N) - t(generate 2)) / (N - 2)``, decode steps only, wall clock, each t the least of
   ``TIMED_RUNS`` runs (in one run of N tokens a pause of the host's, a garbage collection say, moves the row);
+- step ms: the same runs' steady pace on the GPU's own timeline (``StepClock``: an event recorded at every step
+  where the loop takes the step's logits; from the third step to the last, so neither the prompt's forward nor
+  a call's fixed costs enter it; the least of ``TIMED_RUNS`` runs). A host that falls behind shows in it too:
+  the GPU records an event when the host gets to it. Two differences of whole calls carry each call's noise
+  (a prompt's forward, the first step's binding), which ms/token at B = 1 has shown as +-0.2 ms;
 - roofline: bytes a decode step must move (every weight read once, except the input embedding, of
   which B rows are read; every recurrent and convolution state read and written once) over the HBM
   bandwidth of the device (from its memory clock and bus width, as the driver reports them; the
@@ -142,6 +147,42 @@ def weight_bytes(model) -> int:
     return total if tied else total - embedding.numel() * embedding.element_size()
 
 
+class StepClock:
+    """A logits processor that changes nothing and marks when each step's logits reach ``generate``'s loop: a CUDA
+    event on the GPU's timeline (the host's clock on CPU, where every op runs in order on the host)."""
+
+    SKIPPED = 2  # marks before the pace is taken: the prompt's (then the first step's, which binds the cache)
+
+    def __init__(self) -> None:
+        self.marks: list = []
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if scores.is_cuda:
+            self.marks.append(torch.cuda.Event(enable_timing=True))
+            self.marks[-1].record()
+        else:
+            self.marks.append(time.perf_counter())
+        return scores
+
+    def ms_per_step(self) -> float:
+        """The mean ms between marks after the ``SKIPPED`` first ones (once the run has ended: ``_sync`` first)."""
+        first, last = self.marks[self.SKIPPED], self.marks[-1]
+        span_ms = first.elapsed_time(last) if hasattr(first, "elapsed_time") else (last - first) * 1e3
+        return span_ms / (len(self.marks) - 1 - self.SKIPPED)
+
+
+def _paced(generate) -> float:
+    """``StepClock``'s ms per step over one call of ``generate(logits_processor=...)``."""
+    from transformers import LogitsProcessorList
+
+    clock = StepClock()
+    generate(logits_processor=LogitsProcessorList([clock]))
+    _sync()
+    return clock.ms_per_step()
+
+
 def _timed(fn) -> float:
     _sync()
     start = time.perf_counter()
@@ -254,9 +295,10 @@ def worker(impl: str, args) -> None:
         two = min(_timed(lambda ids=ids: generate(ids, 2)) for _ in range(TIMED_RUNS))
         many = min(_timed(lambda ids=ids: generate(ids, new_tokens)) for _ in range(TIMED_RUNS))
         ms = (many - two) / (new_tokens - 2) * 1e3
+        step_ms = min(_paced(lambda ids=ids, **kw: generate(ids, new_tokens, **kw)) for _ in range(TIMED_RUNS))
         roofline_ms = (weights + 2 * state_per_sequence * batch) / bandwidth * 1e3
         _emit(
-            dict(impl=impl, kind="decode", batch=batch, ms_per_token=ms, roofline_ms=roofline_ms,
+            dict(impl=impl, kind="decode", batch=batch, ms_per_token=ms, step_ms=step_ms, roofline_ms=roofline_ms,
                  share=roofline_ms / ms, weight_share=weights / bandwidth * 1e3 / ms, first_call_s=first_s,
                  capture_s=capture_s, replay_ms=replay_ms, new_tokens=new_tokens, capture_compiles=list(compile_log))
         )  # fmt: skip
@@ -304,7 +346,7 @@ def print_table(rows: list[dict], statuses: dict) -> None:
         print(f"{impl:12} {s.get('weight_gb', 0):10.2f} {s.get('state_mb', 0):12.1f} {status:>14}")
     print(
         f"\n{'impl':12} {'B':>3} {'ms/token':>9} {'roofline ms':>11} {'share':>6} {'wt share':>8} {'capture s':>9} "
-        f"{'first s':>8} {'replay ms':>9}"
+        f"{'first s':>8} {'replay ms':>9} {'step ms':>8}"
     )
     for r in rows:
         if r["kind"] == "decode" and "error" in r:
@@ -313,9 +355,10 @@ def print_table(rows: list[dict], statuses: dict) -> None:
             capture = "-" if r["capture_s"] is None else f"{r['capture_s']:.2f}"
             replay = "-" if r.get("replay_ms") is None else f"{r['replay_ms']:.2f}"
             weight_share = "-" if r.get("weight_share") is None else f"{r['weight_share']:.0%}"  # older rows: none
+            step = "-" if r.get("step_ms") is None else f"{r['step_ms']:.2f}"  # older rows: none
             print(
                 f"{r['impl']:12} {r['batch']:3d} {r['ms_per_token']:9.2f} {r['roofline_ms']:11.2f} "
-                f"{r['share']:6.0%} {weight_share:>8} {capture:>9} {r['first_call_s']:8.1f} {replay:>9}"
+                f"{r['share']:6.0%} {weight_share:>8} {capture:>9} {r['first_call_s']:8.1f} {replay:>9} {step:>8}"
             )
     for r in rows:
         for message in r.get("capture_compiles") or []:
@@ -422,9 +465,12 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="toy shapes (a check of this script, runs on CPU)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    for flag in ("new_tokens", "peer_new_tokens", "eager_new_tokens"):
-        if getattr(args, flag) < 3:  # each is timed as generate(N) - generate(2), over N - 2 tokens
-            parser.error(f"--{flag.replace('_', '-')} must be at least 3 (timed as N tokens minus 2 tokens)")
+    # Each count is timed as generate(N) - generate(2), over N - 2 tokens; the decode runs' are paced by StepClock
+    # too, between its third mark and its last.
+    for flag, least in (("new_tokens", 4), ("peer_new_tokens", 4), ("eager_new_tokens", 3)):
+        if getattr(args, flag) < least:
+            why = "timed as N tokens minus 2 tokens" + (", and paced from the third step on" if least == 4 else "")
+            parser.error(f"--{flag.replace('_', '-')} must be at least {least} ({why})")
     args.batches = [int(b) for b in args.batches.split(",")]
     # --tiny's lengths keep the CPU check inside its process's time limit (64K tokens on CPU would not be).
     args.ttft = [int(t) for t in (args.ttft or (TINY_TTFT if args.tiny else TTFT)).split(",") if t]

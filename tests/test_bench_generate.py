@@ -29,6 +29,7 @@ def test_the_generate_benchmark_finishes_its_tiny_check_on_cpu(tmp_path):
     assert "TTFT   1024" in result.stdout
     decode = next(row for row in report["rows"] if row["kind"] == "decode")
     assert 0 < decode["weight_share"] <= decode["share"]  # the weights alone: part of the step's bytes
+    assert decode["step_ms"] > 0 and "step ms" in result.stdout
 
 
 def test_fewer_than_three_timed_tokens_is_one_clear_error_before_any_model_is_built():
@@ -38,6 +39,28 @@ def test_fewer_than_three_timed_tokens_is_one_clear_error_before_any_model_is_bu
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--eager-new-tokens must be at least 3" in result.stderr.splitlines()[-1]
     assert "Traceback" not in result.stderr
+
+
+def test_three_decode_tokens_is_one_clear_error_as_the_step_clock_paces_from_the_third_step():
+    command = [sys.executable, BENCH, "--tiny", "--impls", "ours_gla", "--new-tokens", "3"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--new-tokens must be at least 4" in result.stderr.splitlines()[-1]
+
+
+def test_the_step_clock_paces_a_run_from_its_third_mark_to_its_last(monkeypatch):
+    # The prompt's mark and the first step's (which binds the cache to the graph) are left out: a run whose
+    # steps after those take 2 s each is paced at 2000 ms, however long the prompt and the first step took.
+    monkeypatch.syspath_prepend(os.path.dirname(BENCH))  # undone after the test
+    import bench_generate
+    import torch
+
+    clock = bench_generate.StepClock()
+    times = iter([0.0, 5.0, 6.0, 8.0, 10.0, 12.0])
+    monkeypatch.setattr(bench_generate.time, "perf_counter", lambda: next(times))
+    scores = torch.zeros(1, 4)
+    for _ in range(6):
+        assert clock(None, scores) is scores  # a logits processor that changes nothing
+    assert clock.ms_per_step() == 2000.0
 
 
 def test_a_batch_that_ran_out_of_memory_is_a_row_of_the_table(capsys, monkeypatch):
