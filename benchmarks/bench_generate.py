@@ -12,9 +12,9 @@ with a time limit (fla autotunes its kernels on first use) and prints its rows a
 Measured, per batch size B (a ``--prompt``-token random prompt, greedy, no EOS):
 - ms/token: ``(t(generate N) - t(generate 2)) / (N - 2)``, decode steps only, wall clock, each t the least of
   ``TIMED_RUNS`` runs (in one run of N tokens a pause of the host's, a garbage collection say, moves the row);
-- step ms: the same runs' steady pace on the GPU's own timeline (``StepClock``: an event recorded at every step
-  where the loop takes the step's logits; from the third step to the last, so neither the prompt's forward nor
-  a call's fixed costs enter it; the least of ``TIMED_RUNS`` runs). A host that falls behind shows in it too:
+- step ms: the steady pace of ``TIMED_RUNS`` more runs of N tokens on the GPU's own timeline (``StepClock``: an
+  event recorded at every step where the loop takes the step's logits; from the third step to the last, so neither
+  the prompt's forward nor a call's fixed costs enter it; the least of the runs). A host that falls behind shows too:
   the GPU records an event when the host gets to it. Two differences of whole calls carry each call's noise
   (a prompt's forward, the first step's binding), which ms/token at B = 1 has shown as +-0.2 ms;
 - roofline: bytes a decode step must move (every weight read once, except the input embedding, of

@@ -51,12 +51,14 @@ def test_the_step_clock_paces_a_run_from_its_third_mark_to_its_last(monkeypatch)
     # The prompt's mark and the first step's (which binds the cache to the graph) are left out: a run whose
     # steps after those take 2 s each is paced at 2000 ms, however long the prompt and the first step took.
     monkeypatch.syspath_prepend(os.path.dirname(BENCH))  # undone after the test
+    import types
+
     import bench_generate
     import torch
 
     clock = bench_generate.StepClock()
     times = iter([0.0, 5.0, 6.0, 8.0, 10.0, 12.0])
-    monkeypatch.setattr(bench_generate.time, "perf_counter", lambda: next(times))
+    monkeypatch.setattr(bench_generate, "time", types.SimpleNamespace(perf_counter=lambda: next(times)))
     scores = torch.zeros(1, 4)
     for _ in range(6):
         assert clock(None, scores) is scores  # a logits processor that changes nothing
