@@ -27,6 +27,9 @@ beside torch's separate calls (``F.linear`` per weight, and ``silu`` and a produ
 table's one-row tiles, so each candidate is timed for them too. ``--pick-only`` times the library rows and the
 table's pick alone (a same-run baseline: the script run against another install of the package), ``--pdl``
 captures the launches with programmatic dependent launch as a decode graph does (``kernels/dependent_launch.py``).
+At more rows, where our kernels serve one row only and a decode step launches each of these products apart, the
+same cases are timed as those separate library calls beside one library call over the weights stacked (``cat``
+rows; the epilogue split off after it): what grouping the products would save at that batch, at most.
 """
 
 from __future__ import annotations
@@ -56,7 +59,8 @@ SHAPES = [
     ("mamba2 out_proj", 4096, 2048),
     ("mamba2 lm_head", 2048, 50288),
 ]
-# (name, K, (N of each weight), kind) of the one-row launches that serve several products of one x (at M = 1 only).
+# (name, K, (N of each weight), kind) of the one-row launches that serve several products of one x (at M > 1: the
+# library's separate calls beside one over the weights stacked).
 FUSED = [
     ("gla q,k,v,gk_down,g group", 2048, (1024, 1024, 2048, 16, 2048), "group"),
     ("gla mlp gate+up swiglu", 2048, (5632, 5632), "swiglu"),
@@ -163,6 +167,21 @@ def products(kind: str):
     return torch_swiglu, (lambda x, ws: gemv_swiglu(x, *ws)), reference, "linear.gemv_swiglu"
 
 
+def stacked_call(kind: str, cases: list[list], ns: tuple[int, ...]):
+    """One library product over each case's weights stacked (made once here, outside the timing), then split into
+    the case's outputs (``group``) or put through the SwiGLU as torch's call does (``swiglu``)."""
+    import torch
+    import torch.nn.functional as F
+
+    stacked = {id(ws[0]): torch.cat(ws) for ws in cases}
+
+    def call(x, ws):
+        parts = F.linear(x, stacked[id(ws[0])]).split(ns, dim=-1)
+        return list(parts) if kind == "group" else F.silu(parts[0]) * parts[1]
+
+    return call
+
+
 def deviation(got, want) -> float:
     """The largest deviation over the largest magnitude, over a case's outputs."""
     got, want = (got if isinstance(got, list) else [got]), (want if isinstance(want, list) else [want])
@@ -200,13 +219,16 @@ def bench_shape(name: str, k: int, ns: tuple[int, ...], m: int, args, hbm: float
         return record
 
     rows = []
+    library_calls = [("-", torch_call)]
+    if kind != "linear" and m > 1:  # our fused kernels serve one row: the bound on grouping instead
+        library_calls.append(("cat", stacked_call(kind, cases, ns)))
     libraries = ["cublaslt", "cublas"] if cuda else ["torch"]
     for library in libraries:
         default = torch.backends.cuda.preferred_blas_library() if cuda else None
         try:
             if cuda:
                 torch.backends.cuda.preferred_blas_library(library)
-            rows.append(row(library, "-", torch_call))
+            rows += [row(library, config, call) for config, call in library_calls]
         finally:
             if cuda:
                 torch.backends.cuda.preferred_blas_library(default)
@@ -217,8 +239,8 @@ def bench_shape(name: str, k: int, ns: tuple[int, ...], m: int, args, hbm: float
     else:  # the fused kernels take the one-row tiles and never split K
         picked = configs.one_row_config(list(ns), torch.device(device))
         splits_of = lambda base: {1}  # noqa: E731
-    tried = [("ours pick", picked)]
-    for base in [] if args.pick_only else candidates(m):
+    tried = [("ours pick", picked)] if kind == "linear" or m == 1 else []
+    for base in [] if args.pick_only or not tried else candidates(m):
         # --tiny's toy shapes never need a split: time one anyway, so the check covers that path.
         for splits in sorted(splits_of(base)):
             config = base.with_(SPLIT_K=splits)
@@ -296,7 +318,7 @@ def main() -> None:
     print(f"{header} {'us':>9} {'TB/s':>6} {'%HBM':>5} {'err':>8}")
     rows = []
     for m in ms:
-        for name, k, ns, kind in (fused if m == 1 else []) + shapes:
+        for name, k, ns, kind in fused + shapes:
             shape_rows = bench_shape(name, k, ns, m, args, hbm, kind)
             print_rows(shape_rows)
             rows += shape_rows
