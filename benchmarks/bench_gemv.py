@@ -219,9 +219,9 @@ def bench_shape(name: str, k: int, ns: tuple[int, ...], m: int, args, hbm: float
         return record
 
     rows = []
-    library_calls = [("-", torch_call)]
-    if kind != "linear" and m > 1:  # our fused kernels serve one row: the bound on grouping instead
-        library_calls.append(("cat", stacked_call(kind, cases, ns)))
+    # Our fused kernels serve one row: at more, the bound on what grouping would save, and no rows of ours.
+    fused_apart = kind != "linear" and m > 1
+    library_calls = [("-", torch_call)] + ([("cat", stacked_call(kind, cases, ns))] if fused_apart else [])
     libraries = ["cublaslt", "cublas"] if cuda else ["torch"]
     for library in libraries:
         default = torch.backends.cuda.preferred_blas_library() if cuda else None
@@ -239,8 +239,8 @@ def bench_shape(name: str, k: int, ns: tuple[int, ...], m: int, args, hbm: float
     else:  # the fused kernels take the one-row tiles and never split K
         picked = configs.one_row_config(list(ns), torch.device(device))
         splits_of = lambda base: {1}  # noqa: E731
-    tried = [("ours pick", picked)] if kind == "linear" or m == 1 else []
-    for base in [] if args.pick_only or not tried else candidates(m):
+    tried = [] if fused_apart else [("ours pick", picked)]
+    for base in [] if args.pick_only or fused_apart else candidates(m):
         # --tiny's toy shapes never need a split: time one anyway, so the check covers that path.
         for splits in sorted(splits_of(base)):
             config = base.with_(SPLIT_K=splits)
