@@ -20,8 +20,10 @@ Measured, per batch size B (a ``--prompt``-token random prompt, greedy, no EOS):
 - roofline: bytes a decode step must move (every weight read once, except the input embedding, of
   which B rows are read; every recurrent and convolution state read and written once) over the HBM
   bandwidth of the device (from its memory clock and bus width, as the driver reports them; the
-  bandwidth of a large on-device copy is printed beside it); "share" is roofline / measured, and
-  "wt share" the weight read's alone / measured (issue 20's B = 1 target: the weight-read roofline);
+  bandwidth of a large on-device copy is printed beside it); "share" is roofline / step ms, and
+  "wt share" the weight read's alone / step ms (issue 20's B = 1 target: the weight-read roofline). Both use
+  the steady clock: ms/token, a difference of two calls, has fallen below the replay on the GPU and below zero
+  on a busy CI host;
 - ours: the one-time capture of the CUDA-graph decode step (``capture s``, warm-up calls included), the
   step's graph replayed back to back (``replay ms``: its GPU time, without generate's loop on the host),
   the eager decode (``disable_compile=True``) at B = 1, and whether graphs and eager give the same
@@ -299,7 +301,7 @@ def worker(impl: str, args) -> None:
         roofline_ms = (weights + 2 * state_per_sequence * batch) / bandwidth * 1e3
         _emit(
             dict(impl=impl, kind="decode", batch=batch, ms_per_token=ms, step_ms=step_ms, roofline_ms=roofline_ms,
-                 share=roofline_ms / ms, weight_share=weights / bandwidth * 1e3 / ms, first_call_s=first_s,
+                 share=roofline_ms / step_ms, weight_share=weights / bandwidth * 1e3 / step_ms, first_call_s=first_s,
                  capture_s=capture_s, replay_ms=replay_ms, new_tokens=new_tokens, capture_compiles=list(compile_log))
         )  # fmt: skip
     if not ours:
