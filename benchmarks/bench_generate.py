@@ -211,6 +211,10 @@ def apply_same_run_baselines(args) -> None:
         from statex_hf.kernels import dispatch
 
         dispatch.GATED_NORM_IN_OUT_PROJ = False
+    if args.final_norm_in_head:  # off by default until measured: the run with it, beside one without
+        from statex_hf.kernels import dispatch
+
+        dispatch.FINAL_NORM_IN_HEAD = True
     if not (args.separate_products or args.unfused_residual_norm or args.norms_apart) and numbers == (None, None):
         return
     from statex_hf.kernels import dispatch
@@ -415,6 +419,12 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="ours: at one row Mamba2's gated norm is taken by its one-launch step's last program, not by out_proj's "
         "product (dispatch.GATED_NORM_IN_OUT_PROJ off; on by default)",
+    )
+    parser.add_argument(
+        "--final-norm-in-head",
+        action="store_true",
+        help="ours: at one row the final norm and the logits' fp32 cast in the head's GEMV launch "
+        "(dispatch.FINAL_NORM_IN_HEAD; off by default until a GPU has timed it)",
     )
     parser.add_argument(
         "--serial-compile",

@@ -50,6 +50,12 @@ ONE_LAUNCH_CONV_SSD_MAX_ROWS = 1
 # against 1.51 off, twice each in one run on an H100 (benchmarks/README.md, eighteenth session;
 # ``bench_generate.py --norm-in-step`` is the same-run baseline).
 GATED_NORM_IN_OUT_PROJ = True
+# On, a causal LM's one-row decode step leaves its final norm to the head's GEMV, which computes it as it loads the
+# residual stream and stores the fp32 logits itself: one launch where the norm, Mamba2's cast of its fp32 output to
+# the head's dtype, the head and the logits' ``.float()`` were three or four (``StateXRecurrentForCausalLM``). Off
+# until a GPU has compiled and timed it: built without one (twenty-sixth session); ``bench_generate.py
+# --final-norm-in-head`` turns it on beside the same run's baseline.
+FINAL_NORM_IN_HEAD = False
 
 
 def gla(
@@ -218,15 +224,17 @@ def one_launch_linear(
     norm: RowNorm | None = None,
     residual: torch.Tensor | None = None,
     residual_dtype: torch.dtype | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor | None:
     """``F.linear(norm(x), weight)``, with ``residual`` ``residual.to(residual_dtype)`` plus that (torch's add), as
     one launch of the one-row GEMV (``kernels/linear/row_norm.py``: the norm computed as x is loaded, the add as y is
-    stored) where x is one row and the product would take the GEMV; ``None`` otherwise."""
+    stored) where x is one row and the product would take the GEMV; ``None`` otherwise. ``out_dtype`` fp32 (no
+    residual): the product's ``.float()``, stored so by the same launch."""
     if not _one_launch_applies(x, weight, norm=norm, residual=residual, residual_dtype=residual_dtype):
         return None
     from statex_hf.kernels.linear.gemv import gemv
 
-    return gemv(x, weight, None, norm, residual, residual_dtype)
+    return gemv(x, weight, None, norm, residual, residual_dtype, out_dtype)
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

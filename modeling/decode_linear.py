@@ -100,6 +100,34 @@ def norms_go_into_products(
     )
 
 
+def final_norm_goes_into_head(decoder: nn.Module, head: nn.Module) -> bool:
+    """Whether a causal LM's one-row step leaves ``decoder``'s final norm to ``head`` (``dispatch.FINAL_NORM_IN_HEAD``):
+    on the CUDA path without gradients, outside ``torch.compile``, the decoder unhooked (a hook on it sees its usual
+    output, the norm's), ``head`` a bare ``DecodeLinear`` with a plain bf16 / fp16 weight the one-row GEMV takes
+    (``norms_go_into_products``' conditions on a product, told before the step runs). Where its launch then does not
+    take the norm after all, the head normalizes apart (``causal_lm_head``)."""
+    return (
+        dispatch.FINAL_NORM_IN_HEAD
+        and not hooked(decoder)
+        and _bare(head)
+        and type(head.weight) in (torch.Tensor, nn.Parameter)
+        and head.weight.dtype in (torch.bfloat16, torch.float16)
+        and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and dispatch.use_triton(head.weight)
+        and dispatch.GEMV_MAX_ROWS >= 1
+    )
+
+
+def normed_logits(head: nn.Module, x: torch.Tensor, norm: RowNorm) -> torch.Tensor | None:
+    """``head(norm(x)).float()`` (a causal LM's logits after its final norm) as one launch of the one-row GEMV for a
+    bare ``DecodeLinear`` head: the norm computed as x is loaded, the logits stored as fp32; ``None`` where that does
+    not apply."""
+    if not _bare(head):
+        return None
+    return dispatch.one_launch_linear(x, head.weight, norm=norm, out_dtype=torch.float32)
+
+
 def fused_swiglu(
     x: torch.Tensor, gate_proj: nn.Module, up_proj: nn.Module, norm: RowNorm | None = None
 ) -> torch.Tensor | None:

@@ -9,12 +9,15 @@ else (cache, packing, padding, hidden states, logits, loss, generation) is here,
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import torch
+from statex_hf.kernels.linear.row_norm import RowNorm
 from statex_hf.modeling.cache import count_tokens
 from statex_hf.modeling.causal_lm import causal_lm_head
 from statex_hf.modeling.decode_graphs import decode_graphs_for, graphs_wanted
+from statex_hf.modeling.decode_linear import final_norm_goes_into_head
 from statex_hf.modeling.generation import LEGACY_CACHE_NAMES, StateXGenerationMixin
 from statex_hf.modeling.recurrent_run import start_recurrent_run
 from torch import nn
@@ -50,6 +53,8 @@ class StateXRecurrentModel(PreTrainedModel):
             output (fla's convention) when ``True``; each layer's output, then the final output
             (transformers' Mamba2) when ``False``. Either way they are the tensors the forward computed
             with, on the autograd path.
+        final_row_norm: the final norm as a one-row product computes it (``kernels/linear/row_norm.py``), for the
+            causal LM's head to take it; without one the decoder always runs it.
     """
 
     output_class: type[ModelOutput]
@@ -67,6 +72,11 @@ class StateXRecurrentModel(PreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings = value
 
+    def final_row_norm(self, product_dtype: torch.dtype) -> RowNorm | None:
+        """The final norm as the one-row products of ``product_dtype`` that read its output compute it as they load
+        the residual stream, where calling it runs just its kernel; ``None`` here (the family's model says)."""
+        return None
+
     @accepts_legacy_cache_names
     def forward(
         self,
@@ -78,8 +88,11 @@ class StateXRecurrentModel(PreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         position_ids: torch.LongTensor | None = None,
+        apply_final_norm: bool = True,
         **kwargs,
     ) -> tuple | ModelOutput:
+        """``apply_final_norm=False``: ``last_hidden_state`` is the residual stream before the final norm (the causal
+        LM's one-row decode step, whose head computes the norm in its own launch)."""
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
@@ -95,7 +108,8 @@ class StateXRecurrentModel(PreTrainedModel):
             hidden_states = layer(hidden_states, run.attention_mask, cache, run.cu_seqlens)
             if output_hidden_states and not self.hidden_states_are_layer_inputs:
                 all_hidden_states += (hidden_states,)
-        hidden_states = getattr(self, self.final_norm_name)(hidden_states)
+        if apply_final_norm:
+            hidden_states = getattr(self, self.final_norm_name)(hidden_states)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
         if cache is not None:
@@ -125,6 +139,30 @@ class StateXRecurrentForCausalLM(PreTrainedModel, StateXGenerationMixin):
 
     def get_decoder(self) -> nn.Module:
         return getattr(self, self.base_model_prefix)
+
+    def _final_norm_for_head(
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor | None,
+        labels: torch.LongTensor | None,
+        output_hidden_states: bool | None,
+        logits_to_keep: int | torch.Tensor,
+    ) -> RowNorm | None:
+        """The decoder's final norm for the head to compute in its launch, where this forward is a one-row decode
+        step that leaves it there (``decode_linear.final_norm_goes_into_head``): logits only, no hidden states
+        returned (the last is the norm's output); ``None`` otherwise, and the decoder runs its norm."""
+        inputs = input_ids if input_ids is not None else inputs_embeds
+        if (
+            inputs is None
+            or inputs.dim() < 2
+            or math.prod(inputs.shape[:2]) != 1
+            or labels is not None
+            or not isinstance(logits_to_keep, int)
+            or (output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states)
+            or not final_norm_goes_into_head(self.get_decoder(), self.lm_head)
+        ):
+            return None
+        return self.get_decoder().final_row_norm(self.lm_head.weight.dtype)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.get_decoder().embeddings
@@ -164,6 +202,7 @@ class StateXRecurrentForCausalLM(PreTrainedModel, StateXGenerationMixin):
     ) -> tuple | ModelOutput:
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         decoder = self.get_decoder()
+        head_norm = self._final_norm_for_head(input_ids, inputs_embeds, labels, output_hidden_states, logits_to_keep)
         outputs = decoder(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -173,9 +212,12 @@ class StateXRecurrentForCausalLM(PreTrainedModel, StateXGenerationMixin):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             position_ids=position_ids,
+            apply_final_norm=head_norm is None,
             **kwargs,
         )
-        loss, logits = causal_lm_head(self, outputs.last_hidden_state, labels, logits_to_keep, **kwargs)
+        loss, logits = causal_lm_head(
+            self, outputs.last_hidden_state, labels, logits_to_keep, final_norm=head_norm, **kwargs
+        )
         cache = getattr(outputs, decoder.cache_output_field)
         if not return_dict:
             output = tuple(x for x in (logits, cache, outputs.hidden_states) if x is not None)

@@ -168,17 +168,21 @@ def test_the_compile_flags_set_the_threads_a_captures_kernels_compile_on(monkeyp
     assert decode_graphs.COMPILE_THREADS == 5
 
 
-def test_the_norm_in_step_flag_sets_its_switch(monkeypatch):
+@pytest.mark.parametrize(
+    "flag,switch,default",
+    [("--norm-in-step", "GATED_NORM_IN_OUT_PROJ", True), ("--final-norm-in-head", "FINAL_NORM_IN_HEAD", False)],
+)
+def test_a_switch_flag_sets_its_dispatch_switch_and_only_when_given(monkeypatch, flag, switch, default):
     monkeypatch.syspath_prepend(os.path.dirname(BENCH))
     import argparse
 
     from bench_generate import add_baseline_arguments, apply_same_run_baselines
     from statex_hf.kernels import dispatch
 
-    monkeypatch.setattr(dispatch, "GATED_NORM_IN_OUT_PROJ", True)  # restored afterwards
+    monkeypatch.setattr(dispatch, switch, default)  # restored afterwards
     parser = argparse.ArgumentParser()
     add_baseline_arguments(parser)
     apply_same_run_baselines(parser.parse_args([]))
-    assert dispatch.GATED_NORM_IN_OUT_PROJ
-    apply_same_run_baselines(parser.parse_args(["--norm-in-step"]))
-    assert not dispatch.GATED_NORM_IN_OUT_PROJ
+    assert getattr(dispatch, switch) is default
+    apply_same_run_baselines(parser.parse_args([flag]))
+    assert getattr(dispatch, switch) is not default

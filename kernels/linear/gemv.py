@@ -279,6 +279,8 @@ def _gemv_kernel(x, w, bias, out, M, N, K, stride_xm, stride_wn, norm_w, eps, re
             total += tl.load(bias + rows_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
         if HAS_RESIDUAL:
             total = _add_residual(total, r, Y_DTYPE, out.dtype.element_ty)
+        else:  # y in the weight's dtype, stored as out's (fp32 logits: the product's .float())
+            total = total.to(Y_DTYPE)
         tl.store(out + block, total.to(out.dtype.element_ty), mask=mask)
     else:
         tl.store(out + pid_s.to(tl.int64) * M * N + block, total, mask=mask)
@@ -299,6 +301,8 @@ def _split_k_sum_kernel(partials, bias, y, MN, N, residual, SPLIT_K: tl.constexp
     if HAS_RESIDUAL:
         r = tl.load(residual + offs, mask=mask, other=0.0).to(tl.float32)
         total = _add_residual(total, r, Y_DTYPE, y.dtype.element_ty)
+    else:
+        total = total.to(Y_DTYPE)
     tl.store(y + offs, total.to(y.dtype.element_ty), mask=mask)
 
 
@@ -312,6 +316,7 @@ def gemv(
     norm: RowNorm | None = None,
     residual: torch.Tensor | None = None,
     residual_dtype: torch.dtype | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` with fp32 accumulation, for a few rows of x; no gradient.
 
@@ -325,9 +330,12 @@ def gemv(
             Mamba2's y), the norm computed as the row is loaded (``row_norm.py``).
         residual: one row only, ``[..., N]`` contiguous: return ``residual.to(residual_dtype) + y`` (torch's add
             and dtype; ``residual_dtype`` holds residual exactly, default its own) instead of y.
+        out_dtype: without ``residual``, ``torch.float32``: y as ``.float()`` makes it (a causal LM head's fp32
+            logits, rounded to weight's dtype first), stored by the same launch.
 
     Returns:
-        ``[..., N]`` in weight's dtype (with ``residual``, the add's), a new contiguous tensor.
+        ``[..., N]`` in weight's dtype (with ``residual`` the add's, with ``out_dtype`` that), a new contiguous
+        tensor.
     """
     if x.dim() == 0 or weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
         raise ValueError(
@@ -356,12 +364,15 @@ def gemv(
             raise ValueError(f"gemv: residual {tuple(residual.shape)} must be [..., N] = {(*lead, N)}, contiguous")
         if torch.promote_types(residual.dtype, residual_dtype) != residual_dtype:
             raise ValueError(f"gemv: residual_dtype {residual_dtype} does not hold the residual's {residual.dtype}")
+    if out_dtype not in (None, weight.dtype, torch.float32) or (out_dtype is not None and residual is not None):
+        raise ValueError(f"gemv: out_dtype {out_dtype} is the weight's dtype or fp32, without a residual")
     if K > 0 and x2.stride(-1) != 1:
         x2 = x2.contiguous()
     if weight.stride(-1) != 1:
         weight = weight.contiguous()
-    out_dtype = weight.dtype if residual is None else torch.promote_types(residual_dtype, weight.dtype)
-    y = torch.empty(M, N, device=x.device, dtype=out_dtype)
+    if residual is not None:
+        out_dtype = torch.promote_types(residual_dtype, weight.dtype)
+    y = torch.empty(M, N, device=x.device, dtype=out_dtype or weight.dtype)
     if M == 0 or N == 0:
         return y.reshape(*lead, N)
     if K == 0:

@@ -49,9 +49,15 @@ class RowNorm(NamedTuple):
     # ``(x * silu(z))^2`` over the row, fp32, which add up to its sum of squares (module docstring).
     gate: torch.Tensor | None = None
     squares: torch.Tensor | None = None
+    # The dtype the norm's output is cast to before the products, where the caller casts it: a causal LM head's
+    # ``lm_head(norm_f(h).to(lm_head.weight.dtype))`` after Mamba2's final norm, whose output is fp32.
+    output_dtype: torch.dtype | None = None
 
     def normed_dtype(self, x_dtype: torch.dtype) -> torch.dtype:
-        """The dtype of the norm's output for an x of ``x_dtype`` (the norm kernel's): what the products multiply."""
+        """The dtype of the norm's output for an x of ``x_dtype`` (the norm kernel's, or ``output_dtype``): what the
+        products multiply."""
+        if self.output_dtype is not None:
+            return self.output_dtype
         # Imported here: this module stays torch-only for dispatch.py, which imports no Triton module at import time.
         from statex_hf.kernels.norm.gated_rmsnorm import output_dtype
 
@@ -66,7 +72,7 @@ class RowNorm(NamedTuple):
             and w.shape == x.shape[-1:]
             and w.device == x.device
             and w.is_contiguous()
-            and {x.dtype, w.dtype, self.input_dtype or x.dtype} <= set(FLOATS)
+            and {x.dtype, w.dtype, self.input_dtype or x.dtype, self.output_dtype or x.dtype} <= set(FLOATS)
         )
 
     def _gate_applies(self, x: torch.Tensor) -> bool:

@@ -382,6 +382,11 @@ class StateXGLAModel(StateXGLAPreTrainedModel, StateXRecurrentModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    def final_row_norm(self, product_dtype: torch.dtype) -> RowNorm | None:
+        """The final norm as the block norms go into products (its output in the stream's dtype: products of any
+        other dtype do not take it)."""
+        return row_norm_of(self.norm)
+
 
 class StateXGLAForCausalLM(StateXGLAPreTrainedModel, StateXRecurrentForCausalLM):
     output_class = CausalLMOutputWithPast

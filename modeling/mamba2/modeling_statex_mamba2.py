@@ -372,6 +372,12 @@ class StateXMamba2Model(StateXMamba2PreTrainedModel, StateXRecurrentModel):
         self._register_load_state_dict_pre_hook(self._rename_mamba_ssm_embedding)
         self.post_init()
 
+    def final_row_norm(self, product_dtype: torch.dtype) -> RowNorm | None:
+        """``norm_f`` reads the stream as it is (fp32 with ``residual_in_fp32``), and its output, fp32 then, is cast to
+        the products' dtype (the head's ``.to(lm_head.weight.dtype)``, as transformers' Mamba2 does)."""
+        norm = row_norm_of(self.norm_f, None)
+        return None if norm is None else norm._replace(output_dtype=product_dtype)
+
     @staticmethod
     def _rename_mamba_ssm_embedding(state_dict, prefix, *args) -> None:
         for key in list(state_dict):

@@ -125,16 +125,53 @@ def test_mamba2s_mixer_norm_in_out_proj_decodes_as_in_its_step_and_its_graphs_gi
     # sum of squares in partial sums, out_proj's product normalizes y as it loads it. The step is the step with the
     # norm in the one launch to rounding (the sum of squares is added in another order), and generate's CUDA graphs
     # give eager decoding's tokens and scores.
+    assert_switched_on_decodes_as_off_and_graphs_as_eager(monkeypatch, "mamba2", "GATED_NORM_IN_OUT_PROJ")
+
+
+def assert_switched_on_decodes_as_off_and_graphs_as_eager(monkeypatch, family, switch):
+    """With ``dispatch.<switch>`` on, a decode step of the 1.3B-shaped model is the step with it off to rounding (2%
+    of each tensor), and generate's CUDA graphs give eager decoding's tokens and scores."""
     from statex_hf.kernels import dispatch
 
-    model = MODELS["mamba2"](layers=3)
+    model = MODELS[family](layers=3)
     ids = torch.randint(3, 512, (1, 16), device=DEV)
-    monkeypatch.setattr(dispatch, "GATED_NORM_IN_OUT_PROJ", False)
+    monkeypatch.setattr(dispatch, switch, False)
     want = decode_step(model, ids)
-    monkeypatch.setattr(dispatch, "GATED_NORM_IN_OUT_PROJ", True)
+    monkeypatch.setattr(dispatch, switch, True)
     got = decode_step(model, ids)
     for g, w in zip(got, want, strict=True):
         assert g.dtype == w.dtype and (g.float() - w.float()).norm() <= 2e-2 * w.float().norm()
     graphed = greedy_with_logits(model, ids)
     eager = greedy_with_logits(model, ids, disable_compile=True)
     assert torch.equal(graphed[0], eager[0]) and torch.equal(graphed[1], eager[1])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("form,vocab", [("gla", 32000), ("mamba2", 50288)])
+def test_the_final_norm_and_the_fp32_logits_in_the_heads_launch_at_the_vocab_sizes(form, vocab):
+    # dispatch.FINAL_NORM_IN_HEAD (off by default; built without a GPU, twenty-sixth session). GLA's final norm reads
+    # the bf16 stream; Mamba2's the fp32 stream as it is, its fp32 output cast to the head's bf16.
+    gla = form == "gla"
+    x = randn(1, 1, K, scale=3.0).to(BF16 if gla else torch.float32)
+    weight = (1 + 0.1 * randn(K, scale=1.0).float()).to(BF16)
+    norm = RowNorm(weight, 1e-5) if gla else RowNorm(weight, 1e-5, False, output_dtype=BF16)
+    head = randn(vocab, K, seed=3)
+    normed = gated_rmsnorm(x, None, weight, 1e-5, K, norm.norm_before_gate).to(BF16)
+    assert torch.equal(gemv(normed, head, out_dtype=torch.float32), gemv(normed, head).float())
+    got = gemv(x, head, norm=norm, out_dtype=torch.float32)
+    assert got.dtype == torch.float32
+    assert_as_apart(got, gemv(normed, head).float())
+    static_x = x.clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = gemv(static_x, head, norm=norm, out_dtype=torch.float32)
+    for seed in (20, 21):
+        static_x.copy_(randn(1, 1, K, seed=seed, scale=3.0))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(static, gemv(static_x, head, norm=norm, out_dtype=torch.float32))
+
+
+@pytest.mark.parametrize("family", MODELS)
+def test_the_final_norm_in_the_head_decodes_as_apart_and_its_graphs_give_the_eager_tokens(monkeypatch, family):
+    assert_switched_on_decodes_as_off_and_graphs_as_eager(monkeypatch, family, "FINAL_NORM_IN_HEAD")
