@@ -53,8 +53,8 @@ GATED_NORM_IN_OUT_PROJ = True
 # On, a causal LM's one-row decode step leaves its final norm to the head's GEMV, which computes it as it loads the
 # residual stream and stores the fp32 logits itself: one launch where the norm, Mamba2's cast of its fp32 output to
 # the head's dtype, the head and the logits' ``.float()`` were three or four (``StateXRecurrentForCausalLM``). Off
-# until a GPU has compiled and timed it: built without one (twenty-sixth session); ``bench_generate.py
-# --final-norm-in-head`` turns it on beside the same run's baseline.
+# until a GPU has run and timed it: built without one (twenty-sixth session; compiled for sm90 on CPU,
+# ``tests/test_gemv_kernel.py``); ``bench_generate.py --final-norm-in-head`` turns it on beside the same run's baseline.
 FINAL_NORM_IN_HEAD = False
 
 

@@ -235,7 +235,7 @@ def test_one_row_over_several_steps_with_the_look_ahead_masked_at_k(monkeypatch,
     assert_linear(*inputs(2, with_bias=False))  # a grid axis over the rows: each program still one row
 
 
-SM90_COMPILE = """
+SM90_PREAMBLE = """
 import json, re, sys, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -258,8 +258,9 @@ def compiled(fn, signature, constexprs, config):
     # Under PDL: the loads before the wait, as whether each is a weight's (weights alone are read evict_first).
     before, waits, _ = ptx.partition("griddepcontrol.wait")
     early = [("evict_first" in line) for line in before.splitlines() if "ld.global" in line] if waits else None
+    stored = sorted(set(re.findall(r"st\\.global(?:\\.\\w+)*?\\.b(\\d+)", ptx)))  # the widths each value is stored in
     return dict(loads=len(loads), wide=sum(".v4." in line for line in loads), shared=kernel.metadata.shared,
-                summed=summed, early=early, stores_early=("st.global" in before) if waits else None)
+                summed=summed, early=early, stores_early=("st.global" in before) if waits else None, stored=stored)
 
 m1, m1w = configs.TABLES["default"]["m1"], configs.TABLES["default"]["m1_wide"]
 c, w = dict(BN=m1.BN, BK=m1.BK, USE_PDL=False), dict(BN=m1w.BN, BK=m1w.BK, USE_PDL=False)
@@ -281,6 +282,10 @@ one_row = dict(BM=1, SPLIT_K=1, HAS_BIAS=False, PRECISION="ieee", HAS_RESIDUAL=F
 # Mamba2's out_proj: its mixer's gated norm (gate first) in the prologue, the residual add in the epilogue.
 mamba2_norm = dict(no_norm, NORM=True, NORM_BEFORE_GATE=False, X_DTYPE=triton.language.bfloat16,
                    N_DTYPE=triton.language.bfloat16, GATED=True, NQ=256)
+"""
+SM90_COMPILE = (
+    SM90_PREAMBLE
+    + """
 print(json.dumps({
     "gemv": compiled(gemv._gemv_kernel, plain, c | one_row | no_norm, m1),
     "group": compiled(gemv_group._gemv_group_kernel, group, c | dict(G=5) | no_norm, m1),
@@ -302,16 +307,58 @@ print(json.dumps({
                                                     w | one_row | mamba2_norm | residual_pdl, m1w),
 }))
 """
+)
+
+
+def compiled_for_sm90(script: str) -> dict:
+    """Kernels compiled for an H100 on this CPU machine by ``script`` (``SM90_PREAMBLE``'s ``compiled``), in a process
+    without the interpreter (which replaces triton.jit): each kernel's statistics, as the script prints them."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"TRITON_DEFAULT_FP_FUSION": "1"}
+    result = subprocess.run([sys.executable, "-P", "-c", script], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
 def sm90_kernels() -> dict:
-    """The one-row kernels compiled for an H100 on this CPU machine, in a process without the interpreter (which
-    replaces triton.jit): each kernel's statistics (``SM90_COMPILE``)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"TRITON_DEFAULT_FP_FUSION": "1"}
-    result = subprocess.run([sys.executable, "-P", "-c", SM90_COMPILE], capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.splitlines()[-1])
+    """The one-row kernels compiled for an H100 (``SM90_COMPILE``)."""
+    return compiled_for_sm90(SM90_COMPILE)
+
+
+# The heads' one launch with the final norm and fp32 logits (dispatch.FINAL_NORM_IN_HEAD; kernels/linear/row_norm.py):
+# GLA's final norm on its bf16 stream, Mamba2's on its fp32 stream cast to bf16; and the split of K's second pass.
+SM90_HEADS_COMPILE = (
+    SM90_PREAMBLE
+    + """
+head = plain | {"out": "*fp32"}
+mamba2_final_norm = dict(no_norm, NORM=True, NORM_BEFORE_GATE=False, X_DTYPE=triton.language.float32,
+                         N_DTYPE=triton.language.bfloat16)
+split_sum = {"partials": "*fp32", "bias": "*bf16", "y": "*bf16", "MN": "i32", "N": "i32", "residual": "*bf16"}
+split_sum |= dict.fromkeys(["SPLIT_K", "HAS_BIAS", "BLOCK", "USE_PDL", "HAS_RESIDUAL", "Y_DTYPE"], "constexpr")
+sums = dict(SPLIT_K=2, HAS_BIAS=False, BLOCK=gemv.SUM_BLOCK, USE_PDL=True, HAS_RESIDUAL=False,
+            Y_DTYPE=triton.language.bfloat16)
+print(json.dumps({
+    "gla head": compiled(gemv._gemv_kernel, head, w | one_row | gla_norm | dict(USE_PDL=True), m1w),
+    "mamba2 head": compiled(gemv._gemv_kernel, head | {"x": "*fp32"}, w | one_row | mamba2_final_norm
+                            | dict(USE_PDL=True), m1w),
+    "wide pdl gemv": compiled(gemv._gemv_kernel, plain, w | one_row | no_norm | dict(USE_PDL=True), m1w),
+    "split sum": compiled(gemv._split_k_sum_kernel, split_sum, sums, m1),
+    "split sum fp32": compiled(gemv._split_k_sum_kernel, split_sum | {"y": "*fp32"}, sums, m1),
+}))
+"""
+)
+
+
+def test_the_heads_one_launch_compiles_for_sm90_and_stores_fp32_logits():
+    # Built without a GPU (twenty-sixth session): the head's launch with the final norm in its prologue and the fp32
+    # logits stored by it, as an H100 or H200 would compile it. Under PDL it asks for its first weight tiles before
+    # the wait as the head without the norm does, and reads the stream, the norm's weight and stores only after.
+    kernels = compiled_for_sm90(SM90_HEADS_COMPILE)
+    for name in ("gla head", "mamba2 head"):
+        assert kernels[name]["early"] == kernels["wide pdl gemv"]["early"] and all(kernels[name]["early"]), name
+        assert not kernels[name]["stores_early"] and kernels[name]["stored"] == ["32"], (name, kernels[name])
+    assert kernels["wide pdl gemv"]["stored"] == ["16"]
+    assert kernels["split sum"]["stored"] == ["16"] and kernels["split sum fp32"]["stored"] == ["32"]
 
 
 def test_the_one_row_kernels_compile_for_sm90_to_wide_loads_and_no_shuffle_through_shared_memory(sm90_kernels):
