@@ -204,3 +204,32 @@ def test_a_step_with_gradients_on_is_as_with_the_switch_off(monkeypatch, on_cuda
         model(ids).logits.float().sum().backward()
         grads.append(model.get_decoder().norm.weight.grad.clone())
     assert grads[0].abs().sum() > 0 and torch.equal(grads[1], grads[0])
+
+
+def test_the_decoder_leaves_its_norm_to_the_head_only_for_one_row_of_logits_without_gradients(
+    monkeypatch, on_cuda_dispatch
+):
+    # The decision itself (a fallback that normalizes the same way would hide a wrong one from the results).
+    model = build("gla").to(BF16)
+    monkeypatch.setattr(dispatch, "FINAL_NORM_IN_HEAD", True)
+    one = torch.ones(1, 1, dtype=torch.long)
+    step = dict(input_ids=one, inputs_embeds=None, labels=None, output_hidden_states=None, logits_to_keep=0)
+
+    def left_to_head(**changes) -> bool:
+        return model._final_norm_for_head(**(step | changes)) is not None
+
+    with torch.no_grad():
+        assert left_to_head() and left_to_head(logits_to_keep=1)
+        assert left_to_head(input_ids=None, inputs_embeds=torch.zeros(1, 1, model.config.hidden_size, dtype=BF16))
+        assert not left_to_head(input_ids=torch.ones(1, 2, dtype=torch.long))  # a prompt
+        assert not left_to_head(input_ids=torch.ones(2, 1, dtype=torch.long))  # two sequences
+        assert not left_to_head(labels=one)
+        assert not left_to_head(output_hidden_states=True)
+        assert not left_to_head(logits_to_keep=torch.tensor([0]))
+        monkeypatch.setattr(model.config, "output_hidden_states", True)
+        assert not left_to_head()
+        monkeypatch.setattr(model.config, "output_hidden_states", False)
+        monkeypatch.setattr(dispatch, "FINAL_NORM_IN_HEAD", False)
+        assert not left_to_head()
+        monkeypatch.setattr(dispatch, "FINAL_NORM_IN_HEAD", True)
+    assert not left_to_head()  # gradients on
