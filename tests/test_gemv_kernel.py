@@ -260,7 +260,8 @@ def compiled(fn, signature, constexprs, config):
     early = [("evict_first" in line) for line in before.splitlines() if "ld.global" in line] if waits else None
     stored = sorted(set(re.findall(r"st\\.global(?:\\.\\w+)*?\\.b(\\d+)", ptx)))  # the widths each value is stored in
     return dict(loads=len(loads), wide=sum(".v4." in line for line in loads), shared=kernel.metadata.shared,
-                summed=summed, early=early, stores_early=("st.global" in before) if waits else None, stored=stored)
+                summed=summed, early=early, stores_early=("st.global" in before) if waits else None, stored=stored,
+                to_bf16=ptx.count("cvt.rn.bf16.f32"))
 
 m1, m1w = configs.TABLES["default"]["m1"], configs.TABLES["default"]["m1_wide"]
 c, w = dict(BN=m1.BN, BK=m1.BK, USE_PDL=False), dict(BN=m1w.BN, BK=m1w.BK, USE_PDL=False)
@@ -354,11 +355,16 @@ def test_the_heads_one_launch_compiles_for_sm90_and_stores_fp32_logits():
     # logits stored by it, as an H100 or H200 would compile it. Under PDL it asks for its first weight tiles before
     # the wait as the head without the norm does, and reads the stream, the norm's weight and stores only after.
     kernels = compiled_for_sm90(SM90_HEADS_COMPILE)
+    # The fp32 logits are the bf16 products' .float(): each rounded to bf16 (to nearest) before its 32-bit store, as
+    # the bf16 head rounds before its 16-bit one.
+    bf16_head = kernels["wide pdl gemv"]
     for name in ("gla head", "mamba2 head"):
-        assert kernels[name]["early"] == kernels["wide pdl gemv"]["early"] and all(kernels[name]["early"]), name
+        assert kernels[name]["early"] == bf16_head["early"] and all(kernels[name]["early"]), name
         assert not kernels[name]["stores_early"] and kernels[name]["stored"] == ["32"], (name, kernels[name])
-    assert kernels["wide pdl gemv"]["stored"] == ["16"]
+        assert kernels[name]["to_bf16"] == bf16_head["to_bf16"] > 0, (name, kernels[name])
+    assert bf16_head["stored"] == ["16"]
     assert kernels["split sum"]["stored"] == ["16"] and kernels["split sum fp32"]["stored"] == ["32"]
+    assert kernels["split sum fp32"]["to_bf16"] == kernels["split sum"]["to_bf16"] > 0
 
 
 def test_the_one_row_kernels_compile_for_sm90_to_wide_loads_and_no_shuffle_through_shared_memory(sm90_kernels):
