@@ -11,6 +11,7 @@ from statex_hf.kernels import dispatch
 from statex_hf.kernels.dependent_launch import dependent_launches
 from statex_hf.kernels.linear.row_norm import RowNorm
 from torch import nn
+from torch.nn.modules import module as _every_module
 
 
 class DecodeLinear(nn.Linear):
@@ -29,9 +30,17 @@ class DecodeLinear(nn.Linear):
 
 
 def hooked(module: nn.Module) -> bool:
-    """Whether calling ``module`` runs more than its class's forward: torch's hooks, or a ``forward`` set on the
-    instance (accelerate's hooks, which ``device_map`` dispatch and offloading add, replace it there)."""
-    return bool(module._forward_hooks or module._forward_pre_hooks or "forward" in vars(module))
+    """Whether calling ``module`` runs more than its class's forward: torch's hooks, its own or those on every module
+    (``nn.modules.module.register_module_forward_hook`` and ``..._pre_hook``: torch's module tracker, a debugger), or
+    a ``forward`` set on the instance (accelerate's hooks, which ``device_map`` dispatch and offloading add, replace it
+    there)."""
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or "forward" in vars(module)
+        or _every_module._global_forward_hooks
+        or _every_module._global_forward_pre_hooks
+    )
 
 
 def _bare(module: nn.Module) -> bool:

@@ -233,3 +233,33 @@ def test_the_decoder_leaves_its_norm_to_the_head_only_for_one_row_of_logits_with
         assert not left_to_head()
         monkeypatch.setattr(dispatch, "FINAL_NORM_IN_HEAD", True)
     assert not left_to_head()  # gradients on
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_a_hook_on_every_module_sees_every_norm_called_and_the_step_is_as_with_the_switch_off(
+    monkeypatch, on_cuda_dispatch, narrow_row_tiles, family
+):
+    # torch's hooks on every module (register_module_forward_hook: its module tracker, a debugger) see each call, as
+    # a module's own hooks do: no norm goes into a product's launch, the final norm into the head's neither.
+    model = build(family).to(BF16)
+    ids = torch.randint(3, VOCAB - 2, (1, 1))
+    decoder = model.get_decoder()
+    norm_type = type(getattr(decoder, decoder.final_norm_name))
+    runs = {False: [], True: []}
+    for in_head, calls in runs.items():
+        hook = torch.nn.modules.module.register_module_forward_hook(
+            lambda module, args, output, calls=calls: calls.append((module, output))
+        )
+        try:
+            calls.append(logits_of_step(model, ids, monkeypatch, in_head=in_head).logits)
+        finally:
+            hook.remove()
+    norms = [m for m in model.modules() if type(m) is norm_type]
+    for calls in runs.values():
+        assert all(any(module is norm for module, _ in calls[:-1]) for norm in norms)
+    assert [module for module, _ in runs[True][:-1]] == [module for module, _ in runs[False][:-1]]
+    for (module, got), (_, want) in zip(runs[True][:-1], runs[False][:-1]):
+        for field in ("last_hidden_state", "logits"):  # the decoder's and the causal LM's outputs
+            got, want = getattr(got, field, got), getattr(want, field, want)
+        assert torch.equal(got, want), type(module).__name__
+    assert torch.equal(runs[True][-1], runs[False][-1])
