@@ -133,6 +133,32 @@ def logits_of_step(model, ids, monkeypatch, in_head, **kwargs):
     return out
 
 
+def steps_a_hook_sees(model, ids, monkeypatch, register):
+    """The step with the switch off and on (``False``, ``True``), each with a forward hook (``register(hook)`` returns
+    its handle) collecting ``(module, output)``: the calls and the logits of each."""
+    runs = {}
+    for in_head in (False, True):
+        calls = []
+        handle = register(lambda module, args, output, calls=calls: calls.append((module, output)))
+        try:
+            runs[in_head] = calls, logits_of_step(model, ids, monkeypatch, in_head=in_head).logits
+        finally:
+            handle.remove()
+    return runs
+
+
+def assert_the_same_calls(runs):
+    """The hook saw the same modules called, each giving the same output (the decoder's last hidden state, the causal
+    LM's logits), and the step's logits are the same, with the switch on as off."""
+    (calls_off, logits_off), (calls_on, logits_on) = runs[False], runs[True]
+    assert [module for module, _ in calls_on] == [module for module, _ in calls_off]
+    for (module, got), (_, want) in zip(calls_on, calls_off):
+        for field in ("last_hidden_state", "logits"):
+            got, want = getattr(got, field, got), getattr(want, field, want)
+        assert torch.equal(got, want), type(module).__name__
+    assert torch.equal(logits_on, logits_off)
+
+
 @pytest.mark.parametrize("family", ["gla", "mamba2"])
 def test_a_hooked_decoder_final_norm_or_head_sees_its_usual_calls_and_the_step_is_as_with_the_switch_off(
     monkeypatch, on_cuda_dispatch, narrow_row_tiles, family
@@ -141,16 +167,9 @@ def test_a_hooked_decoder_final_norm_or_head_sees_its_usual_calls_and_the_step_i
     ids = torch.randint(3, VOCAB - 2, (1, 1))
     decoder = model.get_decoder()
     for module in (decoder, getattr(decoder, decoder.final_norm_name), model.lm_head):
-        outputs = []
-        handle = module.register_forward_hook(lambda module, args, output, outputs=outputs: outputs.append(output))
-        want = logits_of_step(model, ids, monkeypatch, in_head=False).logits
-        got = logits_of_step(model, ids, monkeypatch, in_head=True).logits
-        handle.remove()
-        assert len(outputs) == 2 and torch.equal(got, want), type(module).__name__
-        if module is decoder:  # its last hidden state: the final norm's output, as with the switch off
-            assert torch.equal(outputs[1].last_hidden_state, outputs[0].last_hidden_state)
-        else:
-            assert torch.equal(outputs[1], outputs[0])
+        runs = steps_a_hook_sees(model, ids, monkeypatch, module.register_forward_hook)
+        assert len(runs[True][0]) == 1, type(module).__name__
+        assert_the_same_calls(runs)
 
 
 @pytest.mark.parametrize("family", ["gla", "mamba2"])
@@ -243,23 +262,8 @@ def test_a_hook_on_every_module_sees_every_norm_called_and_the_step_is_as_with_t
     # a module's own hooks do: no norm goes into a product's launch, the final norm into the head's neither.
     model = build(family).to(BF16)
     ids = torch.randint(3, VOCAB - 2, (1, 1))
+    runs = steps_a_hook_sees(model, ids, monkeypatch, torch.nn.modules.module.register_module_forward_hook)
     decoder = model.get_decoder()
-    norm_type = type(getattr(decoder, decoder.final_norm_name))
-    runs = {False: [], True: []}
-    for in_head, calls in runs.items():
-        hook = torch.nn.modules.module.register_module_forward_hook(
-            lambda module, args, output, calls=calls: calls.append((module, output))
-        )
-        try:
-            calls.append(logits_of_step(model, ids, monkeypatch, in_head=in_head).logits)
-        finally:
-            hook.remove()
-    norms = [m for m in model.modules() if type(m) is norm_type]
-    for calls in runs.values():
-        assert all(any(module is norm for module, _ in calls[:-1]) for norm in norms)
-    assert [module for module, _ in runs[True][:-1]] == [module for module, _ in runs[False][:-1]]
-    for (module, got), (_, want) in zip(runs[True][:-1], runs[False][:-1]):
-        for field in ("last_hidden_state", "logits"):  # the decoder's and the causal LM's outputs
-            got, want = getattr(got, field, got), getattr(want, field, want)
-        assert torch.equal(got, want), type(module).__name__
-    assert torch.equal(runs[True][-1], runs[False][-1])
+    norms = [m for m in model.modules() if type(m) is type(getattr(decoder, decoder.final_norm_name))]
+    assert all(any(module is norm for module, _ in runs[True][0]) for norm in norms)
+    assert_the_same_calls(runs)
