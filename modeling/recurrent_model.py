@@ -153,13 +153,13 @@ class StateXRecurrentForCausalLM(PreTrainedModel, StateXGenerationMixin):
         returned (the last is the norm's output); ``None`` otherwise, and the decoder runs its norm."""
         inputs = input_ids if input_ids is not None else inputs_embeds
         if (
-            inputs is None
+            not final_norm_goes_into_head(self.get_decoder(), self.lm_head)  # first: the switch, gradients, compiling
+            or inputs is None
             or inputs.dim() < 2
             or math.prod(inputs.shape[:2]) != 1
             or labels is not None
             or not isinstance(logits_to_keep, int)
             or (output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states)
-            or not final_norm_goes_into_head(self.get_decoder(), self.lm_head)
         ):
             return None
         return self.get_decoder().final_row_norm(self.lm_head.weight.dtype)
