@@ -84,6 +84,22 @@ def plus_residual(
     return dispatch.residual_add(residual, module(x).view(residual.shape), residual_dtype)
 
 
+def _one_row_launches_open(dtype: torch.dtype) -> bool:
+    """Whether a decode step's one-row launches may take norms: products in a ``dtype`` the one-row GEMV takes (bf16,
+    fp16), no gradients, outside ``torch.compile``, the GEMV on (``dispatch.GEMV_MAX_ROWS``)."""
+    return (
+        dtype in (torch.bfloat16, torch.float16)
+        and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and dispatch.GEMV_MAX_ROWS >= 1
+    )
+
+
+def _takes_a_norm(product: nn.Module, dtype: torch.dtype) -> bool:
+    """Whether ``product``'s one-row launch can take a norm: a bare ``DecodeLinear``, its weight plain, of ``dtype``."""
+    return _bare(product) and type(product.weight) in (torch.Tensor, nn.Parameter) and product.weight.dtype == dtype
+
+
 def norms_go_into_products(
     hidden_states: torch.Tensor, dtype: torch.dtype, sublayers: Sequence[nn.Module], products: Sequence[nn.Module]
 ) -> bool:
@@ -96,16 +112,11 @@ def norms_go_into_products(
     sublayer would normalize and add by itself, a kernel each, where the block apart adds and normalizes in one.
     Each sublayer still normalizes and adds by itself where its kernels do not apply otherwise (a hooked norm)."""
     return (
-        dtype in (torch.bfloat16, torch.float16)
-        and not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
+        _one_row_launches_open(dtype)
         and hidden_states.numel() == hidden_states.shape[-1] > 0
         and dispatch.use_triton(hidden_states)
-        and dispatch.GEMV_MAX_ROWS >= 1
         and not any(map(hooked, sublayers))
-        and all(
-            _bare(m) and type(m.weight) in (torch.Tensor, nn.Parameter) and m.weight.dtype == dtype for m in products
-        )
+        and all(_takes_a_norm(m, dtype) for m in products)
     )
 
 
@@ -118,13 +129,10 @@ def final_norm_goes_into_head(decoder: nn.Module, head: nn.Module) -> bool:
     return (
         dispatch.FINAL_NORM_IN_HEAD
         and not hooked(decoder)
-        and _bare(head)
-        and type(head.weight) in (torch.Tensor, nn.Parameter)
-        and head.weight.dtype in (torch.bfloat16, torch.float16)
-        and not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
+        and _bare(head)  # first: a wrapper's weight may be no attribute of its own
+        and _one_row_launches_open(head.weight.dtype)
+        and _takes_a_norm(head, head.weight.dtype)
         and dispatch.use_triton(head.weight)
-        and dispatch.GEMV_MAX_ROWS >= 1
     )
 
 

@@ -151,9 +151,9 @@ class StateXRecurrentForCausalLM(PreTrainedModel, StateXGenerationMixin):
         """The decoder's final norm for the head to compute in its launch, where this forward is a one-row decode
         step that leaves it there (``decode_linear.final_norm_goes_into_head``): logits only, no hidden states
         returned (the last is the norm's output); ``None`` otherwise, and the decoder runs its norm."""
-        inputs = input_ids if input_ids is not None else inputs_embeds
+        decoder, inputs = self.get_decoder(), input_ids if input_ids is not None else inputs_embeds
         if (
-            not final_norm_goes_into_head(self.get_decoder(), self.lm_head)  # first: the switch, gradients, compiling
+            not final_norm_goes_into_head(decoder, self.lm_head)  # first: the switch, gradients, compiling
             or inputs is None
             or inputs.dim() < 2
             or math.prod(inputs.shape[:2]) != 1
@@ -162,7 +162,7 @@ class StateXRecurrentForCausalLM(PreTrainedModel, StateXGenerationMixin):
             or (output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states)
         ):
             return None
-        return self.get_decoder().final_row_norm(self.lm_head.weight.dtype)
+        return decoder.final_row_norm(self.lm_head.weight.dtype)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.get_decoder().embeddings
