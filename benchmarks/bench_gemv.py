@@ -21,15 +21,15 @@ divided by ``copies``. TB/s counts W, x and y once; % is of the device's HBM ban
 ``err`` is the largest deviation from the fp32 product over its largest magnitude; the fastest row of each
 (shape, M) is marked ``*``.
 
-At one row, the launches GLA's decode step makes of several products (``FUSED``, ``kernels/linear/gemv_group.py``):
-the grouped GEMV of the mixer's five projections of one input and the MLP's gate and up products with their SwiGLU,
-beside torch's separate calls (``F.linear`` per weight, and ``silu`` and a product). Their kernels take the GEMV
-table's one-row tiles, so each candidate is timed for them too. ``--pick-only`` times the library rows and the
-table's pick alone (a same-run baseline: the script run against another install of the package), ``--pdl``
-captures the launches with programmatic dependent launch as a decode graph does (``kernels/dependent_launch.py``).
-At more rows, where our kernels serve one row only and a decode step launches each of these products apart, the
-same cases are timed as those separate library calls beside one library call over the weights stacked (``cat``
-rows; the epilogue split off after it): what grouping the products would save at that batch, at most.
+The launches GLA's decode step makes of several products (``FUSED``, ``kernels/linear/gemv_group.py``): the grouped
+GEMV of the mixer's five projections of one input and the MLP's gate and up products with their SwiGLU, beside
+torch's separate calls (``F.linear`` per weight, and ``silu`` and a product). Their kernels take the GEMV table's
+tiles for the rows, so each candidate is timed for them too. At more rows (where a decode step takes them only with
+``dispatch.GROUPED_MAX_ROWS`` raised) also one library call over the weights stacked (``cat`` rows; the epilogue
+split off after it): the most grouping could save with the library's kernels. ``--pick-only`` times the library
+rows and the table's pick alone (a same-run baseline: the script run against another install of the package),
+``--pdl`` captures the launches with programmatic dependent launch as a decode graph does
+(``kernels/dependent_launch.py``).
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ SHAPES = [
     ("mamba2 out_proj", 4096, 2048),
     ("mamba2 lm_head", 2048, 50288),
 ]
-# (name, K, (N of each weight), kind) of the one-row launches that serve several products of one x (at M > 1: the
-# library's separate calls beside one over the weights stacked).
+# (name, K, (N of each weight), kind) of the launches that serve several products of one x (at M > 1 the library's
+# separate calls also beside one over the weights stacked).
 FUSED = [
     ("gla q,k,v,gk_down,g group", 2048, (1024, 1024, 2048, 16, 2048), "group"),
     ("gla mlp gate+up swiglu", 2048, (5632, 5632), "swiglu"),
@@ -219,9 +219,10 @@ def bench_shape(name: str, k: int, ns: tuple[int, ...], m: int, args, hbm: float
         return record
 
     rows = []
-    # Our fused kernels serve one row: at more, the bound on what grouping would save, and no rows of ours.
-    fused_apart = kind != "linear" and m > 1
-    library_calls = [("-", torch_call)] + ([("cat", stacked_call(kind, cases, ns))] if fused_apart else [])
+    # At more rows, where the library would run a fused case's products apart: also one library call over the weights
+    # stacked, the most grouping could save with the library's kernels.
+    stacked_too = kind != "linear" and m > 1
+    library_calls = [("-", torch_call)] + ([("cat", stacked_call(kind, cases, ns))] if stacked_too else [])
     libraries = ["cublaslt", "cublas"] if cuda else ["torch"]
     for library in libraries:
         default = torch.backends.cuda.preferred_blas_library() if cuda else None
@@ -236,11 +237,11 @@ def bench_shape(name: str, k: int, ns: tuple[int, ...], m: int, args, hbm: float
     if kind == "linear":
         picked = configs.pick(m, n, k, torch.device(device))
         splits_of = lambda base: {1, configs.split_k(base, m, n, k, sms)} | ({2} if args.tiny else set())  # noqa: E731
-    else:  # the fused kernels take the one-row tiles and never split K
-        picked = configs.one_row_config(list(ns), torch.device(device))
+    else:  # the fused kernels take the table's tiles for their rows and never split K
+        picked = configs.group_config(m, list(ns), torch.device(device))
         splits_of = lambda base: {1}  # noqa: E731
-    tried = [] if fused_apart else [("ours pick", picked)]
-    for base in [] if args.pick_only or fused_apart else candidates(m):
+    tried = [("ours pick", picked)]
+    for base in [] if args.pick_only else candidates(m):
         # --tiny's toy shapes never need a split: time one anyway, so the check covers that path.
         for splits in sorted(splits_of(base)):
             config = base.with_(SPLIT_K=splits)

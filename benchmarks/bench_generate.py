@@ -215,6 +215,10 @@ def apply_same_run_baselines(args) -> None:
         from statex_hf.kernels import dispatch
 
         dispatch.FINAL_NORM_IN_HEAD = True
+    if args.grouped_rows is not None:  # 1 by default until measured: the run with more, beside one without
+        from statex_hf.kernels import dispatch
+
+        dispatch.GROUPED_MAX_ROWS = args.grouped_rows
     if not (args.separate_products or args.unfused_residual_norm or args.norms_apart) and numbers == (None, None):
         return
     from statex_hf.kernels import dispatch
@@ -425,6 +429,12 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="ours: at one row the final norm and the logits' fp32 cast in the head's GEMV launch "
         "(dispatch.FINAL_NORM_IN_HEAD; off by default until a GPU has timed it)",
+    )
+    parser.add_argument(
+        "--grouped-rows",
+        type=int,
+        help="ours: rows up to which a step's products of one input (GLA's mixer's five, its MLP's gate and up with "
+        "the SwiGLU) run as one launch (dispatch.GROUPED_MAX_ROWS; 1 by default until a GPU has timed it at more rows)",
     )
     parser.add_argument(
         "--serial-compile",

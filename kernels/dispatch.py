@@ -39,6 +39,12 @@ CONV_UPDATE_MAX_T = 64
 # of cuBLAS at every decode shape of the 1.3B models; at 16 and 64 rows cuBLAS was as fast or faster at most
 # shapes (not the heads: ``benchmarks/README.md``), and the table's buckets above one row are untuned.
 GEMV_MAX_ROWS = 1
+# Up to this many rows of x (a decode step's batch), a no-grad bf16 / fp16 decode step on CUDA takes the products of
+# one input that its one-row step takes in one launch (GLA's mixer's five projections; its MLP's gate and up products
+# with the SwiGLU) in one launch at more rows too (``kernels/linear/gemv_group.py``, on the tensor cores from 5 rows
+# on), where they are otherwise a cuBLAS call each (and a SwiGLU kernel). 1: the one-row step alone. Off until a GPU
+# has timed it at B = 16 and 64 (``bench_generate.py --grouped-rows 64`` beside the same run's baseline).
+GROUPED_MAX_ROWS = 1
 # Up to this many sequences a Mamba2 decode step runs its conv and state update as one kernel
 # (``one_launch_conv_ssd``). It saves a launch per layer, which is much of a B = 1 step; but each of its programs
 # convolves its group's whole B and C again (the two-kernel path convolves them once), work that grows with the
@@ -117,13 +123,17 @@ def _plain_tensors(tensors: list[torch.Tensor]) -> bool:
 
 
 def _takes_gemv(
-    x: torch.Tensor, *weights: torch.Tensor, bias: torch.Tensor | None = None, product_dtype: torch.dtype | None = None
+    x: torch.Tensor,
+    *weights: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    product_dtype: torch.dtype | None = None,
+    max_rows: int | None = None,
 ) -> bool:
     """Whether ``x``'s products with ``weights`` run as the Triton GEMV: CUDA, no gradient, at most
-    ``GEMV_MAX_ROWS`` rows of x, bf16 or fp16 in one dtype, weights contiguous along K, outside ``torch.compile``,
-    plain tensors (the GEMV reads raw memory: a subclass such as torchao's quantized weights or a DTensor
-    computes its own ``F.linear``). ``product_dtype``: the dtype of what the weights multiply where that is not
-    x's own (a norm's output on x, ``kernels/linear/row_norm.py``)."""
+    ``GEMV_MAX_ROWS`` rows of x (or ``max_rows``), bf16 or fp16 in one dtype, weights contiguous along K, outside
+    ``torch.compile``, plain tensors (the GEMV reads raw memory: a subclass such as torchao's quantized weights or a
+    DTensor computes its own ``F.linear``). ``product_dtype``: the dtype of what the weights multiply where that is
+    not x's own (a norm's output on x, ``kernels/linear/row_norm.py``)."""
     tensors = [t for t in (x, *weights, bias) if t is not None]
     dtype = x.dtype if product_dtype is None else product_dtype
     return (
@@ -132,7 +142,7 @@ def _takes_gemv(
         and use_triton(*tensors)
         and not needs_grad(*tensors)
         and x.dim() >= 1
-        and math.prod(x.shape[:-1]) <= GEMV_MAX_ROWS
+        and math.prod(x.shape[:-1]) <= (GEMV_MAX_ROWS if max_rows is None else max_rows)
         and dtype in (torch.bfloat16, torch.float16)
         and {t.dtype for t in tensors if t is not x} | {dtype} == {dtype}
         and all(w.dim() == 2 and w.stride(-1) == 1 for w in weights)
@@ -186,20 +196,36 @@ def _one_launch_applies(
     )
 
 
+def _grouped_rows_apply(x: torch.Tensor, *weights: torch.Tensor) -> bool:
+    """Whether products of several rows of x (2 to ``GROUPED_MAX_ROWS``) run as one launch of the grouped kernels:
+    each would take the GEMV at that many rows, on one device, every weight contiguous."""
+    return (
+        1 < math.prod(x.shape[:-1]) <= GROUPED_MAX_ROWS
+        and _takes_gemv(x, *weights, max_rows=GROUPED_MAX_ROWS)
+        and len({t.device for t in (x, *weights)}) == 1
+        and all(w.is_contiguous() for w in weights)
+    )
+
+
 def one_launch_products(
     x: torch.Tensor, weights: list[torch.Tensor], norm: RowNorm | None = None
 ) -> list[torch.Tensor] | None:
-    """``[F.linear(x, w) for w in weights]`` as one launch of the grouped GEMV (``kernels/linear/gemv_group.py``,
-    each product ``linear``'s GEMV bit for bit where that does not split K) where x is one row, each product
-    would take the GEMV in the same tiles (``configs.one_row_buckets``) and the weights are contiguous (at most
-    ``MAX_GROUP``); ``None`` otherwise, and the caller runs its modules. ``norm``: the products of ``norm``'s output
-    on x, the norm computed in the same launch."""
-    if (norm is not None and norm.gate is not None) or not _one_launch_applies(x, *weights, norm=norm):
+    """``[F.linear(x, w) for w in weights]`` as one launch of the grouped GEMV (``kernels/linear/gemv_group.py``)
+    where the weights are contiguous (at most ``MAX_GROUP``) and either x is one row and each product would take the
+    GEMV in the same tiles (``configs.one_row_buckets``: each product ``linear``'s GEMV bit for bit where that does
+    not split K), or x has 2 to ``GROUPED_MAX_ROWS`` rows (``_grouped_rows_apply``; cuBLAS's products to rounding);
+    ``None`` otherwise, and the caller runs its modules. ``norm`` (one row): the products of ``norm``'s output on x,
+    the norm computed in the same launch."""
+    rows = norm is None and _grouped_rows_apply(x, *weights)
+    gated = norm is not None and norm.gate is not None  # a gated norm is the plain GEMV's alone
+    if not rows and (gated or not _one_launch_applies(x, *weights, norm=norm)):
         return None  # decided before the import: a compiled graph or a CPU run never reaches it
     from statex_hf.kernels.linear.configs import one_row_buckets
     from statex_hf.kernels.linear.gemv_group import MAX_GROUP, gemv_group
 
-    if len(weights) > MAX_GROUP or len(one_row_buckets([w.shape[0] for w in weights], x.device)) > 1:
+    if len(weights) > MAX_GROUP:
+        return None
+    if not rows and len(one_row_buckets([w.shape[0] for w in weights], x.device)) > 1:
         return None  # products of other tiles would sum in another order than their separate GEMVs
     return gemv_group(x, weights, norm)
 
@@ -209,9 +235,12 @@ def one_launch_swiglu(
 ) -> torch.Tensor | None:
     """``silu(F.linear(x, gate_weight)) * F.linear(x, up_weight)`` as one launch (``gemv_group.gemv_swiglu``: the
     two GEMVs and the SwiGLU kernel bit for bit where neither splits K) where x is one row and both products would
-    take the GEMV; ``None`` otherwise. ``norm``: of ``norm``'s output on x, computed in the same launch."""
+    take the GEMV, or x has 2 to ``GROUPED_MAX_ROWS`` rows (``_grouped_rows_apply``); ``None`` otherwise. ``norm``
+    (one row): of ``norm``'s output on x, computed in the same launch."""
     gated = norm is not None and norm.gate is not None  # a gated norm is the plain GEMV's alone
-    if gate_weight.shape == up_weight.shape and not gated and _one_launch_applies(x, gate_weight, up_weight, norm=norm):
+    rows = norm is None and _grouped_rows_apply(x, gate_weight, up_weight)
+    one_row = not gated and _one_launch_applies(x, gate_weight, up_weight, norm=norm)
+    if gate_weight.shape == up_weight.shape and (rows or one_row):
         from statex_hf.kernels.linear.gemv_group import gemv_swiglu
 
         return gemv_swiglu(x, gate_weight, up_weight, norm)

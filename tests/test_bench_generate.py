@@ -186,3 +186,19 @@ def test_a_switch_flag_sets_its_dispatch_switch_and_only_when_given(monkeypatch,
     assert getattr(dispatch, switch) is default
     apply_same_run_baselines(parser.parse_args([flag]))
     assert getattr(dispatch, switch) is not default
+
+
+def test_grouped_rows_sets_the_rows_of_the_grouped_launches_and_only_when_given(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.dirname(BENCH))
+    import argparse
+
+    from bench_generate import add_baseline_arguments, apply_same_run_baselines
+    from statex_hf.kernels import dispatch
+
+    monkeypatch.setattr(dispatch, "GROUPED_MAX_ROWS", 1)  # restored afterwards
+    parser = argparse.ArgumentParser()
+    add_baseline_arguments(parser)
+    apply_same_run_baselines(parser.parse_args([]))
+    assert dispatch.GROUPED_MAX_ROWS == 1
+    apply_same_run_baselines(parser.parse_args(["--grouped-rows", "64"]))
+    assert dispatch.GROUPED_MAX_ROWS == 64

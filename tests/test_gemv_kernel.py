@@ -261,10 +261,11 @@ def compiled(fn, signature, constexprs, config):
     stored = sorted(set(re.findall(r"st\\.global(?:\\.\\w+)*?\\.b(\\d+)", ptx)))  # the widths each value is stored in
     return dict(loads=len(loads), wide=sum(".v4." in line for line in loads), shared=kernel.metadata.shared,
                 summed=summed, early=early, stores_early=("st.global" in before) if waits else None, stored=stored,
-                to_bf16=ptx.count("cvt.rn.bf16.f32"))
+                to_bf16=ptx.count("cvt.rn.bf16.f32"), tensor_cores=bool(re.search(r"\\b(wgmma|mma)\\.", ptx)))
 
 m1, m1w = configs.TABLES["default"]["m1"], configs.TABLES["default"]["m1_wide"]
-c, w = dict(BN=m1.BN, BK=m1.BK, USE_PDL=False), dict(BN=m1w.BN, BK=m1w.BK, USE_PDL=False)
+c = dict(BM=1, BN=m1.BN, BK=m1.BK, PRECISION="ieee", USE_PDL=False)
+w = dict(BM=1, BN=m1w.BN, BK=m1w.BK, PRECISION="ieee", USE_PDL=False)
 no_norm = gemv.norm_constants(None, None)
 gla_norm = dict(no_norm, NORM=True, X_DTYPE=triton.language.bfloat16, N_DTYPE=triton.language.bfloat16)
 norm_args = {"norm_w": "*bf16", "eps": "fp32"}
@@ -272,11 +273,12 @@ plain = {n: "*bf16" for n in ("x", "w", "bias", "out")} | {n: "i32" for n in ("M
 plain |= norm_args | {"residual": "*bf16", "gate": "*bf16", "squares": "*fp32", "Q": "i32"}
 plain |= {n: "constexpr" for n in ("BM", "BN", "BK", "SPLIT_K", "HAS_BIAS", "PRECISION", "USE_PDL", *no_norm)}
 plain |= {"HAS_RESIDUAL": "constexpr", "Y_DTYPE": "constexpr", "GATED": "constexpr", "NQ": "constexpr"}
-swiglu = {n: "*bf16" for n in ("x", "wg", "wu", "out")} | {"N": "i32", "K": "i32"} | norm_args
-swiglu |= dict.fromkeys([*c, *no_norm], "constexpr")
-group = {"x": "*bf16", "K": "i32"} | {f"w{i}": "*bf16" for i in range(6)} | {f"y{i}": "*bf16" for i in range(6)}
-group |= {f"N{i}": "i32" for i in range(6)} | {f"S{i}": "i32" for i in range(1, 6)} | norm_args
-group |= {n: "constexpr" for n in ("G", "BN", "BK", "USE_PDL", *no_norm)}
+swiglu = {n: "*bf16" for n in ("x", "wg", "wu", "out")} | {"M": "i32", "N": "i32", "K": "i32"} | norm_args
+swiglu |= dict.fromkeys(["BM", "BN", "BK", "PRECISION", "USE_PDL", *no_norm], "constexpr")
+group = {"x": "*bf16", "M": "i32", "K": "i32"} | {f"w{i}": "*bf16" for i in range(6)}
+group |= {f"y{i}": "*bf16" for i in range(6)} | {f"N{i}": "i32" for i in range(6)}
+group |= {f"S{i}": "i32" for i in range(1, 6)} | norm_args
+group |= {n: "constexpr" for n in ("G", "BM", "BN", "BK", "PRECISION", "USE_PDL", *no_norm)}
 residual_pdl = dict(USE_PDL=True, HAS_RESIDUAL=True)
 one_row = dict(BM=1, SPLIT_K=1, HAS_BIAS=False, PRECISION="ieee", HAS_RESIDUAL=False, Y_DTYPE=triton.language.bfloat16,
                GATED=False, NQ=1)
@@ -365,6 +367,40 @@ def test_the_heads_one_launch_compiles_for_sm90_and_stores_fp32_logits():
     assert bf16_head["stored"] == ["16"]
     assert kernels["split sum"]["stored"] == ["16"] and kernels["split sum fp32"]["stored"] == ["32"]
     assert kernels["split sum fp32"]["to_bf16"] == kernels["split sum"]["to_bf16"] > 0
+
+
+# The grouped and SwiGLU launches at a decode step's rows (dispatch.GROUPED_MAX_ROWS): the table's tiles at 16 and 64
+# rows, under PDL, as the plain GEMV's many-row kernel at the same tiles.
+SM90_ROWS_COMPILE = (
+    SM90_PREAMBLE
+    + """
+table = configs.TABLES["default"]
+rows = {}
+for m in (16, 64):
+    t = table[f"m{m}"]
+    tiles = dict(BM=t.BM, BN=t.BN, BK=t.BK, PRECISION="tf32", USE_PDL=True) | no_norm
+    rows[f"group {m}"] = compiled(gemv_group._gemv_group_kernel, group, tiles | dict(G=5), t)
+    rows[f"swiglu {m}"] = compiled(gemv_group._gemv_swiglu_kernel, swiglu, tiles, t)
+    rows[f"gemv {m}"] = compiled(gemv._gemv_kernel, plain, tiles | one_row | dict(BM=t.BM, PRECISION="tf32"), t)
+print(json.dumps(rows))
+"""
+)
+
+
+def test_the_grouped_launches_at_a_batchs_rows_compile_for_sm90_on_the_tensor_cores():
+    # Built without a GPU (twenty-seventh session): at 16 and 64 rows the grouped and SwiGLU kernels multiply on the
+    # tensor cores as the plain GEMV does at those rows, their loads pipelined through shared memory as its are (async
+    # copies, no plain global load; the same stages), and under PDL they wait before any load or store (the many-row
+    # path reads no weight before it waits).
+    kernels = compiled_for_sm90(SM90_ROWS_COMPILE)
+    for m in (16, 64):
+        gemv_stats = kernels[f"gemv {m}"]
+        assert gemv_stats["tensor_cores"] and gemv_stats["loads"] == 0, gemv_stats
+        for name in (f"group {m}", f"swiglu {m}"):
+            stats = kernels[name]
+            assert stats["tensor_cores"] and stats["loads"] == 0, (name, stats)
+            assert stats["shared"] == gemv_stats["shared"], (name, stats, gemv_stats)
+            assert stats["early"] == [] and not stats["stores_early"], (name, stats)
 
 
 def test_the_one_row_kernels_compile_for_sm90_to_wide_loads_and_no_shuffle_through_shared_memory(sm90_kernels):

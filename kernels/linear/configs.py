@@ -110,6 +110,16 @@ def one_row_config(ns: Sequence[int], device: torch.device) -> LaunchConfig:
     return launch.device_table(TABLES, device)[entry].with_(SPLIT_K=1)
 
 
+def group_config(m: int, ns: Sequence[int], device: torch.device) -> LaunchConfig:
+    """The tiles of one launch of ``m`` rows of x with weights of ``ns`` rows (the grouped and SwiGLU GEMVs): at one
+    row ``one_row_config``'s, at more the table's entry for ``m`` rows (``bucket``: tensor cores from 5 rows on, the
+    plain GEMV's tiles at those rows); K never split."""
+    if m <= 1:
+        return one_row_config(ns, device)
+    table, sms = launch.device_table(TABLES, device), multiprocessors(device)
+    return table[bucket(m, max(ns, default=0), table, sms)].with_(SPLIT_K=1)
+
+
 def gemv_launch(
     run: Callable[[LaunchConfig], None], m: int, n: int, k: int, operand: torch.Tensor, gated_norm: bool = False
 ) -> None:

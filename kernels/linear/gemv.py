@@ -63,6 +63,11 @@ def norm_constants(norm: RowNorm | None, x_dtype: torch.dtype) -> dict:
     )
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot``'s precision for products of ``dtype`` (from 5 rows on): fp32 as ``F.linear`` computes it (no TF32)."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 def gated_constants(norm: RowNorm | None) -> dict:
     """``_gemv_kernel``'s constants of Mamba2's gated norm (``GATED``, ``NQ``: its partial sums padded to a power of
     two) for ``norm``; off without a gate."""
@@ -379,7 +384,7 @@ def gemv(
         zeros = bias.expand(M, N) if bias is not None else torch.zeros(M, N, device=x.device, dtype=weight.dtype)
         summed = zeros if residual is None else residual.reshape(M, N).to(residual_dtype) + zeros
         return y.copy_(summed).reshape(*lead, N)
-    precision = "ieee" if x.dtype == torch.float32 else "tf32"  # fp32 as F.linear computes it (no TF32)
+    precision = dot_precision(x.dtype)
     has_bias = bias is not None
     fused = norm_constants(norm, x.dtype) | gated_constants(norm)
     ends = dict(HAS_RESIDUAL=residual is not None, Y_DTYPE=TRITON_DTYPES[weight.dtype])

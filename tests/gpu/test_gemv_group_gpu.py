@@ -1,6 +1,7 @@
 """The grouped GEMV and the SwiGLU GEMV on the GPU at StateX GLA-1.3B's decode shapes, bf16 (STATEX_GPU_TESTS=1):
 each output is the separate GEMV's bit for bit (the same summing code, ``gemv._one_row_dot``), the SwiGLU the
-GEMVs' products through the SwiGLU kernel, eagerly and as CUDA-graph replays on new inputs."""
+GEMVs' products through the SwiGLU kernel, eagerly and as CUDA-graph replays on new inputs; at a batch's rows (on
+the tensor cores from 5) the fp32 products to bf16 rounding, and graph replays eager's bits."""
 
 from __future__ import annotations
 
@@ -61,3 +62,32 @@ def test_a_group_of_wide_products_takes_the_wide_tiles_and_equals_the_separate_k
         assert torch.equal(y, gemv(x, w))
     gate, up = randn(n, K, seed=33), randn(n, K, seed=34)
     assert torch.equal(gemv_swiglu(x, gate, up), swiglu(gemv(x, gate), gemv(x, up)))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("rows", [2, 4, 16, 64])
+def test_at_a_batchs_rows_group_and_swiglu_are_the_products_to_rounding_eagerly_and_in_a_graph(rows):
+    weights = [randn(n, K, seed=i + 1) for i, n in enumerate(GROUP)]
+    gate, up = randn(MLP, K, seed=10), randn(MLP, K, seed=11)
+
+    def wanted(x):
+        products = [(x.float() @ w.float().T).to(torch.bfloat16) for w in (*weights, gate, up)]
+        return [*products[:-2], swiglu(*products[-2:])]
+
+    def run(x):
+        return [*gemv_group(x, weights), gemv_swiglu(x, gate, up)]
+
+    x = randn(rows, 1, K, seed=40)
+    for got, want in zip(run(x), wanted(x), strict=True):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+    static_x = x.clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = run(static_x)
+    for seed in (41, 42):
+        static_x.copy_(randn(rows, 1, K, seed=seed))
+        graph.replay()
+        torch.cuda.synchronize()
+        for got, want in zip(static, run(static_x), strict=True):
+            assert torch.equal(got, want)

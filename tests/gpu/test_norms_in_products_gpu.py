@@ -128,16 +128,17 @@ def test_mamba2s_mixer_norm_in_out_proj_decodes_as_in_its_step_and_its_graphs_gi
     assert_switched_on_decodes_as_off_and_graphs_as_eager(monkeypatch, "mamba2", "GATED_NORM_IN_OUT_PROJ")
 
 
-def assert_switched_on_decodes_as_off_and_graphs_as_eager(monkeypatch, family, switch):
-    """With ``dispatch.<switch>`` on, a decode step of the 1.3B-shaped model is the step with it off to rounding (2%
-    of each tensor), and generate's CUDA graphs give eager decoding's tokens and scores."""
+def assert_switched_on_decodes_as_off_and_graphs_as_eager(monkeypatch, family, switch, values=(False, True), batch=1):
+    """With ``dispatch.<switch>`` on (``values``: off, on), a decode step of ``batch`` sequences of the 1.3B-shaped
+    model is the step with it off to rounding (2% of each tensor), and generate's CUDA graphs give eager decoding's
+    tokens and scores."""
     from statex_hf.kernels import dispatch
 
     model = MODELS[family](layers=3)
-    ids = torch.randint(3, 512, (1, 16), device=DEV)
-    monkeypatch.setattr(dispatch, switch, False)
+    ids = torch.randint(3, 512, (batch, 16), device=DEV)
+    monkeypatch.setattr(dispatch, switch, values[0])
     want = decode_step(model, ids)
-    monkeypatch.setattr(dispatch, switch, True)
+    monkeypatch.setattr(dispatch, switch, values[1])
     got = decode_step(model, ids)
     for g, w in zip(got, want, strict=True):
         assert g.dtype == w.dtype and (g.float() - w.float()).norm() <= 2e-2 * w.float().norm()
@@ -175,3 +176,10 @@ def test_the_final_norm_and_the_fp32_logits_in_the_heads_launch_at_the_vocab_siz
 @pytest.mark.parametrize("family", MODELS)
 def test_the_final_norm_in_the_head_decodes_as_apart_and_its_graphs_give_the_eager_tokens(monkeypatch, family):
     assert_switched_on_decodes_as_off_and_graphs_as_eager(monkeypatch, family, "FINAL_NORM_IN_HEAD")
+
+
+@pytest.mark.parametrize("batch", [4, 16, 64])
+def test_a_batchs_grouped_launches_decode_as_apart_and_their_graphs_give_the_eager_tokens(monkeypatch, batch):
+    # dispatch.GROUPED_MAX_ROWS (1 by default; built without a GPU, twenty-seventh session): GLA's five projections in
+    # one launch and its MLP's gate, up and SwiGLU in another at a batch's rows, where off they are cuBLAS's products.
+    assert_switched_on_decodes_as_off_and_graphs_as_eager(monkeypatch, "gla", "GROUPED_MAX_ROWS", (1, 64), batch)
