@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,11 +40,12 @@ CONV_UPDATE_MAX_T = 64
 # of cuBLAS at every decode shape of the 1.3B models; at 16 and 64 rows cuBLAS was as fast or faster at most
 # shapes (not the heads: ``benchmarks/README.md``), and the table's buckets above one row are untuned.
 GEMV_MAX_ROWS = 1
-# Up to this many rows of x (a decode step's batch), a no-grad bf16 / fp16 decode step on CUDA takes the products of
-# one input that its one-row step takes in one launch (GLA's mixer's five projections; its MLP's gate and up products
-# with the SwiGLU) in one launch at more rows too (``kernels/linear/gemv_group.py``, on the tensor cores from 5 rows
-# on), where they are otherwise a cuBLAS call each (and a SwiGLU kernel). 1: the one-row step alone. Off until a GPU
-# has timed it at B = 16 and 64 (``bench_generate.py --grouped-rows 64`` beside the same run's baseline).
+# Up to this many rows of x (a decode step's batch; also a no-grad forward of that many tokens in all, a short
+# prompt), no-grad bf16 / fp16 products on CUDA of one input that a one-row step takes in one launch (GLA's mixer's
+# five projections; its MLP's gate and up products with the SwiGLU) take one launch at more rows too
+# (``kernels/linear/gemv_group.py``, on the tensor cores from 5 rows on), where they are otherwise a cuBLAS call each
+# (and a SwiGLU kernel). 1: one row alone. Off until a GPU has timed it at B = 16 and 64
+# (``bench_generate.py --grouped-rows 64`` beside the same run's baseline).
 GROUPED_MAX_ROWS = 1
 # Up to this many sequences a Mamba2 decode step runs its conv and state update as one kernel
 # (``one_launch_conv_ssd``). It saves a launch per layer, which is much of a B = 1 step; but each of its programs
@@ -190,21 +192,32 @@ def _one_launch_applies(
         and _plain_tensors(extra)
         and use_triton(*extra, *weights)
         and not needs_grad(*extra)
-        and len({t.device for t in (x, *extra, *weights)}) == 1
         and math.prod(x.shape[:-1]) == 1
-        and all(w.is_contiguous() for w in weights)
+        and _one_device_contiguous(x, weights, extra)
     )
 
 
 def _grouped_rows_apply(x: torch.Tensor, *weights: torch.Tensor) -> bool:
-    """Whether products of several rows of x (2 to ``GROUPED_MAX_ROWS``) run as one launch of the grouped kernels:
-    each would take the GEMV at that many rows, on one device, every weight contiguous."""
+    """Whether products of several rows of x (2 to ``GROUPED_MAX_ROWS``; the GEMV on, ``GEMV_MAX_ROWS``) run as one
+    launch of the grouped kernels: ``_takes_gemv``'s conditions but the rows, on one device, every weight contiguous.
+    The switch, compiling and gradients are read before x's shape: a compiled or training forward guards on none of
+    it."""
     return (
-        1 < math.prod(x.shape[:-1]) <= GROUPED_MAX_ROWS
+        GROUPED_MAX_ROWS > 1
+        and GEMV_MAX_ROWS >= 1
+        and not torch.compiler.is_compiling()
+        and not needs_grad(x, *weights)
+        and 1 < math.prod(x.shape[:-1]) <= GROUPED_MAX_ROWS
         and _takes_gemv(x, *weights, max_rows=GROUPED_MAX_ROWS)
-        and len({t.device for t in (x, *weights)}) == 1
-        and all(w.is_contiguous() for w in weights)
+        and _one_device_contiguous(x, weights)
     )
+
+
+def _one_device_contiguous(
+    x: torch.Tensor, weights: Sequence[torch.Tensor], extra: Sequence[torch.Tensor] = ()
+) -> bool:
+    """x, ``weights`` and ``extra`` on one device, every weight contiguous (a fused launch indexes rows by K)."""
+    return len({t.device for t in (x, *extra, *weights)}) == 1 and all(w.is_contiguous() for w in weights)
 
 
 def one_launch_products(
@@ -233,10 +246,10 @@ def one_launch_products(
 def one_launch_swiglu(
     x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch.Tensor, norm: RowNorm | None = None
 ) -> torch.Tensor | None:
-    """``silu(F.linear(x, gate_weight)) * F.linear(x, up_weight)`` as one launch (``gemv_group.gemv_swiglu``: the
-    two GEMVs and the SwiGLU kernel bit for bit where neither splits K) where x is one row and both products would
-    take the GEMV, or x has 2 to ``GROUPED_MAX_ROWS`` rows (``_grouped_rows_apply``); ``None`` otherwise. ``norm``
-    (one row): of ``norm``'s output on x, computed in the same launch."""
+    """``silu(F.linear(x, gate_weight)) * F.linear(x, up_weight)`` as one launch (``gemv_group.gemv_swiglu``) where x
+    is one row and both products would take the GEMV (the two GEMVs and the SwiGLU kernel bit for bit where neither
+    splits K), or x has 2 to ``GROUPED_MAX_ROWS`` rows (``_grouped_rows_apply``; cuBLAS's products to rounding);
+    ``None`` otherwise. ``norm`` (one row): of ``norm``'s output on x, computed in the same launch."""
     gated = norm is not None and norm.gate is not None  # a gated norm is the plain GEMV's alone
     rows = norm is None and _grouped_rows_apply(x, gate_weight, up_weight)
     one_row = not gated and _one_launch_applies(x, gate_weight, up_weight, norm=norm)

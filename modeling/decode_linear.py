@@ -1,6 +1,6 @@
 """``nn.Linear`` whose one-row no-grad CUDA calls (a B = 1 decode step) run the Triton GEMV, the products of one
-input that such a step can take in one launch, and a block's norm and residual add taken into its sublayers' first
-and last products (``kernels/linear/row_norm.py``)."""
+input that such a step (and with ``dispatch.GROUPED_MAX_ROWS`` raised, a batch's) can take in one launch, and a
+block's norm and residual add taken into its sublayers' first and last products (``kernels/linear/row_norm.py``)."""
 
 from __future__ import annotations
 
@@ -149,14 +149,15 @@ def fused_swiglu(
     x: torch.Tensor, gate_proj: nn.Module, up_proj: nn.Module, norm: RowNorm | None = None
 ) -> torch.Tensor | None:
     """``silu(gate_proj(x)) * up_proj(x)`` (with ``norm``, of its output on x) as one launch for bare
-    ``DecodeLinear`` s at one row (``dispatch.one_launch_swiglu``); ``None`` where that does not apply."""
+    ``DecodeLinear`` s at one row, or at a batch's rows up to ``dispatch.GROUPED_MAX_ROWS`` without a norm
+    (``dispatch.one_launch_swiglu``); ``None`` where that does not apply."""
     if _bare(gate_proj) and _bare(up_proj):
         return dispatch.one_launch_swiglu(x, gate_proj.weight, up_proj.weight, norm)
     return None
 
 
 def swiglu_of(x: torch.Tensor, gate_proj: nn.Module, up_proj: nn.Module) -> torch.Tensor:
-    """``silu(gate_proj(x)) * up_proj(x)``: one launch for bare ``DecodeLinear`` s at one row (``fused_swiglu``),
+    """``silu(gate_proj(x)) * up_proj(x)``: one launch for bare ``DecodeLinear`` s where ``fused_swiglu`` applies,
     else the two calls and ``dispatch.swiglu``."""
     fused = fused_swiglu(x, gate_proj, up_proj)
     return fused if fused is not None else dispatch.swiglu(gate_proj(x), up_proj(x))

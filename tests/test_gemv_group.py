@@ -204,10 +204,53 @@ def test_dispatch_takes_a_batchs_rows_in_one_launch_up_to_the_switchs_rows(monke
     norm = RowNorm(torch.ones(40, dtype=torch.bfloat16), 1e-6)
     # A norm is the one-row prologue's alone: at more rows the caller normalizes and runs its modules.
     assert (dispatch.one_launch_products(x, ws, norm) is None) == (rows > 1)
+    monkeypatch.setattr(dispatch, "GEMV_MAX_ROWS", 0)  # the GEMV off (every product cuBLAS's): these too
+    assert (dispatch.one_launch_products(x, ws) is None) and dispatch.one_launch_swiglu(x, ws[0], ws[2]) is None
+    monkeypatch.setattr(dispatch, "GEMV_MAX_ROWS", 1)
     monkeypatch.setattr(dispatch, "GROUPED_MAX_ROWS", 1)
     assert (dispatch.one_launch_products(x, ws) is None) == (rows > 1)
     monkeypatch.setattr(dispatch, "use_triton", lambda *tensors: False)
     assert dispatch.one_launch_products(x, ws) is None and dispatch.one_launch_swiglu(x, ws[0], ws[2]) is None
+
+
+def test_with_the_switch_raised_a_compiled_forward_guards_on_no_rows(monkeypatch):
+    # The switch, compiling and gradients are read before x's shape: a compiled forward of any batch is one graph
+    # (a guard on the rows would compile it again past GROUPED_MAX_ROWS).
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(dispatch, "GROUPED_MAX_ROWS", 64)
+    ws = weights((8, 8))
+
+    def products(x):
+        fused = dispatch.one_launch_products(x, ws), dispatch.one_launch_swiglu(x, *ws)
+        return x.sum() + sum(y is None for y in fused)
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(products, dynamic=True, backend="eager")
+    for rows in (2, 3, 5, 70):
+        assert compiled(torch.randn(rows, 40).to(torch.bfloat16)).isfinite()
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+
+
+def test_an_empty_batch_gives_empty_products():
+    x = torch.randn(0, 1, 40).to(torch.float16)
+    ws = weights((8, 3), dtype=torch.float16)
+    assert [tuple(y.shape) for y in gemv_group(x, ws)] == [(0, 1, 8), (0, 1, 3)]
+    assert gemv_swiglu(x, ws[0], ws[0]).shape == (0, 1, 8)
+
+
+def test_a_norm_with_tiles_of_more_rows_is_refused_not_dropped(monkeypatch):
+    # The norm prologue is one row's: tiles of 16 rows (an override) with a norm would skip it; the kernel refuses.
+    for name in ("linear.gemv_group", "linear.gemv_swiglu"):
+        monkeypatch.setitem(launch.OVERRIDES, name, configs.TABLES["default"]["m16"])
+    x = torch.randn(1, 40).to(torch.float16)
+    ws = weights((8, 8), dtype=torch.float16)
+    norm = RowNorm(torch.ones(40, dtype=torch.float16), 1e-6)
+    with pytest.raises(Exception, match="the norm prologue is one row's"):
+        gemv_group(x, ws, norm)
+    with pytest.raises(Exception, match="the norm prologue is one row's"):
+        gemv_swiglu(x, *ws, norm)
 
 
 def test_a_gla_decode_step_of_a_batch_takes_its_grouped_launches_with_the_switch_on(monkeypatch, on_cuda_dispatch):

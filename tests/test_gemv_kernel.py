@@ -258,10 +258,12 @@ def compiled(fn, signature, constexprs, config):
     # Under PDL: the loads before the wait, as whether each is a weight's (weights alone are read evict_first).
     before, waits, _ = ptx.partition("griddepcontrol.wait")
     early = [("evict_first" in line) for line in before.splitlines() if "ld.global" in line] if waits else None
+    early_copies = before.count("cp.async") if waits else None  # the tensor-core loop's loads are async copies
     stored = sorted(set(re.findall(r"st\\.global(?:\\.\\w+)*?\\.b(\\d+)", ptx)))  # the widths each value is stored in
     return dict(loads=len(loads), wide=sum(".v4." in line for line in loads), shared=kernel.metadata.shared,
                 summed=summed, early=early, stores_early=("st.global" in before) if waits else None, stored=stored,
-                to_bf16=ptx.count("cvt.rn.bf16.f32"), tensor_cores=bool(re.search(r"\\b(wgmma|mma)\\.", ptx)))
+                to_bf16=ptx.count("cvt.rn.bf16.f32"), tensor_cores=bool(re.search(r"\\b(wgmma|mma)\\.", ptx)),
+                early_copies=early_copies, copies=ptx.count("cp.async"))
 
 m1, m1w = configs.TABLES["default"]["m1"], configs.TABLES["default"]["m1_wide"]
 c = dict(BM=1, BN=m1.BN, BK=m1.BK, PRECISION="ieee", USE_PDL=False)
@@ -400,7 +402,8 @@ def test_the_grouped_launches_at_a_batchs_rows_compile_for_sm90_on_the_tensor_co
             stats = kernels[name]
             assert stats["tensor_cores"] and stats["loads"] == 0, (name, stats)
             assert stats["shared"] == gemv_stats["shared"], (name, stats, gemv_stats)
-            assert stats["early"] == [] and not stats["stores_early"], (name, stats)
+            assert stats["early"] == [] and stats["early_copies"] == 0 < stats["copies"], (name, stats)
+            assert not stats["stores_early"], (name, stats)
 
 
 def test_the_one_row_kernels_compile_for_sm90_to_wide_loads_and_no_shuffle_through_shared_memory(sm90_kernels):

@@ -24,8 +24,9 @@ shapes Mamba2's in_proj, out_proj and the heads. The gated norm's prologue (the 
 up) is paid once a program, so fewer, wider programs pay it less often. A graph-replay sweep of the whole step
 (``benchmarks/sweep_decode_tiles.py``, H100) found 8-row tiles faster for Mamba2's products and slower for GLA's
 narrower ones (its SwiGLU GEMV among them), and a split of out_proj at 8 rows slower than none. The other buckets are
-untuned, and the models send them to cuBLAS (``dispatch.GEMV_MAX_ROWS``), which was as fast or faster at most shapes
-at 16 and 64 rows.
+untuned, and the models send those products to cuBLAS (``dispatch.GEMV_MAX_ROWS``), which was as fast or faster at
+most shapes at 16 and 64 rows; with ``dispatch.GROUPED_MAX_ROWS`` raised the grouped and SwiGLU launches take them at
+those rows (``group_config``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Several one-row products of the same x in one launch: ``[x @ W_i.T for each i]`` (a decode step's projections of
-one hidden state), and ``silu(x @ Wg.T) * (x @ Wu.T)`` (an MLP's gate and up products with its SwiGLU).
+"""Several products of the same x in one launch: ``[x @ W_i.T for each i]`` (a decode step's projections of one
+hidden state), and ``silu(x @ Wg.T) * (x @ Wu.T)`` (an MLP's gate and up products with its SwiGLU).
 
 In a CUDA-graph decode step every kernel costs the replay about as much again as a few-microsecond product
 takes itself (``benchmarks/README.md``, "generate"), and GLA's mixer takes five products of one input, its
@@ -7,7 +7,7 @@ MLP two and a SwiGLU. Here one grid covers the row blocks of all the weights: th
 end to end, program ``p`` serving weight ``i`` from its first block ``S_i`` on (a chain of comparisons against
 the ``S_i``, unrolled at compile time). Each program's sum is ``gemv.py``'s (``_one_row_dot``, the same loads and
 order, no split of K; the SwiGLU kernel sums its two weights in one loop of it, each as alone) in the tiles its
-products take (``configs.one_row_config``), so every output is the separate GEMV's bit for bit wherever that GEMV
+products take (``configs.group_config``), so every output is the separate GEMV's bit for bit wherever that GEMV
 takes the same tiles and does not split K either (``configs.split_k``: every one-row product of the 1.3B models'
 groups, whose inputs have K = 2048; a weight of few rows at a longer K splits there, and a group whose products
 would take different tiles takes the narrow ones, so those sum in another order and agree to rounding, not bit for
@@ -15,8 +15,14 @@ bit: ``dispatch.one_launch_products`` runs such a group apart); the SwiGLU epilo
 torch and ``kernels/activations/swiglu.py`` round (each product to the weights' dtype, then ``silu``, then the
 product). With a block's norm (``row_norm.py``) x is the residual stream, normalized as it is loaded.
 
-One row of x, no bias, weights contiguous and of x's dtype (with a norm, of its output's); forward only (decode runs
-under ``torch.no_grad``).
+**More rows** (a batch's decode step, ``dispatch.GROUPED_MAX_ROWS``): a second grid axis over blocks of ``BM`` rows of
+x, each program summing as the plain GEMV's many-row loop does (``gemv._row_block_dot``: on the tensor cores from
+``BM = 16``) in the table's tiles for those rows (``configs.group_config``); the library's separate products there
+are cuBLAS's, so these agree with them to rounding. One-row tiles (``BM = 1``: the ``SAFE`` fallback) run a program
+per row. The norm prologue is one row's alone.
+
+No bias, weights contiguous and of x's dtype (with a norm, of its output's); forward only (decode runs under
+``torch.no_grad``).
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ def _gemv_group_kernel(x, M, K, w0, w1, w2, w3, w4, w5, y0, y1, y2, y3, y4, y5, 
                        BK: tl.constexpr, PRECISION: tl.constexpr, USE_PDL: tl.constexpr, NORM: tl.constexpr,
                        ROUND_X: tl.constexpr, X_DTYPE: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
                        N_DTYPE: tl.constexpr):  # fmt: skip
+    tl.static_assert(BM == 1 or not NORM, "the norm prologue is one row's (_one_row_dot)")
     pid = tl.program_id(0)
     start, w, y, n = 0, w0, y0, N0
     if G > 1:
@@ -100,6 +107,7 @@ def _swiglu_epilogue(gate, up, dtype: tl.constexpr):
 def _gemv_swiglu_kernel(x, wg, wu, out, M, N, K, norm_w, eps, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                         PRECISION: tl.constexpr, USE_PDL: tl.constexpr, NORM: tl.constexpr, ROUND_X: tl.constexpr,
                         X_DTYPE: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, N_DTYPE: tl.constexpr):  # fmt: skip
+    tl.static_assert(BM == 1 or not NORM, "the norm prologue is one row's (_one_row_dot)")
     rows_n = tl.program_id(0) * BN + tl.arange(0, BN)
     cols = tl.arange(0, BK)
     n_mask = rows_n < N
@@ -172,7 +180,7 @@ def gemv_group(x: torch.Tensor, weights: Sequence[torch.Tensor], norm: RowNorm |
     lead, (M, K) = x.shape[:-1], rows.shape
     ys = [torch.empty(M, w.shape[0], device=x.device, dtype=weights[0].dtype) for w in weights]
     if K == 0 or M == 0:
-        return [y.zero_().reshape(*lead, -1) for y in ys]
+        return [y.zero_().reshape(*lead, y.shape[1]) for y in ys]
     ns = [w.shape[0] for w in weights]
 
     def run(c: LaunchConfig) -> None:

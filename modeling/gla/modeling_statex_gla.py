@@ -114,8 +114,9 @@ class StateXGLAMLP(nn.Module):
         """``down(silu(gate(x)) * up(x))``; with ``input_norm`` / ``residual`` (a block's one-row decode step,
         ``norms_go_into_products``) ``residual + self(input_norm(x))``, the norm computed in the gate and up
         products' launch and the add in the down product's where their one-row kernels apply."""
-        # silu(gate(x)) * up(x): at one row on CUDA without gradients (decode) one launch for both products and
-        # the SwiGLU, else the two products and dispatch.swiglu (one kernel without gradients on CUDA).
+        # silu(gate(x)) * up(x): at one row on CUDA without gradients (decode; at a batch's rows too with
+        # dispatch.GROUPED_MAX_ROWS raised) one launch for both products and the SwiGLU, else the two products and
+        # dispatch.swiglu (one kernel without gradients on CUDA).
         act = None
         if input_norm is not None:
             norm = row_norm_of(input_norm)
@@ -187,7 +188,8 @@ class StateXGLATokenMixer(nn.Module):
         return x
 
     def first_products(self) -> list[nn.Module]:
-        """The projections of the mixer's input: q, k, v, the gate's low-rank down and g (one launch at one row)."""
+        """The projections of the mixer's input: q, k, v, the gate's low-rank down and g (one launch at one row, and
+        at a batch's rows with ``dispatch.GROUPED_MAX_ROWS`` raised)."""
         return [
             self.q_proj,
             self.k_proj,
@@ -215,7 +217,8 @@ class StateXGLATokenMixer(nn.Module):
         use_cache = cache is not None
         mask = None if attention_mask is None else attention_mask[:, -seqlen:, None].to(hidden_states.dtype)
         # A one-row decode step takes q, k, v, the gate's low-rank down and g as one grouped GEMV launch, with
-        # the block's norm of its input where it is handed one.
+        # the block's norm of its input where it is handed one (a batch's step too, without the norm, with
+        # dispatch.GROUPED_MAX_ROWS raised).
         group = self.first_products()
         fused = None
         if input_norm is not None:
