@@ -200,15 +200,13 @@ def _one_launch_applies(
 def _grouped_rows_apply(x: torch.Tensor, *weights: torch.Tensor) -> bool:
     """Whether products of several rows of x (2 to ``GROUPED_MAX_ROWS``; the GEMV on, ``GEMV_MAX_ROWS``) run as one
     launch of the grouped kernels: ``_takes_gemv``'s conditions but the rows, on one device, every weight contiguous.
-    The switch, compiling and gradients are read before x's shape: a compiled or training forward guards on none of
-    it."""
+    The switches, then ``_takes_gemv`` (compiling and gradients first), are read before x's shape: a compiled or
+    training forward guards on none of it."""
     return (
         GROUPED_MAX_ROWS > 1
         and GEMV_MAX_ROWS >= 1
-        and not torch.compiler.is_compiling()
-        and not needs_grad(x, *weights)
-        and 1 < math.prod(x.shape[:-1]) <= GROUPED_MAX_ROWS
         and _takes_gemv(x, *weights, max_rows=GROUPED_MAX_ROWS)
+        and math.prod(x.shape[:-1]) > 1
         and _one_device_contiguous(x, weights)
     )
 
@@ -252,8 +250,9 @@ def one_launch_swiglu(
     ``None`` otherwise. ``norm`` (one row): of ``norm``'s output on x, computed in the same launch."""
     gated = norm is not None and norm.gate is not None  # a gated norm is the plain GEMV's alone
     rows = norm is None and _grouped_rows_apply(x, gate_weight, up_weight)
-    one_row = not gated and _one_launch_applies(x, gate_weight, up_weight, norm=norm)
-    if gate_weight.shape == up_weight.shape and (rows or one_row):
+    if gate_weight.shape == up_weight.shape and (
+        rows or (not gated and _one_launch_applies(x, gate_weight, up_weight, norm=norm))
+    ):
         from statex_hf.kernels.linear.gemv_group import gemv_swiglu
 
         return gemv_swiglu(x, gate_weight, up_weight, norm)
